@@ -1,0 +1,58 @@
+package events
+
+import "time"
+
+// AccountSubjectPrefix is the prefix of the subjects account events are
+// published on: aup.account.<type>.
+const AccountSubjectPrefix = "aup.account."
+
+// Account event types; the subject is AccountSubjectPrefix + type.
+const (
+	TypeSuspended     = "suspended"      // services suspended (AUP or admin)
+	TypeReinstated    = "reinstated"     // services reinstated
+	TypeStatusChanged = "status_changed" // status changed (lock, unlock, lockout, maintenance, close, activate)
+	TypeReported      = "reported"       // threshold crossed, not suspended (shadow mode or allowlist)
+	TypeDeleted       = "deleted"        // account deleted
+	TypeUpdated       = "updated"        // type or company changed
+)
+
+// AccountEvent is published, once, for every change of an account's state.
+// Its ID is the JetStream message id, so a republish after a crash is
+// dropped by JetStream's duplicate window.
+type AccountEvent struct {
+	ID      string    `json:"id"`
+	Type    string    `json:"type"`
+	Time    time.Time `json:"time"`
+	Account string    `json:"account"`
+	Company string    `json:"company,omitempty"`
+	Actor   string    `json:"actor"`
+	Reason  string    `json:"reason"`
+	Note    string    `json:"note,omitempty"`
+	Old     *State    `json:"old,omitempty"`
+	New     *State    `json:"new,omitempty"`
+	// Suspension is set on AUP suspensions and reports.
+	Suspension *AUPSuspension `json:"suspension,omitempty"`
+}
+
+// State is the part of an account's state that events report.
+type State struct {
+	Status    string   `json:"status"`
+	Suspended []string `json:"suspended"`
+}
+
+// AUPSuspension is the record of one crossing of the AUP threshold: what
+// was counted, against which threshold, and which events are its evidence.
+type AUPSuspension struct {
+	ID          string         `json:"id"`
+	Action      string         `json:"action"` // suspend or report
+	Services    []string       `json:"services,omitempty"`
+	Threshold   int            `json:"threshold"`
+	Count       int            `json:"count"`
+	Capped      bool           `json:"capped,omitempty"` // count reached the per-account cap: at least Count
+	Counts      map[string]int `json:"counts"`           // by direction
+	WindowStart time.Time      `json:"window_start"`
+	WindowEnd   time.Time      `json:"window_end"`
+	// Samples are up to three verdict events that counted, as sequence
+	// numbers in the verdict stream.
+	Samples []uint64 `json:"samples,omitempty"`
+}

@@ -1,0 +1,267 @@
+// Package events holds aupd's wire formats: the verdict events publishers
+// send (the pinned v1 contract of shared/spec/events.md) and the account
+// events aupd publishes on every change of an account's state.
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/aupd/aupd/rules"
+)
+
+// Limits of the v1 contract and of what aupd accepts.
+const (
+	MaxPayload   = 1 << 20 // 1 MiB
+	MaxIDLen     = 128
+	MaxAccount   = 254
+	maxLocalPart = 64
+)
+
+// SubjectPrefix is the prefix of every verdict subject; the last token is
+// the direction.
+const SubjectPrefix = "aup.verdict."
+
+// Verdict is one verdict event.
+type Verdict struct {
+	ID        string          `json:"id"`
+	Time      time.Time       `json:"time"`
+	Direction rules.Direction `json:"direction"`
+	Account   string          `json:"account"`
+	Verdict   rules.Verdict   `json:"verdict"`
+	Score     *float64        `json:"score,omitempty"`
+	Source    string          `json:"source,omitempty"`
+	Message   *Message        `json:"message,omitempty"`
+}
+
+// Message is the judged message, kept as evidence.
+type Message struct {
+	MessageID string   `json:"message_id,omitempty"`
+	From      string   `json:"from,omitempty"`
+	To        []string `json:"to,omitempty"`
+	Subject   string   `json:"subject,omitempty"`
+	Date      string   `json:"date,omitempty"`
+	Raw       string   `json:"raw,omitempty"`
+}
+
+// Reason codes of an invalid event. They are stable: they appear in the
+// dead-letter header Aup-Reason and in the metric label "reason".
+const (
+	ReasonTooLarge        = "payload_too_large"
+	ReasonInvalidUTF8     = "invalid_utf8"
+	ReasonInvalidJSON     = "invalid_json"
+	ReasonMissingField    = "missing_field"
+	ReasonInvalidField    = "invalid_field"
+	ReasonUnknownSubject  = "unknown_subject"
+	ReasonDirectionClash  = "direction_mismatch"
+	ReasonTimeInFuture    = "time_in_future"
+	ReasonUnsupportedType = "not_an_object"
+)
+
+// InvalidError says why an event is invalid. It is permanent: the event is
+// dead-lettered, never retried.
+type InvalidError struct {
+	Reason string // one of the Reason* codes
+	Field  string // the offending field, when there is one
+	Detail string
+}
+
+func (e *InvalidError) Error() string {
+	if e.Field != "" {
+		return fmt.Sprintf("%s: %s: %s", e.Reason, e.Field, e.Detail)
+	}
+	return fmt.Sprintf("%s: %s", e.Reason, e.Detail)
+}
+
+func invalid(reason, field, format string, args ...any) error {
+	return &InvalidError{Reason: reason, Field: field, Detail: fmt.Sprintf(format, args...)}
+}
+
+// AsInvalid returns the InvalidError in err's chain, if any.
+func AsInvalid(err error) (*InvalidError, bool) {
+	var ie *InvalidError
+	ok := errors.As(err, &ie)
+	return ie, ok
+}
+
+// DirectionOfSubject returns the direction a verdict subject names.
+func DirectionOfSubject(subject string) (rules.Direction, error) {
+	d, ok := strings.CutPrefix(subject, SubjectPrefix)
+	if !ok || !rules.Direction(d).Valid() {
+		return "", invalid(ReasonUnknownSubject, "", "subject %q is not aup.verdict.{outbound,inbound,complaint}", clip(subject, 200))
+	}
+	return rules.Direction(d), nil
+}
+
+// required lists the fields that must be present, in the order they are
+// reported.
+var required = []string{"id", "time", "direction", "account", "verdict"}
+
+// ParseVerdict decodes and validates one verdict event that arrived on
+// subject. now and skew bound how far in the future its time may be. The
+// account is returned in lower case. Unknown fields are ignored, so that
+// publishers can add optional fields.
+func ParseVerdict(subject string, data []byte, now time.Time, skew time.Duration) (*Verdict, error) {
+	if len(data) > MaxPayload {
+		return nil, invalid(ReasonTooLarge, "", "payload is %d bytes, the limit is %d", len(data), MaxPayload)
+	}
+	dir, err := DirectionOfSubject(subject)
+	if err != nil {
+		return nil, err
+	}
+	if !utf8.Valid(data) {
+		return nil, invalid(ReasonInvalidUTF8, "", "payload is not valid UTF-8")
+	}
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		if !json.Valid(trimmed) {
+			return nil, invalid(ReasonInvalidJSON, "", "payload is not JSON")
+		}
+		return nil, invalid(ReasonUnsupportedType, "", "payload is JSON but not an object")
+	}
+	// Presence is checked on a shallow decode so that a missing field and a
+	// field of the wrong type are told apart.
+	var present map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &present); err != nil {
+		return nil, invalid(ReasonInvalidJSON, "", "%s", jsonDetail(err))
+	}
+	for _, f := range required {
+		if v, ok := present[f]; !ok || string(v) == "null" {
+			return nil, invalid(ReasonMissingField, f, "required field is missing")
+		}
+	}
+	var v Verdict
+	if err := json.Unmarshal(trimmed, &v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, invalid(ReasonInvalidField, te.Field, "expected %s, got JSON %s", te.Type, te.Value)
+		}
+		var pe *time.ParseError
+		if errors.As(err, &pe) {
+			return nil, invalid(ReasonInvalidField, "time", "not an RFC 3339 timestamp")
+		}
+		return nil, invalid(ReasonInvalidField, "", "%s", jsonDetail(err))
+	}
+	if err := v.validate(dir, now, skew); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+func (v *Verdict) validate(subjectDir rules.Direction, now time.Time, skew time.Duration) error {
+	if n := utf8.RuneCountInString(v.ID); n < 1 || n > MaxIDLen {
+		return invalid(ReasonInvalidField, "id", "must be 1 to %d characters, got %d", MaxIDLen, n)
+	}
+	if !v.Direction.Valid() {
+		return invalid(ReasonInvalidField, "direction", "must be outbound, inbound or complaint, got %q", clip(string(v.Direction), 40))
+	}
+	if v.Direction != subjectDir {
+		return invalid(ReasonDirectionClash, "direction", "field says %s but the subject says %s", v.Direction, subjectDir)
+	}
+	if !v.Verdict.Valid() {
+		return invalid(ReasonInvalidField, "verdict", "must be spam, phish, virus or ham, got %q", clip(string(v.Verdict), 40))
+	}
+	acct, err := NormalizeAccount(v.Account)
+	if err != nil {
+		return invalid(ReasonInvalidField, "account", "%v", err)
+	}
+	v.Account = acct
+	if v.Time.IsZero() || v.Time.Year() < 2000 {
+		return invalid(ReasonInvalidField, "time", "timestamp %s is not plausible", v.Time.Format(time.RFC3339))
+	}
+	if v.Time.After(now.Add(skew)) {
+		return invalid(ReasonTimeInFuture, "time", "%s is more than %s ahead of this worker's clock", v.Time.Format(time.RFC3339), skew)
+	}
+	return nil
+}
+
+// NormalizeAccount checks that s is a plain addr-spec local@domain (a
+// dot-atom local part; quoted local parts and display names are refused)
+// and returns it in lower case.
+func NormalizeAccount(s string) (string, error) {
+	if len(s) > MaxAccount {
+		return "", fmt.Errorf("address is longer than %d bytes", MaxAccount)
+	}
+	at := strings.LastIndexByte(s, '@')
+	if at <= 0 || at == len(s)-1 {
+		return "", errors.New("not an address of the form local@domain")
+	}
+	local, domain := s[:at], s[at+1:]
+	if len(local) > maxLocalPart {
+		return "", fmt.Errorf("local part is longer than %d bytes", maxLocalPart)
+	}
+	if !dotAtom(local, isAtext) {
+		return "", errors.New("local part is not a dot-atom")
+	}
+	if !validDomain(domain) {
+		return "", errors.New("domain is not a host name")
+	}
+	return strings.ToLower(s), nil
+}
+
+// NormalizeDomain checks a domain name and returns it in lower case.
+func NormalizeDomain(s string) (string, error) {
+	if !validDomain(s) {
+		return "", fmt.Errorf("%q is not a host name", clip(s, 80))
+	}
+	return strings.ToLower(s), nil
+}
+
+func validDomain(d string) bool {
+	if len(d) == 0 || len(d) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(d, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func dotAtom(s string, ok func(byte) bool) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] != '.' && !ok(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// isAtext reports RFC 5322 atext.
+func isAtext(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
+}
+
+func jsonDetail(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%s at byte %d", se.Error(), se.Offset)
+	}
+	return err.Error()
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
