@@ -1,0 +1,315 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/rules"
+)
+
+var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+
+const day = 24 * time.Hour
+
+func newStore(t *testing.T) *Store {
+	rdb, prefix := testutil.Redis(t)
+	return New(rdb, prefix, WithClock(func() time.Time { return t0 }))
+}
+
+func spam(id string, at time.Time) Item {
+	return Item{ID: id, Time: at, Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true}
+}
+
+func ingest(t *testing.T, s *Store, now time.Time, threshold int, items ...Item) Result {
+	t.Helper()
+	b := Batch{Account: "alice@example.com", Company: "acme", Threshold: threshold, Cap: 100, Action: rules.ActionSuspend, Items: items}
+	res, err := s.Ingest(context.Background(), []Batch{b}, day, now, func() string { return NewID(now) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err != nil {
+		t.Fatal(res[0].Err)
+	}
+	return res[0]
+}
+
+func outcomes(r Result) string {
+	b := make([]byte, len(r.Outcomes))
+	for i, o := range r.Outcomes {
+		b[i] = byte(o)
+	}
+	return string(b)
+}
+
+func TestIngestCountsEachIDOnce(t *testing.T) {
+	s := newStore(t)
+	r := ingest(t, s, t0, 10, spam("a", t0), spam("b", t0), spam("a", t0))
+	if got := outcomes(r); got != "ccd" {
+		t.Fatalf("outcomes %q, want ccd", got)
+	}
+	if r.Count != 2 || !r.Created {
+		t.Fatalf("count %d created %v, want 2 true", r.Count, r.Created)
+	}
+	// A redelivery of the whole batch counts nothing again.
+	r = ingest(t, s, t0.Add(time.Minute), 10, spam("a", t0), spam("b", t0))
+	if got := outcomes(r); got != "dd" || r.Count != 2 || r.Created {
+		t.Fatalf("redelivery: outcomes %q count %d created %v", got, r.Count, r.Created)
+	}
+	// The same id as ham does not count a second time either.
+	ham := Item{ID: "a", Time: t0, Kind: rules.KindOf(rules.Outbound, rules.Ham)}
+	if r = ingest(t, s, t0, 10, ham); outcomes(r) != "d" {
+		t.Fatalf("same id as ham: %q", outcomes(r))
+	}
+}
+
+func TestIngestWindowEdges(t *testing.T) {
+	s := newStore(t)
+	now := t0
+	r := ingest(t, s, now, 10,
+		spam("exactly-24h", now.Add(-day)),
+		spam("just-inside", now.Add(-day+time.Millisecond)),
+		spam("future-within-skew", now.Add(2*time.Minute)),
+		spam("older", now.Add(-25*time.Hour)),
+	)
+	if got := outcomes(r); got != "lccl" {
+		t.Fatalf("outcomes %q, want lccl", got)
+	}
+	if r.Count != 2 {
+		t.Fatalf("count %d, want 2", r.Count)
+	}
+	// One millisecond later the oldest counted event leaves the window.
+	r = ingest(t, s, now.Add(time.Millisecond), 10)
+	if r.Count != 1 {
+		t.Fatalf("count after 1ms %d, want 1", r.Count)
+	}
+}
+
+func TestIngestOutOfOrder(t *testing.T) {
+	s := newStore(t)
+	ingest(t, s, t0, 10, spam("3", t0.Add(-time.Hour)))
+	ingest(t, s, t0, 10, spam("1", t0.Add(-3*time.Hour)))
+	r := ingest(t, s, t0, 10, spam("2", t0.Add(-2*time.Hour)), spam("1", t0.Add(-3*time.Hour)))
+	if outcomes(r) != "cd" || r.Count != 3 {
+		t.Fatalf("outcomes %q count %d", outcomes(r), r.Count)
+	}
+	// At t0+22h30m the event of t0-3h is 25.5h old and leaves; t0-2h
+	// (24.5h) leaves too; t0-1h (23.5h) stays.
+	if r = ingest(t, s, t0.Add(22*time.Hour+30*time.Minute), 10); r.Count != 1 {
+		t.Fatalf("count %d, want 1", r.Count)
+	}
+}
+
+func TestIngestSuspendsOnceWhenCountExceedsThreshold(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	r := ingest(t, s, t0, 3, spam("1", t0), spam("2", t0), spam("3", t0))
+	if r.Crossing != "" {
+		t.Fatalf("count 3 with threshold 3 must not suspend, got %q", r.Crossing)
+	}
+	in := Item{ID: "4", Time: t0, Kind: rules.KindOf(rules.Complaint, rules.Phish), Counting: true}
+	r = ingest(t, s, t0, 3, in)
+	if r.Crossing != rules.ActionSuspend || r.ID == "" || r.Count != 4 || r.Outbox != 1 {
+		t.Fatalf("crossing: %+v", r)
+	}
+	r2 := ingest(t, s, t0, 3, spam("5", t0))
+	if r2.Crossing != "" || r2.Outbox != 1 {
+		t.Fatalf("second crossing reported: %+v", r2)
+	}
+	a, err := s.Account(ctx, "alice@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.AUP != r.ID {
+		t.Fatalf("AUP id %q, want %q", a.AUP, r.ID)
+	}
+	for _, svc := range rules.AUPServices {
+		sus, ok := a.Suspensions[svc]
+		if !ok || sus.ID != r.ID || sus.Reason != rules.ReasonAUPViolation || sus.Actor != "aupd" {
+			t.Fatalf("service %s: %+v %v", svc, sus, ok)
+		}
+	}
+	if len(a.Suspensions) != 2 {
+		t.Fatalf("suspensions %v, want send and webmail_send only", a.Suspended())
+	}
+	l := a.LastAUP
+	if l == nil || l.Count != 4 || l.Threshold != 3 || l.Counts["outbound"] != 3 || l.Counts["complaint"] != 1 || l.Counts["inbound"] != 0 {
+		t.Fatalf("last AUP record %+v", l)
+	}
+	if !l.WindowEnd.Equal(t0) || !l.WindowStart.Equal(t0.Add(-day)) {
+		t.Fatalf("window %s..%s", l.WindowStart, l.WindowEnd)
+	}
+	// The decision function now denies sending but allows reading.
+	v := a.View()
+	if d := rules.Decide(v, rules.SendSMTP, t0); d.Result != rules.Deny {
+		t.Fatalf("send: %+v", d)
+	}
+	if d := rules.Decide(v, rules.LoginIMAP, t0); d.Result != rules.Allow {
+		t.Fatalf("imap: %+v", d)
+	}
+	h, err := s.History(ctx, "alice@example.com", 0, 10)
+	if err != nil || len(h) != 1 || h[0].Action != "suspended" || h[0].ID != r.ID {
+		t.Fatalf("history %+v %v", h, err)
+	}
+}
+
+func TestIngestRacingWorkersSuspendOnce(t *testing.T) {
+	s := newStore(t)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var crossings []string
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				r := ingest(t, s, t0, 20, spam(fmt.Sprintf("w%d-%d", w, i), t0))
+				if r.Crossing != "" {
+					mu.Lock()
+					crossings = append(crossings, r.ID)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(crossings) != 1 {
+		t.Fatalf("%d crossings, want 1", len(crossings))
+	}
+	a, _ := s.Account(context.Background(), "alice@example.com")
+	if a.LastAUP.Count != 21 {
+		t.Fatalf("suspension recorded count %d, want 21 (the count that caused it)", a.LastAUP.Count)
+	}
+}
+
+func TestReinstateClearsWindow(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	var items []Item
+	for i := range 4 {
+		items = append(items, spam(fmt.Sprint(i), t0.Add(-time.Hour)))
+	}
+	first := ingest(t, s, t0, 3, items...)
+	if first.Crossing != rules.ActionSuspend {
+		t.Fatal("no suspension")
+	}
+	op, err := s.Reinstate(ctx, "alice@example.com", []rules.Service{rules.ServiceSend}, Actor{Name: "abuse-desk", Reason: "admin", Note: "password changed"})
+	if err != nil || !op.Changed {
+		t.Fatalf("reinstate: %v %+v", err, op)
+	}
+	a, _ := s.Account(ctx, "alice@example.com")
+	if len(a.Suspensions) != 0 || a.AUP != "" || !a.Floor.Equal(t0) {
+		t.Fatalf("after reinstate: suspended %v aup %q floor %s", a.Suspended(), a.AUP, a.Floor)
+	}
+	// Redeliveries of the old events and late events from before the
+	// reinstatement do not count.
+	r := ingest(t, s, t0.Add(time.Minute), 3, append(items, spam("late", t0.Add(-time.Second)))...)
+	if r.Count != 0 || outcomes(r) != "lllll" {
+		t.Fatalf("after reinstate: count %d outcomes %q", r.Count, outcomes(r))
+	}
+	// New events count from zero; the next crossing is a new suspension.
+	var next []Item
+	for i := range 4 {
+		next = append(next, spam(fmt.Sprint("n", i), t0.Add(time.Minute)))
+	}
+	r = ingest(t, s, t0.Add(2*time.Minute), 3, next...)
+	if r.Crossing != rules.ActionSuspend || r.ID == first.ID || r.Count != 4 {
+		t.Fatalf("second suspension: %+v", r)
+	}
+	if !r2Start(t, s).Equal(t0) {
+		t.Fatalf("second suspension's window starts at %s, want the reinstatement %s", r2Start(t, s), t0)
+	}
+	// Reinstating again is idempotent.
+	if _, err := s.Reinstate(ctx, "alice@example.com", nil, Actor{Name: "x", Reason: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	op, err = s.Reinstate(ctx, "alice@example.com", nil, Actor{Name: "x", Reason: "admin"})
+	if err != nil || op.Changed {
+		t.Fatalf("second reinstate changed something: %v %+v", err, op)
+	}
+}
+
+func r2Start(t *testing.T, s *Store) time.Time {
+	a, err := s.Account(context.Background(), "alice@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.LastAUP.WindowStart
+}
+
+func TestIngestCapKeepsMinOfRealCountAndCap(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	b := Batch{Account: "bob@example.com", Threshold: 1000, Cap: 5, Action: rules.ActionSuspend}
+	for i := range 8 {
+		b.Items = append(b.Items, spam(fmt.Sprint(i), t0.Add(time.Duration(i)*time.Minute-day/2)))
+	}
+	res, err := s.Ingest(ctx, []Batch{b}, day, t0, func() string { return "x" })
+	if err != nil || res[0].Err != nil {
+		t.Fatal(err, res[0].Err)
+	}
+	if res[0].Count != 5 || !res[0].Capped || outcomes(res[0]) != "ccccckkk" {
+		t.Fatalf("count %d capped %v outcomes %q", res[0].Count, res[0].Capped, outcomes(res[0]))
+	}
+	// The oldest were evicted: a redelivery of one of them cannot raise
+	// the count above the cap.
+	b.Items = b.Items[:1]
+	res, _ = s.Ingest(ctx, []Batch{b}, day, t0, func() string { return "x" })
+	if res[0].Count != 5 {
+		t.Fatalf("count %d after redelivery of an evicted event", res[0].Count)
+	}
+}
+
+func TestIngestSamplesPreferDifferentMessages(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	var items []Item
+	for i, fp := range []string{"aaaa", "aaaa", "aaaa", "bbbb", "aaaa", "cccc"} {
+		it := spam(fmt.Sprint(i), t0.Add(time.Duration(i)*time.Second))
+		it.Fingerprint, it.Seq = fp, uint64(100+i)
+		items = append(items, it)
+	}
+	r := ingest(t, s, t0.Add(time.Minute), 5, items...)
+	if r.Crossing != rules.ActionSuspend {
+		t.Fatalf("no suspension: %+v", r)
+	}
+	a, _ := s.Account(ctx, "alice@example.com")
+	got := map[uint64]bool{}
+	for _, q := range a.LastAUP.Samples {
+		got[q] = true
+	}
+	// One of the "aaaa" copies, plus bbbb (103) and cccc (105).
+	if len(got) != 3 || !got[103] || !got[105] || !(got[100] || got[101] || got[102] || got[104]) {
+		t.Fatalf("samples %v", a.LastAUP.Samples)
+	}
+}
+
+func TestIngestReportModeRecordsWithoutSuspending(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	b := Batch{Account: "carol@example.com", Threshold: 1, Cap: 10, Action: rules.ActionReport,
+		Items: []Item{spam("1", t0), spam("2", t0)}}
+	res, _ := s.Ingest(ctx, []Batch{b}, day, t0, func() string { return "rep1" })
+	if res[0].Crossing != rules.ActionReport || res[0].ID != "rep1" {
+		t.Fatalf("%+v", res[0])
+	}
+	b.Items = []Item{spam("3", t0)}
+	res, _ = s.Ingest(ctx, []Batch{b}, day, t0, func() string { return "rep2" })
+	if res[0].Crossing != "" {
+		t.Fatalf("reported twice in one crossing: %+v", res[0])
+	}
+	a, _ := s.Account(ctx, "carol@example.com")
+	if len(a.Suspensions) != 0 || a.LastAUP.Action != "report" {
+		t.Fatalf("report mode suspended: %v %+v", a.Suspended(), a.LastAUP)
+	}
+	// The crossing ends when the window empties; the next one is reported.
+	later := t0.Add(day + time.Hour)
+	b.Items = []Item{spam("4", later), spam("5", later)}
+	res, _ = s.Ingest(ctx, []Batch{b}, day, later, func() string { return "rep3" })
+	if res[0].Count != 2 || res[0].Crossing != rules.ActionReport || res[0].ID != "rep3" {
+		t.Fatalf("new crossing after the window emptied: %+v", res[0])
+	}
+}

@@ -1,0 +1,227 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
+)
+
+// Actor says who makes a change and why. Reason is a code (admin,
+// aup_violation, failed_logins, ...); Note is free text.
+type Actor struct {
+	Name   string
+	Reason string
+	Note   string
+}
+
+// Errors of account operations; the admin API maps them to 4xx answers.
+var (
+	ErrSuspended     = errors.New("the account has suspended services; reinstate them before deleting it")
+	ErrNotFound      = errors.New("no such account")
+	ErrInvalid       = errors.New("invalid request")
+	ErrForwardAccess = errors.New("a forward account can only have receive suspended")
+)
+
+// Op is the result of an operation: what it changed, if anything.
+type Op struct {
+	Before  *Account
+	Changed bool
+	Events  []events.AccountEvent
+}
+
+func (s *Store) op(ctx context.Context, address string, fn func(a *Account, now time.Time) (*Change, error)) (*Op, error) {
+	before, ch, err := s.Update(ctx, address, func(a *Account) (*Change, error) { return fn(a, s.now().UTC()) })
+	if err != nil {
+		return nil, err
+	}
+	op := &Op{Before: before, Changed: ch != nil}
+	if ch != nil {
+		op.Events = ch.Events
+	}
+	return op, nil
+}
+
+func (s *Store) event(a *Account, typ string, by Actor, now time.Time, after *Account) events.AccountEvent {
+	return events.AccountEvent{
+		ID: NewID(now), Type: typ, Time: now, Account: a.Address, Company: a.Company,
+		Actor: by.Name, Reason: by.Reason, Note: by.Note, Old: a.state(), New: after.state(),
+	}
+}
+
+func suspensionJSON(sus Suspension) string {
+	b, _ := json.Marshal(sus)
+	return string(b)
+}
+
+// Suspend suspends services. Services already suspended keep their record;
+// suspending nothing new changes nothing and writes no history.
+func (s *Store) Suspend(ctx context.Context, address string, services []rules.Service, by Actor) (*Op, error) {
+	return s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
+		after := a.clone()
+		ch := &Change{Set: map[string]string{}}
+		var added []string
+		id := NewID(now)
+		for _, svc := range services {
+			if !svc.Valid() {
+				return nil, fmt.Errorf("%w: unknown service %q", ErrInvalid, svc)
+			}
+			if a.Type == rules.TypeForward && svc != rules.ServiceReceive {
+				return nil, ErrForwardAccess
+			}
+			if _, ok := a.Suspensions[svc]; ok {
+				continue
+			}
+			sus := Suspension{ID: id, Reason: by.Reason, Actor: by.Name, Note: by.Note, At: now}
+			after.Suspensions[svc] = sus
+			ch.Set["sus:"+string(svc)] = suspensionJSON(sus)
+			added = append(added, string(svc))
+		}
+		if len(added) == 0 {
+			return nil, nil
+		}
+		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "suspend", Reason: by.Reason, Services: added, ID: id, Note: by.Note}}
+		ch.Events = []events.AccountEvent{s.event(a, events.TypeSuspended, by, now, after)}
+		return ch, nil
+	})
+}
+
+// Reinstate lifts suspensions; no services means all of them. Lifting a
+// service of the AUP suspension in force lifts the whole AUP suspension
+// (send and webmail_send) and resets the AUP window: messages counted
+// before now no longer count toward the next suspension.
+func (s *Store) Reinstate(ctx context.Context, address string, services []rules.Service, by Actor) (*Op, error) {
+	return s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
+		if len(services) == 0 {
+			services = rules.Services
+		}
+		lift := map[rules.Service]bool{}
+		for _, svc := range services {
+			if !svc.Valid() {
+				return nil, fmt.Errorf("%w: unknown service %q", ErrInvalid, svc)
+			}
+			sus, ok := a.Suspensions[svc]
+			if !ok {
+				continue
+			}
+			lift[svc] = true
+			if a.AUP != "" && sus.ID == a.AUP {
+				for other, o := range a.Suspensions {
+					if o.ID == a.AUP {
+						lift[other] = true
+					}
+				}
+			}
+		}
+		if len(lift) == 0 {
+			return nil, nil
+		}
+		after := a.clone()
+		ch := &Change{}
+		var lifted []string
+		for _, svc := range rules.Services {
+			if lift[svc] {
+				delete(after.Suspensions, svc)
+				ch.Del = append(ch.Del, "sus:"+string(svc))
+				lifted = append(lifted, string(svc))
+			}
+		}
+		if a.AUP != "" && !slices.ContainsFunc(rules.Services, func(svc rules.Service) bool {
+			sus, ok := after.Suspensions[svc]
+			return ok && sus.ID == a.AUP
+		}) {
+			ch.ResetWindow = true
+		}
+		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "reinstate", Reason: by.Reason, Services: lifted, Note: by.Note}}
+		ch.Events = []events.AccountEvent{s.event(a, events.TypeReinstated, by, now, after)}
+		return ch, nil
+	})
+}
+
+// SetStatus sets the account's status. until is the end of a lockout and
+// is ignored for other statuses. Setting the status it already has changes
+// nothing (a lockout's end is updated, though).
+func (s *Store) SetStatus(ctx context.Context, address string, status rules.Status, until time.Time, by Actor) (*Op, error) {
+	if !status.Valid() {
+		return nil, fmt.Errorf("%w: unknown status %q", ErrInvalid, status)
+	}
+	return s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
+		cur := a.View().EffectiveStatus(now)
+		if cur == status && (status != rules.StatusLockout || a.LockoutUntil.Equal(until)) {
+			return nil, nil
+		}
+		after := a.clone()
+		after.Status = status
+		info, _ := json.Marshal(StatusInfo{Reason: by.Reason, Actor: by.Name, Note: by.Note, At: now})
+		ch := &Change{Set: map[string]string{"status": string(status), "status_info": string(info)}}
+		if status == rules.StatusLockout && !until.IsZero() {
+			ch.Set["lockout_until"] = fmt.Sprint(until.UnixMilli())
+		} else {
+			ch.Del = []string{"lockout_until"}
+		}
+		before := a.clone()
+		before.Status = cur
+		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "status", Reason: by.Reason, Status: string(status), Note: by.Note}}
+		ch.Events = []events.AccountEvent{s.event(before, events.TypeStatusChanged, by, now, after)}
+		return ch, nil
+	})
+}
+
+// SetAccount creates an account or changes its type and company. Empty
+// values leave a field as it is.
+func (s *Store) SetAccount(ctx context.Context, address string, typ rules.AccountType, company string, by Actor) (*Op, error) {
+	if typ != "" && !typ.Valid() {
+		return nil, fmt.Errorf("%w: unknown account type %q", ErrInvalid, typ)
+	}
+	return s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
+		ch := &Change{Set: map[string]string{}}
+		if typ != "" && (typ != a.Type || !a.Exists) {
+			if typ == rules.TypeForward && slices.ContainsFunc(a.Suspended(), func(s string) bool { return s != string(rules.ServiceReceive) }) {
+				return nil, ErrForwardAccess
+			}
+			ch.Set["type"] = string(typ)
+		}
+		if company != "" && company != a.Company {
+			ch.Set["company"] = company
+		}
+		if len(ch.Set) == 0 && a.Exists {
+			return nil, nil
+		}
+		after := a.clone()
+		if typ != "" {
+			after.Type = typ
+		}
+		if company != "" {
+			after.Company = company
+		}
+		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "update", Reason: by.Reason, Note: by.Note}}
+		ev := s.event(a, events.TypeUpdated, by, now, after)
+		ev.Company = after.Company
+		ch.Events = []events.AccountEvent{ev}
+		return ch, nil
+	})
+}
+
+// Delete removes an account. It is refused while any service is suspended.
+func (s *Store) Delete(ctx context.Context, address string, by Actor) (*Op, error) {
+	return s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
+		if !a.Exists {
+			return nil, ErrNotFound
+		}
+		if len(a.Suspensions) > 0 {
+			return nil, ErrSuspended
+		}
+		ev := s.event(a, events.TypeDeleted, by, now, a)
+		ev.New = nil
+		return &Change{
+			Delete:  true,
+			History: []HistoryEntry{{Time: now, Actor: by.Name, Action: "delete", Reason: by.Reason, Note: by.Note}},
+			Events:  []events.AccountEvent{ev},
+		}, nil
+	})
+}

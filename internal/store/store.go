@@ -1,0 +1,104 @@
+// Package store keeps aupd's state in Redis: per-account rolling windows,
+// account state (status, suspensions, history) and the outbox of account
+// events not yet published.
+//
+// Every key of one account carries the account as a hash tag,
+// <prefix>:{<account>}:<suffix>, so all of an account's keys live on one
+// Redis Cluster slot and every change to an account is one atomic script.
+// See docs/redis.md for the layout.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis is what the store needs from a client: redis.Client, the failover
+// (Sentinel) client and redis.ClusterClient all satisfy it.
+type Redis interface {
+	redis.Scripter
+	Pipeline() redis.Pipeliner
+	HGetAll(ctx context.Context, key string) *redis.MapStringStringCmd
+	LRange(ctx context.Context, key string, start, stop int64) *redis.StringSliceCmd
+	LRem(ctx context.Context, key string, count int64, value any) *redis.IntCmd
+	ZRangeWithScores(ctx context.Context, key string, start, stop int64) *redis.ZSliceCmd
+	SAdd(ctx context.Context, key string, members ...any) *redis.IntCmd
+	SRem(ctx context.Context, key string, members ...any) *redis.IntCmd
+	SScan(ctx context.Context, key string, cursor uint64, match string, count int64) *redis.ScanCmd
+	Get(ctx context.Context, key string) *redis.StringCmd
+	Ping(ctx context.Context) *redis.StatusCmd
+}
+
+// Store is the Redis state of aupd. It is safe for concurrent use.
+type Store struct {
+	rdb    Redis
+	prefix string
+	now    func() time.Time
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock sets the clock used for history and event times.
+func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+
+// New returns a store whose keys all start with prefix (for example "aup").
+func New(rdb Redis, prefix string, opts ...Option) *Store {
+	s := &Store{rdb: rdb, prefix: prefix, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Prefix returns the key prefix.
+func (s *Store) Prefix() string { return s.prefix }
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
+
+// Key suffixes of an account's keys.
+const (
+	sufState   = "s" // HASH: status, type, company, suspensions, AUP state
+	sufWindow  = "w" // ZSET: counting events of the rolling window
+	sufOther   = "x" // ZSET: events kept for statistics only (ham, ...)
+	sufHistory = "h" // LIST: history entries, newest first
+	sufOutbox  = "o" // LIST: account events not yet published
+)
+
+// AccountKey returns the key of one of an account's structures; other
+// packages use it for their own per-account keys (notices, lockout
+// counters, session locks) so that they share the account's slot.
+func AccountKey(prefix, account, suffix string) string {
+	return prefix + ":{" + account + "}:" + suffix
+}
+
+func (s *Store) key(account, suffix string) string { return AccountKey(s.prefix, account, suffix) }
+
+// ErrConflict is returned when an account changed under an update more
+// times than the update retries.
+var ErrConflict = errors.New("account changed concurrently; try again")
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMS(s string) time.Time {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n).UTC()
+}
+
+func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}

@@ -1,0 +1,109 @@
+// Package testutil starts and connects the real servers tests use: Redis
+// (the local one, isolated by a random key prefix), an in-process NATS
+// server with JetStream in a temporary directory, and polling helpers.
+package testutil
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisAddr is the Redis tests use: $AUPD_TEST_REDIS_ADDR or the local one.
+func RedisAddr() string {
+	if a := os.Getenv("AUPD_TEST_REDIS_ADDR"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
+}
+
+// Redis returns a client of the test Redis and a key prefix of this test's
+// own. Every key under the prefix is deleted when the test ends. The test
+// fails at once if Redis does not answer.
+func Redis(t testing.TB) (*redis.Client, string) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: RedisAddr()})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		t.Fatalf("redis at %s: %v (start it, or set AUPD_TEST_REDIS_ADDR; scripts/test starts it)", RedisAddr(), err)
+	}
+	prefix := "aupt" + RandomHex(6)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		iter := rdb.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+		var keys []string
+		for iter.Next(ctx) {
+			keys = append(keys, iter.Val())
+		}
+		for len(keys) > 0 {
+			n := min(len(keys), 500)
+			rdb.Del(ctx, keys[:n]...)
+			keys = keys[n:]
+		}
+		rdb.Close()
+	})
+	return rdb, prefix
+}
+
+// RandomHex returns 2n random hex digits.
+func RandomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// NATSServer starts an in-process NATS server with JetStream on a random
+// loopback port, storing in dir (a new temporary directory when empty).
+// It is shut down when the test ends.
+func NATSServer(t testing.TB, dir string) *server.Server {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoSigs: true})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns
+}
+
+// NATS connects to ns and closes the connection when the test ends.
+func NATS(t testing.TB, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatalf("connect nats: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Eventually polls cond until it is true or timeout passes, then fails
+// with msg. It is for waiting on another process or goroutine; it never
+// asserts a duration.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out: "+msg, args...)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
