@@ -1,0 +1,346 @@
+// Package config reads aupd's YAML configuration: strict (unknown keys are
+// errors), defaults first, then environment overrides for connection URLs
+// and secrets, then validation of everything before anything starts.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/rules"
+)
+
+// Secret is a string that never prints: it marshals and formats as
+// <secret>.
+type Secret string
+
+// String implements fmt.Stringer.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "<secret>"
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// MarshalJSON implements json.Marshaler.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+
+// Config is the whole configuration.
+type Config struct {
+	DataDir   string              `yaml:"data_dir"`
+	Log       Log                 `yaml:"log"`
+	HTTP      HTTP                `yaml:"http"`
+	NATS      NATS                `yaml:"nats"`
+	Redis     Redis               `yaml:"redis"`
+	AUP       AUP                 `yaml:"aup"`
+	Companies []companies.Company `yaml:"companies"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// HTTP configures the listener of /metrics, /healthz, /readyz and the
+// admin API.
+type HTTP struct {
+	Listen string `yaml:"listen"`
+}
+
+// TLS configures a TLS client.
+type TLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Enabled reports whether any TLS setting is made.
+func (t TLS) Enabled() bool {
+	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.InsecureSkipVerify
+}
+
+// NATS configures the connection, the streams and the consumer.
+type NATS struct {
+	// URLs of the NATS servers, comma-separated. Empty: run an embedded
+	// server.
+	URL       string   `yaml:"url"`
+	CredsFile string   `yaml:"creds_file"`
+	User      string   `yaml:"user"`
+	Password  Secret   `yaml:"password"`
+	Token     Secret   `yaml:"token"`
+	TLS       TLS      `yaml:"tls"`
+	Embedded  Embedded `yaml:"embedded"`
+	Verdicts  Stream   `yaml:"verdict_stream"`
+	Accounts  Stream   `yaml:"account_stream"`
+	Dead      Stream   `yaml:"dead_letter_stream"`
+	Consumer  Consumer `yaml:"consumer"`
+}
+
+// Embedded configures the embedded NATS server.
+type Embedded struct {
+	Listen   string `yaml:"listen"`
+	StoreDir string `yaml:"store_dir"` // default: <data_dir>/nats
+}
+
+// Stream configures one JetStream stream. aupd creates a missing stream and
+// never changes or deletes an existing one.
+type Stream struct {
+	Name      string        `yaml:"name"`
+	MaxAge    time.Duration `yaml:"max_age"`
+	MaxBytes  int64         `yaml:"max_bytes"` // -1: unlimited
+	Replicas  int           `yaml:"replicas"`
+	Storage   string        `yaml:"storage"` // file or memory
+	Duplicate time.Duration `yaml:"duplicate_window"`
+}
+
+// Consumer configures the verdict consumer.
+type Consumer struct {
+	Durable       string        `yaml:"durable"`
+	Batch         int           `yaml:"batch"`
+	MaxWait       time.Duration `yaml:"max_wait"`
+	Workers       int           `yaml:"workers"`
+	AckWait       time.Duration `yaml:"ack_wait"`
+	MaxAckPending int           `yaml:"max_ack_pending"`
+	RetryMin      time.Duration `yaml:"retry_min"`
+	RetryMax      time.Duration `yaml:"retry_max"`
+}
+
+// Redis configures the Redis client: one address for a standalone server,
+// several for a Cluster, and master_name for Sentinel.
+type Redis struct {
+	Addrs      []string `yaml:"addrs"`
+	MasterName string   `yaml:"master_name"`
+	Username   string   `yaml:"username"`
+	Password   Secret   `yaml:"password"`
+	DB         int      `yaml:"db"`
+	TLS        TLS      `yaml:"tls"`
+	Prefix     string   `yaml:"prefix"`
+	// Autostart starts a local redis-server under data_dir when the only
+	// address is a loopback one and nothing answers there.
+	Autostart bool `yaml:"autostart"`
+}
+
+// AUP is the provider's AUP rule.
+type AUP struct {
+	Window     time.Duration     `yaml:"window"`
+	FutureSkew time.Duration     `yaml:"future_skew"`
+	Threshold  int               `yaml:"threshold"`
+	MaxTracked int               `yaml:"max_tracked"`
+	Directions []rules.Direction `yaml:"directions"`
+	Verdicts   []rules.Verdict   `yaml:"verdicts"`
+	Mode       rules.Mode        `yaml:"mode"`
+	Allowlist  []string          `yaml:"allowlist"`
+}
+
+// Default returns the configuration used when no file is given.
+func Default() *Config {
+	return &Config{
+		DataDir: "data",
+		Log:     Log{Level: "info", Format: "text"},
+		HTTP:    HTTP{Listen: "127.0.0.1:9390"},
+		NATS: NATS{
+			Embedded: Embedded{Listen: "127.0.0.1:4222"},
+			Verdicts: Stream{Name: "AUP_VERDICTS", MaxAge: 72 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
+			Accounts: Stream{Name: "AUP_ACCOUNTS", MaxAge: 30 * 24 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 10 * time.Minute},
+			Dead:     Stream{Name: "AUP_DEAD_LETTERS", MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
+			Consumer: Consumer{Durable: "aupd-worker", Batch: 500, MaxWait: 100 * time.Millisecond, Workers: 4, AckWait: 30 * time.Second, MaxAckPending: 20000, RetryMin: time.Second, RetryMax: time.Minute},
+		},
+		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup", Autostart: true},
+		AUP: AUP{
+			Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50, MaxTracked: 500,
+			Directions: []rules.Direction{rules.Outbound, rules.Inbound, rules.Complaint},
+			Verdicts:   []rules.Verdict{rules.Spam, rules.Phish, rules.Virus},
+			Mode:       rules.ModeEnforce,
+		},
+	}
+}
+
+// Load reads a config file over the defaults; an empty path gives the
+// defaults. Environment overrides apply in both cases.
+func Load(path string) (*Config, error) {
+	cfg := Default()
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("open config: %w", err)
+		}
+		defer f.Close()
+		if err := decode(f, cfg); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	cfg.applyEnv(os.Getenv)
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+// Parse reads a config document over the defaults without environment
+// overrides (for tests and check-config of a given text).
+func Parse(data []byte) (*Config, error) {
+	cfg := Default()
+	if err := decode(bytes.NewReader(data), cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func decode(r io.Reader, cfg *Config) error {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// Environment variables that override the file.
+const (
+	EnvNATSURL       = "AUPD_NATS_URL"
+	EnvNATSCreds     = "AUPD_NATS_CREDS"
+	EnvNATSUser      = "AUPD_NATS_USER"
+	EnvNATSPassword  = "AUPD_NATS_PASSWORD"
+	EnvNATSToken     = "AUPD_NATS_TOKEN"
+	EnvRedisAddrs    = "AUPD_REDIS_ADDRS"
+	EnvRedisPassword = "AUPD_REDIS_PASSWORD"
+	EnvRedisUsername = "AUPD_REDIS_USERNAME"
+	EnvHTTPListen    = "AUPD_HTTP_LISTEN"
+	EnvDataDir       = "AUPD_DATA_DIR"
+)
+
+func (c *Config) applyEnv(get func(string) string) {
+	set := func(dst *string, name string) {
+		if v := get(name); v != "" {
+			*dst = v
+		}
+	}
+	setSecret := func(dst *Secret, name string) {
+		if v := get(name); v != "" {
+			*dst = Secret(v)
+		}
+	}
+	set(&c.NATS.URL, EnvNATSURL)
+	set(&c.NATS.CredsFile, EnvNATSCreds)
+	set(&c.NATS.User, EnvNATSUser)
+	setSecret(&c.NATS.Password, EnvNATSPassword)
+	setSecret(&c.NATS.Token, EnvNATSToken)
+	if v := get(EnvRedisAddrs); v != "" {
+		c.Redis.Addrs = strings.Split(v, ",")
+	}
+	setSecret(&c.Redis.Password, EnvRedisPassword)
+	set(&c.Redis.Username, EnvRedisUsername)
+	set(&c.HTTP.Listen, EnvHTTPListen)
+	set(&c.DataDir, EnvDataDir)
+}
+
+// Validate checks every setting and reports all problems at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.DataDir == "" {
+		bad("data_dir: must not be empty")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level: %q is not debug, info, warn or error", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		bad("log.format: %q is not text or json", c.Log.Format)
+	}
+	if c.HTTP.Listen == "" {
+		bad("http.listen: must not be empty")
+	}
+	for name, s := range map[string]Stream{"verdict_stream": c.NATS.Verdicts, "account_stream": c.NATS.Accounts, "dead_letter_stream": c.NATS.Dead} {
+		if s.Name == "" || strings.ContainsAny(s.Name, ". *>") {
+			bad("nats.%s.name: %q is not a stream name", name, s.Name)
+		}
+		if s.Storage != "file" && s.Storage != "memory" {
+			bad("nats.%s.storage: %q is not file or memory", name, s.Storage)
+		}
+		if s.Replicas < 1 || s.Replicas > 5 {
+			bad("nats.%s.replicas: %d is not 1 to 5", name, s.Replicas)
+		}
+		if s.MaxAge < 0 || s.Duplicate <= 0 {
+			bad("nats.%s: max_age must not be negative and duplicate_window must be positive", name)
+		}
+	}
+	if c.NATS.Verdicts.MaxAge != 0 && c.NATS.Verdicts.MaxAge < 2*c.AUP.Window {
+		bad("nats.verdict_stream.max_age: %s keeps less than two windows (%s); evidence and replays need the events", c.NATS.Verdicts.MaxAge, 2*c.AUP.Window)
+	}
+	if c.NATS.URL == "" && c.NATS.Embedded.Listen == "" {
+		bad("nats: set url, or embedded.listen for the embedded server")
+	}
+	cs := c.NATS.Consumer
+	if cs.Durable == "" || strings.ContainsAny(cs.Durable, ". *>") {
+		bad("nats.consumer.durable: %q is not a consumer name", cs.Durable)
+	}
+	if cs.Batch < 1 || cs.Batch > 10000 {
+		bad("nats.consumer.batch: %d is not 1 to 10000", cs.Batch)
+	}
+	if cs.Workers < 1 || cs.Workers > 64 {
+		bad("nats.consumer.workers: %d is not 1 to 64", cs.Workers)
+	}
+	if cs.MaxWait <= 0 || cs.AckWait <= 0 || cs.RetryMin <= 0 || cs.RetryMax < cs.RetryMin {
+		bad("nats.consumer: max_wait, ack_wait and retry_min must be positive and retry_max at least retry_min")
+	}
+	if cs.MaxAckPending < cs.Batch*cs.Workers {
+		bad("nats.consumer.max_ack_pending: %d is less than batch*workers (%d)", cs.MaxAckPending, cs.Batch*cs.Workers)
+	}
+	if len(c.Redis.Addrs) == 0 {
+		bad("redis.addrs: at least one address is needed")
+	}
+	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
+		bad("redis.prefix: %q must be non-empty, without braces or spaces", c.Redis.Prefix)
+	}
+	a := c.AUP
+	if a.Window < time.Minute {
+		bad("aup.window: %s is shorter than a minute", a.Window)
+	}
+	if a.FutureSkew < 0 {
+		bad("aup.future_skew: must not be negative")
+	}
+	if a.Threshold < 0 {
+		bad("aup.threshold: must not be negative")
+	}
+	if !a.Mode.Valid() {
+		bad("aup.mode: %q is not enforce or shadow", a.Mode)
+	}
+	for _, d := range a.Directions {
+		if !d.Valid() {
+			bad("aup.directions: %q is not outbound, inbound or complaint", d)
+		}
+	}
+	for _, v := range a.Verdicts {
+		if !v.Valid() || v == rules.Ham {
+			bad("aup.verdicts: %q is not spam, phish or virus", v)
+		}
+	}
+	if a.MaxTracked < 10 || a.MaxTracked > 100000 {
+		bad("aup.max_tracked: %d is not 10 to 100000", a.MaxTracked)
+	}
+	if err := c.normalizeAllowlist(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := companies.New(nil, "check", c.Companies); err != nil {
+		bad("companies: %v", err)
+	}
+	return errors.Join(errs...)
+}
