@@ -152,7 +152,7 @@ func Default() *Config {
 		Log:     Log{Level: "info", Format: "text"},
 		HTTP:    HTTP{Listen: "127.0.0.1:9390"},
 		NATS: NATS{
-			Embedded: Embedded{Listen: "127.0.0.1:4222"},
+			Embedded: Embedded{Listen: "127.0.0.1:4223"},
 			Verdicts: Stream{Name: "AUP_VERDICTS", MaxAge: 72 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
 			Accounts: Stream{Name: "AUP_ACCOUNTS", MaxAge: 30 * 24 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 10 * time.Minute},
 			Dead:     Stream{Name: "AUP_DEAD_LETTERS", MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},

@@ -69,10 +69,10 @@ func canonical(ev *events.AccountEvent) {
 // Index keys. They are global (one slot each), maintained after the
 // account's own atomic change, from the published events; listing reads
 // them and then the accounts, so a stale entry is harmless.
-func (s *Store) idxCompany(c string) string      { return s.prefix + ":idx:company:" + c }
-func (s *Store) idxStatus(st string) string      { return s.prefix + ":idx:status:" + st }
-func (s *Store) idxSuspended() string            { return s.prefix + ":idx:suspended" }
-func (s *Store) idxAll() string                  { return s.prefix + ":idx:accounts" }
+func (s *Store) idxCompany(c string) string { return s.prefix + ":idx:company:" + c }
+func (s *Store) idxStatus(st string) string { return s.prefix + ":idx:status:" + st }
+func (s *Store) idxSuspended() string       { return s.prefix + ":idx:suspended" }
+func (s *Store) idxAll() string             { return s.prefix + ":idx:accounts" }
 
 func (s *Store) index(ctx context.Context, ev *events.AccountEvent) error {
 	pipe := s.rdb.Pipeline()

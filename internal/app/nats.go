@@ -1,0 +1,178 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/events"
+)
+
+// startEmbedded starts the embedded NATS server with JetStream, on the
+// configured loopback address, storing under the data directory.
+func startEmbedded(cfg *config.Config) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(cfg.NATS.Embedded.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("nats.embedded.listen: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("nats.embedded.listen: port %q", portStr)
+	}
+	if probe, err := net.Listen("tcp", cfg.NATS.Embedded.Listen); err != nil {
+		return nil, fmt.Errorf("embedded nats cannot listen on %s: %w (set nats.embedded.listen to a free address, or nats.url / %s to use a running server)", cfg.NATS.Embedded.Listen, err, config.EnvNATSURL)
+	} else {
+		probe.Close()
+	}
+	dir := cfg.NATS.Embedded.StoreDir
+	if dir == "" {
+		dir = filepath.Join(cfg.DataDir, "nats")
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("nats store dir: %w", err)
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "aupd-embedded", Host: host, Port: port,
+		JetStream: true, StoreDir: dir, NoSigs: true, MaxPayload: 8 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(15 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats on %s did not start (is the port taken? set nats.url to use a running server)", cfg.NATS.Embedded.Listen)
+	}
+	return ns, nil
+}
+
+// connect opens the NATS connection from the config.
+func connect(cfg config.NATS, url, name string) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.RetryOnFailedConnect(false),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, string(cfg.Password)))
+	}
+	if cfg.Token != "" {
+		opts = append(opts, nats.Token(string(cfg.Token)))
+	}
+	if cfg.TLS.Enabled() {
+		tc, err := tlsConfig(cfg.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("nats tls: %w", err)
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+func tlsConfig(t config.TLS) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // operator's choice
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no certificates in %s", t.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if t.CertFile != "" || t.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Subjects each stream captures.
+var (
+	verdictSubjects = []string{events.SubjectPrefix + ">"}
+	accountSubjects = []string{events.AccountSubjectPrefix + ">"}
+	deadSubjects    = []string{"aup.dlq.>"}
+)
+
+// EnsureStream creates a stream when it is missing. An existing stream is
+// never changed, so that no setting here can delete data in it.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, s config.Stream, subjects []string) (jetstream.Stream, error) {
+	st, err := js.Stream(ctx, s.Name)
+	if err == nil {
+		return st, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("look up stream %s: %w", s.Name, err)
+	}
+	storage := jetstream.FileStorage
+	if s.Storage == "memory" {
+		storage = jetstream.MemoryStorage
+	}
+	st, err = js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: s.Name, Subjects: subjects, Retention: jetstream.LimitsPolicy,
+		MaxAge: s.MaxAge, MaxBytes: s.MaxBytes, Storage: storage, Replicas: s.Replicas,
+		Duplicates: s.Duplicate, Discard: jetstream.DiscardOld, MaxMsgSize: events.MaxPayload,
+	})
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return js.Stream(ctx, s.Name) // another aupd process created it
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create stream %s: %w", s.Name, err)
+	}
+	return st, nil
+}
+
+// VerdictConsumer creates or binds the durable verdict consumer.
+func VerdictConsumer(ctx context.Context, js jetstream.JetStream, stream string, c config.Consumer) (jetstream.Consumer, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable:       c.Durable,
+		FilterSubject: events.SubjectPrefix + ">",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxAckPending: c.MaxAckPending,
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", c.Durable, stream, err)
+	}
+	return cons, nil
+}
+
+// jsPublisher publishes account events to JetStream and waits for the ack.
+type jsPublisher struct{ js jetstream.JetStream }
+
+func (p jsPublisher) PublishAccountEvent(ctx context.Context, ev *events.AccountEvent, data []byte) error {
+	m := nats.NewMsg(events.AccountSubjectPrefix + ev.Type)
+	m.Data = data
+	m.Header.Set(nats.MsgIdHdr, ev.ID)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := p.js.PublishMsg(ctx, m)
+	return err
+}
