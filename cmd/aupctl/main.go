@@ -1,0 +1,673 @@
+// Command aupctl manages aupd's accounts over its admin API: lock, unlock,
+// suspend and reinstate services, read status and history, download the
+// evidence.txt of a suspension, list accounts and count licences.
+//
+// See docs/aupctl.md, or run aupctl --help.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/client"
+	"github.com/aupd/aupd/rules"
+)
+
+// Exit codes.
+const (
+	exitOK        = 0
+	exitError     = 1 // cannot reach the server, or a server error
+	exitUsage     = 2 // bad command line, or a request the server found invalid (400)
+	exitNotFound  = 3 // no such account, company, suspension or evidence
+	exitRefused   = 4 // authentication failed (401) or not allowed (403)
+	exitConflict  = 5 // refused by the account's state (409): delete while suspended, ...
+	defaultServer = "http://127.0.0.1:9390"
+)
+
+const usage = `aupctl: manage aupd accounts over the admin API.
+
+Usage:
+  aupctl [global flags] COMMAND [ARGS] [flags]
+
+Account commands:
+  status ADDRESS                         show status, suspensions, counts, last suspension
+  lock ADDRESS --reason TEXT             lock the account (logins denied, mail delivered)
+  unlock ADDRESS --reason TEXT           end a lock or a lockout
+  end-lockout ADDRESS --reason TEXT      end a failed-login lockout early
+  maintenance ADDRESS --reason TEXT      maintenance: logins denied, mail queued
+  close ADDRESS --reason TEXT            close: logins denied, mail bounced (still billed)
+  activate ADDRESS --reason TEXT         make the account active again (from any status)
+  suspend ADDRESS --service LIST --reason TEXT
+                                         suspend services: send,receive,imap,pop3,webmail,webmail_send
+  reinstate ADDRESS [--service LIST] --reason TEXT
+                                         lift suspensions (all when --service is not given)
+  set ADDRESS [--type mailbox|forward] [--company ID] --reason TEXT
+                                         create an account or set its type or company
+  delete ADDRESS --reason TEXT           delete (refused while any service is suspended)
+  history ADDRESS [--limit N]            the account's history, newest first
+  evidence ADDRESS SUSPENSION-ID [-o FILE]
+                                         download the evidence.txt of a suspension
+  decide ADDRESS ACCESS                  what aupd answers for an access (login_imap, login_pop3,
+                                         login_webmail, login_smtp, send_smtp, send_webmail, receive)
+  list [--company ID] [--status S] [--suspended] [--limit N]
+                                         list accounts (all pages up to --limit)
+
+Company commands:
+  companies                              list companies
+  company ID                             show one company
+  licences COMPANY                       count a company's licences (closed and suspended count)
+
+Other:
+  hash-token [--stdin]                   make a new API token and its config hash (or hash one read from stdin)
+
+Global flags (anywhere on the line):
+  --server URL    aupd admin API (env AUPCTL_SERVER, default ` + defaultServer + `)
+  --token TOKEN   bearer token (env AUPCTL_TOKEN; prefer the environment: argv is visible to ps)
+  --json          print the server's JSON instead of tables
+  --timeout D     request timeout (default 30s)
+
+Exit codes:
+  0  ok (also when nothing had to change: locking a locked account)
+  1  cannot reach aupd, or aupd failed
+  2  usage error, or a request aupd found invalid (400)
+  3  not found (account, company, suspension or evidence)
+  4  refused: bad or missing token (401), or not allowed (403)
+  5  conflict: refused by the account's state (409), e.g. delete while suspended
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// cli is one invocation.
+type cli struct {
+	stdout, stderr io.Writer
+	stdin          io.Reader
+	server, token  string
+	json           bool
+	timeout        time.Duration
+	c              *client.Client
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	return runIn(args, os.Stdin, stdout, stderr)
+}
+
+func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	x := &cli{stdout: stdout, stderr: stderr, stdin: stdin}
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	// The command is the first argument that is not a global flag.
+	cmdIdx := -1
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "-h" || a == "--help" || a == "help" {
+			fmt.Fprint(stdout, usage)
+			return exitOK
+		}
+		if !strings.HasPrefix(a, "-") {
+			cmdIdx = i
+			break
+		}
+		if (a == "--server" || a == "-server" || a == "--token" || a == "-token" || a == "--timeout" || a == "-timeout") && i+1 < len(args) {
+			i++
+		}
+	}
+	if cmdIdx < 0 {
+		fmt.Fprintln(stderr, "aupctl: no command; see aupctl --help")
+		return exitUsage
+	}
+	name := args[cmdIdx]
+	rest := append(append([]string{}, args[:cmdIdx]...), args[cmdIdx+1:]...)
+	cmd, ok := commandTable()[name]
+	if !ok {
+		fmt.Fprintf(stderr, "aupctl: unknown command %q; see aupctl --help\n", name)
+		return exitUsage
+	}
+	fs := flag.NewFlagSet("aupctl "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&x.server, "server", envOr("AUPCTL_SERVER", defaultServer), "")
+	fs.StringVar(&x.token, "token", os.Getenv("AUPCTL_TOKEN"), "")
+	fs.BoolVar(&x.json, "json", false, "")
+	fs.DurationVar(&x.timeout, "timeout", 30*time.Second, "")
+	f := cmd.flags(fs)
+	pos, err := parseInterspersed(fs, rest)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "aupctl %s: %v\n", name, err)
+		return exitUsage
+	}
+	if len(pos) < cmd.minArgs || len(pos) > cmd.maxArgs {
+		fmt.Fprintf(stderr, "aupctl %s: want %s; see aupctl --help\n", name, cmd.args)
+		return exitUsage
+	}
+	if name != "hash-token" {
+		if x.c, err = client.New(x.server, x.token, nil); err != nil {
+			fmt.Fprintf(stderr, "aupctl: %v\n", err)
+			return exitUsage
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, x.timeout)
+	defer cancel()
+	if err := cmd.run(ctx, x, pos, f); err != nil {
+		return x.fail(name, err)
+	}
+	return exitOK
+}
+
+// parseInterspersed parses flags that may come before, between or after
+// the positional arguments, as admins type them.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// usageError is a command-line mistake found after parsing.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func (x *cli) fail(name string, err error) int {
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(x.stderr, "aupctl %s: %s\n", name, ue.msg)
+		return exitUsage
+	}
+	fmt.Fprintf(x.stderr, "aupctl %s: %v\n", name, err)
+	switch st := client.StatusOf(err); {
+	case st == 404:
+		return exitNotFound
+	case st == 401 || st == 403:
+		return exitRefused
+	case st == 409:
+		return exitConflict
+	case st >= 400 && st < 500:
+		return exitUsage
+	}
+	return exitError
+}
+
+// flags holds the command flags; each command uses what it needs.
+type flags struct {
+	reason    *string
+	services  *string
+	company   *string
+	status    *string
+	typ       *string
+	suspended *bool
+	limit     *int
+	output    *string
+	stdin     *bool
+}
+
+type command struct {
+	args             string
+	minArgs, maxArgs int
+	flags            func(fs *flag.FlagSet) *flags
+	run              func(ctx context.Context, x *cli, args []string, f *flags) error
+}
+
+func withReason(fs *flag.FlagSet) *flags {
+	return &flags{reason: fs.String("reason", "", "")}
+}
+
+func withServices(fs *flag.FlagSet) *flags {
+	f := withReason(fs)
+	f.services = fs.String("service", "", "")
+	fs.StringVar(f.services, "services", "", "")
+	return f
+}
+
+func noFlags(*flag.FlagSet) *flags { return &flags{} }
+
+// commandTable returns the commands by name.
+func commandTable() map[string]command {
+	commands := map[string]command{}
+	for _, action := range []string{"lock", "unlock", "end-lockout", "maintenance", "close", "activate"} {
+		commands[action] = command{args: "ADDRESS --reason TEXT", minArgs: 1, maxArgs: 1, flags: withReason, run: statusCmd(action)}
+	}
+	commands["status"] = command{args: "ADDRESS", minArgs: 1, maxArgs: 1, flags: noFlags, run: statusShow}
+	commands["suspend"] = command{args: "ADDRESS --service LIST --reason TEXT", minArgs: 1, maxArgs: 1, flags: withServices, run: suspendCmd}
+	commands["reinstate"] = command{args: "ADDRESS [--service LIST] --reason TEXT", minArgs: 1, maxArgs: 1, flags: withServices, run: reinstateCmd}
+	commands["set"] = command{args: "ADDRESS [--type T] [--company ID] --reason TEXT", minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet) *flags {
+		f := withReason(fs)
+		f.typ = fs.String("type", "", "")
+		f.company = fs.String("company", "", "")
+		return f
+	}, run: setCmd}
+	commands["delete"] = command{args: "ADDRESS --reason TEXT", minArgs: 1, maxArgs: 1, flags: withReason, run: deleteCmd}
+	commands["history"] = command{args: "ADDRESS [--limit N]", minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet) *flags {
+		return &flags{limit: fs.Int("limit", 50, "")}
+	}, run: historyCmd}
+	commands["evidence"] = command{args: "ADDRESS SUSPENSION-ID [-o FILE]", minArgs: 2, maxArgs: 2, flags: func(fs *flag.FlagSet) *flags {
+		return &flags{output: fs.String("o", "", "")}
+	}, run: evidenceCmd}
+	commands["decide"] = command{args: "ADDRESS ACCESS", minArgs: 2, maxArgs: 2, flags: noFlags, run: decideCmd}
+	commands["list"] = command{args: "[--company ID] [--status S] [--suspended] [--limit N]", minArgs: 0, maxArgs: 0, flags: func(fs *flag.FlagSet) *flags {
+		return &flags{company: fs.String("company", "", ""), status: fs.String("status", "", ""), suspended: fs.Bool("suspended", false, ""), limit: fs.Int("limit", 1000, "")}
+	}, run: listCmd}
+	commands["companies"] = command{args: "no arguments", minArgs: 0, maxArgs: 0, flags: noFlags, run: companiesCmd}
+	commands["company"] = command{args: "ID", minArgs: 1, maxArgs: 1, flags: noFlags, run: companyCmd}
+	commands["licences"] = command{args: "COMPANY", minArgs: 1, maxArgs: 1, flags: noFlags, run: licencesCmd}
+	commands["hash-token"] = command{args: "[--stdin]", minArgs: 0, maxArgs: 0, flags: func(fs *flag.FlagSet) *flags {
+		return &flags{stdin: fs.Bool("stdin", false, "")}
+	}, run: hashTokenCmd}
+	return commands
+}
+
+func needReason(f *flags) error {
+	if strings.TrimSpace(*f.reason) == "" {
+		return &usageError{"--reason is required: every change is recorded with its reason"}
+	}
+	return nil
+}
+
+func parseServices(s string) ([]rules.Service, error) {
+	var out []rules.Service
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		svc := rules.Service(p)
+		if !svc.Valid() {
+			return nil, &usageError{fmt.Sprintf("unknown service %q: use send, receive, imap, pop3, webmail, webmail_send", p)}
+		}
+		out = append(out, svc)
+	}
+	return out, nil
+}
+
+// printRaw prints the server's JSON as it came.
+func (x *cli) printRaw(raw []byte) {
+	_, _ = x.stdout.Write(raw)
+	if len(raw) > 0 && raw[len(raw)-1] != '\n' {
+		fmt.Fprintln(x.stdout)
+	}
+}
+
+func statusCmd(action string) func(context.Context, *cli, []string, *flags) error {
+	return func(ctx context.Context, x *cli, args []string, f *flags) error {
+		if err := needReason(f); err != nil {
+			return err
+		}
+		cr, raw, err := x.c.SetStatus(ctx, args[0], action, *f.reason)
+		if err != nil {
+			return err
+		}
+		x.printChange(cr, raw, action)
+		return nil
+	}
+}
+
+func (x *cli) printChange(cr *api.ChangeResponse, raw []byte, what string) {
+	if x.json {
+		x.printRaw(raw)
+		return
+	}
+	if !cr.Changed {
+		fmt.Fprintf(x.stdout, "%s: nothing to change (%s)\n", cr.Account.Address, summary(cr.Account))
+		return
+	}
+	fmt.Fprintf(x.stdout, "%s: %s done (%s)\n", cr.Account.Address, what, summary(cr.Account))
+}
+
+func summary(a *api.Account) string {
+	s := "status " + string(a.Status)
+	if len(a.Suspended) > 0 {
+		s += ", suspended " + strings.Join(a.Suspended, ",")
+	} else {
+		s += ", no suspensions"
+	}
+	return s
+}
+
+func suspendCmd(ctx context.Context, x *cli, args []string, f *flags) error {
+	if err := needReason(f); err != nil {
+		return err
+	}
+	svcs, err := parseServices(*f.services)
+	if err != nil {
+		return err
+	}
+	if len(svcs) == 0 {
+		return &usageError{"--service is required, for example --service send,imap"}
+	}
+	cr, raw, err := x.c.Suspend(ctx, args[0], svcs, *f.reason)
+	if err != nil {
+		return err
+	}
+	x.printChange(cr, raw, "suspend")
+	return nil
+}
+
+func reinstateCmd(ctx context.Context, x *cli, args []string, f *flags) error {
+	if err := needReason(f); err != nil {
+		return err
+	}
+	svcs, err := parseServices(*f.services)
+	if err != nil {
+		return err
+	}
+	cr, raw, err := x.c.Reinstate(ctx, args[0], svcs, *f.reason)
+	if err != nil {
+		return err
+	}
+	x.printChange(cr, raw, "reinstate")
+	return nil
+}
+
+func setCmd(ctx context.Context, x *cli, args []string, f *flags) error {
+	if err := needReason(f); err != nil {
+		return err
+	}
+	cr, raw, err := x.c.SetAccount(ctx, args[0], rules.AccountType(*f.typ), *f.company, *f.reason)
+	if err != nil {
+		return err
+	}
+	x.printChange(cr, raw, "set")
+	return nil
+}
+
+func deleteCmd(ctx context.Context, x *cli, args []string, f *flags) error {
+	if err := needReason(f); err != nil {
+		return err
+	}
+	raw, err := x.c.Delete(ctx, args[0], *f.reason)
+	if err != nil {
+		return err
+	}
+	if x.json {
+		x.printRaw(raw)
+		return nil
+	}
+	fmt.Fprintf(x.stdout, "%s: deleted\n", args[0])
+	return nil
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func statusShow(ctx context.Context, x *cli, args []string, _ *flags) error {
+	a, raw, err := x.c.Account(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	if x.json {
+		x.printRaw(raw)
+		return nil
+	}
+	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Account:\t%s\n", a.Address)
+	fmt.Fprintf(w, "Type:\t%s\n", a.Type)
+	fmt.Fprintf(w, "Company:\t%s\n", orDash(a.Company))
+	st := string(a.Status)
+	if a.LockoutUntil != nil {
+		st += " until " + fmtTime(*a.LockoutUntil)
+	}
+	if si := a.StatusInfo; si != nil {
+		st += fmt.Sprintf(" (by %s at %s: %s)", si.Actor, fmtTime(si.At), orDash(si.Note))
+	}
+	fmt.Fprintf(w, "Status:\t%s\n", st)
+	if len(a.Suspensions) == 0 {
+		fmt.Fprintf(w, "Suspended:\tnothing\n")
+	}
+	for i, s := range a.Suspensions {
+		label := ""
+		if i == 0 {
+			label = "Suspended:"
+		}
+		fmt.Fprintf(w, "%s\t%s: %s by %s at %s (id %s) %s\n", label, s.Service, s.Reason, s.Actor, fmtTime(s.At), s.ID, s.Note)
+	}
+	if c := a.Counts; c != nil {
+		atLeast := func(t bool) string {
+			if t {
+				return "at least "
+			}
+			return ""
+		}
+		fmt.Fprintf(w, "Counting (since %s):\t%s%d (outbound %d, inbound %d, complaint %d)\n", fmtTime(c.WindowStart), atLeast(c.Counting.AtLeast), c.Counting.Total,
+			c.Counting.ByDirection[rules.Outbound], c.Counting.ByDirection[rules.Inbound], c.Counting.ByDirection[rules.Complaint])
+		for _, d := range rules.Directions {
+			var parts []string
+			for _, v := range rules.Verdicts {
+				if n := c.Counting.ByVerdict[d][v] + c.Other.ByVerdict[d][v]; n > 0 {
+					parts = append(parts, fmt.Sprintf("%s %d", v, n))
+				}
+			}
+			if len(parts) > 0 {
+				fmt.Fprintf(w, "  %s:\t%s\n", d, strings.Join(parts, ", "))
+			}
+		}
+		fmt.Fprintf(w, "Not counting:\t%s%d\n", atLeast(c.Other.AtLeast), c.Other.Total)
+	}
+	if ls := a.LastSuspension; ls != nil {
+		inForce := "lifted"
+		if ls.InForce {
+			inForce = "in force"
+		}
+		fmt.Fprintf(w, "Last AUP %s:\t%s at %s, %s, count %d > threshold %d\n", ls.Action, ls.ID, fmtTime(ls.WindowEnd), inForce, ls.Count, ls.Threshold)
+		if ls.Notice != nil {
+			b, _ := json.Marshal(ls.Notice)
+			fmt.Fprintf(w, "Notice:\t%s\n", b)
+		}
+	}
+	return w.Flush()
+}
+
+func historyCmd(ctx context.Context, x *cli, args []string, f *flags) error {
+	if *f.limit < 1 || *f.limit > 1000 {
+		return &usageError{"--limit must be 1 to 1000"}
+	}
+	h, raw, err := x.c.History(ctx, args[0], 0, *f.limit)
+	if err != nil {
+		return err
+	}
+	if x.json {
+		x.printRaw(raw)
+		return nil
+	}
+	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TIME\tACTOR\tACTION\tWHAT\tREASON\tNOTE")
+	for _, e := range h.Entries {
+		what := e.Status
+		if len(e.Services) > 0 {
+			what = strings.Join(e.Services, ",")
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", fmtTime(e.Time), e.Actor, e.Action, orDash(what), orDash(e.Reason), orDash(e.Note))
+	}
+	return w.Flush()
+}
+
+func evidenceCmd(ctx context.Context, x *cli, args []string, f *flags) error {
+	data, err := x.c.Evidence(ctx, args[0], args[1])
+	if err != nil {
+		return err
+	}
+	if *f.output == "" || *f.output == "-" {
+		_, err = x.stdout.Write(data)
+		return err
+	}
+	if err := os.WriteFile(*f.output, data, 0o600); err != nil {
+		return fmt.Errorf("write evidence: %w", err)
+	}
+	fmt.Fprintf(x.stderr, "wrote %d bytes to %s\n", len(data), *f.output)
+	return nil
+}
+
+func decideCmd(ctx context.Context, x *cli, args []string, _ *flags) error {
+	d, raw, err := x.c.Decide(ctx, args[0], rules.Access(args[1]))
+	if err != nil {
+		return err
+	}
+	if x.json {
+		x.printRaw(raw)
+		return nil
+	}
+	fmt.Fprintf(x.stdout, "%s %s: %s (%s)", d.Account, d.Access, d.Result, d.Code)
+	if d.Masked {
+		fmt.Fprint(x.stdout, ", masked: the user sees only an invalid login")
+	}
+	fmt.Fprintln(x.stdout)
+	return nil
+}
+
+func listCmd(ctx context.Context, x *cli, _ []string, f *flags) error {
+	if *f.limit < 1 {
+		return &usageError{"--limit must be positive"}
+	}
+	q := client.ListQuery{Company: *f.company, Status: *f.status, Suspended: *f.suspended}
+	var all []*api.Account
+	for {
+		q.Limit = min(*f.limit-len(all), 1000)
+		page, _, err := x.c.List(ctx, q)
+		if err != nil {
+			return err
+		}
+		all = append(all, page.Accounts...)
+		if page.NextCursor == "" || len(all) >= *f.limit {
+			break
+		}
+		q.Cursor = page.NextCursor
+	}
+	if x.json {
+		b, _ := json.MarshalIndent(api.AccountList{Accounts: all}, "", "  ")
+		x.printRaw(b)
+		return nil
+	}
+	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ACCOUNT\tTYPE\tCOMPANY\tSTATUS\tSUSPENDED")
+	for _, a := range all {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", a.Address, a.Type, orDash(a.Company), a.Status, orDash(strings.Join(a.Suspended, ",")))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(x.stderr, "%d accounts\n", len(all))
+	return nil
+}
+
+func companiesCmd(ctx context.Context, x *cli, _ []string, _ *flags) error {
+	var all []*api.Company
+	cursor := ""
+	for {
+		page, _, err := x.c.Companies(ctx, cursor, 1000)
+		if err != nil {
+			return err
+		}
+		all = append(all, page.Companies...)
+		if cursor = page.NextCursor; cursor == "" {
+			break
+		}
+	}
+	if x.json {
+		b, _ := json.MarshalIndent(api.CompanyList{Companies: all}, "", "  ")
+		x.printRaw(b)
+		return nil
+	}
+	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tNAME\tDOMAINS\tABUSE CONTACT\tTHRESHOLD\tSOURCE")
+	for _, c := range all {
+		th := "default"
+		if c.Threshold != nil {
+			th = fmt.Sprint(*c.Threshold)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, orDash(c.Name), strings.Join(c.Domains, ","), orDash(c.AbuseContact), th, c.Source)
+	}
+	return w.Flush()
+}
+
+func companyCmd(ctx context.Context, x *cli, args []string, _ *flags) error {
+	_, raw, err := x.c.Company(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	// A company is small and nested: JSON is its table.
+	x.printRaw(raw)
+	return nil
+}
+
+func licencesCmd(ctx context.Context, x *cli, args []string, _ *flags) error {
+	l, raw, err := x.c.Licences(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	if x.json {
+		x.printRaw(raw)
+		return nil
+	}
+	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Company:\t%s\n", l.Company)
+	fmt.Fprintf(w, "Licences:\t%d\n", l.Total)
+	for _, st := range rules.Statuses {
+		fmt.Fprintf(w, "  %s:\t%d\n", st, l.ByStatus[st])
+	}
+	fmt.Fprintf(w, "With suspended services:\t%d\n", l.Suspended)
+	return w.Flush()
+}
+
+func hashTokenCmd(_ context.Context, x *cli, _ []string, f *flags) error {
+	if *f.stdin {
+		line, err := bufio.NewReader(x.stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read token: %w", err)
+		}
+		tok := strings.TrimSpace(line)
+		if tok == "" {
+			return &usageError{"no token on stdin"}
+		}
+		fmt.Fprintln(x.stdout, api.HashToken(tok))
+		return nil
+	}
+	tok := api.NewToken()
+	fmt.Fprintf(x.stdout, "token: %s\nhash:  %s\n", tok, api.HashToken(tok))
+	fmt.Fprintln(x.stderr, "Give the token to its user; put only the hash in aupd's config (auth.tokens[].hash).")
+	return nil
+}

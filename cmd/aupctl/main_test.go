@@ -1,0 +1,313 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/rules"
+)
+
+const (
+	adminToken = "ctl-admin-token"
+	viewToken  = "ctl-viewer-token"
+)
+
+type jsPublisher struct{ js jetstream.JetStream }
+
+func (p jsPublisher) PublishAccountEvent(ctx context.Context, ev *events.AccountEvent, data []byte) error {
+	_, err := p.js.Publish(ctx, events.AccountSubjectPrefix+ev.Type, data, jetstream.WithMsgID(ev.ID))
+	return err
+}
+
+type notices struct{ evidence map[string][]byte }
+
+func (n notices) NoticeState(context.Context, string, string) (any, bool, error) {
+	return map[string]string{"state": "sent"}, true, nil
+}
+
+func (n notices) Evidence(_ context.Context, account, id string) ([]byte, bool, error) {
+	b, ok := n.evidence[account+"/"+id]
+	return b, ok, nil
+}
+
+type harness struct {
+	t      *testing.T
+	url    string
+	store  *store.Store
+	stream jetstream.Stream
+	ev     map[string][]byte
+}
+
+// start runs the admin API on real Redis and a real in-process NATS.
+func start(t *testing.T) *harness {
+	rdb, prefix := testutil.Redis(t)
+	ns := testutil.NATSServer(t, "")
+	nc := testutil.NATS(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "AUP_ACCOUNT", Subjects: []string{"aup.account.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := store.New(rdb, prefix)
+	dir, err := companies.New(rdb, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}, AbuseContact: "abuse@example.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := map[string][]byte{}
+	h, err := api.New(api.Options{
+		Store: s, Companies: dir, Publisher: jsPublisher{js}, Notices: notices{ev}, Cap: 100,
+		Auth: api.AuthConfig{Tokens: []api.TokenConfig{
+			{Name: "ops-admin", Hash: api.HashToken(adminToken), Role: api.RoleAdmin},
+			{Name: "dashboard", Hash: api.HashToken(viewToken), Role: api.RoleViewer},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return &harness{t: t, url: srv.URL, store: s, stream: st, ev: ev}
+}
+
+// ctl runs aupctl and returns its exit code, stdout and stderr.
+func (h *harness) ctl(token string, args ...string) (int, string, string) {
+	h.t.Helper()
+	var out, errb bytes.Buffer
+	full := append([]string{"--server", h.url, "--token", token}, args...)
+	code := runIn(full, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func (h *harness) want(code int, token string, args ...string) string {
+	h.t.Helper()
+	got, out, errs := h.ctl(token, args...)
+	if got != code {
+		h.t.Fatalf("aupctl %v: exit %d, want %d\nstdout: %s\nstderr: %s", args, got, code, out, errs)
+	}
+	return out
+}
+
+func (h *harness) events() []events.AccountEvent {
+	h.t.Helper()
+	ctx := context.Background()
+	info, err := h.stream.Info(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []events.AccountEvent
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := h.stream.GetMsg(ctx, seq)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		var ev events.AccountEvent
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			h.t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func TestAdminSession(t *testing.T) {
+	h := start(t)
+	alice := "alice@example.com"
+
+	out := h.want(0, adminToken, "lock", alice, "--reason", "suspected compromise")
+	if !strings.Contains(out, "lock done") || !strings.Contains(out, "status locked") {
+		t.Fatalf("lock: %q", out)
+	}
+	out = h.want(0, adminToken, "lock", alice, "--reason", "again")
+	if !strings.Contains(out, "nothing to change") {
+		t.Fatalf("second lock: %q", out)
+	}
+	out = h.want(0, adminToken, "status", alice)
+	for _, s := range []string{"alice@example.com", "locked", "ops-admin", "suspected compromise", "acme"} {
+		if !strings.Contains(out, s) {
+			t.Fatalf("status lacks %q:\n%s", s, out)
+		}
+	}
+	// Flags may come before the address, global flags anywhere.
+	h.want(0, adminToken, "suspend", "--service", "send,imap", alice, "--reason", "spam run")
+	out = h.want(0, adminToken, "--json", "status", alice)
+	var a api.Account
+	if err := json.Unmarshal([]byte(out), &a); err != nil || len(a.Suspended) != 2 {
+		t.Fatalf("status --json: %v %s", err, out)
+	}
+	out = h.want(0, adminToken, "list", "--suspended", "--company", "acme")
+	if !strings.Contains(out, alice) || !strings.Contains(out, "send,imap") || !strings.HasPrefix(out, "ACCOUNT") {
+		t.Fatalf("list: %s", out)
+	}
+	out = h.want(0, viewToken, "licences", "acme", "--json")
+	var lic store.Licences
+	if err := json.Unmarshal([]byte(out), &lic); err != nil || lic.Total != 1 || lic.Suspended != 1 {
+		t.Fatalf("licences: %s", out)
+	}
+
+	// Delete is refused while suspended: exit 5, with the reason why.
+	code, _, errs := h.ctl(adminToken, "delete", alice, "--reason", "left")
+	if code != exitConflict || !strings.Contains(errs, "reinstate") {
+		t.Fatalf("delete while suspended: %d %s", code, errs)
+	}
+	h.want(0, adminToken, "reinstate", alice, "--reason", "cleaned")
+	h.want(0, adminToken, "unlock", alice, "--reason", "password changed")
+	h.want(0, adminToken, "maintenance", alice, "--reason", "restore")
+	h.want(exitConflict, adminToken, "unlock", alice, "--reason", "x")
+	h.want(0, adminToken, "activate", alice, "--reason", "restore done")
+	h.want(0, adminToken, "close", alice, "--reason", "contract ended")
+
+	out = h.want(0, adminToken, "history", alice)
+	for _, s := range []string{"TIME", "suspend", "send,imap", "spam run", "reinstate", "closed", "contract ended"} {
+		if !strings.Contains(out, s) {
+			t.Fatalf("history lacks %q:\n%s", s, out)
+		}
+	}
+	if n := strings.Count(out, "locked"); n != 1 {
+		t.Fatalf("lock recorded %d times:\n%s", n, out)
+	}
+	h.want(0, adminToken, "delete", alice, "--reason", "contract ended")
+	h.want(exitNotFound, adminToken, "status", alice)
+
+	// Every change was published with old and new state, actor and reason.
+	var got []string
+	for _, ev := range h.events() {
+		if ev.Account != alice || ev.Actor != "ops-admin" || ev.Reason != rules.ReasonAdmin || ev.Note == "" || ev.Old == nil {
+			t.Fatalf("event %+v", ev)
+		}
+		to := "-"
+		if ev.New != nil {
+			to = ev.New.Status + "/" + strings.Join(ev.New.Suspended, ",")
+		}
+		got = append(got, ev.Type+":"+ev.Old.Status+"/"+strings.Join(ev.Old.Suspended, ",")+">"+to)
+	}
+	want := []string{
+		"updated:active/>active/",
+		"status_changed:active/>locked/",
+		"suspended:locked/>locked/send,imap",
+		"reinstated:locked/send,imap>locked/",
+		"status_changed:locked/>active/",
+		"status_changed:active/>maintenance/",
+		"status_changed:maintenance/>active/",
+		"status_changed:active/>closed/",
+		"deleted:closed/>-",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestEvidenceDecideCompanies(t *testing.T) {
+	h := start(t)
+	now := time.Now()
+	var items []store.Item
+	for i := range 3 {
+		items = append(items, store.Item{ID: string(rune('a' + i)), Time: now, Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true})
+	}
+	res, err := h.store.Ingest(context.Background(), []store.Batch{{Account: "bob@example.com", Company: "acme", Threshold: 2, Cap: 100, Action: rules.ActionSuspend, Items: items}}, 24*time.Hour, now, func() string { return store.NewID(now) })
+	if err != nil || res[0].ID == "" {
+		t.Fatal(err, res)
+	}
+	h.ev["bob@example.com/"+res[0].ID] = []byte("evidence body\n")
+	if out := h.want(0, viewToken, "evidence", "bob@example.com", res[0].ID); out != "evidence body\n" {
+		t.Fatalf("evidence: %q", out)
+	}
+	file := filepath.Join(t.TempDir(), "evidence.txt")
+	h.want(0, viewToken, "evidence", "bob@example.com", res[0].ID, "-o", file)
+	if b, _ := os.ReadFile(file); string(b) != "evidence body\n" {
+		t.Fatalf("evidence file: %q", b)
+	}
+	h.want(exitNotFound, viewToken, "evidence", "bob@example.com", "nosuchid")
+	out := h.want(0, viewToken, "status", "bob@example.com")
+	if !strings.Contains(out, "Last AUP suspend") || !strings.Contains(out, "in force") || !strings.Contains(out, `"sent"`) {
+		t.Fatalf("status after AUP suspension:\n%s", out)
+	}
+	if out := h.want(0, viewToken, "decide", "bob@example.com", "send_smtp"); !strings.Contains(out, "deny (send_suspended)") {
+		t.Fatalf("decide: %s", out)
+	}
+	if out := h.want(0, viewToken, "companies"); !strings.Contains(out, "acme") || !strings.Contains(out, "example.com") {
+		t.Fatalf("companies: %s", out)
+	}
+	if out := h.want(0, viewToken, "company", "acme"); !strings.Contains(out, `"abuse_contact"`) {
+		t.Fatalf("company: %s", out)
+	}
+	h.want(exitNotFound, viewToken, "company", "nope")
+	h.want(0, adminToken, "set", "fwd@example.com", "--type", "forward", "--reason", "alias")
+	h.want(exitConflict, adminToken, "suspend", "fwd@example.com", "--service", "send", "--reason", "x")
+}
+
+func TestExitCodes(t *testing.T) {
+	h := start(t)
+	h.want(exitRefused, "wrong-token", "status", "a@example.com")
+	h.want(exitRefused, "", "status", "a@example.com")
+	h.want(exitRefused, viewToken, "lock", "a@example.com", "--reason", "x")
+	h.want(exitUsage, adminToken, "lock", "a@example.com")
+	h.want(exitUsage, adminToken, "lock")
+	h.want(exitUsage, adminToken, "frobnicate", "a@example.com")
+	h.want(exitUsage, adminToken, "suspend", "a@example.com", "--service", "ftp", "--reason", "x")
+	h.want(exitUsage, adminToken, "suspend", "a@example.com", "--reason", "x")
+	h.want(exitUsage, adminToken, "status", "not-an-address")
+	h.want(exitUsage, adminToken, "lock", "a@example.com", "--reason", "x", "--bogus")
+	h.want(exitNotFound, adminToken, "status", "nobody@example.com")
+
+	var out, errb bytes.Buffer
+	if code := runIn([]string{"--server", "http://127.0.0.1:1", "--token", "x", "status", "a@example.com"}, nil, &out, &errb); code != exitError {
+		t.Fatalf("unreachable server: exit %d", code)
+	}
+	if code := runIn([]string{"--help"}, nil, &out, &errb); code != 0 || !strings.Contains(out.String(), "Exit codes") {
+		t.Fatalf("help: %d", code)
+	}
+	if code := runIn(nil, nil, &out, &errb); code != exitUsage {
+		t.Fatalf("no args: %d", code)
+	}
+
+	// The server URL and token from the environment.
+	t.Setenv("AUPCTL_SERVER", h.url)
+	t.Setenv("AUPCTL_TOKEN", adminToken)
+	out.Reset()
+	if code := runIn([]string{"lock", "env@example.com", "--reason", "x"}, nil, &out, &errb); code != 0 {
+		t.Fatalf("env config: exit %d %s", code, errb.String())
+	}
+}
+
+func TestHashToken(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := runIn([]string{"hash-token", "--stdin"}, strings.NewReader("abc\n"), &out, &errb); code != 0 {
+		t.Fatalf("exit %d %s", code, errb.String())
+	}
+	if got := strings.TrimSpace(out.String()); got != api.HashToken("abc") {
+		t.Fatalf("hash %q", got)
+	}
+	out.Reset()
+	if code := runIn([]string{"hash-token"}, nil, &out, &errb); code != 0 {
+		t.Fatal(code)
+	}
+	var tok, hash string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, "token: "); ok {
+			tok = v
+		}
+		if v, ok := strings.CutPrefix(l, "hash:  "); ok {
+			hash = v
+		}
+	}
+	if tok == "" || hash != api.HashToken(tok) {
+		t.Fatalf("generated %q", out.String())
+	}
+}

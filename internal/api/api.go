@@ -1,0 +1,289 @@
+// Package api is aupd's HTTP admin API: accounts (status, suspensions,
+// history, evidence), licence counts, webmail access decisions and the
+// company directory, under /api/v1/, as described by openapi.yaml (served
+// at /api/v1/openapi.yaml).
+//
+// Every request but the OpenAPI document carries a bearer token from the
+// config; its role says what it may do and its optional company scope which
+// accounts it sees. A token limited to one company gets 404, exactly as for
+// an account that does not exist, for accounts and companies outside it, so
+// that it cannot probe what exists elsewhere, and 403 when it asks to list
+// another company.
+package api
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/store"
+)
+
+// OpenAPI is the API's OpenAPI 3 document; docs/openapi.yaml is a copy.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
+// Notices is what the API needs from the notifier: the delivery state of
+// the notice of one suspension, and its evidence.txt. ok is false when
+// there is no such notice.
+type Notices interface {
+	NoticeState(ctx context.Context, account, id string) (state any, ok bool, err error)
+	Evidence(ctx context.Context, account, id string) (data []byte, ok bool, err error)
+}
+
+// Options are what the API needs. Store, Companies, Publisher and Cap are
+// required.
+type Options struct {
+	Store     *store.Store
+	Companies *companies.Directory
+	// Publisher publishes the account events of every change at once
+	// (store.FlushOutbox).
+	Publisher store.Publisher
+	// Notices gives notice states and evidence.txt; nil: not available
+	// (evidence answers 404, accounts show no notice state).
+	Notices Notices
+	Auth    AuthConfig
+	Logger  *slog.Logger          // nil: discard
+	Metrics prometheus.Registerer // nil: no metrics
+	Now     func() time.Time      // nil: time.Now
+	// Window is the AUP rolling window (default 24h) and Cap the per-account
+	// cap of each counting set: a count at the cap is "at least".
+	Window time.Duration
+	Cap    int
+	// MaxBodyBytes bounds request bodies (default 64 KiB).
+	MaxBodyBytes int64
+}
+
+// DefaultMaxBodyBytes is the default bound of request bodies.
+const DefaultMaxBodyBytes = 64 << 10
+
+func (o *Options) validate() error {
+	switch {
+	case o.Store == nil:
+		return errors.New("api: no store")
+	case o.Companies == nil:
+		return errors.New("api: no company directory")
+	case o.Publisher == nil:
+		return errors.New("api: no publisher")
+	case o.Cap <= 0:
+		return errors.New("api: cap must be positive")
+	case o.Window < 0 || o.MaxBodyBytes < 0:
+		return errors.New("api: window and max body size must not be negative")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Window == 0 {
+		o.Window = 24 * time.Hour
+	}
+	if o.MaxBodyBytes == 0 {
+		o.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	return nil
+}
+
+type server struct {
+	opts    Options
+	store   *store.Store
+	dir     *companies.Directory
+	log     *slog.Logger
+	auth    *authenticator
+	mux     *http.ServeMux
+	metrics *metrics
+}
+
+// New returns the admin API's handler. It serves /api/v1/ only; mount it
+// at the root of the HTTP server (or next to /metrics and the health
+// checks).
+func New(opts Options) (http.Handler, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	auth, err := newAuthenticator(opts.Auth)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	m, err := newMetrics(opts.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	s := &server{opts: opts, store: opts.Store, dir: opts.Companies, log: opts.Logger.With("component", "api"), auth: auth, mux: http.NewServeMux(), metrics: m}
+	s.routes()
+	return s, nil
+}
+
+// route is one endpoint and the least role it needs; "" is public.
+type route struct {
+	pattern string
+	role    Role
+	h       func(w http.ResponseWriter, r *http.Request, p *principal)
+}
+
+func (s *server) routeTable() []route {
+	return []route{
+		{"GET /api/v1/openapi.yaml", "", s.openAPI},
+		{"GET /api/v1/accounts", RoleViewer, s.listAccounts},
+		{"GET /api/v1/accounts/{account}", RoleViewer, s.getAccount},
+		{"PUT /api/v1/accounts/{account}", RoleAdmin, s.putAccount},
+		{"DELETE /api/v1/accounts/{account}", RoleAdmin, s.deleteAccount},
+		{"POST /api/v1/accounts/{account}/suspend", RoleAbuse, s.suspend},
+		{"POST /api/v1/accounts/{account}/reinstate", RoleAbuse, s.reinstate},
+		{"POST /api/v1/accounts/{account}/lock", RoleAbuse, s.status(actionLock)},
+		{"POST /api/v1/accounts/{account}/unlock", RoleAbuse, s.status(actionUnlock)},
+		{"POST /api/v1/accounts/{account}/end-lockout", RoleAbuse, s.status(actionEndLockout)},
+		{"POST /api/v1/accounts/{account}/maintenance", RoleAdmin, s.status(actionMaintenance)},
+		{"POST /api/v1/accounts/{account}/close", RoleAdmin, s.status(actionClose)},
+		{"POST /api/v1/accounts/{account}/activate", RoleAdmin, s.status(actionActivate)},
+		{"GET /api/v1/accounts/{account}/history", RoleViewer, s.history},
+		{"GET /api/v1/accounts/{account}/suspensions/{id}/evidence.txt", RoleViewer, s.evidence},
+		{"POST /api/v1/decide", RoleViewer, s.decide},
+		{"GET /api/v1/companies", RoleViewer, s.listCompanies},
+		{"GET /api/v1/companies/{id}", RoleViewer, s.getCompany},
+		{"PUT /api/v1/companies/{id}", RoleAdmin, s.putCompany},
+		{"DELETE /api/v1/companies/{id}", RoleAdmin, s.deleteCompany},
+		{"GET /api/v1/companies/{id}/licences", RoleViewer, s.licences},
+	}
+}
+
+func (s *server) routes() {
+	for _, rt := range s.routeTable() {
+		s.mux.HandleFunc(rt.pattern, func(w http.ResponseWriter, r *http.Request) {
+			var p *principal
+			if rt.role != "" {
+				var e *apiError
+				if p, e = s.auth.authenticate(r); e != nil {
+					w.Header().Set("WWW-Authenticate", `Bearer realm="aupd"`)
+					s.fail(w, r, e)
+					return
+				}
+				if !p.can(rt.role) {
+					s.fail(w, r, errf(http.StatusForbidden, "forbidden", "token %s has role %s; this needs role %s", p.name, p.role, rt.role))
+					return
+				}
+			}
+			if r.Body != nil {
+				r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+			}
+			rt.h(w, r, p)
+		})
+	}
+}
+
+// ServeHTTP answers unknown paths and methods with JSON errors too, and
+// counts every request.
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("panic serving request", "path", r.URL.Path, "err", v)
+			if sw.status == 0 {
+				s.fail(sw, r, errf(http.StatusInternalServerError, "internal", "internal error"))
+			}
+		}
+		s.metrics.observe(r.Pattern, sw.status, time.Since(start))
+	}()
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		// Let the mux say whether this is 404 or 405 (with Allow), but in
+		// JSON.
+		rec := &recorder{header: http.Header{}}
+		s.mux.ServeHTTP(rec, r)
+		if allow := rec.header.Get("Allow"); allow != "" {
+			sw.Header().Set("Allow", allow)
+		}
+		if rec.Code == http.StatusMethodNotAllowed {
+			s.fail(sw, r, errf(rec.Code, "method_not_allowed", "method %s is not allowed here", r.Method))
+			return
+		}
+		s.fail(sw, r, errf(http.StatusNotFound, "no_route", "no such endpoint: %s %s", r.Method, r.URL.Path))
+		return
+	}
+	s.mux.ServeHTTP(sw, r)
+}
+
+// recorder keeps only the status and headers of a response.
+type recorder struct {
+	header http.Header
+	Code   int
+}
+
+func (r *recorder) Header() http.Header         { return r.header }
+func (r *recorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *recorder) WriteHeader(code int)        { r.Code = code }
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (s *server) openAPI(w http.ResponseWriter, _ *http.Request, _ *principal) {
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Header().Set("Content-Length", strconv.Itoa(len(OpenAPI)))
+	_, _ = w.Write(OpenAPI)
+}
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	publish  prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aupd_api_requests_total", Help: "Admin API requests by route and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "aupd_api_request_duration_seconds", Help: "Admin API request duration by route.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"route"}),
+		publish: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aupd_api_publish_errors_total", Help: "Account events the admin API could not publish at once (they stay in the outbox).",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.publish} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) observe(pattern string, code int, d time.Duration) {
+	if pattern == "" {
+		pattern = "unmatched"
+	}
+	if code == 0 {
+		code = http.StatusOK
+	}
+	m.requests.WithLabelValues(pattern, strconv.Itoa(code)).Inc()
+	m.duration.WithLabelValues(pattern).Observe(d.Seconds())
+}

@@ -1,0 +1,167 @@
+package api
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+)
+
+// Role is what a token may do. Each role can do everything the roles
+// before it can.
+type Role string
+
+// The roles.
+const (
+	// RoleViewer reads accounts, history, evidence, licences, companies and
+	// asks for decisions (the role of a webmail front end).
+	RoleViewer Role = "viewer"
+	// RoleAbuse also suspends and reinstates services, locks and unlocks
+	// accounts and ends lockouts (an abuse desk).
+	RoleAbuse Role = "abuse"
+	// RoleAdmin also sets maintenance, closes, reactivates, deletes and
+	// sets up accounts, and manages companies when it has no company scope.
+	RoleAdmin Role = "admin"
+)
+
+func (r Role) rank() int {
+	switch r {
+	case RoleViewer:
+		return 1
+	case RoleAbuse:
+		return 2
+	case RoleAdmin:
+		return 3
+	}
+	return 0
+}
+
+// Valid reports whether r is a known role.
+func (r Role) Valid() bool { return r.rank() > 0 }
+
+// AuthConfig is the admin API's authentication config (YAML `auth:`).
+type AuthConfig struct {
+	Tokens []TokenConfig `yaml:"tokens" json:"tokens"`
+}
+
+// TokenConfig is one bearer token. The token itself never appears in the
+// config, only its hash: "sha256:" and 64 hex digits (see HashToken and
+// `aupctl hash-token`).
+type TokenConfig struct {
+	// Name identifies the token in history entries and account events
+	// (the actor of every change made with it).
+	Name string `yaml:"name" json:"name"`
+	Hash string `yaml:"hash" json:"hash"`
+	Role Role   `yaml:"role" json:"role"`
+	// Company limits the token to the accounts of one company's domains
+	// (a company's abuse contact). Empty: every account.
+	Company string `yaml:"company" json:"company,omitempty"`
+}
+
+var (
+	hashPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
+)
+
+// Validate checks the tokens: unique names and hashes, known roles.
+func (c AuthConfig) Validate() error {
+	names, hashes := map[string]bool{}, map[string]bool{}
+	for i, t := range c.Tokens {
+		if !namePattern.MatchString(t.Name) {
+			return fmt.Errorf("auth.tokens[%d]: name %q: use 1 to 64 of A-Z a-z 0-9 . _ @ -", i, t.Name)
+		}
+		if names[t.Name] {
+			return fmt.Errorf("auth.tokens[%d]: name %q is used twice", i, t.Name)
+		}
+		names[t.Name] = true
+		h := strings.ToLower(t.Hash)
+		if !hashPattern.MatchString(h) {
+			return fmt.Errorf("auth.tokens[%d] (%s): hash must be sha256: and 64 hex digits (aupctl hash-token makes one)", i, t.Name)
+		}
+		if hashes[h] {
+			return fmt.Errorf("auth.tokens[%d] (%s): the same token hash is used twice", i, t.Name)
+		}
+		hashes[h] = true
+		if !t.Role.Valid() {
+			return fmt.Errorf("auth.tokens[%d] (%s): role %q: use viewer, abuse or admin", i, t.Name, t.Role)
+		}
+	}
+	return nil
+}
+
+// HashToken returns the config form of a token's hash: "sha256:<hex>".
+func HashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// NewToken returns a new random token (256 bits, URL-safe base64).
+func NewToken() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// principal is an authenticated token.
+type principal struct {
+	name    string
+	role    Role
+	company string
+}
+
+func (p *principal) can(r Role) bool { return p.role.rank() >= r.rank() }
+
+// authenticator holds the decoded token hashes.
+type authenticator struct {
+	tokens []authToken
+}
+
+type authToken struct {
+	sum [sha256.Size]byte
+	p   principal
+}
+
+func newAuthenticator(c AuthConfig) (*authenticator, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	a := &authenticator{}
+	for _, t := range c.Tokens {
+		b, _ := hex.DecodeString(strings.TrimPrefix(strings.ToLower(t.Hash), "sha256:"))
+		var at authToken
+		copy(at.sum[:], b)
+		at.p = principal{name: t.Name, role: t.Role, company: t.Company}
+		a.tokens = append(a.tokens, at)
+	}
+	return a, nil
+}
+
+// authenticate finds the bearer token of r. It compares the token's hash
+// with every configured hash in constant time and does not stop at a
+// match, so that timing tells nothing about which hashes exist.
+func (a *authenticator) authenticate(r *http.Request) (*principal, *apiError) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return nil, errf(http.StatusUnauthorized, "unauthenticated", "missing bearer token: send Authorization: Bearer <token>")
+	}
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return nil, errf(http.StatusUnauthorized, "unauthenticated", "the Authorization header must be: Bearer <token>")
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	var found *principal
+	for i := range a.tokens {
+		if subtle.ConstantTimeCompare(sum[:], a.tokens[i].sum[:]) == 1 {
+			found = &a.tokens[i].p
+		}
+	}
+	if found == nil {
+		return nil, errf(http.StatusUnauthorized, "invalid_token", "the bearer token is not valid")
+	}
+	return found, nil
+}

@@ -1,0 +1,382 @@
+package dovecot
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/rules"
+)
+
+func testRedis(t testing.TB) (*redis.Client, string) {
+	t.Helper()
+	addr := os.Getenv("AUPD_TEST_REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		t.Fatalf("redis at %s: %v (set AUPD_TEST_REDIS_ADDR)", addr, err)
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	prefix := "aupt" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		keys, _ := rdb.Keys(ctx, prefix+":*").Result()
+		if len(keys) > 0 {
+			rdb.Del(ctx, keys...)
+		}
+		rdb.Close()
+	})
+	return rdb, prefix
+}
+
+// fakeStore is the test double of the account store: Accounts and
+// lockout.Locker. A lockout it records shows in later lookups.
+type fakeStore struct {
+	mu       sync.Mutex
+	views    map[string]rules.AccountView
+	err      error
+	lockouts []string
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{views: map[string]rules.AccountView{
+		"active@example.test":    {Type: rules.TypeMailbox},
+		"locked@example.test":    {Type: rules.TypeMailbox, Status: rules.StatusLocked},
+		"maint@example.test":     {Type: rules.TypeMailbox, Status: rules.StatusMaintenance},
+		"closed@example.test":    {Type: rules.TypeMailbox, Status: rules.StatusClosed},
+		"noimap@example.test":    {Type: rules.TypeMailbox, Suspended: []rules.Service{rules.ServiceIMAP}},
+		"nopop@example.test":     {Type: rules.TypeMailbox, Suspended: []rules.Service{rules.ServicePOP3}},
+		"nosend@example.test":    {Type: rules.TypeMailbox, Suspended: []rules.Service{rules.ServiceSend}},
+		"fwd@example.test":       {Type: rules.TypeForward},
+		"lockedout@example.test": {Type: rules.TypeMailbox, Status: rules.StatusLockout, LockoutUntil: t0.Add(time.Hour)},
+		"wasout@example.test":    {Type: rules.TypeMailbox, Status: rules.StatusLockout, LockoutUntil: t0.Add(-time.Second)},
+	}}
+}
+
+func (f *fakeStore) Lookup(_ context.Context, acct string) (rules.AccountView, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return rules.AccountView{}, false, f.err
+	}
+	return f.views[acct], strings.HasSuffix(acct, "@example.test"), nil
+}
+
+func (f *fakeStore) Lockout(_ context.Context, acct string, until time.Time, _ string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v := f.views[acct]
+	v.Status, v.LockoutUntil = rules.StatusLockout, until
+	f.views[acct] = v
+	f.lockouts = append(f.lockouts, acct)
+	return nil
+}
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+type env struct {
+	h     *Handler
+	store *fakeStore
+	reg   *prometheus.Registry
+	clk   *clock
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+func newEnv(t testing.TB, cfg Config, lcfg lockout.Config) *env {
+	t.Helper()
+	rdb, prefix := testRedis(t)
+	store := newFakeStore()
+	clk := &clock{t: t0}
+	lcfg.KeyPrefix = prefix
+	// The counter's keys expire relative to Redis's clock, so a fixed
+	// test clock is fine for it.
+	ctr, err := lockout.New(rdb, lcfg, store, lockout.Options{Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	h, err := New(cfg, store, ctr, Options{Now: clk.now, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{h: h, store: store, reg: reg, clk: clk}
+}
+
+// post sends one policy request and decodes the answer.
+func (e *env) post(t *testing.T, command string, body any, header ...string) (int, Response, string) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	r := httptest.NewRequest(http.MethodPost, "/?command="+command, strings.NewReader(string(b)))
+	r.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Set(header[i], header[i+1])
+	}
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, r)
+	var resp Response
+	raw := w.Body.String()
+	if err := json.Unmarshal([]byte(raw), &resp); err != nil {
+		t.Fatalf("answer %q is not JSON: %v", raw, err)
+	}
+	return w.Code, resp, raw
+}
+
+func allowReq(login, proto, pwhash string) map[string]any {
+	return map[string]any{"login": login, "pwhash": pwhash, "remote": "192.0.2.9", "device_id": "",
+		"protocol": proto, "session_id": "abc", "tls": false}
+}
+
+func reportReq(login, proto, pwhash string, success, policyReject bool) map[string]any {
+	m := allowReq(login, proto, pwhash)
+	m["success"], m["policy_reject"] = success, policyReject
+	return m
+}
+
+func TestAllow(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{})
+	tests := []struct {
+		login, proto string
+		status       int
+		msg          string
+	}{
+		{"active@example.test", "imap", 0, ""},
+		{"Active@Example.Test", "pop3", 0, ""},
+		{"locked@example.test", "imap", -1, messages[rules.CodeLocked]},
+		{"locked@example.test", "smtp", -1, messages[rules.CodeLocked]},
+		{"maint@example.test", "pop3", -1, messages[rules.CodeMaintenance]},
+		{"closed@example.test", "imap", -1, messages[rules.CodeClosed]},
+		{"noimap@example.test", "imap", -1, messages[rules.CodeIMAPSuspended]},
+		{"noimap@example.test", "pop3", 0, ""},
+		{"nopop@example.test", "pop3", -1, messages[rules.CodePOP3Suspended]},
+		{"nopop@example.test", "IMAP", 0, ""},
+		// SMTP AUTH stays allowed with sending suspended, so that the user
+		// is told "sending suspended" by Postfix, not "wrong password".
+		{"nosend@example.test", "smtp", 0, ""},
+		{"nosend@example.test", "submission", 0, ""},
+		{"fwd@example.test", "imap", -1, messages[rules.CodeForward]},
+		// A lockout is a plain failure: status -1 and no message.
+		{"lockedout@example.test", "imap", -1, ""},
+		{"lockedout@example.test", "pop3", -1, ""},
+		{"lockedout@example.test", "smtp", -1, ""},
+		{"wasout@example.test", "imap", 0, ""},
+		{"someone@elsewhere.test", "imap", 0, ""},
+		{"not-an-address", "imap", 0, ""},
+		{"locked@example.test", "managesieve", -1, messages[rules.CodeLocked]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.login+"/"+tt.proto, func(t *testing.T) {
+			code, resp, raw := e.post(t, "allow", allowReq(tt.login, tt.proto, "0833"))
+			if code != http.StatusOK || resp.Status != tt.status || resp.Msg != tt.msg {
+				t.Errorf("got %d %s; want status %d msg %q", code, raw, tt.status, tt.msg)
+			}
+			if tt.msg == "" && strings.Contains(raw, "msg") {
+				t.Errorf("answer %s has a msg", raw)
+			}
+		})
+	}
+}
+
+func TestAllowUsesTranslatedUser(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{})
+	// The user typed a bare name that Dovecot translated (auth_default_realm).
+	body := allowReq("locked", "imap", "")
+	body["user"] = "locked@example.test"
+	if _, resp, raw := e.post(t, "allow", body); resp.Status != -1 {
+		t.Errorf("got %s", raw)
+	}
+}
+
+func TestAPIKey(t *testing.T) {
+	e := newEnv(t, Config{APIKey: "s3cret"}, lockout.Config{})
+	body := allowReq("locked@example.test", "imap", "")
+	for _, hdr := range [][]string{nil, {"X-API-Key", "wrong"}, {"X-API-Key", "s3cre"}, {"Authorization", "s3cret"}} {
+		code, resp, raw := e.post(t, "allow", body, hdr...)
+		if code != http.StatusUnauthorized || resp.Status != 0 {
+			t.Errorf("header %v: %d %s", hdr, code, raw)
+		}
+	}
+	if code, resp, _ := e.post(t, "allow", body, "X-API-Key", "s3cret"); code != http.StatusOK || resp.Status != -1 {
+		t.Errorf("right key: %d %+v", code, resp)
+	}
+	if fmt.Sprint(e.h.cfg.APIKey) != "<secret>" {
+		t.Errorf("the key prints as %q", fmt.Sprint(e.h.cfg.APIKey))
+	}
+	if got := counter(t, e.reg, "aupd_policy_requests_total", "dovecot", ResultUnauthorized); got != 4 {
+		t.Errorf("unauthorized metric %v", got)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{})
+	for _, tc := range []struct {
+		method, target, body string
+		code                 int
+	}{
+		{http.MethodGet, "/?command=allow", "", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/?command=nope", "{}", http.StatusBadRequest},
+		{http.MethodPost, "/", "{}", http.StatusBadRequest},
+		{http.MethodPost, "/?command=allow", "not json", http.StatusBadRequest},
+		{http.MethodPost, "/?command=allow", `{"login":5}`, http.StatusBadRequest},
+		{http.MethodPost, "/?command=allow", `{"login":"a@example.test"} {}`, http.StatusBadRequest},
+		{http.MethodPost, "/?command=allow", `{"login":"` + strings.Repeat("a", 70000) + `"}`, http.StatusBadRequest},
+		{http.MethodPost, "/?command=allow", `{"login":"locked@example.test","extra":{"nested":[1,2]}}`, http.StatusOK},
+	} {
+		r := httptest.NewRequest(tc.method, tc.target, strings.NewReader(tc.body))
+		w := httptest.NewRecorder()
+		e.h.ServeHTTP(w, r)
+		if w.Code != tc.code {
+			t.Errorf("%s %s %.40q: %d %s; want %d", tc.method, tc.target, tc.body, w.Code, w.Body, tc.code)
+		}
+	}
+}
+
+func TestLookupErrorIsHTTPError(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{})
+	e.store.err = errors.New("redis down")
+	code, resp, _ := e.post(t, "allow", allowReq("active@example.test", "imap", ""))
+	if code != http.StatusServiceUnavailable || resp.Status != 0 {
+		t.Errorf("got %d %+v; want 503, so that Dovecot applies auth_policy_reject_on_fail", code, resp)
+	}
+}
+
+// TestLockoutFlow follows Dovecot's requests through N failed logins, the
+// lockout, the refusal of the right password and the end of the lockout.
+func TestLockoutFlow(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{Threshold: 3, Window: 15 * time.Minute, Duration: 30 * time.Minute})
+	const acct = "active@example.test"
+	login := func(pwhash string, correct bool) (Response, string) {
+		t.Helper()
+		_, resp, raw := e.post(t, "allow", allowReq(acct, "imap", pwhash))
+		rejected := resp.Status < 0
+		success := correct && !rejected
+		if !rejected && correct {
+			// check_after_auth
+			_, resp, raw = e.post(t, "allow", allowReq(acct, "imap", pwhash))
+			rejected = resp.Status < 0
+			success = !rejected
+		}
+		if _, r, raw := e.post(t, "report", reportReq(acct, "imap", pwhash, success, rejected)); r.Status != 0 {
+			t.Fatalf("report answered %s", raw)
+		}
+		return resp, raw
+	}
+	// A phone retrying an old password counts once.
+	for i := 0; i < 5; i++ {
+		if resp, raw := login("aaa", false); resp.Status != 0 {
+			t.Fatalf("retry %d: %s", i, raw)
+		}
+	}
+	// A success resets the count.
+	login("good", true)
+	login("bbb", false)
+	login("ccc", false)
+	if len(e.store.lockouts) != 0 {
+		t.Fatal("locked out too early")
+	}
+	login("ddd", false) // the third distinct failure since the success
+	if len(e.store.lockouts) != 1 {
+		t.Fatalf("lockouts %v", e.store.lockouts)
+	}
+	if got := counter(t, e.reg, "aupd_policy_requests_total", "dovecot", ResultLockedOut); got != 1 {
+		t.Errorf("locked_out metric %v", got)
+	}
+	// Now the right password is refused exactly like a wrong one.
+	_, right := login("good", true)
+	_, wrong := login("eee", false)
+	if right != wrong || right != `{"status":-1}`+"\n" {
+		t.Errorf("right password answered %q, wrong one %q", right, wrong)
+	}
+	// Refusals during the lockout do not count again.
+	if len(e.store.lockouts) != 1 {
+		t.Errorf("lockouts %v", e.store.lockouts)
+	}
+	// The lockout ends by itself.
+	e.clk.add(30*time.Minute + time.Second)
+	if resp, raw := login("good", true); resp.Status != 0 {
+		t.Errorf("after the lockout: %s", raw)
+	}
+}
+
+func TestReportIgnored(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{Threshold: 1})
+	for _, body := range []map[string]any{
+		reportReq("someone@elsewhere.test", "imap", "h", false, false),
+		reportReq("not-an-address", "imap", "h", false, false),
+		reportReq("active@example.test", "imap", "h", false, true),
+		allowReq("active@example.test", "imap", "h"), // no success field
+	} {
+		if code, resp, raw := e.post(t, "report", body); code != http.StatusOK || resp.Status != 0 {
+			t.Errorf("%v: %s", body, raw)
+		}
+	}
+	if len(e.store.lockouts) != 0 {
+		t.Errorf("lockouts %v", e.store.lockouts)
+	}
+}
+
+func counter(t *testing.T, g prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			vals := map[string]bool{}
+			for _, lp := range m.GetLabel() {
+				vals[lp.GetValue()] = true
+			}
+			for _, l := range labels {
+				if !vals[l] {
+					continue next
+				}
+			}
+			return metricValue(m)
+		}
+	}
+	return 0
+}
+
+func metricValue(m *dto.Metric) float64 { return m.GetCounter().GetValue() }
+
+func TestConfigValidate(t *testing.T) {
+	if err := Defaults().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []Config{{APIHeader: "X Bad"}, {MaxBodyBytes: 10}, {APIKey: "a\nb"}, {LookupTimeout: -1}} {
+		if c.Validate() == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}

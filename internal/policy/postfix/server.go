@@ -1,0 +1,331 @@
+// Package postfix is aupd's Postfix SMTP access policy delegation server
+// (postfix.org SMTPD_POLICY_README). Postfix asks it, once per recipient,
+// whether to accept mail: from an authenticated sender whose sending is
+// suspended it is refused with 5.7.1, and mail to a local account follows
+// that account's state (closed: 5.2.1 bounce; receive suspended: permanent
+// reject; maintenance: 4.2.1 temporary failure, so the sending MTA queues
+// it; anything else: DUNNO, which leaves the decision to the rest of
+// Postfix's restrictions). Every decision is rules.Decide's.
+package postfix
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
+)
+
+// Accounts looks up an account's state. It is implemented by the account
+// store.
+type Accounts interface {
+	// Lookup returns the state of account (a normalized, lower-case
+	// address). local reports whether the address's domain belongs to a
+	// company of this provider; when it is false the view is ignored. An
+	// unknown mailbox in a local domain is answered with local true and a
+	// zero view (active), so that Postfix's own recipient checks decide.
+	Lookup(ctx context.Context, account string) (view rules.AccountView, local bool, err error)
+}
+
+// The result label values of aupd_policy_requests_total for this server.
+const (
+	ResultDunno            = "dunno"
+	ResultSendSuspended    = "send_suspended"
+	ResultClosed           = "closed"
+	ResultReceiveSuspended = "receive_suspended"
+	ResultMaintenance      = "maintenance"
+	ResultError            = "error"
+	ResultProtocolError    = "protocol_error"
+)
+
+// Options are a Server's collaborators.
+type Options struct {
+	Logger     *slog.Logger          // nil: discard
+	Registerer prometheus.Registerer // nil: no metrics
+	Now        func() time.Time      // nil: time.Now
+}
+
+// Server answers Postfix policy delegation requests.
+type Server struct {
+	cfg      Config
+	accounts Accounts
+	log      *slog.Logger
+	now      func() time.Time
+	metrics  *metrics
+	lim      limits
+	sem      chan struct{}
+}
+
+// New returns a server. cfg is completed with Defaults and validated.
+func New(cfg Config, accounts Accounts, opts Options) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if accounts == nil {
+		return nil, errors.New("postfix policy: nil Accounts")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("postfix policy: %w", err)
+	}
+	return &Server{
+		cfg:      cfg,
+		accounts: accounts,
+		log:      log.With("component", "policy.postfix"),
+		now:      now,
+		metrics:  m,
+		lim:      limits{maxLine: cfg.MaxLineBytes, maxRequest: cfg.MaxRequestBytes, maxAttrs: cfg.MaxAttributes},
+		sem:      make(chan struct{}, cfg.MaxConnections),
+	}, nil
+}
+
+// Run listens on the configured TCP address and, if set, the unix socket,
+// and serves both until ctx is done. It returns nil after a clean shutdown.
+func (s *Server) Run(ctx context.Context) error {
+	var lc net.ListenConfig
+	tcp, err := lc.Listen(ctx, "tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("postfix policy: listen: %w", err)
+	}
+	listeners := []net.Listener{tcp}
+	if s.cfg.UnixSocket != "" {
+		if err := removeStaleSocket(s.cfg.UnixSocket); err != nil {
+			tcp.Close()
+			return fmt.Errorf("postfix policy: %w", err)
+		}
+		ux, err := lc.Listen(ctx, "unix", s.cfg.UnixSocket)
+		if err != nil {
+			tcp.Close()
+			return fmt.Errorf("postfix policy: listen: %w", err)
+		}
+		if err := os.Chmod(s.cfg.UnixSocket, os.FileMode(s.cfg.UnixSocketMode)); err != nil {
+			tcp.Close()
+			ux.Close()
+			return fmt.Errorf("postfix policy: chmod unix socket: %w", err)
+		}
+		listeners = append(listeners, ux)
+	}
+	errs := make(chan error, len(listeners))
+	for _, ln := range listeners {
+		go func() { errs <- s.Serve(ctx, ln) }()
+	}
+	var first error
+	for range listeners {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// removeStaleSocket removes a unix socket left by an earlier run. Anything
+// else at the path is left alone, and Listen reports it.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}
+
+// Serve accepts connections on ln until ctx is done, then closes ln and
+// every connection, and returns once all connection goroutines have ended.
+// At most MaxConnections connections are served at once; further clients
+// wait in the listen backlog.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	defer ln.Close()
+	for {
+		select {
+		case s.sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		conn, err := ln.Accept()
+		if err != nil {
+			<-s.sem
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("postfix policy: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-s.sem }()
+			s.serveConn(ctx, conn)
+		}()
+	}
+}
+
+// serveConn answers requests on one connection until the peer closes it,
+// it stays idle too long, it breaks the protocol or ctx is done.
+func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
+	s.metrics.conns.Inc()
+	defer s.metrics.conns.Dec()
+	defer conn.Close()
+	// Closing the connection interrupts a blocked read at shutdown.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	r := bufio.NewReaderSize(conn, 4096)
+	for {
+		if err := conn.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout)); err != nil {
+			return
+		}
+		// Wait for the first byte under the idle timeout, then read the
+		// rest of the request under the request timeout.
+		if _, err := r.Peek(1); err != nil {
+			return
+		}
+		if err := conn.SetDeadline(time.Now().Add(s.cfg.RequestTimeout)); err != nil {
+			return
+		}
+		req, err := readRequest(r, s.lim)
+		if err != nil {
+			if errors.Is(err, errProtocol) {
+				s.log.Warn("closing policy connection", "remote", conn.RemoteAddr().String(), "err", err)
+				s.metrics.requests.WithLabelValues(serverName, ResultProtocolError).Inc()
+				// Answer once, so that Postfix applies the error action
+				// rather than its generic "server configuration problem".
+				_, _ = conn.Write(formatReply(s.cfg.ErrorAction))
+				lingerClose(conn)
+			}
+			return
+		}
+		start := time.Now()
+		action, result := s.Decide(ctx, req)
+		s.metrics.requests.WithLabelValues(serverName, result).Inc()
+		s.metrics.latency.WithLabelValues(serverName).Observe(time.Since(start).Seconds())
+		if _, err := conn.Write(formatReply(action)); err != nil {
+			return
+		}
+	}
+}
+
+// lingerClose half-closes conn and discards what the peer still sends for
+// a moment, so that the reply already written is not lost to a reset.
+func lingerClose(conn net.Conn) {
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.Copy(io.Discard, io.LimitReader(conn, 1<<20))
+}
+
+// Decide answers one request: the action for Postfix and the result label.
+// It is safe for concurrent use.
+func (s *Server) Decide(ctx context.Context, req Request) (action, result string) {
+	if req[attrRequest] != requestAccessPolicy {
+		return "DUNNO", ResultDunno
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
+	defer cancel()
+	now := s.now()
+	state := strings.ToUpper(req[attrProtocolState])
+
+	// An authenticated submission: the SASL login is the account that
+	// sends, whatever envelope sender it claims.
+	if user := req[attrSASLUsername]; user != "" && sendState(state) {
+		acct, err := events.NormalizeAccount(user)
+		if err != nil {
+			// Not an address; aupd's accounts are addresses, so there
+			// is nothing to check.
+			s.log.Debug("sasl_username is not an address", "sasl_username", clip(user), "err", err)
+		} else {
+			view, local, err := s.accounts.Lookup(ctx, acct)
+			if err != nil {
+				s.log.Error("look up sender", "account", acct, "queue_id", req[attrQueueID], "err", err)
+				return s.cfg.ErrorAction, ResultError
+			}
+			if local {
+				if d := rules.Decide(view, rules.SendSMTP, now); d.Result != rules.Allow {
+					s.log.Info("submission refused", "account", acct, "code", d.Code,
+						"queue_id", req[attrQueueID], "client", req[attrClientAddress])
+					return s.cfg.SendSuspendedAction, ResultSendSuspended
+				}
+			}
+		}
+	}
+
+	if state != "RCPT" || req[attrRecipient] == "" {
+		return "DUNNO", ResultDunno
+	}
+	rcpt, err := events.NormalizeAccount(req[attrRecipient])
+	if err != nil {
+		return "DUNNO", ResultDunno
+	}
+	view, local, err := s.accounts.Lookup(ctx, rcpt)
+	if err != nil {
+		s.log.Error("look up recipient", "account", rcpt, "queue_id", req[attrQueueID], "err", err)
+		return s.cfg.ErrorAction, ResultError
+	}
+	if !local {
+		return "DUNNO", ResultDunno
+	}
+	d := rules.Decide(view, rules.Receive, now)
+	switch d.Result {
+	case rules.Bounce:
+		if d.Code == rules.CodeClosed {
+			return s.cfg.ClosedAction, ResultClosed
+		}
+		return s.cfg.ReceiveSuspendedAction, ResultReceiveSuspended
+	case rules.Defer:
+		return s.cfg.MaintenanceAction, ResultMaintenance
+	case rules.Deny:
+		return s.cfg.ReceiveSuspendedAction, ResultReceiveSuspended
+	}
+	return "DUNNO", ResultDunno
+}
+
+// sendState reports whether a request in state is about a message being
+// sent: MAIL, RCPT, DATA, END-OF-MESSAGE (and BDAT for CHUNKING). CONNECT,
+// HELO/EHLO, VRFY and ETRN carry no message.
+func sendState(state string) bool {
+	switch state {
+	case "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "BDAT":
+		return true
+	}
+	return false
+}
+
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}

@@ -1,0 +1,443 @@
+package notifier
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/mail"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	gomail "github.com/wneessen/go-mail"
+
+	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
+)
+
+//go:embed templates/*.tmpl
+var builtinTemplates embed.FS
+
+// Names and values of the headers that mark a notice.
+const (
+	// NoticeHeader is set to NoticeHeaderValue on every AUP notice, so the
+	// abuse team's mail rules can recognise it without parsing the subject.
+	NoticeHeader      = "X-Aupd-Notice"
+	NoticeHeaderValue = "aup-suspension"
+	// EvidenceName is the file name of the evidence attachment.
+	EvidenceName = "evidence.txt"
+)
+
+// Size limits of rendered text.
+const (
+	maxSubject   = 200 // characters of the subject after the tag
+	maxLine      = 500 // characters of a one-line field taken from an event
+	maxBody      = 64 << 10
+	maxTemplates = 64 << 10
+)
+
+// NoticeData is what the subject and body templates see. Every string in
+// it has been cleaned: valid UTF-8, no control or bidi characters, no line
+// breaks.
+type NoticeData struct {
+	Account      string    // the suspended mailbox, local@domain
+	Company      string    // the owning company's id
+	CompanyName  string    // its name, or the id when the name is unknown
+	ProviderName string    // Config.ProviderName
+	Services     []string  // the suspended services: send, webmail_send
+	SuspendedAt  time.Time // when the suspension was recorded (UTC)
+	SuspensionID string
+	EventID      string
+	Threshold    int
+	Count        int  // messages counted in the window
+	Capped       bool // Count is a lower bound
+	Outbound     int
+	Inbound      int
+	Complaints   int
+	WindowStart  time.Time // the 24-hour window (UTC)
+	WindowEnd    time.Time
+	// SamplesReferenced is how many samples the suspension names;
+	// SamplesAttached how many of them are in evidence.txt.
+	SamplesReferenced int
+	SamplesAttached   int
+	ReinstateURL      string // POST target of the reinstate API call
+	ReinstateJSON     string // an example body for it
+}
+
+// templateFuncs are the functions the templates may use.
+func templateFuncs() template.FuncMap {
+	return template.FuncMap{
+		"datetime": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
+		"describe": describeService,
+		"join":     strings.Join,
+	}
+}
+
+func describeService(s string) string {
+	switch rules.Service(s) {
+	case rules.ServiceSend:
+		return "sending mail over SMTP (mail programs, phones, devices)"
+	case rules.ServiceWebmailSend:
+		return "sending mail from webmail"
+	case rules.ServiceReceive:
+		return "receiving mail"
+	case rules.ServiceIMAP:
+		return "IMAP access"
+	case rules.ServicePOP3:
+		return "POP3 access"
+	case rules.ServiceWebmail:
+		return "webmail login"
+	}
+	return s
+}
+
+type templates struct {
+	subject, body *template.Template
+}
+
+// loadTemplates parses the configured templates, or the built-in ones,
+// and executes them once on sample data so that a template that refers to
+// a missing field fails at check-config rather than at the first
+// suspension.
+func loadTemplates(cfg TemplatesConfig) (*templates, error) {
+	read := func(path, builtin string) (string, error) {
+		if path == "" {
+			b, err := builtinTemplates.ReadFile("templates/" + builtin)
+			return string(b), err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("read %s: %w", path, err)
+		}
+		if len(b) > maxTemplates {
+			return "", fmt.Errorf("%s is larger than %d bytes", path, maxTemplates)
+		}
+		if !utf8.Valid(b) {
+			return "", fmt.Errorf("%s is not UTF-8", path)
+		}
+		return string(b), nil
+	}
+	var t templates
+	for _, x := range []struct {
+		dst           **template.Template
+		name, path, b string
+	}{
+		{&t.subject, "subject", cfg.Subject, "subject.tmpl"},
+		{&t.body, "body", cfg.Body, "body.tmpl"},
+	} {
+		text, err := read(x.path, x.b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", x.name, err)
+		}
+		tpl, err := template.New(x.name).Funcs(templateFuncs()).Option("missingkey=error").Parse(text)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", x.name, err)
+		}
+		if err := tpl.Execute(&bytes.Buffer{}, exampleData()); err != nil {
+			return nil, fmt.Errorf("%s: %w", x.name, err)
+		}
+		*x.dst = tpl
+	}
+	return &t, nil
+}
+
+func exampleData() NoticeData {
+	at := time.Date(2026, 11, 21, 10, 15, 0, 0, time.UTC)
+	return NoticeData{
+		Account: "alice@example.com", Company: "example", CompanyName: "Example Ltd",
+		ProviderName: "Provider", Services: []string{"send", "webmail_send"},
+		SuspendedAt: at, SuspensionID: "s1", EventID: "e1", Threshold: 10, Count: 11,
+		Outbound: 9, Inbound: 1, Complaints: 1, WindowStart: at.Add(-24 * time.Hour), WindowEnd: at,
+		SamplesReferenced: 3, SamplesAttached: 3,
+		ReinstateURL:  "/api/v1/accounts/alice@example.com/reinstate",
+		ReinstateJSON: `{"services":["send","webmail_send"],"reason":"..."}`,
+	}
+}
+
+// Company is what the notifier needs to know about the company that owns
+// a mailbox.
+type Company struct {
+	Name         string
+	AbuseContact string // an email address; empty means the fallback
+}
+
+// notice is everything that goes into one rendered notice.
+type notice struct {
+	event     *events.AccountEvent
+	company   Company
+	companyOK bool
+	samples   []*events.Verdict // the samples to show, from pickSamples
+	fetched   int               // how many of the referenced samples were found
+	now       time.Time
+	messageID string // without angle brackets
+	boundary  string
+}
+
+// rendered is a notice ready to send: the whole message and its parts.
+type rendered struct {
+	recipient string // envelope recipient, addr-spec
+	sender    string // envelope sender, addr-spec
+	messageID string
+	subject   string
+	message   []byte
+	evidence  []byte
+}
+
+// renderer turns events into messages. It holds no mutable state.
+type renderer struct {
+	cfg       Config
+	tpl       *templates
+	from      *mail.Address
+	replyTo   *mail.Address
+	fallback  *mail.Address
+	midDomain string
+}
+
+func newRenderer(cfg Config) (*renderer, error) {
+	tpl, err := loadTemplates(cfg.Templates)
+	if err != nil {
+		return nil, fmt.Errorf("templates: %w", err)
+	}
+	from, err := parseAddress(cfg.From)
+	if err != nil {
+		return nil, fmt.Errorf("from: %w", err)
+	}
+	fallback, err := parseAddress(cfg.FallbackAbuseContact)
+	if err != nil {
+		return nil, fmt.Errorf("fallback_abuse_contact: %w", err)
+	}
+	r := &renderer{cfg: cfg, tpl: tpl, from: from, fallback: fallback, midDomain: cfg.MessageIDDomain}
+	if cfg.ReplyTo != "" {
+		if r.replyTo, err = parseAddress(cfg.ReplyTo); err != nil {
+			return nil, fmt.Errorf("reply_to: %w", err)
+		}
+	}
+	if r.midDomain == "" {
+		r.midDomain = domainOf(from.Address)
+	}
+	return r, nil
+}
+
+// recipient picks the company's abuse contact, or the fallback when the
+// company has none or an unusable one. The second result says why the
+// fallback was used ("" when it was not).
+func (r *renderer) recipient(c Company, ok bool) (*mail.Address, string) {
+	switch {
+	case !ok:
+		return r.fallback, "company unknown"
+	case strings.TrimSpace(c.AbuseContact) == "":
+		return r.fallback, "company has no abuse contact"
+	}
+	a, err := parseAddress(c.AbuseContact)
+	if err != nil {
+		return r.fallback, "company abuse contact is not a usable address"
+	}
+	return a, ""
+}
+
+// newMessageID returns a fresh Message-ID (without brackets) for a notice.
+func (r *renderer) newMessageID(ev *events.AccountEvent, now time.Time) string {
+	h := sha256.Sum256([]byte(ev.Account + "\x00" + ev.Suspension.ID))
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	return fmt.Sprintf("aup.%s.%s.%s@%s", strconv.FormatInt(now.Unix(), 36),
+		hex.EncodeToString(h[:6]), hex.EncodeToString(rnd[:]), r.midDomain)
+}
+
+func newBoundary() string {
+	var b [18]byte
+	_, _ = rand.Read(b[:])
+	return "aupd-" + hex.EncodeToString(b[:])
+}
+
+// errRender marks a notice that cannot be rendered; retrying would not help.
+var errRender = errors.New("render notice")
+
+// render builds the notice. It is deterministic given n (the Message-ID,
+// boundary and time are inputs), which the golden tests rely on.
+func (r *renderer) render(n notice) (*rendered, error) {
+	rcpt, _ := r.recipient(n.company, n.companyOK)
+	data := r.data(n)
+	evidence := r.evidence(n, data)
+
+	var subj bytes.Buffer
+	if err := r.tpl.subject.Execute(&subj, data); err != nil {
+		return nil, fmt.Errorf("%w: subject template: %v", errRender, err)
+	}
+	subject := cleanLine(subj.String(), maxSubject)
+	if tag := r.cfg.SubjectTag; tag != "" {
+		subject = tag + " " + subject
+	}
+	var body bytes.Buffer
+	if err := r.tpl.body.Execute(&body, data); err != nil {
+		return nil, fmt.Errorf("%w: body template: %v", errRender, err)
+	}
+	bodyText := cleanText(body.String(), maxBody)
+
+	boundary := n.boundary
+	for boundary == "" || strings.Contains(bodyText, boundary) || bytes.Contains(evidence, []byte(boundary)) {
+		boundary = newBoundary()
+	}
+	m := gomail.NewMsg(gomail.WithNoDefaultUserAgent(), gomail.WithBoundary(boundary),
+		gomail.WithCharset(gomail.CharsetUTF8), gomail.WithEncoding(gomail.EncodingQP))
+	m.FromMailAddress(r.from)
+	m.ToMailAddress(rcpt)
+	if r.replyTo != nil {
+		m.ReplyToMailAddress(r.replyTo)
+	}
+	m.Subject(subject)
+	m.SetMessageIDWithValue(n.messageID)
+	m.SetDateWithValue(n.now)
+	m.SetGenHeader("Auto-Submitted", "auto-generated")
+	m.SetGenHeader("X-Auto-Response-Suppress", "All")
+	m.SetGenHeader(NoticeHeader, NoticeHeaderValue)
+	m.SetUserAgent("aupd")
+	m.SetBodyString(gomail.TypeTextPlain, bodyText)
+	if err := m.AttachReader(EvidenceName, bytes.NewReader(evidence),
+		gomail.WithFileContentType("text/plain; charset=utf-8")); err != nil {
+		return nil, fmt.Errorf("%w: attach evidence: %v", errRender, err)
+	}
+	var out bytes.Buffer
+	if _, err := m.WriteTo(&out); err != nil {
+		return nil, fmt.Errorf("%w: write message: %v", errRender, err)
+	}
+	return &rendered{
+		recipient: rcpt.Address,
+		sender:    r.from.Address,
+		messageID: "<" + n.messageID + ">",
+		subject:   subject,
+		message:   out.Bytes(),
+		evidence:  evidence,
+	}, nil
+}
+
+// data builds the template data from the event, cleaning every field.
+func (r *renderer) data(n notice) NoticeData {
+	ev, s := n.event, n.event.Suspension
+	d := NoticeData{
+		Account:           cleanLine(ev.Account, events.MaxAccount),
+		Company:           cleanLine(ev.Company, 200),
+		ProviderName:      r.cfg.ProviderName,
+		SuspensionID:      cleanLine(s.ID, 200),
+		EventID:           cleanLine(ev.ID, 200),
+		Threshold:         s.Threshold,
+		Count:             s.Count,
+		Capped:            s.Capped,
+		Outbound:          s.Counts[string(rules.Outbound)],
+		Inbound:           s.Counts[string(rules.Inbound)],
+		Complaints:        s.Counts[string(rules.Complaint)],
+		SamplesReferenced: len(s.Samples),
+		SamplesAttached:   len(n.samples),
+	}
+	d.CompanyName = d.Company
+	if n.companyOK && strings.TrimSpace(n.company.Name) != "" {
+		d.CompanyName = cleanLine(n.company.Name, 200)
+	}
+	if d.CompanyName == "" {
+		d.CompanyName = "your company"
+	}
+	d.SuspendedAt = ev.Time.UTC()
+	if d.SuspendedAt.IsZero() {
+		d.SuspendedAt = n.now.UTC()
+	}
+	d.WindowEnd, d.WindowStart = s.WindowEnd.UTC(), s.WindowStart.UTC()
+	if d.WindowEnd.IsZero() {
+		d.WindowEnd = d.SuspendedAt
+	}
+	if d.WindowStart.IsZero() {
+		d.WindowStart = d.WindowEnd.Add(-24 * time.Hour)
+	}
+	for _, svc := range s.Services {
+		if rules.Service(svc).Valid() {
+			d.Services = append(d.Services, svc)
+		}
+	}
+	if len(d.Services) == 0 {
+		for _, svc := range rules.AUPServices {
+			d.Services = append(d.Services, string(svc))
+		}
+	}
+	d.ReinstateURL = strings.TrimRight(r.cfg.APIURL, "/") + "/api/v1/accounts/" + url.PathEscape(d.Account) + "/reinstate"
+	body, _ := json.Marshal(struct {
+		Services []string `json:"services"`
+		Reason   string   `json:"reason"`
+	}{d.Services, "password changed, devices checked"})
+	d.ReinstateJSON = string(body)
+	return d
+}
+
+// cleanLine makes s safe for one line of a header or of evidence.txt:
+// valid UTF-8, control, format (bidi) and line-separator characters
+// replaced by a space, runs of white space collapsed, at most max
+// characters (cut with "...").
+func cleanLine(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	var b strings.Builder
+	space, n := false, 0
+	for _, r := range s {
+		if unsafeRune(r) || unicode.IsSpace(r) {
+			space = b.Len() > 0
+			continue
+		}
+		if n >= max {
+			b.WriteString("...")
+			break
+		}
+		if space {
+			b.WriteByte(' ')
+			n++
+			space = false
+		}
+		b.WriteRune(r)
+		n++
+	}
+	return b.String()
+}
+
+// cleanText makes s safe as the text of a body: valid UTF-8, LF line
+// ends, no control characters but tab and LF, no bidi overrides, at most
+// max bytes.
+func cleanText(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.ReplaceAll(s, "\r\n", "\n")
+	var b strings.Builder
+	for _, r := range s {
+		if b.Len() >= max {
+			b.WriteString("\n[... cut ...]\n")
+			break
+		}
+		switch {
+		case r == '\n' || r == '\t':
+			b.WriteRune(r)
+		case unsafeRune(r):
+			b.WriteRune(' ')
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// unsafeRune reports characters that must not reach a header or a reader
+// unescaped: C0/C1 controls, DEL, line and paragraph separators, and the
+// bidi embedding, override and isolate marks that can disguise text.
+func unsafeRune(r rune) bool {
+	switch {
+	case r < 0x20, r == 0x7f, r >= 0x80 && r < 0xa0:
+		return true
+	case r == 0x2028, r == 0x2029, r >= 0x200e && r <= 0x200f,
+		r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069, r == 0xfeff:
+		return true
+	}
+	return false
+}
