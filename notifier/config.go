@@ -3,38 +3,16 @@ package notifier
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/mail"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/aupd/aupd/internal/secret"
 )
 
-// Secret is a string that never shows itself: it prints, logs and marshals
-// (YAML, JSON) as "<secret>". Use string(s) where the value is needed.
-type Secret string
-
-const redacted = "<secret>"
-
-// String returns "<secret>", or "" when the secret is empty.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return redacted
-}
-
-// GoString returns "<secret>" so that %#v does not show it either.
-func (s Secret) GoString() string { return s.String() }
-
-// LogValue keeps the secret out of slog output.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
-
-// MarshalYAML writes "<secret>" instead of the value.
-func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
-
-// MarshalJSON writes "<secret>" instead of the value.
-func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+// Secret is a string that never shows itself (see internal/secret).
+type Secret = secret.Secret
 
 // TLS modes of the SMTP connection.
 const (
@@ -97,7 +75,7 @@ type Config struct {
 	AckWait time.Duration `yaml:"ack_wait"`
 	// Stream is the JetStream stream of account events; Durable is the
 	// name of the notifier's durable consumer on it.
-	Stream  string `yaml:"stream"`
+	Stream  string `yaml:"-"` // set from nats.account_stream.name
 	Durable string `yaml:"durable"`
 	// EvidenceMaxBytes is how much of each sample's message text goes
 	// into evidence.txt; the rest is cut with a visible marker.

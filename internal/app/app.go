@@ -17,6 +17,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/policy/dovecot"
+	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/internal/policy/postfix"
+	"github.com/aupd/aupd/internal/sessionlock"
+	"github.com/aupd/aupd/notifier"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,8 +53,10 @@ type Options struct {
 
 // Info tells where a running aupd listens.
 type Info struct {
-	HTTPAddr string
-	NATSURL  string
+	HTTPAddr    string
+	NATSURL     string
+	PostfixAddr string // empty: the Postfix policy server is off
+	DovecotAddr string // empty: the Dovecot policy server is off
 }
 
 // App is a running aupd.
@@ -126,7 +135,8 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err = EnsureStream(sctx, a.js, cfg.NATS.Verdicts, verdictSubjects); err != nil {
+	verdicts, err := EnsureStream(sctx, a.js, cfg.NATS.Verdicts, verdictSubjects)
+	if err != nil {
 		return err
 	}
 	if _, err = EnsureStream(sctx, a.js, cfg.NATS.Accounts, accountSubjects); err != nil {
@@ -169,12 +179,49 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 	lag := newLagGauge(a.reg, cons)
 
+	// Abuse notices.
+	ntf, err := notifier.New(cfg.Notifier, notifier.Options{
+		Redis: a.rdb, KeyPrefix: cfg.Redis.Prefix, JetStream: a.js,
+		Samples: notifier.StreamSamples{Stream: verdicts}, Directory: directory(a.dir),
+		Registerer: a.reg, Logger: a.log, Now: a.opts.Now,
+	})
+	if err != nil {
+		return err
+	}
+
+	// Admin API, session locks and the enforcement servers.
+	mux := a.routes()
+	apiHandler, err := api.New(api.Options{
+		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
+		Auth: cfg.Auth, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
+		Window: cfg.AUP.Window, Cap: cfg.AUP.MaxTracked,
+	})
+	if err != nil {
+		return err
+	}
+	mux.Handle("/api/v1/", apiHandler)
+	sessCfg := cfg.Sessions
+	sessCfg.KeyPrefix = cfg.Redis.Prefix
+	locks, err := sessionlock.New(a.rdb, sessCfg, sessionlock.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now})
+	if err != nil {
+		return err
+	}
+	guarded, err := api.Guard(cfg.Auth, api.RoleViewer, sessionlock.NewHandler(locks, a.log))
+	if err != nil {
+		return err
+	}
+	for _, route := range []string{sessionlock.RouteList, sessionlock.RouteAcquire, sessionlock.RouteRenew, sessionlock.RouteRelease} {
+		mux.Handle(route, guarded)
+	}
+	accts := accounts{store: a.store, dir: a.dir, pub: pub}
+
 	// HTTP.
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		return fmt.Errorf("http listen: %w", err)
 	}
-	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	info := Info{HTTPAddr: ln.Addr().String(), NATSURL: url}
 
 	// Periodic jobs.
 	jobs := cron.New()
@@ -198,6 +245,56 @@ func (a *App) run(ctx context.Context) (err error) {
 	{
 		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		g.Add(func() error { return vc.Run(cctx) }, func(error) { cancel() })
+	}
+	{
+		nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		g.Add(func() error { return ntf.Run(nctx) }, func(error) { cancel() })
+	}
+	if pc := cfg.Policy.Postfix; pc.Listen != "" || pc.UnixSocket != "" {
+		pf, err := postfix.New(pc, accts, postfix.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now})
+		if err != nil {
+			return err
+		}
+		serve := pf.Run // TCP and the unix socket
+		info.PostfixAddr = pc.Listen
+		if pc.UnixSocket == "" {
+			pln, err := net.Listen("tcp", pc.Listen)
+			if err != nil {
+				return fmt.Errorf("postfix policy listen: %w", err)
+			}
+			info.PostfixAddr = pln.Addr().String()
+			serve = func(ctx context.Context) error { return pf.Serve(ctx, pln) }
+		}
+		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		g.Add(func() error { return serve(pctx) }, func(error) { cancel() })
+	}
+	if dc := cfg.Policy.Dovecot; dc.Listen != "" {
+		lcfg := cfg.Policy.Lockout
+		lcfg.KeyPrefix = cfg.Redis.Prefix
+		ctr, err := lockout.New(a.rdb, lcfg, accts, lockout.Options{Policies: accts, Logger: a.log, Registerer: a.reg, Now: a.opts.Now})
+		if err != nil {
+			return err
+		}
+		dh, err := dovecot.New(dc, accts, ctr, dovecot.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now})
+		if err != nil {
+			return err
+		}
+		dln, err := net.Listen("tcp", dc.Listen)
+		if err != nil {
+			return fmt.Errorf("dovecot policy listen: %w", err)
+		}
+		info.DovecotAddr = dln.Addr().String()
+		dsrv := &http.Server{Handler: dh, ReadHeaderTimeout: 10 * time.Second}
+		g.Add(func() error {
+			if err := dsrv.Serve(dln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("dovecot policy: %w", err)
+			}
+			return nil
+		}, func(error) {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = dsrv.Shutdown(sctx)
+		})
 	}
 	{
 		g.Add(func() error {
@@ -234,10 +331,11 @@ func (a *App) run(ctx context.Context) (err error) {
 		}, func(error) { signal.Stop(hup); close(done) })
 	}
 	a.ready.Store(true)
-	a.log.Info("aupd running", "http", ln.Addr().String(), "nats", url, "stream", cfg.NATS.Verdicts.Name,
+	a.log.Info("aupd running", "http", info.HTTPAddr, "nats", url, "stream", cfg.NATS.Verdicts.Name,
+		"postfix_policy", info.PostfixAddr, "dovecot_policy", info.DovecotAddr,
 		"threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(a.dir.All()))
 	if a.opts.OnReady != nil {
-		a.opts.OnReady(Info{HTTPAddr: ln.Addr().String(), NATSURL: url})
+		a.opts.OnReady(info)
 	}
 	err = g.Run()
 	a.ready.Store(false)

@@ -22,13 +22,13 @@ import (
 )
 
 type harness struct {
-	t      *testing.T
-	cfg    *config.Config
+	t       *testing.T
+	cfg     *config.Config
 	natsURL string
-	js     jetstream.JetStream
-	st     *store.Store
-	info   Info
-	stop   func()
+	js      jetstream.JetStream
+	st      *store.Store
+	info    Info
+	stop    func()
 }
 
 func testConfig(t *testing.T, natsURL, prefix string) *config.Config {
@@ -41,6 +41,9 @@ func testConfig(t *testing.T, natsURL, prefix string) *config.Config {
 	cfg.Redis.Prefix = prefix
 	cfg.Redis.Autostart = false
 	cfg.AUP.Threshold = 5
+	cfg.Notifier.EMLDir = t.TempDir()
+	cfg.Policy.Postfix.Listen = "127.0.0.1:0"
+	cfg.Policy.Dovecot.Listen = "127.0.0.1:0"
 	three := 3
 	cfg.Companies = []companies.Company{
 		{ID: "acme", Name: "Acme", Domains: []string{"example.com"}, AbuseContact: "abuse@example.com", Threshold: &three},

@@ -12,29 +12,23 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/policy/dovecot"
+	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/internal/policy/postfix"
+	"github.com/aupd/aupd/internal/sessionlock"
+	"github.com/aupd/aupd/notifier"
+
+	"github.com/aupd/aupd/internal/secret"
+
 	"go.yaml.in/yaml/v3"
 
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/rules"
 )
 
-// Secret is a string that never prints: it marshals and formats as
-// <secret>.
-type Secret string
-
-// String implements fmt.Stringer.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return "<secret>"
-}
-
-// MarshalYAML implements yaml.Marshaler.
-func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
-
-// MarshalJSON implements json.Marshaler.
-func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+// Secret is a string that never prints (see internal/secret).
+type Secret = secret.Secret
 
 // Config is the whole configuration.
 type Config struct {
@@ -45,6 +39,18 @@ type Config struct {
 	Redis     Redis               `yaml:"redis"`
 	AUP       AUP                 `yaml:"aup"`
 	Companies []companies.Company `yaml:"companies"`
+	Notifier  notifier.Config     `yaml:"notifier"`
+	Auth      api.AuthConfig      `yaml:"auth"`
+	Policy    Policy              `yaml:"policy"`
+	Sessions  sessionlock.Config  `yaml:"session_locks"`
+}
+
+// Policy configures the enforcement servers that Postfix and Dovecot ask.
+// An empty listen address turns a server off.
+type Policy struct {
+	Postfix postfix.Config `yaml:"postfix"`
+	Dovecot dovecot.Config `yaml:"dovecot"`
+	Lockout lockout.Config `yaml:"lockout"`
 }
 
 // Log configures logging.
@@ -165,7 +171,21 @@ func Default() *Config {
 			Verdicts:   []rules.Verdict{rules.Spam, rules.Phish, rules.Virus},
 			Mode:       rules.ModeEnforce,
 		},
+		Notifier: defaultNotifier(),
+		Policy:   Policy{Postfix: postfix.Defaults(), Dovecot: dovecot.Defaults(), Lockout: lockout.Defaults()},
+		Sessions: sessionlock.Defaults(),
 	}
+}
+
+// defaultNotifier writes notices as .eml files under data/notices, so
+// that aupd runs with no SMTP server and no config; a real deployment
+// sets notifier.smtp and eml_dir: "".
+func defaultNotifier() notifier.Config {
+	n := notifier.Defaults()
+	n.EMLDir = "data/notices"
+	n.From = "aupd@localhost"
+	n.FallbackAbuseContact = "abuse@localhost"
+	return n
 }
 
 // Load reads a config file over the defaults; an empty path gives the
@@ -183,6 +203,11 @@ func Load(path string) (*Config, error) {
 		}
 	}
 	cfg.applyEnv(os.Getenv)
+	if d := cfg.Notifier.EMLDir; d != "" {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("config: notifier.eml_dir: %w", err)
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -223,6 +248,8 @@ const (
 	EnvRedisUsername = "AUPD_REDIS_USERNAME"
 	EnvHTTPListen    = "AUPD_HTTP_LISTEN"
 	EnvDataDir       = "AUPD_DATA_DIR"
+	EnvSMTPPassword  = "AUPD_SMTP_PASSWORD"
+	EnvDovecotAPIKey = "AUPD_DOVECOT_API_KEY"
 )
 
 func (c *Config) applyEnv(get func(string) string) {
@@ -248,6 +275,8 @@ func (c *Config) applyEnv(get func(string) string) {
 	set(&c.Redis.Username, EnvRedisUsername)
 	set(&c.HTTP.Listen, EnvHTTPListen)
 	set(&c.DataDir, EnvDataDir)
+	setSecret(&c.Notifier.SMTP.Password, EnvSMTPPassword)
+	setSecret(&c.Policy.Dovecot.APIKey, EnvDovecotAPIKey)
 }
 
 // Validate checks every setting and reports all problems at once.
@@ -341,6 +370,24 @@ func (c *Config) Validate() error {
 	}
 	if _, err := companies.New(nil, "check", c.Companies); err != nil {
 		bad("companies: %v", err)
+	}
+	c.Notifier.Stream = c.NATS.Accounts.Name
+	for name, v := range map[string]interface{ Validate() error }{
+		"notifier": c.Notifier, "auth": c.Auth, "session_locks": c.Sessions, "policy.lockout": c.Policy.Lockout,
+	} {
+		if err := v.Validate(); err != nil {
+			bad("%s: %w", name, err)
+		}
+	}
+	if c.Policy.Postfix.Listen != "" || c.Policy.Postfix.UnixSocket != "" {
+		if err := c.Policy.Postfix.Validate(); err != nil {
+			bad("policy.postfix: %w", err)
+		}
+	}
+	if c.Policy.Dovecot.Listen != "" {
+		if err := c.Policy.Dovecot.Validate(); err != nil {
+			bad("policy.dovecot: %w", err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -80,7 +80,7 @@ func (p Protocol) Valid() bool { return p == POP3 || p == IMAP || p == Webmail }
 // Config configures session locks.
 type Config struct {
 	// KeyPrefix starts every Redis key. Default "aup".
-	KeyPrefix string `yaml:"key_prefix"`
+	KeyPrefix string `yaml:"-"` // set from redis.prefix
 	// DefaultLease is the lease of a lock whose request names none.
 	// Default 2m.
 	DefaultLease time.Duration `yaml:"default_lease"`

@@ -25,6 +25,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aupd/aupd/internal/secret"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/events"
@@ -47,24 +49,7 @@ type Failures interface {
 }
 
 // Secret is a configuration value that never prints.
-type Secret string
-
-// String hides the secret.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return "<secret>"
-}
-
-// MarshalYAML hides the secret when a configuration is printed.
-func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
-
-// MarshalJSON hides the secret when a configuration is printed.
-func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
-
-// LogValue hides the secret in logs.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+type Secret = secret.Secret
 
 // Config configures the Dovecot auth policy handler.
 type Config struct {

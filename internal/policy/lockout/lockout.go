@@ -41,7 +41,7 @@ type Config struct {
 	// Default 30m.
 	Duration time.Duration `yaml:"duration"`
 	// KeyPrefix starts every Redis key. Default "aup".
-	KeyPrefix string `yaml:"key_prefix"`
+	KeyPrefix string `yaml:"-"` // set from redis.prefix
 }
 
 // Defaults returns the default configuration.

@@ -1,0 +1,84 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/notifier"
+	"github.com/aupd/aupd/rules"
+)
+
+// accounts answers the enforcement servers from the store and the
+// company directory.
+type accounts struct {
+	store *store.Store
+	dir   *companies.Directory
+	pub   store.Publisher
+}
+
+// Lookup implements postfix.Accounts and dovecot.Accounts.
+func (a accounts) Lookup(ctx context.Context, account string) (rules.AccountView, bool, error) {
+	_, local := a.dir.ByAccount(account)
+	acct, err := a.store.Account(ctx, account)
+	if err != nil {
+		return rules.AccountView{}, local, err
+	}
+	return acct.View(), local, nil
+}
+
+// Lockout implements lockout.Locker: the status change is recorded with
+// its reason and published like any other.
+func (a accounts) Lockout(ctx context.Context, account string, until time.Time, note string) error {
+	op, err := a.store.SetStatus(ctx, account, rules.StatusLockout, until, store.Actor{Name: "aupd", Reason: rules.ReasonLockout, Note: note})
+	if err != nil {
+		return err
+	}
+	if op.Changed {
+		// A failed publish stays in the outbox for the sweeper.
+		_, _ = a.store.FlushOutbox(ctx, account, a.pub)
+	}
+	return nil
+}
+
+// LockoutPolicy implements lockout.Policies from the company's overrides.
+func (a accounts) LockoutPolicy(_ context.Context, account string) (lockout.Policy, error) {
+	c, ok := a.dir.ByAccount(account)
+	if !ok || c.Lockout == nil {
+		return lockout.Policy{}, nil
+	}
+	return lockout.Policy{Threshold: c.Lockout.MaxFailures, Window: c.Lockout.Window, Duration: c.Lockout.Duration}, nil
+}
+
+// notices adapts the notifier's store to the admin API.
+type notices struct{ s *notifier.Store }
+
+func (n notices) NoticeState(ctx context.Context, account, id string) (any, bool, error) {
+	d, err := n.s.Delivery(ctx, account, id)
+	if errors.Is(err, notifier.ErrNotFound) {
+		return nil, false, nil
+	}
+	return d, err == nil, err
+}
+
+func (n notices) Evidence(ctx context.Context, account, id string) ([]byte, bool, error) {
+	b, err := n.s.Evidence(ctx, account, id)
+	if errors.Is(err, notifier.ErrNotFound) {
+		return nil, false, nil
+	}
+	return b, err == nil, err
+}
+
+// directory adapts the company directory to the notifier.
+func directory(dir *companies.Directory) notifier.Directory {
+	return notifier.DirectoryFunc(func(id string) (notifier.Company, bool) {
+		c, ok := dir.ByID(id)
+		if !ok {
+			return notifier.Company{}, false
+		}
+		return notifier.Company{Name: c.Name, AbuseContact: c.AbuseContact}, true
+	})
+}
