@@ -495,8 +495,7 @@ func statusShow(ctx context.Context, x *cli, args []string, _ *flags) error {
 		}
 		fmt.Fprintf(w, "Last AUP %s:\t%s at %s, %s, count %d > threshold %d\n", ls.Action, ls.ID, fmtTime(ls.WindowEnd), inForce, ls.Count, ls.Threshold)
 		if ls.Notice != nil {
-			b, _ := json.Marshal(ls.Notice)
-			fmt.Fprintf(w, "Notice:\t%s\n", b)
+			fmt.Fprintf(w, "Notice:\t%s\n", noticeLine(ls.Notice))
 		}
 	}
 	return w.Flush()
@@ -670,4 +669,31 @@ func hashTokenCmd(_ context.Context, x *cli, _ []string, f *flags) error {
 	fmt.Fprintf(x.stdout, "token: %s\nhash:  %s\n", tok, api.HashToken(tok))
 	fmt.Fprintln(x.stderr, "Give the token to its user; put only the hash in aupd's config (auth.tokens[].hash).")
 	return nil
+}
+
+// noticeLine summarises a notice's delivery state on one line.
+func noticeLine(n any) string {
+	b, _ := json.Marshal(n)
+	var d struct {
+		State     string `json:"state"`
+		Recipient string `json:"recipient"`
+		Attempts  int    `json:"attempts"`
+		SentAt    string `json:"sent_at"`
+		LastError string `json:"last_error"`
+	}
+	if json.Unmarshal(b, &d) != nil || d.State == "" {
+		return string(b)
+	}
+	line := d.State
+	if d.Recipient != "" {
+		line += " to " + d.Recipient
+	}
+	line += fmt.Sprintf(", %d attempt(s)", d.Attempts)
+	if d.SentAt != "" {
+		line += ", sent " + d.SentAt
+	}
+	if d.LastError != "" {
+		line += ", last error: " + d.LastError
+	}
+	return line
 }

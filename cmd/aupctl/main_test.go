@@ -235,7 +235,7 @@ func TestEvidenceDecideCompanies(t *testing.T) {
 	}
 	h.want(exitNotFound, viewToken, "evidence", "bob@example.com", "nosuchid")
 	out := h.want(0, viewToken, "status", "bob@example.com")
-	if !strings.Contains(out, "Last AUP suspend") || !strings.Contains(out, "in force") || !strings.Contains(out, `"sent"`) {
+	if !strings.Contains(out, "Last AUP suspend") || !strings.Contains(out, "in force") || !strings.Contains(out, "Notice:") || !strings.Contains(out[strings.Index(out, "Notice:"):], "sent") {
 		t.Fatalf("status after AUP suspension:\n%s", out)
 	}
 	if out := h.want(0, viewToken, "decide", "bob@example.com", "send_smtp"); !strings.Contains(out, "deny (send_suspended)") {
