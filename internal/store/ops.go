@@ -147,29 +147,7 @@ func (s *Store) Reinstate(ctx context.Context, address string, services []rules.
 // is ignored for other statuses. Setting the status it already has changes
 // nothing (a lockout's end is updated, though).
 func (s *Store) SetStatus(ctx context.Context, address string, status rules.Status, until time.Time, by Actor) (*Op, error) {
-	if !status.Valid() {
-		return nil, fmt.Errorf("%w: unknown status %q", ErrInvalid, status)
-	}
-	return s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
-		cur := a.View().EffectiveStatus(now)
-		if cur == status && (status != rules.StatusLockout || a.LockoutUntil.Equal(until)) {
-			return nil, nil
-		}
-		after := a.clone()
-		after.Status = status
-		info, _ := json.Marshal(StatusInfo{Reason: by.Reason, Actor: by.Name, Note: by.Note, At: now})
-		ch := &Change{Set: map[string]string{"status": string(status), "status_info": string(info)}}
-		if status == rules.StatusLockout && !until.IsZero() {
-			ch.Set["lockout_until"] = fmt.Sprint(until.UnixMilli())
-		} else {
-			ch.Del = []string{"lockout_until"}
-		}
-		before := a.clone()
-		before.Status = cur
-		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "status", Reason: by.Reason, Status: string(status), Note: by.Note}}
-		ch.Events = []events.AccountEvent{s.event(before, events.TypeStatusChanged, by, now, after)}
-		return ch, nil
-	})
+	return s.SetStatusIf(ctx, address, status, until, by, nil)
 }
 
 // SetAccount creates an account or changes its type and company. Empty

@@ -35,7 +35,6 @@ func (s *Store) SetStatusIf(ctx context.Context, address string, status rules.St
 				return nil, err
 			}
 		}
-		// The same change as SetStatus.
 		after := a.clone()
 		after.Status = status
 		info, _ := json.Marshal(StatusInfo{Reason: by.Reason, Actor: by.Name, Note: by.Note, At: now})

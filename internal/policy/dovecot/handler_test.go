@@ -2,18 +2,17 @@ package dovecot
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/aupd/aupd/internal/testutil"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -23,31 +22,7 @@ import (
 	"github.com/aupd/aupd/rules"
 )
 
-func testRedis(t testing.TB) (*redis.Client, string) {
-	t.Helper()
-	addr := os.Getenv("AUPD_TEST_REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		t.Fatalf("redis at %s: %v (set AUPD_TEST_REDIS_ADDR)", addr, err)
-	}
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	prefix := "aupt" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		ctx := context.Background()
-		keys, _ := rdb.Keys(ctx, prefix+":*").Result()
-		if len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-		rdb.Close()
-	})
-	return rdb, prefix
-}
+func testRedis(t testing.TB) (*redis.Client, string) { return testutil.Redis(t) }
 
 // fakeStore is the test double of the account store: Accounts and
 // lockout.Locker. A lockout it records shows in later lookups.

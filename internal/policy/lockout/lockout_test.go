@@ -2,45 +2,20 @@ package lockout
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/aupd/aupd/internal/testutil"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // testRedis returns a client of the test Redis and a key prefix of this
 // test's own; the prefix's keys are deleted when the test ends.
-func testRedis(t testing.TB) (*redis.Client, string) {
-	t.Helper()
-	addr := os.Getenv("AUPD_TEST_REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		t.Fatalf("redis at %s: %v (set AUPD_TEST_REDIS_ADDR)", addr, err)
-	}
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	prefix := "aupt" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		ctx := context.Background()
-		keys, _ := rdb.Keys(ctx, prefix+":*").Result()
-		if len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-		rdb.Close()
-	})
-	return rdb, prefix
-}
+func testRedis(t testing.TB) (*redis.Client, string) { return testutil.Redis(t) }
 
 // fakeLocker records lockouts; it is the test double of the account store.
 type fakeLocker struct {
