@@ -4,8 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,22 +13,27 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/aupd/aupd/internal/app"
+	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
-	"github.com/aupd/aupd/internal/policy/postfix"
+	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
 
-// The integration tests run aupd's two policy servers in-process against a
-// private Postfix and Dovecot (scripts/mailstack), with real Redis for the
-// failed-login counts and a test double of the account store.
+// The integration tests run the whole aupd in-process (app.Run, with its
+// Redis store, NATS streams and both policy servers) against a private
+// Postfix and Dovecot (scripts/mailstack). Account states are set through
+// the real store, on aupd's Redis prefix.
 //
 // They are skipped, with the reason, when the daemons cannot be installed
 // or started (not root, no apt). AUPD_MAILSTACK=require turns such a skip
@@ -41,53 +45,15 @@ const (
 	threshold = 3
 )
 
-// store is the test double of the account store: Accounts for both policy
-// servers and lockout.Locker. Every address in example.test is local.
-type store struct {
-	mu       sync.Mutex
-	views    map[string]rules.AccountView
-	lockouts map[string]time.Time
-	asked    map[string]int // lookups by account
-}
-
-func (s *store) Lookup(_ context.Context, acct string) (rules.AccountView, bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.asked[acct]++
-	v, ok := s.views[acct]
-	if !ok {
-		v = rules.AccountView{Type: rules.TypeMailbox, Status: rules.StatusActive}
-	}
-	return v, strings.HasSuffix(acct, "@"+domain), nil
-}
-
-func (s *store) Lockout(_ context.Context, acct string, until time.Time, _ string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.views[acct]
-	v.Type, v.Status, v.LockoutUntil = rules.TypeMailbox, rules.StatusLockout, until
-	s.views[acct] = v
-	s.lockouts[acct] = until
-	return nil
-}
-
-func (s *store) set(acct string, v rules.AccountView) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v.Type = rules.TypeMailbox
-	s.views[acct] = v
-}
-
-func (s *store) lockedOut(acct string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.lockouts[acct]
-	return ok
-}
+// admin is who makes the test's manual changes.
+var admin = store.Actor{Name: "mailstack-test", Reason: rules.ReasonAdmin, Note: "integration test"}
 
 type mailstack struct {
-	store                        *store
+	st *store.Store // aupd's account store, on its Redis prefix
+	// counter reads the failed-login counts aupd keeps; the test never
+	// reports a failure through it.
 	counter                      *lockout.Counter
+	httpAddr                     string // aupd's HTTP listener (/metrics)
 	smtp, submission, imap, pop3 string
 }
 
@@ -126,40 +92,39 @@ func startMailstack(t *testing.T) *mailstack {
 		skip("cannot install postfix, dovecot and swaks (%v):\n%s", err, tail(out, 2000))
 	}
 
-	// aupd's side: the two policy servers, in-process.
-	st := &store{views: map[string]rules.AccountView{}, lockouts: map[string]time.Time{}, asked: map[string]int{}}
-	rdb, prefix := testRedis(t)
+	// aupd, in-process: the whole of it, with both policy servers.
+	rdb, prefix := testutil.Redis(t)
+	ns := testutil.NATSServer(t, "")
 	level := slog.LevelInfo
 	if os.Getenv("AUPD_MAILSTACK_LOGS") == "debug" {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
-	ctr, err := lockout.New(rdb, lockout.Config{Threshold: threshold, Window: 15 * time.Minute, Duration: 30 * time.Minute, KeyPrefix: prefix}, st, lockout.Options{Logger: log})
-	if err != nil {
+	apiKey := testutil.RandomHex(16)
+	lcfg := lockout.Config{Threshold: threshold, Window: 15 * time.Minute, Duration: 30 * time.Minute}
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.NATS.URL = ns.ClientURL()
+	cfg.Redis.Addrs = []string{testutil.RedisAddr()}
+	cfg.Redis.Prefix = prefix
+	cfg.Redis.Autostart = false
+	cfg.Notifier.EMLDir = t.TempDir()
+	cfg.Policy.Postfix.Listen = "127.0.0.1:0"
+	cfg.Policy.Dovecot.Listen = "127.0.0.1:0"
+	cfg.Policy.Dovecot.APIKey = dovecot.Secret(apiKey)
+	cfg.Policy.Lockout = lcfg
+	cfg.Companies = []companies.Company{{ID: "test", Domains: []string{domain}}}
+	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	info := runAupd(t, cfg, log)
 
-	pln := listen(t)
-	ps, err := postfix.New(postfix.Config{}, st, postfix.Options{Logger: log})
+	lcfg.KeyPrefix = prefix
+	ctr, err := lockout.New(rdb, lcfg, noLocker{t}, lockout.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = ps.Serve(ctx, pln) }()
-
-	apiKey := randomHex(16)
-	dh, err := dovecot.New(dovecot.Config{APIKey: dovecot.Secret(apiKey)}, st, ctr, dovecot.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dln := listen(t)
-	hs := &http.Server{Handler: dh, ReadHeaderTimeout: 10 * time.Second}
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = hs.Serve(dln) }()
-	go func() { defer wg.Done(); <-ctx.Done(); _ = hs.Close() }()
 
 	// The mail servers, on free loopback ports.
 	dir, err := os.MkdirTemp("", "aupd-mailstack-")
@@ -167,7 +132,7 @@ func startMailstack(t *testing.T) *mailstack {
 		t.Fatal(err)
 	}
 	ports := freePorts(t, 4)
-	ms := &mailstack{store: st, counter: ctr,
+	ms := &mailstack{st: store.New(rdb, prefix), counter: ctr, httpAddr: info.HTTPAddr,
 		smtp: ports[0], submission: ports[1], imap: ports[2], pop3: ports[3]}
 	var pairs []string
 	for _, u := range users {
@@ -176,8 +141,8 @@ func startMailstack(t *testing.T) *mailstack {
 	env := append(os.Environ(),
 		"MS_SMTP_PORT="+port(ms.smtp), "MS_SUBMISSION_PORT="+port(ms.submission),
 		"MS_IMAP_PORT="+port(ms.imap), "MS_POP3_PORT="+port(ms.pop3),
-		"MS_POLICY=inet:"+pln.Addr().String(),
-		"MS_AUTH_POLICY_URL=http://"+dln.Addr().String()+"/",
+		"MS_POLICY=inet:"+info.PostfixAddr,
+		"MS_AUTH_POLICY_URL=http://"+info.DovecotAddr+"/",
 		"MS_AUTH_POLICY_KEY="+apiKey,
 		"MS_DOMAINS="+domain,
 		"MS_USERS="+strings.Join(pairs, " "),
@@ -212,17 +177,91 @@ func startMailstack(t *testing.T) *mailstack {
 	return ms
 }
 
+// runAupd runs aupd until the test ends and returns where it listens.
+func runAupd(t *testing.T, cfg *config.Config, log *slog.Logger) app.Info {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan app.Info, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(ctx, app.Options{Config: cfg, Logger: log, OnReady: func(i app.Info) { ready <- i }})
+	}()
+	var info app.Info
+	select {
+	case info = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("aupd exited: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		<-done
+		t.Fatal("aupd did not start")
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("aupd: %v", err)
+		}
+	})
+	if info.PostfixAddr == "" || info.DovecotAddr == "" {
+		t.Fatalf("aupd runs without a policy server: %+v", info)
+	}
+	return info
+}
+
+// noLocker is the Locker of the test's read-only counter: aupd's own
+// counter locks accounts out, never the test's.
+type noLocker struct{ t *testing.T }
+
+func (l noLocker) Lockout(context.Context, string, time.Time, string) error {
+	l.t.Error("the test's lockout counter was asked to lock an account out")
+	return errors.New("not the test's to lock out")
+}
+
+// postfixRequests returns how many Postfix policy requests aupd has
+// answered, from its metrics.
+func (ms *mailstack) postfixRequests(t *testing.T) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + ms.httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	var n float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "aupd_policy_requests_total{") || !strings.Contains(line, `server="postfix"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		n += v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func TestMailstack(t *testing.T) {
 	began := time.Now()
 	ms := startMailstack(t)
 	t.Logf("mail stack up in %s", time.Since(began).Round(time.Millisecond))
-	st := ms.store
-	st.set("nosend@"+domain, rules.AccountView{Suspended: []rules.Service{rules.ServiceSend}})
-	st.set("closed@"+domain, rules.AccountView{Status: rules.StatusClosed})
-	st.set("maint@"+domain, rules.AccountView{Status: rules.StatusMaintenance})
-	st.set("norecv@"+domain, rules.AccountView{Suspended: []rules.Service{rules.ServiceReceive}})
-	st.set("suspended@"+domain, rules.AccountView{Suspended: []rules.Service{rules.ServiceIMAP, rules.ServicePOP3}})
-	st.set("locked@"+domain, rules.AccountView{Status: rules.StatusLocked})
+	st := ms.st
+	ctx := context.Background()
+	must(t)(st.Suspend(ctx, "nosend@"+domain, []rules.Service{rules.ServiceSend}, admin))
+	must(t)(st.SetStatus(ctx, "closed@"+domain, rules.StatusClosed, time.Time{}, admin))
+	must(t)(st.SetStatus(ctx, "maint@"+domain, rules.StatusMaintenance, time.Time{}, admin))
+	must(t)(st.Suspend(ctx, "norecv@"+domain, []rules.Service{rules.ServiceReceive}, admin))
+	must(t)(st.Suspend(ctx, "suspended@"+domain, []rules.Service{rules.ServiceIMAP, rules.ServicePOP3}, admin))
+	must(t)(st.SetStatus(ctx, "locked@"+domain, rules.StatusLocked, time.Time{}, admin))
 
 	t.Run("postfix", func(t *testing.T) {
 		t.Parallel()
@@ -265,21 +304,27 @@ func TestMailstack(t *testing.T) {
 		}
 		t.Run("relay control comes before aupd", func(t *testing.T) {
 			const rcpt = "relay-victim@elsewhere.test"
+			// The postfix subtests run one at a time and the dovecot ones
+			// send no recipient, so no other policy request can come in
+			// between.
+			before := ms.postfixRequests(t)
 			out, err := swaks(t, ms.smtp, "someone@elsewhere.test", rcpt, false)
 			if err == nil || !strings.Contains(out, "554 5.7.1 <"+rcpt+">: Relay access denied") {
 				t.Fatalf("swaks: %v\n%s", err, out)
 			}
-			st.mu.Lock()
-			n := st.asked[rcpt]
-			st.mu.Unlock()
-			if n != 0 {
-				t.Errorf("aupd was asked about a relay attempt %d times", n)
+			if n := ms.postfixRequests(t) - before; n != 0 {
+				t.Errorf("aupd was asked about a relay attempt %v times", n)
 			}
 		})
 		t.Run("mail to an active account is accepted", func(t *testing.T) {
+			before := ms.postfixRequests(t)
 			out, err := swaks(t, ms.smtp, "someone@elsewhere.test", "active@"+domain, false)
 			if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued") {
 				t.Fatalf("swaks: %v\n%s", err, out)
+			}
+			// aupd was asked, so the relay check above counts for real.
+			if n := ms.postfixRequests(t) - before; n < 1 {
+				t.Errorf("aupd was not asked about mail to a local account (%v requests)", n)
 			}
 		})
 	})
@@ -299,7 +344,12 @@ func TestMailstack(t *testing.T) {
 				} else {
 					t.Logf("POP3: %s", r)
 				}
-				st.set(acct, rules.AccountView{}) // reinstated
+				// Reinstated.
+				if strings.HasPrefix(acct, "locked@") {
+					must(t)(st.SetStatus(ctx, acct, rules.StatusActive, time.Time{}, admin))
+				} else {
+					must(t)(st.Reinstate(ctx, acct, []rules.Service{rules.ServiceIMAP, rules.ServicePOP3}, admin))
+				}
 				if r := imapLogin(t, ms.imap, acct, password); !strings.HasPrefix(r, "OK ") {
 					t.Errorf("IMAP login after reinstatement: %q", r)
 				}
@@ -311,7 +361,6 @@ func TestMailstack(t *testing.T) {
 		t.Run("lockout", func(t *testing.T) {
 			t.Parallel()
 			acct := "victim@" + domain
-			ctx := context.Background()
 			// An old password retried counts once.
 			var wrongIMAP string
 			for i := 0; i < threshold+1; i++ {
@@ -325,7 +374,36 @@ func TestMailstack(t *testing.T) {
 			for i := 2; i < threshold; i++ {
 				imapLogin(t, ms.imap, acct, fmt.Sprintf("wrong-%d", i))
 			}
-			waitFor(t, "the lockout", func() bool { return st.lockedOut(acct) })
+			// aupd's own counter sets the lockout through its store.
+			var locked *store.Account
+			waitFor(t, "the lockout", func() bool {
+				a, err := st.Account(ctx, acct)
+				if err != nil {
+					t.Fatal(err)
+				}
+				locked = a
+				return a.Status == rules.StatusLockout
+			})
+			if locked.LockoutUntil.IsZero() {
+				t.Errorf("lockout without an end: %+v", locked)
+			} else if d := time.Until(locked.LockoutUntil); d < 25*time.Minute || d > 31*time.Minute {
+				t.Errorf("lockout ends in %s; want about 30m", d)
+			}
+			if si := locked.StatusInfo; si == nil || si.Reason != rules.ReasonLockout || si.Actor != "aupd" {
+				t.Errorf("lockout status info: %+v", si)
+			}
+			hist, err := st.History(ctx, acct, 0, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(hist, func(e store.HistoryEntry) bool {
+				return e.Action == "status" && e.Status == string(rules.StatusLockout) && e.Reason == rules.ReasonLockout && e.Actor == "aupd"
+			}) {
+				t.Errorf("no lockout entry in the history: %+v", hist)
+			}
+			if n, err := ms.counter.Count(ctx, acct); err != nil || n != 0 {
+				t.Errorf("failure count after the lockout: %d, %v; want it reset", n, err)
+			}
 			// The right password is now refused with the wrong password's
 			// message.
 			if r := imapLogin(t, ms.imap, acct, password); r != wrongIMAP {
@@ -339,7 +417,7 @@ func TestMailstack(t *testing.T) {
 				t.Errorf("SMTP AUTH during lockout: %v\n%s", err, out)
 			}
 			// An admin ends the lockout early; the right password works.
-			st.set(acct, rules.AccountView{})
+			must(t)(st.SetStatus(ctx, acct, rules.StatusActive, time.Time{}, admin))
 			if r := imapLogin(t, ms.imap, acct, password); !strings.HasPrefix(r, "OK ") {
 				t.Errorf("IMAP after the lockout: %q", r)
 			}
@@ -530,34 +608,15 @@ func tail(b []byte, n int) string {
 	return string(b)
 }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func testRedis(t testing.TB) (*redis.Client, string) {
+// must fails the test if a store operation failed.
+func must(t *testing.T) func(*store.Op, error) {
 	t.Helper()
-	addr := os.Getenv("AUPD_TEST_REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		t.Fatalf("redis at %s: %v (set AUPD_TEST_REDIS_ADDR)", addr, err)
-	}
-	prefix := "aupt" + randomHex(6)
-	t.Cleanup(func() {
-		ctx := context.Background()
-		keys, _ := rdb.Keys(ctx, prefix+":*").Result()
-		if len(keys) > 0 {
-			rdb.Del(ctx, keys...)
+	return func(_ *store.Op, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
 		}
-		rdb.Close()
-	})
-	return rdb, prefix
+	}
 }
 
 // testWriter sends log lines to the test log.
