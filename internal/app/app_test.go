@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,7 @@ type harness struct {
 	st      *store.Store
 	info    Info
 	stop    func()
+	path    string // config file, for reloads
 }
 
 func testConfig(t *testing.T, natsURL, prefix string) *config.Config {
@@ -71,7 +73,7 @@ func (h *harness) run() {
 	ready := make(chan Info, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Options{Config: h.cfg, OnReady: func(i Info) { ready <- i }})
+		done <- Run(ctx, Options{Config: h.cfg, ConfigPath: h.path, OnReady: func(i Info) { ready <- i }})
 	}()
 	select {
 	case h.info = <-ready:
@@ -323,4 +325,70 @@ func TestReadyz(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusServiceUnavailable
 	}, "readyz still ready with NATS down")
+}
+
+// TestReloadChangesRuleAndCompanies: a changed threshold and a new company
+// in the config file take effect on POST /-/reload, without a restart.
+func TestReloadChangesRuleAndCompanies(t *testing.T) {
+	ns := testutil.NATSServer(t, "")
+	_, prefix := testutil.Redis(t)
+	dir := t.TempDir()
+	path := dir + "/aupd.yml"
+	write := func(threshold int, extra string) {
+		text := fmt.Sprintf(`data_dir: %s
+http: {listen: "127.0.0.1:0"}
+nats: {url: %s, consumer: {max_wait: 50ms}}
+redis: {addrs: [%q], prefix: %s, autostart: false}
+notifier: {eml_dir: %s}
+policy: {postfix: {listen: ""}, dovecot: {listen: ""}}
+aup: {threshold: %d}
+companies:
+  - {id: acme, domains: [example.com]}
+%s`, dir, ns.ClientURL(), testutil.RedisAddr(), prefix, dir+"/notices", threshold, extra)
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(10, "")
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb, _ := testutil.Redis(t)
+	nc := testutil.NATS(t, cfg.NATS.URL)
+	js, _ := jetstream.New(nc)
+	h := &harness{t: t, cfg: cfg, js: js, st: store.New(rdb, prefix), path: path}
+	h.run()
+	now := time.Now()
+	for i := range 3 {
+		h.publish("aup.verdict.inbound", verdict(fmt.Sprint("r", i), "inbound", "erin@initech.test", "spam", now), "")
+		h.publish("aup.verdict.outbound", verdict(fmt.Sprint("o", i), "outbound", "frank@example.com", "spam", now), "")
+	}
+	h.drained()
+	if n := h.count("erin@initech.test"); n != 0 {
+		t.Fatalf("inbound for an unknown domain counted %d", n)
+	}
+	write(2, "  - {id: initech, domains: [initech.test]}\n")
+	resp, err := http.Post("http://"+h.info.HTTPAddr+"/-/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("reload answered %d", resp.StatusCode)
+	}
+	for i := 3; i < 6; i++ {
+		h.publish("aup.verdict.inbound", verdict(fmt.Sprint("r", i), "inbound", "erin@initech.test", "spam", now), "")
+	}
+	h.publish("aup.verdict.outbound", verdict("o3", "outbound", "frank@example.com", "spam", now), "")
+	h.drained()
+	if n := h.count("erin@initech.test"); n != 3 {
+		t.Errorf("after reload erin counts %d, want 3 (initech is now a company)", n)
+	}
+	for _, acct := range []string{"erin@initech.test", "frank@example.com"} {
+		a, err := h.st.Account(context.Background(), acct)
+		if err != nil || a.AUP == "" {
+			t.Errorf("%s not suspended under the reloaded threshold 2: %v", acct, err)
+		}
+	}
 }
