@@ -1,0 +1,58 @@
+// Command aupload measures aupd's throughput end to end on real NATS and
+// Redis, beside the ceilings of its parts measured in the same run (the
+// Redis script alone, JetStream consume+ack alone), and the Redis memory
+// an account takes.
+//
+// By default it starts its own NATS server with JetStream in a temporary
+// directory and uses the local Redis under a random key prefix that it
+// deletes at the end, so it touches no other data:
+//
+//	go run ./cmd/aupload
+//	go run ./cmd/aupload -events 500000 -accounts 50000 -cpuprofile cpu.out
+//
+// -nats URL uses a running server instead; it must hold no aupd streams
+// (aupload creates and deletes AUP_VERDICTS, AUP_ACCOUNTS and
+// AUP_DEAD_LETTERS there).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/loadtest"
+)
+
+func main() {
+	def := config.Default().NATS.Consumer
+	var c loadtest.Config
+	flag.IntVar(&c.Events, "events", 200000, "events to publish `N`")
+	flag.IntVar(&c.Accounts, "accounts", 10000, "accounts `M` the events are for")
+	flag.IntVar(&c.Batch, "batch", def.Batch, "events per fetch and per Redis pipeline (nats.consumer.batch)")
+	flag.IntVar(&c.Workers, "workers", def.Workers, "concurrent fetch loops / Redis callers (nats.consumer.workers)")
+	seconds := flag.Int("seconds", 300, "bound on each phase's wait, in seconds")
+	flag.StringVar(&c.RedisAddr, "redis", "127.0.0.1:6379", "Redis address (keys under a random prefix, deleted at the end)")
+	flag.StringVar(&c.NATSURL, "nats", "", "NATS server with JetStream and no aupd streams on it (default: an in-process server)")
+	flag.StringVar(&c.Phases, "phases", "abcd", "phases to run: a Redis alone, b JetStream alone, c end to end, d memory")
+	flag.IntVar(&c.MemAccts, "mem-accounts", 1000, "accounts per memory measurement")
+	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the end-to-end phase to `file`")
+	flag.Uint64Var(&c.Seed, "seed", 1, "seed of the generated events")
+	verbose := flag.Bool("v", false, "log aupd's warnings to stderr")
+	flag.Parse()
+	c.Timeout = time.Duration(*seconds) * time.Second
+	if *verbose {
+		c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := loadtest.Run(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, "aupload:", err)
+		os.Exit(1)
+	}
+}
