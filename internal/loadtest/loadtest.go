@@ -467,7 +467,9 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event) error {
 	actx, cancel := context.WithCancel(ctx)
 	ready := make(chan app.Info, 1)
 	done := make(chan error, 1)
-	go func() { done <- app.Run(actx, app.Options{Config: cfg, Logger: r.cfg.Log, OnReady: func(i app.Info) { ready <- i }}) }()
+	go func() {
+		done <- app.Run(actx, app.Options{Config: cfg, Logger: r.cfg.Log, OnReady: func(i app.Info) { ready <- i }})
+	}()
 	var stopped bool
 	var stopErr error
 	stop := func() error {
