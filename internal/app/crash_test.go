@@ -50,9 +50,11 @@ nats:
   consumer: {batch: 200, max_wait: 50ms, ack_wait: 5s}
 redis: {addrs: [%q], prefix: %s, autostart: false}
 aup: {threshold: 50, max_tracked: 1000}
+notifier: {eml_dir: %s}
+policy: {postfix: {listen: ""}, dovecot: {listen: ""}}
 companies:
   - {id: acme, domains: [example.com], abuse_contact: abuse@example.com}
-`, dir, ns.ClientURL(), testutil.RedisAddr(), prefix)
+`, dir, ns.ClientURL(), testutil.RedisAddr(), prefix, filepath.Join(dir, "notices"))
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
 		t.Fatal(err)
 	}
