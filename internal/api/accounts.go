@@ -226,35 +226,57 @@ func (s *server) publish(ctx context.Context, addr string) {
 	}
 }
 
-// SuspendRequest suspends services.
+// SuspendRequest suspends services, or reinstates them (no services: all).
 type SuspendRequest struct {
-	Services []rules.Service `json:"services"`
+	Services []rules.Service `json:"services,omitempty"`
 	ChangeRequest
 }
 
-func (s *server) suspend(w http.ResponseWriter, r *http.Request, p *principal) {
+// begin does what every change starts with: resolve the account within
+// the token's scope, decode the body into req and take the actor from it.
+// On false the answer is already written.
+func (s *server) begin(w http.ResponseWriter, r *http.Request, p *principal, req interface {
+	actor(*principal) (store.Actor, *apiError)
+}) (string, store.Actor, bool) {
 	addr, ok := s.target(w, r, p)
 	if !ok {
-		return
+		return "", store.Actor{}, false
 	}
-	var req SuspendRequest
-	if e := decode(r, &req, false); e != nil {
+	if e := decode(r, req, false); e != nil {
 		s.fail(w, r, e)
-		return
+		return "", store.Actor{}, false
 	}
 	by, e := req.actor(p)
 	if e != nil {
 		s.fail(w, r, e)
-		return
+		return "", store.Actor{}, false
 	}
-	if e := checkServices(req.Services, true); e != nil {
-		s.fail(w, r, e)
-		return
-	}
-	s.change(w, r, addr, by, false, func(ctx context.Context) (*store.Op, error) {
-		return s.store.Suspend(ctx, addr, req.Services, by)
-	})
+	return addr, by, true
 }
+
+// services is the suspend and the reinstate endpoint: required says
+// whether the request must name services (reinstate without them lifts
+// all), and only reinstating leaves an account aupd has no record of as
+// it is.
+func (s *server) services(required bool, op func(ctx context.Context, addr string, svcs []rules.Service, by store.Actor) (*store.Op, error)) func(http.ResponseWriter, *http.Request, *principal) {
+	return func(w http.ResponseWriter, r *http.Request, p *principal) {
+		var req SuspendRequest
+		addr, by, ok := s.begin(w, r, p, &req)
+		if !ok {
+			return
+		}
+		if e := checkServices(req.Services, required); e != nil {
+			s.fail(w, r, e)
+			return
+		}
+		s.change(w, r, addr, by, !required, func(ctx context.Context) (*store.Op, error) {
+			return op(ctx, addr, req.Services, by)
+		})
+	}
+}
+
+// ReinstateRequest lifts suspensions; no services means all of them.
+type ReinstateRequest = SuspendRequest
 
 func checkServices(svcs []rules.Service, required bool) *apiError {
 	if required && len(svcs) == 0 {
@@ -266,36 +288,6 @@ func checkServices(svcs []rules.Service, required bool) *apiError {
 		}
 	}
 	return nil
-}
-
-// ReinstateRequest lifts suspensions; no services means all of them.
-type ReinstateRequest struct {
-	Services []rules.Service `json:"services,omitempty"`
-	ChangeRequest
-}
-
-func (s *server) reinstate(w http.ResponseWriter, r *http.Request, p *principal) {
-	addr, ok := s.target(w, r, p)
-	if !ok {
-		return
-	}
-	var req ReinstateRequest
-	if e := decode(r, &req, false); e != nil {
-		s.fail(w, r, e)
-		return
-	}
-	by, e := req.actor(p)
-	if e != nil {
-		s.fail(w, r, e)
-		return
-	}
-	if e := checkServices(req.Services, false); e != nil {
-		s.fail(w, r, e)
-		return
-	}
-	s.change(w, r, addr, by, true, func(ctx context.Context) (*store.Op, error) {
-		return s.store.Reinstate(ctx, addr, req.Services, by)
-	})
 }
 
 // statusAction is one of the status endpoints.
@@ -327,18 +319,9 @@ func (act statusAction) guard(cur rules.Status, _ *store.Account) error {
 
 func (s *server) status(act statusAction) func(http.ResponseWriter, *http.Request, *principal) {
 	return func(w http.ResponseWriter, r *http.Request, p *principal) {
-		addr, ok := s.target(w, r, p)
-		if !ok {
-			return
-		}
 		var req ChangeRequest
-		if e := decode(r, &req, false); e != nil {
-			s.fail(w, r, e)
-			return
-		}
-		by, e := req.actor(p)
-		if e != nil {
-			s.fail(w, r, e)
+		addr, by, ok := s.begin(w, r, p, &req)
+		if !ok {
 			return
 		}
 		// Nothing can make an account without a record active: it is.
@@ -357,18 +340,9 @@ type AccountRequest struct {
 }
 
 func (s *server) putAccount(w http.ResponseWriter, r *http.Request, p *principal) {
-	addr, ok := s.target(w, r, p)
-	if !ok {
-		return
-	}
 	var req AccountRequest
-	if e := decode(r, &req, false); e != nil {
-		s.fail(w, r, e)
-		return
-	}
-	by, e := req.actor(p)
-	if e != nil {
-		s.fail(w, r, e)
+	addr, by, ok := s.begin(w, r, p, &req)
+	if !ok {
 		return
 	}
 	if req.Type != "" && !req.Type.Valid() {

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -108,5 +107,3 @@ func (l *localRedis) stop() {
 		<-done
 	}
 }
-
-var errNotReady = errors.New("not ready")

@@ -155,7 +155,7 @@ func toInt(v any) int64 {
 	return n
 }
 
-// LastAUP decodes the last_aup field of an account's state.
+// decodeAUP decodes the last_aup field of an account's state.
 func decodeAUP(s string) *events.AUPSuspension {
 	if s == "" {
 		return nil
