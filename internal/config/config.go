@@ -4,11 +4,11 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -134,8 +134,10 @@ type Redis struct {
 	DB         int      `yaml:"db"`
 	TLS        TLS      `yaml:"tls"`
 	Prefix     string   `yaml:"prefix"`
-	// Autostart starts a local redis-server under data_dir when the only
-	// address is a loopback one and nothing answers there.
+	// Autostart starts a local redis-server under data_dir when nothing
+	// answers on the default address (127.0.0.1:6379). Off by default,
+	// and refused together with a configured address: a production aupd
+	// must never run on an empty Redis of its own.
 	Autostart bool `yaml:"autostart"`
 }
 
@@ -164,7 +166,7 @@ func Default() *Config {
 			Dead:     Stream{Name: "AUP_DEAD_LETTERS", MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
 			Consumer: Consumer{Durable: "aupd-worker", Batch: 500, MaxWait: 100 * time.Millisecond, Workers: 4, AckWait: 30 * time.Second, MaxAckPending: 20000, RetryMin: time.Second, RetryMax: time.Minute},
 		},
-		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup", Autostart: true},
+		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup"},
 		AUP: AUP{
 			Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50, MaxTracked: 500,
 			Directions: []rules.Direction{rules.Outbound, rules.Inbound, rules.Complaint},
@@ -178,8 +180,8 @@ func Default() *Config {
 }
 
 // defaultNotifier writes notices as .eml files under data/notices, so
-// that aupd runs with no SMTP server and no config; a real deployment
-// sets notifier.smtp and eml_dir: "".
+// that aupd runs with no SMTP server and no config. A file that
+// configures notifier.smtp sends by SMTP (see settle).
 func defaultNotifier() notifier.Config {
 	n := notifier.Defaults()
 	n.EMLDir = "data/notices"
@@ -189,27 +191,42 @@ func defaultNotifier() notifier.Config {
 }
 
 // Load reads a config file over the defaults; an empty path gives the
-// defaults. Environment overrides apply in both cases.
+// defaults. Environment overrides apply in both cases. Relative paths in
+// the file resolve against the file's directory. Every error names the
+// file, and the key (with its line) where it can.
 func Load(path string) (*Config, error) {
 	cfg := Default()
+	var (
+		doc  *document
+		dir  string
+		name = "(defaults)"
+	)
 	if path != "" {
-		f, err := os.Open(path)
+		name = path
+		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("open config: %w", err)
 		}
-		defer f.Close()
-		if err := decode(f, cfg); err != nil {
+		if doc, err = decodeFile(data, cfg); err != nil {
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+		dir = filepath.Dir(abs)
 	}
-	cfg.applyEnv(os.Getenv)
-	if d := cfg.Notifier.EMLDir; d != "" {
+	errs := cfg.settle(doc, dir, os.Getenv)
+	if d := cfg.Notifier.EMLDir; d != "" && len(errs) == 0 {
 		if err := os.MkdirAll(d, 0o750); err != nil {
-			return nil, fmt.Errorf("config: notifier.eml_dir: %w", err)
+			return nil, fmt.Errorf("config %s: notifier.eml_dir: %w", name, err)
 		}
 	}
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("config %s:\n%w", name, doc.locate(errors.Join(errs...)))
 	}
 	return cfg, nil
 }
@@ -218,11 +235,16 @@ func Load(path string) (*Config, error) {
 // overrides (for tests and check-config of a given text).
 func Parse(data []byte) (*Config, error) {
 	cfg := Default()
-	if err := decode(bytes.NewReader(data), cfg); err != nil {
+	doc, err := decodeFile(data, cfg)
+	if err != nil {
 		return nil, err
 	}
+	errs := cfg.settle(doc, "", func(string) string { return "" })
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, doc.locate(errors.Join(errs...))
 	}
 	return cfg, nil
 }
@@ -252,14 +274,24 @@ const (
 	EnvDovecotAPIKey = "AUPD_DOVECOT_API_KEY"
 )
 
-func (c *Config) applyEnv(get func(string) string) {
+// applyEnv applies the environment overrides; each may instead name a
+// file holding the value (NAME_FILE).
+func (c *Config) applyEnv(get func(string) string) error {
+	var errs []error
+	value := func(name string) string {
+		v, err := envValue(get, name)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		return v
+	}
 	set := func(dst *string, name string) {
-		if v := get(name); v != "" {
+		if v := value(name); v != "" {
 			*dst = v
 		}
 	}
 	setSecret := func(dst *Secret, name string) {
-		if v := get(name); v != "" {
+		if v := value(name); v != "" {
 			*dst = Secret(v)
 		}
 	}
@@ -268,7 +300,7 @@ func (c *Config) applyEnv(get func(string) string) {
 	set(&c.NATS.User, EnvNATSUser)
 	setSecret(&c.NATS.Password, EnvNATSPassword)
 	setSecret(&c.NATS.Token, EnvNATSToken)
-	if v := get(EnvRedisAddrs); v != "" {
+	if v := value(EnvRedisAddrs); v != "" {
 		c.Redis.Addrs = strings.Split(v, ",")
 	}
 	setSecret(&c.Redis.Password, EnvRedisPassword)
@@ -277,6 +309,7 @@ func (c *Config) applyEnv(get func(string) string) {
 	set(&c.DataDir, EnvDataDir)
 	setSecret(&c.Notifier.SMTP.Password, EnvSMTPPassword)
 	setSecret(&c.Policy.Dovecot.APIKey, EnvDovecotAPIKey)
+	return errors.Join(errs...)
 }
 
 // Validate checks every setting and reports all problems at once.
@@ -346,8 +379,8 @@ func (c *Config) Validate() error {
 	if a.FutureSkew < 0 {
 		bad("aup.future_skew: must not be negative")
 	}
-	if a.Threshold < 0 {
-		bad("aup.threshold: must not be negative")
+	if a.Threshold < 1 {
+		bad("aup.threshold: %d: must be at least 1 (a count exceeding it suspends)", a.Threshold)
 	}
 	if !a.Mode.Valid() {
 		bad("aup.mode: %q is not enforce or shadow", a.Mode)
@@ -371,22 +404,27 @@ func (c *Config) Validate() error {
 	if _, err := companies.New(nil, "check", c.Companies); err != nil {
 		bad("companies: %v", err)
 	}
+	for i, co := range c.Companies {
+		if co.Threshold != nil && *co.Threshold < 1 {
+			bad("companies[%d].threshold: %d: must be at least 1", i, *co.Threshold)
+		}
+	}
 	c.Notifier.Stream = c.NATS.Accounts.Name
 	for name, v := range map[string]interface{ Validate() error }{
 		"notifier": c.Notifier, "auth": c.Auth, "session_locks": c.Sessions, "policy.lockout": c.Policy.Lockout,
 	} {
 		if err := v.Validate(); err != nil {
-			bad("%s: %w", name, err)
+			errs = append(errs, prefixed(name, err)...)
 		}
 	}
 	if c.Policy.Postfix.Listen != "" || c.Policy.Postfix.UnixSocket != "" {
 		if err := c.Policy.Postfix.Validate(); err != nil {
-			bad("policy.postfix: %w", err)
+			errs = append(errs, prefixed("policy.postfix", err)...)
 		}
 	}
 	if c.Policy.Dovecot.Listen != "" {
 		if err := c.Policy.Dovecot.Validate(); err != nil {
-			bad("policy.dovecot: %w", err)
+			errs = append(errs, prefixed("policy.dovecot", err)...)
 		}
 	}
 	return errors.Join(errs...)
