@@ -32,6 +32,7 @@ type rediser interface {
 	ZAdd(ctx context.Context, key string, members ...redis.Z) *redis.IntCmd
 	ZRemRangeByScore(ctx context.Context, key, min, max string) *redis.IntCmd
 	ZRevRange(ctx context.Context, key string, start, stop int64) *redis.StringSliceCmd
+	ZCount(ctx context.Context, key, min, max string) *redis.IntCmd
 }
 
 // Store keeps the per-notice delivery state in Redis: one hash per notice

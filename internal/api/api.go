@@ -52,6 +52,9 @@ type Options struct {
 	// (evidence answers 404, accounts show no notice state).
 	Notices Notices
 	Auth    AuthConfig
+	// Tokens, when set, is used instead of Auth: a token set the caller
+	// reloads (SIGHUP) and shares with GuardTokens.
+	Tokens  *Tokens
 	Logger  *slog.Logger          // nil: discard
 	Metrics prometheus.Registerer // nil: no metrics
 	Now     func() time.Time      // nil: time.Now
@@ -111,10 +114,14 @@ func New(opts Options) (http.Handler, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	auth, err := newAuthenticator(opts.Auth)
-	if err != nil {
-		return nil, fmt.Errorf("api: %w", err)
+	tokens := opts.Tokens
+	if tokens == nil {
+		var err error
+		if tokens, err = NewTokens(opts.Auth); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
 	}
+	auth := tokens.a
 	m, err := newMetrics(opts.Metrics)
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)

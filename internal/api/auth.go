@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync/atomic"
 )
 
 // Role is what a token may do. Each role can do everything the roles
@@ -116,9 +117,10 @@ type principal struct {
 
 func (p *principal) can(r Role) bool { return p.role.rank() >= r.rank() }
 
-// authenticator holds the decoded token hashes.
+// authenticator holds the decoded token hashes; set replaces them at
+// once (a reload), requests in flight keep the set they started with.
 type authenticator struct {
-	tokens []authToken
+	tokens atomic.Pointer[[]authToken]
 }
 
 type authToken struct {
@@ -127,18 +129,28 @@ type authToken struct {
 }
 
 func newAuthenticator(c AuthConfig) (*authenticator, error) {
-	if err := c.Validate(); err != nil {
+	a := &authenticator{}
+	if err := a.set(c); err != nil {
 		return nil, err
 	}
-	a := &authenticator{}
+	return a, nil
+}
+
+// set replaces the tokens; on an invalid config it keeps the old ones.
+func (a *authenticator) set(c AuthConfig) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	tokens := make([]authToken, 0, len(c.Tokens))
 	for _, t := range c.Tokens {
 		b, _ := hex.DecodeString(strings.TrimPrefix(strings.ToLower(t.Hash), "sha256:"))
 		var at authToken
 		copy(at.sum[:], b)
 		at.p = principal{name: t.Name, role: t.Role, company: t.Company}
-		a.tokens = append(a.tokens, at)
+		tokens = append(tokens, at)
 	}
-	return a, nil
+	a.tokens.Store(&tokens)
+	return nil
 }
 
 // authenticate finds the bearer token of r. It compares the token's hash
@@ -155,9 +167,10 @@ func (a *authenticator) authenticate(r *http.Request) (*principal, *apiError) {
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 	var found *principal
-	for i := range a.tokens {
-		if subtle.ConstantTimeCompare(sum[:], a.tokens[i].sum[:]) == 1 {
-			found = &a.tokens[i].p
+	tokens := *a.tokens.Load()
+	for i := range tokens {
+		if subtle.ConstantTimeCompare(sum[:], tokens[i].sum[:]) == 1 {
+			found = &tokens[i].p
 		}
 	}
 	if found == nil {

@@ -7,10 +7,16 @@ import "net/http"
 // at least role min and without a company scope, as the mail front ends'
 // service tokens have. Failures answer 401 or 403 like the API.
 func Guard(c AuthConfig, min Role, next http.Handler) (http.Handler, error) {
-	a, err := newAuthenticator(c)
+	t, err := NewTokens(c)
 	if err != nil {
 		return nil, err
 	}
+	return GuardTokens(t, min, next), nil
+}
+
+// GuardTokens is Guard with a reloadable token set shared with the API.
+func GuardTokens(t *Tokens, min Role, next http.Handler) http.Handler {
+	a := t.a
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, e := a.authenticate(r)
 		if e == nil && (!p.can(min) || p.company != "") {
@@ -21,5 +27,5 @@ func Guard(c AuthConfig, min Role, next http.Handler) (http.Handler, error) {
 			return
 		}
 		next.ServeHTTP(w, r)
-	}), nil
+	})
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/buildinfo"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/policy/postfix"
@@ -61,16 +62,18 @@ type Info struct {
 
 // App is a running aupd.
 type App struct {
-	opts  Options
-	log   *slog.Logger
-	reg   *prometheus.Registry
-	cfg   atomic.Pointer[config.Config]
-	rdb   redis.UniversalClient
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	store *store.Store
-	dir   *companies.Directory
-	ready atomic.Bool
+	opts    Options
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	cfg     atomic.Pointer[config.Config]
+	rdb     redis.UniversalClient
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	store   *store.Store
+	dir     *companies.Directory
+	tokens  *api.Tokens
+	ready   atomic.Bool
+	reloads *prometheus.CounterVec
 
 	reloadMu sync.Mutex
 }
@@ -90,7 +93,14 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	a := &App{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
 	a.cfg.Store(opts.Config)
-	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "aupd_config_reloads_total",
+		Help: "Config reloads (SIGHUP or POST /-/reload) by result: ok, error (the running config stays).",
+	}, []string{"result"})
+	a.reloads.WithLabelValues("ok")
+	a.reloads.WithLabelValues("error")
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildinfo.Collector(buildinfo.Read()), a.reloads)
 	return a.run(ctx)
 }
 
@@ -124,6 +134,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		url = ns.ClientURL()
 		a.log.Info("embedded NATS server with JetStream", "url", url)
 	}
+	a.log.Info("connecting to NATS", "url", config.RedactURL(url))
 	a.nc, err = connect(cfg.NATS, url, "aupd")
 	if err != nil {
 		return err
@@ -177,7 +188,6 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	lag := newLagGauge(a.reg, cons)
 
 	// Abuse notices.
 	ntf, err := notifier.New(cfg.Notifier, notifier.Options{
@@ -188,12 +198,28 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if cfg.Notifier.EMLDir != "" {
+		a.log.Info("abuse notices are written as .eml files, not sent", "transport", "eml", "dir", cfg.Notifier.EMLDir)
+	} else {
+		a.log.Info("abuse notices are sent by SMTP", "transport", "smtp", "host", cfg.Notifier.SMTP.Host, "port", cfg.Notifier.SMTP.Port, "tls", cfg.Notifier.SMTP.TLS)
+	}
+	a.reg.MustRegister(newStateCollector(&stateCollector{
+		rdb: a.rdb, prefix: cfg.Redis.Prefix, verdicts: cons,
+		noticeConsumer: func(ctx context.Context) (jetstream.Consumer, error) {
+			return a.js.Consumer(ctx, cfg.NATS.Accounts.Name, cfg.Notifier.Durable)
+		},
+		notices: ntf.Store(), retention: cfg.Notifier.Retention, log: a.log, now: a.opts.Now,
+	}))
 
 	// Admin API, session locks and the enforcement servers.
 	mux := a.routes()
+	a.tokens, err = api.NewTokens(cfg.Auth)
+	if err != nil {
+		return err
+	}
 	apiHandler, err := api.New(api.Options{
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
-		Auth: cfg.Auth, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
+		Tokens: a.tokens, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
 		Window: cfg.AUP.Window, Cap: cfg.AUP.MaxTracked,
 	})
 	if err != nil {
@@ -206,10 +232,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	guarded, err := api.Guard(cfg.Auth, api.RoleViewer, sessionlock.NewHandler(locks, a.log))
-	if err != nil {
-		return err
-	}
+	guarded := api.GuardTokens(a.tokens, api.RoleViewer, sessionlock.NewHandler(locks, a.log))
 	for _, route := range []string{sessionlock.RouteList, sessionlock.RouteAcquire, sessionlock.RouteRenew, sessionlock.RouteRelease} {
 		mux.Handle(route, guarded)
 	}
@@ -235,7 +258,6 @@ func (a *App) run(ctx context.Context) (err error) {
 		})
 	}
 	every("@every 10s", "companies", a.dir.Refresh)
-	every("@every 15s", "consumer_lag", lag.update)
 	every("@every 1m", "outbox_sweep", func(ctx context.Context) error {
 		_, err := a.store.SweepOutboxes(ctx, pub)
 		return err
@@ -331,7 +353,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		}, func(error) { signal.Stop(hup); close(done) })
 	}
 	a.ready.Store(true)
-	a.log.Info("aupd running", "http", info.HTTPAddr, "nats", url, "stream", cfg.NATS.Verdicts.Name,
+	a.log.Info("aupd running", "http", info.HTTPAddr, "nats", config.RedactURL(url), "stream", cfg.NATS.Verdicts.Name,
 		"postfix_policy", info.PostfixAddr, "dovecot_policy", info.DovecotAddr,
 		"threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(a.dir.All()))
 	if a.opts.OnReady != nil {
@@ -352,9 +374,19 @@ func (a *App) policy() worker.Policy {
 	}
 }
 
-// reload re-reads the config file. The AUP rule and the companies change
-// at once; connection settings need a restart.
+// reload re-reads the config file. The AUP rule, the companies and the
+// API tokens change at once; connection settings need a restart.
 func (a *App) reload() error {
+	err := a.reloadConfig()
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	a.reloads.WithLabelValues(result).Inc()
+	return err
+}
+
+func (a *App) reloadConfig() error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
 	if a.opts.ConfigPath == "" {
@@ -364,10 +396,13 @@ func (a *App) reload() error {
 	if err != nil {
 		return err
 	}
+	if err := a.tokens.Set(cfg.Auth); err != nil {
+		return err
+	}
 	if err := a.dir.SetStatic(cfg.Companies); err != nil {
 		return err
 	}
 	a.cfg.Store(cfg)
-	a.log.Info("config reloaded", "threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(cfg.Companies))
+	a.log.Info("config reloaded", "threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(cfg.Companies), "tokens", len(cfg.Auth.Tokens))
 	return nil
 }

@@ -84,7 +84,7 @@ func connect(cfg config.NATS, url, name string) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+		return nil, config.RedactError(fmt.Errorf("connect nats %s: %w", config.RedactURL(url), err), url)
 	}
 	return nc, nil
 }
