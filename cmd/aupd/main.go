@@ -2,8 +2,12 @@
 // verdict events from JetStream, keeps rolling counts in Redis, suspends
 // accounts that exceed the AUP threshold and notifies abuse contacts.
 //
-//	aupd [-config FILE]          run (embedded NATS when no nats.url is set)
+//	aupd [run] [-config FILE]    run (embedded NATS when no nats.url is set)
 //	aupd check-config FILE       validate a config file and print it, secrets hidden
+//	aupd version                 print the module version and VCS revision
+//	aupd help                    print the usage
+//
+// Anything else is an error: a typo never starts the daemon.
 package main
 
 import (
@@ -15,31 +19,61 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/aupd/aupd/internal/app"
+	"github.com/aupd/aupd/internal/buildinfo"
 	"github.com/aupd/aupd/internal/config"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
+const usage = `usage: aupd [run] [-config FILE]   run aupd
+       aupd check-config FILE       validate a config file and print it, secrets hidden
+       aupd version                 print the version and VCS revision
+       aupd help                    print this help
+`
+
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "check-config" {
-		return checkConfig(args[1:], stdout, stderr)
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "check-config":
+			return checkConfig(args[1:], stdout, stderr)
+		case "version":
+			if len(args) > 1 {
+				fmt.Fprintf(stderr, "aupd version: unexpected argument %q\n%s", args[1], usage)
+				return 2
+			}
+			fmt.Fprintln(stdout, "aupd", buildinfo.Read())
+			return 0
+		case "help":
+			fmt.Fprint(stdout, usage)
+			return 0
+		case "run":
+			args = args[1:]
+		default:
+			fmt.Fprintf(stderr, "aupd: unknown command %q\n%s", args[0], usage)
+			return 2
+		}
 	}
 	fs := flag.NewFlagSet("aupd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", os.Getenv("AUPD_CONFIG"), "config file (YAML); empty: built-in defaults (env AUPD_CONFIG)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: aupd [-config FILE]\n       aupd check-config FILE\n\n")
+		fmt.Fprint(stderr, usage+"\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "aupd: unexpected argument %q\n%s", fs.Arg(0), usage)
 		return 2
 	}
 	cfg, err := config.Load(*path)
@@ -68,6 +102,7 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: OK\n---\n", args[0])
+	cfg.NATS.URL = config.RedactURL(cfg.NATS.URL)
 	enc := yaml.NewEncoder(stdout)
 	enc.SetIndent(2)
 	if err := enc.Encode(cfg); err != nil {

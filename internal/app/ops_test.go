@@ -173,3 +173,16 @@ func (h *harness) reloads() float64 {
 }
 
 var sighup = syscall.SIGHUP
+
+func TestConnectErrorHidesNATSCredentials(t *testing.T) {
+	_, err := connect(config.NATS{}, "nats://svc:hunter2@127.0.0.1:1,nats://tok3nvalue@127.0.0.1:2", "test")
+	if err == nil {
+		t.Fatal("connected to a closed port")
+	}
+	if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "tok3nvalue") {
+		t.Errorf("connect error shows a credential: %v", err)
+	}
+	if !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Errorf("connect error does not say where: %v", err)
+	}
+}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestStrayArgumentsNeverStartTheDaemon(t *testing.T) {
+	for _, args := range [][]string{
+		{"check-confg", "aupd.yml"}, {"serve"}, {"-config", "aupd.yml", "extra"}, {"run", "now"}, {"version", "extra"},
+	} {
+		var out, errb bytes.Buffer
+		// A daemon would block here; an error returns at once.
+		if code := run(args, &out, &errb); code != 2 {
+			t.Errorf("aupd %v: exit %d, want 2", args, code)
+		}
+		if !strings.Contains(errb.String(), "usage: aupd") {
+			t.Errorf("aupd %v: no usage in %q", args, errb.String())
+		}
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "aupd version ") || !strings.Contains(out.String(), "revision ") {
+		t.Errorf("aupd version: %d %q %q", code, out.String(), errb.String())
+	}
+	out.Reset()
+	if code := run([]string{"help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "check-config FILE") {
+		t.Errorf("aupd help: %d %q", code, out.String())
+	}
+}
+
+func TestCheckConfigMasksNATSCredentials(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "aupd.yml")
+	if err := os.WriteFile(path, []byte("nats: {url: \"nats://svc:hunter2@nats.internal:4222\"}\nnotifier: {eml_dir: n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"check-config", path}, &out, &errb); code != 0 {
+		t.Fatalf("check-config: %d %s", code, errb.String())
+	}
+	if strings.Contains(out.String(), "hunter2") || !strings.Contains(out.String(), "nats://svc:xxxxx@nats.internal:4222") {
+		t.Errorf("check-config printed:\n%s", out.String())
+	}
+}
