@@ -32,7 +32,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
-	"github.com/robfig/cron/v3"
 
 	"github.com/aupd/aupd/consumers"
 	"github.com/aupd/aupd/internal/companies"
@@ -246,22 +245,11 @@ func (a *App) run(ctx context.Context) (err error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	info := Info{HTTPAddr: ln.Addr().String(), NATSURL: url}
 
-	// Periodic jobs.
-	jobs := cron.New()
-	every := func(spec string, name string, fn func(context.Context) error) {
-		_, _ = jobs.AddFunc(spec, func() {
-			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			if err := fn(jctx); err != nil {
-				a.log.Warn("periodic job", "job", name, "err", err)
-			}
-		})
-	}
-	every("@every 10s", "companies", a.dir.Refresh)
-	every("@every 1m", "outbox_sweep", func(ctx context.Context) error {
-		_, err := a.store.SweepOutboxes(ctx, pub)
+	// Scheduled jobs.
+	runner, err := a.jobs(cfg, pub, ntf)
+	if err != nil {
 		return err
-	})
+	}
 
 	var g run.Group
 	{
@@ -331,7 +319,8 @@ func (a *App) run(ctx context.Context) (err error) {
 		})
 	}
 	{
-		g.Add(func() error { jobs.Run(); return nil }, func(error) { <-jobs.Stop().Done() })
+		jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		g.Add(func() error { return runner.Run(jctx) }, func(error) { cancel() })
 	}
 	{
 		hup := make(chan os.Signal, 1)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/jobs"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/policy/postfix"
@@ -43,6 +44,7 @@ type Config struct {
 	Auth      api.AuthConfig      `yaml:"auth"`
 	Policy    Policy              `yaml:"policy"`
 	Sessions  sessionlock.Config  `yaml:"session_locks"`
+	Jobs      jobs.Config         `yaml:"jobs"`
 }
 
 // Policy configures the enforcement servers that Postfix and Dovecot ask.
@@ -176,6 +178,7 @@ func Default() *Config {
 		Notifier: defaultNotifier(),
 		Policy:   Policy{Postfix: postfix.Defaults(), Dovecot: dovecot.Defaults(), Lockout: lockout.Defaults()},
 		Sessions: sessionlock.Defaults(),
+		Jobs:     jobs.Defaults(),
 	}
 }
 
@@ -411,7 +414,7 @@ func (c *Config) Validate() error {
 	}
 	c.Notifier.Stream = c.NATS.Accounts.Name
 	for name, v := range map[string]interface{ Validate() error }{
-		"notifier": c.Notifier, "auth": c.Auth, "session_locks": c.Sessions, "policy.lockout": c.Policy.Lockout,
+		"notifier": c.Notifier, "auth": c.Auth, "session_locks": c.Sessions, "policy.lockout": c.Policy.Lockout, "jobs": c.Jobs,
 	} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, prefixed(name, err)...)
