@@ -49,6 +49,9 @@ type Options struct {
 	// OnReady, when set, is called once everything listens.
 	OnReady func(Info)
 	Now     func() time.Time
+	// Registry receives every metric and is served at /metrics; nil: a
+	// new one (tests pass their own to inspect it).
+	Registry *prometheus.Registry
 }
 
 // Info tells where a running aupd listens.
@@ -90,7 +93,10 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	a := &App{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	a := &App{opts: opts, log: opts.Logger, reg: opts.Registry}
 	a.cfg.Store(opts.Config)
 	a.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "aupd_config_reloads_total",
@@ -208,6 +214,7 @@ func (a *App) run(ctx context.Context) (err error) {
 			return a.js.Consumer(ctx, cfg.NATS.Accounts.Name, cfg.Notifier.Durable)
 		},
 		notices: ntf.Store(), retention: cfg.Notifier.Retention, log: a.log, now: a.opts.Now,
+		ready: func(ctx context.Context) bool { ok, _ := a.readiness(ctx); return ok },
 	}))
 
 	// Admin API, session locks and the enforcement servers.

@@ -31,6 +31,16 @@ func (a *App) routes() *http.ServeMux {
 
 // readyz is ready only when NATS and Redis both answer.
 func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
+	ok, checks := a.readiness(r.Context())
+	code := http.StatusOK
+	if !ok {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, checks)
+}
+
+// readiness checks aupd itself, NATS and Redis.
+func (a *App) readiness(ctx context.Context) (bool, map[string]string) {
 	checks := map[string]string{"nats": "ok", "redis": "ok"}
 	ok := a.ready.Load()
 	if !ok {
@@ -40,17 +50,13 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 		checks["nats"] = a.nc.Status().String()
 		ok = false
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := a.rdb.Ping(ctx).Err(); err != nil {
 		checks["redis"] = err.Error()
 		ok = false
 	}
-	code := http.StatusOK
-	if !ok {
-		code = http.StatusServiceUnavailable
-	}
-	writeJSON(w, code, checks)
+	return ok, checks
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -48,6 +48,9 @@ func TestStateGaugesFromTheStart(t *testing.T) {
 			t.Errorf("first scrape: %s = %q, want 0", sample, v)
 		}
 	}
+	if v := metricValue(m, "aupd_ready"); v != "1" {
+		t.Errorf("aupd_ready = %q, want 1", v)
+	}
 	if !regexp.MustCompile(`(?m)^aupd_build_info\{goversion="go[^"]+",revision="[^"]+",version="[^"]+"\} 1$`).MatchString(m) {
 		t.Error("aupd_build_info missing")
 	}

@@ -32,12 +32,14 @@ type stateCollector struct {
 	// the notifier when it starts).
 	noticeConsumer func(ctx context.Context) (jetstream.Consumer, error)
 	notices        *notifier.Store
-	retention      time.Duration // of failed notices
-	log            *slog.Logger
-	now            func() time.Time
-	ttl            time.Duration
-	maxScan        int
-	timeout        time.Duration
+	// ready reports what /readyz reports (nil: not exported).
+	ready     func(ctx context.Context) bool
+	retention time.Duration // of failed notices
+	log       *slog.Logger
+	now       func() time.Time
+	ttl       time.Duration
+	maxScan   int
+	timeout   time.Duration
 
 	mu      sync.Mutex
 	at      time.Time
@@ -50,6 +52,7 @@ type stateCollector struct {
 	failed    *prometheus.Desc
 	outbox    *prometheus.Desc
 	lag       *prometheus.Desc
+	readyDesc *prometheus.Desc
 }
 
 // Suspension reasons reported as labels; any other reason code (the API
@@ -83,13 +86,14 @@ func newStateCollector(s *stateCollector) *stateCollector {
 	s.pending = prometheus.NewDesc("aupd_notices_pending", "Abuse notices not yet sent or failed (suspension events the notifier has not finished).", nil, nil)
 	s.failed = prometheus.NewDesc("aupd_notices_failed", "Abuse notices that failed permanently within the notice retention.", nil, nil)
 	s.outbox = prometheus.NewDesc("aupd_outbox_accounts", "Accounts with account events waiting in their outbox (published by the next flush or sweep).", nil, nil)
+	s.readyDesc = prometheus.NewDesc("aupd_ready", "1 when aupd is ready (running, NATS connected, Redis answering), as GET /readyz says; 0 otherwise.", nil, nil)
 	s.lag = prometheus.NewDesc("aupd_consumer_lag", "Verdict consumer lag from JetStream: pending (not yet delivered) and ack_pending (delivered, not yet acked).", []string{"kind"}, nil)
 	return s
 }
 
 // Describe implements prometheus.Collector.
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.suspended, s.lockout, s.pending, s.failed, s.outbox, s.lag} {
+	for _, d := range []*prometheus.Desc{s.suspended, s.lockout, s.pending, s.failed, s.outbox, s.lag, s.readyDesc} {
 		ch <- d
 	}
 	s.errors.Describe(ch)
@@ -123,6 +127,13 @@ func (s *stateCollector) read(ctx context.Context, now time.Time) []prometheus.M
 	var out []prometheus.Metric
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		out = append(out, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...))
+	}
+	if s.ready != nil {
+		v := 0.0
+		if s.ready(ctx) {
+			v = 1
+		}
+		gauge(s.readyDesc, v)
 	}
 	if by, err := s.suspendedByReason(ctx); err != nil {
 		s.fail("suspended", err)
