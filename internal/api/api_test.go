@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/sessionlock"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
@@ -120,9 +121,17 @@ func TestOpenAPIDocument(t *testing.T) {
 	if !strings.HasPrefix(doc.OpenAPI, "3.") {
 		t.Fatalf("openapi version %q", doc.OpenAPI)
 	}
+	// The real route table, and the session-lock routes served beside it
+	// with the API's tokens.
 	s := &server{}
-	n := 0
+	var patterns []string
 	for _, rt := range s.routeTable() {
+		patterns = append(patterns, rt.pattern)
+	}
+	patterns = append(patterns, sessionlock.Routes()...)
+	n := 0
+	for _, pattern := range patterns {
+		rt := route{pattern: pattern}
 		method, path, _ := strings.Cut(rt.pattern, " ")
 		ops, ok := doc.Paths[path]
 		if !ok {
@@ -135,11 +144,18 @@ func TestOpenAPIDocument(t *testing.T) {
 		n++
 	}
 	var documented int
-	for _, ops := range doc.Paths {
-		for m := range ops {
-			if m != "parameters" {
-				documented++
+	ids := map[string]bool{}
+	for path, ops := range doc.Paths {
+		for m, op := range ops {
+			if m == "parameters" {
+				continue
 			}
+			documented++
+			id, _ := op.(map[string]any)["operationId"].(string)
+			if id == "" || ids[id] {
+				t.Errorf("%s %s: operationId %q missing or used twice", m, path, id)
+			}
+			ids[id] = true
 		}
 	}
 	if documented != n {

@@ -239,7 +239,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		return err
 	}
 	guarded := api.GuardTokens(a.tokens, api.RoleViewer, sessionlock.NewHandler(locks, a.log))
-	for _, route := range []string{sessionlock.RouteList, sessionlock.RouteAcquire, sessionlock.RouteRenew, sessionlock.RouteRelease} {
+	for _, route := range sessionlock.Routes() {
 		mux.Handle(route, guarded)
 	}
 	accts := accounts{store: a.store, dir: a.dir, pub: pub}
