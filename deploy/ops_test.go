@@ -1,0 +1,147 @@
+package deploy
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// TestComposeIsPinnedAndLocal: no floating image tags, nothing published
+// on all interfaces, and a healthcheck for aupd.
+func TestComposeIsPinnedAndLocal(t *testing.T) {
+	raw, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Services map[string]struct {
+			Image       string   `yaml:"image"`
+			Ports       []string `yaml:"ports"`
+			Healthcheck struct {
+				Test []string `yaml:"test"`
+			} `yaml:"healthcheck"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	pinned := regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?$`)
+	for name, s := range c.Services {
+		if s.Image != "" && !pinned.MatchString(s.Image) {
+			t.Errorf("service %s: image %q is not pinned to a version", name, s.Image)
+		}
+		for _, p := range s.Ports {
+			if !strings.HasPrefix(p, "127.0.0.1:") {
+				t.Errorf("service %s publishes %q on every interface", name, p)
+			}
+		}
+	}
+	if hc := c.Services["aupd"].Healthcheck.Test; len(hc) < 2 || !strings.Contains(strings.Join(hc, " "), "ready") {
+		t.Errorf("aupd healthcheck %v", hc)
+	}
+}
+
+// TestSystemdUnit checks deploy/systemd/aupd.service with systemd-analyze
+// verify (any warning fails) and its hardening with systemd-analyze
+// security.
+func TestSystemdUnit(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("systemd-analyze is not installed (apt-get install systemd): the unit is not verified")
+	}
+	unit, err := os.ReadFile("systemd/aupd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(unit)
+	for _, want := range []string{"User=aupd", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes", "ProtectSystem=strict", "KillSignal=SIGTERM"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the unit lacks %s", want)
+		}
+	}
+	// verify checks that the binary exists: point it at an executable of
+	// the same name in a temporary directory.
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "aupd")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "aupd.service")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(text, "/usr/local/bin/aupd", bin)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	out, err = exec.Command("systemd-analyze", "security", "--offline=yes", path).CombinedOutput()
+	if err != nil {
+		t.Logf("systemd-analyze security --offline unavailable: %v", err)
+		return
+	}
+	m := regexp.MustCompile(`Overall exposure level for aupd.service: ([0-9.]+)`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("no exposure level in:\n%s", out)
+	}
+	if level, _ := strconv.ParseFloat(m[1], 64); level > 2 {
+		t.Errorf("exposure level %s, want at most 2 (hardening lost?)", m[1])
+	}
+	if _, err := os.Stat("systemd/aupd.sysusers"); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestKubernetesManifests checks what the schema validator (scripts/
+// check-deploy) cannot: probes, graceful termination, secrets from files.
+func TestKubernetesManifests(t *testing.T) {
+	raw, err := os.ReadFile("kubernetes/deployment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Grace      int `yaml:"terminationGracePeriodSeconds"`
+					Containers []struct {
+						Env []struct {
+							Name, Value string
+						}
+						Liveness  map[string]any `yaml:"livenessProbe"`
+						Readiness struct {
+							HTTPGet struct{ Path string } `yaml:"httpGet"`
+						} `yaml:"readinessProbe"`
+					}
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	ps := d.Spec.Template.Spec
+	if ps.Grace < 30 || len(ps.Containers) != 1 {
+		t.Fatalf("grace %d, %d containers", ps.Grace, len(ps.Containers))
+	}
+	c := ps.Containers[0]
+	if c.Liveness == nil || c.Readiness.HTTPGet.Path != "/readyz" {
+		t.Errorf("probes: liveness %v, readiness %q", c.Liveness, c.Readiness.HTTPGet.Path)
+	}
+	for _, e := range c.Env {
+		if strings.Contains(e.Name, "PASSWORD") || strings.Contains(e.Name, "API_KEY") {
+			if !strings.HasSuffix(e.Name, "_FILE") || !strings.HasPrefix(e.Value, "/run/secrets/") {
+				t.Errorf("secret %s is not read from a file", e.Name)
+			}
+		}
+	}
+	for _, f := range []string{"configmap.yaml", "secret.yaml", "service.yaml", "pdb.yaml", "servicemonitor.yaml", "kustomization.yaml"} {
+		if _, err := os.Stat(filepath.Join("kubernetes", f)); err != nil {
+			t.Error(err)
+		}
+	}
+}
