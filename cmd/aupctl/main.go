@@ -2,7 +2,7 @@
 // suspend and reinstate services, read status and history, download the
 // evidence.txt of a suspension, list accounts and count licences.
 //
-// See docs/aupctl.md, or run aupctl --help.
+// See docs/aupctl.md, or run aupctl --help and aupctl COMMAND --help.
 package main
 
 import (
@@ -32,59 +32,9 @@ const (
 	exitNotFound  = 3 // no such account, company, suspension or evidence
 	exitRefused   = 4 // authentication failed (401) or not allowed (403)
 	exitConflict  = 5 // refused by the account's state (409): delete while suspended, ...
+	exitDenied    = 6 // decide: the answer is deny; ready: aupd is not ready
 	defaultServer = "http://127.0.0.1:9390"
 )
-
-const usage = `aupctl: manage aupd accounts over the admin API.
-
-Usage:
-  aupctl [global flags] COMMAND [ARGS] [flags]
-
-Account commands:
-  status ADDRESS                         show status, suspensions, counts, last suspension
-  lock ADDRESS --reason TEXT             lock the account (logins denied, mail delivered)
-  unlock ADDRESS --reason TEXT           end a lock or a lockout
-  end-lockout ADDRESS --reason TEXT      end a failed-login lockout early
-  maintenance ADDRESS --reason TEXT      maintenance: logins denied, mail queued
-  close ADDRESS --reason TEXT            close: logins denied, mail bounced (still billed)
-  activate ADDRESS --reason TEXT         make the account active again (from any status)
-  suspend ADDRESS --service LIST --reason TEXT
-                                         suspend services: send,receive,imap,pop3,webmail,webmail_send
-  reinstate ADDRESS [--service LIST] --reason TEXT
-                                         lift suspensions (all when --service is not given)
-  set ADDRESS [--type mailbox|forward] [--company ID] --reason TEXT
-                                         create an account or set its type or company
-  delete ADDRESS --reason TEXT           delete (refused while any service is suspended)
-  history ADDRESS [--limit N]            the account's history, newest first
-  evidence ADDRESS SUSPENSION-ID [-o FILE]
-                                         download the evidence.txt of a suspension
-  decide ADDRESS ACCESS                  what aupd answers for an access (login_imap, login_pop3,
-                                         login_webmail, login_smtp, send_smtp, send_webmail, receive)
-  list [--company ID] [--status S] [--suspended] [--limit N]
-                                         list accounts (all pages up to --limit)
-
-Company commands:
-  companies                              list companies
-  company ID                             show one company
-  licences COMPANY                       count a company's licences (closed and suspended count)
-
-Other:
-  hash-token [--stdin]                   make a new API token and its config hash (or hash one read from stdin)
-
-Global flags (anywhere on the line):
-  --server URL    aupd admin API (env AUPCTL_SERVER, default ` + defaultServer + `)
-  --token TOKEN   bearer token (env AUPCTL_TOKEN; prefer the environment: argv is visible to ps)
-  --json          print the server's JSON instead of tables
-  --timeout D     request timeout (default 30s)
-
-Exit codes:
-  0  ok (also when nothing had to change: locking a locked account)
-  1  cannot reach aupd, or aupd failed
-  2  usage error, or a request aupd found invalid (400)
-  3  not found (account, company, suspension or evidence)
-  4  refused: bad or missing token (401), or not allowed (403)
-  5  conflict: refused by the account's state (409), e.g. delete while suspended
-`
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
@@ -105,22 +55,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	x := &cli{stdout: stdout, stderr: stderr, stdin: stdin}
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage(commandTable()))
 		return exitUsage
 	}
+	table := commandTable()
 	// The command is the first argument that is not a global flag.
 	cmdIdx := -1
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		if a == "-h" || a == "--help" || a == "help" {
-			fmt.Fprint(stdout, usage)
+		if a == "-h" || a == "--help" {
+			fmt.Fprint(stdout, usage(table))
 			return exitOK
 		}
 		if !strings.HasPrefix(a, "-") {
 			cmdIdx = i
 			break
 		}
-		if (a == "--server" || a == "-server" || a == "--token" || a == "-token" || a == "--timeout" || a == "-timeout") && i+1 < len(args) {
+		if globalTakesValue(a) && i+1 < len(args) {
 			i++
 		}
 	}
@@ -130,32 +81,36 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	name := args[cmdIdx]
 	rest := append(append([]string{}, args[:cmdIdx]...), args[cmdIdx+1:]...)
-	cmd, ok := commandTable()[name]
+	if name == "help" {
+		return helpCmd(table, rest, stdout, stderr)
+	}
+	cmd, ok := table[name]
 	if !ok {
 		fmt.Fprintf(stderr, "aupctl: unknown command %q; see aupctl --help\n", name)
 		return exitUsage
 	}
 	fs := flag.NewFlagSet("aupctl "+name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&x.server, "server", envOr("AUPCTL_SERVER", defaultServer), "")
-	fs.StringVar(&x.token, "token", os.Getenv("AUPCTL_TOKEN"), "")
-	fs.BoolVar(&x.json, "json", false, "")
-	fs.DurationVar(&x.timeout, "timeout", 30*time.Second, "")
+	g := addGlobalFlags(fs)
 	f := cmd.flags(fs)
 	pos, err := parseInterspersed(fs, rest)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, commandHelp(name, cmd))
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "aupctl %s: %v\n", name, err)
+		fmt.Fprintf(stderr, "aupctl %s: %v; see aupctl %s --help\n", name, err, name)
 		return exitUsage
 	}
 	if len(pos) < cmd.minArgs || len(pos) > cmd.maxArgs {
-		fmt.Fprintf(stderr, "aupctl %s: want %s; see aupctl --help\n", name, cmd.args)
+		fmt.Fprintf(stderr, "aupctl %s: want %s; see aupctl %s --help\n", name, cmd.args, name)
 		return exitUsage
 	}
-	if name != "hash-token" {
+	if err := g.resolve(fs, x, os.Getenv); err != nil {
+		fmt.Fprintf(stderr, "aupctl: %v\n", err)
+		return exitUsage
+	}
+	if !cmd.offline {
 		if x.c, err = client.New(x.server, x.token, nil); err != nil {
 			fmt.Fprintf(stderr, "aupctl: %v\n", err)
 			return exitUsage
@@ -191,19 +146,19 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
-}
-
 // usageError is a command-line mistake found after parsing.
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
 
+// errDenied is a deny answer (decide) or not ready (ready): exit 6, with
+// the answer already printed.
+var errDenied = errors.New("denied")
+
 func (x *cli) fail(name string, err error) int {
+	if errors.Is(err, errDenied) {
+		return exitDenied
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(x.stderr, "aupctl %s: %s\n", name, ue.msg)
@@ -236,58 +191,87 @@ type flags struct {
 	stdin     *bool
 }
 
+// command is one entry of the command table: everything aupctl --help,
+// aupctl COMMAND --help and the shell completion say about it comes from
+// here, so adding a command is adding one entry.
 type command struct {
-	args             string
+	group   string // where aupctl --help lists it: account, company or other
+	args    string // the arguments, as in the usage line
+	summary string // one line for aupctl --help
+	help    string // what aupctl COMMAND --help adds (may be empty)
+	// minArgs and maxArgs bound the positional arguments.
 	minArgs, maxArgs int
-	flags            func(fs *flag.FlagSet) *flags
-	run              func(ctx context.Context, x *cli, args []string, f *flags) error
+	// flags defines the command's own flags (with their help text).
+	flags func(fs *flag.FlagSet) *flags
+	// offline commands need no server (hash-token, version, completion).
+	offline bool
+	run     func(ctx context.Context, x *cli, args []string, f *flags) error
 }
 
 func withReason(fs *flag.FlagSet) *flags {
-	return &flags{reason: fs.String("reason", "", "")}
+	return &flags{reason: fs.String("reason", "", "why (required): recorded in the history and the account event")}
 }
 
 func withServices(fs *flag.FlagSet) *flags {
 	f := withReason(fs)
-	f.services = fs.String("service", "", "")
-	fs.StringVar(f.services, "services", "", "")
+	f.services = fs.String("service", "", "comma-separated services: send, receive, imap, pop3, webmail, webmail_send")
+	fs.StringVar(f.services, "services", "", "same as --service")
 	return f
 }
 
 func noFlags(*flag.FlagSet) *flags { return &flags{} }
 
+// statusActions are the status changes, with their summaries.
+var statusActions = []struct{ name, summary string }{
+	{"lock", "lock the account (logins denied, mail delivered)"},
+	{"unlock", "end a lock or a lockout"},
+	{"end-lockout", "end a failed-login lockout early"},
+	{"maintenance", "maintenance: logins denied, mail queued"},
+	{"close", "close: logins denied, mail bounced (still billed)"},
+	{"activate", "make the account active again (from any status)"},
+}
+
 // commandTable returns the commands by name.
 func commandTable() map[string]command {
-	commands := map[string]command{}
-	for _, action := range []string{"lock", "unlock", "end-lockout", "maintenance", "close", "activate"} {
-		commands[action] = command{args: "ADDRESS --reason TEXT", minArgs: 1, maxArgs: 1, flags: withReason, run: statusCmd(action)}
+	commands := map[string]command{
+		"status": {group: "account", args: "ADDRESS", summary: "show status, suspensions, counts, last suspension", minArgs: 1, maxArgs: 1, flags: noFlags, run: statusShow},
+		"suspend": {group: "account", args: "ADDRESS --service LIST --reason TEXT", summary: "suspend services", minArgs: 1, maxArgs: 1, flags: withServices, run: suspendCmd,
+			help: "Suspends the given services of an account. send and webmail_send are what an AUP suspension stops; receive, imap, pop3 and webmail can be suspended by hand."},
+		"reinstate": {group: "account", args: "ADDRESS [--service LIST] --reason TEXT", summary: "lift suspensions (all when --service is not given)", minArgs: 1, maxArgs: 1, flags: withServices, run: reinstateCmd,
+			help: "Lifts suspensions. Reinstating an AUP service (send or webmail_send) lifts both and resets the window: messages counted before it never count again."},
+		"set": {group: "account", args: "ADDRESS [--type mailbox|forward] [--company ID] --reason TEXT", summary: "create an account or set its type or company", minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet) *flags {
+			f := withReason(fs)
+			f.typ = fs.String("type", "", "mailbox or forward")
+			f.company = fs.String("company", "", "the owning company's id")
+			return f
+		}, run: setCmd},
+		"delete": {group: "account", args: "ADDRESS --reason TEXT", summary: "delete (refused while any service is suspended)", minArgs: 1, maxArgs: 1, flags: withReason, run: deleteCmd},
+		"history": {group: "account", args: "ADDRESS [--limit N]", summary: "the account's history, newest first", minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet) *flags {
+			return &flags{limit: fs.Int("limit", 50, "entries to show, 1 to 1000")}
+		}, run: historyCmd},
+		"evidence": {group: "account", args: "ADDRESS SUSPENSION-ID [-o FILE]", summary: "download the evidence.txt of a suspension", minArgs: 2, maxArgs: 2, flags: func(fs *flag.FlagSet) *flags {
+			return &flags{output: fs.String("o", "", "write to FILE instead of standard output")}
+		}, run: evidenceCmd},
+		"decide": {group: "account", args: "ADDRESS ACCESS", summary: "what aupd answers for an access; exit 6 on deny", minArgs: 2, maxArgs: 2, flags: noFlags, run: decideCmd,
+			help: "ACCESS is login_imap, login_pop3, login_webmail, login_smtp, send_smtp, send_webmail or receive. Exits 0 when the answer is allow, 6 when it is deny."},
+		"list": {group: "account", args: "[--company ID] [--status S] [--suspended] [--limit N]", summary: "list accounts (all pages up to --limit)", flags: func(fs *flag.FlagSet) *flags {
+			return &flags{company: fs.String("company", "", "only this company's accounts"), status: fs.String("status", "", "only accounts with this status"),
+				suspended: fs.Bool("suspended", false, "only accounts with a suspended service"), limit: fs.Int("limit", 1000, "at most this many accounts")}
+		}, run: listCmd},
+		"companies": {group: "company", args: "", summary: "list companies", flags: noFlags, run: companiesCmd},
+		"company":   {group: "company", args: "ID", summary: "show one company", minArgs: 1, maxArgs: 1, flags: noFlags, run: companyCmd},
+		"licences":  {group: "company", args: "COMPANY", summary: "count a company's licences (closed and suspended count)", minArgs: 1, maxArgs: 1, flags: noFlags, run: licencesCmd},
+		"hash-token": {group: "other", args: "[--stdin]", summary: "make a new API token and its config hash (or hash one read from stdin)", offline: true, flags: func(fs *flag.FlagSet) *flags {
+			return &flags{stdin: fs.Bool("stdin", false, "hash the token read from standard input")}
+		}, run: hashTokenCmd},
+		"ready":   {group: "other", args: "", summary: "ask aupd's /readyz; exit 0 when ready, 6 when not (needs no token)", flags: noFlags, run: readyCmd},
+		"version": {group: "other", args: "", summary: "print aupctl's version and VCS revision", offline: true, flags: noFlags, run: versionCmd},
+		"completion": {group: "other", args: "bash|zsh|fish", summary: "print a shell completion script", minArgs: 1, maxArgs: 1, offline: true, flags: noFlags, run: completionCmd,
+			help: "Load it in your shell: source <(aupctl completion bash), aupctl completion zsh > \"${fpath[1]}/_aupctl\", or aupctl completion fish > ~/.config/fish/completions/aupctl.fish."},
 	}
-	commands["status"] = command{args: "ADDRESS", minArgs: 1, maxArgs: 1, flags: noFlags, run: statusShow}
-	commands["suspend"] = command{args: "ADDRESS --service LIST --reason TEXT", minArgs: 1, maxArgs: 1, flags: withServices, run: suspendCmd}
-	commands["reinstate"] = command{args: "ADDRESS [--service LIST] --reason TEXT", minArgs: 1, maxArgs: 1, flags: withServices, run: reinstateCmd}
-	commands["set"] = command{args: "ADDRESS [--type T] [--company ID] --reason TEXT", minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet) *flags {
-		f := withReason(fs)
-		f.typ = fs.String("type", "", "")
-		f.company = fs.String("company", "", "")
-		return f
-	}, run: setCmd}
-	commands["delete"] = command{args: "ADDRESS --reason TEXT", minArgs: 1, maxArgs: 1, flags: withReason, run: deleteCmd}
-	commands["history"] = command{args: "ADDRESS [--limit N]", minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet) *flags {
-		return &flags{limit: fs.Int("limit", 50, "")}
-	}, run: historyCmd}
-	commands["evidence"] = command{args: "ADDRESS SUSPENSION-ID [-o FILE]", minArgs: 2, maxArgs: 2, flags: func(fs *flag.FlagSet) *flags {
-		return &flags{output: fs.String("o", "", "")}
-	}, run: evidenceCmd}
-	commands["decide"] = command{args: "ADDRESS ACCESS", minArgs: 2, maxArgs: 2, flags: noFlags, run: decideCmd}
-	commands["list"] = command{args: "[--company ID] [--status S] [--suspended] [--limit N]", minArgs: 0, maxArgs: 0, flags: func(fs *flag.FlagSet) *flags {
-		return &flags{company: fs.String("company", "", ""), status: fs.String("status", "", ""), suspended: fs.Bool("suspended", false, ""), limit: fs.Int("limit", 1000, "")}
-	}, run: listCmd}
-	commands["companies"] = command{args: "no arguments", minArgs: 0, maxArgs: 0, flags: noFlags, run: companiesCmd}
-	commands["company"] = command{args: "ID", minArgs: 1, maxArgs: 1, flags: noFlags, run: companyCmd}
-	commands["licences"] = command{args: "COMPANY", minArgs: 1, maxArgs: 1, flags: noFlags, run: licencesCmd}
-	commands["hash-token"] = command{args: "[--stdin]", minArgs: 0, maxArgs: 0, flags: func(fs *flag.FlagSet) *flags {
-		return &flags{stdin: fs.Bool("stdin", false, "")}
-	}, run: hashTokenCmd}
+	for _, a := range statusActions {
+		commands[a.name] = command{group: "account", args: "ADDRESS --reason TEXT", summary: a.summary, minArgs: 1, maxArgs: 1, flags: withReason, run: statusCmd(a.name)}
+	}
 	return commands
 }
 
@@ -548,6 +532,9 @@ func decideCmd(ctx context.Context, x *cli, args []string, _ *flags) error {
 	}
 	if x.json {
 		x.printRaw(raw)
+		if d.Result != rules.Allow {
+			return errDenied
+		}
 		return nil
 	}
 	fmt.Fprintf(x.stdout, "%s %s: %s (%s)", d.Account, d.Access, d.Result, d.Code)
@@ -555,6 +542,9 @@ func decideCmd(ctx context.Context, x *cli, args []string, _ *flags) error {
 		fmt.Fprint(x.stdout, ", masked: the user sees only an invalid login")
 	}
 	fmt.Fprintln(x.stdout)
+	if d.Result != rules.Allow {
+		return errDenied
+	}
 	return nil
 }
 

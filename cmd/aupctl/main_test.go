@@ -238,7 +238,10 @@ func TestEvidenceDecideCompanies(t *testing.T) {
 	if !strings.Contains(out, "Last AUP suspend") || !strings.Contains(out, "in force") || !strings.Contains(out, "Notice:") || !strings.Contains(out[strings.Index(out, "Notice:"):], "sent") {
 		t.Fatalf("status after AUP suspension:\n%s", out)
 	}
-	if out := h.want(0, viewToken, "decide", "bob@example.com", "send_smtp"); !strings.Contains(out, "deny (send_suspended)") {
+	if out := h.want(exitDenied, viewToken, "decide", "bob@example.com", "send_smtp"); !strings.Contains(out, "deny (send_suspended)") {
+		t.Fatalf("decide: %s", out)
+	}
+	if out := h.want(0, viewToken, "decide", "bob@example.com", "login_imap"); !strings.Contains(out, "allow") {
 		t.Fatalf("decide: %s", out)
 	}
 	if out := h.want(0, viewToken, "companies"); !strings.Contains(out, "acme") || !strings.Contains(out, "example.com") {
