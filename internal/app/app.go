@@ -36,6 +36,7 @@ import (
 	"github.com/aupd/aupd/consumers"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
 )
@@ -71,6 +72,8 @@ type App struct {
 	store *store.Store
 	dir   *companies.Directory
 	ready atomic.Bool
+	// pinned: Options.Now was given, and decides windows too (tests).
+	pinned bool
 
 	reloadMu sync.Mutex
 }
@@ -85,10 +88,11 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	pinned := opts.Now != nil // a pinned clock also decides windows (tests); else Redis's TIME does
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	a := &App{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
+	a := &App{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), pinned: pinned}
 	a.cfg.Store(opts.Config)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return a.run(ctx)
@@ -151,7 +155,13 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 
 	// State.
-	a.store = store.New(a.rdb, cfg.Redis.Prefix, store.WithClock(a.opts.Now))
+	var storeOpts []store.Option
+	var workerNow func() time.Time
+	if a.pinned {
+		storeOpts = append(storeOpts, store.WithClock(a.opts.Now))
+		workerNow = a.opts.Now
+	}
+	a.store = store.New(a.rdb, cfg.Redis.Prefix, storeOpts...)
 	a.dir, err = companies.New(a.rdb, cfg.Redis.Prefix, cfg.Companies)
 	if err != nil {
 		return err
@@ -162,7 +172,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	pub := jsPublisher{js: a.js}
 	w, err := worker.New(worker.Options{
 		Store: a.store, Directory: a.dir, Publisher: pub,
-		Policy: a.policy, Logger: a.log, Registerer: a.reg, Now: a.opts.Now,
+		Policy: a.policy, Logger: a.log, Registerer: a.reg, Now: workerNow,
 	})
 	if err != nil {
 		return err
@@ -171,7 +181,9 @@ func (a *App) run(ctx context.Context) (err error) {
 		JS: a.js, Consumer: cons, Processor: w,
 		Batch: cfg.NATS.Consumer.Batch, MaxWait: cfg.NATS.Consumer.MaxWait, Workers: cfg.NATS.Consumer.Workers,
 		RetryMin: cfg.NATS.Consumer.RetryMin, RetryMax: cfg.NATS.Consumer.RetryMax,
-		FutureSkew: func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
+		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
+		MaxDeadLetter: int(min(a.nc.MaxPayload(), int64(events.MaxPayload))),
+		FutureSkew:    func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
 		Logger:     a.log, Registerer: a.reg, Now: a.opts.Now,
 	})
 	if err != nil {
@@ -347,7 +359,7 @@ func (a *App) run(ctx context.Context) (err error) {
 func (a *App) policy() worker.Policy {
 	c := a.cfg.Load().AUP
 	return worker.Policy{
-		Window: c.Window, Threshold: c.Threshold, MaxTracked: c.MaxTracked,
+		Window: c.Window, FutureSkew: c.FutureSkew, Threshold: c.Threshold, MaxTracked: c.MaxTracked,
 		Directions: c.Directions, Verdicts: c.Verdicts, Mode: c.Mode, Allowlist: c.Allowlist,
 	}
 }

@@ -65,7 +65,7 @@ func BenchmarkIngest(b *testing.B) {
 			}
 			var calls atomic.Int64
 			ingest := func(bs []Batch) {
-				res, err := s.Ingest(context.Background(), bs, day, now, func() string { return NewID(now) })
+				res, err := s.Ingest(context.Background(), bs, IngestParams{Window: day, Skew: 5 * time.Minute, Now: now, NewID: func() string { return NewID(now) }})
 				if err != nil {
 					b.Error(err)
 					return
@@ -109,7 +109,7 @@ func accountMemory(ctx context.Context, rdb *redis.Client, prefix string, accoun
 	pipe := rdb.Pipeline()
 	var cmds []*redis.IntCmd
 	for _, a := range accounts {
-		for _, suf := range []string{sufState, sufWindow, sufOther, sufOutbox, sufHistory} {
+		for _, suf := range []string{sufState, sufWindow, sufStats, sufOutbox, sufHistory} {
 			cmds = append(cmds, pipe.MemoryUsage(ctx, AccountKey(prefix, a, suf), 0))
 		}
 	}
@@ -158,7 +158,7 @@ func fill(tb testing.TB, k, n int) (*redis.Client, string, []string) {
 		}
 		bs = append(bs, b)
 	}
-	res, err := s.Ingest(ctx, bs, day, now, func() string { return NewID(now) })
+	res, err := s.Ingest(ctx, bs, IngestParams{Window: day, Skew: 5 * time.Minute, Now: now, NewID: func() string { return NewID(now) }})
 	if err != nil {
 		tb.Fatal(err)
 	}
