@@ -59,14 +59,14 @@ const DeadLetterSubject = "aup.dlq.verdict"
 
 // VerdictOptions configure the verdict consumer.
 type VerdictOptions struct {
-	JS         jetstream.JetStream
-	Consumer   jetstream.Consumer
-	Processor  Processor
-	Batch      int
-	MaxWait    time.Duration
-	Workers    int
-	RetryMin   time.Duration
-	RetryMax   time.Duration
+	JS        jetstream.JetStream
+	Consumer  jetstream.Consumer
+	Processor Processor
+	Batch     int
+	MaxWait   time.Duration
+	Workers   int
+	RetryMin  time.Duration
+	RetryMax  time.Duration
 	// MaxDeliver is the consumer's MaxDeliver: an event that still fails
 	// transiently at that delivery is dead-lettered instead of dropped.
 	MaxDeliver int

@@ -8,7 +8,7 @@ import (
 )
 
 type metrics struct {
-	events       *prometheus.CounterVec
+	events *prometheus.CounterVec
 	// byKind holds the pre-resolved children of events: [kind][outcome].
 	byKind       [16][outcomes]prometheus.Counter
 	crossings    *prometheus.CounterVec

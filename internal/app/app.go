@@ -184,7 +184,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
 		MaxDeadLetter: int(min(a.nc.MaxPayload(), int64(events.MaxPayload))),
 		FutureSkew:    func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
-		Logger:     a.log, Registerer: a.reg, Now: a.opts.Now,
+		Logger:        a.log, Registerer: a.reg, Now: a.opts.Now,
 	})
 	if err != nil {
 		return err

@@ -60,7 +60,7 @@ func DecodeOutbox(entry string) (*events.AccountEvent, []byte, error) {
 // be decoded: they are dropped, never retried forever).
 type Settled struct {
 	Account string
-	Entries []string              // the entries, as read
+	Entries []string               // the entries, as read
 	Events  []*events.AccountEvent // the published events, for the indexes
 }
 
