@@ -418,6 +418,9 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 	}
 	for _, f := range required {
 		if seen&topFields[f] == 0 {
+			if ie, ok := AsInvalid(typeErr); ok && ie.Field == f {
+				return nil, typeErr // spelled in another case: say so
+			}
 			return nil, invalid(ReasonMissingField, f, "required field is missing")
 		}
 	}
