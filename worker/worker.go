@@ -161,7 +161,7 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 			b := store.Batch{
 				Account:   v.Account,
 				Threshold: pol.Threshold,
-				Cap:       max(p.MaxTracked, pol.Threshold+1),
+				Cap:       capOf(p, pol),
 				Action:    pol.OnCrossing(),
 			}
 			if company != nil {
@@ -236,9 +236,8 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 			}
 			continue
 		}
-		for k, i := range accts[j].evs {
+		for k := range accts[j].evs {
 			t.add(b.Items[k].Kind, outcomeIndex(r.Outcomes[k]))
-			_ = i
 		}
 		if r.Crossing != "" {
 			w.metrics.crossings.WithLabelValues(string(r.Crossing)).Inc()
@@ -341,6 +340,14 @@ func (w *Worker) putNear(h map[string]int64) {
 }
 
 const maxNearHints = 10000
+
+// Cap is the per-account cap of stored events: max(aup.max_tracked,
+// threshold + 1), with the company's threshold.
+func Cap(p Policy, c *companies.Company, account string) int {
+	return capOf(p, accountPolicy(p, c, account))
+}
+
+func capOf(p Policy, pol rules.Policy) int { return max(p.MaxTracked, pol.Threshold+1) }
 
 // accountPolicy applies a company's overrides to the provider's rule.
 func accountPolicy(p Policy, c *companies.Company, account string) rules.Policy {

@@ -206,7 +206,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	apiHandler, err := api.New(api.Options{
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
 		Auth: cfg.Auth, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
-		Window: cfg.AUP.Window, Cap: cfg.AUP.MaxTracked,
+		Window: cfg.AUP.Window, CapOf: a.capOf,
 	})
 	if err != nil {
 		return err
@@ -362,6 +362,12 @@ func (a *App) policy() worker.Policy {
 		Window: c.Window, FutureSkew: c.FutureSkew, Threshold: c.Threshold, MaxTracked: c.MaxTracked,
 		Directions: c.Directions, Verdicts: c.Verdicts, Mode: c.Mode, Allowlist: c.Allowlist,
 	}
+}
+
+// capOf is the per-account cap the worker uses for account.
+func (a *App) capOf(account string) int {
+	c, _ := a.dir.ByAccount(account)
+	return worker.Cap(a.policy(), c, account)
 }
 
 // reload re-reads the config file. The AUP rule and the companies change

@@ -35,7 +35,7 @@ for _ = 1, ndel do
   redis.call('HDEL', st, ARGV[i]); i = i + 1
 end
 if string.find(flags, 'r', 1, true) then
-  local base = tonumber(redis.call('HGET', st, 'wb') or '0')
+  local base = tonumber(redis.call('HGET', st, 'wb') or '0') * 3600000 -- wb is in hours
   redis.call('HSET', st, 'floor', now)
   redis.call('HDEL', st, 'floor_at', 'aup', 'report', 'smp', 'smp:1', 'smp:2', 'smp:3')
   redis.call('ZREMRANGEBYSCORE', win, '-inf', (now - base) * 16 + 15)

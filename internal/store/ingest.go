@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	_ "embed"
+	"encoding/binary"
+	"hash/fnv"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -147,7 +149,7 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 			}
 			ref := ""
 			if it.Seq != 0 {
-				ref = it.Fingerprint + "|" + strconv.FormatUint(it.Seq, 10)
+				ref = fingerprint4(it.Fingerprint) + strconv.FormatUint(it.Seq, 10)
 			}
 			a = append(a, member(it.ID), ms(it.Time), int(it.Kind), ref)
 			n++
@@ -169,6 +171,16 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 		results[i] = parseIngest(c, batches[i].Items, lo)
 	}
 	return results, nil
+}
+
+// fingerprint4 shortens a fingerprint to the 4 bytes a sample keeps
+// (FNV-1a): enough to tell the messages of three samples apart.
+func fingerprint4(fp string) string {
+	h := fnv.New32a()
+	h.Write([]byte(fp))
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], h.Sum32())
+	return string(b[:])
 }
 
 // appendStats adds the statistics-only items as hourly buckets, one per

@@ -18,10 +18,10 @@
 --   field ("<kind>.<hour mod 24>"), hour (ms / 3600000), increment
 -- then the number of counting events, then 4 per event:
 --   member (6-byte id hash), time (ms), kind (direction*4+verdict),
---   sample ("fingerprint|stream sequence" or "")
+--   sample (4-byte fingerprint then the stream sequence, or "")
 --
 -- The window holds the counting events: member = id hash, score =
--- (time - base) * 16 + kind, where base (state field wb) keeps the score
+-- (time - base) * 16 + kind, where base (state field wb, in hours) keeps the score
 -- within 32 bits so that the set stays in Redis's compact encoding. It
 -- holds at most cap members, the newest by event time: the stored count is
 -- exactly min(real count, cap), and cap > threshold keeps every decision
@@ -57,7 +57,8 @@ for i, f in ipairs(F) do h[f] = hv[i] end
 local lo = now - window -- events at or before lo are outside the window
 local floor = tonumber(h.floor or '0')
 local wlo = math.max(lo, floor) -- counting events at or before wlo do not count
-local base = tonumber(h.wb)
+local base = nil -- the window's score base; wb is in hours, to stay short
+if h.wb then base = tonumber(h.wb) * HOUR end
 
 -- Statistics buckets: "<hour>:<n>" per (kind, hour of day).
 local i = 11
@@ -101,7 +102,7 @@ if rewrite then
       count = count + 1
     end
   end
-  base = now
+  base = math.floor(now / HOUR) * HOUR
 elseif base then
   if n > 0 then known = redis.call('ZMSCORE', win, unpack(members)) end
   count = redis.call('ZCOUNT', win, '(' .. ((wlo - base) * 16 + 15), '+inf')
@@ -134,31 +135,32 @@ end
 local total = math.min(count + #add, cap)
 local capped = count + #add >= cap
 
--- Evidence samples: up to three "time_s,fingerprint,seq" in field smp,
--- preferring different fingerprints; expired ones are dropped.
+-- Evidence samples: up to three in field smp, packed 14 bytes each (time
+-- in s, 4-byte fingerprint, 6-byte stream sequence) so that the field
+-- stays short enough for the hash's compact encoding, preferring
+-- different fingerprints; expired ones are dropped.
+local SMP = '>I4c4I6'
 local smp, smp_changed = {}, false
-local function parse_samples(s)
-  for t, fp, seq in string.gmatch(s or '', '(%d+),([^,;]*),(%d+)') do
-    if tonumber(t) * 1000 > wlo then
-      smp[#smp + 1] = {t = tonumber(t), fp = fp, seq = seq}
-    else
-      smp_changed = true
-    end
-  end
+local function keep(t, fp, seq)
+  if t * 1000 > wlo then smp[#smp + 1] = {t = t, fp = fp, seq = seq} else smp_changed = true end
 end
 if h['smp:1'] then -- v1 kept samples in smp:1..3 as "ms|fingerprint|seq"
   for _, v in ipairs(redis.call('HMGET', st, 'smp:1', 'smp:2', 'smp:3')) do
     local t, fp, seq = string.match(v or '', '^(%d+)|([^|]*)|(%d+)$')
-    if t then parse_samples(math.floor(tonumber(t) / 1000) .. ',' .. fp .. ',' .. seq) end
+    if t then keep(math.floor(tonumber(t) / 1000), string.sub(fp .. '0000', 1, 4), tonumber(seq)) end
   end
   smp_changed = true
-else
-  parse_samples(h.smp)
+elseif h.smp then
+  for k = 1, #h.smp - 13, 14 do
+    local t, fp, seq = struct.unpack(SMP, h.smp, k)
+    keep(t, fp, seq)
+  end
 end
 if not frozen then
   for _, j in ipairs(add) do
-    local fp, seq = string.match(refs[j], '^([^|]*)|(%d+)$')
-    if fp then
+    local ref = refs[j]
+    if #ref > 4 then
+      local fp, seq = string.sub(ref, 1, 4), tonumber(string.sub(ref, 5))
       local t = math.floor(times[j] / 1000)
       local slot
       if #smp < 3 then
@@ -168,10 +170,10 @@ if not frozen then
         -- unless this message is one of the three already
         local dup, has = nil, false
         local cnt = {}
-        for _, s in ipairs(smp) do cnt[s.fp] = (cnt[s.fp] or 0) + 1 end
-        for k, s in ipairs(smp) do
-          if s.fp == fp then has = true end
-          if cnt[s.fp] > 1 and (not dup or s.t < smp[dup].t) then dup = k end
+        for _, x in ipairs(smp) do cnt[x.fp] = (cnt[x.fp] or 0) + 1 end
+        for k, x in ipairs(smp) do
+          if x.fp == fp then has = true end
+          if cnt[x.fp] > 1 and (not dup or x.t < smp[dup].t) then dup = k end
         end
         if not has then slot = dup end
       end
@@ -228,7 +230,7 @@ if rewrite then
   for k = 1, #z, 8000 do
     redis.call('ZADD', win, unpack(z, k, math.min(k + 7999, #z)))
   end
-  if #z > 0 then set('wb', base) end
+  if #z > 0 then set('wb', base / HOUR) end
   if h['smp:1'] then redis.call('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
 elseif h.wb then
   redis.call('ZREMRANGEBYSCORE', win, '-inf', (wlo - base) * 16 + 15)
@@ -244,8 +246,8 @@ end
 
 if smp_changed then
   local parts = {}
-  for k, s in ipairs(smp) do parts[k] = s.t .. ',' .. s.fp .. ',' .. s.seq end
-  if #parts > 0 then set('smp', table.concat(parts, ';')) else redis.call('HDEL', st, 'smp') end
+  for k, x in ipairs(smp) do parts[k] = struct.pack(SMP, x.t, x.fp, x.seq) end
+  if #parts > 0 then set('smp', table.concat(parts)) else redis.call('HDEL', st, 'smp') end
 end
 
 if h.report and not reported and not (crossing and action == 'report') then
@@ -295,7 +297,7 @@ if crossing then
     end
   end
   local seqs = {}
-  for k, s in ipairs(smp) do seqs[k] = s.seq end
+  for k, x in ipairs(smp) do seqs[k] = string.format('%.0f', x.seq) end
   -- The crossing's record, built once: stored as last_aup, and carried by
   -- the outbox entry from which Go builds the account event.
   local sus = '{"id":' .. q(id) .. ',"action":' .. q(action) .. ',"services":' .. svcjson ..

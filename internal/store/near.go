@@ -46,6 +46,7 @@ func (s *Store) HourlyCounts(ctx context.Context, account string, window time.Du
 	var base, floor int64
 	if v := st.Val(); len(v) == 2 {
 		base, _ = strconv.ParseInt(str(v[0]), 10, 64)
+		base *= hourMS // wb is in hours
 		floor, _ = strconv.ParseInt(str(v[1]), 10, 64)
 	}
 	lo := ms(now) - window.Milliseconds()

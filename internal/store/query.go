@@ -86,7 +86,7 @@ func (s *Store) Counts(ctx context.Context, address string, q CountQuery) (*Coun
 	}
 	b, _ := strconv.ParseInt(base.Val(), 10, 64)
 	c.Counting = newTally()
-	for _, e := range windowEntries(win.Val(), b) {
+	for _, e := range windowEntries(win.Val(), b*hourMS) {
 		if e.t > wlo {
 			c.Counting.add(e.kind, 1)
 		}
