@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -123,4 +125,50 @@ func grep(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "")
+}
+
+// TestStartupWaitsForRedisAndNATS: aupd started before Redis and NATS
+// answers /healthz, says on /readyz what it waits for, and starts once they
+// come, instead of exiting.
+func TestStartupWaitsForRedisAndNATS(t *testing.T) {
+	redisPort := testutil.FreePort(t)
+	natsDir := t.TempDir()
+	cfg := testConfig(t, "", "aupt"+testutil.RandomHex(4))
+	cfg.Redis.Addrs = []string{fmt.Sprintf("127.0.0.1:%d", redisPort)}
+	httpPort := testutil.FreePort(t)
+	cfg.HTTP.Listen = fmt.Sprintf("127.0.0.1:%d", httpPort)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan Info, 1)
+	natsPort := testutil.FreePort(t)
+	cfg.NATS.URL = fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	go func() { done <- Run(ctx, Options{Config: cfg, OnReady: func(i Info) { ready <- i }}) }()
+	defer func() { cancel(); <-done }()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path))
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { c, _ := get("/healthz"); return c == 200 }, "no /healthz while waiting")
+	if c, body := get("/readyz"); c != 503 || !strings.Contains(body, "redis") {
+		t.Fatalf("readyz while Redis is down: %d %s", c, body)
+	}
+	// Redis comes; then NATS.
+	testutil.PrivateRedisServerOn(t, redisPort)
+	testutil.Eventually(t, 20*time.Second, func() bool { _, body := get("/readyz"); return strings.Contains(body, "nats") }, "did not move on to NATS")
+	testutil.NATSServerOn(t, natsPort, natsDir)
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("aupd exited: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("aupd did not start once Redis and NATS came")
+	}
+	if c, body := get("/readyz"); c != 200 {
+		t.Fatalf("readyz after start: %d %s", c, body)
+	}
 }

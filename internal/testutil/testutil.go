@@ -72,12 +72,17 @@ func PrivateRedis(t testing.TB) *redis.Client {
 // and returns its address. It is killed when the test ends.
 func PrivateRedisServer(t testing.TB, args ...string) string {
 	t.Helper()
+	return PrivateRedisServerOn(t, FreePort(t), args...)
+}
+
+// PrivateRedisServerOn is PrivateRedisServer on a given port.
+func PrivateRedisServerOn(t testing.TB, port int, args ...string) string {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server not found (scripts/test installs it): %v", err)
 	}
 	dir := t.TempDir()
-	port := FreePort(t)
 	cmd := exec.Command(bin, append([]string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", dir}, args...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -141,10 +146,16 @@ func RandomHex(n int) string {
 // It is shut down when the test ends.
 func NATSServer(t testing.TB, dir string) *server.Server {
 	t.Helper()
+	return NATSServerOn(t, -1, dir)
+}
+
+// NATSServerOn is NATSServer on a given port (-1: a random one).
+func NATSServerOn(t testing.TB, port int, dir string) *server.Server {
+	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoSigs: true})
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true})
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
 	}
