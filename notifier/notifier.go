@@ -125,8 +125,8 @@ type Notifier struct {
 	// sending again.
 	unrecorded sync.Map
 	lease      time.Duration
-	tick    time.Duration
-	m       *metrics
+	tick       time.Duration
+	m          *metrics
 }
 
 type metrics struct {
