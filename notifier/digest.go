@@ -139,7 +139,7 @@ func (n *Notifier) SendDigest(ctx context.Context, d Digest) error {
 	if _, err := m.WriteTo(&out); err != nil {
 		return fmt.Errorf("write digest: %w", err)
 	}
-	if _, err := n.tr.send(ctx, n.r.from.Address, rcpt.Address, out.Bytes()); err != nil {
+	if _, err := n.tr.send(ctx, n.r.from.Address, rcpt.Address, out.Bytes(), nil); err != nil {
 		return fmt.Errorf("send digest to %s: %w", rcpt.Address, err)
 	}
 	return nil

@@ -73,11 +73,9 @@ func (a *App) jobs(cfg *config.Config, pub store.Publisher, ntf *notifier.Notifi
 	return r, nil
 }
 
-// nearThreshold is the digest's near-threshold list. The store's
-// NearThreshold is wired here when it is available; until then the
-// digest says the list is not available.
+// nearThreshold is the digest's near-threshold hint list.
 func (a *App) nearThreshold() func(ctx context.Context, limit int) ([]string, error) {
-	return nil
+	return a.store.NearThreshold
 }
 
 // deskURL is the abuse desk's public URL, linked from digests; "" when no

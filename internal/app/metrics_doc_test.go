@@ -20,10 +20,9 @@ import (
 // root is the repository root, from this package.
 const root = "../.."
 
-// pendingMetrics are named by the docs, rules and dashboard but come with
-// another change (issue 8: the MaxDeliver advisory counter). They are
-// checked like the others once registered; until then the test says so.
-var pendingMetrics = map[string]bool{"aupd_max_deliveries_total": true}
+// pendingMetrics may be named by the docs, rules and dashboard before the
+// change that registers them lands; the test says so instead of failing.
+var pendingMetrics = map[string]bool{}
 
 var metricName = regexp.MustCompile(`\baupd_[a-z0-9_]+`)
 

@@ -32,6 +32,8 @@ type stateCollector struct {
 	// the notifier when it starts).
 	noticeConsumer func(ctx context.Context) (jetstream.Consumer, error)
 	notices        *notifier.Store
+	// outboxPending counts accounts with account events in their outbox.
+	outboxPending func(ctx context.Context) (int64, error)
 	// ready reports what /readyz reports (nil: not exported).
 	ready     func(ctx context.Context) bool
 	retention time.Duration // of failed notices
@@ -163,10 +165,12 @@ func (s *stateCollector) read(ctx context.Context, now time.Time) []prometheus.M
 			gauge(s.failed, float64(n))
 		}
 	}
-	if n, err := s.rdb.SCard(ctx, s.prefix+":idx:outbox").Result(); err != nil {
-		s.fail("outbox", err)
-	} else {
-		gauge(s.outbox, float64(n))
+	if s.outboxPending != nil {
+		if n, err := s.outboxPending(ctx); err != nil {
+			s.fail("outbox", err)
+		} else {
+			gauge(s.outbox, float64(n))
+		}
 	}
 	if info, err := s.verdicts.Info(ctx); err != nil {
 		s.fail("consumer_lag", err)
