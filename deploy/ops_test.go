@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/aupd/aupd/internal/config"
 )
 
 // TestComposeIsPinnedAndLocal: no floating image tags, nothing published
@@ -143,5 +145,61 @@ func TestKubernetesManifests(t *testing.T) {
 		if _, err := os.Stat(filepath.Join("kubernetes", f)); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestKubernetesConfigIsValid loads the ConfigMap's aupd.yml with the
+// Deployment's environment, secrets read from files as in the pod.
+func TestKubernetesConfigIsValid(t *testing.T) {
+	raw, err := os.ReadFile("kubernetes/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	if err := yaml.Unmarshal(raw, &cm); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "aupd.yml")
+	text := strings.ReplaceAll(cm.Data["aupd.yml"], "/var/lib/aupd", filepath.Join(dir, "data"))
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	raw, err = os.ReadFile("kubernetes/deployment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Env []struct{ Name, Value string }
+					}
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+		v := e.Value
+		if strings.HasSuffix(e.Name, "_FILE") {
+			v = filepath.Join(dir, filepath.Base(e.Value))
+			if err := os.WriteFile(v, []byte("s3cret\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Setenv(e.Name, v)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("the ConfigMap's config with the Deployment's environment: %v", err)
+	}
+	if cfg.Notifier.EMLDir != "" || string(cfg.Redis.Password) != "s3cret" || cfg.Redis.Autostart || cfg.HTTP.Listen != "0.0.0.0:9390" {
+		t.Errorf("eml_dir %q, redis password from file %v, autostart %v, listen %s", cfg.Notifier.EMLDir, cfg.Redis.Password != "", cfg.Redis.Autostart, cfg.HTTP.Listen)
 	}
 }
