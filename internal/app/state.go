@@ -172,11 +172,13 @@ func (s *stateCollector) read(ctx context.Context, now time.Time) []prometheus.M
 			gauge(s.outbox, float64(n))
 		}
 	}
-	if info, err := s.verdicts.Info(ctx); err != nil {
-		s.fail("consumer_lag", err)
-	} else {
-		gauge(s.lag, float64(info.NumPending), "pending")
-		gauge(s.lag, float64(info.NumAckPending), "ack_pending")
+	if s.verdicts != nil {
+		if info, err := s.verdicts.Info(ctx); err != nil {
+			s.fail("consumer_lag", err)
+		} else {
+			gauge(s.lag, float64(info.NumPending), "pending")
+			gauge(s.lag, float64(info.NumAckPending), "ack_pending")
+		}
 	}
 	return out
 }
