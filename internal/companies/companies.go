@@ -73,8 +73,8 @@ func (c *Company) Normalize() error {
 		}
 		c.AbuseContact = a
 	}
-	if c.Threshold != nil && *c.Threshold < 0 {
-		return fmt.Errorf("company %s: threshold must not be negative", c.ID)
+	if c.Threshold != nil && *c.Threshold < 1 {
+		return fmt.Errorf("company %s: threshold %d: must be at least 1 (a count exceeding it suspends)", c.ID, *c.Threshold)
 	}
 	for i, a := range c.Allowlist {
 		n, err := events.NormalizeAccount(a)
