@@ -50,7 +50,7 @@ func (a *App) jobs(cfg *config.Config, pub store.Publisher, ntf *notifier.Notifi
 	}
 	if cfg.Jobs.Digest.Enabled {
 		list = append(list, jobs.Job{Name: "digest", Schedule: cfg.Jobs.Digest.Schedule, Run: jobs.Digest(jobs.DigestOptions{
-			Store: a.store, Companies: a.dir.All, Sender: ntf,
+			Store: a.store, Companies: a.dir.All, CompanyOf: a.dir.ByAccount, Sender: ntf,
 			JetStream: a.js, AccountStream: cfg.NATS.Accounts.Name,
 			Near: a.nearThreshold(),
 			Threshold: func(c companies.Company) int {

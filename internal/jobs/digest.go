@@ -27,6 +27,9 @@ type DigestSender interface {
 type DigestOptions struct {
 	Store     *store.Store
 	Companies func() []companies.Company
+	// CompanyOf finds an account's company by its domain (accounts near
+	// their threshold may have no record of their own yet).
+	CompanyOf func(account string) (*companies.Company, bool)
 	Sender    DigestSender
 	// JetStream and AccountStream give the reinstatements of the day
 	// (the account events of type reinstated).
@@ -141,24 +144,23 @@ func (o DigestOptions) near(ctx context.Context, now time.Time) (map[string][]no
 	if err != nil {
 		return out, err
 	}
-	byID := map[string]companies.Company{}
-	for _, c := range o.Companies() {
-		byID[c.ID] = c
-	}
 	for _, addr := range list {
+		c, ok := o.CompanyOf(addr)
+		if !ok || c == nil {
+			continue
+		}
 		a, err := o.Store.Account(ctx, addr)
 		if err != nil {
 			return out, err
 		}
-		c, ok := byID[a.Company]
-		if !ok || len(a.Suspensions) > 0 {
+		if len(a.Suspensions) > 0 {
 			continue
 		}
 		cnt, err := o.Store.Counts(ctx, addr, store.CountQuery{Window: o.Window, Cap: o.Cap, Floor: a.Floor, Now: now})
 		if err != nil {
 			return out, err
 		}
-		th := o.Threshold(c)
+		th := o.Threshold(*c)
 		if th <= 0 || cnt.Counting.Total*2 < th {
 			continue
 		}

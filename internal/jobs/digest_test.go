@@ -69,9 +69,26 @@ func TestDigestToEachAbuseContact(t *testing.T) {
 		{ID: "globex", Domains: []string{"globex.example"}, AbuseContact: "abuse@globex.example"}, // nothing to report
 		{ID: "initech", Domains: []string{"initech.example"}},                                     // no contact
 	}
+	directory, err := companies.New(rdb, prefix, cos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// nia has 3 counted events of a threshold of 4 (near it), ned 1 (not
+	// near); neither has a record of its own.
+	now := time.Now()
+	for acct, n := range map[string]int{"nia@acme.example": 3, "ned@acme.example": 1} {
+		var items []store.Item
+		for i := range n {
+			items = append(items, store.Item{ID: acct + string(rune('a'+i)), Time: now.Add(-time.Minute), Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true})
+		}
+		if _, err := st.Ingest(ctx, []store.Batch{{Account: acct, Company: "acme", Threshold: 4, Cap: 5, Action: rules.ActionSuspend, Items: items}},
+			store.IngestParams{Window: 24 * time.Hour, Now: now, NewID: func() string { return store.NewID(now) }, Near: map[string]int64{acct: now.UnixMilli()}}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	job := Digest(DigestOptions{
-		Store: st, Companies: func() []companies.Company { return cos }, Sender: ntf,
-		JetStream: js, AccountStream: "AUP_ACCOUNTS", Threshold: func(companies.Company) int { return 50 },
+		Store: st, Companies: func() []companies.Company { return cos }, CompanyOf: directory.ByAccount, Sender: ntf,
+		JetStream: js, AccountStream: "AUP_ACCOUNTS", Threshold: func(companies.Company) int { return 4 }, Near: st.NearThreshold,
 		Window: 24 * time.Hour, Cap: 500, DeskURL: "https://desk.provider.example/", Max: 10,
 	})
 	if err := job(ctx, time.Now()); err != nil {
@@ -90,13 +107,13 @@ func TestDigestToEachAbuseContact(t *testing.T) {
 		"To: <abuse@acme.example>", "X-Aupd-Notice: aup-digest", "Auto-Submitted: auto-generated",
 		"Accounts suspended now: 1", "sam@acme.example: send, webmail_send suspended since",
 		"Reinstated in the last 24 hours: 1", "ria@acme.example: send, webmail_send at",
-		"Accounts near their threshold: not available", "Abuse desk: https://desk.provider.example/",
+		"Accounts near their threshold: 1", "nia@acme.example: 3 of 4 in the window", "Abuse desk: https://desk.provider.example/",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("digest lacks %q:\n%s", want, msg)
 		}
 	}
-	if strings.Contains(msg, "\r\nBcc:") || strings.Contains(msg, "gus@") {
+	if strings.Contains(msg, "\r\nBcc:") || strings.Contains(msg, "gus@") || strings.Contains(msg, "ned@") {
 		t.Errorf("digest has an injected header or another company's account:\n%s", msg)
 	}
 }
