@@ -29,10 +29,16 @@ func (p jsPub) PublishAccountEvent(ctx context.Context, ev *events.AccountEvent,
 	return err
 }
 
+// The digest reads the account stream with an ordered consumer from a
+// start time: checked on the in-process server and on Debian's 2.9.10.
 func TestDigestToEachAbuseContact(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) { testDigest(t, testutil.NATSServer(t, "").ClientURL()) })
+	t.Run("nats-server-2.9", func(t *testing.T) { testDigest(t, testutil.DebianNATS(t)) })
+}
+
+func testDigest(t *testing.T, natsURL string) {
 	rdb, prefix := testutil.Redis(t)
-	ns := testutil.NATSServer(t, "")
-	js, _ := jetstream.New(testutil.NATS(t, ns.ClientURL()))
+	js, _ := jetstream.New(testutil.NATS(t, natsURL))
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUP_ACCOUNTS", Subjects: []string{"aup.account.>"}}); err != nil {
 		t.Fatal(err)
