@@ -224,6 +224,11 @@ func (a *App) run(ctx context.Context) (err error) {
 		return err
 	}
 	lag := newLagGauge(a.reg, cons)
+	maxDel, err := watchMaxDeliveries(a.nc, cfg.NATS.Verdicts.Name, cfg.NATS.Consumer.Durable, a.reg, a.log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = maxDel.Unsubscribe() }()
 
 	// Abuse notices.
 	ntf, err := notifier.New(cfg.Notifier, notifier.Options{
