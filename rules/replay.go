@@ -1,0 +1,137 @@
+package rules
+
+import (
+	"sort"
+	"time"
+)
+
+// ReplayEvent is one stored verdict event, as the replay sees it.
+type ReplayEvent struct {
+	Account string
+	ID      string    // the idempotency key: an id counts once
+	Time    time.Time // the event's own time: the window is by this time
+	// At is when the live worker met it (its arrival in the stream); the
+	// replay's clock.
+	At time.Time
+	// Counting says whether the policy counts it toward the threshold
+	// (ham and kinds the policy ignores do not, but they still take the id).
+	Counting bool
+}
+
+// ReplayReset is a reinstatement: from At on, nothing before it counts.
+type ReplayReset struct {
+	Account string
+	At      time.Time
+}
+
+// ReplayAccount is an account's rule in the replay: the threshold tried
+// and the action a crossing leads to.
+type ReplayAccount struct {
+	Threshold int
+	Action    Action
+}
+
+// ReplayCrossing is one simulated crossing of the threshold.
+type ReplayCrossing struct {
+	Account   string
+	At        time.Time // the clock when it happened
+	Count     int       // the count that exceeded the threshold
+	Threshold int
+	Action    Action
+}
+
+// Replay runs the AUP rule over stored events, as the counting store
+// applies it, and returns the crossings it would have made, in order of
+// time:
+//
+//   - the window is rolling and by event time: at clock now an event
+//     counts while its Time is after now - window (and not after the
+//     last reinstatement);
+//   - an account crosses when its count exceeds its threshold; a
+//     suspension holds until the next reinstatement, so it crosses once;
+//     a report ends when the count falls back to the threshold, and the
+//     next crossing is reported again;
+//   - the same id counts once;
+//   - a reinstatement resets the window: what was counted before it no
+//     longer counts, and late events from before it never do.
+//
+// Events are taken in the order given (the stream's order); the clock is
+// the latest At seen. Resets are applied when the clock reaches them.
+func Replay(evs []ReplayEvent, resets []ReplayReset, window time.Duration, rule func(account string) ReplayAccount) []ReplayCrossing {
+	type state struct {
+		seen    map[string]time.Time // id -> event time, every id kept in the window
+		counted map[string]time.Time // counting ids in the window
+		floor   time.Time
+		frozen  bool // suspended, or reported and still over
+		rule    ReplayAccount
+	}
+	accts := map[string]*state{}
+	get := func(a string) *state {
+		s := accts[a]
+		if s == nil {
+			s = &state{seen: map[string]time.Time{}, counted: map[string]time.Time{}, rule: rule(a)}
+			accts[a] = s
+		}
+		return s
+	}
+	rs := append([]ReplayReset(nil), resets...)
+	sort.SliceStable(rs, func(i, j int) bool { return rs[i].At.Before(rs[j].At) })
+	var out []ReplayCrossing
+	var clock time.Time
+	next := 0
+	applyResets := func(until time.Time) {
+		for next < len(rs) && !rs[next].At.After(until) {
+			s := get(rs[next].Account)
+			at := rs[next].At
+			if at.After(s.floor) {
+				s.floor = at
+			}
+			for id, t := range s.counted {
+				if !t.After(at) {
+					delete(s.counted, id)
+				}
+			}
+			s.frozen = false
+			next++
+		}
+	}
+	for _, e := range evs {
+		if e.At.After(clock) {
+			clock = e.At
+		}
+		applyResets(clock)
+		s := get(e.Account)
+		lo := clock.Add(-window)
+		// Forget what has left the window.
+		for id, t := range s.seen {
+			if !t.After(lo) {
+				delete(s.seen, id)
+			}
+		}
+		for id, t := range s.counted {
+			if !t.After(lo) || !t.After(s.floor) {
+				delete(s.counted, id)
+			}
+		}
+		if s.frozen && s.rule.Action == ActionReport && len(s.counted) <= s.rule.Threshold {
+			s.frozen = false
+		}
+		if _, dup := s.seen[e.ID]; !dup && e.Time.After(lo) {
+			if !e.Counting || e.Time.After(s.floor) {
+				s.seen[e.ID] = e.Time
+			}
+			if e.Counting && e.Time.After(s.floor) {
+				s.counted[e.ID] = e.Time
+			}
+		}
+		n := len(s.counted)
+		switch {
+		case Exceeds(n, s.rule.Threshold) && !s.frozen:
+			s.frozen = true
+			out = append(out, ReplayCrossing{Account: e.Account, At: clock, Count: n, Threshold: s.rule.Threshold, Action: s.rule.Action})
+		case s.frozen && s.rule.Action == ActionReport && n <= s.rule.Threshold:
+			s.frozen = false
+		}
+	}
+	return out
+}
