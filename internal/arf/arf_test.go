@@ -142,7 +142,9 @@ Content-Type: multipart/report; report-type=delivery-status; boundary=DS`, "DS",
 	{name: "not a message", reason: arf.ReasonNotARF, report: "\x00\x01garbage"},
 }
 
-func local(a string) bool { return strings.HasSuffix(a, "@example.org") || strings.HasSuffix(a, "@example.net") }
+func local(a string) bool {
+	return strings.HasSuffix(a, "@example.org") || strings.HasSuffix(a, "@example.net")
+}
 
 func TestReports(t *testing.T) {
 	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
