@@ -34,19 +34,26 @@ type exitCodeError struct {
 func (e *exitCodeError) Error() string { return e.msg }
 
 func addIngestCommands(commands map[string]command) {
+	var tokenFile string
 	commands["ingest-arf"] = command{args: "[--token-file FILE] < REPORT", minArgs: 0, maxArgs: 0, flags: func(fs *flag.FlagSet) *flags {
-		return &flags{output: fs.String("token-file", "", "")}
-	}, run: ingestARFCmd}
+		fs.StringVar(&tokenFile, "token-file", "", "")
+		return &flags{}
+	}, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error { return ingestARFCmd(ctx, x, tokenFile) }}
+	var threshold int
+	var company string
+	var since time.Duration
 	commands["replay"] = command{args: "--threshold N [--company ID] [--since 24h]", minArgs: 0, maxArgs: 0, flags: func(fs *flag.FlagSet) *flags {
-		f := &flags{limit: fs.Int("threshold", 0, ""), company: fs.String("company", "", ""), reason: fs.String("since", "24h", "")}
-		return f
-	}, run: replayCmd}
+		fs.IntVar(&threshold, "threshold", 0, "")
+		fs.StringVar(&company, "company", "", "")
+		fs.DurationVar(&since, "since", 24*time.Hour, "")
+		return &flags{}
+	}, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error { return replayCmd(ctx, x, threshold, company, since) }}
 }
 
 // ingestARFCmd reads one feedback-loop report from standard input (as a
 // Postfix pipe transport hands it over) and posts it to aupd.
-func ingestARFCmd(ctx context.Context, x *cli, _ []string, f *flags) error {
-	if path := *f.output; path != "" {
+func ingestARFCmd(ctx context.Context, x *cli, tokenFile string) error {
+	if path := tokenFile; path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return &exitCodeError{exConfig, fmt.Sprintf("token file: %v", err)}
@@ -90,15 +97,14 @@ func ingestARFCmd(ctx context.Context, x *cli, _ []string, f *flags) error {
 }
 
 // replayCmd prints what a threshold would have done beside what happened.
-func replayCmd(ctx context.Context, x *cli, _ []string, f *flags) error {
-	if *f.limit < 1 {
+func replayCmd(ctx context.Context, x *cli, threshold int, company string, since time.Duration) error {
+	if threshold < 1 {
 		return &usageError{"--threshold N is required (at least 1)"}
 	}
-	since, err := time.ParseDuration(*f.reason)
-	if err != nil || since <= 0 {
-		return &usageError{"--since wants a duration such as 24h or 7d as 168h"}
+	if since <= 0 {
+		return &usageError{"--since wants a positive duration such as 24h (a week: 168h)"}
 	}
-	rep, raw, err := x.c.Replay(ctx, *f.limit, *f.company, since)
+	rep, raw, err := x.c.Replay(ctx, threshold, company, since)
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,9 @@ func TestIngestARFPipe(t *testing.T) {
 	cfg.Policy.Postfix.Listen = ""
 	cfg.Policy.Dovecot.Listen = ""
 	cfg.Companies = []companies.Company{{ID: "net", Domains: []string{"example.net"}}}
-	cfg.Auth.Tokens = []api.TokenConfig{{Name: "fbl", Hash: api.HashToken(token), Role: api.RolePublisher}}
+	const abuseToken = "abuse-desk-token-0123456789"
+	cfg.Auth.Tokens = []api.TokenConfig{{Name: "fbl", Hash: api.HashToken(token), Role: api.RolePublisher},
+		{Name: "desk", Hash: api.HashToken(abuseToken), Role: api.RoleAbuse}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +83,31 @@ func TestIngestARFPipe(t *testing.T) {
 		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
 		return err == nil && n == 1
 	}, "the complaint was not counted")
+
+	// A second report about the same sender, then: what would threshold 1
+	// have done? (The live threshold, 50, did nothing.)
+	second := bytes.Replace(report, []byte("Subject: FW: Earn money"), []byte("Message-ID: <second-report@example.com>\nSubject: FW: Earn money"), 1)
+	if code, out, errs := pipe(server, tokenFile, second); code != 0 || !strings.Contains(out, "accepted") {
+		t.Fatalf("second report: %d %q %q", code, out, errs)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
+		return err == nil && n == 2
+	}, "the second complaint was not counted")
+	var rout, rerr bytes.Buffer
+	if code := runIn([]string{"replay", "--server", server, "--token", abuseToken, "--threshold", "1", "--since", "1h"}, nil, &rout, &rerr); code != 0 ||
+		!strings.Contains(rout.String(), "somespammer@example.net") || !strings.Contains(rout.String(), "suspend at") || !strings.Contains(rout.String(), "count 2") {
+		t.Fatalf("replay: %d %q %q", code, rout.String(), rerr.String())
+	}
+	if code := runIn([]string{"replay", "--server", server, "--token", abuseToken, "--threshold", "1"}, nil, &rout, &rerr); code != 0 {
+		t.Fatalf("replay with default since: %d %s", code, rerr.String())
+	}
+	if code := runIn([]string{"replay", "--server", server, "--token", abuseToken}, nil, &rout, &rerr); code != exitUsage {
+		t.Fatalf("replay without threshold: %d", code)
+	}
+	if code := runIn([]string{"replay", "--server", server, "--token", token, "--threshold", "1"}, nil, &rout, &rerr); code != exitRefused {
+		t.Fatalf("replay with a publisher token: %d", code)
+	}
 
 	// Refused reports bounce with the reason (65); a bad token is 77; aupd
 	// unreachable is 75, so that Postfix retries.

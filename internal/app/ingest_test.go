@@ -29,6 +29,7 @@ const (
 	tokPublisher     = "publisher-token-0123456789"
 	tokAcmePublisher = "acme-publisher-token-0123456789"
 	tokAdminIngest   = "admin-token-0123456789"
+	tokAcmeAbuse     = "acme-abuse-token-0123456789"
 )
 
 func withIngestTokens(t *testing.T, cfg *config.Config) *config.Config {
@@ -37,6 +38,7 @@ func withIngestTokens(t *testing.T, cfg *config.Config) *config.Config {
 		api.TokenConfig{Name: "filters", Hash: api.HashToken(tokPublisher), Role: api.RolePublisher},
 		api.TokenConfig{Name: "acme-fbl", Hash: api.HashToken(tokAcmePublisher), Role: api.RolePublisher, Company: "acme"},
 		api.TokenConfig{Name: "ops", Hash: api.HashToken(tokAdminIngest), Role: api.RoleAdmin},
+		api.TokenConfig{Name: "acme-abuse", Hash: api.HashToken(tokAcmeAbuse), Role: api.RoleAbuse, Company: "acme"},
 	)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

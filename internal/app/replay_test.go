@@ -66,10 +66,11 @@ func TestReplayMatchesLive(t *testing.T) {
 	h.drained()
 
 	cons := durableInfo(t, h)
+	token := tokAdminIngest
 	get := func(q string) replay.Report {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "http://"+h.info.HTTPAddr+"/api/v1/replay?"+q, nil)
-		req.Header.Set("Authorization", "Bearer "+tokAdminIngest)
+		req.Header.Set("Authorization", "Bearer "+token)
 		a := h.do(req)
 		if a.status != 200 {
 			t.Fatalf("replay %s: %d %s", q, a.status, a.body)
@@ -127,6 +128,16 @@ func TestReplayMatchesLive(t *testing.T) {
 	// Scoped to a company with no such accounts: nothing.
 	if r := get("threshold=2&company=acme"); len(r.Accounts) != 0 {
 		t.Fatalf("acme: %+v", r.Accounts)
+	}
+	// A company's token replays its own company only.
+	token = tokAcmeAbuse
+	if r := get("threshold=2"); len(r.Accounts) != 0 || r.Company != "acme" {
+		t.Fatalf("acme token: %+v", r)
+	}
+	req, _ := http.NewRequest("GET", "http://"+h.info.HTTPAddr+"/api/v1/replay?threshold=2&company=globex", nil)
+	req.Header.Set("Authorization", "Bearer "+tokAcmeAbuse)
+	if a := h.do(req); a.status != 403 {
+		t.Fatalf("acme token for globex: %d %s", a.status, a.body)
 	}
 	// The live consumer did not move, and nothing was acted on.
 	if after := durableInfo(t, h); after != cons {

@@ -160,10 +160,12 @@ func rspamdHeaders(h http.Header, body []byte) (*Rspamd, error) {
 	return r, nil
 }
 
-// known maps rspamd's "unknown" (and empty) to "".
+// known maps rspamd's placeholders for a missing value ("unknown" in
+// the exporter's metadata, "undef" for a missing queue id or Message-ID)
+// to "".
 func known(s string) string {
 	s = strings.TrimSpace(s)
-	if s == "unknown" {
+	if s == "unknown" || s == "undef" {
 		return ""
 	}
 	return s

@@ -66,6 +66,24 @@ func TestRspamdForms(t *testing.T) {
 			}
 		})
 	}
+	// rspamd says "undef" for a missing queue id and Message-ID: the id
+	// then comes from the message, so two messages never share one.
+	ids := map[string]bool{}
+	for _, body := range []string{"Subject: a\r\n\r\none\r\n", "Subject: b\r\n\r\ntwo\r\n"} {
+		r, err := ReadRspamd(http.Header{"Content-Type": {"message/rfc822"}, "X-Rspamd-Action": {"reject"}, "X-Rspamd-User": {"alice@globex.test"},
+			"X-Rspamd-Qid": {"undef"}}, []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs, err := r.Verdicts(local, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[vs[0].ID] = true
+	}
+	if len(ids) != 2 {
+		t.Fatalf("messages without queue id and Message-ID share an id: %v", ids)
+	}
 	if _, err := ReadRspamd(http.Header{"Content-Type": {"text/html"}}, []byte("<p>")); err == nil {
 		t.Fatal("html accepted")
 	}
