@@ -47,7 +47,9 @@ func addIngestCommands(commands map[string]command) {
 		fs.StringVar(&company, "company", "", "")
 		fs.DurationVar(&since, "since", 24*time.Hour, "")
 		return &flags{}
-	}, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error { return replayCmd(ctx, x, threshold, company, since) }}
+	}, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error {
+		return replayCmd(ctx, x, threshold, company, since)
+	}}
 }
 
 // ingestARFCmd reads one feedback-loop report from standard input (as a
