@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"container/heap"
 	"sort"
 	"time"
 )
@@ -59,8 +60,8 @@ type ReplayCrossing struct {
 // the latest At seen. Resets are applied when the clock reaches them.
 func Replay(evs []ReplayEvent, resets []ReplayReset, window time.Duration, rule func(account string) ReplayAccount) []ReplayCrossing {
 	type state struct {
-		seen    map[string]time.Time // id -> event time, every id kept in the window
-		counted map[string]time.Time // counting ids in the window
+		seen    idSet // every id kept in the window (dedup)
+		counted idSet // counting ids in the window, after the floor
 		floor   time.Time
 		frozen  bool // suspended, or reported and still over
 		rule    ReplayAccount
@@ -69,7 +70,7 @@ func Replay(evs []ReplayEvent, resets []ReplayReset, window time.Duration, rule 
 	get := func(a string) *state {
 		s := accts[a]
 		if s == nil {
-			s = &state{seen: map[string]time.Time{}, counted: map[string]time.Time{}, rule: rule(a)}
+			s = &state{seen: newIDSet(), counted: newIDSet(), rule: rule(a)}
 			accts[a] = s
 		}
 		return s
@@ -86,11 +87,7 @@ func Replay(evs []ReplayEvent, resets []ReplayReset, window time.Duration, rule 
 			if at.After(s.floor) {
 				s.floor = at
 			}
-			for id, t := range s.counted {
-				if !t.After(at) {
-					delete(s.counted, id)
-				}
-			}
+			s.counted.dropUntil(at)
 			s.frozen = false
 			next++
 		}
@@ -103,28 +100,20 @@ func Replay(evs []ReplayEvent, resets []ReplayReset, window time.Duration, rule 
 		s := get(e.Account)
 		lo := clock.Add(-window)
 		// Forget what has left the window.
-		for id, t := range s.seen {
-			if !t.After(lo) {
-				delete(s.seen, id)
-			}
-		}
-		for id, t := range s.counted {
-			if !t.After(lo) || !t.After(s.floor) {
-				delete(s.counted, id)
-			}
-		}
-		if s.frozen && s.rule.Action == ActionReport && len(s.counted) <= s.rule.Threshold {
+		s.seen.dropUntil(lo)
+		s.counted.dropUntil(lo)
+		if s.frozen && s.rule.Action == ActionReport && s.counted.len() <= s.rule.Threshold {
 			s.frozen = false
 		}
-		if _, dup := s.seen[e.ID]; !dup && e.Time.After(lo) {
+		if !s.seen.has(e.ID) && e.Time.After(lo) {
 			if !e.Counting || e.Time.After(s.floor) {
-				s.seen[e.ID] = e.Time
+				s.seen.add(e.ID, e.Time)
 			}
 			if e.Counting && e.Time.After(s.floor) {
-				s.counted[e.ID] = e.Time
+				s.counted.add(e.ID, e.Time)
 			}
 		}
-		n := len(s.counted)
+		n := s.counted.len()
 		switch {
 		case Exceeds(n, s.rule.Threshold) && !s.frozen:
 			s.frozen = true
@@ -134,4 +123,49 @@ func Replay(evs []ReplayEvent, resets []ReplayReset, window time.Duration, rule 
 		}
 	}
 	return out
+}
+
+// idSet is a set of ids with their event times that forgets the oldest
+// cheaply: a map for lookups and a min-heap by time for expiry.
+type idSet struct {
+	m map[string]time.Time
+	h *timeHeap
+}
+
+func newIDSet() idSet { return idSet{m: map[string]time.Time{}, h: &timeHeap{}} }
+
+func (s idSet) has(id string) bool { _, ok := s.m[id]; return ok }
+func (s idSet) len() int           { return len(s.m) }
+
+func (s idSet) add(id string, t time.Time) {
+	s.m[id] = t
+	heap.Push(s.h, timedID{t, id})
+}
+
+// dropUntil forgets every id whose time is at or before t.
+func (s idSet) dropUntil(t time.Time) {
+	for s.h.Len() > 0 && !(*s.h)[0].t.After(t) {
+		x := heap.Pop(s.h).(timedID)
+		if mt, ok := s.m[x.id]; ok && mt.Equal(x.t) {
+			delete(s.m, x.id)
+		}
+	}
+}
+
+type timedID struct {
+	t  time.Time
+	id string
+}
+
+type timeHeap []timedID
+
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i].t.Before(h[j].t) }
+func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timeHeap) Push(x any)        { *h = append(*h, x.(timedID)) }
+func (h *timeHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }

@@ -37,3 +37,16 @@ func TestReplay(t *testing.T) {
 		t.Fatalf("reports: %v", rep)
 	}
 }
+
+func BenchmarkReplayOneHeavyAccount(b *testing.B) {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	evs := make([]ReplayEvent, 100000)
+	for i := range evs {
+		at := t0.Add(time.Duration(i) * 2 * time.Second)
+		evs[i] = ReplayEvent{Account: "a", ID: fmt.Sprint(i), Time: at, At: at, Counting: true}
+	}
+	rule := func(string) ReplayAccount { return ReplayAccount{Threshold: 50, Action: ActionSuspend} }
+	for b.Loop() {
+		Replay(evs, nil, 24*time.Hour, rule)
+	}
+}
