@@ -121,10 +121,11 @@ func (s *server) local(p *principal) func(string) bool {
 	}
 }
 
-// answerIngest writes the results: 202 when every event is stored, 503
-// (retry; nothing stored twice) when JetStream did not store one, 422
-// when one was refused; each result says what became of its event.
-func (s *server) answerIngest(w http.ResponseWriter, r *http.Request, results []ingest.Result, okStatus int) {
+// answerIngest writes the results: okStatus when every event is stored,
+// 503 (retry; nothing stored twice) when JetStream did not store one,
+// refusedStatus when one was refused; each result says what became of its
+// event.
+func (s *server) answerIngest(w http.ResponseWriter, r *http.Request, results []ingest.Result, okStatus, refusedStatus int) {
 	a := ingestAnswer{Results: results}
 	status := okStatus
 	unavailable := false
@@ -146,7 +147,7 @@ func (s *server) answerIngest(w http.ResponseWriter, r *http.Request, results []
 		status = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "5")
 	case a.Rejected > 0:
-		status = http.StatusUnprocessableEntity
+		status = refusedStatus
 	}
 	writeJSON(w, status, a)
 }
@@ -201,11 +202,15 @@ func (s *server) ingestVerdicts(w http.ResponseWriter, r *http.Request, p *princ
 		s.fail(w, r, errf(http.StatusBadRequest, "no_events", "the body holds no event"))
 		return
 	}
-	s.answerIngest(w, r, s.opts.Ingest.Publish(ctx, ingest.SourceVerdicts, inputs, s.allowFor(p)), http.StatusAccepted)
+	s.answerIngest(w, r, s.opts.Ingest.Publish(ctx, ingest.SourceVerdicts, inputs, s.allowFor(p)), http.StatusAccepted, http.StatusUnprocessableEntity)
 }
 
 // ingestRspamd takes what rspamd's metadata_exporter posts. It answers
-// 200 on success, the only success rspamd 3.4 accepts.
+// 200 on success, the only success rspamd 3.4 accepts, and 200 for a post
+// it refuses too (with the reason in the body, logged and counted): with
+// defer = true rspamd soft-rejects the message on any other answer, and a
+// refusal is permanent, so a retry of the mail would not help. Only 503
+// (not stored) and authentication failures answer otherwise.
 func (s *server) ingestRspamd(w http.ResponseWriter, r *http.Request, p *principal) {
 	ctx, cancel, ok := s.ingestStart(w, r)
 	if !ok {
@@ -216,28 +221,34 @@ func (s *server) ingestRspamd(w http.ResponseWriter, r *http.Request, p *princip
 	if !ok {
 		return
 	}
+	refuse := func(reason, detail string) {
+		res := ingest.Refused(reason, detail)
+		s.opts.Ingest.Count(ingest.SourceRspamd, res)
+		if reason != ingest.ReasonNoAccount {
+			// Not normal: the exporter's configuration or the MTA's
+			// users need a look.
+			s.log.Warn("rspamd post refused", "reason", reason, "detail", detail, "token", p.name)
+		}
+		writeJSON(w, http.StatusOK, ingestAnswer{Rejected: 1, Results: []ingest.Result{res}})
+	}
 	rs, err := ingest.ReadRspamd(r.Header, body)
 	if err != nil {
-		res := ingest.Refused(ingest.ReasonNotRspamd, err.Error())
-		s.opts.Ingest.Count(ingest.SourceRspamd, res)
-		s.answerIngest(w, r, []ingest.Result{res}, http.StatusOK)
+		refuse(ingest.ReasonNotRspamd, err.Error())
 		return
 	}
 	vs, err := rs.Verdicts(s.local(p), s.opts.Now())
 	var re *ingest.RefusedError
 	if errors.As(err, &re) {
-		res := ingest.Refused(re.Reason, re.Detail)
-		s.opts.Ingest.Count(ingest.SourceRspamd, res)
-		status := http.StatusUnprocessableEntity
-		if re.Reason == ingest.ReasonNoAccount {
-			// Normal for inbound mail to other hosts' users: the
-			// exporter cannot tell local accounts; nothing to retry.
-			status = http.StatusOK
-		}
-		writeJSON(w, status, ingestAnswer{Rejected: 1, Results: []ingest.Result{res}})
+		// no_local_account is normal for inbound mail to other hosts'
+		// users: the exporter cannot tell local accounts.
+		refuse(re.Reason, re.Detail)
 		return
 	}
-	s.publishBuilt(ctx, w, r, ingest.SourceRspamd, vs, p, http.StatusOK)
+	if err != nil {
+		s.failErr(w, r, err)
+		return
+	}
+	s.publishBuilt(ctx, w, r, ingest.SourceRspamd, vs, p, http.StatusOK, http.StatusOK)
 }
 
 // ingestARF takes one feedback-loop report (the raw message).
@@ -271,10 +282,10 @@ func (s *server) ingestARF(w http.ResponseWriter, r *http.Request, p *principal)
 		s.failErr(w, r, err)
 		return
 	}
-	s.publishBuilt(ctx, w, r, ingest.SourceARF, []*events.Verdict{v}, p, http.StatusAccepted)
+	s.publishBuilt(ctx, w, r, ingest.SourceARF, []*events.Verdict{v}, p, http.StatusAccepted, http.StatusUnprocessableEntity)
 }
 
-func (s *server) publishBuilt(ctx context.Context, w http.ResponseWriter, r *http.Request, source string, vs []*events.Verdict, p *principal, okStatus int) {
+func (s *server) publishBuilt(ctx context.Context, w http.ResponseWriter, r *http.Request, source string, vs []*events.Verdict, p *principal, okStatus, refusedStatus int) {
 	inputs := make([]ingest.Input, 0, len(vs))
 	for _, v := range vs {
 		in, err := ingest.EventInput(v)
@@ -284,5 +295,5 @@ func (s *server) publishBuilt(ctx context.Context, w http.ResponseWriter, r *htt
 		}
 		inputs = append(inputs, in)
 	}
-	s.answerIngest(w, r, s.opts.Ingest.Publish(ctx, source, inputs, s.allowFor(p)), okStatus)
+	s.answerIngest(w, r, s.opts.Ingest.Publish(ctx, source, inputs, s.allowFor(p)), okStatus, refusedStatus)
 }

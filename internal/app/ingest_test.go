@@ -218,7 +218,34 @@ func TestIngestVerdictsOverHTTP(t *testing.T) {
 		t.Fatalf("scoped publisher, own company: %d %s", a.status, a.body)
 	}
 
+	// rspamd's json formatter over HTTP; refusals answer 200 (so that
+	// rspamd with defer = true never delays mail for them) with a reason.
+	const rspamdPath = "/api/v1/ingest/rspamd"
+	for _, tc := range []struct {
+		ctype, body, result, reason string
+	}{
+		{"text/plain", `{"user":"erin@globex.test","qid":"Q9","action":"reject","score":20.5,"rcpt":["x@example.net"],"from":"erin@globex.test","symbols":[{"name":"GTUBE","score":0}],"message_id":"m9@globex.test","subject":"hi"}`, "accepted", ""},
+		{"application/json", `{"user":"unknown","qid":"Q10","action":"reject","score":20,"rcpt":["x@elsewhere.example"],"symbols":[]}`, "refused", "no_local_account"},
+		{"application/json", `{"user":"erin","qid":"Q11","action":"reject","score":20,"rcpt":["x@example.net"],"symbols":[]}`, "refused", "user_not_an_address"},
+		{"text/html", `<p>hello</p>`, "refused", "not_rspamd"},
+	} {
+		a := h.post(rspamdPath, tokPublisher, tc.ctype, []byte(tc.body))
+		r := a.ingest(t)
+		if a.status != 200 || len(r.Results) != 1 || r.Results[0].Result != tc.result || r.Results[0].Reason != tc.reason {
+			t.Errorf("rspamd %s: %d %s", tc.body, a.status, a.body)
+		}
+	}
+	if a := h.post(rspamdPath, tokAdminIngest, "application/json", []byte(`{}`)); a.status != 403 {
+		t.Errorf("rspamd with an admin token: %d", a.status)
+	}
+	if a := h.post("/api/v1/ingest/arf", tokPublisher, "message/rfc822", []byte("From: a@globex.test\r\n\r\nhello\r\n")); a.status != 422 || a.ingest(t).Results[0].Reason != "not_arf" {
+		t.Errorf("arf, not a report: %d %s", a.status, a.body)
+	}
+
 	h.drained()
+	if n := h.count("erin@globex.test"); n != 1 {
+		t.Fatalf("erin (rspamd json) counted %d", n)
+	}
 	if n := h.count("alice@globex.test"); n != 3 { // http-1, http-2, http-7
 		t.Fatalf("alice counted %d", n)
 	}
@@ -230,6 +257,9 @@ func TestIngestVerdictsOverHTTP(t *testing.T) {
 		`aupd_ingest_events_total{result="accepted",source="verdicts"} 5`,
 		`aupd_ingest_events_total{result="duplicate",source="verdicts"} 1`,
 		`aupd_ingest_events_total{result="refused",source="verdicts"} 1`,
+		`aupd_ingest_events_total{result="accepted",source="rspamd"} 1`,
+		`aupd_ingest_events_total{result="refused",source="rspamd"} 3`,
+		`aupd_ingest_events_total{result="refused",source="arf"} 1`,
 	} {
 		if !strings.Contains(m, line) {
 			t.Errorf("metrics lack %s", line)
