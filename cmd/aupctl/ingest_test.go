@@ -65,9 +65,29 @@ func TestIngestARFPipe(t *testing.T) {
 	}
 	// The RFC's example is from 2005, far outside the window: date it now.
 	report = bytes.Replace(report, []byte("Date: Thu, 8 Mar 2005 17:40:36 EDT"), []byte("Date: "+time.Now().UTC().Format(time.RFC1123Z)), 1)
+	// The documented master.cf line, with this test's server and token
+	// file in place of the example's.
+	mcf, err := os.ReadFile("../../deploy/postfix/fbl.master.cf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, argvLine, ok := strings.Cut(string(mcf), "argv=")
+	argv := strings.Fields(argvLine)
+	if !ok || len(argv) < 2 || filepath.Base(argv[0]) != "aupctl" || argv[1] != "ingest-arf" {
+		t.Fatalf("fbl.master.cf argv: %q", argv)
+	}
 	pipe := func(server, tokFile string, stdin []byte) (int, string, string) {
+		args := append([]string{}, argv[1:]...)
+		for i := 0; i+1 < len(args); i++ {
+			switch args[i] {
+			case "--server":
+				args[i+1] = server
+			case "--token-file":
+				args[i+1] = tokFile
+			}
+		}
 		var out, errb bytes.Buffer
-		code := runIn([]string{"ingest-arf", "--server", server, "--token-file", tokFile}, bytes.NewReader(stdin), &out, &errb)
+		code := runIn(args, bytes.NewReader(stdin), &out, &errb)
 		return code, out.String(), errb.String()
 	}
 	server := "http://" + info.HTTPAddr
