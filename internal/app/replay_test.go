@@ -21,9 +21,9 @@ import (
 // decides exactly what the worker did; at 3 and 2 it differs as the rule
 // says it must. The durable consumer is untouched.
 func TestReplayMatchesLive(t *testing.T) {
-	ns := natsForTest(t)
-	_, prefix := testutilRedis(t)
-	h := start(t, withIngestTokens(t, testConfig(t, ns, prefix)))
+	ns := testutil.NATSServer(t, "")
+	_, prefix := testutil.Redis(t)
+	h := start(t, withIngestTokens(t, testConfig(t, ns.ClientURL(), prefix)))
 	ctx := context.Background()
 	now := time.Now()
 	n := 0
@@ -55,8 +55,9 @@ func TestReplayMatchesLive(t *testing.T) {
 	if _, err := h.st.FlushOutbox(ctx, "g3@globex.test", jsPublisher{h.js}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(10 * time.Millisecond)
-	at = time.Now // the events after it are later than the reinstatement
+	// The events after it are later than the reinstatement (a second
+	// ahead, well within the future skew).
+	at = func() time.Time { return time.Now().Add(time.Second) }
 	for range 3 {
 		send("g3@globex.test", "spam")
 	}
@@ -174,7 +175,3 @@ func durableInfo(t *testing.T, h *harness) consState {
 func verdict4(id, account, v string, at time.Time) []byte {
 	return verdict(id, "outbound", account, v, at)
 }
-
-func natsForTest(t *testing.T) string { return testutil.NATSServer(t, "").ClientURL() }
-
-func testutilRedis(t *testing.T) (any, string) { _, p := testutil.Redis(t); return nil, p }
