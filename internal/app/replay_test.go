@@ -32,10 +32,14 @@ func TestReplayMatchesLive(t *testing.T) {
 		t.Helper()
 		n++
 		ev := verdict4(fmt.Sprintf("rp-%d", n), account, verdict, at())
-		if a := h.post("/api/v1/ingest/verdicts", tokPublisher, "application/json", ev); a.status != 202 {
+		a := h.post("/api/v1/ingest/verdicts", tokPublisher, "application/json", ev)
+		if a.status != 202 {
 			t.Fatalf("ingest: %d %s", a.status, a.body)
 		}
-		h.drained()
+		// Wait until the worker acked this very event, so that it is
+		// processed alone, as the replay takes it.
+		seq := a.ingest(t).Results[0].Seq
+		testutil.Eventually(t, 30*time.Second, func() bool { return durableInfo(t, h).ackFloor >= seq }, "event %d not processed", seq)
 	}
 	for range 7 {
 		send("g1@globex.test", "spam") // live: suspended at 6
