@@ -263,7 +263,9 @@ func (e *RefusedError) Error() string { return e.Reason + ": " + e.Detail }
 // Verdicts maps one rspamd scan to verdict events:
 //
 //   - an authenticated sender makes one outbound event against the
-//     authenticated user (which must be an address);
+//     authenticated user, which must be an address (a login without a
+//     domain is completed from the envelope sender when its local part is
+//     the login);
 //   - otherwise one inbound event per local recipient (local says which
 //     addresses belong to a company);
 //
@@ -302,7 +304,15 @@ func (r *Rspamd) Verdicts(local func(string) bool, now time.Time) ([]*events.Ver
 	}
 	var accounts []string
 	if r.User != "" {
-		acct, err := events.NormalizeAccount(r.User)
+		user := r.User
+		if !strings.Contains(user, "@") {
+			// A login without a domain (SASL user "alice"): the envelope
+			// sender names the domain when its local part is the login.
+			if l, d, ok := strings.Cut(r.From, "@"); ok && strings.EqualFold(l, user) && d != "" {
+				user = r.From
+			}
+		}
+		acct, err := events.NormalizeAccount(user)
 		if err != nil {
 			return nil, &RefusedError{ReasonBadAuthedUser, fmt.Sprintf("the authenticated user %q is not an address local@domain (%v)", oneLine(r.User), err)}
 		}

@@ -35,6 +35,9 @@ func TestRspamdForms(t *testing.T) {
 		{"default with meta headers", http.Header{"Content-Type": {"message/rfc822"}, "X-Rspamd-Action": {"reject"}, "X-Rspamd-User": {"alice@globex.test"},
 			"X-Rspamd-Qid": {"Q3"}, "X-Rspamd-Score": {"16.2"}, "X-Rspamd-Rcpt": {`["bob@example.net"]`}, "X-Rspamd-Symbols": {`[{"name":"GTUBE"}]`}},
 			msg, "outbound", "alice@globex.test", "spam", "Cheap meds"},
+		{"login without a domain", http.Header{"Content-Type": {"application/json"}},
+			`{"user":"Alice","qid":"Q5","action":"reject","score":20,"from":"alice@globex.test","rcpt":["bob@example.net"],"symbols":[]}`,
+			"outbound", "alice@globex.test", "spam", ""},
 		{"multipart", http.Header{"Content-Type": {`multipart/form-data; boundary="bb"`}},
 			"--bb\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n" +
 				`{"user":"unknown","qid":"Q4","action":"rewrite subject","score":9,"rcpt":["carol@globex.test"],"symbols":[]}` +
@@ -87,7 +90,11 @@ func TestRspamdForms(t *testing.T) {
 	if _, err := ReadRspamd(http.Header{"Content-Type": {"text/html"}}, []byte("<p>")); err == nil {
 		t.Fatal("html accepted")
 	}
-	r, _ := ReadRspamd(http.Header{"Content-Type": {"application/json"}}, []byte(`{"user":"unknown","action":"reject","rcpt":["x@elsewhere.example"]}`))
+	r, _ := ReadRspamd(http.Header{"Content-Type": {"application/json"}}, []byte(`{"user":"bob","from":"alice@globex.test","action":"reject"}`))
+	if _, err := r.Verdicts(local, now); err == nil || err.(*RefusedError).Reason != ReasonBadAuthedUser {
+		t.Fatalf("login that is not the sender's: %v", err)
+	}
+	r, _ = ReadRspamd(http.Header{"Content-Type": {"application/json"}}, []byte(`{"user":"unknown","action":"reject","rcpt":["x@elsewhere.example"]}`))
 	if _, err := r.Verdicts(local, now); err == nil || err.(*RefusedError).Reason != ReasonNoAccount {
 		t.Fatalf("no local recipient: %v", err)
 	}
