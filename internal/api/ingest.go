@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"io"
 	"mime"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/aupd/aupd/internal/events"
@@ -261,11 +259,6 @@ func (s *server) ingestARF(w http.ResponseWriter, r *http.Request, p *principal)
 	body, cut, ok := s.readBody(w, r)
 	if !ok {
 		return
-	}
-	if strings.EqualFold(r.Header.Get("Content-Transfer-Encoding"), "base64") {
-		if b, err := base64.StdEncoding.DecodeString(string(body)); err == nil {
-			body = b
-		}
 	}
 	v, err := ingest.ARF(body, s.local(p), s.opts.Now())
 	if cut {
