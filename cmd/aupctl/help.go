@@ -12,6 +12,7 @@ import (
 var groups = []struct{ name, title string }{
 	{"account", "Account commands"},
 	{"company", "Company commands"},
+	{"verdicts", "Verdicts"},
 	{"other", "Other"},
 }
 
@@ -23,6 +24,7 @@ const exitCodes = `Exit codes:
   4  refused: bad or missing token (401), or not allowed (403)
   5  conflict: refused by the account's state (409), e.g. delete while suspended
   6  decide: the answer is deny; ready: aupd is not ready
+  ingest-arf answers with sysexits codes instead (aupctl ingest-arf --help)
 `
 
 // usage is aupctl --help, made from the command table.

@@ -106,14 +106,18 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "aupctl %s: want %s; see aupctl %s --help\n", name, cmd.args, name)
 		return exitUsage
 	}
+	setupExit := exitUsage
+	if cmd.setupExit != 0 {
+		setupExit = cmd.setupExit
+	}
 	if err := g.resolve(fs, x, os.Getenv); err != nil {
 		fmt.Fprintf(stderr, "aupctl: %v\n", err)
-		return exitUsage
+		return setupExit
 	}
 	if !cmd.offline {
 		if x.c, err = client.New(x.server, x.token, nil); err != nil {
 			fmt.Fprintf(stderr, "aupctl: %v\n", err)
-			return exitUsage
+			return setupExit
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -159,6 +163,10 @@ func (x *cli) fail(name string, err error) int {
 	if errors.Is(err, errDenied) {
 		return exitDenied
 	}
+	if code, ok := exitCodeOf(err); ok {
+		fmt.Fprintf(x.stderr, "aupctl %s: %v\n", name, err)
+		return code
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(x.stderr, "aupctl %s: %s\n", name, ue.msg)
@@ -195,7 +203,7 @@ type flags struct {
 // aupctl COMMAND --help and the shell completion say about it comes from
 // here, so adding a command is adding one entry.
 type command struct {
-	group   string // where aupctl --help lists it: account, company or other
+	group   string // where aupctl --help lists it: account, company, verdicts or other
 	args    string // the arguments, as in the usage line
 	summary string // one line for aupctl --help
 	help    string // what aupctl COMMAND --help adds (may be empty)
@@ -205,7 +213,11 @@ type command struct {
 	flags func(fs *flag.FlagSet) *flags
 	// offline commands need no server (hash-token, version, completion).
 	offline bool
-	run     func(ctx context.Context, x *cli, args []string, f *flags) error
+	// setupExit is the exit code when the settings cannot be read (config
+	// or token file, server URL); 0 means exitUsage. ingest-arf answers
+	// Postfix with sysexits codes.
+	setupExit int
+	run       func(ctx context.Context, x *cli, args []string, f *flags) error
 }
 
 func withReason(fs *flag.FlagSet) *flags {
@@ -272,6 +284,7 @@ func commandTable() map[string]command {
 	for _, a := range statusActions {
 		commands[a.name] = command{group: "account", args: "ADDRESS --reason TEXT", summary: a.summary, minArgs: 1, maxArgs: 1, flags: withReason, run: statusCmd(a.name)}
 	}
+	addIngestCommands(commands)
 	return commands
 }
 

@@ -239,6 +239,11 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	maxDel, err := watchMaxDeliveries(a.nc, cfg.NATS.Verdicts.Name, cfg.NATS.Consumer.Durable, a.reg, a.log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = maxDel.Unsubscribe() }()
 
 	// Abuse notices.
 	ntf, err := notifier.New(cfg.Notifier, notifier.Options{
@@ -270,10 +275,14 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	ing, rep, err := a.ingestAndReplay(cfg)
+	if err != nil {
+		return err
+	}
 	apiHandler, err := api.New(api.Options{
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
 		Tokens: a.tokens, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
-		Window: cfg.AUP.Window, CapOf: a.capOf,
+		Window: cfg.AUP.Window, CapOf: a.capOf, Ingest: ing, Replay: rep,
 	})
 	if err != nil {
 		return err
