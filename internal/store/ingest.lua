@@ -386,7 +386,7 @@ for a = 1, tonumber(ARGV[5]) do
   elseif type(r) == 'table' and r.err then
     results[a] = {'!' .. r.err}
   else
-    results[a] = {'!ERR script: ' .. tostring(r)}
+    results[a] = {'!' .. tostring(r)} -- a Redis error as text, or a Lua runtime error
   end
   p = nxt
 end
