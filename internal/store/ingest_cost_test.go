@@ -294,6 +294,11 @@ func TestOneAccountFailsAlone(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	rdb := s.rdb.(*redis.Client)
+	ingest(t, s, t0, 5, spam("0", t0)) // alice: a window already
+	b0 := Batch{Account: "broken@example.com", Threshold: 5, Cap: 6, Action: rules.ActionSuspend, Items: []Item{spam("0", t0)}}
+	if _, err := s.Ingest(ctx, []Batch{b0}, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }}); err != nil {
+		t.Fatal(err)
+	}
 	if err := rdb.Set(ctx, s.key("broken@example.com", sufWindow), "x", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
