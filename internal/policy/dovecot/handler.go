@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -108,8 +109,24 @@ func (c Config) Validate() error {
 		return fmt.Errorf("dovecot policy: api_header %q is not a header name", c.APIHeader)
 	case strings.ContainsAny(string(c.APIKey), "\r\n"):
 		return errors.New("dovecot policy: api_key must be one line")
+	case c.APIKey == "" && !loopbackListen(c.Listen):
+		return fmt.Errorf("dovecot policy: api_key is required when listen (%s) is not a loopback address", c.Listen)
 	}
 	return nil
+}
+
+// loopbackListen reports whether addr (host:port) listens on loopback
+// only: 127.0.0.0/8, ::1 or localhost. An empty host listens everywhere.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Options are a Handler's optional collaborators.
@@ -135,6 +152,9 @@ const (
 	ResultAllow         = "allow"
 	ResultDeny          = "deny"
 	ResultLockout       = "lockout" // refused as a plain authentication failure
+	// ResultUnverified: a check before the password was verified, answered
+	// without looking at the account's state (but a lockout).
+	ResultUnverified = "unverified"
 	ResultReportSuccess = "report_success"
 	ResultReportFailure = "report_failure"
 	ResultReportIgnored = "report_ignored"
@@ -299,6 +319,16 @@ func (req Request) account() (string, bool) {
 }
 
 // Allow answers command=allow, before and after authentication.
+//
+// Nothing about an account's state is told before its password is
+// verified: a request that carries a password hash (pwhash, which Dovecot
+// only computes when it has the password, that is before it checked it:
+// auth_policy_check_before_auth) is allowed whatever the state, except a
+// lockout, which is refused exactly as a wrong password is. Dovecot then
+// checks the password; a wrong one fails alike for every account, existing
+// or not. The state, and its reason, are told only in the check after a
+// successful authentication (auth_policy_check_after_auth), which Dovecot
+// sends without a password hash.
 func (h *Handler) Allow(ctx context.Context, req Request) (Response, string, error) {
 	acct, ok := req.account()
 	if !ok {
@@ -316,11 +346,18 @@ func (h *Handler) Allow(ctx context.Context, req Request) (Response, string, err
 	if d.Result == rules.Allow {
 		return Response{}, ResultAllow, nil
 	}
-	h.log.Info("login refused", "account", acct, "protocol", req.Protocol, "code", d.Code,
-		"remote", req.Remote, "session", req.Session)
 	if d.Masked {
+		h.log.Info("login refused", "account", acct, "protocol", req.Protocol, "code", d.Code,
+			"remote", req.Remote, "session", req.Session)
 		return Response{Status: -1}, ResultLockout, nil
 	}
+	if req.PWHash != "" {
+		// Before the password check: the answer must not depend on the
+		// state. The check after authentication refuses it.
+		return Response{}, ResultUnverified, nil
+	}
+	h.log.Info("login refused", "account", acct, "protocol", req.Protocol, "code", d.Code,
+		"remote", req.Remote, "session", req.Session)
 	msg, ok := messages[d.Code]
 	if !ok {
 		msg = "Login is not allowed for this account."
@@ -347,11 +384,15 @@ func (h *Handler) Report(ctx context.Context, req Request) (Response, string, er
 	}
 	// Count only accounts of this provider, so that guessing at names
 	// that are not ours fills no keys.
-	_, local, err := h.accounts.Lookup(ctx, acct)
+	view, local, err := h.accounts.Lookup(ctx, acct)
 	if err != nil {
 		return Response{}, "", fmt.Errorf("look up %s: %w", acct, err)
 	}
 	if !local {
+		return Response{}, ResultReportIgnored, nil
+	}
+	// Failures during a lockout do not count again (and do not extend it).
+	if view.EffectiveStatus(h.now()) == rules.StatusLockout {
 		return Response{}, ResultReportIgnored, nil
 	}
 	detail := strings.TrimSpace(req.Protocol + " from " + req.Remote)

@@ -167,7 +167,8 @@ func TestAllow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.login+"/"+tt.proto, func(t *testing.T) {
-			code, resp, raw := e.post(t, "allow", allowReq(tt.login, tt.proto, "0833"))
+			// The check after authentication carries no password hash.
+			code, resp, raw := e.post(t, "allow", allowReq(tt.login, tt.proto, ""))
 			if code != http.StatusOK || resp.Status != tt.status || resp.Msg != tt.msg {
 				t.Errorf("got %d %s; want status %d msg %q", code, raw, tt.status, tt.msg)
 			}
@@ -175,6 +176,36 @@ func TestAllow(t *testing.T) {
 				t.Errorf("answer %s has a msg", raw)
 			}
 		})
+	}
+}
+
+// TestBeforeAuthRevealsNothing: before the password is verified (the
+// request carries a password hash), every account but a locked-out one
+// gets the same bytes, whatever its state, and so does a name that does
+// not exist.
+func TestBeforeAuthRevealsNothing(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{})
+	var want string
+	for _, login := range []string{"nobody-here@example.test", "active@example.test", "locked@example.test",
+		"maint@example.test", "closed@example.test", "noimap@example.test", "nopop@example.test", "fwd@example.test"} {
+		for _, proto := range []string{"imap", "pop3", "smtp"} {
+			code, _, raw := e.post(t, "allow", allowReq(login, proto, "0833"))
+			if want == "" {
+				want = raw
+			}
+			if code != http.StatusOK || raw != want || raw != `{"status":0}`+"\n" {
+				t.Errorf("%s %s before auth: %d %q; want %q", login, proto, code, raw, want)
+			}
+		}
+	}
+	// The lockout is refused as a wrong password is, before and after.
+	for _, pw := range []string{"0833", ""} {
+		if _, _, raw := e.post(t, "allow", allowReq("lockedout@example.test", "imap", pw)); raw != `{"status":-1}`+"\n" {
+			t.Errorf("lockout, pwhash %q: %q", pw, raw)
+		}
+	}
+	if got := counter(t, e.reg, "aupd_policy_requests_total", "dovecot", ResultUnverified); got != 14 {
+		t.Errorf("unverified metric %v; want 14 (the refusals a later check gives)", got)
 	}
 }
 
@@ -252,8 +283,8 @@ func TestLockoutFlow(t *testing.T) {
 		rejected := resp.Status < 0
 		success := correct && !rejected
 		if !rejected && correct {
-			// check_after_auth
-			_, resp, raw = e.post(t, "allow", allowReq(acct, "imap", pwhash))
+			// check_after_auth, without a password hash
+			_, resp, raw = e.post(t, "allow", allowReq(acct, "imap", ""))
 			rejected = resp.Status < 0
 			success = !rejected
 		}
@@ -349,7 +380,13 @@ func TestConfigValidate(t *testing.T) {
 	if err := Defaults().Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []Config{{APIHeader: "X Bad"}, {MaxBodyBytes: 10}, {APIKey: "a\nb"}, {LookupTimeout: -1}} {
+	for _, c := range []Config{{Listen: "[::1]:1"}, {Listen: "localhost:1"}, {Listen: "0.0.0.0:1", APIKey: "k"}} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+	for _, c := range []Config{{APIHeader: "X Bad"}, {MaxBodyBytes: 10}, {APIKey: "a\nb"}, {LookupTimeout: -1},
+		{Listen: "0.0.0.0:10041"}, {Listen: ":10041"}, {Listen: "192.0.2.1:10041"}} {
 		if c.Validate() == nil {
 			t.Errorf("%+v: no error", c)
 		}
