@@ -57,6 +57,9 @@ type Info struct {
 	NATSURL     string
 	PostfixAddr string // empty: the Postfix policy server is off
 	DovecotAddr string // empty: the Dovecot policy server is off
+	// PostfixTransportAddr is where the Postfix transport map (socketmap)
+	// listens; empty: off.
+	PostfixTransportAddr string
 }
 
 // App is a running aupd.
@@ -264,6 +267,26 @@ func (a *App) run(ctx context.Context) (err error) {
 			}
 			info.PostfixAddr = pln.Addr().String()
 			serve = func(ctx context.Context) error { return pf.Serve(ctx, pln) }
+		}
+		if pc.TransportListen != "" && pc.UnixSocket == "" {
+			// The transport map (docs/postfix.md), beside the policy server.
+			tln, err := net.Listen("tcp", pc.TransportListen)
+			if err != nil {
+				return fmt.Errorf("postfix transport map listen: %w", err)
+			}
+			info.PostfixTransportAddr = tln.Addr().String()
+			policyOnly := serve
+			serve = func(ctx context.Context) error {
+				ctx, stop := context.WithCancel(ctx)
+				errs := make(chan error, 2)
+				go func() { errs <- policyOnly(ctx) }()
+				go func() { errs <- pf.ServeTransport(ctx, tln) }()
+				first := <-errs
+				stop() // one ended: end the other
+				return errors.Join(first, <-errs)
+			}
+		} else if pc.TransportListen != "" {
+			info.PostfixTransportAddr = pc.TransportListen // served by pf.Run
 		}
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		g.Add(func() error { return serve(pctx) }, func(error) { cancel() })

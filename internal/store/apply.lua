@@ -43,5 +43,9 @@ if string.find(flags, 'x', 1, true) then
   redis.call('EXPIRE', hist, tonumber(ARGV[5]))
   return {1, 0}
 end
+-- A change makes a durable record: the state hash of an address that had
+-- none (a verdict-only address's, or a transient lockout's) may carry an
+-- expiry, which must not delete the record now.
 redis.call('HSETNX', st, 'created', ARGV[2])
+redis.call('PERSIST', st)
 return {1, redis.call('HINCRBY', st, 'ver', 1)}

@@ -152,9 +152,6 @@ const (
 	ResultAllow         = "allow"
 	ResultDeny          = "deny"
 	ResultLockout       = "lockout" // refused as a plain authentication failure
-	// ResultUnverified: a check before the password was verified, answered
-	// without looking at the account's state (but a lockout).
-	ResultUnverified = "unverified"
 	ResultReportSuccess = "report_success"
 	ResultReportFailure = "report_failure"
 	ResultReportIgnored = "report_ignored"
@@ -318,17 +315,17 @@ func (req Request) account() (string, bool) {
 	return "", false
 }
 
-// Allow answers command=allow, before and after authentication.
+// Allow answers command=allow.
 //
-// Nothing about an account's state is told before its password is
-// verified: a request that carries a password hash (pwhash, which Dovecot
-// only computes when it has the password, that is before it checked it:
-// auth_policy_check_before_auth) is allowed whatever the state, except a
-// lockout, which is refused exactly as a wrong password is. Dovecot then
-// checks the password; a wrong one fails alike for every account, existing
-// or not. The state, and its reason, are told only in the check after a
-// successful authentication (auth_policy_check_after_auth), which Dovecot
-// sends without a password hash.
+// Nothing about an account's state may be told before its password is
+// verified, and Dovecot sends the check before authentication
+// (auth_policy_check_before_auth) and the one after it
+// (auth_policy_check_after_auth) with the same attributes, so aupd cannot
+// tell them apart. It is therefore run with check_before_auth = no
+// (deploy/dovecot/conf.d/95-aupd.conf): every allow request it gets comes
+// after a verified password, and its answer (a reason for a refusal, none
+// for a lockout) is shown only to a user who knew the password. A wrong
+// password fails alike for every account, existing or not.
 func (h *Handler) Allow(ctx context.Context, req Request) (Response, string, error) {
 	acct, ok := req.account()
 	if !ok {
@@ -346,18 +343,11 @@ func (h *Handler) Allow(ctx context.Context, req Request) (Response, string, err
 	if d.Result == rules.Allow {
 		return Response{}, ResultAllow, nil
 	}
-	if d.Masked {
-		h.log.Info("login refused", "account", acct, "protocol", req.Protocol, "code", d.Code,
-			"remote", req.Remote, "session", req.Session)
-		return Response{Status: -1}, ResultLockout, nil
-	}
-	if req.PWHash != "" {
-		// Before the password check: the answer must not depend on the
-		// state. The check after authentication refuses it.
-		return Response{}, ResultUnverified, nil
-	}
 	h.log.Info("login refused", "account", acct, "protocol", req.Protocol, "code", d.Code,
 		"remote", req.Remote, "session", req.Session)
+	if d.Masked {
+		return Response{Status: -1}, ResultLockout, nil
+	}
 	msg, ok := messages[d.Code]
 	if !ok {
 		msg = "Login is not allowed for this account."

@@ -179,36 +179,6 @@ func TestAllow(t *testing.T) {
 	}
 }
 
-// TestBeforeAuthRevealsNothing: before the password is verified (the
-// request carries a password hash), every account but a locked-out one
-// gets the same bytes, whatever its state, and so does a name that does
-// not exist.
-func TestBeforeAuthRevealsNothing(t *testing.T) {
-	e := newEnv(t, Config{}, lockout.Config{})
-	var want string
-	for _, login := range []string{"nobody-here@example.test", "active@example.test", "locked@example.test",
-		"maint@example.test", "closed@example.test", "noimap@example.test", "nopop@example.test", "fwd@example.test"} {
-		for _, proto := range []string{"imap", "pop3", "smtp"} {
-			code, _, raw := e.post(t, "allow", allowReq(login, proto, "0833"))
-			if want == "" {
-				want = raw
-			}
-			if code != http.StatusOK || raw != want || raw != `{"status":0}`+"\n" {
-				t.Errorf("%s %s before auth: %d %q; want %q", login, proto, code, raw, want)
-			}
-		}
-	}
-	// The lockout is refused as a wrong password is, before and after.
-	for _, pw := range []string{"0833", ""} {
-		if _, _, raw := e.post(t, "allow", allowReq("lockedout@example.test", "imap", pw)); raw != `{"status":-1}`+"\n" {
-			t.Errorf("lockout, pwhash %q: %q", pw, raw)
-		}
-	}
-	if got := counter(t, e.reg, "aupd_policy_requests_total", "dovecot", ResultUnverified); got != 14 {
-		t.Errorf("unverified metric %v; want 14 (the refusals a later check gives)", got)
-	}
-}
-
 func TestAllowUsesTranslatedUser(t *testing.T) {
 	e := newEnv(t, Config{}, lockout.Config{})
 	// The user typed a bare name that Dovecot translated (auth_default_realm).
