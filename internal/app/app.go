@@ -193,7 +193,10 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 
 	// Admin API, session locks and the enforcement servers.
-	mux := a.routes()
+	mux, err := a.routes(cfg.Auth)
+	if err != nil {
+		return err
+	}
 	apiHandler, err := api.New(api.Options{
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
 		Auth: cfg.Auth, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
@@ -223,7 +226,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("http listen: %w", err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := newHTTPServer(mux)
 	info := Info{HTTPAddr: ln.Addr().String(), NATSURL: url}
 
 	// Periodic jobs.
@@ -307,7 +310,7 @@ func (a *App) run(ctx context.Context) (err error) {
 			return fmt.Errorf("dovecot policy listen: %w", err)
 		}
 		info.DovecotAddr = dln.Addr().String()
-		dsrv := &http.Server{Handler: dh, ReadHeaderTimeout: 10 * time.Second}
+		dsrv := newHTTPServer(dh)
 		g.Add(func() error {
 			if err := dsrv.Serve(dln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("dovecot policy: %w", err)
