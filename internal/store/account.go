@@ -36,11 +36,11 @@ type StatusInfo struct {
 
 // Account is the state of one account.
 type Account struct {
-	Address      string
-	Exists       bool // aupd has a record of it
+	Address string
+	Exists  bool // aupd has a record of it
 	// Provisioned is set for a mailbox the provider provisioned
 	// (Provision): a licence whatever its state.
-	Provisioned bool
+	Provisioned  bool
 	Version      int64
 	Created      time.Time
 	Type         rules.AccountType
