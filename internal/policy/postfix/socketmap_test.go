@@ -94,3 +94,39 @@ func FuzzReadNetstring(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkTransportLookup measures one transport map lookup over a
+// persistent TCP connection, as Postfix's queue manager makes one per
+// recipient (compare BenchmarkRequest, the RCPT-time policy request).
+func BenchmarkTransportLookup(b *testing.B) {
+	s, err := New(Config{}, standardAccounts(), Options{Now: fixedNow})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ServeTransport(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	req := netstring("transport maint+list@example.test")
+	want := len(netstring("OK retry:4.2.1 Mailbox is temporarily unavailable, try again later"))
+	buf := make([]byte, want)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := conn.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(r, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
