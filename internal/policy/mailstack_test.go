@@ -502,6 +502,27 @@ func TestMailstack(t *testing.T) {
 					t.Errorf("%s, right password: %q; want %q", u, r, want)
 				}
 			}
+			// A refusal does not end the connection (docs/dovecot.md).
+			c, r := imapOpen(t, ms.imap, "plocked@"+domain, password)
+			defer c.Close()
+			if !strings.HasPrefix(r, "NO [ALERT] ") {
+				t.Fatalf("locked account: %q", r)
+			}
+			if err := c.PrintfLine("a2 NOOP"); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				line, err := c.ReadLine()
+				if err != nil {
+					t.Fatalf("the connection ended after a refusal: %v", err)
+				}
+				if strings.HasPrefix(line, "a2 ") {
+					if !strings.HasPrefix(line, "a2 OK") {
+						t.Errorf("NOOP after a refusal: %q", line)
+					}
+					break
+				}
+			}
 		})
 		t.Run("failed logins of a made-up address leave nothing lasting", func(t *testing.T) {
 			t.Parallel()
