@@ -362,3 +362,29 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestFailuresDuringLockoutDoNotCount: with check_before_auth off, a
+// wrong password during a lockout is reported as a plain failure; it must
+// neither count nor lock out again (which would extend the lockout).
+func TestFailuresDuringLockoutDoNotCount(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{Threshold: 1})
+	for i := range 3 {
+		body := reportReq("lockedout@example.test", "imap", fmt.Sprint("h", i), false, false)
+		if _, _, raw := e.post(t, "report", body); raw != `{"status":0}`+"\n" {
+			t.Fatalf("report: %s", raw)
+		}
+	}
+	if len(e.store.lockouts) != 0 {
+		t.Errorf("failures during a lockout locked out again: %v", e.store.lockouts)
+	}
+	if got := counter(t, e.reg, "aupd_policy_requests_total", "dovecot", ResultReportIgnored); got != 3 {
+		t.Errorf("report_ignored %v; want 3", got)
+	}
+	// Once it has ended, failures count again.
+	if _, _, raw := e.post(t, "report", reportReq("wasout@example.test", "imap", "h", false, false)); raw != `{"status":0}`+"\n" {
+		t.Fatal(raw)
+	}
+	if len(e.store.lockouts) != 1 {
+		t.Errorf("lockouts %v; want wasout locked out again", e.store.lockouts)
+	}
+}
