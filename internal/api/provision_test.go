@@ -67,8 +67,12 @@ func TestProvisionAndLicences(t *testing.T) {
 	e.must(200, "POST", "/api/v1/accounts/held@acme.example/suspend", tokAdmin, map[string]any{"services": []string{"send"}, "reason": "spam"})
 	b := store.Batch{Account: "verdicts-only@acme.example", Company: "acme", Threshold: 100, Cap: 101, Action: rules.ActionSuspend,
 		Items: []store.Item{{ID: "v1", Time: e.clock.now().Add(-time.Minute), Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true}}}
-	if _, err := e.store.Ingest(ctx, []store.Batch{b}, 24*time.Hour, e.clock.now(), func() string { return store.NewID(e.clock.now()) }); err != nil {
+	if _, err := e.store.Ingest(ctx, []store.Batch{b}, store.IngestParams{Window: 24 * time.Hour, Skew: 5 * time.Minute,
+		Now: e.clock.now(), NewID: func() string { return store.NewID(e.clock.now()) }}); err != nil {
 		t.Fatal(err)
+	}
+	if a, err := e.store.Account(ctx, "verdicts-only@acme.example"); err != nil || a.Licensed(e.clock.now()) {
+		t.Errorf("a verdict-only address is a licence: %+v %v", a, err)
 	}
 	var lic store.Licences
 	e.must(200, "GET", "/api/v1/companies/acme/licences", tokViewer, nil).json(t, &lic)

@@ -36,6 +36,7 @@ import (
 	"github.com/aupd/aupd/consumers"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
 )
@@ -74,6 +75,10 @@ type App struct {
 	store *store.Store
 	dir   *companies.Directory
 	ready atomic.Bool
+	// waiting says what start-up waits for (a string), for /readyz.
+	waiting atomic.Value
+	// pinned: Options.Now was given, and decides windows too (tests).
+	pinned bool
 
 	reloadMu sync.Mutex
 }
@@ -88,10 +93,11 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	pinned := opts.Now != nil // a pinned clock also decides windows (tests); else Redis's TIME does
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	a := &App{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
+	a := &App{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), pinned: pinned}
 	a.cfg.Store(opts.Config)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return a.run(ctx)
@@ -100,7 +106,26 @@ func Run(ctx context.Context, opts Options) error {
 func (a *App) run(ctx context.Context) (err error) {
 	cfg := a.cfg.Load()
 
-	// Redis.
+	// HTTP first, so that /healthz and /readyz answer while aupd waits
+	// for Redis and NATS; the full routes take over once everything runs.
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("http listen: %w", err)
+	}
+	sh := &startupHandler{app: a}
+	srv := newHTTPServer(sh)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			_ = srv.Close()
+			<-serveErr
+		}
+	}()
+	a.waiting.Store("redis")
+
+	// Redis: wait until it answers and has loaded its data.
 	a.rdb, err = newRedis(cfg.Redis)
 	if err != nil {
 		return err
@@ -111,6 +136,10 @@ func (a *App) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer local.stop()
+	if err := a.waitFor(ctx, "redis", func(ctx context.Context) error { return pingRedis(ctx, a.rdb) }); err != nil {
+		return err
+	}
+	checkDurability(ctx, a.rdb, a.log)
 
 	// NATS: the configured servers, or the embedded one.
 	url := cfg.NATS.URL
@@ -127,8 +156,11 @@ func (a *App) run(ctx context.Context) (err error) {
 		url = ns.ClientURL()
 		a.log.Info("embedded NATS server with JetStream", "url", url)
 	}
-	a.nc, err = connect(cfg.NATS, url, "aupd")
-	if err != nil {
+	if err := a.waitFor(ctx, "nats", func(context.Context) error {
+		nc, err := connect(cfg.NATS, url, "aupd")
+		a.nc = nc
+		return err
+	}); err != nil {
 		return err
 	}
 	defer a.nc.Close()
@@ -136,25 +168,37 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	var (
+		verdicts jetstream.Stream
+		cons     jetstream.Consumer
+	)
+	if err := a.waitFor(ctx, "jetstream", func(sctx context.Context) error {
+		var err error
+		if verdicts, err = EnsureStream(sctx, a.js, cfg.NATS.Verdicts, verdictSubjects); err != nil {
+			return err
+		}
+		if _, err = EnsureStream(sctx, a.js, cfg.NATS.Accounts, accountSubjects); err != nil {
+			return err
+		}
+		if _, err = EnsureStream(sctx, a.js, cfg.NATS.Dead, deadSubjects); err != nil {
+			return err
+		}
+		cons, err = VerdictConsumer(sctx, a.js, cfg.NATS.Verdicts.Name, cfg.NATS.Consumer)
+		return err
+	}); err != nil {
+		return err
+	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	verdicts, err := EnsureStream(sctx, a.js, cfg.NATS.Verdicts, verdictSubjects)
-	if err != nil {
-		return err
-	}
-	if _, err = EnsureStream(sctx, a.js, cfg.NATS.Accounts, accountSubjects); err != nil {
-		return err
-	}
-	if _, err = EnsureStream(sctx, a.js, cfg.NATS.Dead, deadSubjects); err != nil {
-		return err
-	}
-	cons, err := VerdictConsumer(sctx, a.js, cfg.NATS.Verdicts.Name, cfg.NATS.Consumer)
-	if err != nil {
-		return err
-	}
 
 	// State.
-	a.store = store.New(a.rdb, cfg.Redis.Prefix, store.WithClock(a.opts.Now))
+	var storeOpts []store.Option
+	var workerNow func() time.Time
+	if a.pinned {
+		storeOpts = append(storeOpts, store.WithClock(a.opts.Now))
+		workerNow = a.opts.Now
+	}
+	a.store = store.New(a.rdb, cfg.Redis.Prefix, storeOpts...)
 	a.dir, err = companies.New(a.rdb, cfg.Redis.Prefix, cfg.Companies)
 	if err != nil {
 		return err
@@ -165,7 +209,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	pub := jsPublisher{js: a.js}
 	w, err := worker.New(worker.Options{
 		Store: a.store, Directory: a.dir, Publisher: pub,
-		Policy: a.policy, Logger: a.log, Registerer: a.reg, Now: a.opts.Now,
+		Policy: a.policy, Logger: a.log, Registerer: a.reg, Now: workerNow,
 	})
 	if err != nil {
 		return err
@@ -174,8 +218,10 @@ func (a *App) run(ctx context.Context) (err error) {
 		JS: a.js, Consumer: cons, Processor: w,
 		Batch: cfg.NATS.Consumer.Batch, MaxWait: cfg.NATS.Consumer.MaxWait, Workers: cfg.NATS.Consumer.Workers,
 		RetryMin: cfg.NATS.Consumer.RetryMin, RetryMax: cfg.NATS.Consumer.RetryMax,
-		FutureSkew: func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
-		Logger:     a.log, Registerer: a.reg, Now: a.opts.Now,
+		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
+		MaxDeadLetter: int(min(a.nc.MaxPayload(), int64(events.MaxPayload))),
+		FutureSkew:    func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
+		Logger:        a.log, Registerer: a.reg, Now: a.opts.Now,
 	})
 	if err != nil {
 		return err
@@ -200,7 +246,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	apiHandler, err := api.New(api.Options{
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
 		Auth: cfg.Auth, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
-		Window: cfg.AUP.Window, Cap: cfg.AUP.MaxTracked,
+		Window: cfg.AUP.Window, CapOf: a.capOf,
 	})
 	if err != nil {
 		return err
@@ -221,12 +267,6 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 	accts := accounts{store: a.store, dir: a.dir, pub: pub}
 
-	// HTTP.
-	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
-	if err != nil {
-		return fmt.Errorf("http listen: %w", err)
-	}
-	srv := newHTTPServer(mux)
 	info := Info{HTTPAddr: ln.Addr().String(), NATSURL: url}
 
 	// Periodic jobs.
@@ -323,8 +363,9 @@ func (a *App) run(ctx context.Context) (err error) {
 		})
 	}
 	{
+		handedOver = true
 		g.Add(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("http: %w", err)
 			}
 			return nil
@@ -356,6 +397,7 @@ func (a *App) run(ctx context.Context) (err error) {
 			}
 		}, func(error) { signal.Stop(hup); close(done) })
 	}
+	sh.set(mux)
 	a.ready.Store(true)
 	a.log.Info("aupd running", "http", info.HTTPAddr, "nats", url, "stream", cfg.NATS.Verdicts.Name,
 		"postfix_policy", info.PostfixAddr, "dovecot_policy", info.DovecotAddr,
@@ -373,9 +415,15 @@ func (a *App) run(ctx context.Context) (err error) {
 func (a *App) policy() worker.Policy {
 	c := a.cfg.Load().AUP
 	return worker.Policy{
-		Window: c.Window, Threshold: c.Threshold, MaxTracked: c.MaxTracked,
+		Window: c.Window, FutureSkew: c.FutureSkew, Threshold: c.Threshold, MaxTracked: c.MaxTracked,
 		Directions: c.Directions, Verdicts: c.Verdicts, Mode: c.Mode, Allowlist: c.Allowlist,
 	}
+}
+
+// capOf is the per-account cap the worker uses for account.
+func (a *App) capOf(account string) int {
+	c, _ := a.dir.ByAccount(account)
+	return worker.Cap(a.policy(), c, account)
 }
 
 // reload re-reads the config file. The AUP rule and the companies change
