@@ -473,6 +473,14 @@ func TestConfigValidate(t *testing.T) {
 		{MaxLineBytes: 10},
 		{MaxLineBytes: 4096, MaxRequestBytes: 1000},
 		{IdleTimeout: -time.Second},
+		{TransportListen: "nope"},
+		{RecipientDelimiter: "@"},
+		{RecipientDelimiter: "+ "},
+	}
+	for _, c := range []Config{{RecipientDelimiter: "none"}, {RecipientDelimiter: "+-"}, {TransportListen: "127.0.0.1:10042"}} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%+v: %v", c, err)
+		}
 	}
 	for _, c := range bad {
 		if err := c.Validate(); err == nil {
