@@ -524,6 +524,56 @@ func TestMailstack(t *testing.T) {
 				}
 			}
 		})
+		t.Run("refusals behind a shared address", func(t *testing.T) {
+			t.Parallel()
+			// refused logs in to a locked account from ip, first passing
+			// the client's own address (IMAP ID x-originating-ip) when one
+			// is given, as webmail does, and returns how long it took.
+			refused := func(ip, client string) time.Duration {
+				start := time.Now()
+				c := dialTextFrom(t, ms.imap, ip)
+				defer c.Close()
+				if _, err := c.ReadLine(); err != nil {
+					t.Fatal(err)
+				}
+				if client != "" {
+					if err := c.PrintfLine(`a0 ID ("x-originating-ip" %q)`, client); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := c.PrintfLine("a1 LOGIN %q %q", "plocked@"+domain, password); err != nil {
+					t.Fatal(err)
+				}
+				for {
+					line, err := c.ReadLine()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if strings.HasPrefix(line, "a1 ") {
+						if !strings.HasPrefix(line, "a1 NO [ALERT] ") {
+							t.Fatalf("locked account: %q", line)
+						}
+						return time.Since(start)
+					}
+				}
+			}
+			// Refused logins from one address are slowed by Dovecot's auth
+			// penalty ...
+			var slowest time.Duration
+			for range 3 {
+				slowest = max(slowest, refused("127.0.8.1", ""))
+			}
+			if slowest < 1500*time.Millisecond {
+				t.Errorf("no auth penalty from one address (slowest %s): the next check proves nothing", slowest)
+			}
+			// ... but a webmail host in login_trusted_networks that passes
+			// each client's address gets no penalty for its users' refusals.
+			for i := range 4 {
+				if d := refused("127.0.9.1", fmt.Sprintf("192.0.2.%d", 10+i)); d > time.Second {
+					t.Errorf("refusal %d through the trusted webmail host took %s", i+1, d)
+				}
+			}
+		})
 		t.Run("failed logins of a made-up address leave nothing lasting", func(t *testing.T) {
 			t.Parallel()
 			acct := "ghost@" + domain
@@ -935,7 +985,13 @@ var sourceIP = func() func() string {
 
 func dialText(t *testing.T, addr string) *textproto.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(sourceIP())}}
+	return dialTextFrom(t, addr, sourceIP())
+}
+
+// dialTextFrom connects from the loopback address ip.
+func dialTextFrom(t *testing.T, addr, ip string) *textproto.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
