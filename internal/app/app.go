@@ -227,6 +227,11 @@ func (a *App) run(ctx context.Context) (err error) {
 		return err
 	}
 	lag := newLagGauge(a.reg, cons)
+	maxDel, err := watchMaxDeliveries(a.nc, cfg.NATS.Verdicts.Name, cfg.NATS.Consumer.Durable, a.reg, a.log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = maxDel.Unsubscribe() }()
 
 	// Abuse notices.
 	ntf, err := notifier.New(cfg.Notifier, notifier.Options{
@@ -243,10 +248,14 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	ing, rep, err := a.ingestAndReplay(cfg)
+	if err != nil {
+		return err
+	}
 	apiHandler, err := api.New(api.Options{
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
 		Auth: cfg.Auth, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
-		Window: cfg.AUP.Window, CapOf: a.capOf,
+		Window: cfg.AUP.Window, CapOf: a.capOf, Ingest: ing, Replay: rep,
 	})
 	if err != nil {
 		return err
