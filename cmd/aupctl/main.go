@@ -285,6 +285,7 @@ func commandTable() map[string]command {
 		commands[a.name] = command{group: "account", args: "ADDRESS --reason TEXT", summary: a.summary, minArgs: 1, maxArgs: 1, flags: withReason, run: statusCmd(a.name)}
 	}
 	addIngestCommands(commands)
+	commands["import"] = importCommand()
 	return commands
 }
 
@@ -648,6 +649,7 @@ func licencesCmd(ctx context.Context, x *cli, args []string, _ *flags) error {
 	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Company:\t%s\n", l.Company)
 	fmt.Fprintf(w, "Licences:\t%d\n", l.Total)
+	fmt.Fprintf(w, "  provisioned:\t%d\n  holding state, not provisioned:\t%d\n", l.Provisioned, l.Unprovisioned)
 	for _, st := range rules.Statuses {
 		fmt.Fprintf(w, "  %s:\t%d\n", st, l.ByStatus[st])
 	}

@@ -1,5 +1,5 @@
 // Package events holds aupd's wire formats: the verdict events publishers
-// send (the pinned v1 contract of shared/spec/events.md) and the account
+// send (the pinned v1 contract described in docs/events.md) and the account
 // events aupd publishes on every change of an account's state.
 package events
 
