@@ -104,7 +104,20 @@ func (s *Store) Suspend(ctx context.Context, address string, services []rules.Se
 // company scope may lift only what MayLift allows; anything else refuses
 // the whole change with a *LiftError.
 func (s *Store) Reinstate(ctx context.Context, address string, services []rules.Service, by Actor) (*Op, error) {
+	return s.ReinstateIf(ctx, address, services, by, nil)
+}
+
+// ReinstateIf is Reinstate with a guard asked atomically with the change
+// (inside the compare-and-set), on the account as it is then: an error
+// refuses the change and is returned. The abuse desk's signed link uses
+// it to lift only the suspension it is bound to.
+func (s *Store) ReinstateIf(ctx context.Context, address string, services []rules.Service, by Actor, guard func(a *Account) error) (*Op, error) {
 	return s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
+		if guard != nil {
+			if err := guard(a); err != nil {
+				return nil, err
+			}
+		}
 		if len(services) == 0 {
 			services = rules.Services
 		}
