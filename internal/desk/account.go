@@ -152,7 +152,7 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 		ids = append(ids, sv.ID)
 	}
 	for _, h := range v.History {
-		if h.Action == "suspend" && h.ID != "" {
+		if (h.Action == "suspend" || h.Action == events.TypeSuspended) && h.ID != "" {
 			ids = append(ids, h.ID)
 		}
 	}

@@ -103,4 +103,8 @@ func (l *Links) Parse(token string, now time.Time) (*Link, error) {
 
 // csrf is the form token of a link's page: only a holder of the link
 // can compute it.
-func (l *Links) csrf(lk *Link) string { return l.mac("aupd desk link form", lk.token) }
+func (l *Links) csrf(lk *Link) string { return l.FormToken(lk.token) }
+
+// FormToken is the CSRF token of the reinstate form of a link's page,
+// for the link token (the last part of its path).
+func (l *Links) FormToken(token string) string { return l.mac("aupd desk link form", token) }
