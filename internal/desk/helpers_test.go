@@ -172,8 +172,10 @@ func (w *world) overThreshold(account string, n int, subject, raw func(i int) st
 	return id
 }
 
-func plain(i int) string        { return fmt.Sprintf("Cheap watches %d", i) }
-func plainRaw(i int) string     { return fmt.Sprintf("Subject: Cheap watches %d\r\n\r\nBuy now, offer %d\r\n", i, i) }
+func plain(i int) string { return fmt.Sprintf("Cheap watches %d", i) }
+func plainRaw(i int) string {
+	return fmt.Sprintf("Subject: Cheap watches %d\r\n\r\nBuy now, offer %d\r\n", i, i)
+}
 func noticeFile(name string) bool { return strings.HasSuffix(name, ".eml") }
 
 // flush publishes an account's pending account events (and updates the
