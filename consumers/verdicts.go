@@ -5,10 +5,12 @@
 package consumers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
 )
 
@@ -35,6 +38,20 @@ const (
 	HeaderSubject = "Aup-Subject" // the subject the event arrived on
 	HeaderSeq     = "Aup-Stream-Seq"
 	HeaderStream  = "Aup-Stream"
+	// HeaderTruncated, when present, says the payload was cut to fit the
+	// dead-letter stream, and gives the original's size in bytes; the
+	// original stays in its stream at Aup-Stream-Seq.
+	HeaderTruncated = "Aup-Truncated"
+)
+
+// Reasons of dead letters that are not about the event's content.
+const (
+	// ReasonProcessingFailed: applying the event failed in a way no
+	// redelivery can cure (a key of the wrong type, malformed state).
+	ReasonProcessingFailed = "processing_failed"
+	// ReasonMaxDeliveries: the event still failed at its last allowed
+	// delivery (nats.consumer.max_deliver).
+	ReasonMaxDeliveries = "max_deliveries"
 )
 
 // DeadLetterSubject is where invalid verdict events go.
@@ -42,15 +59,22 @@ const DeadLetterSubject = "aup.dlq.verdict"
 
 // VerdictOptions configure the verdict consumer.
 type VerdictOptions struct {
-	JS         jetstream.JetStream
-	Consumer   jetstream.Consumer
-	Processor  Processor
-	Batch      int
-	MaxWait    time.Duration
-	Workers    int
-	RetryMin   time.Duration
-	RetryMax   time.Duration
-	FutureSkew func() time.Duration
+	JS        jetstream.JetStream
+	Consumer  jetstream.Consumer
+	Processor Processor
+	Batch     int
+	MaxWait   time.Duration
+	Workers   int
+	RetryMin  time.Duration
+	RetryMax  time.Duration
+	// MaxDeliver is the consumer's MaxDeliver: an event that still fails
+	// transiently at that delivery is dead-lettered instead of dropped.
+	MaxDeliver int
+	// MaxDeadLetter bounds a dead letter, headers included (the smaller of
+	// the server's max_payload and the dead-letter stream's message size);
+	// longer payloads are cut, with HeaderTruncated.
+	MaxDeadLetter int
+	FutureSkew    func() time.Duration
 	// DrainTimeout bounds how long the batch in hand may take after the
 	// context is cancelled.
 	DrainTimeout time.Duration
@@ -65,6 +89,9 @@ func (o *VerdictOptions) validate() error {
 	}
 	if o.Batch < 1 || o.Workers < 1 || o.MaxWait <= 0 || o.RetryMin <= 0 || o.RetryMax < o.RetryMin {
 		return fmt.Errorf("consumers: bad settings batch=%d workers=%d max_wait=%s retry=%s..%s", o.Batch, o.Workers, o.MaxWait, o.RetryMin, o.RetryMax)
+	}
+	if o.MaxDeadLetter <= 0 {
+		o.MaxDeadLetter = events.MaxPayload
 	}
 	if o.FutureSkew == nil {
 		o.FutureSkew = func() time.Duration { return 5 * time.Minute }
@@ -182,32 +209,53 @@ func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
 	skew := v.o.FutureSkew()
 	evs := make([]worker.Event, 0, len(msgs))
 	valid := make([]jetstream.Msg, 0, len(msgs))
-	for _, m := range msgs {
+	metas := make([]*jetstream.MsgMetadata, len(msgs))
+	var dead []deadLetter
+	for i, m := range msgs {
 		var seq uint64
 		meta, err := m.Metadata()
 		if err == nil {
-			seq = meta.Sequence.Stream
+			seq, metas[i] = meta.Sequence.Stream, meta
 		}
 		ev, err := events.ParseVerdict(m.Subject(), m.Data(), now, skew)
 		if err != nil {
-			v.deadLetter(ctx, m, seq, err)
+			reason, field, detail := events.ReasonInvalidJSON, "", err.Error()
+			if ie, ok := events.AsInvalid(err); ok {
+				reason, field, detail = ie.Reason, ie.Field, ie.Detail
+			}
+			dead = append(dead, deadLetter{msg: m, meta: meta, reason: reason, field: field, detail: detail})
 			continue
 		}
 		evs = append(evs, worker.Event{Verdict: ev, Seq: seq})
 		valid = append(valid, m)
 	}
-	if len(evs) == 0 {
-		return
-	}
-	errs := v.o.Processor.Process(ctx, evs)
-	for i, m := range valid {
-		if errs[i] == nil {
-			_ = m.Ack() // a lost ack is a redelivery, and a redelivery counts nothing
-			continue
+	if len(evs) > 0 {
+		errs := v.o.Processor.Process(ctx, evs)
+		for i, m := range valid {
+			err := errs[i]
+			switch {
+			case err == nil:
+				_ = m.Ack() // a lost ack is a redelivery, and a redelivery counts nothing
+			case store.IsPermanent(err):
+				dead = append(dead, deadLetter{msg: m, reason: ReasonProcessingFailed, detail: err.Error()})
+			case v.lastDelivery(m):
+				dead = append(dead, deadLetter{msg: m, reason: ReasonMaxDeliveries, detail: err.Error()})
+			default:
+				v.retries.Inc()
+				_ = m.NakWithDelay(v.backoff(m))
+			}
 		}
-		v.retries.Inc()
-		_ = m.NakWithDelay(v.backoff(m))
 	}
+	v.deadLetters(ctx, dead)
+}
+
+// lastDelivery reports whether m is at its last allowed delivery.
+func (v *Verdicts) lastDelivery(m jetstream.Msg) bool {
+	if v.o.MaxDeliver <= 0 {
+		return false
+	}
+	meta, err := m.Metadata()
+	return err == nil && meta.NumDelivered >= uint64(v.o.MaxDeliver)
 }
 
 // backoff grows with the number of deliveries: retry_min doubled per
@@ -224,41 +272,113 @@ func (v *Verdicts) backoff(m jetstream.Msg) time.Duration {
 	return min(d, v.o.RetryMax)
 }
 
-// deadLetter publishes an invalid event, byte for byte, with its reason in
-// headers, and terminates it once the dead letter is stored. If the dead
-// letter cannot be stored, the event is redelivered later rather than
-// lost.
-func (v *Verdicts) deadLetter(ctx context.Context, m jetstream.Msg, seq uint64, err error) {
-	reason, field, detail := events.ReasonInvalidJSON, "", err.Error()
-	if ie, ok := events.AsInvalid(err); ok {
-		reason, field, detail = ie.Reason, ie.Field, ie.Detail
-	}
-	dl := nats.NewMsg(DeadLetterSubject)
-	dl.Data = m.Data()
-	dl.Header.Set(HeaderReason, reason)
-	if field != "" {
-		dl.Header.Set(HeaderField, headerSafe(field))
-	}
-	dl.Header.Set(HeaderDetail, headerSafe(detail))
-	dl.Header.Set(HeaderSubject, headerSafe(m.Subject()))
-	if seq != 0 {
-		stream := ""
-		if meta, err := m.Metadata(); err == nil {
-			stream = meta.Stream
-		}
-		dl.Header.Set(HeaderStream, stream)
-		dl.Header.Set(HeaderSeq, strconv.FormatUint(seq, 10))
-		dl.Header.Set(nats.MsgIdHdr, "dlq-"+stream+"-"+strconv.FormatUint(seq, 10))
-	}
-	if _, perr := v.o.JS.PublishMsg(ctx, dl); perr != nil {
-		v.log.Warn("publish dead letter", "err", perr, "reason", reason)
-		v.retries.Inc()
-		_ = m.NakWithDelay(v.backoff(m))
+// deadLetter is an event on its way to the dead letters.
+type deadLetter struct {
+	msg                   jetstream.Msg
+	meta                  *jetstream.MsgMetadata
+	reason, field, detail string
+}
+
+// deadLetters publishes a batch's dead letters, the original payload byte
+// for byte (cut to fit the dead-letter stream, with HeaderTruncated, when
+// it is too large) with the reason in headers, waits once for all of
+// them, and terminates each event whose dead letter is stored. An event
+// whose dead letter cannot be stored is redelivered later, never lost.
+func (v *Verdicts) deadLetters(ctx context.Context, dead []deadLetter) {
+	if len(dead) == 0 {
 		return
 	}
-	v.dead.WithLabelValues(reason).Inc()
-	v.log.Info("dead-lettered invalid event", "reason", reason, "field", field, "detail", detail, "seq", seq)
-	_ = m.Term()
+	futures := make([]jetstream.PubAckFuture, len(dead))
+	errs := make([]error, len(dead))
+	for i, d := range dead {
+		futures[i], errs[i] = v.o.JS.PublishMsgAsync(v.deadMsg(d))
+	}
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			errs[i] = err
+		case <-timeout.C:
+			errs[i] = errors.New("timed out waiting for the dead letter's ack")
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+	}
+	stored := map[string]int{}
+	var failed int
+	var first error
+	for i, d := range dead {
+		if errs[i] != nil {
+			failed++
+			first = cmp.Or(first, errs[i])
+			v.retries.Inc()
+			_ = d.msg.NakWithDelay(v.backoff(d.msg))
+			continue
+		}
+		v.dead.WithLabelValues(d.reason).Inc()
+		stored[d.reason]++
+		_ = d.msg.Term()
+	}
+	for reason, n := range stored {
+		// one line per reason and batch, not one per event
+		d := dead[slices.IndexFunc(dead, func(d deadLetter) bool { return d.reason == reason })]
+		v.log.Info("dead-lettered events", "reason", reason, "count", n, "field", d.field, "detail", clip(d.detail, 200))
+	}
+	if failed > 0 {
+		v.log.Warn("publish dead letters", "err", first, "failed", failed)
+	}
+}
+
+// deadMsg builds the dead letter of d.
+func (v *Verdicts) deadMsg(d deadLetter) *nats.Msg {
+	m := d.msg
+	dl := nats.NewMsg(DeadLetterSubject)
+	dl.Header.Set(HeaderReason, d.reason)
+	if d.field != "" {
+		dl.Header.Set(HeaderField, headerSafe(d.field))
+	}
+	dl.Header.Set(HeaderDetail, headerSafe(d.detail))
+	dl.Header.Set(HeaderSubject, headerSafe(m.Subject()))
+	meta := d.meta
+	if meta == nil {
+		meta, _ = m.Metadata()
+	}
+	if meta != nil {
+		seq := strconv.FormatUint(meta.Sequence.Stream, 10)
+		dl.Header.Set(HeaderStream, meta.Stream)
+		dl.Header.Set(HeaderSeq, seq)
+		dl.Header.Set(nats.MsgIdHdr, "dlq-"+meta.Stream+"-"+seq)
+	}
+	data := m.Data()
+	if room := v.o.MaxDeadLetter - headerSize(dl.Header) - 256; len(data) > room {
+		dl.Header.Set(HeaderTruncated, strconv.Itoa(len(data)))
+		data = data[:max(room, 0)]
+	}
+	dl.Data = data
+	return dl
+}
+
+// headerSize is the wire size of h, a little over.
+func headerSize(h nats.Header) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // headerSafe keeps a header value on one line and bounded.

@@ -3,11 +3,14 @@ package worker
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
 
 type metrics struct {
-	events       *prometheus.CounterVec
+	events *prometheus.CounterVec
+	// byKind holds the pre-resolved children of events: [kind][outcome].
+	byKind       [16][outcomes]prometheus.Counter
 	crossings    *prometheus.CounterVec
 	batchSize    prometheus.Histogram
 	batchSeconds prometheus.Histogram
@@ -37,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aupd_redis_errors_total",
-			Help: "Batches or accounts whose Redis work failed and will be redelivered.",
+			Help: "Batches or accounts whose Redis work failed (redelivered when transient, dead-lettered when permanent).",
 		}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aupd_account_events_published_total",
@@ -49,9 +52,61 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
+	m.resolve()
 	return m, nil
 }
 
-func (m *metrics) event(d rules.Direction, v rules.Verdict, outcome string) {
-	m.events.WithLabelValues(string(d), string(v), outcome).Inc()
+// The outcome labels of aupd_events_total, by index.
+const (
+	outCounted = iota
+	outStats
+	outDuplicate
+	outLate
+	outCapped
+	outExternal
+	outcomes
+)
+
+var outcomeNames = [outcomes]string{"counted", "stats", "duplicate", "late", "capped", "external"}
+
+func outcomeIndex(o store.Outcome) int {
+	switch o {
+	case store.Counted:
+		return outCounted
+	case store.StatsOnly:
+		return outStats
+	case store.Duplicate:
+		return outDuplicate
+	case store.Late:
+		return outLate
+	}
+	return outCapped
+}
+
+// resolve creates every child of events once, so that the hot path only
+// adds to counters.
+func (m *metrics) resolve() {
+	for _, d := range rules.Directions {
+		for _, v := range rules.Verdicts {
+			k := rules.KindOf(d, v)
+			for o, name := range outcomeNames {
+				m.byKind[k][o] = m.events.WithLabelValues(string(d), string(v), name)
+			}
+		}
+	}
+}
+
+// tally adds up a batch's outcomes before touching the counters.
+type tally [16][outcomes]int
+
+func (t *tally) add(k rules.Kind, o int) { t[k&15][o]++ }
+
+func (m *metrics) flush(t *tally) {
+	for k := range t {
+		for o, n := range t[k] {
+			if n > 0 && m.byKind[k][o] != nil {
+				m.byKind[k][o].Add(float64(n))
+			}
+		}
+	}
 }

@@ -6,13 +6,16 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,9 +34,15 @@ type Event struct {
 
 // Store is what the worker needs from the Redis store.
 type Store interface {
-	Ingest(ctx context.Context, batches []store.Batch, window time.Duration, now time.Time, newID func() string) ([]store.Result, error)
-	FlushOutbox(ctx context.Context, account string, pub store.Publisher) (int, error)
-	IndexNew(ctx context.Context, accounts map[string]string) error
+	Ingest(ctx context.Context, batches []store.Batch, p store.IngestParams) ([]store.Result, error)
+	Settle(ctx context.Context, done []store.Settled) error
+	MarkOutbox(ctx context.Context, accounts ...string) error
+}
+
+// Publisher publishes account events: all of them asynchronously, then it
+// waits once. It returns one error per event (nil: stored by JetStream).
+type Publisher interface {
+	PublishAccountEvents(ctx context.Context, evs []*events.AccountEvent, data [][]byte) []error
 }
 
 // Directory finds the company that owns an account.
@@ -44,7 +53,10 @@ type Directory interface {
 // Policy is the provider's AUP rule (config.AUP).
 type Policy struct {
 	Window     time.Duration
+	FutureSkew time.Duration
 	Threshold  int
+	// MaxTracked raises the per-account cap above threshold + 1 (0: the
+	// cap is threshold + 1, the least that keeps every decision exact).
 	MaxTracked int
 	Directions []rules.Direction
 	Verdicts   []rules.Verdict
@@ -56,12 +68,14 @@ type Policy struct {
 type Options struct {
 	Store     Store
 	Directory Directory
-	Publisher store.Publisher
+	Publisher Publisher
 	// Policy returns the current provider policy; it may change on reload.
 	Policy     func() Policy
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-	Now        func() time.Time
+	// Now pins the clock that decides windows (tests). Nil: Redis's clock,
+	// the one clock of every process.
+	Now func() time.Time
 }
 
 func (o *Options) validate() error {
@@ -81,9 +95,6 @@ func (o *Options) validate() error {
 	if o.Registerer == nil {
 		o.Registerer = prometheus.NewRegistry()
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
 	return nil
 }
 
@@ -94,6 +105,10 @@ type Worker struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *metrics
+	warn    *limiter
+
+	mu   sync.Mutex
+	near map[string]int64 // near-threshold hints for the next round trip
 }
 
 // New returns a worker.
@@ -105,7 +120,8 @@ func New(opts Options) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Worker{opts: opts, log: opts.Logger.With("component", "worker"), metrics: m}, nil
+	log := opts.Logger.With("component", "worker")
+	return &Worker{opts: opts, log: log, metrics: m, warn: newLimiter(log, 10*time.Second)}, nil
 }
 
 // ErrTransient marks a failure that a redelivery can cure.
@@ -113,113 +129,225 @@ var ErrTransient = errors.New("transient")
 
 // Process applies a batch. It returns one error per event: nil when the
 // event's effects are committed (count, suspension, published account
-// events) and it may be acked; otherwise a transient error, and the event
-// must be redelivered later. A redelivered event is never counted twice.
+// events) and it may be acked; an error wrapping ErrTransient when it must
+// be redelivered later; or a store.PermanentError when no redelivery can
+// help (the consumer dead-letters it). A redelivered event is never
+// counted twice.
 func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 	start := time.Now()
 	errs := make([]error, len(evs))
-	now := w.opts.Now()
 	p := w.opts.Policy()
+	var t tally
 
 	type acct struct {
-		batch int   // index in batches
-		evs   []int // indexes in evs
-		pol   rules.Policy
+		evs []int // indexes in evs
+		pol rules.Policy
 	}
-	byAccount := make(map[string]*acct, len(evs))
-	var batches []store.Batch
+	index := make(map[string]int, len(evs))
+	accts := make([]acct, 0, len(evs))
+	batches := make([]store.Batch, 0, len(evs))
 	for i, ev := range evs {
 		v := ev.Verdict
+		kind := rules.KindOf(v.Direction, v.Verdict)
 		company, local := w.opts.Directory.ByAccount(v.Account)
 		if v.Direction == rules.Inbound && !local {
 			// Not a local account: statistics only, nothing to store.
-			w.metrics.event(v.Direction, v.Verdict, "external")
+			t.add(kind, outExternal)
 			continue
 		}
-		a := byAccount[v.Account]
-		if a == nil {
+		j, ok := index[v.Account]
+		if !ok {
 			pol := accountPolicy(p, company, v.Account)
 			b := store.Batch{
 				Account:   v.Account,
 				Threshold: pol.Threshold,
-				Cap:       max(p.MaxTracked, pol.Threshold+1),
+				Cap:       capOf(p, pol),
 				Action:    pol.OnCrossing(),
 			}
 			if company != nil {
 				b.Company = company.ID
 			}
-			a = &acct{batch: len(batches), pol: pol}
-			byAccount[v.Account] = a
+			j = len(batches)
+			index[v.Account] = j
 			batches = append(batches, b)
+			accts = append(accts, acct{pol: pol})
 		}
+		a := &accts[j]
 		a.evs = append(a.evs, i)
 		counting := a.pol.Counts(v.Direction, v.Verdict, true)
-		item := store.Item{ID: v.ID, Time: v.Time, Kind: rules.KindOf(v.Direction, v.Verdict), Counting: counting}
+		item := store.Item{ID: v.ID, Time: v.Time, Kind: kind, Counting: counting}
 		if counting && ev.Seq != 0 {
-			item.Seq, item.Fingerprint = ev.Seq, Fingerprint(v.Message)
+			item.Seq, item.Fingerprint = ev.Seq, Fingerprint(v.Msg())
 		}
-		batches[a.batch].Items = append(batches[a.batch].Items, item)
+		batches[j].Items = append(batches[j].Items, item)
 	}
 	w.metrics.batchSize.Observe(float64(len(evs)))
-	if len(batches) == 0 {
+	defer func() {
+		w.metrics.flush(&t)
 		w.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+	}()
+	if len(batches) == 0 {
 		return errs
 	}
 
-	results, err := w.opts.Store.Ingest(ctx, batches, p.Window, now, func() string { return store.NewID(now) })
+	params := store.IngestParams{
+		Window: p.Window, Skew: p.FutureSkew, Near: w.takeNear(),
+		NewID: func() string { return store.NewID(time.Now()) },
+	}
+	if w.opts.Now != nil {
+		params.Now = w.opts.Now()
+	}
+	fail := func(j int, err error) {
+		for _, i := range accts[j].evs {
+			errs[i] = err
+		}
+	}
+	results, err := w.opts.Store.Ingest(ctx, batches, params)
 	if err != nil {
 		w.metrics.redisErrors.Inc()
-		w.log.Warn("ingest batch", "err", err, "events", len(evs))
-		for _, a := range byAccount {
-			for _, i := range a.evs {
-				errs[i] = fmt.Errorf("%w: %v", ErrTransient, err)
-			}
+		w.warn.Warn("ingest batch", "err", err, "events", len(evs), "accounts", len(batches))
+		w.putNear(params.Near)
+		for j := range batches {
+			fail(j, fmt.Errorf("%w: %v", ErrTransient, err))
 		}
 		return errs
 	}
-	created := map[string]string{}
-	for account, a := range byAccount {
-		b, r := batches[a.batch], results[a.batch]
-		fail := func(err error) {
-			for _, i := range a.evs {
-				errs[i] = fmt.Errorf("%w: %v", ErrTransient, err)
-			}
-		}
+
+	// Account events to publish: crossings, and any a crash left behind.
+	var (
+		pubEvs  []*events.AccountEvent
+		pubData [][]byte
+		owner   []int // batch index of each event
+		settle  []store.Settled
+		failed  int
+		first   error
+	)
+	near := map[string]int64{}
+	now := time.Now().UnixMilli()
+	for j, r := range results {
+		b := batches[j]
 		if r.Err != nil {
-			w.metrics.redisErrors.Inc()
-			w.log.Warn("ingest account", "err", r.Err, "account", account)
-			fail(r.Err)
+			failed++
+			first = cmp.Or(first, r.Err)
+			if store.IsPermanent(r.Err) {
+				fail(j, r.Err)
+			} else {
+				fail(j, fmt.Errorf("%w: %v", ErrTransient, r.Err))
+			}
 			continue
 		}
-		for j, i := range a.evs {
-			v := evs[i].Verdict
-			w.metrics.event(v.Direction, v.Verdict, r.Outcomes[j].String())
+		for k := range accts[j].evs {
+			t.add(b.Items[k].Kind, outcomeIndex(r.Outcomes[k]))
 		}
 		if r.Crossing != "" {
 			w.metrics.crossings.WithLabelValues(string(r.Crossing)).Inc()
-			w.log.Info("AUP threshold exceeded", "account", account, "company", b.Company, "action", r.Crossing,
+			w.log.Info("AUP threshold exceeded", "account", b.Account, "company", b.Company, "action", r.Crossing,
 				"id", r.ID, "count", r.Count, "threshold", b.Threshold)
+		} else if r.Count*2 >= b.Threshold && r.Count <= b.Threshold {
+			near[b.Account] = now
 		}
-		if r.Created {
-			created[account] = b.Company
-		}
-		if r.Outbox > 0 {
-			n, err := w.opts.Store.FlushOutbox(ctx, account, w.opts.Publisher)
-			w.metrics.published.Add(float64(n))
-			if err != nil {
-				w.log.Warn("publish account events", "err", err, "account", account)
-				fail(err)
+		if len(r.Pending) > 0 {
+			d := store.Settled{Account: b.Account, Entries: r.Pending}
+			for _, e := range r.Pending {
+				ev, data, err := store.DecodeOutbox(e)
+				if err != nil {
+					w.log.Error("drop undecodable outbox entry", "err", err, "account", b.Account)
+					continue
+				}
+				pubEvs, pubData, owner = append(pubEvs, ev), append(pubData, data), append(owner, j)
+				d.Events = append(d.Events, ev)
 			}
+			settle = append(settle, d)
 		}
 	}
-	if err := w.opts.Store.IndexNew(ctx, created); err != nil {
-		// The index only serves listings; a missing entry is restored by
-		// the next change of the account. Not worth a redelivery.
-		w.log.Warn("index new accounts", "err", err)
+	if failed > 0 {
+		w.metrics.redisErrors.Add(float64(failed))
+		w.warn.Warn("ingest accounts", "err", first, "failed_accounts", failed, "accounts", len(batches))
 	}
-	w.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+	w.putNear(near)
+	if len(pubEvs) == 0 {
+		return errs
+	}
+
+	// Publish them all, wait once, then settle the outboxes in one round
+	// trip. An account whose events did not all publish keeps its outbox
+	// (it is indexed for the sweep) and its verdicts are redelivered.
+	perrs := w.opts.Publisher.PublishAccountEvents(ctx, pubEvs, pubData)
+	bad := map[int]error{}
+	for k, err := range perrs {
+		if err != nil {
+			bad[owner[k]] = err
+		} else {
+			w.metrics.published.Inc()
+		}
+	}
+	done := settle[:0]
+	var unsent []string
+	for _, d := range settle {
+		j := index[d.Account]
+		if err, ok := bad[j]; ok {
+			unsent = append(unsent, d.Account)
+			fail(j, fmt.Errorf("%w: publish account event: %v", ErrTransient, err))
+			continue
+		}
+		done = append(done, d)
+	}
+	if len(unsent) > 0 {
+		w.warn.Warn("publish account events", "err", perrs[slices.IndexFunc(perrs, func(e error) bool { return e != nil })], "accounts", len(unsent))
+		if err := w.opts.Store.MarkOutbox(ctx, unsent...); err != nil {
+			w.warn.Warn("index outboxes", "err", err)
+		}
+	}
+	if err := w.opts.Store.Settle(ctx, done); err != nil {
+		// Published but not removed: the next batch of these accounts, or
+		// the sweep, publishes them again, and JetStream drops the copies.
+		w.warn.Warn("settle outboxes", "err", err, "accounts", len(done))
+		accounts := make([]string, len(done))
+		for k, d := range done {
+			accounts[k] = d.Account
+		}
+		_ = w.opts.Store.MarkOutbox(ctx, accounts...)
+	}
 	return errs
 }
+
+// takeNear hands over the near-threshold hints gathered so far.
+func (w *Worker) takeNear() map[string]int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := w.near
+	w.near = nil
+	return n
+}
+
+// putNear keeps hints for the next round trip; they are hints, so a bound
+// drops the excess rather than grow.
+func (w *Worker) putNear(h map[string]int64) {
+	if len(h) == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.near == nil {
+		w.near = make(map[string]int64, len(h))
+	}
+	for a, t := range h {
+		if len(w.near) >= maxNearHints {
+			break
+		}
+		w.near[a] = max(w.near[a], t)
+	}
+}
+
+const maxNearHints = 10000
+
+// Cap is the per-account cap of stored events: max(aup.max_tracked,
+// threshold + 1), with the company's threshold.
+func Cap(p Policy, c *companies.Company, account string) int {
+	return capOf(p, accountPolicy(p, c, account))
+}
+
+func capOf(p Policy, pol rules.Policy) int { return max(p.MaxTracked, pol.Threshold+1) }
 
 // accountPolicy applies a company's overrides to the provider's rule.
 func accountPolicy(p Policy, c *companies.Company, account string) rules.Policy {
@@ -263,5 +391,5 @@ func Fingerprint(m *events.Message) string {
 		body = body[:fingerprintBody]
 	}
 	h.Write([]byte(body))
-	return hex.EncodeToString(h.Sum(nil)[:8])
+	return hex.EncodeToString(h.Sum(nil)[:4])
 }

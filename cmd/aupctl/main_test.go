@@ -220,7 +220,7 @@ func TestEvidenceDecideCompanies(t *testing.T) {
 	for i := range 3 {
 		items = append(items, store.Item{ID: string(rune('a' + i)), Time: now, Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true})
 	}
-	res, err := h.store.Ingest(context.Background(), []store.Batch{{Account: "bob@example.com", Company: "acme", Threshold: 2, Cap: 100, Action: rules.ActionSuspend, Items: items}}, 24*time.Hour, now, func() string { return store.NewID(now) })
+	res, err := h.store.Ingest(context.Background(), []store.Batch{{Account: "bob@example.com", Company: "acme", Threshold: 2, Cap: 100, Action: rules.ActionSuspend, Items: items}}, store.IngestParams{Window: 24 * time.Hour, Skew: 5 * time.Minute, Now: now, NewID: func() string { return store.NewID(now) }})
 	if err != nil || res[0].ID == "" {
 		t.Fatal(err, res)
 	}

@@ -112,7 +112,7 @@ func (s *server) getAccount(w http.ResponseWriter, r *http.Request, p *principal
 		return
 	}
 	out := s.accountJSON(a)
-	if out.Counts, err = s.store.Counts(ctx, addr, store.CountQuery{Window: s.opts.Window, Cap: s.opts.Cap, Floor: a.Floor, Now: s.opts.Now()}); err != nil {
+	if out.Counts, err = s.store.Counts(ctx, addr, store.CountQuery{Window: s.opts.Window, Cap: s.opts.CapOf(addr), Floor: a.Floor, Now: s.opts.Now()}); err != nil {
 		s.failErr(w, r, err)
 		return
 	}

@@ -40,8 +40,8 @@ type Notices interface {
 	Evidence(ctx context.Context, account, id string) (data []byte, ok bool, err error)
 }
 
-// Options are what the API needs. Store, Companies, Publisher and Cap are
-// required.
+// Options are what the API needs. Store, Companies, Publisher and Cap (or
+// CapOf) are required.
 type Options struct {
 	Store     *store.Store
 	Companies *companies.Directory
@@ -59,6 +59,10 @@ type Options struct {
 	// cap of each counting set: a count at the cap is "at least".
 	Window time.Duration
 	Cap    int
+	// CapOf, when set, gives the cap of one account (the worker's
+	// max(aup.max_tracked, threshold + 1) with its company's threshold)
+	// and overrides Cap.
+	CapOf func(account string) int
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int64
 }
@@ -74,7 +78,7 @@ func (o *Options) validate() error {
 		return errors.New("api: no company directory")
 	case o.Publisher == nil:
 		return errors.New("api: no publisher")
-	case o.Cap <= 0:
+	case o.Cap <= 0 && o.CapOf == nil:
 		return errors.New("api: cap must be positive")
 	case o.Window < 0 || o.MaxBodyBytes < 0:
 		return errors.New("api: window and max body size must not be negative")
@@ -87,6 +91,10 @@ func (o *Options) validate() error {
 	}
 	if o.Window == 0 {
 		o.Window = 24 * time.Hour
+	}
+	if o.CapOf == nil {
+		c := o.Cap
+		o.CapOf = func(string) int { return c }
 	}
 	if o.MaxBodyBytes == 0 {
 		o.MaxBodyBytes = DefaultMaxBodyBytes

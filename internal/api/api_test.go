@@ -487,7 +487,7 @@ func TestAccountCountsLastSuspensionEvidence(t *testing.T) {
 		items = append(items, store.Item{ID: fmt.Sprint("m", i), Time: now.Add(-time.Duration(i) * time.Second), Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true})
 	}
 	items = append(items, store.Item{ID: "ham", Time: now, Kind: rules.KindOf(rules.Inbound, rules.Ham)})
-	res, err := e.store.Ingest(ctx, []store.Batch{{Account: addr, Company: "acme", Threshold: 10, Cap: testCap, Action: rules.ActionSuspend, Items: items}}, 24*time.Hour, now, func() string { return store.NewID(now) })
+	res, err := e.store.Ingest(ctx, []store.Batch{{Account: addr, Company: "acme", Threshold: 10, Cap: testCap, Action: rules.ActionSuspend, Items: items}}, store.IngestParams{Window: 24 * time.Hour, Skew: 5 * time.Minute, Now: now, NewID: func() string { return store.NewID(now) }})
 	if err != nil || res[0].Err != nil {
 		t.Fatal(err, res[0].Err)
 	}
@@ -772,7 +772,7 @@ func TestConcurrentAdmins(t *testing.T) {
 		for i := range 5 {
 			items = append(items, store.Item{ID: fmt.Sprint("w", i), Time: now, Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true})
 		}
-		res, err := e.store.Ingest(ctx, []store.Batch{{Account: addr, Company: "acme", Threshold: 2, Cap: testCap, Action: rules.ActionSuspend, Items: items}}, 24*time.Hour, now, func() string { return store.NewID(now) })
+		res, err := e.store.Ingest(ctx, []store.Batch{{Account: addr, Company: "acme", Threshold: 2, Cap: testCap, Action: rules.ActionSuspend, Items: items}}, store.IngestParams{Window: 24 * time.Hour, Skew: 5 * time.Minute, Now: now, NewID: func() string { return store.NewID(now) }})
 		if err != nil || res[0].Err != nil {
 			t.Errorf("ingest: %v %v", err, res[0].Err)
 		}

@@ -37,6 +37,7 @@ import (
 	"github.com/aupd/aupd/consumers"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
 )
@@ -72,6 +73,8 @@ type App struct {
 	store *store.Store
 	dir   *companies.Directory
 	ready atomic.Bool
+	// pinned: Options.Now was given, and decides windows too (tests).
+	pinned bool
 
 	reloadMu sync.Mutex
 }
@@ -86,10 +89,11 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	pinned := opts.Now != nil // a pinned clock also decides windows (tests); else Redis's TIME does
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	a := &App{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
+	a := &App{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), pinned: pinned}
 	a.cfg.Store(opts.Config)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return a.run(ctx)
@@ -152,7 +156,13 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 
 	// State.
-	a.store = store.New(a.rdb, cfg.Redis.Prefix, store.WithClock(a.opts.Now))
+	var storeOpts []store.Option
+	var workerNow func() time.Time
+	if a.pinned {
+		storeOpts = append(storeOpts, store.WithClock(a.opts.Now))
+		workerNow = a.opts.Now
+	}
+	a.store = store.New(a.rdb, cfg.Redis.Prefix, storeOpts...)
 	a.dir, err = companies.New(a.rdb, cfg.Redis.Prefix, cfg.Companies)
 	if err != nil {
 		return err
@@ -163,7 +173,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	pub := jsPublisher{js: a.js}
 	w, err := worker.New(worker.Options{
 		Store: a.store, Directory: a.dir, Publisher: pub,
-		Policy: a.policy, Logger: a.log, Registerer: a.reg, Now: a.opts.Now,
+		Policy: a.policy, Logger: a.log, Registerer: a.reg, Now: workerNow,
 	})
 	if err != nil {
 		return err
@@ -172,8 +182,10 @@ func (a *App) run(ctx context.Context) (err error) {
 		JS: a.js, Consumer: cons, Processor: w,
 		Batch: cfg.NATS.Consumer.Batch, MaxWait: cfg.NATS.Consumer.MaxWait, Workers: cfg.NATS.Consumer.Workers,
 		RetryMin: cfg.NATS.Consumer.RetryMin, RetryMax: cfg.NATS.Consumer.RetryMax,
-		FutureSkew: func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
-		Logger:     a.log, Registerer: a.reg, Now: a.opts.Now,
+		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
+		MaxDeadLetter: int(min(a.nc.MaxPayload(), int64(events.MaxPayload))),
+		FutureSkew:    func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
+		Logger:        a.log, Registerer: a.reg, Now: a.opts.Now,
 	})
 	if err != nil {
 		return err
@@ -195,7 +207,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	apiHandler, err := api.New(api.Options{
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
 		Auth: cfg.Auth, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
-		Window: cfg.AUP.Window, Cap: cfg.AUP.MaxTracked,
+		Window: cfg.AUP.Window, CapOf: a.capOf,
 	})
 	if err != nil {
 		return err
@@ -351,9 +363,15 @@ func (a *App) run(ctx context.Context) (err error) {
 func (a *App) policy() worker.Policy {
 	c := a.cfg.Load().AUP
 	return worker.Policy{
-		Window: c.Window, Threshold: c.Threshold, MaxTracked: c.MaxTracked,
+		Window: c.Window, FutureSkew: c.FutureSkew, Threshold: c.Threshold, MaxTracked: c.MaxTracked,
 		Directions: c.Directions, Verdicts: c.Verdicts, Mode: c.Mode, Allowlist: c.Allowlist,
 	}
+}
+
+// capOf is the per-account cap the worker uses for account.
+func (a *App) capOf(account string) int {
+	c, _ := a.dir.ByAccount(account)
+	return worker.Cap(a.policy(), c, account)
 }
 
 // reload re-reads the config file. The AUP rule and the companies change

@@ -155,7 +155,7 @@ func VerdictConsumer(ctx context.Context, js jetstream.JetStream, stream string,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.AckWait,
 		MaxAckPending: c.MaxAckPending,
-		MaxDeliver:    -1,
+		MaxDeliver:    c.MaxDeliver,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
@@ -167,12 +167,46 @@ func VerdictConsumer(ctx context.Context, js jetstream.JetStream, stream string,
 // jsPublisher publishes account events to JetStream and waits for the ack.
 type jsPublisher struct{ js jetstream.JetStream }
 
-func (p jsPublisher) PublishAccountEvent(ctx context.Context, ev *events.AccountEvent, data []byte) error {
+// publishTimeout bounds the wait for JetStream's acks.
+const publishTimeout = 10 * time.Second
+
+func accountMsg(ev *events.AccountEvent, data []byte) *nats.Msg {
 	m := nats.NewMsg(events.AccountSubjectPrefix + ev.Type)
 	m.Data = data
 	m.Header.Set(nats.MsgIdHdr, ev.ID)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	return m
+}
+
+func (p jsPublisher) PublishAccountEvent(ctx context.Context, ev *events.AccountEvent, data []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
-	_, err := p.js.PublishMsg(ctx, m)
+	_, err := p.js.PublishMsg(ctx, accountMsg(ev, data))
 	return err
+}
+
+// PublishAccountEvents publishes every event asynchronously, then waits
+// once for all the acks.
+func (p jsPublisher) PublishAccountEvents(ctx context.Context, evs []*events.AccountEvent, data [][]byte) []error {
+	errs := make([]error, len(evs))
+	futures := make([]jetstream.PubAckFuture, len(evs))
+	for i, ev := range evs {
+		futures[i], errs[i] = p.js.PublishMsgAsync(accountMsg(ev, data[i]))
+	}
+	timeout := time.NewTimer(publishTimeout)
+	defer timeout.Stop()
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			errs[i] = err
+		case <-timeout.C:
+			errs[i] = errors.New("timed out waiting for the JetStream ack")
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+	}
+	return errs
 }

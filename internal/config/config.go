@@ -124,6 +124,9 @@ type Consumer struct {
 	MaxAckPending int           `yaml:"max_ack_pending"`
 	RetryMin      time.Duration `yaml:"retry_min"`
 	RetryMax      time.Duration `yaml:"retry_max"`
+	// MaxDeliver bounds the deliveries of one event: the last one that
+	// still fails goes to the dead letters (reason max_deliveries).
+	MaxDeliver int `yaml:"max_deliver"`
 }
 
 // Redis configures the Redis client: one address for a standalone server,
@@ -164,11 +167,11 @@ func Default() *Config {
 			Verdicts: Stream{Name: "AUP_VERDICTS", MaxAge: 72 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
 			Accounts: Stream{Name: "AUP_ACCOUNTS", MaxAge: 30 * 24 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 10 * time.Minute},
 			Dead:     Stream{Name: "AUP_DEAD_LETTERS", MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
-			Consumer: Consumer{Durable: "aupd-worker", Batch: 500, MaxWait: 100 * time.Millisecond, Workers: 4, AckWait: 30 * time.Second, MaxAckPending: 20000, RetryMin: time.Second, RetryMax: time.Minute},
+			Consumer: Consumer{Durable: "aupd-worker", Batch: 500, MaxWait: 100 * time.Millisecond, Workers: 4, AckWait: 30 * time.Second, MaxAckPending: 20000, RetryMin: time.Second, RetryMax: time.Minute, MaxDeliver: 200},
 		},
 		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup", Autostart: true},
 		AUP: AUP{
-			Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50, MaxTracked: 500,
+			Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50, MaxTracked: 0,
 			Directions: []rules.Direction{rules.Outbound, rules.Inbound, rules.Complaint},
 			Verdicts:   []rules.Verdict{rules.Spam, rules.Phish, rules.Virus},
 			Mode:       rules.ModeEnforce,
@@ -335,6 +338,9 @@ func (c *Config) Validate() error {
 	if cs.MaxWait <= 0 || cs.AckWait <= 0 || cs.RetryMin <= 0 || cs.RetryMax < cs.RetryMin {
 		bad("nats.consumer: max_wait, ack_wait and retry_min must be positive and retry_max at least retry_min")
 	}
+	if cs.MaxDeliver < 2 {
+		bad("nats.consumer.max_deliver: %d is less than 2", cs.MaxDeliver)
+	}
 	if cs.MaxAckPending < cs.Batch*cs.Workers {
 		bad("nats.consumer.max_ack_pending: %d is less than batch*workers (%d)", cs.MaxAckPending, cs.Batch*cs.Workers)
 	}
@@ -367,8 +373,8 @@ func (c *Config) Validate() error {
 			bad("aup.verdicts: %q is not spam, phish or virus", v)
 		}
 	}
-	if a.MaxTracked < 10 || a.MaxTracked > 100000 {
-		bad("aup.max_tracked: %d is not 10 to 100000", a.MaxTracked)
+	if a.MaxTracked != 0 && (a.MaxTracked < 10 || a.MaxTracked > 100000) {
+		bad("aup.max_tracked: %d is not 0 (threshold + 1) or 10 to 100000", a.MaxTracked)
 	}
 	if err := c.normalizeAllowlist(); err != nil {
 		errs = append(errs, err)

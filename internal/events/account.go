@@ -56,3 +56,44 @@ type AUPSuspension struct {
 	// numbers in the verdict stream.
 	Samples []uint64 `json:"samples,omitempty"`
 }
+
+// Crossing is what the ingest script records, in the account's outbox,
+// when an account crosses its threshold. The script builds it once; Event
+// turns it into the account event, the one definition of that event.
+type Crossing struct {
+	Type       string        `json:"type"` // TypeSuspended or TypeReported
+	Time       time.Time     `json:"time"`
+	Account    string        `json:"account"`
+	Company    string        `json:"company"`
+	Status     string        `json:"status"`
+	Old        []string      `json:"old"` // suspended services before
+	New        []string      `json:"new"` // and after
+	Suspension AUPSuspension `json:"suspension"`
+}
+
+// ActorAupd and ReasonAUP name the automatic suspension in events and
+// history.
+const (
+	ActorAupd = "aupd"
+	ReasonAUP = "aup_violation"
+)
+
+// Event is the account event of a crossing. Its id is the suspension's
+// (or report's) id.
+func (c *Crossing) Event() *AccountEvent {
+	sus := c.Suspension
+	return &AccountEvent{
+		ID: sus.ID, Type: c.Type, Time: c.Time, Account: c.Account, Company: c.Company,
+		Actor: ActorAupd, Reason: ReasonAUP,
+		Old:        &State{Status: c.Status, Suspended: orEmpty(c.Old)},
+		New:        &State{Status: c.Status, Suspended: orEmpty(c.New)},
+		Suspension: &sus,
+	}
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

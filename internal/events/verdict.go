@@ -37,6 +37,8 @@ type Verdict struct {
 	Score     *float64        `json:"score,omitempty"`
 	Source    string          `json:"source,omitempty"`
 	Message   *Message        `json:"message,omitempty"`
+
+	msg []byte // the undecoded message, until Msg
 }
 
 // Message is the judged message, kept as evidence.
@@ -103,9 +105,11 @@ func DirectionOfSubject(subject string) (rules.Direction, error) {
 var required = []string{"id", "time", "direction", "account", "verdict"}
 
 // ParseVerdict decodes and validates one verdict event that arrived on
-// subject. now and skew bound how far in the future its time may be. The
-// account is returned in lower case. Unknown fields are ignored, so that
-// publishers can add optional fields.
+// subject, in one pass. now and skew bound how far in the future its time
+// may be. The account is returned in lower case. Unknown fields are
+// ignored, so that publishers can add optional fields; the contract's keys
+// must be spelled exactly and appear once. The message is checked but
+// decoded only when Msg asks for it.
 func ParseVerdict(subject string, data []byte, now time.Time, skew time.Duration) (*Verdict, error) {
 	if len(data) > MaxPayload {
 		return nil, invalid(ReasonTooLarge, "", "payload is %d bytes, the limit is %d", len(data), MaxPayload)
@@ -124,33 +128,28 @@ func ParseVerdict(subject string, data []byte, now time.Time, skew time.Duration
 		}
 		return nil, invalid(ReasonUnsupportedType, "", "payload is JSON but not an object")
 	}
-	// Presence is checked on a shallow decode so that a missing field and a
-	// field of the wrong type are told apart.
-	var present map[string]json.RawMessage
-	if err := json.Unmarshal(trimmed, &present); err != nil {
-		return nil, invalid(ReasonInvalidJSON, "", "%s", jsonDetail(err))
-	}
-	for _, f := range required {
-		if v, ok := present[f]; !ok || string(v) == "null" {
-			return nil, invalid(ReasonMissingField, f, "required field is missing")
-		}
-	}
-	var v Verdict
-	if err := json.Unmarshal(trimmed, &v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return nil, invalid(ReasonInvalidField, te.Field, "expected %s, got JSON %s", te.Type, te.Value)
-		}
-		var pe *time.ParseError
-		if errors.As(err, &pe) {
-			return nil, invalid(ReasonInvalidField, "time", "not an RFC 3339 timestamp")
-		}
-		return nil, invalid(ReasonInvalidField, "", "%s", jsonDetail(err))
+	v, err := decodeVerdict(trimmed)
+	if err != nil {
+		return nil, err
 	}
 	if err := v.validate(dir, now, skew); err != nil {
 		return nil, err
 	}
-	return &v, nil
+	return v, nil
+}
+
+// Msg returns the judged message, decoding it on first use; nil when the
+// event has none (or, having been checked by ParseVerdict, it cannot be
+// decoded).
+func (v *Verdict) Msg() *Message {
+	if v.Message == nil && len(v.msg) > 0 {
+		var m Message
+		if json.Unmarshal(v.msg, &m) == nil {
+			v.Message = &m
+		}
+		v.msg = nil
+	}
+	return v.Message
 }
 
 func (v *Verdict) validate(subjectDir rules.Direction, now time.Time, skew time.Duration) error {

@@ -1,6 +1,8 @@
 package events
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +18,7 @@ func TestParseVerdict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.Account != "alice@example.com" || v.ID != "e1" || *v.Score != 9.5 || v.Message.To[0] != "b@example.net" {
+	if v.Account != "alice@example.com" || v.ID != "e1" || *v.Score != 9.5 || v.Msg() == nil || v.Msg().To[0] != "b@example.net" || v.Msg().Subject != "s" {
 		t.Fatalf("%+v", v)
 	}
 	tests := []struct {
@@ -37,6 +39,22 @@ func TestParseVerdict(t *testing.T) {
 		{"header injection in account", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"a@example.com\r\nBcc: x@evil.test"`, 1), ReasonInvalidField, "account"},
 		{"id too long", "aup.verdict.outbound", strings.Replace(good, `"e1"`, `"`+strings.Repeat("x", 129)+`"`, 1), ReasonInvalidField, "id"},
 		{"too large", "aup.verdict.outbound", `{"id":"` + strings.Repeat("x", MaxPayload) + `"}`, ReasonTooLarge, ""},
+		{"key in another case", "aup.verdict.outbound", strings.Replace(good, `"source":"f1"`, `"ACCOUNT":"mallory@example.com"`, 1), ReasonInvalidField, "account"},
+		{"key in another case alone", "aup.verdict.outbound", strings.Replace(good, `"account"`, `"Account"`, 1), ReasonInvalidField, "account"},
+		{"duplicate key", "aup.verdict.outbound", strings.Replace(good, `"source":"f1"`, `"account":"mallory@example.com"`, 1), ReasonInvalidField, "account"},
+		{"duplicate id", "aup.verdict.outbound", strings.Replace(good, `"source":"f1"`, `"id":"e2"`, 1), ReasonInvalidField, "id"},
+		{"message not an object", "aup.verdict.outbound", strings.Replace(good, `{"subject":"s","to":["b@example.net"],"raw":"Subject: s\r\n\r\nbody"}`, `"hello"`, 1), ReasonInvalidField, "message"},
+		{"message.to not a list", "aup.verdict.outbound", strings.Replace(good, `["b@example.net"]`, `"b@example.net"`, 1), ReasonInvalidField, "message.to"},
+		{"message.to with a number", "aup.verdict.outbound", strings.Replace(good, `["b@example.net"]`, `["b@example.net",5]`, 1), ReasonInvalidField, "message.to"},
+		{"message.subject a number", "aup.verdict.outbound", strings.Replace(good, `"subject":"s"`, `"subject":5`, 1), ReasonInvalidField, "message.subject"},
+		{"message key in another case", "aup.verdict.outbound", strings.Replace(good, `"subject":"s"`, `"Subject":"s"`, 1), ReasonInvalidField, "message.subject"},
+		{"data after the object", "aup.verdict.outbound", good + `{}`, ReasonInvalidJSON, ""},
+		{"trailing comma", "aup.verdict.outbound", strings.Replace(good, `}}`, `},}`, 1), ReasonInvalidJSON, ""},
+		{"unquoted key", "aup.verdict.outbound", `{id:"x"}`, ReasonInvalidJSON, ""},
+		{"bad escape", "aup.verdict.outbound", strings.Replace(good, `"e1"`, `"e\x1"`, 1), ReasonInvalidJSON, ""},
+		{"control character", "aup.verdict.outbound", strings.Replace(good, `"e1"`, "\"e\x01\"", 1), ReasonInvalidJSON, ""},
+		{"deep nesting", "aup.verdict.outbound", strings.Replace(good, `{"x":1}`, strings.Repeat("[", 100)+strings.Repeat("]", 100), 1), ReasonInvalidJSON, ""},
+		{"leading zero", "aup.verdict.outbound", strings.Replace(good, `9.5`, `09.5`, 1), ReasonInvalidJSON, ""},
 	}
 	for _, tt := range tests {
 		_, err := ParseVerdict(tt.subject, []byte(tt.data), now, 5*time.Minute)
@@ -47,6 +65,30 @@ func TestParseVerdict(t *testing.T) {
 		}
 		if ie.Reason != tt.reason || ie.Field != tt.field {
 			t.Errorf("%s: reason %s field %q, want %s %q (%v)", tt.name, ie.Reason, ie.Field, tt.reason, tt.field, err)
+		}
+	}
+}
+
+// TestParseVerdictMatchesEncodingJSON: what the one-pass decoder accepts
+// decodes exactly as encoding/json decodes it, escapes and all.
+func TestParseVerdictMatchesEncodingJSON(t *testing.T) {
+	for _, data := range []string{
+		good,
+		`{"id":"\u00e9t\u00e9-1","time":"2026-11-21T11:00:00.123456789+01:00","direction":"outbound","account":"a.b+c@example.com","verdict":"phish","score":-1e2,"message":null,"source":null}`,
+		`  {"verdict":"ham","account":"x@y.example","direction":"outbound","time":"2026-11-21T11:00:00Z","id":"\"q\"\\/","extra":[1,{"a":[true,false,null]}]}  `,
+	} {
+		v, err := ParseVerdict("aup.verdict.outbound", []byte(data), now, 5*time.Minute)
+		if err != nil {
+			t.Fatalf("%s: %v", data, err)
+		}
+		var want Verdict
+		if err := json.Unmarshal([]byte(data), &want); err != nil {
+			t.Fatal(err)
+		}
+		want.Account = strings.ToLower(want.Account)
+		v.Msg()
+		if !reflect.DeepEqual(v, &want) {
+			t.Fatalf("decoded\n%+v\nwant\n%+v", v, &want)
 		}
 	}
 }
@@ -86,6 +128,14 @@ func FuzzParseVerdict(f *testing.F) {
 		}
 		if strings.ContainsAny(v.Account, "\r\n") {
 			t.Fatalf("account with a line break: %q", v.Account)
+		}
+		// What the one-pass decoder accepts, encoding/json decodes alike.
+		var want Verdict
+		if err := json.Unmarshal(data, &want); err != nil {
+			t.Fatalf("accepted what encoding/json refuses (%v): %q", err, data)
+		}
+		if want.ID != v.ID || !want.Time.Equal(v.Time) || strings.ToLower(want.Account) != v.Account || want.Verdict != v.Verdict || want.Source != v.Source {
+			t.Fatalf("decoded %+v, encoding/json %+v", v, want)
 		}
 	})
 }

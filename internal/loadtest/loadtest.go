@@ -214,7 +214,7 @@ func storeBatches(evs []Event, batch int, pol rules.Policy, maxTracked int) [][]
 			}
 			it := store.Item{ID: e.ID, Time: e.Time, Kind: rules.KindOf(e.Direction, e.Verdict), Counting: pol.Counts(e.Direction, e.Verdict, true)}
 			if it.Counting {
-				it.Seq, it.Fingerprint = uint64(lo+i+1), fmt.Sprintf("%016x", e.Time.UnixNano()%7)
+				it.Seq, it.Fingerprint = uint64(lo+i+1), fmt.Sprintf("%08x", e.Time.UnixNano()%7)
 			}
 			bs[j].Items = append(bs[j].Items, it)
 		}
@@ -231,6 +231,12 @@ func companyOf(account string) string {
 		return "globex"
 	}
 	return ""
+}
+
+// ingestParams are the worker's parameters of an Ingest call, with
+// Redis's clock.
+func ingestParams(window time.Duration) store.IngestParams {
+	return store.IngestParams{Window: window, Skew: config.Default().AUP.FutureSkew, NewID: func() string { return store.NewID(time.Now()) }}
 }
 
 func defaultPolicy() (rules.Policy, int, time.Duration) {
@@ -256,8 +262,7 @@ func (r *runner) redisAlone(ctx context.Context, evs []Event) error {
 		wg.Go(func() {
 			for bs := range work {
 				t := time.Now()
-				now := time.Now()
-				res, err := st.Ingest(ctx, bs, window, now, func() string { return store.NewID(now) })
+				res, err := st.Ingest(ctx, bs, ingestParams(window))
 				d := time.Since(t)
 				calls.Add(int64(len(bs)))
 				if err != nil {
@@ -693,12 +698,10 @@ func (r *runner) memoryOf(ctx context.Context, n int) (float64, float64, error) 
 	}
 	for lo := 0; lo < len(accts); lo += 100 {
 		var bs []store.Batch
-		created := map[string]string{}
 		for _, a := range accts[lo:min(lo+100, len(accts))] {
 			bs = append(bs, MemoryBatch(a, n, now, pol, maxTracked))
-			created[a] = "acme"
 		}
-		res, err := st.Ingest(ctx, bs, window, now, func() string { return store.NewID(now) })
+		res, err := st.Ingest(ctx, bs, ingestParams(window))
 		if err != nil {
 			return 0, 0, err
 		}
@@ -706,9 +709,6 @@ func (r *runner) memoryOf(ctx context.Context, n int) (float64, float64, error) 
 			if x.Err != nil || x.Count != n {
 				return 0, 0, fmt.Errorf("ingest: count %d err %v", x.Count, x.Err)
 			}
-		}
-		if err := st.IndexNew(ctx, created); err != nil {
-			return 0, 0, err
 		}
 	}
 	after, err := usedMemory(ctx, r.rdb)
@@ -739,7 +739,7 @@ func MemoryBatch(account string, n int, now time.Time, pol rules.Policy, maxTrac
 		b.Items = append(b.Items, store.Item{
 			ID: fmt.Sprintf("%s-%d-%x", account, i, now.UnixNano()), Time: now.Add(-time.Duration(i) * time.Minute),
 			Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true,
-			Fingerprint: fmt.Sprintf("%016x", i%5), Seq: uint64(1_000_000 + i),
+			Fingerprint: fmt.Sprintf("%08x", i%5), Seq: uint64(1_000_000 + i),
 		})
 	}
 	return b
@@ -753,7 +753,7 @@ func AccountMemory(ctx context.Context, rdb *redis.Client, prefix string, accoun
 		pipe := rdb.Pipeline()
 		var cmds []*redis.IntCmd
 		for _, a := range accounts[lo:min(lo+200, len(accounts))] {
-			for _, suf := range []string{"s", "w", "x", "o", "h"} {
+			for _, suf := range []string{"s", "w", "t", "o", "h"} {
 				cmds = append(cmds, pipe.MemoryUsage(ctx, store.AccountKey(prefix, a, suf), 0))
 			}
 		}

@@ -236,7 +236,6 @@ func (s *Store) Update(ctx context.Context, address string, fn func(a *Account) 
 }
 
 func (s *Store) apply(ctx context.Context, address string, version int64, ch *Change) (bool, error) {
-	now := s.now()
 	flags := ""
 	if ch.ResetWindow {
 		flags += "r"
@@ -244,7 +243,7 @@ func (s *Store) apply(ctx context.Context, address string, version int64, ch *Ch
 	if ch.Delete {
 		flags += "x"
 	}
-	args := []any{version, ms(now), fmtTime(now), flags, int64(HistoryTTL / time.Second), len(ch.Set)}
+	args := []any{version, s.scriptNow(), "", flags, int64(HistoryTTL / time.Second), len(ch.Set)}
 	for _, k := range slices.Sorted(maps.Keys(ch.Set)) {
 		args = append(args, k, ch.Set[k])
 	}
@@ -268,7 +267,15 @@ func (s *Store) apply(ctx context.Context, address string, version int64, ch *Ch
 		}
 		args = append(args, b)
 	}
-	keys := []string{s.key(address, sufState), s.key(address, sufWindow), s.key(address, sufOther), s.key(address, sufHistory), s.key(address, sufOutbox)}
+	if len(ch.Events) > 0 {
+		// Indexed before it is written, so that the sweep finds an entry
+		// left by a crash between the change and its publish.
+		if err := s.rdb.SAdd(ctx, s.idxOutbox(), address).Err(); err != nil {
+			return false, wrap("index outbox", err)
+		}
+	}
+	keys := []string{s.key(address, sufState), s.key(address, sufWindow), s.key(address, sufStats),
+		s.key(address, sufHistory), s.key(address, sufOutbox), s.key(address, sufLegacy)}
 	res, err := applyScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return false, wrap("apply account change", err)

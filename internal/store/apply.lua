@@ -1,8 +1,10 @@
 -- Apply a change to one account if its version is still the expected one.
 --
--- KEYS[1] state HASH  KEYS[2] window ZSET  KEYS[3] other ZSET
--- KEYS[4] history LIST  KEYS[5] outbox LIST
--- ARGV[1] expected version  ARGV[2] now (ms)  ARGV[3] now (RFC 3339)
+-- KEYS[1] state HASH  KEYS[2] window ZSET  KEYS[3] statistics HASH
+-- KEYS[4] history LIST  KEYS[5] outbox LIST  KEYS[6] v1 statistics ZSET
+-- ARGV[1] expected version  ARGV[2] now (ms), or 0 for Redis's TIME, which
+--         then sets the reinstatement floor: one clock for every process
+-- ARGV[3] (unused)
 -- ARGV[4] flags: "r" resets the AUP window (reinstatement), "x" deletes
 --         the account (its history stays, with a TTL of ARGV[5] seconds)
 -- ARGV[5] history TTL after delete (s)
@@ -11,9 +13,17 @@
 -- then the number of history entries, then the entries
 -- then the number of account events, then the events
 -- Returns {1, new version} or {0, current version} on conflict.
-local st, win, oth, hist, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+--
+-- A change makes the account's record durable: the TTL that the state of
+-- an address seen only in verdicts carries is removed.
+local st, win, stats, hist, outbox, legacy = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local cur = tonumber(redis.call('HGET', st, 'ver') or '0')
 if cur ~= tonumber(ARGV[1]) then return {0, cur} end
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local flags = ARGV[4]
 local i = 6
 local nset = tonumber(ARGV[i]); i = i + 1
@@ -25,9 +35,10 @@ for _ = 1, ndel do
   redis.call('HDEL', st, ARGV[i]); i = i + 1
 end
 if string.find(flags, 'r', 1, true) then
-  redis.call('HSET', st, 'floor', ARGV[2], 'floor_at', ARGV[3])
-  redis.call('HDEL', st, 'aup', 'report', 'smp:1', 'smp:2', 'smp:3')
-  redis.call('ZREMRANGEBYSCORE', win, '-inf', tonumber(ARGV[2]) * 16 + 15)
+  local base = tonumber(redis.call('HGET', st, 'wb') or '0') * 3600000 -- wb is in hours
+  redis.call('HSET', st, 'floor', now)
+  redis.call('HDEL', st, 'floor_at', 'aup', 'report', 'smp', 'smp:1', 'smp:2', 'smp:3')
+  redis.call('ZREMRANGEBYSCORE', win, '-inf', (now - base) * 16 + 15)
 end
 local nh = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nh do
@@ -39,9 +50,11 @@ for _ = 1, ne do
   redis.call('RPUSH', outbox, ARGV[i]); i = i + 1
 end
 if string.find(flags, 'x', 1, true) then
-  redis.call('DEL', st, win, oth)
+  redis.call('DEL', st, win, stats, legacy)
   redis.call('EXPIRE', hist, tonumber(ARGV[5]))
   return {1, 0}
 end
-redis.call('HSETNX', st, 'created', ARGV[2])
+if ne > 0 then redis.call('HSET', st, 'ob', 1) end
+redis.call('HSETNX', st, 'created', now)
+redis.call('PERSIST', st)
 return {1, redis.call('HINCRBY', st, 'ver', 1)}

@@ -5,8 +5,11 @@ import (
 	_ "embed"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -48,6 +51,9 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
+// Outcomes lists every outcome, for metrics.
+var Outcomes = []Outcome{Counted, StatsOnly, Duplicate, Late, AtCap}
+
 // Item is one event to ingest.
 type Item struct {
 	ID       string // the event id (hashed; the same id never counts twice)
@@ -65,7 +71,7 @@ type Batch struct {
 	Account   string
 	Company   string
 	Threshold int
-	Cap       int          // at most this many events kept per set; > Threshold
+	Cap       int          // at most this many events kept; > Threshold
 	Action    rules.Action // on crossing: suspend or report
 	Items     []Item
 }
@@ -75,84 +81,212 @@ type Result struct {
 	Outcomes []Outcome // one per item
 	Count    int       // counting events in the window (at most Cap)
 	Capped   bool      // Count reached Cap: the real count is at least Count
-	Created  bool      // the account was first seen now
-	Outbox   int       // account events waiting to be published
 	Crossing rules.Action
 	ID       string // id of the suspension or report the crossing made
-	Err      error  // the batch failed (transient); nothing is known
+	// Pending are the account's outbox entries waiting to be published,
+	// oldest first: the crossing's, and any a crash left behind. Publish
+	// them, then Settle.
+	Pending []string
+	Err     error // the batch failed; nothing is known. See Permanent.
+}
+
+// IngestParams are the window and clock of an Ingest call.
+type IngestParams struct {
+	Window time.Duration
+	Skew   time.Duration // how far ahead an event may be; windows expire after Window+Skew
+	// Now pins the clock; zero uses Redis's clock (TIME), the one clock of
+	// every process. Tests pin it.
+	Now   time.Time
+	NewID func() string
+	// Near are hints for the near-threshold index (account -> time in ms),
+	// written in the same round trip.
+	Near map[string]int64
+}
+
+// rebaseAfter bounds how old a window's score base may grow: scores are
+// (time - base) * 16 + kind and stay within 32 bits (compact encoding)
+// while |time - base| < 2^27 ms, about 37 hours.
+func rebaseAfter(window, skew time.Duration) int64 {
+	const span = int64(1) << 27
+	r := span - window.Milliseconds() - skew.Milliseconds() - time.Hour.Milliseconds()
+	return max(r, time.Hour.Milliseconds())
 }
 
 // Ingest applies every account's batch in one pipelined round trip: one
-// script call per account, each atomic. newID makes the id of a
-// suspension or report should one happen. Results are in the order of
-// batches; a failed call sets that result's Err.
-func (s *Store) Ingest(ctx context.Context, batches []Batch, window time.Duration, now time.Time, newID func() string) ([]Result, error) {
+// script call per account, each atomic and of a fixed number of commands
+// whatever its number of events. Results are in the order of batches; a
+// failed call sets that result's Err.
+func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]Result, error) {
 	results := make([]Result, len(batches))
-	if len(batches) == 0 {
+	if len(batches) == 0 && len(p.Near) == 0 {
 		return results, nil
 	}
-	nowMS := ms(now)
-	nowStr, startStr := fmtTime(now), fmtTime(now.Add(-window))
+	var nowMS int64
+	if !p.Now.IsZero() {
+		nowMS = ms(p.Now)
+	} else if s.pinned {
+		nowMS = ms(s.now())
+	}
+	clock := nowMS
+	if clock == 0 {
+		clock = time.Now().UnixMilli() // only for statistics buckets and late statistics
+	}
+	lo := clock - p.Window.Milliseconds()
 	keys := make([][]string, len(batches))
 	args := make([][]any, len(batches))
-	var idbuf [8]byte
+	rebase := rebaseAfter(p.Window, p.Skew)
 	for i, b := range batches {
-		a := make([]any, 0, 11+4*len(b.Items))
-		a = append(a, nowMS, window.Milliseconds(), b.Threshold, b.Cap, string(b.Action), newID(), b.Company, nowStr, startStr, b.Account, len(b.Items))
+		a := make([]any, 0, 12+4*len(b.Items))
+		a = append(a, nowMS, p.Window.Milliseconds(), p.Skew.Milliseconds(), b.Threshold, b.Cap, string(b.Action), p.NewID(), b.Company, b.Account, rebase)
+		// Statistics buckets, then counting events.
+		a = appendStats(a, b.Items, lo)
+		nAt := len(a)
+		a = append(a, 0)
+		n := 0
 		for _, it := range b.Items {
-			binary.BigEndian.PutUint64(idbuf[:], idHash(it.ID))
-			counting := "0"
-			if it.Counting {
-				counting = "1"
+			if !it.Counting {
+				continue
 			}
 			ref := ""
 			if it.Seq != 0 {
-				ref = it.Fingerprint + "|" + strconv.FormatUint(it.Seq, 10)
+				ref = fingerprint4(it.Fingerprint) + strconv.FormatUint(it.Seq, 10)
 			}
-			a = append(a, string(idbuf[:]), ms(it.Time)*16+int64(it.Kind), counting, ref)
+			a = append(a, member(it.ID), ms(it.Time), int(it.Kind), ref)
+			n++
 		}
+		a[nAt] = n
 		args[i] = a
-		keys[i] = []string{s.key(b.Account, sufState), s.key(b.Account, sufWindow), s.key(b.Account, sufOther), s.key(b.Account, sufHistory), s.key(b.Account, sufOutbox)}
+		keys[i] = []string{s.key(b.Account, sufState), s.key(b.Account, sufWindow), s.key(b.Account, sufStats),
+			s.key(b.Account, sufHistory), s.key(b.Account, sufOutbox), s.key(b.Account, sufLegacy)}
 	}
-	cmds, err := s.evalAll(ctx, ingestScript, keys, args)
+	var extra func(redis.Pipeliner)
+	if len(p.Near) > 0 {
+		extra = func(pipe redis.Pipeliner) { s.writeNear(ctx, pipe, p.Near, lo) }
+	}
+	cmds, err := s.evalAll(ctx, ingestScript, keys, args, extra)
 	if err != nil {
 		return nil, err
 	}
 	for i, c := range cmds {
-		results[i] = parseIngest(c, len(batches[i].Items))
+		results[i] = parseIngest(c, batches[i].Items, lo)
 	}
 	return results, nil
 }
 
-func parseIngest(c *redis.Cmd, n int) Result {
+// fingerprint4 shortens a fingerprint to the 4 bytes a sample keeps
+// (FNV-1a): enough to tell the messages of three samples apart.
+func fingerprint4(fp string) string {
+	h := fnv.New32a()
+	h.Write([]byte(fp))
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], h.Sum32())
+	return string(b[:])
+}
+
+// appendStats adds the statistics-only items as hourly buckets, one per
+// (kind, hour): field "<kind>.<hour mod 24>", hour, increment.
+func appendStats(a []any, items []Item, lo int64) []any {
+	type bucket struct {
+		kind rules.Kind
+		hour int64
+	}
+	var buckets map[bucket]int
+	for _, it := range items {
+		if it.Counting || ms(it.Time) <= lo {
+			continue
+		}
+		if buckets == nil {
+			buckets = map[bucket]int{}
+		}
+		buckets[bucket{it.Kind, ms(it.Time) / hourMS}]++
+	}
+	a = append(a, len(buckets))
+	for b, n := range buckets {
+		a = append(a, strconv.Itoa(int(b.kind))+"."+strconv.FormatInt(b.hour%24, 10), b.hour, n)
+	}
+	return a
+}
+
+const hourMS = int64(time.Hour / time.Millisecond)
+
+func parseIngest(c *redis.Cmd, items []Item, lo int64) Result {
 	vals, err := c.Slice()
 	if err != nil {
-		return Result{Err: err}
+		return Result{Err: classify(err)}
 	}
-	if len(vals) != 7 {
-		return Result{Err: fmt.Errorf("ingest script returned %d values", len(vals))}
+	if len(vals) != 6 {
+		return Result{Err: Permanent(fmt.Errorf("ingest script returned %d values", len(vals)))}
 	}
 	outs, _ := vals[0].(string)
-	if len(outs) != n {
-		return Result{Err: fmt.Errorf("ingest script returned %d outcomes for %d events", len(outs), n)}
+	r := Result{Outcomes: make([]Outcome, len(items))}
+	j := 0
+	for i, it := range items {
+		switch {
+		case !it.Counting && ms(it.Time) <= lo:
+			r.Outcomes[i] = Late
+		case !it.Counting:
+			r.Outcomes[i] = StatsOnly
+		case j < len(outs):
+			r.Outcomes[i] = Outcome(outs[j])
+			j++
+		}
 	}
-	r := Result{Outcomes: make([]Outcome, n)}
-	for i := range n {
-		r.Outcomes[i] = Outcome(outs[i])
+	if j != len(outs) {
+		return Result{Err: Permanent(fmt.Errorf("ingest script returned %d outcomes for %d counting events", len(outs), j))}
 	}
 	r.Count = int(toInt(vals[1]))
 	r.Capped = toInt(vals[2]) == 1
-	r.Created = toInt(vals[3]) == 1
-	r.Outbox = int(toInt(vals[4]))
-	cr, _ := vals[5].(string)
+	cr, _ := vals[3].(string)
 	r.Crossing = rules.Action(cr)
-	r.ID, _ = vals[6].(string)
+	r.ID, _ = vals[4].(string)
+	if p, ok := vals[5].([]any); ok {
+		for _, e := range p {
+			if s, ok := e.(string); ok {
+				r.Pending = append(r.Pending, s)
+			}
+		}
+	}
 	return r
 }
 
 func toInt(v any) int64 {
 	n, _ := v.(int64)
 	return n
+}
+
+// PermanentError is a failure a redelivery cannot cure: a key of the wrong
+// type, malformed state, a script error. The events it concerns go to the
+// dead letters.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent marks err as permanent.
+func Permanent(err error) error { return &PermanentError{Err: err} }
+
+// IsPermanent reports whether err is permanent.
+func IsPermanent(err error) bool {
+	var pe *PermanentError
+	return errors.As(err, &pe)
+}
+
+// classify marks the Redis errors that a retry cannot cure as permanent:
+// a key of the wrong type and errors raised by the script itself. Every
+// other error (connections, timeouts, LOADING, BUSY, READONLY, OOM,
+// CLUSTERDOWN, TRYAGAIN, too many clients, ...) is transient.
+func classify(err error) error {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return err
+	}
+	msg := re.Error()
+	switch {
+	case strings.HasPrefix(msg, "WRONGTYPE"),
+		strings.HasPrefix(msg, "ERR") && strings.Contains(msg, "script"):
+		return Permanent(err)
+	}
+	return err
 }
 
 // decodeAUP decodes the last_aup field of an account's state.

@@ -65,7 +65,7 @@ func BenchmarkIngest(b *testing.B) {
 			}
 			var calls atomic.Int64
 			ingest := func(bs []Batch) {
-				res, err := s.Ingest(context.Background(), bs, day, now, func() string { return NewID(now) })
+				res, err := s.Ingest(context.Background(), bs, IngestParams{Window: day, Skew: 5 * time.Minute, Now: now, NewID: func() string { return NewID(now) }})
 				if err != nil {
 					b.Error(err)
 					return
@@ -109,7 +109,7 @@ func accountMemory(ctx context.Context, rdb *redis.Client, prefix string, accoun
 	pipe := rdb.Pipeline()
 	var cmds []*redis.IntCmd
 	for _, a := range accounts {
-		for _, suf := range []string{sufState, sufWindow, sufOther, sufOutbox, sufHistory} {
+		for _, suf := range []string{sufState, sufWindow, sufStats, sufOutbox, sufHistory} {
 			cmds = append(cmds, pipe.MemoryUsage(ctx, AccountKey(prefix, a, suf), 0))
 		}
 	}
@@ -130,7 +130,7 @@ func accountMemory(ctx context.Context, rdb *redis.Client, prefix string, accoun
 // threshold) and returns the mean bytes per account.
 func fillAccounts(tb testing.TB, k, n int) float64 {
 	tb.Helper()
-	rdb, prefix, accounts := fill(tb, k, n)
+	rdb, prefix, accounts := fillOn(tb, testutil.PrivateRedis(tb), "aup", k, n)
 	total, err := accountMemory(context.Background(), rdb, prefix, accounts)
 	if err != nil {
 		tb.Fatal(err)
@@ -141,6 +141,14 @@ func fillAccounts(tb testing.TB, k, n int) float64 {
 func fill(tb testing.TB, k, n int) (*redis.Client, string, []string) {
 	tb.Helper()
 	rdb, prefix := testutil.Redis(tb)
+	return fillOn(tb, rdb, prefix, k, n)
+}
+
+// fillOn is fill on a given server and prefix: the memory budget is
+// measured on a server of its own with the production prefix "aup", since
+// key names count too.
+func fillOn(tb testing.TB, rdb *redis.Client, prefix string, k, n int) (*redis.Client, string, []string) {
+	tb.Helper()
 	s := New(rdb, prefix)
 	ctx := context.Background()
 	now := time.Now()
@@ -148,17 +156,18 @@ func fill(tb testing.TB, k, n int) (*redis.Client, string, []string) {
 	var bs []Batch
 	for a := range accounts {
 		accounts[a] = fmt.Sprintf("user%06d@example.com", a)
-		b := Batch{Account: accounts[a], Company: "acme", Threshold: max(50, n), Cap: 500, Action: rules.ActionSuspend}
+		th := max(50, n)
+		b := Batch{Account: accounts[a], Company: "acme", Threshold: th, Cap: th + 1, Action: rules.ActionSuspend}
 		for i := range n {
 			b.Items = append(b.Items, Item{
 				ID: fmt.Sprintf("%s-%d", accounts[a], i), Time: now.Add(-time.Duration(i) * time.Minute),
 				Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true,
-				Fingerprint: fmt.Sprintf("%016x", i%5), Seq: uint64(1_000_000 + i),
+				Fingerprint: fmt.Sprintf("%08x", i%5), Seq: uint64(1_000_000 + i),
 			})
 		}
 		bs = append(bs, b)
 	}
-	res, err := s.Ingest(ctx, bs, day, now, func() string { return NewID(now) })
+	res, err := s.Ingest(ctx, bs, IngestParams{Window: day, Skew: 5 * time.Minute, Now: now, NewID: func() string { return NewID(now) }})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -191,11 +200,11 @@ func BenchmarkIngestMemory(b *testing.B) {
 	}
 }
 
-// The budget: at most 2 KiB of Redis memory for an account holding 50
+// The budget: at most 1 KiB of Redis memory for an account holding 50
 // counted events in its window. MEMORY USAGE is deterministic for a Redis
 // version and encoding settings, so this is not a timing assertion.
 func TestIngestMemoryBudget(t *testing.T) {
-	const budget = 2048
+	const budget = 1024
 	per := fillAccounts(t, 50, 50)
 	t.Logf("an account holding 50 counted events takes %.0f bytes (budget %d)", per, budget)
 	if per > budget {
@@ -205,5 +214,41 @@ func TestIngestMemoryBudget(t *testing.T) {
 	t.Logf("an account holding 3 counted events takes %.0f bytes", few)
 	if few >= per {
 		t.Fatalf("3 events take %.0f bytes, not less than 50 events (%.0f)", few, per)
+	}
+}
+
+// TestHotAccountBounded: an account with 300 counted events (threshold 50)
+// keeps at most threshold + 1 of them, in the compact encoding.
+func TestHotAccountBounded(t *testing.T) {
+	rdb, prefix := testutil.Redis(t)
+	s := New(rdb, prefix)
+	ctx := context.Background()
+	now := time.Now()
+	acct := "hot@example.com"
+	for round := range 6 {
+		b := Batch{Account: acct, Company: "acme", Threshold: 50, Cap: 51, Action: rules.ActionSuspend}
+		for i := range 50 {
+			n := round*50 + i
+			b.Items = append(b.Items, Item{ID: fmt.Sprint("hot-", n), Time: now.Add(-time.Duration(n) * time.Second),
+				Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true, Fingerprint: fmt.Sprint(n % 7), Seq: uint64(n + 1)})
+		}
+		res, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, NewID: func() string { return NewID(now) }})
+		if err != nil || res[0].Err != nil {
+			t.Fatal(err, res[0].Err)
+		}
+	}
+	key := AccountKey(prefix, acct, sufWindow)
+	if n := rdb.ZCard(ctx, key).Val(); n != 51 {
+		t.Fatalf("hot account keeps %d events, want threshold+1 = 51", n)
+	}
+	if enc := rdb.ObjectEncoding(ctx, key).Val(); enc != "listpack" {
+		t.Fatalf("window encoding %s, want listpack", enc)
+	}
+	// Its state holds the suspension's records besides; the whole account
+	// stays within a few KiB however many events arrive.
+	mem, _ := accountMemory(ctx, rdb, prefix, []string{acct})
+	t.Logf("a suspended account with 300 counted events takes %d bytes", mem)
+	if mem > 4096 {
+		t.Fatalf("a hot account takes %d bytes", mem)
 	}
 }

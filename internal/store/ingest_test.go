@@ -27,7 +27,7 @@ func spam(id string, at time.Time) Item {
 func ingest(t *testing.T, s *Store, now time.Time, threshold int, items ...Item) Result {
 	t.Helper()
 	b := Batch{Account: "alice@example.com", Company: "acme", Threshold: threshold, Cap: 100, Action: rules.ActionSuspend, Items: items}
-	res, err := s.Ingest(context.Background(), []Batch{b}, day, now, func() string { return NewID(now) })
+	res, err := s.Ingest(context.Background(), []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: now, NewID: func() string { return NewID(now) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,18 +51,22 @@ func TestIngestCountsEachIDOnce(t *testing.T) {
 	if got := outcomes(r); got != "ccd" {
 		t.Fatalf("outcomes %q, want ccd", got)
 	}
-	if r.Count != 2 || !r.Created {
-		t.Fatalf("count %d created %v, want 2 true", r.Count, r.Created)
+	if r.Count != 2 {
+		t.Fatalf("count %d, want 2", r.Count)
 	}
 	// A redelivery of the whole batch counts nothing again.
 	r = ingest(t, s, t0.Add(time.Minute), 10, spam("a", t0), spam("b", t0))
-	if got := outcomes(r); got != "dd" || r.Count != 2 || r.Created {
-		t.Fatalf("redelivery: outcomes %q count %d created %v", got, r.Count, r.Created)
+	if got := outcomes(r); got != "dd" || r.Count != 2 {
+		t.Fatalf("redelivery: outcomes %q count %d", got, r.Count)
 	}
-	// The same id as ham does not count a second time either.
+	// Ham is statistics only: never stored per event, never counted.
 	ham := Item{ID: "a", Time: t0, Kind: rules.KindOf(rules.Outbound, rules.Ham)}
-	if r = ingest(t, s, t0, 10, ham); outcomes(r) != "d" {
-		t.Fatalf("same id as ham: %q", outcomes(r))
+	if r = ingest(t, s, t0, 10, ham); outcomes(r) != "s" || r.Count != 2 {
+		t.Fatalf("ham: %q count %d", outcomes(r), r.Count)
+	}
+	// Ingest creates no account record.
+	if a, err := s.Account(context.Background(), "alice@example.com"); err != nil || a.Exists {
+		t.Fatalf("verdicts alone made a record: %+v %v", a, err)
 	}
 }
 
@@ -112,11 +116,11 @@ func TestIngestSuspendsOnceWhenCountExceedsThreshold(t *testing.T) {
 	}
 	in := Item{ID: "4", Time: t0, Kind: rules.KindOf(rules.Complaint, rules.Phish), Counting: true}
 	r = ingest(t, s, t0, 3, in)
-	if r.Crossing != rules.ActionSuspend || r.ID == "" || r.Count != 4 || r.Outbox != 1 {
+	if r.Crossing != rules.ActionSuspend || r.ID == "" || r.Count != 4 || len(r.Pending) != 1 {
 		t.Fatalf("crossing: %+v", r)
 	}
 	r2 := ingest(t, s, t0, 3, spam("5", t0))
-	if r2.Crossing != "" || r2.Outbox != 1 {
+	if r2.Crossing != "" || len(r2.Pending) != 1 {
 		t.Fatalf("second crossing reported: %+v", r2)
 	}
 	a, err := s.Account(ctx, "alice@example.com")
@@ -247,7 +251,7 @@ func TestIngestCapKeepsMinOfRealCountAndCap(t *testing.T) {
 	for i := range 8 {
 		b.Items = append(b.Items, spam(fmt.Sprint(i), t0.Add(time.Duration(i)*time.Minute-day/2)))
 	}
-	res, err := s.Ingest(ctx, []Batch{b}, day, t0, func() string { return "x" })
+	res, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return "x" }})
 	if err != nil || res[0].Err != nil {
 		t.Fatal(err, res[0].Err)
 	}
@@ -257,7 +261,7 @@ func TestIngestCapKeepsMinOfRealCountAndCap(t *testing.T) {
 	// The oldest were evicted: a redelivery of one of them cannot raise
 	// the count above the cap.
 	b.Items = b.Items[:1]
-	res, _ = s.Ingest(ctx, []Batch{b}, day, t0, func() string { return "x" })
+	res, _ = s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return "x" }})
 	if res[0].Count != 5 {
 		t.Fatalf("count %d after redelivery of an evicted event", res[0].Count)
 	}
@@ -292,12 +296,12 @@ func TestIngestReportModeRecordsWithoutSuspending(t *testing.T) {
 	ctx := context.Background()
 	b := Batch{Account: "carol@example.com", Threshold: 1, Cap: 10, Action: rules.ActionReport,
 		Items: []Item{spam("1", t0), spam("2", t0)}}
-	res, _ := s.Ingest(ctx, []Batch{b}, day, t0, func() string { return "rep1" })
+	res, _ := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return "rep1" }})
 	if res[0].Crossing != rules.ActionReport || res[0].ID != "rep1" {
 		t.Fatalf("%+v", res[0])
 	}
 	b.Items = []Item{spam("3", t0)}
-	res, _ = s.Ingest(ctx, []Batch{b}, day, t0, func() string { return "rep2" })
+	res, _ = s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return "rep2" }})
 	if res[0].Crossing != "" {
 		t.Fatalf("reported twice in one crossing: %+v", res[0])
 	}
@@ -308,7 +312,7 @@ func TestIngestReportModeRecordsWithoutSuspending(t *testing.T) {
 	// The crossing ends when the window empties; the next one is reported.
 	later := t0.Add(day + time.Hour)
 	b.Items = []Item{spam("4", later), spam("5", later)}
-	res, _ = s.Ingest(ctx, []Batch{b}, day, later, func() string { return "rep3" })
+	res, _ = s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: later, NewID: func() string { return "rep3" }})
 	if res[0].Count != 2 || res[0].Crossing != rules.ActionReport || res[0].ID != "rep3" {
 		t.Fatalf("new crossing after the window emptied: %+v", res[0])
 	}

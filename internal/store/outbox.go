@@ -2,8 +2,10 @@ package store
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -20,50 +22,122 @@ type Publisher interface {
 // outboxBatch bounds how many events one flush reads.
 const outboxBatch = 100
 
-// FlushOutbox publishes an account's pending account events in order and
-// removes each one once it is published, then updates the listing indexes.
-// Two processes flushing at once publish an event twice with the same
-// message id, which JetStream drops. It returns how many it published.
+// crossingPrefix starts an outbox entry written by the ingest script.
+const crossingPrefix = `{"crossing":`
+
+// DecodeOutbox turns an outbox entry into the account event to publish
+// and its encoding. Entries are account events (written by Go) or
+// crossings (written by the ingest script).
+func DecodeOutbox(entry string) (*events.AccountEvent, []byte, error) {
+	var ev *events.AccountEvent
+	if strings.HasPrefix(entry, crossingPrefix) {
+		var w struct {
+			Crossing events.Crossing `json:"crossing"`
+		}
+		if err := json.Unmarshal([]byte(entry), &w); err != nil {
+			return nil, nil, fmt.Errorf("decode outbox crossing: %w", err)
+		}
+		ev = w.Crossing.Event()
+	} else {
+		ev = new(events.AccountEvent)
+		if err := json.Unmarshal([]byte(entry), ev); err != nil {
+			return nil, nil, fmt.Errorf("decode outbox entry: %w", err)
+		}
+		for _, st := range []*events.State{ev.Old, ev.New} {
+			if st != nil && st.Suspended == nil {
+				st.Suspended = []string{}
+			}
+		}
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode account event: %w", err)
+	}
+	return ev, data, nil
+}
+
+// Settled is an account whose outbox entries were published (or could not
+// be decoded: they are dropped, never retried forever).
+type Settled struct {
+	Account string
+	Entries []string               // the entries, as read
+	Events  []*events.AccountEvent // the published events, for the indexes
+}
+
+//go:embed outbox_pop.lua
+var popLua string
+
+var popScript = redis.NewScript(popLua)
+
+// Settle removes published entries from their outboxes and updates the
+// listing indexes, in one pipelined round trip.
+func (s *Store) Settle(ctx context.Context, done []Settled) error {
+	if len(done) == 0 {
+		return nil
+	}
+	keys := make([][]string, len(done))
+	args := make([][]any, len(done))
+	for i, d := range done {
+		keys[i] = []string{s.key(d.Account, sufState), s.key(d.Account, sufOutbox)}
+		a := make([]any, len(d.Entries))
+		for j, e := range d.Entries {
+			a[j] = e
+		}
+		args[i] = a
+	}
+	cmds, err := s.evalAll(ctx, popScript, keys, args, func(pipe redis.Pipeliner) {
+		for _, d := range done {
+			for _, ev := range d.Events {
+				s.indexInto(ctx, pipe, ev.Account, ev.Company, ev.Old, ev.New)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return wrap("settle outbox", err)
+		}
+	}
+	return nil
+}
+
+// FlushOutbox publishes an account's pending account events in order,
+// then removes them and updates the listing indexes. Two processes
+// flushing at once publish an event twice with the same message id, which
+// JetStream drops. It returns how many it published.
 func (s *Store) FlushOutbox(ctx context.Context, address string, pub Publisher) (int, error) {
-	key := s.key(address, sufOutbox)
-	raw, err := s.rdb.LRange(ctx, key, 0, outboxBatch-1).Result()
+	raw, err := s.rdb.LRange(ctx, s.key(address, sufOutbox), 0, outboxBatch-1).Result()
 	if err != nil {
 		return 0, wrap("read outbox", err)
 	}
-	n := 0
+	if len(raw) == 0 {
+		return 0, nil
+	}
+	d := Settled{Account: address}
+	var bad error
 	for _, r := range raw {
-		var ev events.AccountEvent
-		if err := json.Unmarshal([]byte(r), &ev); err != nil {
-			// Never block an account's outbox on one bad entry.
-			_ = s.rdb.LRem(ctx, key, 1, r).Err()
-			return n, fmt.Errorf("decode outbox entry of %s: %w", address, err)
-		}
-		canonical(&ev)
-		data, err := json.Marshal(&ev)
+		ev, data, err := DecodeOutbox(r)
 		if err != nil {
-			return n, fmt.Errorf("encode account event: %w", err)
+			// Never block an account's outbox on one bad entry.
+			d.Entries = append(d.Entries, r)
+			bad = fmt.Errorf("outbox of %s: %w", address, err)
+			continue
 		}
-		if err := pub.PublishAccountEvent(ctx, &ev, data); err != nil {
-			return n, fmt.Errorf("publish account event %s: %w", ev.ID, err)
+		if err := pub.PublishAccountEvent(ctx, ev, data); err != nil {
+			if serr := s.Settle(ctx, []Settled{d}); serr != nil {
+				return len(d.Events), serr
+			}
+			return len(d.Events), fmt.Errorf("publish account event %s: %w", ev.ID, err)
 		}
-		if err := s.index(ctx, &ev); err != nil {
-			return n, err
-		}
-		if err := s.rdb.LRem(ctx, key, 1, r).Err(); err != nil {
-			return n, wrap("remove published event", err)
-		}
-		n++
+		d.Entries = append(d.Entries, r)
+		d.Events = append(d.Events, ev)
 	}
-	return n, nil
-}
-
-// canonical gives events written by Lua the same shape as Go's.
-func canonical(ev *events.AccountEvent) {
-	for _, st := range []*events.State{ev.Old, ev.New} {
-		if st != nil && st.Suspended == nil {
-			st.Suspended = []string{}
-		}
+	if err := s.Settle(ctx, []Settled{d}); err != nil {
+		return len(d.Events), err
 	}
+	return len(d.Events), bad
 }
 
 // Index keys. They are global (one slot each), maintained after the
@@ -74,12 +148,13 @@ func (s *Store) idxStatus(st string) string { return s.prefix + ":idx:status:" +
 func (s *Store) idxSuspended() string       { return s.prefix + ":idx:suspended" }
 func (s *Store) idxAll() string             { return s.prefix + ":idx:accounts" }
 
-func (s *Store) index(ctx context.Context, ev *events.AccountEvent) error {
-	pipe := s.rdb.Pipeline()
-	s.indexInto(ctx, pipe, ev.Account, ev.Company, ev.Old, ev.New)
-	_, err := pipe.Exec(ctx)
-	return wrap("update indexes", err)
-}
+// idxOutbox is the SET of accounts that may have account events waiting
+// in their outbox: the sweep reads it instead of scanning the keyspace.
+func (s *Store) idxOutbox() string { return s.prefix + ":idx:outbox" }
+
+// idxNear is the ZSET of accounts near their threshold (score: the time of
+// the hint, ms), a hint list for the overview pages.
+func (s *Store) idxNear() string { return s.prefix + ":idx:near" }
 
 // indexInto queues the index updates of an account whose state went from
 // old to new (new nil: deleted).
@@ -112,18 +187,71 @@ func (s *Store) indexInto(ctx context.Context, pipe redis.Pipeliner, account, co
 	}
 }
 
-// IndexNew records accounts first seen by the worker, in one round trip.
-func (s *Store) IndexNew(ctx context.Context, accounts map[string]string) error {
+// MarkOutbox records accounts whose outbox could not be published now, so
+// that the sweep finds them.
+func (s *Store) MarkOutbox(ctx context.Context, accounts ...string) error {
 	if len(accounts) == 0 {
 		return nil
 	}
-	pipe := s.rdb.Pipeline()
-	for acct, company := range accounts {
-		pipe.SAdd(ctx, s.idxAll(), acct)
-		if company != "" {
-			pipe.SAdd(ctx, s.idxCompany(company), acct)
-		}
+	m := make([]any, len(accounts))
+	for i, a := range accounts {
+		m[i] = a
 	}
-	_, err := pipe.Exec(ctx)
-	return wrap("index new accounts", err)
+	return wrap("index outbox", s.rdb.SAdd(ctx, s.idxOutbox(), m...).Err())
+}
+
+// OutboxPending counts the accounts that may have account events waiting
+// in their outbox.
+func (s *Store) OutboxPending(ctx context.Context) (int64, error) {
+	n, err := s.rdb.SCard(ctx, s.idxOutbox()).Result()
+	return n, wrap("count outboxes", err)
+}
+
+// SweepOutboxes flushes the outboxes that changes or batches left behind
+// (a process died between a change and its publish). It reads the outbox
+// index, never the keyspace, and carries on past an account that fails;
+// it returns how many events it published and the first error. It is a
+// periodic safety net, run by one process at a time: changes flush their
+// own outbox at once, and a crashed batch's verdicts are redelivered and
+// flush it then.
+func (s *Store) SweepOutboxes(ctx context.Context, pub Publisher) (int, error) {
+	var (
+		cur   uint64
+		total int
+		first error
+	)
+	for {
+		accts, next, err := s.rdb.SScan(ctx, s.idxOutbox(), cur, "", 200).Result()
+		if err != nil {
+			return total, wrap("scan outbox index", err)
+		}
+		for _, a := range accts {
+			n, err := s.FlushOutbox(ctx, a, pub)
+			total += n
+			if err != nil {
+				first = cmpOr(first, err)
+				continue
+			}
+			// Off the index once empty; an entry written meanwhile puts
+			// it back (its writer indexes it before writing).
+			if err := s.rdb.SRem(ctx, s.idxOutbox(), a).Err(); err != nil {
+				first = cmpOr(first, wrap("unindex outbox", err))
+				continue
+			}
+			if left, err := s.rdb.LRange(ctx, s.key(a, sufOutbox), 0, 0).Result(); err == nil && len(left) > 0 {
+				_ = s.MarkOutbox(ctx, a)
+			}
+		}
+		if next == 0 {
+			return total, first
+		}
+		cur = next
+	}
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
 }

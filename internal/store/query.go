@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -62,53 +63,96 @@ type CountQuery struct {
 	Now   time.Time
 }
 
-// Counts reads an account's rolling counts. Events at or before
-// now-window are outside the window, as in Ingest.
+// Counts reads an account's rolling counts, in one round trip. Events at
+// or before now-window are outside the window, as in Ingest. Other is
+// approximate: statistics-only events are kept as hourly buckets, whole
+// hours back from now's hour, and never decide anything.
 func (s *Store) Counts(ctx context.Context, address string, q CountQuery) (*Counts, error) {
 	if q.Window <= 0 {
 		return nil, fmt.Errorf("%w: window must be positive", ErrInvalid)
 	}
 	lo := ms(q.Now) - q.Window.Milliseconds()
 	c := &Counts{WindowStart: q.Now.Add(-q.Window).UTC(), WindowEnd: q.Now.UTC()}
-	var err error
 	wlo := lo
 	if f := ms(q.Floor); !q.Floor.IsZero() && f > wlo {
 		wlo = f
 	}
-	if c.Counting, err = s.tally(ctx, s.key(address, sufWindow), wlo, q.Cap); err != nil {
-		return nil, err
+	pipe := s.rdb.Pipeline()
+	base := pipe.HGet(ctx, s.key(address, sufState), "wb")
+	win := pipe.ZRangeWithScores(ctx, s.key(address, sufWindow), 0, -1)
+	stats := pipe.HGetAll(ctx, s.key(address, sufStats))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, wrap("read window", err)
 	}
-	if c.Other, err = s.tally(ctx, s.key(address, sufOther), lo, q.Cap); err != nil {
-		return nil, err
+	b, _ := strconv.ParseInt(base.Val(), 10, 64)
+	c.Counting = newTally()
+	for _, e := range windowEntries(win.Val(), b*hourMS) {
+		if e.t > wlo {
+			c.Counting.add(e.kind, 1)
+		}
+	}
+	// When the set is full, Ingest dropped its oldest members. If every
+	// member is still inside the window, so may the dropped ones have been.
+	n := len(win.Val())
+	c.Counting.AtLeast = q.Cap > 0 && n >= q.Cap && c.Counting.Total == n
+	c.Other = newTally()
+	for _, bk := range statBuckets(stats.Val(), lo) {
+		c.Other.add(bk.kind, bk.n)
 	}
 	return c, nil
 }
 
-// tally counts the members of a window set whose time is after lo (ms).
-// The sets hold at most cap members each, so reading one whole is cheap.
-func (s *Store) tally(ctx context.Context, key string, lo int64, limit int) (Tally, error) {
-	t := newTally()
-	zs, err := s.rdb.ZRangeWithScores(ctx, key, 0, -1).Result()
-	if err != nil {
-		return t, wrap("read window", err)
+func (t *Tally) add(k rules.Kind, n int) {
+	if int(k)/4 >= len(rules.Directions) || int(k)%4 >= len(rules.Verdicts) {
+		return
 	}
-	for _, z := range zs {
-		score := int64(z.Score)
-		if score/16 <= lo {
+	t.Total += n
+	t.ByDirection[k.Direction()] += n
+	t.ByVerdict[k.Direction()][k.Verdict()] += n
+}
+
+// windowEntry is one counting event of a window: its time (ms) and kind.
+type windowEntry struct {
+	t    int64
+	kind rules.Kind
+}
+
+// windowEntries decodes a window's members, whose scores are
+// (time - base) * 16 + kind.
+func windowEntries(zs []redis.Z, base int64) []windowEntry {
+	out := make([]windowEntry, len(zs))
+	for i, z := range zs {
+		sc := int64(z.Score)
+		out[i] = windowEntry{t: base + sc>>4, kind: rules.Kind(sc & 15)}
+	}
+	return out
+}
+
+type statBucket struct {
+	kind rules.Kind
+	hour int64
+	n    int
+}
+
+// statBuckets decodes the statistics hash, fields "<kind>.<hour mod 24>"
+// with values "<hour>:<n>", keeping the hours that end after lo.
+func statBuckets(h map[string]string, lo int64) []statBucket {
+	var out []statBucket
+	for f, v := range h {
+		k, _, ok := strings.Cut(f, ".")
+		hs, ns, ok2 := strings.Cut(v, ":")
+		if !ok || !ok2 {
 			continue
 		}
-		k := rules.Kind(score % 16)
-		if int(k)/4 >= len(rules.Directions) {
+		kind, err1 := strconv.Atoi(k)
+		hour, err2 := strconv.ParseInt(hs, 10, 64)
+		n, err3 := strconv.Atoi(ns)
+		if err1 != nil || err2 != nil || err3 != nil || (hour+1)*hourMS <= lo {
 			continue
 		}
-		t.Total++
-		t.ByDirection[k.Direction()]++
-		t.ByVerdict[k.Direction()][k.Verdict()]++
+		out = append(out, statBucket{rules.Kind(kind), hour, n})
 	}
-	// When the set is full, Ingest dropped its oldest members. If every
-	// member is still inside the window, so may the dropped ones have been.
-	t.AtLeast = limit > 0 && len(zs) >= limit && t.Total == len(zs)
-	return t, nil
+	return out
 }
 
 // ListQuery selects accounts. Empty fields do not filter.

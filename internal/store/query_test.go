@@ -28,7 +28,7 @@ func TestCounts(t *testing.T) {
 		{ID: "d", Time: t0.Add(-time.Hour), Kind: kind(rules.Inbound, rules.Ham)},
 		{ID: "e", Time: t0.Add(-time.Minute), Kind: kind(rules.Outbound, rules.Ham)},
 	}}
-	if _, err := s.Ingest(ctx, []Batch{b}, day, t0, func() string { return NewID(t0) }); err != nil {
+	if _, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return NewID(t0) }}); err != nil {
 		t.Fatal(err)
 	}
 	c, err := s.Counts(ctx, "alice@example.com", CountQuery{Window: day, Cap: 5, Now: t0})
@@ -53,7 +53,7 @@ func TestCounts(t *testing.T) {
 	}
 	// At the cap with everything inside the window: at least.
 	b.Items = []Item{spam("f", t0), spam("g", t0), spam("h", t0)}
-	if _, err := s.Ingest(ctx, []Batch{b}, day, t0, func() string { return NewID(t0) }); err != nil {
+	if _, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return NewID(t0) }}); err != nil {
 		t.Fatal(err)
 	}
 	c, _ = s.Counts(ctx, "alice@example.com", CountQuery{Window: day, Cap: 5, Now: t0})

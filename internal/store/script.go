@@ -3,16 +3,17 @@ package store
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // evalAll runs script once per (keys, args) pair in one pipelined round
-// trip with EVALSHA. Calls that find the script missing on their server
-// (NOSCRIPT: a restarted or new node) are replayed, and only those, after
-// loading it. The returned commands carry each call's result or error.
-func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]string, args [][]any) ([]*redis.Cmd, error) {
+// trip with EVALSHA; extra, when set, queues more commands in the same
+// round trip (their errors are not reported). Calls that find the script
+// missing on their server (NOSCRIPT: a restarted or new node) are
+// replayed, and only those, after loading it. The returned commands carry
+// each call's result or error.
+func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]string, args [][]any, extra func(redis.Pipeliner)) ([]*redis.Cmd, error) {
 	cmds := make([]*redis.Cmd, len(keys))
 	todo := make([]int, len(keys))
 	for i := range todo {
@@ -22,6 +23,9 @@ func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]stri
 		pipe := s.rdb.Pipeline()
 		for _, i := range todo {
 			cmds[i] = script.EvalSha(ctx, pipe, keys[i], args[i]...)
+		}
+		if extra != nil && attempt == 0 {
+			extra(pipe)
 		}
 		_, _ = pipe.Exec(ctx) // errors are per command
 		var missing []int
@@ -40,9 +44,11 @@ func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]stri
 	}
 }
 
-// idHash maps an event id to the 8 bytes stored for it. A cryptographic
-// hash keeps crafted ids from colliding with another event's id.
-func idHash(id string) uint64 {
+// member maps an event id to the 6 bytes stored for it in the window: the
+// first 48 bits of its SHA-256. A cryptographic hash keeps crafted ids from
+// colliding with another event's id; 48 bits keep the window compact, and
+// are the prefix of the 8 bytes aupd v1 stored, so v1 windows carry over.
+func member(id string) string {
 	sum := sha256.Sum256([]byte(id))
-	return binary.BigEndian.Uint64(sum[:8])
+	return string(sum[:6])
 }

@@ -31,6 +31,9 @@ type Redis interface {
 	SRem(ctx context.Context, key string, members ...any) *redis.IntCmd
 	SScan(ctx context.Context, key string, cursor uint64, match string, count int64) *redis.ScanCmd
 	Get(ctx context.Context, key string) *redis.StringCmd
+	HMGet(ctx context.Context, key string, fields ...string) *redis.SliceCmd
+	ZRevRangeByScore(ctx context.Context, key string, opt *redis.ZRangeBy) *redis.StringSliceCmd
+	SCard(ctx context.Context, key string) *redis.IntCmd
 	Ping(ctx context.Context) *redis.StatusCmd
 }
 
@@ -39,13 +42,19 @@ type Store struct {
 	rdb    Redis
 	prefix string
 	now    func() time.Time
+	pinned bool // now also decides inside the scripts (tests); else Redis's TIME does
 }
 
 // Option configures a Store.
 type Option func(*Store)
 
-// WithClock sets the clock used for history and event times.
-func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+// WithClock sets the clock used for history and event times, and pins the
+// scripts' clock to it (tests). Without it the scripts read Redis's clock
+// (TIME), so that every process decides windows and reinstatement floors
+// by one clock.
+func WithClock(now func() time.Time) Option {
+	return func(s *Store) { s.now, s.pinned = now, true }
+}
 
 // New returns a store whose keys all start with prefix (for example "aup").
 func New(rdb Redis, prefix string, opts ...Option) *Store {
@@ -66,10 +75,20 @@ func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
 const (
 	sufState   = "s" // HASH: status, type, company, suspensions, AUP state
 	sufWindow  = "w" // ZSET: counting events of the rolling window
-	sufOther   = "x" // ZSET: events kept for statistics only (ham, ...)
+	sufStats   = "t" // HASH: statistics-only events, hourly buckets (approximate)
 	sufHistory = "h" // LIST: history entries, newest first
 	sufOutbox  = "o" // LIST: account events not yet published
+	sufLegacy  = "x" // ZSET of aupd v1 (statistics per event): removed on migration
 )
+
+// scriptNow is the clock argument of a script: the pinned clock, or 0 for
+// Redis's TIME.
+func (s *Store) scriptNow() int64 {
+	if s.pinned {
+		return ms(s.now())
+	}
+	return 0
+}
 
 // AccountKey returns the key of one of an account's structures; other
 // packages use it for their own per-account keys (notices, lockout

@@ -8,6 +8,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -51,6 +53,28 @@ func Redis(t testing.TB) (*redis.Client, string) {
 		rdb.Close()
 	})
 	return rdb, prefix
+}
+
+// PrivateRedis starts a redis-server of this test's own on a unix socket
+// in a temporary directory (no persistence) and returns a client of it,
+// for tests that read server-wide figures such as INFO commandstats.
+func PrivateRedis(t testing.TB) *redis.Client {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not found (scripts/test installs it): %v", err)
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "redis.sock")
+	cmd := exec.Command(bin, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no", "--dir", dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: sock})
+	t.Cleanup(func() { rdb.Close() })
+	Eventually(t, 10*time.Second, func() bool { return rdb.Ping(context.Background()).Err() == nil }, "private redis-server did not start")
+	return rdb
 }
 
 // RandomHex returns 2n random hex digits.

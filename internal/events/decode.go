@@ -1,0 +1,484 @@
+package events
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+
+	"github.com/aupd/aupd/rules"
+)
+
+// The decoder below reads a verdict event in one pass, without reflection:
+// keys must be exactly the contract's (a key that differs only in case,
+// such as "ACCOUNT", is refused rather than taken for "account"), a key may
+// appear once, and the message object is checked but left undecoded until
+// a sample needs it (Verdict.Msg).
+
+// The fields of the contract, as bits.
+const (
+	fID = 1 << iota
+	fTime
+	fDirection
+	fAccount
+	fVerdict
+	fScore
+	fSource
+	fMessage
+)
+
+var topFields = map[string]int{
+	"id": fID, "time": fTime, "direction": fDirection, "account": fAccount,
+	"verdict": fVerdict, "score": fScore, "source": fSource, "message": fMessage,
+}
+
+// messageFields are the optional fields of message, with whether they are
+// a list of strings.
+var messageFields = map[string]bool{
+	"message_id": false, "from": false, "to": true, "subject": false, "date": false, "raw": false,
+}
+
+// lowerKey returns the contract's key that k spells in another case, if any.
+func lowerKey(k string, known func(string) bool) (string, bool) {
+	l := strings.ToLower(k)
+	return l, l != k && known(l)
+}
+
+type decoder struct {
+	data []byte
+	pos  int
+}
+
+// syntaxError is an invalid_json error at the decoder's position.
+func (d *decoder) syntaxError(what string) error {
+	return invalid(ReasonInvalidJSON, "", "%s at byte %d", what, d.pos)
+}
+
+func (d *decoder) ws() {
+	for d.pos < len(d.data) {
+		switch d.data[d.pos] {
+		case ' ', '\t', '\n', '\r':
+			d.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (d *decoder) peek() byte {
+	d.ws()
+	if d.pos < len(d.data) {
+		return d.data[d.pos]
+	}
+	return 0
+}
+
+// str reads a string at the position and returns its value.
+func (d *decoder) str() (string, error) {
+	start := d.pos
+	raw, escaped, err := d.skipString()
+	if err != nil {
+		return "", err
+	}
+	if !escaped {
+		return string(raw), nil
+	}
+	var s string
+	if err := json.Unmarshal(d.data[start:d.pos], &s); err != nil {
+		return "", invalid(ReasonInvalidJSON, "", "bad string escape at byte %d", start)
+	}
+	return s, nil
+}
+
+// skipString moves past a string and returns its raw content.
+func (d *decoder) skipString() ([]byte, bool, error) {
+	if d.pos >= len(d.data) || d.data[d.pos] != '"' {
+		return nil, false, d.syntaxError("expected a string")
+	}
+	d.pos++
+	start := d.pos
+	escaped := false
+	for d.pos < len(d.data) {
+		c := d.data[d.pos]
+		switch {
+		case c == '"':
+			raw := d.data[start:d.pos]
+			d.pos++
+			return raw, escaped, nil
+		case c == '\\':
+			escaped = true
+			d.pos++
+			if d.pos >= len(d.data) {
+				return nil, false, d.syntaxError("unterminated string")
+			}
+			switch d.data[d.pos] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				d.pos++
+			case 'u':
+				if d.pos+5 > len(d.data) {
+					return nil, false, d.syntaxError("bad \\u escape")
+				}
+				for _, h := range d.data[d.pos+1 : d.pos+5] {
+					if !isHex(h) {
+						return nil, false, d.syntaxError("bad \\u escape")
+					}
+				}
+				d.pos += 5
+			default:
+				return nil, false, d.syntaxError("bad escape")
+			}
+		case c < 0x20:
+			return nil, false, d.syntaxError("control character in string")
+		default:
+			d.pos++
+		}
+	}
+	return nil, false, d.syntaxError("unterminated string")
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// number reads a JSON number and returns its text.
+func (d *decoder) number() ([]byte, error) {
+	start := d.pos
+	if d.pos < len(d.data) && d.data[d.pos] == '-' {
+		d.pos++
+	}
+	digits := func() int {
+		n := 0
+		for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
+			d.pos++
+			n++
+		}
+		return n
+	}
+	if d.pos < len(d.data) && d.data[d.pos] == '0' {
+		d.pos++
+	} else if digits() == 0 {
+		return nil, d.syntaxError("bad number")
+	}
+	if d.pos < len(d.data) && d.data[d.pos] == '.' {
+		d.pos++
+		if digits() == 0 {
+			return nil, d.syntaxError("bad number")
+		}
+	}
+	if d.pos < len(d.data) && (d.data[d.pos] == 'e' || d.data[d.pos] == 'E') {
+		d.pos++
+		if d.pos < len(d.data) && (d.data[d.pos] == '+' || d.data[d.pos] == '-') {
+			d.pos++
+		}
+		if digits() == 0 {
+			return nil, d.syntaxError("bad number")
+		}
+	}
+	return d.data[start:d.pos], nil
+}
+
+func (d *decoder) literal(lit string) error {
+	if !strings.HasPrefix(string(d.data[d.pos:min(len(d.data), d.pos+len(lit))]), lit) {
+		return d.syntaxError("invalid literal")
+	}
+	d.pos += len(lit)
+	return nil
+}
+
+// maxDepth bounds nesting in the values aupd skips.
+const maxDepth = 64
+
+// skip moves past any value, checking its syntax, and returns its JSON
+// kind for error messages.
+func (d *decoder) skip(depth int) (string, error) {
+	if depth > maxDepth {
+		return "", d.syntaxError("nested too deep")
+	}
+	switch c := d.peek(); {
+	case c == '"':
+		_, _, err := d.skipString()
+		return "string", err
+	case c == '{':
+		d.pos++
+		if d.peek() == '}' {
+			d.pos++
+			return "object", nil
+		}
+		for {
+			d.ws()
+			if _, _, err := d.skipString(); err != nil {
+				return "", err
+			}
+			if d.peek() != ':' {
+				return "", d.syntaxError("expected ':'")
+			}
+			d.pos++
+			if _, err := d.skip(depth + 1); err != nil {
+				return "", err
+			}
+			switch d.peek() {
+			case ',':
+				d.pos++
+			case '}':
+				d.pos++
+				return "object", nil
+			default:
+				return "", d.syntaxError("expected ',' or '}'")
+			}
+		}
+	case c == '[':
+		d.pos++
+		if d.peek() == ']' {
+			d.pos++
+			return "array", nil
+		}
+		for {
+			if _, err := d.skip(depth + 1); err != nil {
+				return "", err
+			}
+			switch d.peek() {
+			case ',':
+				d.pos++
+			case ']':
+				d.pos++
+				return "array", nil
+			default:
+				return "", d.syntaxError("expected ',' or ']'")
+			}
+		}
+	case c == 't':
+		return "bool", d.literal("true")
+	case c == 'f':
+		return "bool", d.literal("false")
+	case c == 'n':
+		return "null", d.literal("null")
+	case c == '-' || c >= '0' && c <= '9':
+		_, err := d.number()
+		return "number", err
+	case c == 0:
+		return "", d.syntaxError("unexpected end")
+	}
+	return "", d.syntaxError("unexpected character")
+}
+
+// members calls fn for each member of the object at the position, with
+// the decoded key; fn must consume the value.
+func (d *decoder) members(fn func(key string) error) error {
+	if d.peek() != '{' {
+		return d.syntaxError("expected an object")
+	}
+	d.pos++
+	if d.peek() == '}' {
+		d.pos++
+		return nil
+	}
+	for {
+		d.ws()
+		key, err := d.str()
+		if err != nil {
+			return err
+		}
+		if d.peek() != ':' {
+			return d.syntaxError("expected ':'")
+		}
+		d.pos++
+		d.ws()
+		if err := fn(key); err != nil {
+			return err
+		}
+		switch d.peek() {
+		case ',':
+			d.pos++
+		case '}':
+			d.pos++
+			return nil
+		default:
+			return d.syntaxError("expected ',' or '}'")
+		}
+	}
+}
+
+// typed reads a string value of field, or tells what it was instead.
+func (d *decoder) stringField(field string) (string, bool, error) {
+	switch d.peek() {
+	case '"':
+		s, err := d.str()
+		return s, true, err
+	case 'n':
+		return "", false, d.literal("null")
+	}
+	kind, err := d.skip(0)
+	if err != nil {
+		return "", false, err
+	}
+	return "", false, invalid(ReasonInvalidField, field, "expected string, got JSON %s", kind)
+}
+
+// decodeVerdict decodes an event in one pass. Required fields that are
+// missing or null are reported after the syntax of the whole payload is
+// known to be valid, as encoding/json would.
+func decodeVerdict(data []byte) (*Verdict, error) {
+	d := &decoder{data: data}
+	v := &Verdict{}
+	var seen int
+	var typeErr error // the first wrong type or value; reported once the syntax is checked
+	note := func(err error) error {
+		if _, ok := AsInvalid(err); ok && isFieldError(err) {
+			if typeErr == nil {
+				typeErr = err
+			}
+			return nil
+		}
+		return err
+	}
+	err := d.members(func(key string) error {
+		bit, ok := topFields[key]
+		if !ok {
+			if l, clash := lowerKey(key, func(k string) bool { return topFields[k] != 0 }); clash {
+				_ = note(invalid(ReasonInvalidField, l, "key %q must be spelled %q", clip(key, 40), l))
+			}
+			_, err := d.skip(0)
+			return err
+		}
+		if seen&bit != 0 {
+			_ = note(invalid(ReasonInvalidField, key, "appears more than once"))
+		}
+		seen |= bit
+		switch bit {
+		case fScore:
+			switch c := d.peek(); {
+			case c == 'n':
+				return d.literal("null")
+			case c == '-' || c >= '0' && c <= '9':
+				num, err := d.number()
+				if err != nil {
+					return err
+				}
+				f, err := strconv.ParseFloat(string(num), 64)
+				if err != nil {
+					return note(invalid(ReasonInvalidField, "score", "number out of range"))
+				}
+				v.Score = &f
+				return nil
+			}
+			kind, err := d.skip(0)
+			if err != nil {
+				return err
+			}
+			return note(invalid(ReasonInvalidField, "score", "expected number, got JSON %s", kind))
+		case fMessage:
+			start := d.pos
+			if d.peek() == 'n' {
+				return d.literal("null")
+			}
+			if d.peek() != '{' {
+				kind, err := d.skip(0)
+				if err != nil {
+					return err
+				}
+				return note(invalid(ReasonInvalidField, "message", "expected object, got JSON %s", kind))
+			}
+			if err := d.checkMessage(note); err != nil {
+				return err
+			}
+			v.msg = data[start:d.pos]
+			return nil
+		}
+		s, present, err := d.stringField(key)
+		if err != nil {
+			return note(err)
+		}
+		if !present {
+			seen &^= bit // null: as if absent
+			return nil
+		}
+		switch bit {
+		case fID:
+			v.ID = s
+		case fTime:
+			// the strict RFC 3339 of encoding/json
+			if err := v.Time.UnmarshalText([]byte(s)); err != nil {
+				return note(invalid(ReasonInvalidField, "time", "not an RFC 3339 timestamp"))
+			}
+		case fDirection:
+			v.Direction = rules.Direction(s)
+		case fAccount:
+			v.Account = s
+		case fVerdict:
+			v.Verdict = rules.Verdict(s)
+		case fSource:
+			v.Source = s
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if d.ws(); d.pos != len(d.data) {
+		return nil, d.syntaxError("data after the object")
+	}
+	for _, f := range required {
+		if seen&topFields[f] == 0 {
+			if ie, ok := AsInvalid(typeErr); ok && ie.Field == f {
+				return nil, typeErr // spelled in another case: say so
+			}
+			return nil, invalid(ReasonMissingField, f, "required field is missing")
+		}
+	}
+	if typeErr != nil {
+		return nil, typeErr
+	}
+	return v, nil
+}
+
+func isFieldError(err error) bool {
+	ie, ok := AsInvalid(err)
+	return ok && ie.Reason == ReasonInvalidField
+}
+
+// checkMessage checks the message object's syntax and the types of its
+// known fields, decoding nothing.
+func (d *decoder) checkMessage(note func(error) error) error {
+	seen := map[string]bool{}
+	return d.members(func(key string) error {
+		list, ok := messageFields[key]
+		if !ok {
+			if l, clash := lowerKey(key, func(k string) bool { _, ok := messageFields[k]; return ok }); clash {
+				_ = note(invalid(ReasonInvalidField, "message."+l, "key %q must be spelled %q", clip(key, 40), l))
+			}
+			_, err := d.skip(1)
+			return err
+		}
+		if seen[key] {
+			_ = note(invalid(ReasonInvalidField, "message."+key, "appears more than once"))
+		}
+		seen[key] = true
+		want := "string"
+		if list {
+			want = "array"
+		}
+		start := d.pos
+		kind, err := d.skip(1)
+		if err != nil {
+			return err
+		}
+		if kind == "null" {
+			return nil
+		}
+		if kind != want {
+			return note(invalid(ReasonInvalidField, "message."+key, "expected %s, got JSON %s", want, kind))
+		}
+		if list {
+			// every element a string
+			e := &decoder{data: d.data[:d.pos], pos: start + 1}
+			for e.peek() != ']' {
+				if k, _ := e.skip(1); k != "string" {
+					return note(invalid(ReasonInvalidField, "message."+key, "expected array of strings, got JSON %s in it", k))
+				}
+				if e.peek() == ',' {
+					e.pos++
+				}
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,289 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/rules"
+)
+
+// commandCalls sums the calls of every command in INFO commandstats except
+// the ones the test itself sends (INFO, EVALSHA, SCRIPT, ...): what the
+// scripts ran inside Redis.
+func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for line := range strings.Lines(info) {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		if !ok {
+			continue
+		}
+		name = strings.TrimPrefix(name, "cmdstat_")
+		switch name {
+		case "info", "evalsha", "eval", "script", "script|load", "ping", "hello", "client", "config":
+			continue
+		}
+		n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+		out[name] = n
+	}
+	return out
+}
+
+func diff(after, before map[string]int) (map[string]int, int) {
+	d := map[string]int{}
+	total := 0
+	for k, v := range after {
+		if v != before[k] {
+			d[k] = v - before[k]
+			total += v - before[k]
+		}
+	}
+	return d, total
+}
+
+// TestIngestCostDoesNotGrowPerEvent: a batch of one event and a batch of
+// fifty cost an account the same Redis commands, on a new account and on
+// one that already has a window. A private Redis server keeps other
+// tests' commands out of the figures.
+func TestIngestCostDoesNotGrowPerEvent(t *testing.T) {
+	rdb := testutil.PrivateRedis(t)
+	s := New(rdb, "cost")
+	ctx := context.Background()
+	batch := func(account string, n, from int) Batch {
+		b := Batch{Account: account, Company: "acme", Threshold: 200, Cap: 201, Action: rules.ActionSuspend}
+		for i := range n {
+			it := spam(fmt.Sprintf("%s-%d", account, from+i), t0.Add(-time.Duration(from+i)*time.Second))
+			b.Items = append(b.Items, it)
+		}
+		return b
+	}
+	cost := func(b Batch) (map[string]int, int) {
+		before := commandCalls(t, rdb)
+		res, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return NewID(t0) }})
+		if err != nil || res[0].Err != nil {
+			t.Fatal(err, res[0].Err)
+		}
+		return diff(commandCalls(t, rdb), before)
+	}
+	for _, phase := range []struct {
+		name string
+		from int
+	}{{"new account", 0}, {"existing window", 100}} {
+		one, n1 := cost(batch("one@example.com", 1, phase.from))
+		fifty, n50 := cost(batch("fifty@example.com", 50, phase.from))
+		t.Logf("%s: 1 event: %d commands %v; 50 events: %d commands %v", phase.name, n1, one, n50, fifty)
+		if n1 == 0 || n1 != n50 {
+			t.Fatalf("%s: a batch of 1 event costs %d commands %v, of 50 events %d %v", phase.name, n1, one, n50, fifty)
+		}
+		if n1 > 10 {
+			t.Fatalf("%s: %d commands for one account's batch, want a small fixed handful: %v", phase.name, n1, one)
+		}
+	}
+}
+
+// TestIngestWindowsExpire: an address seen only in verdicts has no record;
+// its keys expire once past the window plus the skew (rounded up to the
+// hour); a suspension makes its state durable.
+func TestIngestWindowsExpire(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	rdb := s.rdb.(*redis.Client)
+	acct := "alice@example.com"
+	ham := Item{ID: "h1", Time: t0, Kind: rules.KindOf(rules.Outbound, rules.Ham)}
+	ingest(t, s, t0, 3, spam("1", t0.Add(-time.Hour)), ham)
+	// windows within the hour they are rounded to; hourly statistics
+	// buckets an hour later still
+	limits := map[string]time.Duration{sufState: day + 5*time.Minute + time.Hour, sufWindow: day + 5*time.Minute + time.Hour, sufStats: day + 5*time.Minute + 2*time.Hour}
+	for suf, limit := range limits {
+		ttl := rdb.PTTL(ctx, s.key(acct, suf)).Val()
+		if ttl <= 0 || ttl > limit {
+			t.Fatalf("key %s: TTL %s, want within (0, %s]", suf, ttl, limit)
+		}
+	}
+	if a, _ := s.Account(ctx, acct); a.Exists {
+		t.Fatal("verdicts alone made an account record")
+	}
+	if n := rdb.Exists(ctx, s.idxAll(), s.idxCompany("acme")).Val(); n != 0 {
+		t.Fatalf("verdicts alone wrote %d index sets", n)
+	}
+	r := ingest(t, s, t0, 3, spam("2", t0), spam("3", t0), spam("4", t0))
+	if r.Crossing != rules.ActionSuspend {
+		t.Fatalf("no crossing: %+v", r)
+	}
+	if ttl := rdb.PTTL(ctx, s.key(acct, sufState)).Val(); ttl != -1 {
+		t.Fatalf("a suspended account's state has TTL %s, want none", ttl)
+	}
+	if ttl := rdb.PTTL(ctx, s.key(acct, sufWindow)).Val(); ttl <= 0 {
+		t.Fatalf("the window of a suspended account has TTL %s, want one", ttl)
+	}
+	a, _ := s.Account(ctx, acct)
+	if !a.Exists || a.Company != "acme" || a.Created.IsZero() {
+		t.Fatalf("the suspension made no record with its company: %+v", a)
+	}
+}
+
+// TestIngestErrorLeavesNothingHalfWritten: a key of the wrong type fails
+// the account's batch as permanent, before any write.
+func TestIngestErrorLeavesNothingHalfWritten(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	rdb := s.rdb.(*redis.Client)
+	acct := "alice@example.com"
+	ingest(t, s, t0, 2, spam("1", t0), spam("2", t0))
+	if err := rdb.Set(ctx, s.key(acct, sufOutbox), "not a list", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	stateBefore := rdb.HGetAll(ctx, s.key(acct, sufState)).Val()
+	winBefore := rdb.ZRangeWithScores(ctx, s.key(acct, sufWindow), 0, -1).Val()
+	b := Batch{Account: acct, Company: "acme", Threshold: 2, Cap: 3, Action: rules.ActionSuspend, Items: []Item{spam("3", t0)}}
+	res, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err == nil || !IsPermanent(res[0].Err) {
+		t.Fatalf("error %v, want a permanent one", res[0].Err)
+	}
+	if got := rdb.HGetAll(ctx, s.key(acct, sufState)).Val(); fmt.Sprint(got) != fmt.Sprint(stateBefore) {
+		t.Fatalf("state changed by a failed batch:\n%v\n%v", stateBefore, got)
+	}
+	if got := rdb.ZRangeWithScores(ctx, s.key(acct, sufWindow), 0, -1).Val(); fmt.Sprint(got) != fmt.Sprint(winBefore) {
+		t.Fatalf("window changed by a failed batch")
+	}
+	// A state hash of the wrong type is permanent too; a Redis that is
+	// not there is not.
+	if err := rdb.Set(ctx, s.key("bob@example.com", sufState), "x", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b.Account = "bob@example.com"
+	res, _ = s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }})
+	if !IsPermanent(res[0].Err) {
+		t.Fatalf("wrong-type state: %v", res[0].Err)
+	}
+	down := New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}), "down")
+	_, err = down.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }})
+	res2, _ := down.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }})
+	if err == nil && (len(res2) == 0 || res2[0].Err == nil || IsPermanent(res2[0].Err)) {
+		t.Fatalf("unreachable Redis: %v %+v", err, res2)
+	}
+}
+
+// TestIngestCarriesOverV1Windows: a window written by aupd v1 (8-byte
+// members, absolute scores, samples in smp:1..3, statistics in x) is
+// rewritten on its next batch, keeping every count and dedup.
+func TestIngestCarriesOverV1Windows(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	rdb := s.rdb.(*redis.Client)
+	acct := "alice@example.com"
+	v1 := func(id string) string {
+		sum := sha256.Sum256([]byte(id))
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], binary.BigEndian.Uint64(sum[:8]))
+		return string(b[:])
+	}
+	kind := int64(rules.KindOf(rules.Outbound, rules.Spam))
+	for i, id := range []string{"old1", "old2", "old3"} {
+		at := t0.Add(-time.Duration(i+1) * time.Hour).UnixMilli()
+		rdb.ZAdd(ctx, s.key(acct, sufWindow), redis.Z{Score: float64(at*16 + kind), Member: v1(id)})
+	}
+	rdb.ZAdd(ctx, s.key(acct, sufLegacy), redis.Z{Score: 1, Member: "ham"})
+	rdb.HSet(ctx, s.key(acct, sufState), "created", t0.UnixMilli(), "company", "acme",
+		"smp:1", fmt.Sprintf("%d|aaaa|17", t0.Add(-time.Hour).UnixMilli()))
+	r := ingest(t, s, t0, 10, spam("old2", t0.Add(-2*time.Hour)), spam("new", t0))
+	if outcomes(r) != "dc" || r.Count != 4 {
+		t.Fatalf("outcomes %q count %d, want dc 4", outcomes(r), r.Count)
+	}
+	h := rdb.HGetAll(ctx, s.key(acct, sufState)).Val()
+	if h["smp:1"] != "" || !strings.Contains(h["smp"], "aaaa") || rdb.Exists(ctx, s.key(acct, sufLegacy)).Val() != 0 {
+		t.Fatalf("v1 state not carried over: %v", h)
+	}
+	for _, z := range rdb.ZRangeWithScores(ctx, s.key(acct, sufWindow), 0, -1).Val() {
+		if m := z.Member.(string); len(m) != 6 || z.Score > 1<<31 || z.Score < -(1<<31) {
+			t.Fatalf("member %x score %v not compact", m, z.Score)
+		}
+	}
+}
+
+// TestIngestRebasesScores: as time passes the window's scores are rebased
+// so that they stay compact, and nothing is lost or counted twice.
+func TestIngestRebasesScores(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	rdb := s.rdb.(*redis.Client)
+	acct := "alice@example.com"
+	ingest(t, s, t0, 100, spam("1", t0), spam("2", t0.Add(-20*time.Hour)))
+	base1 := rdb.HGet(ctx, s.key(acct, sufState), "wb").Val()
+	later := t0.Add(14 * time.Hour)
+	r := ingest(t, s, later, 100, spam("1", t0), spam("3", later))
+	base2 := rdb.HGet(ctx, s.key(acct, sufState), "wb").Val()
+	if base1 == base2 {
+		t.Fatalf("base %s not rebased after 14h", base1)
+	}
+	// t0-20h is 34h old at t0+14h: out; t0 and t0+14h count.
+	if outcomes(r) != "dc" || r.Count != 2 {
+		t.Fatalf("after rebase: outcomes %q count %d", outcomes(r), r.Count)
+	}
+	c, err := s.Counts(ctx, acct, CountQuery{Window: day, Now: later})
+	if err != nil || c.Counting.Total != 2 {
+		t.Fatalf("counts after rebase: %+v %v", c, err)
+	}
+}
+
+// TestStatisticsBuckets: statistics-only events are hourly counters per
+// kind, approximate, never per event.
+func TestStatisticsBuckets(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	ham := func(id string, at time.Time) Item {
+		return Item{ID: id, Time: at, Kind: rules.KindOf(rules.Inbound, rules.Ham)}
+	}
+	ingest(t, s, t0, 10, ham("1", t0), ham("2", t0), ham("3", t0.Add(-2*time.Hour)), ham("old", t0.Add(-30*time.Hour)))
+	ingest(t, s, t0, 10, ham("4", t0))
+	c, err := s.Counts(ctx, "alice@example.com", CountQuery{Window: day, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Other.Total != 4 || c.Other.ByVerdict[rules.Inbound][rules.Ham] != 4 || c.Counting.Total != 0 {
+		t.Fatalf("other %+v counting %+v", c.Other, c.Counting)
+	}
+	if n := s.rdb.(*redis.Client).HLen(ctx, s.key("alice@example.com", sufStats)).Val(); n != 3 {
+		t.Fatalf("%d statistics fields, want 2 hours + expiry", n)
+	}
+}
+
+// TestNearThresholdAndHourlyCounts: the hints written along with a batch,
+// and the window by hour.
+func TestNearThresholdAndHourlyCounts(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	b := Batch{Account: "alice@example.com", Threshold: 10, Cap: 11, Action: rules.ActionSuspend,
+		Items: []Item{spam("1", t0.Add(-90*time.Minute)), spam("2", t0.Add(-30*time.Minute)), spam("3", t0.Add(-20*time.Minute)), spam("4", t0.Add(-23*time.Hour-30*time.Minute))}}
+	near := map[string]int64{"bob@example.com": t0.UnixMilli() - 1000, "carol@example.com": t0.UnixMilli(), "stale@example.com": t0.Add(-2 * day).UnixMilli()}
+	if _, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }, Near: near}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.NearThreshold(ctx, 10)
+	if err != nil || fmt.Sprint(got) != "[carol@example.com bob@example.com]" {
+		t.Fatalf("near %v %v", got, err)
+	}
+	hours, err := s.HourlyCounts(ctx, "alice@example.com", day, t0)
+	if err != nil || len(hours) != 24 {
+		t.Fatal(hours, err)
+	}
+	if hours[23] != 2 || hours[22] != 1 || hours[0] != 1 {
+		t.Fatalf("hourly %v", hours)
+	}
+}
