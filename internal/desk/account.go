@@ -131,7 +131,7 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 	v.CanUnlock = v.Status == rules.StatusLocked || v.Status == rules.StatusLockout
 	v.CanEnd = v.Status == rules.StatusLockout
 
-	c, err := d.st.Counts(ctx, addr, store.CountQuery{Window: d.opts.Window, Cap: d.opts.Cap, Floor: a.Floor, Now: now})
+	c, err := d.st.Counts(ctx, addr, store.CountQuery{Window: d.opts.Window, Cap: d.capOf(addr), Floor: a.Floor, Now: now})
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +177,13 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 		}
 	}
 	return v, nil
+}
+
+func (d *Desk) capOf(addr string) int {
+	if d.opts.CapOf == nil {
+		return 0
+	}
+	return d.opts.CapOf(addr)
 }
 
 func (d *Desk) delivery(ctx context.Context, addr, id string) (*notifier.Delivery, error) {

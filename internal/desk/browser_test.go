@@ -168,6 +168,17 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.flush("noah@example.com")
+	// Two near their threshold, with events spread over the last hours.
+	now := w.clk.now()
+	for acct, n := range map[string]int{"rita@example.com": 2, "sam@globex.test": 2} {
+		for j := range n {
+			v := verdict(fmt.Sprintf("%s-%d", acct, j), acct, plain(j), plainRaw(j), now.Add(-time.Duration(3*j+1)*time.Hour))
+			if _, err := w.js.Publish(t.Context(), "aup.verdict.outbound", v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	w.waitNear("rita@example.com", "sam@globex.test")
 	_, link := w.notice(victim, sus)
 
 	ctx, dialogs := newChrome(t, path)

@@ -82,9 +82,10 @@ type Options struct {
 	// Threshold is an account's AUP threshold now (the company's
 	// override or the provider's).
 	Threshold func(account string) int
-	// Window is the AUP window (default 24h); Cap the per-account cap.
+	// Window is the AUP window (default 24h); CapOf the per-account cap
+	// of stored events (a count at the cap is "at least"); nil: unknown.
 	Window  time.Duration
-	Cap     int
+	CapOf   func(account string) int
 	Logger  *slog.Logger          // nil: discard
 	Metrics prometheus.Registerer // nil: no metrics
 	Now     func() time.Time      // nil: time.Now

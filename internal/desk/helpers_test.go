@@ -194,6 +194,36 @@ func (p jsPublisher) PublishAccountEvent(ctx context.Context, ev *events.Account
 	return err
 }
 
+// waitNear waits until the overview lists the accounts as near their
+// threshold. The worker writes its near-threshold hints with its next
+// batch, so it keeps events coming, as live traffic does.
+func (w *world) waitNear(accounts ...string) {
+	w.t.Helper()
+	b := w.browser()
+	b.signIn(tokAbuse)
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		filler := verdict(fmt.Sprintf("filler-%s-%d", testutil.RandomHex(3), i), "filler@elsewhere.test", "hello", "", w.clk.now())
+		if _, err := w.js.Publish(context.Background(), "aup.verdict.outbound", filler); err != nil {
+			w.t.Fatal(err)
+		}
+		p := b.get("/desk/")
+		missing := false
+		for _, a := range accounts {
+			if !strings.Contains(p.body, `<td><a href="/desk/accounts/`+a+`">`) {
+				missing = true
+			}
+		}
+		if !missing {
+			return
+		}
+		if time.Now().After(deadline) {
+			w.t.Fatalf("overview does not show %v as near their threshold:\n%s", accounts, p.body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // notice waits for the .eml notice of a suspension and returns its text
 // body and its desk link.
 func (w *world) notice(account, suspension string) (body, link string) {

@@ -63,7 +63,7 @@ type bar struct {
 }
 
 func newChart(counts []int, end time.Time) *chart {
-	const w, h, bw = 4, 32, 3
+	const w, h, bw = 6, 36, 5
 	c := &chart{W: len(counts) * w, H: h}
 	top := 1
 	for _, n := range counts {
@@ -202,7 +202,7 @@ func (d *Desk) near(ctx context.Context, s *session) ([]nearRow, error) {
 		if a.AUP != "" { // suspended already: listed above
 			continue
 		}
-		c, err := d.st.Counts(ctx, addr, store.CountQuery{Window: d.opts.Window, Cap: d.opts.Cap, Floor: a.Floor, Now: now})
+		c, err := d.st.Counts(ctx, addr, store.CountQuery{Window: d.opts.Window, Cap: d.capOf(addr), Floor: a.Floor, Now: now})
 		if err != nil {
 			return nil, err
 		}
