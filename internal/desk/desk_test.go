@@ -2,6 +2,7 @@ package desk_test
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -310,6 +311,39 @@ func TestNearThreshold(t *testing.T) {
 	if n := strings.Count(p.body, ": 1</title></rect>"); n != 2 {
 		t.Errorf("%d hours with one event, want 2", n)
 	}
+}
+
+// TestFailedNotice: a notice that cannot be delivered is on the overview
+// and its state on the account page.
+func TestFailedNotice(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close() // nothing listens there: every attempt is refused
+	w := newWorld(t, func(c *config.Config) {
+		c.Notifier.EMLDir = ""
+		c.Notifier.SMTP.Host, c.Notifier.SMTP.Port, c.Notifier.SMTP.TLS = "127.0.0.1", port, "none"
+		c.Notifier.GiveUpAfter = time.Millisecond
+		c.Notifier.RetryMin, c.Notifier.RetryMax = 10*time.Millisecond, 50*time.Millisecond
+	})
+	acct := "rosa@example.com"
+	w.overThreshold(acct, 4, plain, plainRaw)
+	b := w.browser()
+	b.signIn(tokAcmeAbuse)
+	var p page
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		p = b.get("/desk/")
+		if !strings.Contains(p.body, "Every notice was delivered") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	has(t, p, "Notices that failed <span class=\"count\">1</span>", "abuse@example.com", "gave up after", `state-failed`)
+	p = b.get("/desk/accounts/" + acct)
+	has(t, p, `<span class="state state-failed">failed</span> to abuse@example.com`)
 }
 
 // TestCSRF: every change needs the session's CSRF token; a refused form
