@@ -138,6 +138,7 @@ type Desk struct {
 	now     func() time.Time
 	pages   map[string]*template.Template
 	mux     *http.ServeMux
+	tokens  map[string]api.TokenConfig // by name
 	signIns *prometheus.CounterVec
 	actions *prometheus.CounterVec
 }
@@ -157,6 +158,10 @@ func New(opts Options) (*Desk, error) {
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aupd_desk_actions_total", Help: "Abuse desk changes by action and door (desk, link) that changed an account.",
 		}, []string{"action", "via"}),
+	}
+	d.tokens = map[string]api.TokenConfig{}
+	for _, t := range opts.Auth.Tokens {
+		d.tokens[t.Name] = t
 	}
 	for _, r := range []string{"ok", "invalid", "limited"} {
 		d.signIns.WithLabelValues(r)

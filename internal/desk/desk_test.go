@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/store"
@@ -122,6 +123,42 @@ func TestSignInAndOut(t *testing.T) {
 	if p = b.get("/desk/"); p.code != http.StatusSeeOther {
 		t.Errorf("overview after sign-out: %d", p.code)
 	}
+}
+
+// TestRevokedToken: a session ends when its token is taken out of the
+// config or changes role (here: a second aupd on the same Redis).
+func TestRevokedToken(t *testing.T) {
+	w := newWorld(t, nil)
+	b := w.browser()
+	b.signIn(tokAcmeAbuse)
+	w2 := newWorld(t, func(c *config.Config) {
+		c.Redis.Prefix = w.cfg.Redis.Prefix
+		c.Auth.Tokens = c.Auth.Tokens[:2] // root and abuse-team only
+		c.Auth.Tokens = append(c.Auth.Tokens, api.TokenConfig{Name: "acme-viewer", Hash: api.HashToken(tokAcmeViewer), Role: api.RoleAbuse, Company: "acme"})
+	})
+	u, _ := url.Parse(w.base + "/desk/")
+	b2 := w2.browser()
+	b2.c.Jar.SetCookies(u2(t, w2), b.c.Jar.Cookies(u))
+	if p := b2.get("/desk/"); p.code != http.StatusSeeOther {
+		t.Errorf("session of a removed token: %d", p.code)
+	}
+	v := w.browser()
+	v.signIn(tokAcmeViewer) // a viewer at w, an abuse token at w2
+	b2.c.Jar.SetCookies(u2(t, w2), v.c.Jar.Cookies(u))
+	if p := b2.get("/desk/"); p.code != http.StatusSeeOther {
+		t.Errorf("session of a token whose role changed: %d", p.code)
+	}
+	if p := b.get("/desk/"); p.code != http.StatusOK {
+		t.Errorf("the session at the first aupd: %d", p.code)
+	}
+}
+
+func u2(t *testing.T, w *world) *url.URL {
+	u, err := url.Parse(w.base + "/desk/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
 
 // TestSignInIsRateLimited: past the limit, even the right token is

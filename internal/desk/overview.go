@@ -101,8 +101,8 @@ func (d *Desk) overview(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	p.Flash = flashes[r.URL.Query().Get("done")]
-	if p.Flash != "" {
-		p.DoneAccount = r.URL.Query().Get("account")
+	if addr, err := events.NormalizeAccount(r.URL.Query().Get("account")); err == nil && p.Flash != "" && d.inScope(s.company, addr) {
+		p.DoneAccount = addr
 	}
 	d.render(w, r, http.StatusOK, "overview", p)
 }
