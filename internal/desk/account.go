@@ -95,20 +95,34 @@ func (d *Desk) target(r *http.Request, s *session) (string, bool) {
 	return addr, true
 }
 
-// view reads everything the account page shows; nil when aupd has no
-// record of the account. scope decides what the viewer may lift.
+// view reads everything the account page shows; nil when the account
+// does not exist: aupd has no record of it and counts nothing for it (an
+// address seen only in verdicts has counts but no record until its
+// first change). scope decides what the viewer may lift.
 func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, error) {
 	a, err := d.st.Account(ctx, addr)
-	if err != nil || !a.Exists {
+	if err != nil {
 		return nil, err
 	}
 	now := d.now()
+	c, err := d.st.Counts(ctx, addr, store.CountQuery{Window: d.opts.Window, Cap: d.capOf(addr), Floor: a.Floor, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	if !a.Exists && c.Counting.Total == 0 && c.Other.Total == 0 {
+		return nil, nil
+	}
 	v := &accountView{
 		Address: addr, Company: a.Company, CompanyName: a.Company, Status: a.View().EffectiveStatus(now),
 		StatusInfo: a.StatusInfo, Threshold: d.opts.Threshold(addr),
 	}
-	if c, ok := d.dir.ByID(a.Company); ok && c.Name != "" {
-		v.CompanyName = c.Name
+	if a.Company == "" {
+		if co, ok := d.dir.ByAccount(addr); ok {
+			v.Company, v.CompanyName = co.ID, co.ID
+		}
+	}
+	if co, ok := d.dir.ByID(v.Company); ok && co.Name != "" {
+		v.CompanyName = co.Name
 	}
 	if v.Status == rules.StatusLockout {
 		v.LockoutUntil = a.LockoutUntil
@@ -131,10 +145,6 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 	v.CanUnlock = v.Status == rules.StatusLocked || v.Status == rules.StatusLockout
 	v.CanEnd = v.Status == rules.StatusLockout
 
-	c, err := d.st.Counts(ctx, addr, store.CountQuery{Window: d.opts.Window, Cap: d.capOf(addr), Floor: a.Floor, Now: now})
-	if err != nil {
-		return nil, err
-	}
 	v.Counting, v.AtLeast, v.WindowStart = c.Counting.Total, c.Counting.AtLeast, c.WindowStart
 	for _, dir := range rules.Directions {
 		v.Counts = append(v.Counts, countRow{Direction: string(dir), Counting: c.Counting.ByDirection[dir], Other: c.Other.ByDirection[dir]})
@@ -383,7 +393,7 @@ func (d *Desk) do(r *http.Request, s *session, addr, action string) (*store.Op, 
 		if err != nil {
 			return nil, err
 		}
-		return d.change(ctx, addr, by, func(ctx context.Context) (*store.Op, error) {
+		return d.change(ctx, addr, by, action != "suspend", func(ctx context.Context) (*store.Op, error) {
 			if action == "suspend" {
 				return d.st.Suspend(ctx, addr, svcs, by)
 			}
@@ -391,7 +401,7 @@ func (d *Desk) do(r *http.Request, s *session, addr, action string) (*store.Op, 
 		})
 	}
 	to, guard := statusAction(action)
-	return d.change(ctx, addr, by, func(ctx context.Context) (*store.Op, error) {
+	return d.change(ctx, addr, by, to == rules.StatusActive, func(ctx context.Context) (*store.Op, error) {
 		return d.st.SetStatusIf(ctx, addr, to, time.Time{}, by, guard)
 	})
 }
@@ -427,18 +437,20 @@ func statusAction(action string) (rules.Status, store.StatusGuard) {
 
 // change runs one change as the API does: a known domain's account gets
 // its company recorded first, then op runs, then the account events are
-// published at once (a failure leaves them to the outbox sweep). Only
-// accounts aupd has a record of are changed here.
-func (d *Desk) change(ctx context.Context, addr string, by store.Actor, op func(ctx context.Context) (*store.Op, error)) (*store.Op, error) {
+// published at once (a failure leaves them to the outbox sweep).
+// onlyExisting says that the change can do nothing to an account without
+// a record (reinstate, unlock, end a lockout): such an account is missing
+// (store.ErrNotFound, the desk's 404) and is not created.
+func (d *Desk) change(ctx context.Context, addr string, by store.Actor, onlyExisting bool, op func(ctx context.Context) (*store.Op, error)) (*store.Op, error) {
 	a, err := d.st.Account(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	if !a.Exists {
+	if !a.Exists && onlyExisting {
 		return nil, store.ErrNotFound
 	}
 	changed := false
-	if c, ok := d.dir.ByAccount(addr); ok && a.Company == "" {
+	if c, ok := d.dir.ByAccount(addr); ok && (!a.Exists || a.Company == "") {
 		o, err := d.st.SetAccount(ctx, addr, "", c.ID, by)
 		if err != nil {
 			return nil, err

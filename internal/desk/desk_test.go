@@ -348,6 +348,25 @@ func TestNearThreshold(t *testing.T) {
 	if n := strings.Count(p.body, ": 1</title></rect>"); n != 2 {
 		t.Errorf("%d hours with one event, want 2", n)
 	}
+	// Its page shows the counts, though aupd keeps no record of it yet;
+	// another company's such account is a 404 like a missing one.
+	p = b.get("/desk/accounts/" + near)
+	if p.code != 200 {
+		t.Fatalf("page of %s: %d", near, p.code)
+	}
+	has(t, p, "2 counted against a threshold of 3", "Company: Acme Ltd", "Nothing is suspended.")
+	missing, foreignPage := b.get("/desk/accounts/nobody@example.com"), b.get("/desk/accounts/"+foreign)
+	if foreignPage.code != 404 || foreignPage.body != missing.body {
+		t.Errorf("foreign near account: %d", foreignPage.code)
+	}
+	// Acting on it creates its record, with its company, as the API does.
+	p = b.post("/desk/accounts/"+near+"/lock", url.Values{"csrf": {csrf(t, p)}, "reason": {"suspicious"}})
+	if p.code != http.StatusSeeOther {
+		t.Fatalf("lock: %d\n%s", p.code, p.body)
+	}
+	if a := w.account(near); a["status"] != "locked" || a["company"] != "acme" {
+		t.Errorf("after lock: %v %v", a["status"], a["company"])
+	}
 }
 
 // TestFailedNotice: a notice that cannot be delivered is on the overview

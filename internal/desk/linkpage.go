@@ -146,7 +146,7 @@ func (d *Desk) linkReinstate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	by := store.Actor{Name: LinkActor, Reason: api.ReasonAbuseContact, Note: note, Scope: d.linkScope(lk.Account), Via: store.ViaLink}
-	op, err := d.change(ctx, lk.Account, by, func(ctx context.Context) (*store.Op, error) {
+	op, err := d.change(ctx, lk.Account, by, true, func(ctx context.Context) (*store.Op, error) {
 		a, err := d.st.Account(ctx, lk.Account)
 		if err != nil {
 			return nil, err
@@ -166,7 +166,7 @@ func (d *Desk) linkReinstate(w http.ResponseWriter, r *http.Request) {
 		d.rdb.Del(context.WithoutCancel(ctx), key)
 	}
 	switch {
-	case errors.Is(err, errNotInForce), errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, errNotInForce), errors.Is(err, store.ErrNotFound), err == nil && !op.Changed:
 		d.showLink(w, r, lk, http.StatusConflict, "This suspension is no longer in force; there is nothing to reinstate with this link.")
 		return
 	case err != nil:
