@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/ratelog"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
 )
@@ -115,6 +116,7 @@ func (o *VerdictOptions) validate() error {
 type Verdicts struct {
 	o       VerdictOptions
 	log     *slog.Logger
+	warn    *ratelog.Limiter
 	dead    *prometheus.CounterVec
 	retries prometheus.Counter
 	fetched prometheus.Counter
@@ -126,8 +128,9 @@ func NewVerdicts(o VerdictOptions) (*Verdicts, error) {
 		return nil, err
 	}
 	v := &Verdicts{
-		o:   o,
-		log: o.Logger.With("component", "consumer"),
+		o:    o,
+		log:  o.Logger.With("component", "consumer"),
+		warn: ratelog.New(o.Logger.With("component", "consumer"), 10*time.Second),
 		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aupd_dead_letters_total",
 			Help: "Invalid verdict events sent to the dead-letter subject, by reason.",
@@ -177,7 +180,7 @@ func (v *Verdicts) loop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			v.log.Warn("fetch", "err", err)
+			v.warn.Warn("fetch", "err", err)
 			if !sleep(ctx, v.o.RetryMin) {
 				return nil
 			}
@@ -330,7 +333,7 @@ func (v *Verdicts) deadLetters(ctx context.Context, dead []deadLetter) {
 		v.log.Info("dead-lettered events", "reason", reason, "count", n, "field", d.field, "detail", clip(d.detail, 200))
 	}
 	if failed > 0 {
-		v.log.Warn("publish dead letters", "err", first, "failed", failed)
+		v.warn.Warn("publish dead letters", "err", first, "failed", failed)
 	}
 }
 

@@ -56,6 +56,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -123,9 +124,13 @@ type Notifier struct {
 	now     func() time.Time
 	links   LinkFunc
 	owner   string
-	lease   time.Duration
-	tick    time.Duration
-	m       *metrics
+	// unrecorded holds notices delivered whose delivery could not be
+	// recorded yet (key -> reply): their redelivery records it instead of
+	// sending again.
+	unrecorded sync.Map
+	lease      time.Duration
+	tick       time.Duration
+	m          *metrics
 }
 
 type metrics struct {
@@ -297,6 +302,16 @@ func (n *Notifier) Handle(ctx context.Context, msg jetstream.Msg) {
 func (n *Notifier) process(ctx context.Context, msg jetstream.Msg, ev *events.AccountEvent) (time.Duration, bool) {
 	log := n.log.With("account", ev.Account, "suspension", ev.Suspension.ID)
 	key := n.store.key(ev.Account, ev.Suspension.ID)
+	if reply, ok := n.unrecorded.Load(key); ok {
+		// Delivered by this process before; only the record is missing.
+		if _, err := n.store.finish(ctx, key, n.owner, "sent", n.now(), reply.(string), n.cfg.Retention); err != nil {
+			log.Warn("record delivered notice", "err", err)
+			return n.cfg.RetryMin, false
+		}
+		n.unrecorded.Delete(key)
+		log.Info("abuse notice delivery recorded", "reply", reply)
+		return 0, true
+	}
 	c, err := n.store.claim(ctx, key, n.owner, n.now(), n.lease)
 	if err != nil {
 		log.Warn("claim notice", "err", err)
@@ -407,27 +422,37 @@ func (n *Notifier) attempt(ctx context.Context, msg jetstream.Msg, key string, c
 		}
 	}()
 	start := time.Now()
-	reply, sendErr := n.tr.send(sendCtx, h["sender"], h["recipient"], []byte(h["message"]))
+	// Record the delivery the moment the server accepts the message: the
+	// only window left is a crash between the server's reply and this
+	// write, after which the redelivery sends the same message again, with
+	// the same Message-ID.
+	var recordErr error
+	delivered := false
+	accepted := func(reply string) {
+		delivered = true
+		for i := range 3 {
+			if _, recordErr = n.store.finish(context.WithoutCancel(ctx), key, n.owner, "sent", n.now(), reply, n.cfg.Retention); recordErr == nil {
+				return
+			}
+			time.Sleep(time.Duration(i+1) * 100 * time.Millisecond)
+		}
+		n.unrecorded.Store(key, reply)
+	}
+	reply, sendErr := n.tr.send(sendCtx, h["sender"], h["recipient"], []byte(h["message"]), accepted)
 	n.m.sendTime.Observe(time.Since(start).Seconds())
 	cancel()
 	<-done
 
 	now := n.now()
-	if sendErr == nil {
-		var err error
-		for i := range 3 {
-			if _, err = n.store.finish(ctx, key, n.owner, "sent", now, reply, n.cfg.Retention); err == nil {
-				break
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Duration(i+1) * 200 * time.Millisecond):
-			}
-		}
-		if err != nil {
-			log.Error("abuse notice sent but not recorded; acking to avoid a second copy", "err", err)
-		}
+	if delivered {
+		// Accepted by the server, even if the session failed afterwards.
 		n.m.notices.WithLabelValues(resultSent).Inc()
+		if recordErr != nil {
+			// Not acked: the redelivery records it from n.unrecorded,
+			// sending nothing again.
+			log.Error("abuse notice sent but not recorded yet; will record it on the redelivery", "err", recordErr)
+			return n.cfg.RetryMin, false
+		}
 		log.Info("abuse notice sent", "reply", reply)
 		return 0, true
 	}

@@ -19,8 +19,11 @@ import (
 // transport delivers one rendered message.
 type transport interface {
 	// send delivers msg from sender to rcpt and returns the server's
-	// reply. An error is a *sendError.
-	send(ctx context.Context, sender, rcpt string, msg []byte) (reply string, err error)
+	// reply. An error is a *sendError. accepted, when set, is called with
+	// the reply as soon as the server has accepted the message (the reply
+	// to the end of DATA), before anything else, so that the delivery is
+	// recorded as early as it can be.
+	send(ctx context.Context, sender, rcpt string, msg []byte, accepted func(reply string)) (reply string, err error)
 }
 
 // sendError is a failed delivery attempt, classified where it happened.
@@ -106,7 +109,7 @@ func newSMTPTransport(c SMTPConfig) (*smtpTransport, error) {
 // send runs one SMTP session for one message. It writes the stored bytes
 // as they are, so every attempt sends the same message with the same
 // Message-ID.
-func (t *smtpTransport) send(ctx context.Context, sender, rcpt string, msg []byte) (string, error) {
+func (t *smtpTransport) send(ctx context.Context, sender, rcpt string, msg []byte, accepted func(string)) (string, error) {
 	c, err := t.client.DialToSMTPClientWithContext(ctx)
 	if err != nil {
 		return "", temporary(fmt.Errorf("connect: %w", err))
@@ -160,9 +163,14 @@ func (t *smtpTransport) send(ctx context.Context, sender, rcpt string, msg []byt
 	if dc, ok := w.(interface{ ServerResponse() string }); ok && dc.ServerResponse() != "" {
 		reply = "250 " + dc.ServerResponse()
 	}
-	// The message is accepted; a failing QUIT changes nothing.
+	reply = cleanLine(reply, maxLine)
+	// The message is accepted: record it before QUIT, which is one more
+	// round trip, and whose failure changes nothing.
+	if accepted != nil {
+		accepted(reply)
+	}
 	_ = c.Quit()
-	return cleanLine(reply, maxLine), nil
+	return reply, nil
 }
 
 // emlTransport writes each message as an .eml file into a directory, for
@@ -170,7 +178,7 @@ func (t *smtpTransport) send(ctx context.Context, sender, rcpt string, msg []byt
 // name and renamed, so a reader never sees half a message.
 type emlTransport struct{ dir string }
 
-func (t emlTransport) send(_ context.Context, _, rcpt string, msg []byte) (string, error) {
+func (t emlTransport) send(_ context.Context, _, rcpt string, msg []byte, accepted func(string)) (string, error) {
 	h := sha256.Sum256(msg)
 	name := fmt.Sprintf("%s-%s-%s.eml", time.Now().UTC().Format("20060102T150405Z"),
 		fileSafe(rcpt), hex.EncodeToString(h[:6]))
@@ -189,6 +197,9 @@ func (t emlTransport) send(_ context.Context, _, rcpt string, msg []byte) (strin
 	path := filepath.Join(t.dir, name)
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return "", temporary(fmt.Errorf("write eml: %w", err))
+	}
+	if accepted != nil {
+		accepted("written to " + path)
 	}
 	return "written to " + path, nil
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/ratelog"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
@@ -105,7 +106,7 @@ type Worker struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *metrics
-	warn    *limiter
+	warn    *ratelog.Limiter
 
 	mu   sync.Mutex
 	near map[string]int64 // near-threshold hints for the next round trip
@@ -121,7 +122,7 @@ func New(opts Options) (*Worker, error) {
 		return nil, err
 	}
 	log := opts.Logger.With("component", "worker")
-	return &Worker{opts: opts, log: log, metrics: m, warn: newLimiter(log, 10*time.Second)}, nil
+	return &Worker{opts: opts, log: log, metrics: m, warn: ratelog.New(log, 10*time.Second)}, nil
 }
 
 // ErrTransient marks a failure that a redelivery can cure.

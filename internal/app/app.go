@@ -73,6 +73,8 @@ type App struct {
 	store *store.Store
 	dir   *companies.Directory
 	ready atomic.Bool
+	// waiting says what start-up waits for (a string), for /readyz.
+	waiting atomic.Value
 	// pinned: Options.Now was given, and decides windows too (tests).
 	pinned bool
 
@@ -102,7 +104,26 @@ func Run(ctx context.Context, opts Options) error {
 func (a *App) run(ctx context.Context) (err error) {
 	cfg := a.cfg.Load()
 
-	// Redis.
+	// HTTP first, so that /healthz and /readyz answer while aupd waits
+	// for Redis and NATS; the full routes take over once everything runs.
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("http listen: %w", err)
+	}
+	sh := &startupHandler{app: a}
+	srv := &http.Server{Handler: sh, ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			_ = srv.Close()
+			<-serveErr
+		}
+	}()
+	a.waiting.Store("redis")
+
+	// Redis: wait until it answers and has loaded its data.
 	a.rdb, err = newRedis(cfg.Redis)
 	if err != nil {
 		return err
@@ -113,6 +134,10 @@ func (a *App) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer local.stop()
+	if err := a.waitFor(ctx, "redis", func(ctx context.Context) error { return pingRedis(ctx, a.rdb) }); err != nil {
+		return err
+	}
+	checkDurability(ctx, a.rdb, a.log)
 
 	// NATS: the configured servers, or the embedded one.
 	url := cfg.NATS.URL
@@ -129,8 +154,11 @@ func (a *App) run(ctx context.Context) (err error) {
 		url = ns.ClientURL()
 		a.log.Info("embedded NATS server with JetStream", "url", url)
 	}
-	a.nc, err = connect(cfg.NATS, url, "aupd")
-	if err != nil {
+	if err := a.waitFor(ctx, "nats", func(context.Context) error {
+		nc, err := connect(cfg.NATS, url, "aupd")
+		a.nc = nc
+		return err
+	}); err != nil {
 		return err
 	}
 	defer a.nc.Close()
@@ -138,22 +166,28 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	var (
+		verdicts jetstream.Stream
+		cons     jetstream.Consumer
+	)
+	if err := a.waitFor(ctx, "jetstream", func(sctx context.Context) error {
+		var err error
+		if verdicts, err = EnsureStream(sctx, a.js, cfg.NATS.Verdicts, verdictSubjects); err != nil {
+			return err
+		}
+		if _, err = EnsureStream(sctx, a.js, cfg.NATS.Accounts, accountSubjects); err != nil {
+			return err
+		}
+		if _, err = EnsureStream(sctx, a.js, cfg.NATS.Dead, deadSubjects); err != nil {
+			return err
+		}
+		cons, err = VerdictConsumer(sctx, a.js, cfg.NATS.Verdicts.Name, cfg.NATS.Consumer)
+		return err
+	}); err != nil {
+		return err
+	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	verdicts, err := EnsureStream(sctx, a.js, cfg.NATS.Verdicts, verdictSubjects)
-	if err != nil {
-		return err
-	}
-	if _, err = EnsureStream(sctx, a.js, cfg.NATS.Accounts, accountSubjects); err != nil {
-		return err
-	}
-	if _, err = EnsureStream(sctx, a.js, cfg.NATS.Dead, deadSubjects); err != nil {
-		return err
-	}
-	cons, err := VerdictConsumer(sctx, a.js, cfg.NATS.Verdicts.Name, cfg.NATS.Consumer)
-	if err != nil {
-		return err
-	}
 
 	// State.
 	var storeOpts []store.Option
@@ -191,6 +225,11 @@ func (a *App) run(ctx context.Context) (err error) {
 		return err
 	}
 	lag := newLagGauge(a.reg, cons)
+	maxDel, err := watchMaxDeliveries(a.nc, cfg.NATS.Verdicts.Name, cfg.NATS.Consumer.Durable, a.reg, a.log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = maxDel.Unsubscribe() }()
 
 	// Abuse notices.
 	ntf, err := notifier.New(cfg.Notifier, notifier.Options{
@@ -231,12 +270,6 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 	accts := accounts{store: a.store, dir: a.dir, pub: pub}
 
-	// HTTP.
-	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
-	if err != nil {
-		return fmt.Errorf("http listen: %w", err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	info := Info{HTTPAddr: ln.Addr().String(), NATSURL: url}
 
 	// Periodic jobs.
@@ -313,8 +346,9 @@ func (a *App) run(ctx context.Context) (err error) {
 		})
 	}
 	{
+		handedOver = true
 		g.Add(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("http: %w", err)
 			}
 			return nil
@@ -346,6 +380,7 @@ func (a *App) run(ctx context.Context) (err error) {
 			}
 		}, func(error) { signal.Stop(hup); close(done) })
 	}
+	sh.set(mux)
 	a.ready.Store(true)
 	a.log.Info("aupd running", "http", info.HTTPAddr, "nats", url, "stream", cfg.NATS.Verdicts.Name,
 		"postfix_policy", info.PostfixAddr, "dovecot_policy", info.DovecotAddr,

@@ -171,10 +171,17 @@ func (h *harness) metrics() string {
 	return string(b)
 }
 
+// TestEndToEnd runs against the in-process NATS server (the current
+// release) and against the machine's Debian nats-server 2.9.10, which aupd
+// must keep working with.
 func TestEndToEnd(t *testing.T) {
-	ns := testutil.NATSServer(t, "")
+	t.Run("nats-in-process", func(t *testing.T) { endToEnd(t, testutil.NATSServer(t, "").ClientURL()) })
+	t.Run("nats-debian", func(t *testing.T) { endToEnd(t, testutil.DebianNATS(t)) })
+}
+
+func endToEnd(t *testing.T, natsURL string) {
 	_, prefix := testutil.Redis(t)
-	h := start(t, testConfig(t, ns.ClientURL(), prefix))
+	h := start(t, testConfig(t, natsURL, prefix))
 	now := time.Now()
 
 	// alice@example.com (acme, threshold 3): 4 spam, each published twice

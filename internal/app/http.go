@@ -12,7 +12,7 @@ import (
 
 func (a *App) routes() *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", a.metricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -27,6 +27,10 @@ func (a *App) routes() *http.ServeMux {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
 	})
 	return mux
+}
+
+func (a *App) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{})
 }
 
 // readyz is ready only when NATS and Redis both answer.

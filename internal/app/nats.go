@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/events"
@@ -209,4 +211,24 @@ func (p jsPublisher) PublishAccountEvents(ctx context.Context, evs []*events.Acc
 		}
 	}
 	return errs
+}
+
+// watchMaxDeliveries counts JetStream's advisories that an event of the
+// verdict consumer reached MaxDeliver. The consumer dead-letters an event
+// at its last delivery itself, so an advisory means that could not happen
+// (the dead letter failed too, or the event timed out at its last
+// delivery): the event stays in its stream but is no longer delivered.
+func watchMaxDeliveries(nc *nats.Conn, stream, durable string, reg prometheus.Registerer, log *slog.Logger) (*nats.Subscription, error) {
+	c := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "aupd_max_deliveries_total",
+		Help: "Advisories that a verdict event reached nats.consumer.max_deliver without being acked or dead-lettered.",
+	})
+	if err := reg.Register(c); err != nil {
+		return nil, err
+	}
+	subject := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + stream + "." + durable
+	return nc.Subscribe(subject, func(m *nats.Msg) {
+		c.Inc()
+		log.Error("a verdict event reached max_deliver and is no longer delivered", "advisory", string(m.Data))
+	})
 }

@@ -46,6 +46,7 @@ type localRedis struct{ cmd *exec.Cmd }
 // ensureRedis pings Redis and, when nothing answers on a loopback address
 // and autostart is on, starts a local redis-server under the data
 // directory. When that is impossible it says exactly what is missing.
+// Otherwise start-up waits for Redis to come.
 func ensureRedis(ctx context.Context, cfg *config.Config, rdb redis.UniversalClient, log *slog.Logger) (*localRedis, error) {
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	err := rdb.Ping(pctx).Err()
@@ -57,7 +58,7 @@ func ensureRedis(ctx context.Context, cfg *config.Config, rdb redis.UniversalCli
 	host, port, splitErr := net.SplitHostPort(addr)
 	loopback := splitErr == nil && (host == "localhost" || net.ParseIP(host).IsLoopback())
 	if !cfg.Redis.Autostart || len(cfg.Redis.Addrs) != 1 || cfg.Redis.MasterName != "" || !loopback {
-		return nil, fmt.Errorf("redis at %v does not answer: %w (start it, or fix redis.addrs)", cfg.Redis.Addrs, err)
+		return nil, nil // start-up waits for it
 	}
 	bin, lookErr := exec.LookPath("redis-server")
 	if lookErr != nil {

@@ -65,8 +65,10 @@ type runner struct {
 	e2e    float64 // end-to-end events/s of the backlog drain
 	ceilA  float64
 	ceilB  float64
-	mem50  float64
-	mem3   float64
+	// e2eConc is end to end while publishing concurrently.
+	e2eConc float64
+	mem50   float64
+	mem3    float64
 }
 
 type row struct{ phase, figure, value string }
@@ -530,8 +532,9 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event) error {
 		return err
 	}
 	el2 := last2.Sub(start)
+	r.e2eConc = float64(len(evs2)) / el2.Seconds()
 	r.add("c", "events/s, publishing concurrently", "%.0f  (%d events, publish start to last ack %s; publishing alone took %s)",
-		float64(len(evs2))/el2.Seconds(), len(evs2), el2.Round(time.Millisecond), pub2.Round(time.Millisecond))
+		r.e2eConc, len(evs2), el2.Round(time.Millisecond), pub2.Round(time.Millisecond))
 	r.batchFigures("concurrent", m2, m1)
 
 	susp := m2["aupd_suspensions_total{action=\"suspend\"}"]
@@ -795,24 +798,31 @@ func (r *runner) summary() {
 		fmt.Fprintf(r.out, "  %-6s %-34s %s\n", x.phase, x.figure, x.value)
 	}
 	fmt.Fprintln(r.out)
-	if r.e2e > 0 {
-		verdict := "MEETS"
-		if r.e2e < 40000 {
-			verdict = "FALLS SHORT of"
+	if r.e2e > 0 && r.ceilB > 0 {
+		// The targets are ratios to the JetStream ceiling measured in the
+		// same run, so that they hold on any machine.
+		for _, x := range []struct {
+			what   string
+			rate   float64
+			target float64
+		}{{"draining a backlog", r.e2e, 0.45}, {"publishing concurrently", r.e2eConc, 0.30}} {
+			verdict := "meets"
+			if x.rate/r.ceilB < x.target {
+				verdict = "FALLS SHORT of"
+			}
+			fmt.Fprintf(r.out, "ratio: end to end %s %.0f events/s = %.2fx the JetStream fetch+ack ceiling (%.0f): %s the %.2fx target\n",
+				x.what, x.rate, x.rate/r.ceilB, r.ceilB, verdict, x.target)
 		}
-		fmt.Fprintf(r.out, "verdict: end to end %.0f events/s %s the 40,000 events/s target", r.e2e, verdict)
-		if r.ceilA > 0 && r.ceilB > 0 {
-			fmt.Fprintf(r.out, "; ceilings in this run: Redis script alone %.0f, JetStream fetch+ack alone %.0f events/s. ", r.ceilA, r.ceilB)
-			fmt.Fprintf(r.out, "Run one after another the two would give %.0f events/s (1/(1/a+1/b)); end to end reaches %.0f%% of the lower ceiling", 1/(1/r.ceilA+1/r.ceilB), 100*r.e2e/min(r.ceilA, r.ceilB))
+		if r.ceilA > 0 {
+			fmt.Fprintf(r.out, "ratio: the Redis script alone %.0f events/s = %.2fx the JetStream ceiling\n", r.ceilA, r.ceilA/r.ceilB)
 		}
-		fmt.Fprintln(r.out, ".")
 	}
 	if r.mem50 > 0 {
 		verdict := "within"
-		if r.mem50 > 2048 {
+		if r.mem50 > 1024 {
 			verdict = "OVER"
 		}
-		fmt.Fprintf(r.out, "memory: %.0f bytes for an account with 50 counted events (%s the 2048-byte budget); %.0f bytes with 3.\n", r.mem50, verdict, r.mem3)
+		fmt.Fprintf(r.out, "memory: %.0f bytes for an account with 50 counted events (%s the 1024-byte budget); %.0f bytes with 3.\n", r.mem50, verdict, r.mem3)
 	}
 }
 

@@ -112,10 +112,12 @@ func rebaseAfter(window, skew time.Duration) int64 {
 	return max(r, time.Hour.Milliseconds())
 }
 
-// Ingest applies every account's batch in one pipelined round trip: one
-// script call per account, each atomic and of a fixed number of commands
-// whatever its number of events. Results are in the order of batches; a
-// failed call sets that result's Err.
+// Ingest applies every account's batch in one pipelined round trip. Each
+// account is atomic and costs a fixed number of commands whatever its
+// number of events; accounts are grouped into script calls (many per call
+// on a standalone Redis, one slot per call on a Cluster) so that the
+// per-call overhead is paid per group, not per account. Results are in
+// the order of batches; a failed account sets its result's Err.
 func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]Result, error) {
 	results := make([]Result, len(batches))
 	if len(batches) == 0 && len(p.Near) == 0 {
@@ -132,32 +134,36 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 		clock = time.Now().UnixMilli() // only for statistics buckets and late statistics
 	}
 	lo := clock - p.Window.Milliseconds()
-	keys := make([][]string, len(batches))
-	args := make([][]any, len(batches))
-	rebase := rebaseAfter(p.Window, p.Skew)
-	for i, b := range batches {
-		a := make([]any, 0, 12+4*len(b.Items))
-		a = append(a, nowMS, p.Window.Milliseconds(), p.Skew.Milliseconds(), b.Threshold, b.Cap, string(b.Action), p.NewID(), b.Company, b.Account, rebase)
-		// Statistics buckets, then counting events.
-		a = appendStats(a, b.Items, lo)
-		nAt := len(a)
-		a = append(a, 0)
-		n := 0
-		for _, it := range b.Items {
-			if !it.Counting {
-				continue
+	groups := s.groupBySlot(batches)
+	keys := make([][]string, len(groups))
+	args := make([][]any, len(groups))
+	for g, idx := range groups {
+		k := make([]string, 0, 6*len(idx))
+		a := make([]any, 0, 5+16*len(idx))
+		a = append(a, nowMS, p.Window.Milliseconds(), p.Skew.Milliseconds(), rebaseAfter(p.Window, p.Skew), len(idx))
+		for _, i := range idx {
+			b := batches[i]
+			k = append(k, s.key(b.Account, sufState), s.key(b.Account, sufWindow), s.key(b.Account, sufStats),
+				s.key(b.Account, sufHistory), s.key(b.Account, sufOutbox), s.key(b.Account, sufLegacy))
+			a = append(a, b.Threshold, b.Cap, string(b.Action), p.NewID(), b.Company, b.Account)
+			a = appendStats(a, b.Items, lo)
+			nAt := len(a)
+			a = append(a, 0)
+			n := 0
+			for _, it := range b.Items {
+				if !it.Counting {
+					continue
+				}
+				ref := ""
+				if it.Seq != 0 {
+					ref = fingerprint4(it.Fingerprint) + strconv.FormatUint(it.Seq, 10)
+				}
+				a = append(a, member(it.ID), ms(it.Time), int(it.Kind), ref)
+				n++
 			}
-			ref := ""
-			if it.Seq != 0 {
-				ref = fingerprint4(it.Fingerprint) + strconv.FormatUint(it.Seq, 10)
-			}
-			a = append(a, member(it.ID), ms(it.Time), int(it.Kind), ref)
-			n++
+			a[nAt] = n
 		}
-		a[nAt] = n
-		args[i] = a
-		keys[i] = []string{s.key(b.Account, sufState), s.key(b.Account, sufWindow), s.key(b.Account, sufStats),
-			s.key(b.Account, sufHistory), s.key(b.Account, sufOutbox), s.key(b.Account, sufLegacy)}
+		keys[g], args[g] = k, a
 	}
 	var extra func(redis.Pipeliner)
 	if len(p.Near) > 0 {
@@ -167,10 +173,53 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	if err != nil {
 		return nil, err
 	}
-	for i, c := range cmds {
-		results[i] = parseIngest(c, batches[i].Items, lo)
+	for g, c := range cmds {
+		vals, err := c.Slice()
+		if err == nil && len(vals) != len(groups[g]) {
+			err = Permanent(fmt.Errorf("ingest script returned %d results for %d accounts", len(vals), len(groups[g])))
+		}
+		for j, i := range groups[g] {
+			if err != nil {
+				results[i] = Result{Err: classify(err)}
+				continue
+			}
+			results[i] = parseIngest(vals[j], batches[i].Items, lo)
+		}
 	}
 	return results, nil
+}
+
+// maxAccountsPerCall bounds the accounts of one script call, so that one
+// call stays short (Redis runs one script at a time).
+const maxAccountsPerCall = 64
+
+// groupBySlot splits batches into script calls: on a Redis Cluster the
+// accounts of one call must share a hash slot; elsewhere any accounts go
+// together, up to maxAccountsPerCall.
+func (s *Store) groupBySlot(batches []Batch) [][]int {
+	var groups [][]int
+	if _, cluster := s.rdb.(*redis.ClusterClient); cluster {
+		bySlot := map[uint16]int{}
+		for i, b := range batches {
+			slot := hashSlot(b.Account)
+			g, ok := bySlot[slot]
+			if !ok || len(groups[g]) >= maxAccountsPerCall {
+				g = len(groups)
+				bySlot[slot] = g
+				groups = append(groups, nil)
+			}
+			groups[g] = append(groups[g], i)
+		}
+		return groups
+	}
+	for lo := 0; lo < len(batches); lo += maxAccountsPerCall {
+		g := make([]int, 0, min(maxAccountsPerCall, len(batches)-lo))
+		for i := lo; i < min(lo+maxAccountsPerCall, len(batches)); i++ {
+			g = append(g, i)
+		}
+		groups = append(groups, g)
+	}
+	return groups
 }
 
 // fingerprint4 shortens a fingerprint to the 4 bytes a sample keeps
@@ -209,10 +258,12 @@ func appendStats(a []any, items []Item, lo int64) []any {
 
 const hourMS = int64(time.Hour / time.Millisecond)
 
-func parseIngest(c *redis.Cmd, items []Item, lo int64) Result {
-	vals, err := c.Slice()
-	if err != nil {
-		return Result{Err: classify(err)}
+func parseIngest(v any, items []Item, lo int64) Result {
+	vals, _ := v.([]any)
+	if len(vals) == 1 {
+		if msg, ok := vals[0].(string); ok && strings.HasPrefix(msg, "!") {
+			return Result{Err: classifyScript(msg[1:])}
+		}
 	}
 	if len(vals) != 6 {
 		return Result{Err: Permanent(fmt.Errorf("ingest script returned %d values", len(vals)))}
@@ -287,6 +338,19 @@ func classify(err error) error {
 		return Permanent(err)
 	}
 	return err
+}
+
+// classifyScript classifies an error one account's part of the script
+// caught: the transient conditions Redis reports are transient; a key of
+// the wrong type, malformed state and every other error are permanent.
+func classifyScript(msg string) error {
+	err := fmt.Errorf("ingest: %s", msg)
+	for _, p := range []string{"OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF"} {
+		if strings.HasPrefix(msg, p) {
+			return err
+		}
+	}
+	return Permanent(err)
 }
 
 // decodeAUP decodes the last_aup field of an account's state.

@@ -1,258 +1,49 @@
--- Ingest one account's batch of verdict events, atomically.
---
--- It reads everything first and writes last, so that an error (a key of
--- the wrong type, say) leaves the account as it was. A batch costs the same
--- fixed handful of commands however many events it holds: TIME, one HMGET
--- of the state, ZMSCORE of the new ids, ZCOUNT, the window trim, one ZADD,
+-- Ingest a batch of verdict events for one or more accounts (one call
+-- holds accounts of one Redis Cluster slot; standalone Redis takes many).
+-- Each account is atomic on its own and fails on its own: its part reads
+-- everything first and writes last, so that an error (a key of the wrong
+-- type, say) leaves it as it was, and the other accounts of the call go on.
+-- An account costs the same fixed handful of commands however many events
+-- it has: one HMGET of the state, ZMSCORE of the new ids, ZCOUNT, one ZADD,
 -- and writes only where something changed.
 --
--- KEYS[1] state HASH   KEYS[2] window ZSET   KEYS[3] statistics HASH
--- KEYS[4] history LIST KEYS[5] outbox LIST   KEYS[6] v1 statistics ZSET
+-- KEYS: 6 per account: state HASH, window ZSET, statistics HASH,
+--       history LIST, outbox LIST, v1 statistics ZSET
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME): one clock for every
 --         process, so that skewed hosts cannot count a trimmed id twice
--- ARGV[2] window (ms)   ARGV[3] future skew (ms)   ARGV[4] threshold
--- ARGV[5] cap           ARGV[6] action on crossing: suspend | report
--- ARGV[7] id for a new suspension or report          ARGV[8] company
--- ARGV[9] account       ARGV[10] rebase the window's scores after (ms)
--- ARGV[11] number of statistics buckets, then 3 per bucket:
---   field ("<kind>.<hour mod 24>"), hour (ms / 3600000), increment
--- then the number of counting events, then 4 per event:
---   member (6-byte id hash), time (ms), kind (direction*4+verdict),
---   sample (4-byte fingerprint then the stream sequence, or "")
+-- ARGV[2] window (ms)   ARGV[3] future skew (ms)
+-- ARGV[4] rebase the window's scores after (ms)   ARGV[5] number of accounts
+-- then per account: threshold, cap, action on crossing (suspend | report),
+--   id for a new suspension or report, company, account,
+--   the number of statistics buckets, then 3 per bucket: field
+--   ("<kind>.<hour mod 24>"), hour (ms / 3600000), increment;
+--   the number of counting events, then 4 per event: member (6-byte id
+--   hash), time (ms), kind (direction*4+verdict), sample (4-byte
+--   fingerprint then the stream sequence, or "")
 --
 -- The window holds the counting events: member = id hash, score =
--- (time - base) * 16 + kind, where base (state field wb, in hours) keeps the score
--- within 32 bits so that the set stays in Redis's compact encoding. It
--- holds at most cap members, the newest by event time: the stored count is
--- exactly min(real count, cap), and cap > threshold keeps every decision
--- exact. Statistics-only events are hourly counters, never per event.
+-- (time - base) * 16 + kind, where base (state field wb, in hours) keeps
+-- the score within 32 bits so that the set stays in Redis's compact
+-- encoding. It holds at most cap members, the newest by event time: the
+-- stored count is exactly min(real count, cap), and cap > threshold keeps
+-- every decision exact. Statistics-only events are hourly counters.
 --
 -- An address that only appears in verdicts has no record: its state and
 -- window carry a TTL and expire once past the window plus the skew. A
 -- crossing (or any change through apply.lua) makes the record durable.
 --
--- Returns {outcomes, count, capped, crossing, id, pending outbox entries}
--- outcomes has one letter per counting event: c counted, d duplicate,
--- l late (outside the window or before the last reinstatement), k counted
--- at the cap (the count stays at cap).
-local st, win, stats, hist, outbox, legacy = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+-- Returns, per account, {outcomes, count, capped, crossing, id, pending
+-- outbox entries}, or {"!" .. error} when its part failed. outcomes has one
+-- letter per counting event: c counted, d duplicate, l late (outside the
+-- window or before the last reinstatement), k counted at the cap.
 local now = tonumber(ARGV[1])
 if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local window, skew = tonumber(ARGV[2]), tonumber(ARGV[3])
-local threshold, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
-local action, newid, company, account = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local rebase_after = tonumber(ARGV[10])
+local window, skew, rebase_after = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local HOUR = 3600000
-
-local F = {'created', 'ver', 'company', 'status', 'aup', 'report', 'floor', 'floor_at', 'smp', 'wb', 'we', 'ob',
-  'sus:send', 'sus:receive', 'sus:imap', 'sus:pop3', 'sus:webmail', 'sus:webmail_send', 'smp:1'}
-local SERVICES = {'send', 'receive', 'imap', 'pop3', 'webmail', 'webmail_send'}
-local hv = redis.call('HMGET', st, unpack(F))
-local h = {}
-for i, f in ipairs(F) do h[f] = hv[i] end
-
-local lo = now - window -- events at or before lo are outside the window
-local floor = tonumber(h.floor or '0')
-local wlo = math.max(lo, floor) -- counting events at or before wlo do not count
-local base = nil -- the window's score base; wb is in hours, to stay short
-if h.wb then base = tonumber(h.wb) * HOUR end
-
--- Statistics buckets: "<hour>:<n>" per (kind, hour of day).
-local i = 11
-local nstats = tonumber(ARGV[i]); i = i + 1
-local sfields, shours, sincr = {}, {}, {}
-for j = 1, nstats do
-  sfields[j], shours[j], sincr[j] = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  i = i + 3
-end
-local scur = {}
-if nstats > 0 then
-  sfields[nstats + 1] = '_e'
-  scur = redis.call('HMGET', stats, unpack(sfields))
-end
-
--- Counting events.
-local n = tonumber(ARGV[i]); i = i + 1
-local members, times, kinds, refs = {}, {}, {}, {}
-for j = 1, n do
-  members[j], times[j], kinds[j], refs[j] = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
-  i = i + 4
-end
-
--- The window as it is. Rewrite it when its base is too old for compact
--- scores (or absent: a new account, or a window written by aupd v1, whose
--- scores are absolute and whose members are 8 bytes: their first 6 bytes
--- are the same id hash).
-local rewrite = n > 0 and (base == nil or now - base > rebase_after)
-local kept = {} -- in rewrite mode: member -> {t, kind}, the whole window
-local count = 0
-local known = {}
-if rewrite then
-  local old = base or 0
-  local z = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES')
-  for j = 1, #z, 2 do
-    local sc = tonumber(z[j + 1])
-    local d = math.floor(sc / 16)
-    local t = old + d
-    if t > wlo then
-      kept[string.sub(z[j], 1, 6)] = {t, sc - d * 16}
-      count = count + 1
-    end
-  end
-  base = math.floor(now / HOUR) * HOUR
-elseif base then
-  if n > 0 then known = redis.call('ZMSCORE', win, unpack(members)) end
-  count = redis.call('ZCOUNT', win, '(' .. ((wlo - base) * 16 + 15), '+inf')
-end
-
--- A reported crossing holds while the count stays above the threshold;
--- once it is over, the next crossing is reported again.
-local reported = h.report and count > threshold
-local frozen = h.aup or reported
-
--- Decide each event.
-local out, add, seen = {}, {}, {}
-local maxt = 0 -- the newest event time the window holds after this batch
-for _, v in pairs(kept) do if v[1] > maxt then maxt = v[1] end end
-for j = 1, n do
-  local m, t = members[j], times[j]
-  local r
-  if t <= wlo then
-    r = 'l'
-  elseif seen[m] or (rewrite and kept[m]) or (not rewrite and known[j]) then
-    r = 'd'
-  else
-    seen[m] = true
-    add[#add + 1] = j
-    if count + #add > cap then r = 'k' else r = 'c' end
-    if t > maxt then maxt = t end
-  end
-  out[j] = r
-end
-local total = math.min(count + #add, cap)
-local capped = count + #add >= cap
-
--- Evidence samples: up to three in field smp, packed 14 bytes each (time
--- in s, 4-byte fingerprint, 6-byte stream sequence) so that the field
--- stays short enough for the hash's compact encoding, preferring
--- different fingerprints; expired ones are dropped.
-local SMP = '>I4c4I6'
-local smp, smp_changed = {}, false
-local function keep(t, fp, seq)
-  if t * 1000 > wlo then smp[#smp + 1] = {t = t, fp = fp, seq = seq} else smp_changed = true end
-end
-if h['smp:1'] then -- v1 kept samples in smp:1..3 as "ms|fingerprint|seq"
-  for _, v in ipairs(redis.call('HMGET', st, 'smp:1', 'smp:2', 'smp:3')) do
-    local t, fp, seq = string.match(v or '', '^(%d+)|([^|]*)|(%d+)$')
-    if t then keep(math.floor(tonumber(t) / 1000), string.sub(fp .. '0000', 1, 4), tonumber(seq)) end
-  end
-  smp_changed = true
-elseif h.smp then
-  for k = 1, #h.smp - 13, 14 do
-    local t, fp, seq = struct.unpack(SMP, h.smp, k)
-    keep(t, fp, seq)
-  end
-end
-if not frozen then
-  for _, j in ipairs(add) do
-    local ref = refs[j]
-    if #ref > 4 then
-      local fp, seq = string.sub(ref, 1, 4), tonumber(string.sub(ref, 5))
-      local t = math.floor(times[j] / 1000)
-      local slot
-      if #smp < 3 then
-        slot = #smp + 1
-      else
-        -- replace the oldest sample whose fingerprint another one shares,
-        -- unless this message is one of the three already
-        local dup, has = nil, false
-        local cnt = {}
-        for _, x in ipairs(smp) do cnt[x.fp] = (cnt[x.fp] or 0) + 1 end
-        for k, x in ipairs(smp) do
-          if x.fp == fp then has = true end
-          if cnt[x.fp] > 1 and (not dup or x.t < smp[dup].t) then dup = k end
-        end
-        if not has then slot = dup end
-      end
-      if slot then
-        smp[slot] = {t = t, fp = fp, seq = seq}
-        smp_changed = true
-      end
-    end
-  end
-end
-
--- A crossing: the count exceeds the threshold and nothing is in force.
-local crossing = total > threshold and not h.aup and not (action == 'report' and reported)
-local counts = {0, 0, 0}
-if crossing then
-  -- The kept window after this batch, newest cap members, by direction.
-  local all = {}
-  if rewrite then
-    for _, v in pairs(kept) do all[#all + 1] = v end
-  else
-    local z = redis.call('ZRANGE', win, '(' .. ((wlo - base) * 16 + 15), '+inf', 'BYSCORE', 'WITHSCORES')
-    for j = 1, #z, 2 do
-      local sc = tonumber(z[j + 1])
-      local d = math.floor(sc / 16)
-      all[#all + 1] = {base + d, sc - d * 16}
-    end
-  end
-  for _, j in ipairs(add) do all[#all + 1] = {times[j], kinds[j]} end
-  table.sort(all, function(a, b) return a[1] > b[1] end)
-  for k = 1, math.min(#all, cap) do
-    local dir = math.floor(all[k][2] / 4) + 1
-    counts[dir] = counts[dir] + 1
-  end
-  -- The lists written below must be lists: fail now, before any write.
-  for _, k in ipairs({hist, outbox}) do
-    local ty = redis.call('TYPE', k)['ok']
-    if ty ~= 'none' and ty ~= 'list' then
-      return redis.error_reply('WRONGTYPE ' .. k .. ' holds a ' .. ty)
-    end
-  end
-end
-
----------------------------------------------------------------- writes --
-local hset = {}
-local function set(f, v) hset[#hset + 1] = f; hset[#hset + 1] = v end
-
-local nkept = 0
-for _ in pairs(kept) do nkept = nkept + 1 end
-if rewrite then
-  redis.call('DEL', win, legacy)
-  local z = {}
-  for m, v in pairs(kept) do z[#z + 1] = (v[1] - base) * 16 + v[2]; z[#z + 1] = m end
-  for _, j in ipairs(add) do z[#z + 1] = (times[j] - base) * 16 + kinds[j]; z[#z + 1] = members[j] end
-  for k = 1, #z, 8000 do
-    redis.call('ZADD', win, unpack(z, k, math.min(k + 7999, #z)))
-  end
-  if #z > 0 then set('wb', base / HOUR) end
-  if h['smp:1'] then redis.call('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
-elseif h.wb then
-  redis.call('ZREMRANGEBYSCORE', win, '-inf', (wlo - base) * 16 + 15)
-  if #add > 0 then
-    local z = {}
-    for _, j in ipairs(add) do z[#z + 1] = (times[j] - base) * 16 + kinds[j]; z[#z + 1] = members[j] end
-    redis.call('ZADD', win, unpack(z))
-  end
-end
-if count + #add > cap then
-  redis.call('ZREMRANGEBYRANK', win, 0, count + #add - cap - 1)
-end
-
-if smp_changed then
-  local parts = {}
-  for k, x in ipairs(smp) do parts[k] = struct.pack(SMP, x.t, x.fp, x.seq) end
-  if #parts > 0 then set('smp', table.concat(parts)) else redis.call('HDEL', st, 'smp') end
-end
-
-if h.report and not reported and not (crossing and action == 'report') then
-  redis.call('HDEL', st, 'report')
-end
+local SMP = '>I4c4I6' -- a sample: time (s), fingerprint, stream sequence
 
 -- RFC 3339 in UTC with milliseconds (days from civil, Hinnant).
 local function iso(ms)
@@ -273,94 +64,330 @@ local function iso(ms)
     math.floor(sod / 3600), math.floor(sod % 3600 / 60), sod % 60, ms - s * 1000)
 end
 
-local id = ''
-local durable = h.created
-if crossing then
-  id = newid
-  local q = cjson.encode
-  local nowstr = iso(now)
-  local startstr = iso(lo)
-  if floor > lo then startstr = h.floor_at or iso(floor) end
-  local old, new = {}, {}
-  for _, s in ipairs(SERVICES) do
-    if h['sus:' .. s] then old[#old + 1] = q(s); new[#new + 1] = q(s) end
+local function fail(msg) error({err = msg}) end
+
+-- one account: keys KEYS[k+1..k+6], arguments from ARGV[p]
+local function one(k, p)
+  local st, win, stats, hist, outbox, legacy = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
+  local threshold, cap = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+  local action, newid, company, account = ARGV[p + 2], ARGV[p + 3], ARGV[p + 4], ARGV[p + 5]
+  local nstats = tonumber(ARGV[p + 6])
+  local sp = p + 7 -- statistics triples
+  local ep = sp + 3 * nstats + 1 -- counting events, 4 each
+  local n = tonumber(ARGV[ep - 1])
+
+  -- The state the hot path needs, in one HMGET; a crossing reads the rest.
+  -- (smp:1 is where aupd v1 kept a sample: present only in v1 state.)
+  local hv = redis.call('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob', 'smp:1')
+  local created, aup, report, floor_s, smp_s, wb, we_s, ob, v1 = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8], hv[9]
+
+  local lo = now - window -- events at or before lo are outside the window
+  local floor = tonumber(floor_s or '0')
+  local wlo = math.max(lo, floor) -- counting events at or before wlo do not count
+  local base = nil -- the window's score base; wb is in hours, to stay short
+  if wb then base = tonumber(wb) * HOUR end
+
+  local scur
+  if nstats > 0 then
+    local f = {}
+    for j = 1, nstats do f[j] = ARGV[sp + 3 * (j - 1)] end
+    f[nstats + 1] = '_e'
+    scur = redis.call('HMGET', stats, unpack(f))
   end
-  local svcjson = '[]'
-  if action == 'suspend' then
-    svcjson = '["send","webmail_send"]'
-    local rec = '{"id":' .. q(id) .. ',"reason":"aup_violation","actor":"aupd","at":' .. q(nowstr) .. '}'
-    new = {}
-    for _, s in ipairs(SERVICES) do
-      local on = h['sus:' .. s]
-      if not on and (s == 'send' or s == 'webmail_send') then set('sus:' .. s, rec); on = true end
-      if on then new[#new + 1] = q(s) end
+
+  -- The window as it is. Rewrite it when its base is too old for compact
+  -- scores (or absent: a new account, or a window written by aupd v1,
+  -- whose scores are absolute and whose members are 8 bytes: their first
+  -- 6 bytes are the same id hash).
+  local rewrite = n > 0 and (base == nil or now - base > rebase_after)
+  local kept, nkept = nil, 0 -- in rewrite mode: member -> {t, kind}
+  local count, known = 0, nil
+  local maxt = 0 -- the newest event time the window holds after this batch
+  if rewrite then
+    kept = {}
+    local old = base or 0
+    local z = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES')
+    for j = 1, #z, 2 do
+      local sc = tonumber(z[j + 1])
+      local d = math.floor(sc / 16)
+      local t = old + d
+      if t > wlo then
+        kept[string.sub(z[j], 1, 6)] = {t, sc - d * 16}
+        count = count + 1
+        if t > maxt then maxt = t end
+      end
+    end
+    nkept = count
+    base = math.floor(now / HOUR) * HOUR
+  elseif base then
+    if n > 0 then
+      local m = {}
+      for j = 1, n do m[j] = ARGV[ep + 4 * (j - 1)] end
+      known = redis.call('ZMSCORE', win, unpack(m))
+    end
+    count = redis.call('ZCOUNT', win, '(' .. ((wlo - base) * 16 + 15), '+inf')
+  end
+
+  -- A reported crossing holds while the count stays above the threshold;
+  -- once it is over, the next crossing is reported again.
+  local reported = report and count > threshold
+  local frozen = aup or reported
+
+  -- Decide each event: add holds the ARGV positions of the new ones.
+  local out, add, seen = {}, {}, nil
+  for j = 1, n do
+    local q = ep + 4 * (j - 1)
+    local m, t = ARGV[q], tonumber(ARGV[q + 1])
+    local r
+    if t <= wlo then
+      r = 'l'
+    elseif (seen and seen[m]) or (kept and kept[m]) or (known and known[j]) then
+      r = 'd'
+    else
+      if n > 1 then
+        seen = seen or {}
+        seen[m] = true
+      end
+      add[#add + 1] = q
+      if count + #add > cap then r = 'k' else r = 'c' end
+      if t > maxt then maxt = t end
+    end
+    out[j] = r
+  end
+  local total = math.min(count + #add, cap)
+  local capped = count + #add >= cap
+
+  -- Evidence samples: up to three in field smp, 14 bytes each, so that the
+  -- field stays short enough for the hash's compact encoding; they prefer
+  -- different fingerprints, and expired ones are dropped. Read only when
+  -- they may change.
+  local smp, smp_changed, smp_read = {}, false, false
+  local function read_samples()
+    if smp_read then return end
+    smp_read = true
+    local function keep(t, fp, seq)
+      if t * 1000 > wlo then smp[#smp + 1] = {t = t, fp = fp, seq = seq} else smp_changed = true end
+    end
+    if v1 then -- "ms|fingerprint|seq" in smp:1..3
+      for _, v in ipairs(redis.call('HMGET', st, 'smp:1', 'smp:2', 'smp:3')) do
+        local t, fp, seq = string.match(v or '', '^(%d+)|([^|]*)|(%d+)$')
+        if t then keep(math.floor(tonumber(t) / 1000), string.sub(fp .. '0000', 1, 4), tonumber(seq)) end
+      end
+      smp_changed = true
+    elseif smp_s then
+      for i = 1, #smp_s - 13, 14 do
+        local t, fp, seq = struct.unpack(SMP, smp_s, i)
+        keep(t, fp, seq)
+      end
     end
   end
-  local seqs = {}
-  for k, x in ipairs(smp) do seqs[k] = string.format('%.0f', x.seq) end
-  -- The crossing's record, built once: stored as last_aup, and carried by
-  -- the outbox entry from which Go builds the account event.
-  local sus = '{"id":' .. q(id) .. ',"action":' .. q(action) .. ',"services":' .. svcjson ..
-    ',"threshold":' .. threshold .. ',"count":' .. total .. ',"capped":' .. (capped and 'true' or 'false') ..
-    ',"counts":{"outbound":' .. counts[1] .. ',"inbound":' .. counts[2] .. ',"complaint":' .. counts[3] ..
-    '},"window_start":' .. q(startstr) .. ',"window_end":' .. q(nowstr) ..
-    ',"samples":[' .. table.concat(seqs, ',') .. ']}'
-  local etype = 'suspended'
-  if action == 'suspend' then set('aup', id) else etype = 'reported'; set('report', id) end
-  set('last_aup', sus)
-  set('ver', tonumber(h.ver or '0') + 1)
-  set('ob', 1)
-  if not durable then set('created', now) end
-  local co = h.company or company
-  if not h.company and company ~= '' then set('company', company) end
-  redis.call('RPUSH', outbox, '{"crossing":{"type":' .. q(etype) .. ',"time":' .. q(nowstr) ..
-    ',"account":' .. q(account) .. ',"company":' .. q(co) .. ',"status":' .. q(h.status or 'active') ..
-    ',"old":[' .. table.concat(old, ',') .. '],"new":[' .. table.concat(new, ',') .. '],"suspension":' .. sus .. '}}')
-  redis.call('LPUSH', hist, '{"time":' .. q(nowstr) .. ',"actor":"aupd","action":' .. q(etype) ..
-    ',"reason":"aup_violation","services":' .. svcjson .. ',"id":' .. q(id) ..
-    ',"note":' .. q('count ' .. total .. ' exceeds threshold ' .. threshold) .. '}')
-  redis.call('LTRIM', hist, 0, 999)
-  durable = true
-end
-
--- Expiry once past the newest event plus the window and the skew,
--- rounded up to the hour so that it changes about once an hour.
-local we_old = tonumber(h.we or '0')
-local we = we_old
-if maxt > 0 then we = math.max(we, math.ceil((maxt + window + skew) / HOUR)) end
-if we > we_old then set('we', we) end
-if #hset > 0 then redis.call('HSET', st, unpack(hset)) end
--- (PEXPIRE by the time left, which is PEXPIREAT with Redis's clock, and
--- stays right when tests pin the clock)
-if we > we_old or (rewrite and nkept + #add > 0) then redis.call('PEXPIRE', win, we * HOUR - now) end
-if crossing then
-  redis.call('PERSIST', st)
-elseif not durable and #hset > 0 then
-  if we == 0 then we = math.ceil((now + window + skew) / HOUR) end
-  redis.call('PEXPIRE', st, we * HOUR - now)
-end
-
-if nstats > 0 then
-  local sset = {}
-  for j = 1, nstats do
-    local ch, cn = string.match(scur[j] or '', '^(%d+):(%d+)$')
-    ch, cn = tonumber(ch or '0'), tonumber(cn or '0')
-    if shours[j] > ch then
-      sset[#sset + 1] = sfields[j]; sset[#sset + 1] = shours[j] .. ':' .. sincr[j]
-    elseif shours[j] == ch then
-      sset[#sset + 1] = sfields[j]; sset[#sset + 1] = ch .. ':' .. (cn + sincr[j])
-    end -- an older hour than the slot holds: too late to count
+  if v1 then read_samples() end
+  if not frozen then
+    for _, q in ipairs(add) do
+      local ref = ARGV[q + 3]
+      if #ref > 4 then
+        read_samples()
+        local fp, seq = string.sub(ref, 1, 4), tonumber(string.sub(ref, 5))
+        local t = math.floor(tonumber(ARGV[q + 1]) / 1000)
+        local slot
+        if #smp < 3 then
+          slot = #smp + 1
+        else
+          -- replace the oldest sample whose fingerprint another one
+          -- shares, unless this message is one of the three already
+          local dup, has, cnt = nil, false, {}
+          for _, x in ipairs(smp) do cnt[x.fp] = (cnt[x.fp] or 0) + 1 end
+          for i, x in ipairs(smp) do
+            if x.fp == fp then has = true end
+            if cnt[x.fp] > 1 and (not dup or x.t < smp[dup].t) then dup = i end
+          end
+          if not has then slot = dup end
+        end
+        if slot then
+          smp[slot] = {t = t, fp = fp, seq = seq}
+          smp_changed = true
+        end
+      end
+    end
   end
-  local se = math.floor(now / HOUR) + 26
-  if se > tonumber(scur[nstats + 1] or '0') then
-    sset[#sset + 1] = '_e'; sset[#sset + 1] = se
+
+  -- A crossing: the count exceeds the threshold and nothing is in force.
+  local crossing = total > threshold and not aup and not (action == 'report' and reported)
+  local x, counts
+  if crossing then
+    read_samples()
+    x = {}
+    local XF = {'ver', 'company', 'status', 'sus:send', 'sus:receive', 'sus:imap', 'sus:pop3', 'sus:webmail', 'sus:webmail_send'}
+    local xv = redis.call('HMGET', st, unpack(XF))
+    for i, f in ipairs(XF) do x[f] = xv[i] end
+    -- The kept window after this batch, newest cap members, by direction.
+    local all = {}
+    if rewrite then
+      for _, v in pairs(kept) do all[#all + 1] = v end
+    else
+      local z = redis.call('ZRANGE', win, '(' .. ((wlo - base) * 16 + 15), '+inf', 'BYSCORE', 'WITHSCORES')
+      for j = 1, #z, 2 do
+        local sc = tonumber(z[j + 1])
+        local d = math.floor(sc / 16)
+        all[#all + 1] = {base + d, sc - d * 16}
+      end
+    end
+    for _, q in ipairs(add) do all[#all + 1] = {tonumber(ARGV[q + 1]), tonumber(ARGV[q + 2])} end
+    table.sort(all, function(a, b) return a[1] > b[1] end)
+    counts = {0, 0, 0}
+    for i = 1, math.min(#all, cap) do
+      local dir = math.floor(all[i][2] / 4) + 1
+      counts[dir] = counts[dir] + 1
+    end
+    -- The lists written below must be lists: fail now, before any write.
+    for _, key in ipairs({hist, outbox}) do
+      local ty = redis.call('TYPE', key)['ok']
+      if ty ~= 'none' and ty ~= 'list' then fail('WRONGTYPE ' .. key .. ' holds a ' .. ty) end
+    end
+  end
+
+  -------------------------------------------------------------- writes --
+  local hset = {}
+  if rewrite then
+    redis.call('DEL', win, legacy)
+    local z = {}
+    for m, v in pairs(kept) do z[#z + 1] = (v[1] - base) * 16 + v[2]; z[#z + 1] = m end
+    for _, q in ipairs(add) do z[#z + 1] = (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]); z[#z + 1] = ARGV[q] end
+    for i = 1, #z, 8000 do
+      redis.call('ZADD', win, unpack(z, i, math.min(i + 7999, #z)))
+    end
+    if #z > 0 then hset[#hset + 1] = 'wb'; hset[#hset + 1] = base / HOUR end
+    if v1 then redis.call('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
+  elseif base then
+    if count > 0 or #add > 0 then
+      redis.call('ZREMRANGEBYSCORE', win, '-inf', (wlo - base) * 16 + 15)
+    end
+    if #add > 0 then
+      local z = {}
+      for _, q in ipairs(add) do z[#z + 1] = (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]); z[#z + 1] = ARGV[q] end
+      redis.call('ZADD', win, unpack(z))
+    end
+  end
+  if count + #add > cap then
+    redis.call('ZREMRANGEBYRANK', win, 0, count + #add - cap - 1)
+  end
+
+  if smp_changed then
+    local parts = {}
+    for i, s in ipairs(smp) do parts[i] = struct.pack(SMP, s.t, s.fp, s.seq) end
+    if #parts > 0 then hset[#hset + 1] = 'smp'; hset[#hset + 1] = table.concat(parts) else redis.call('HDEL', st, 'smp') end
+  end
+  if report and not reported and not (crossing and action == 'report') then
+    redis.call('HDEL', st, 'report')
+  end
+
+  local id = ''
+  local durable = created
+  if crossing then
+    id = newid
+    local q = cjson.encode
+    local nowstr = iso(now)
+    local startstr = iso(wlo)
+    local old, new = {}, {}
+    local svcjson = '[]'
+    for _, s in ipairs({'send', 'receive', 'imap', 'pop3', 'webmail', 'webmail_send'}) do
+      local on = x['sus:' .. s]
+      if on then old[#old + 1] = q(s) end
+      if action == 'suspend' and not on and (s == 'send' or s == 'webmail_send') then
+        hset[#hset + 1] = 'sus:' .. s
+        hset[#hset + 1] = '{"id":' .. q(id) .. ',"reason":"aup_violation","actor":"aupd","at":' .. q(nowstr) .. '}'
+        on = true
+      end
+      if on then new[#new + 1] = q(s) end
+    end
+    if action == 'suspend' then svcjson = '["send","webmail_send"]' end
+    local seqs = {}
+    for i, s in ipairs(smp) do seqs[i] = string.format('%.0f', s.seq) end
+    -- The crossing's record, built once: stored as last_aup, and carried
+    -- by the outbox entry from which Go builds the account event.
+    local sus = '{"id":' .. q(id) .. ',"action":' .. q(action) .. ',"services":' .. svcjson ..
+      ',"threshold":' .. threshold .. ',"count":' .. total .. ',"capped":' .. (capped and 'true' or 'false') ..
+      ',"counts":{"outbound":' .. counts[1] .. ',"inbound":' .. counts[2] .. ',"complaint":' .. counts[3] ..
+      '},"window_start":' .. q(startstr) .. ',"window_end":' .. q(nowstr) ..
+      ',"samples":[' .. table.concat(seqs, ',') .. ']}'
+    local etype = 'suspended'
+    if action ~= 'suspend' then etype = 'reported' end
+    local co = x.company or company
+    for _, kv in ipairs({{action == 'suspend' and 'aup' or 'report', id}, {'last_aup', sus},
+        {'ver', tonumber(x.ver or '0') + 1}, {'ob', 1}}) do
+      hset[#hset + 1] = kv[1]; hset[#hset + 1] = kv[2]
+    end
+    if not durable then hset[#hset + 1] = 'created'; hset[#hset + 1] = now end
+    if not x.company and company ~= '' then hset[#hset + 1] = 'company'; hset[#hset + 1] = company end
+    redis.call('RPUSH', outbox, '{"crossing":{"type":' .. q(etype) .. ',"time":' .. q(nowstr) ..
+      ',"account":' .. q(account) .. ',"company":' .. q(co) .. ',"status":' .. q(x.status or 'active') ..
+      ',"old":[' .. table.concat(old, ',') .. '],"new":[' .. table.concat(new, ',') .. '],"suspension":' .. sus .. '}}')
+    redis.call('LPUSH', hist, '{"time":' .. q(nowstr) .. ',"actor":"aupd","action":' .. q(etype) ..
+      ',"reason":"aup_violation","services":' .. svcjson .. ',"id":' .. q(id) ..
+      ',"note":' .. q('count ' .. total .. ' exceeds threshold ' .. threshold) .. '}')
+    redis.call('LTRIM', hist, 0, 999)
+    durable = true
+  end
+
+  -- Expiry once past the newest event plus the window and the skew,
+  -- rounded up to the hour so that it changes about once an hour (PEXPIRE
+  -- by the time left: PEXPIREAT by Redis's clock, and right when tests pin
+  -- the clock).
+  local we_old = tonumber(we_s or '0')
+  local we = we_old
+  if maxt > 0 then we = math.max(we, math.ceil((maxt + window + skew) / HOUR)) end
+  if we > we_old then hset[#hset + 1] = 'we'; hset[#hset + 1] = we end
+  if #hset > 0 then redis.call('HSET', st, unpack(hset)) end
+  if we > we_old or (rewrite and nkept + #add > 0) then redis.call('PEXPIRE', win, we * HOUR - now) end
+  if crossing then
+    redis.call('PERSIST', st)
+  elseif not durable and #hset > 0 then
+    if we == 0 then we = math.ceil((now + window + skew) / HOUR) end
+    redis.call('PEXPIRE', st, we * HOUR - now)
+  end
+
+  if nstats > 0 then
+    local sset = {}
+    for j = 1, nstats do
+      local q = sp + 3 * (j - 1)
+      local hour, inc = tonumber(ARGV[q + 1]), tonumber(ARGV[q + 2])
+      local ch, cn = string.match(scur[j] or '', '^(%d+):(%d+)$')
+      ch, cn = tonumber(ch or '0'), tonumber(cn or '0')
+      if hour > ch then
+        sset[#sset + 1] = ARGV[q]; sset[#sset + 1] = hour .. ':' .. inc
+      elseif hour == ch then
+        sset[#sset + 1] = ARGV[q]; sset[#sset + 1] = ch .. ':' .. (cn + inc)
+      end -- an older hour than the slot holds: too late to count
+    end
+    local se = math.floor(now / HOUR) + 26
+    if se > tonumber(scur[nstats + 1] or '0') then
+      sset[#sset + 1] = '_e'; sset[#sset + 1] = se
+    else
+      se = nil
+    end
+    if #sset > 0 then redis.call('HSET', stats, unpack(sset)) end
+    if se then redis.call('PEXPIRE', stats, se * HOUR - now) end
+  end
+
+  local pending = {}
+  if crossing or ob then pending = redis.call('LRANGE', outbox, 0, 99) end
+  return {table.concat(out), total, capped and 1 or 0, crossing and action or '', id, pending}
+end
+
+local results = {}
+local p = 6
+for a = 1, tonumber(ARGV[5]) do
+  local nstats = tonumber(ARGV[p + 6])
+  local q = p + 7 + 3 * nstats
+  local nxt = q + 1 + 4 * tonumber(ARGV[q])
+  local ok, r = pcall(one, (a - 1) * 6, p)
+  if ok then
+    results[a] = r
+  elseif type(r) == 'table' and r.err then
+    results[a] = {'!' .. r.err}
   else
-    se = nil
+    results[a] = {'!ERR script: ' .. tostring(r)}
   end
-  if #sset > 0 then redis.call('HSET', stats, unpack(sset)) end
-  if se then redis.call('PEXPIRE', stats, se * HOUR - now) end
+  p = nxt
 end
-
-local pending = {}
-if crossing or h.ob then pending = redis.call('LRANGE', outbox, 0, 99) end
-return {table.concat(out), total, capped and 1 or 0, crossing and action or '', id, pending}
+return results

@@ -287,3 +287,35 @@ func TestNearThresholdAndHourlyCounts(t *testing.T) {
 		t.Fatalf("hourly %v", hours)
 	}
 }
+
+// TestOneAccountFailsAlone: accounts share script calls, but a broken
+// account fails on its own; the others of the same call are counted.
+func TestOneAccountFailsAlone(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	rdb := s.rdb.(*redis.Client)
+	if err := rdb.Set(ctx, s.key("broken@example.com", sufWindow), "x", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var bs []Batch
+	for _, a := range []string{"a@example.com", "broken@example.com", "b@example.com"} {
+		bs = append(bs, Batch{Account: a, Threshold: 5, Cap: 6, Action: rules.ActionSuspend, Items: []Item{spam("1", t0)}})
+	}
+	res, err := s.Ingest(ctx, bs, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err != nil || res[2].Err != nil || res[0].Count != 1 || res[2].Count != 1 {
+		t.Fatalf("healthy accounts: %+v %+v", res[0], res[2])
+	}
+	if !IsPermanent(res[1].Err) || !strings.Contains(res[1].Err.Error(), "WRONGTYPE") {
+		t.Fatalf("broken account: %v", res[1].Err)
+	}
+}
+
+func TestHashSlot(t *testing.T) {
+	// the Redis Cluster specification's example: CRC16("123456789") = 0x31C3
+	if got := hashSlot("123456789"); got != 0x31C3 {
+		t.Fatalf("slot %d, want %d", got, 0x31C3)
+	}
+}

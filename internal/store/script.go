@@ -52,3 +52,20 @@ func member(id string) string {
 	sum := sha256.Sum256([]byte(id))
 	return string(sum[:6])
 }
+
+// hashSlot is the Redis Cluster slot of an account's keys: CRC16 (XMODEM)
+// of the hash tag, the account, modulo 16384.
+func hashSlot(account string) uint16 {
+	var crc uint16
+	for i := 0; i < len(account); i++ {
+		crc ^= uint16(account[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % 16384
+}

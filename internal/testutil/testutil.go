@@ -7,9 +7,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -55,26 +57,81 @@ func Redis(t testing.TB) (*redis.Client, string) {
 	return rdb, prefix
 }
 
-// PrivateRedis starts a redis-server of this test's own on a unix socket
-// in a temporary directory (no persistence) and returns a client of it,
-// for tests that read server-wide figures such as INFO commandstats.
+// PrivateRedis starts a redis-server of this test's own (no persistence)
+// and returns a client of it, for tests that read server-wide figures such
+// as INFO commandstats.
 func PrivateRedis(t testing.TB) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: PrivateRedisServer(t)})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// PrivateRedisServer starts a redis-server of this test's own on a free
+// loopback port, with extra arguments (for example "--maxmemory", "1mb"),
+// and returns its address. It is killed when the test ends.
+func PrivateRedisServer(t testing.TB, args ...string) string {
+	t.Helper()
+	return PrivateRedisServerOn(t, FreePort(t), args...)
+}
+
+// PrivateRedisServerOn is PrivateRedisServer on a given port.
+func PrivateRedisServerOn(t testing.TB, port int, args ...string) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server not found (scripts/test installs it): %v", err)
 	}
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "redis.sock")
-	cmd := exec.Command(bin, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no", "--dir", dir)
+	cmd := exec.Command(bin, append([]string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", dir}, args...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: sock})
-	t.Cleanup(func() { rdb.Close() })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
 	Eventually(t, 10*time.Second, func() bool { return rdb.Ping(context.Background()).Err() == nil }, "private redis-server did not start")
-	return rdb
+	return addr
+}
+
+// DebianNATS starts the machine's nats-server binary (Debian's 2.9.10,
+// which aupd must keep working with) with JetStream on a free loopback
+// port and returns its URL. It is stopped when the test ends.
+func DebianNATS(t testing.TB) string {
+	t.Helper()
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		t.Fatalf("nats-server not found (scripts/test installs Debian's): %v", err)
+	}
+	port := FreePort(t)
+	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	Eventually(t, 10*time.Second, func() bool {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			return false
+		}
+		defer nc.Close()
+		_, err = nc.JetStream()
+		return err == nil
+	}, "nats-server did not start")
+	return url
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // RandomHex returns 2n random hex digits.
@@ -89,10 +146,16 @@ func RandomHex(n int) string {
 // It is shut down when the test ends.
 func NATSServer(t testing.TB, dir string) *server.Server {
 	t.Helper()
+	return NATSServerOn(t, -1, dir)
+}
+
+// NATSServerOn is NATSServer on a given port (-1: a random one).
+func NATSServerOn(t testing.TB, port int, dir string) *server.Server {
+	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoSigs: true})
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true})
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
 	}

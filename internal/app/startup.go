@@ -1,0 +1,142 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Start-up waits for Redis and NATS rather than exiting: the HTTP listener
+// is up first, answering /healthz (alive) and /readyz (503, saying what it
+// waits for), and aupd starts the rest when they come.
+
+// Backoff of the start-up retries.
+const (
+	startupRetryMin = 250 * time.Millisecond
+	startupRetryMax = 10 * time.Second
+)
+
+// waitFor calls fn until it succeeds or ctx ends, with a backoff from
+// startupRetryMin doubling to startupRetryMax. It logs the first failure
+// and then at most one line per 30 s, and tells the start-up handler what
+// it waits for.
+func (a *App) waitFor(ctx context.Context, what string, fn func(context.Context) error) error {
+	d := startupRetryMin
+	var lastLog time.Time
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil {
+			if attempt > 1 {
+				a.log.Info("ready after waiting", "for", what, "attempts", attempt)
+			}
+			return nil
+		}
+		a.waiting.Store(what + ": " + err.Error())
+		if time.Since(lastLog) >= 30*time.Second {
+			a.log.Warn("waiting at start-up", "for", what, "err", err, "retry_in", d)
+			lastLog = time.Now()
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("start-up stopped while waiting for %s: %w", what, err)
+		case <-t.C:
+		}
+		d = min(2*d, startupRetryMax)
+	}
+}
+
+// pingRedis succeeds when Redis answers and has loaded its data (a Redis
+// still loading its AOF answers PING but refuses commands with LOADING).
+func pingRedis(ctx context.Context, rdb redis.UniversalClient) error {
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		return err
+	}
+	return ignoreNil(rdb.Get(ctx, "aupd:startup:probe").Err()) // LOADING shows here
+}
+
+// ignoreNil treats redis.Nil as success.
+func ignoreNil(err error) error {
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
+}
+
+// checkDurability warns when Redis is set up in a way that can lose
+// counted events, suspensions or notices: exact counting is as durable as
+// Redis. It needs CONFIG GET; a managed Redis that refuses it is told so
+// once.
+func checkDurability(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger) []string {
+	get := func(key string) (string, error) {
+		v, err := rdb.ConfigGet(ctx, key).Result()
+		if err != nil {
+			return "", err
+		}
+		return v[key], nil
+	}
+	var warnings []string
+	aof, err := get("appendonly")
+	if err != nil {
+		log.Info("cannot check Redis persistence (CONFIG GET refused); exact counting needs AOF and maxmemory-policy noeviction", "err", err)
+		return nil
+	}
+	if aof != "yes" {
+		warnings = append(warnings, "appendonly is "+aof+": a Redis restart loses every window, suspension and notice state (set appendonly yes)")
+	} else if fsync, err := get("appendfsync"); err == nil && fsync != "always" {
+		log.Info("Redis appendfsync is "+fsync+": a crash of the Redis host can lose the last second of writes; "+
+			"events counted then are counted again and a suspension can repeat (appendfsync always closes it)", "appendfsync", fsync)
+	}
+	if policy, err := get("maxmemory-policy"); err == nil && policy != "noeviction" {
+		warnings = append(warnings, "maxmemory-policy is "+policy+": Redis may evict windows and account state (set noeviction)")
+	}
+	for _, w := range warnings {
+		log.Warn("Redis is not durable enough for exact counting: "+w, "see", "docs/redis.md")
+	}
+	return warnings
+}
+
+// startupHandler serves the HTTP listener until everything runs, then
+// hands over to the full routes.
+type startupHandler struct {
+	mu   sync.RWMutex
+	full http.Handler
+	app  *App
+}
+
+func (h *startupHandler) set(full http.Handler) {
+	h.mu.Lock()
+	h.full = full
+	h.mu.Unlock()
+}
+
+func (h *startupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.RLock()
+	full := h.full
+	h.mu.RUnlock()
+	if full != nil {
+		full.ServeHTTP(w, r)
+		return
+	}
+	switch {
+	case r.URL.Path == "/healthz":
+		writeJSON(w, http.StatusOK, map[string]string{"status": "starting"})
+	case r.URL.Path == "/readyz":
+		what, _ := h.app.waiting.Load().(string)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"aupd": "starting", "waiting_for": what})
+	case r.URL.Path == "/metrics":
+		h.app.metricsHandler().ServeHTTP(w, r)
+	case strings.HasPrefix(r.URL.Path, "/"):
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": map[string]string{"code": "starting", "message": "aupd is starting"}})
+	}
+}
