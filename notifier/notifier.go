@@ -64,6 +64,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/ratelog"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -229,19 +230,31 @@ func (n *Notifier) Run(ctx context.Context) error {
 	if n.js == nil {
 		return errors.New("notifier: no jetstream")
 	}
-	cons, err := n.js.CreateOrUpdateConsumer(ctx, n.cfg.Stream, jetstream.ConsumerConfig{
-		Durable:       n.cfg.Durable,
-		FilterSubject: Subject,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		MaxDeliver:    -1,
-		AckWait:       n.cfg.AckWait,
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
+	// JetStream may be away for a while (a restart, a leader election):
+	// wait for it with a backoff rather than stop aupd.
+	var cons jetstream.Consumer
+	warn := ratelog.New(n.log, 30*time.Second)
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var err error
+		cons, err = n.js.CreateOrUpdateConsumer(cctx, n.cfg.Stream, jetstream.ConsumerConfig{
+			Durable:       n.cfg.Durable,
+			FilterSubject: Subject,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			MaxDeliver:    -1,
+			AckWait:       n.cfg.AckWait,
+		})
+		cancel()
+		if err == nil {
+			break
 		}
-		return fmt.Errorf("create consumer %s on %s: %w", n.cfg.Durable, n.cfg.Stream, err)
+		warn.Warn("create the notifier's consumer; retrying", "err", err, "stream", n.cfg.Stream, "durable", n.cfg.Durable)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
 	}
 	n.log.Info("notifier started", "stream", n.cfg.Stream, "durable", n.cfg.Durable, "owner", n.owner)
 	for ctx.Err() == nil {
@@ -255,7 +268,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 			if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
 				continue
 			}
-			n.log.Warn("fetch account event", "err", err)
+			warn.Warn("fetch account event", "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):

@@ -8,13 +8,10 @@ package worker
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -178,7 +175,7 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 		counting := a.pol.Counts(v.Direction, v.Verdict, true)
 		item := store.Item{ID: v.ID, Time: v.Time, Kind: kind, Counting: counting}
 		if counting && ev.Seq != 0 {
-			item.Seq, item.Fingerprint = ev.Seq, Fingerprint(v.Msg())
+			item.Seq, item.Fingerprint = ev.Seq, v.Fingerprint()
 		}
 		batches[j].Items = append(batches[j].Items, item)
 	}
@@ -367,30 +364,4 @@ func accountPolicy(p Policy, c *companies.Company, account string) rules.Policy 
 		}
 	}
 	return pol
-}
-
-// fingerprintBody bounds how much of a message body the fingerprint reads.
-const fingerprintBody = 4096
-
-// Fingerprint identifies a message's content, so that evidence prefers
-// different messages over copies of one campaign: the subject and the
-// start of the body, without the headers that differ per copy.
-func Fingerprint(m *events.Message) string {
-	if m == nil {
-		return ""
-	}
-	h := sha256.New()
-	h.Write([]byte(strings.ToLower(strings.TrimSpace(m.Subject))))
-	h.Write([]byte{0})
-	body := m.Raw
-	if i := strings.Index(body, "\r\n\r\n"); i >= 0 {
-		body = body[i+4:]
-	} else if i := strings.Index(body, "\n\n"); i >= 0 {
-		body = body[i+2:]
-	}
-	if len(body) > fingerprintBody {
-		body = body[:fingerprintBody]
-	}
-	h.Write([]byte(body))
-	return hex.EncodeToString(h.Sum(nil)[:4])
 }

@@ -68,6 +68,13 @@ Company commands:
   company ID                             show one company
   licences COMPANY                       count a company's licences (closed and suspended count)
 
+Verdicts:
+  ingest-arf [--token-file FILE] < REPORT
+                                         post one feedback-loop (ARF) report read from stdin
+                                         (a Postfix pipe transport; sysexits codes, see docs/feedback-loops.md)
+  replay --threshold N [--company ID] [--since 24h]
+                                         what threshold N would have suspended, beside what happened
+
 Other:
   hash-token [--stdin]                   make a new API token and its config hash (or hash one read from stdin)
 
@@ -204,6 +211,10 @@ type usageError struct{ msg string }
 func (e *usageError) Error() string { return e.msg }
 
 func (x *cli) fail(name string, err error) int {
+	if code, ok := exitCodeOf(err); ok {
+		fmt.Fprintf(x.stderr, "aupctl %s: %v\n", name, err)
+		return code
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(x.stderr, "aupctl %s: %s\n", name, ue.msg)
@@ -262,6 +273,7 @@ func commandTable() map[string]command {
 	for _, action := range []string{"lock", "unlock", "end-lockout", "maintenance", "close", "activate"} {
 		commands[action] = command{args: "ADDRESS --reason TEXT", minArgs: 1, maxArgs: 1, flags: withReason, run: statusCmd(action)}
 	}
+	addIngestCommands(commands)
 	commands["status"] = command{args: "ADDRESS", minArgs: 1, maxArgs: 1, flags: noFlags, run: statusShow}
 	commands["suspend"] = command{args: "ADDRESS --service LIST --reason TEXT", minArgs: 1, maxArgs: 1, flags: withServices, run: suspendCmd}
 	commands["reinstate"] = command{args: "ADDRESS [--service LIST] --reason TEXT", minArgs: 1, maxArgs: 1, flags: withServices, run: reinstateCmd}

@@ -65,6 +65,15 @@ type Options struct {
 	CapOf func(account string) int
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int64
+	// Ingest takes verdicts over HTTP (the /api/v1/ingest/ endpoints) and
+	// Replay tries a threshold over the stored verdicts; nil: those
+	// endpoints answer 503 not_configured.
+	Ingest Ingester
+	Replay Replayer
+	// IngestMaxBytes bounds an ingest request's body (default 16 MiB);
+	// IngestTimeout bounds reading it and storing its events (default 30s).
+	IngestMaxBytes int64
+	IngestTimeout  time.Duration
 }
 
 // DefaultMaxBodyBytes is the default bound of request bodies.
@@ -162,6 +171,10 @@ func (s *server) routeTable() []route {
 		{"PUT /api/v1/companies/{id}", RoleAdmin, s.putCompany},
 		{"DELETE /api/v1/companies/{id}", RoleAdmin, s.deleteCompany},
 		{"GET /api/v1/companies/{id}/licences", RoleViewer, s.licences},
+		{"POST /api/v1/ingest/verdicts", RolePublisher, s.ingestVerdicts},
+		{"POST /api/v1/ingest/rspamd", RolePublisher, s.ingestRspamd},
+		{"POST /api/v1/ingest/arf", RolePublisher, s.ingestARF},
+		{"GET /api/v1/replay", RoleAbuse, s.replay},
 	}
 }
 
@@ -171,7 +184,7 @@ func (s *server) routes() {
 			var p *principal
 			if rt.role != "" {
 				var e *apiError
-				if p, e = s.auth.authenticate(r); e != nil {
+				if p, e = s.auth.authenticateFor(r, rt.role); e != nil {
 					w.Header().Set("WWW-Authenticate", `Bearer realm="aupd"`)
 					s.fail(w, r, e)
 					return
@@ -182,7 +195,7 @@ func (s *server) routes() {
 				}
 			}
 			if r.Body != nil {
-				r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+				r.Body = http.MaxBytesReader(w, r.Body, s.bodyLimit(rt.role))
 			}
 			rt.h(w, r, p)
 		})
@@ -242,6 +255,9 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {

@@ -27,6 +27,9 @@ const (
 	// RoleAdmin also sets maintenance, closes, reactivates, deletes and
 	// sets up accounts, and manages companies when it has no company scope.
 	RoleAdmin Role = "admin"
+	// RolePublisher only publishes verdicts (the /api/v1/ingest/
+	// endpoints); it reads nothing, and no other role may publish.
+	RolePublisher Role = "publisher"
 )
 
 func (r Role) rank() int {
@@ -42,7 +45,7 @@ func (r Role) rank() int {
 }
 
 // Valid reports whether r is a known role.
-func (r Role) Valid() bool { return r.rank() > 0 }
+func (r Role) Valid() bool { return r.rank() > 0 || r == RolePublisher }
 
 // AuthConfig is the admin API's authentication config (YAML `auth:`).
 type AuthConfig struct {
@@ -88,7 +91,7 @@ func (c AuthConfig) Validate() error {
 		}
 		hashes[h] = true
 		if !t.Role.Valid() {
-			return fmt.Errorf("auth.tokens[%d] (%s): role %q: use viewer, abuse or admin", i, t.Name, t.Role)
+			return fmt.Errorf("auth.tokens[%d] (%s): role %q: use viewer, abuse, admin or publisher", i, t.Name, t.Role)
 		}
 	}
 	return nil
@@ -114,7 +117,12 @@ type principal struct {
 	company string
 }
 
-func (p *principal) can(r Role) bool { return p.role.rank() >= r.rank() }
+func (p *principal) can(r Role) bool {
+	if r == RolePublisher || p.role == RolePublisher {
+		return p.role == r // publishing is a role of its own
+	}
+	return p.role.rank() >= r.rank()
+}
 
 // authenticator holds the decoded token hashes.
 type authenticator struct {

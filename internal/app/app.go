@@ -243,10 +243,14 @@ func (a *App) run(ctx context.Context) (err error) {
 
 	// Admin API, session locks and the enforcement servers.
 	mux := a.routes()
+	ing, rep, err := a.ingestAndReplay(cfg)
+	if err != nil {
+		return err
+	}
 	apiHandler, err := api.New(api.Options{
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
 		Auth: cfg.Auth, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
-		Window: cfg.AUP.Window, CapOf: a.capOf,
+		Window: cfg.AUP.Window, CapOf: a.capOf, Ingest: ing, Replay: rep,
 	})
 	if err != nil {
 		return err

@@ -377,7 +377,7 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 				}
 				return note(invalid(ReasonInvalidField, "message", "expected object, got JSON %s", kind))
 			}
-			if err := d.checkMessage(note); err != nil {
+			if err := d.checkMessage(v, note); err != nil {
 				return err
 			}
 			v.msg = data[start:d.pos]
@@ -437,7 +437,7 @@ func isFieldError(err error) bool {
 
 // checkMessage checks the message object's syntax and the types of its
 // known fields, decoding nothing.
-func (d *decoder) checkMessage(note func(error) error) error {
+func (d *decoder) checkMessage(v *Verdict, note func(error) error) error {
 	seen := map[string]bool{}
 	return d.members(func(key string) error {
 		list, ok := messageFields[key]
@@ -463,6 +463,15 @@ func (d *decoder) checkMessage(note func(error) error) error {
 		}
 		if kind == "null" {
 			return nil
+		}
+		if kind == "string" && (key == "subject" || key == "raw") {
+			// the JSON text between the quotes, for Fingerprint
+			span := d.data[start+1 : d.pos-1]
+			if key == "subject" {
+				v.subject = span
+			} else {
+				v.raw = span
+			}
 		}
 		if kind != want {
 			return note(invalid(ReasonInvalidField, "message."+key, "expected %s, got JSON %s", want, kind))

@@ -1,10 +1,12 @@
 // Package events holds aupd's wire formats: the verdict events publishers
-// send (the pinned v1 contract of shared/spec/events.md) and the account
+// send (the pinned v1 contract described in docs/events.md) and the account
 // events aupd publishes on every change of an account's state.
 package events
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +41,8 @@ type Verdict struct {
 	Message   *Message        `json:"message,omitempty"`
 
 	msg []byte // the undecoded message, until Msg
+	// the JSON text of message.subject and message.raw, for Fingerprint
+	subject, raw []byte
 }
 
 // Message is the judged message, kept as evidence.
@@ -136,6 +140,45 @@ func ParseVerdict(subject string, data []byte, now time.Time, skew time.Duration
 		return nil, err
 	}
 	return v, nil
+}
+
+// fingerprintBody bounds how much of a message body a fingerprint reads.
+const fingerprintBody = 4096
+
+// Fingerprint identifies a message's content, so that evidence prefers
+// different messages over copies of one campaign: the subject and the
+// start of the body, without the headers that differ per copy. For a
+// parsed event it reads the message's JSON text as it came, decoding
+// nothing (two copies of a campaign encoded alike fingerprint alike); for
+// a built one, its fields. "" when there is no message.
+func (v *Verdict) Fingerprint() string {
+	var subject, raw []byte
+	var crlf2, lf2 string
+	switch {
+	case v.subject != nil || v.raw != nil:
+		subject, raw = v.subject, v.raw
+		crlf2, lf2 = `\r\n\r\n`, `\n\n`
+	case v.Message != nil:
+		subject, raw = []byte(v.Message.Subject), []byte(v.Message.Raw)
+		crlf2, lf2 = "\r\n\r\n", "\n\n"
+	default:
+		return ""
+	}
+	h := sha256.New()
+	h.Write(bytes.ToLower(bytes.TrimSpace(subject)))
+	h.Write([]byte{0})
+	body := raw
+	if i := bytes.Index(body, []byte(crlf2)); i >= 0 {
+		body = body[i+len(crlf2):]
+	} else if i := bytes.Index(body, []byte(lf2)); i >= 0 {
+		body = body[i+len(lf2):]
+	}
+	if len(body) > fingerprintBody {
+		body = body[:fingerprintBody]
+	}
+	h.Write(body)
+	var sum [32]byte
+	return hex.EncodeToString(h.Sum(sum[:0])[:8])
 }
 
 // Msg returns the judged message, decoding it on first use; nil when the

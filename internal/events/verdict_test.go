@@ -87,6 +87,7 @@ func TestParseVerdictMatchesEncodingJSON(t *testing.T) {
 		}
 		want.Account = strings.ToLower(want.Account)
 		v.Msg()
+		v.subject, v.raw = nil, nil // the spans Fingerprint reads
 		if !reflect.DeepEqual(v, &want) {
 			t.Fatalf("decoded\n%+v\nwant\n%+v", v, &want)
 		}
@@ -138,4 +139,31 @@ func FuzzParseVerdict(f *testing.F) {
 			t.Fatalf("decoded %+v, encoding/json %+v", v, want)
 		}
 	})
+}
+
+// TestFingerprint: copies of one campaign (other recipients, other
+// Message-IDs) fingerprint alike, other content differs, and it needs no
+// decode of the message.
+func TestFingerprint(t *testing.T) {
+	ev := func(subject, headers, body string) *Verdict {
+		m, _ := json.Marshal(map[string]any{"subject": subject, "raw": headers + "\r\n\r\n" + body})
+		data := `{"id":"x","time":"2026-11-21T11:00:00Z","direction":"outbound","account":"a@example.com","verdict":"spam","message":` + string(m) + `}`
+		v, err := ParseVerdict("aup.verdict.outbound", []byte(data), now, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	a := ev("Cheap meds", "To: x@example.net\r\nMessage-ID: <1@a>", "Buy now")
+	b := ev(" cheap MEDS ", "To: y@example.org\r\nMessage-ID: <2@a>", "Buy now")
+	c := ev("Cheap meds", "To: x@example.net", "Something else")
+	if a.Fingerprint() == "" || a.Fingerprint() != b.Fingerprint() || a.Fingerprint() == c.Fingerprint() {
+		t.Fatalf("fingerprints %q %q %q", a.Fingerprint(), b.Fingerprint(), c.Fingerprint())
+	}
+	if a.Message != nil {
+		t.Fatal("Fingerprint decoded the message")
+	}
+	if (&Verdict{}).Fingerprint() != "" {
+		t.Fatal("a fingerprint without a message")
+	}
 }

@@ -384,8 +384,20 @@ func (r *runner) connect() (*nats.Conn, jetstream.JetStream, error) {
 func (r *runner) publish(ctx context.Context, js jetstream.JetStream, evs []Event, subject func(Event) string) (time.Duration, error) {
 	start := time.Now()
 	for _, e := range evs {
-		if _, err := js.PublishAsync(subject(e), e.Data); err != nil {
-			return 0, fmt.Errorf("publish: %w", err)
+		for {
+			_, err := js.PublishAsync(subject(e), e.Data)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				return 0, fmt.Errorf("publish: %w", err)
+			}
+			// the server is behind: let the outstanding acks come
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(r.cfg.Timeout):
+				return 0, errors.New("publish acks did not arrive")
+			}
 		}
 	}
 	select {

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/app"
+	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/testutil"
+)
+
+// TestIngestARFPipe feeds a feedback-loop report to `aupctl ingest-arf`
+// on standard input, as a Postfix pipe transport does, against a whole
+// in-process aupd, and checks the complaint is counted once, and the
+// exit codes Postfix acts on.
+func TestIngestARFPipe(t *testing.T) {
+	rdb, prefix := testutil.Redis(t)
+	ns := testutil.NATSServer(t, "")
+	const token = "fbl-publisher-token-0123456789"
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.NATS.URL = ns.ClientURL()
+	cfg.NATS.Consumer.MaxWait = 50 * time.Millisecond
+	cfg.Redis.Addrs = []string{testutil.RedisAddr()}
+	cfg.Redis.Prefix = prefix
+	cfg.Redis.Autostart = false
+	cfg.Notifier.EMLDir = t.TempDir()
+	cfg.Policy.Postfix.Listen = ""
+	cfg.Policy.Dovecot.Listen = ""
+	cfg.Companies = []companies.Company{{ID: "net", Domains: []string{"example.net"}}}
+	const abuseToken = "abuse-desk-token-0123456789"
+	cfg.Auth.Tokens = []api.TokenConfig{{Name: "fbl", Hash: api.HashToken(token), Role: api.RolePublisher},
+		{Name: "desk", Hash: api.HashToken(abuseToken), Role: api.RoleAbuse}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan app.Info, 1)
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx, app.Options{Config: cfg, OnReady: func(i app.Info) { ready <- i }}) }()
+	var info app.Info
+	select {
+	case info = <-ready:
+	case err := <-done:
+		t.Fatalf("aupd: %v", err)
+	}
+	t.Cleanup(func() { cancel(); <-done })
+
+	tokenFile := filepath.Join(t.TempDir(), "publisher.token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	report, err := os.ReadFile("../../internal/arf/testdata/rfc5965-b1.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The RFC's example is from 2005, far outside the window: date it now.
+	report = bytes.Replace(report, []byte("Date: Thu, 8 Mar 2005 17:40:36 EDT"), []byte("Date: "+time.Now().UTC().Format(time.RFC1123Z)), 1)
+	// The documented master.cf line, with this test's server and token
+	// file in place of the example's.
+	mcf, err := os.ReadFile("../../deploy/postfix/fbl.master.cf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, argvLine, ok := strings.Cut(string(mcf), "argv=")
+	argv := strings.Fields(argvLine)
+	if !ok || len(argv) < 2 || filepath.Base(argv[0]) != "aupctl" || argv[1] != "ingest-arf" {
+		t.Fatalf("fbl.master.cf argv: %q", argv)
+	}
+	pipe := func(server, tokFile string, stdin []byte) (int, string, string) {
+		args := append([]string{}, argv[1:]...)
+		for i := 0; i+1 < len(args); i++ {
+			switch args[i] {
+			case "--server":
+				args[i+1] = server
+			case "--token-file":
+				args[i+1] = tokFile
+			}
+		}
+		var out, errb bytes.Buffer
+		code := runIn(args, bytes.NewReader(stdin), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	server := "http://" + info.HTTPAddr
+	code, out, errs := pipe(server, tokenFile, report)
+	if code != 0 || !strings.Contains(out, "accepted complaint against somespammer@example.net") {
+		t.Fatalf("ingest-arf: %d %q %q", code, out, errs)
+	}
+	// Postfix delivers the same report again: stored once, counted once.
+	if code, out, _ := pipe(server, tokenFile, report); code != 0 || !strings.Contains(out, "duplicate") {
+		t.Fatalf("again: %d %q", code, out)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
+		return err == nil && n == 1
+	}, "the complaint was not counted")
+
+	// A second report about the same sender, then: what would threshold 1
+	// have done? (The live threshold, 50, did nothing.)
+	second := bytes.Replace(report, []byte("Subject: FW: Earn money"), []byte("Message-ID: <second-report@example.com>\nSubject: FW: Earn money"), 1)
+	if code, out, errs := pipe(server, tokenFile, second); code != 0 || !strings.Contains(out, "accepted") {
+		t.Fatalf("second report: %d %q %q", code, out, errs)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
+		return err == nil && n == 2
+	}, "the second complaint was not counted")
+	var rout, rerr bytes.Buffer
+	if code := runIn([]string{"replay", "--server", server, "--token", abuseToken, "--threshold", "1", "--since", "1h"}, nil, &rout, &rerr); code != 0 ||
+		!strings.Contains(rout.String(), "somespammer@example.net") || !strings.Contains(rout.String(), "suspend at") || !strings.Contains(rout.String(), "count 2") {
+		t.Fatalf("replay: %d %q %q", code, rout.String(), rerr.String())
+	}
+	if code := runIn([]string{"replay", "--server", server, "--token", abuseToken, "--threshold", "1"}, nil, &rout, &rerr); code != 0 {
+		t.Fatalf("replay with default since: %d %s", code, rerr.String())
+	}
+	if code := runIn([]string{"replay", "--server", server, "--token", abuseToken}, nil, &rout, &rerr); code != exitUsage {
+		t.Fatalf("replay without threshold: %d", code)
+	}
+	if code := runIn([]string{"replay", "--server", server, "--token", token, "--threshold", "1"}, nil, &rout, &rerr); code != exitRefused {
+		t.Fatalf("replay with a publisher token: %d", code)
+	}
+
+	// Refused reports bounce with the reason (65); a bad token is 77; aupd
+	// unreachable is 75, so that Postfix retries.
+	if code, _, errs := pipe(server, tokenFile, []byte("From: a@example.net\nSubject: hi\n\nnot a report\n")); code != exDataErr || !strings.Contains(errs, "not_arf") {
+		t.Fatalf("not ARF: %d %q", code, errs)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.token")
+	_ = os.WriteFile(bad, []byte("nope"), 0o600)
+	if code, _, errs := pipe(server, bad, report); code != exNoPerm {
+		t.Fatalf("bad token: %d %q", code, errs)
+	}
+	if code, _, errs := pipe("http://127.0.0.1:1", tokenFile, report); code != exTempFail {
+		t.Fatalf("unreachable: %d %q", code, errs)
+	}
+	if code, _, _ := pipe(server, filepath.Join(t.TempDir(), "missing"), report); code != exConfig {
+		t.Fatalf("missing token file: %d", code)
+	}
+}

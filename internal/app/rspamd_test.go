@@ -1,0 +1,267 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aupd/aupd/internal/testutil"
+)
+
+// TestRspamdMetadataExporter runs a private rspamd (Debian's package,
+// installed with apt-get when missing) on loopback ports with the
+// documented deploy/rspamd/local.d/metadata_exporter.conf pointed at an
+// in-process aupd, scans a GTUBE message with rspamc as an authenticated
+// user and then as inbound mail to a local account, and checks what aupd
+// counted.
+//
+// rspamd stops processing (task flag "skip", which metadata_exporter
+// honours) when the GTUBE pattern is in a text part, so the test message
+// carries the GTUBE string in its Subject, and the private instance scores
+// it with a multimap rule of the test's own: a real scan, a real reject.
+//
+// AUPD_RSPAMD=skip skips it; AUPD_RSPAMD=require makes a skip a failure.
+func TestRspamdMetadataExporter(t *testing.T) {
+	skip := func(format string, args ...any) {
+		t.Helper()
+		msg := fmt.Sprintf("rspamd: "+format, args...)
+		if os.Getenv("AUPD_RSPAMD") == "require" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	if os.Getenv("AUPD_RSPAMD") == "skip" {
+		skip("AUPD_RSPAMD=skip")
+	}
+	if testing.Short() {
+		skip("skipped in -short mode")
+	}
+	rspamdBin, rspamcBin := ensureRspamd(t, skip)
+
+	ns := testutil.NATSServer(t, "")
+	_, prefix := testutil.Redis(t)
+	h := start(t, withIngestTokens(t, testConfig(t, ns.ClientURL(), prefix)))
+
+	// The documented exporter config, with aupd's address and a publisher
+	// token set, as an operator would.
+	conf, err := os.ReadFile("../../deploy/rspamd/local.d/metadata_exporter.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := strings.ReplaceAll(string(conf), "http://127.0.0.1:9390", "http://"+h.info.HTTPAddr)
+	c = strings.ReplaceAll(c, "CHANGE-ME-publisher-token", tokPublisher)
+	if c == string(conf) || strings.Contains(c, "CHANGE-ME") {
+		t.Fatal("the documented config no longer has the SET lines the test fills in")
+	}
+
+	dir, err := os.MkdirTemp("", "aupd-rspamd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ports := freeLoopbackPorts(t, 4)
+	files := map[string]string{
+		"local.d/metadata_exporter.conf":   c,
+		"local.d/options.inc":              "dns {\n  nameserver = [\"127.0.0.1:1\"];\n  timeout = 0.2s;\n  retransmits = 1;\n}\n",
+		"local.d/multimap.conf":            "AUPD_TEST_GTUBE {\n  type = \"header\";\n  header = \"Subject\";\n  regexp = true;\n  map = \"" + dir + "/gtube.map\";\n  score = 20.0;\n}\n",
+		"gtube.map":                        "/GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL/\n",
+		"override.d/worker-normal.inc":     "bind_socket = \"" + ports[0] + "\";\n",
+		"override.d/worker-controller.inc": "bind_socket = \"" + ports[1] + "\";\n",
+		"override.d/worker-proxy.inc":      "bind_socket = \"" + ports[2] + "\";\n",
+		"override.d/worker-fuzzy.inc":      "bind_socket = \"" + ports[3] + "\";\ncount = -1;\n",
+		"override.d/fuzzy_check.conf":      "enabled = false;\n", // no network here
+		"override.d/logging.inc":           "type = \"console\";\nlevel = \"info\";\n",
+	}
+	for _, d := range []string{"local.d", "override.d", "db", "run", "log"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vars := []string{"--var=LOCAL_CONFDIR=" + dir, "--var=DBDIR=" + dir + "/db", "--var=RUNDIR=" + dir + "/run", "--var=LOGDIR=" + dir + "/log"}
+	if out, err := exec.Command("rspamadm", append(append([]string{}, vars...), "configtest", "-c", "/etc/rspamd/rspamd.conf")...).CombinedOutput(); err != nil {
+		t.Fatalf("rspamadm configtest with the documented config: %v\n%s", err, tail(out, 3000))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs bytes.Buffer
+	cmd := exec.CommandContext(ctx, rspamdBin, append([]string{"-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf"}, vars...)...)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		cancel()
+		skip("cannot start rspamd: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("rspamd log:\n%s", tail(logs.Bytes(), 8000))
+		}
+	})
+	testutil.Eventually(t, 90*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", ports[0], 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "rspamd did not listen on %s", ports[0])
+
+	gtube := "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+	scan := func(msg string, args ...string) string {
+		t.Helper()
+		sctx, scancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer scancel()
+		cmd := exec.CommandContext(sctx, rspamcBin, append([]string{"-h", ports[0], "-t", "30"}, args...)...)
+		cmd.Stdin = strings.NewReader(msg)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("rspamc %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+
+	// Outbound: alice authenticated and sends spam.
+	out := "From: Alice <alice@globex.test>\r\nTo: bob@example.net\r\nSubject: Offer " + gtube + "\r\n" +
+		"Message-ID: <out-1@globex.test>\r\nDate: Tue, 01 Dec 2026 08:00:00 +0000\r\n\r\nCheap meds, buy now.\r\n"
+	res := scan(out, "-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QOUT1")
+	if !strings.Contains(res, "reject") {
+		t.Fatalf("outbound scan did not reject: %s", res)
+	}
+	// Inbound: an outside sender to a local account (and one that is not).
+	in := "From: Spammer <spam@outside.example>\r\nTo: carol@example.com\r\nSubject: Win " + gtube + "\r\n" +
+		"Message-ID: <in-1@outside.example>\r\nDate: Tue, 01 Dec 2026 08:01:00 +0000\r\n\r\nYou have won.\r\n"
+	res = scan(in, "-F", "spam@outside.example", "-r", "carol@example.com", "-r", "someone@elsewhere.example", "-i", "203.0.113.7", "--header", "Queue-Id: 4QIN1")
+	if !strings.Contains(res, "reject") {
+		t.Fatalf("inbound scan did not reject: %s", res)
+	}
+	// Ham from an authenticated user is not exported.
+	scan("From: alice@globex.test\r\nTo: bob@example.net\r\nSubject: lunch\r\nMessage-ID: <ham-1@globex.test>\r\n\r\nAt noon?\r\n",
+		"-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QHAM1")
+
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		return h.count("alice@globex.test") == 1 && h.count("carol@example.com") == 1
+	}, "aupd did not count both: alice %d carol %d", h.count("alice@globex.test"), h.count("carol@example.com"))
+	h.drained()
+
+	// The events as stored: direction, account, verdict, id, sample.
+	type seen struct{ subject, account, verdict, id, raw, source string }
+	var got []seen
+	for _, m := range h.streamMsgs(h.cfg.NATS.Verdicts.Name) {
+		var v struct {
+			ID, Direction, Account, Verdict, Source string
+			Score                                   *float64
+			Message                                 struct {
+				Subject, Raw string
+			}
+		}
+		if err := jsonUnmarshal(m.Data, &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Score == nil || *v.Score < 15 || !strings.HasPrefix(v.Source, "rspamd") || m.Header.Get("Nats-Msg-Id") != v.ID {
+			t.Errorf("event %s: score %v source %q msg-id %q", m.Subject, v.Score, v.Source, m.Header.Get("Nats-Msg-Id"))
+		}
+		got = append(got, seen{m.Subject, v.Account, v.Verdict, v.ID, v.Message.Raw, v.Source})
+	}
+	if len(got) != 2 {
+		t.Fatalf("stored %d events, want 2: %+v", len(got), got)
+	}
+	if g := got[0]; g.subject != "aup.verdict.outbound" || g.account != "alice@globex.test" || g.verdict != "spam" ||
+		!strings.Contains(g.raw, "Cheap meds") || !strings.HasPrefix(g.id, "rspamd-") {
+		t.Errorf("outbound event: %+v", g)
+	}
+	if g := got[1]; g.subject != "aup.verdict.inbound" || g.account != "carol@example.com" || g.verdict != "spam" ||
+		!strings.Contains(g.raw, "You have won") {
+		t.Errorf("inbound event: %+v", g)
+	}
+	m := h.metrics()
+	if !strings.Contains(m, `aupd_ingest_events_total{result="accepted",source="rspamd"} 2`) {
+		t.Errorf("metrics: %s", grepLines(m, "aupd_ingest_events_total"))
+	}
+}
+
+// ensureRspamd finds rspamd and rspamc, installing Debian's rspamd with
+// apt-get when they are missing.
+func ensureRspamd(t *testing.T, skip func(string, ...any)) (string, string) {
+	t.Helper()
+	d, err1 := exec.LookPath("rspamd")
+	c, err2 := exec.LookPath("rspamc")
+	if err1 == nil && err2 == nil {
+		return d, c
+	}
+	if os.Getuid() != 0 {
+		skip("rspamd is not installed and installing it needs root (apt-get install rspamd)")
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		skip("rspamd is not installed and there is no apt-get")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", "rspamd")
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		upd := exec.CommandContext(ctx, "apt-get", "update")
+		_ = upd.Run()
+		cmd = exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", "rspamd")
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err = cmd.CombinedOutput(); err != nil {
+			skip("cannot install rspamd (%v):\n%s", err, tail(out, 2000))
+		}
+	}
+	d, err1 = exec.LookPath("rspamd")
+	c, err2 = exec.LookPath("rspamc")
+	if err := errors.Join(err1, err2); err != nil {
+		skip("rspamd installed but not found: %v", err)
+	}
+	return d, c
+}
+
+func freeLoopbackPorts(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		out = append(out, ln.Addr().String())
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return out
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -1,0 +1,88 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/aupd/aupd/internal/replay"
+)
+
+// IngestAnswer is the answer of the ingest endpoints.
+type IngestAnswer struct {
+	Accepted   int `json:"accepted"`
+	Duplicates int `json:"duplicates"`
+	Rejected   int `json:"rejected"`
+	Results    []struct {
+		ID      string `json:"id"`
+		Result  string `json:"result"`
+		Account string `json:"account"`
+		Reason  string `json:"reason"`
+		Detail  string `json:"detail"`
+	} `json:"results"`
+}
+
+// IngestARF posts one feedback-loop report. The answer is decoded also
+// when aupd refused the report (422) or could not store it (503); err is
+// then an *Error with that status.
+func (c *Client) IngestARF(ctx context.Context, report []byte) (*IngestAnswer, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/api/v1/ingest/arf", bytes.NewReader(report))
+	if err != nil {
+		return nil, nil, fmt.Errorf("make request: %w", err)
+	}
+	req.Header.Set("Content-Type", "message/rfc822")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	res, err := c.http.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read answer: %w", err)
+	}
+	var a IngestAnswer
+	decoded := json.Unmarshal(data, &a) == nil && a.Results != nil
+	if res.StatusCode >= 300 {
+		e := &Error{Status: res.StatusCode}
+		var wrapper struct {
+			Error struct{ Code, Message string } `json:"error"`
+		}
+		if json.Unmarshal(data, &wrapper) == nil {
+			e.Code, e.Message = wrapper.Error.Code, wrapper.Error.Message
+		}
+		if decoded {
+			return &a, data, e
+		}
+		return nil, data, e
+	}
+	if !decoded {
+		return nil, data, fmt.Errorf("decode answer: %s", data)
+	}
+	return &a, data, nil
+}
+
+// Replay asks what threshold would have done over the period since.
+func (c *Client) Replay(ctx context.Context, threshold int, company string, since time.Duration) (*replay.Report, []byte, error) {
+	q := url.Values{"threshold": {strconv.Itoa(threshold)}}
+	if company != "" {
+		q.Set("company", company)
+	}
+	if since > 0 {
+		q.Set("since", since.String())
+	}
+	var r replay.Report
+	raw, err := c.do(ctx, http.MethodGet, "/api/v1/replay", q, nil, &r)
+	if err != nil {
+		return nil, raw, err
+	}
+	return &r, raw, nil
+}

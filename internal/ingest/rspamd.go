@@ -1,0 +1,360 @@
+package ingest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
+)
+
+// Rspamd is what rspamd's metadata_exporter posts about one scanned
+// message, from any of the forms it posts (ReadRspamd).
+type Rspamd struct {
+	User      string   // the authenticated user; "" when the sender did not authenticate
+	QueueID   string   // the MTA's queue id
+	Action    string   // reject, add header, rewrite subject, soft reject, greylist, no action
+	Score     *float64 // the metric score
+	Symbols   []string // names of the symbols that matched
+	Rcpt      []string // envelope recipients
+	From      string   // envelope sender
+	MessageID string
+	Subject   string
+	Server    string // rspamd_server: the host name of the rspamd that scanned it
+	Message   []byte // the message itself, when it was posted
+}
+
+// Limits of what is read from rspamd.
+const (
+	maxRspamdMeta  = 1 << 20 // JSON metadata, or all X-Rspamd-* headers
+	maxRecipients  = 50
+	rspamdHeaderPx = "X-Rspamd-"
+)
+
+// ErrNotRspamd says the body is not one of metadata_exporter's forms.
+var ErrNotRspamd = errors.New("not a metadata_exporter post")
+
+// ReadRspamd reads what metadata_exporter's http pusher posted, in any of
+// its forms:
+//
+//   - the json formatter (Content-Type application/json): the metadata
+//     object; with json_with_message, "message" holds the message in base64;
+//   - the default formatter (the message itself as the body) with
+//     meta_headers = true: the metadata as X-Rspamd-* request headers;
+//   - the multipart formatter (multipart/form-data): a "metadata" part of
+//     JSON and a "message" part.
+//
+// body holds at most maxBody bytes of the request body; a longer message
+// is cut (truncated says so), which only shortens its sample.
+func ReadRspamd(h http.Header, body []byte) (*Rspamd, error) {
+	ct, params, _ := mime.ParseMediaType(h.Get("Content-Type"))
+	switch {
+	case ct == "application/json" || (ct == "" || ct == "text/plain") && h.Get(rspamdHeaderPx+"Action") == "" && bytes.HasPrefix(bytes.TrimSpace(body), []byte("{")):
+		return rspamdJSON(body)
+	case ct == "multipart/form-data":
+		return rspamdMultipart(body, params["boundary"])
+	case h.Get(rspamdHeaderPx+"Action") != "":
+		return rspamdHeaders(h, body)
+	}
+	return nil, fmt.Errorf("%w: send the json, json_with_message or multipart formatter, or the default one with meta_headers = true", ErrNotRspamd)
+}
+
+// rspamdMeta is the metadata object of the json formatters.
+type rspamdMeta struct {
+	User      string          `json:"user"`
+	QID       string          `json:"qid"`
+	Action    string          `json:"action"`
+	Score     json.RawMessage `json:"score"`
+	Symbols   json.RawMessage `json:"symbols"`
+	Rcpt      json.RawMessage `json:"rcpt"`
+	From      string          `json:"from"`
+	MessageID string          `json:"message_id"`
+	Subject   string          `json:"subject"`
+	Server    string          `json:"rspamd_server"`
+	Message   string          `json:"message"`
+}
+
+func rspamdJSON(body []byte) (*Rspamd, error) {
+	if len(body) > maxRspamdMeta+MaxSample*2 {
+		return nil, fmt.Errorf("%w: metadata of %d bytes", ErrNotRspamd, len(body))
+	}
+	var m rspamdMeta
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, fmt.Errorf("%w: metadata is not JSON: %v", ErrNotRspamd, err)
+	}
+	if m.Action == "" {
+		return nil, fmt.Errorf("%w: no action in the metadata", ErrNotRspamd)
+	}
+	r := &Rspamd{User: known(m.User), QueueID: known(m.QID), Action: m.Action, From: known(m.From),
+		MessageID: known(m.MessageID), Subject: known(m.Subject), Server: known(m.Server)}
+	r.Score = number(m.Score)
+	r.Symbols = symbolNames(m.Symbols)
+	r.Rcpt = stringList(m.Rcpt)
+	if m.Message != "" {
+		msg, err := base64.StdEncoding.DecodeString(m.Message)
+		if err != nil {
+			return nil, fmt.Errorf("%w: message is not base64", ErrNotRspamd)
+		}
+		r.Message = msg
+	}
+	return r, nil
+}
+
+func rspamdMultipart(body []byte, boundary string) (*Rspamd, error) {
+	if boundary == "" {
+		return nil, fmt.Errorf("%w: multipart without a boundary", ErrNotRspamd)
+	}
+	mr := multipart.NewReader(bytes.NewReader(body), boundary)
+	var r *Rspamd
+	var msg []byte
+	for {
+		p, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			// A message cut at the body limit ends without its boundary.
+			if msg != nil || r != nil {
+				break
+			}
+			return nil, fmt.Errorf("%w: %v", ErrNotRspamd, err)
+		}
+		data, _ := io.ReadAll(io.LimitReader(p, int64(len(body))))
+		switch p.FormName() {
+		case "metadata":
+			if r, err = rspamdJSON(data); err != nil {
+				return nil, err
+			}
+		case "message":
+			msg = data
+		}
+	}
+	if r == nil {
+		return nil, fmt.Errorf("%w: no metadata part", ErrNotRspamd)
+	}
+	if msg != nil {
+		r.Message = msg
+	}
+	return r, nil
+}
+
+func rspamdHeaders(h http.Header, body []byte) (*Rspamd, error) {
+	get := func(k string) string { return known(decodeHeader(h.Get(rspamdHeaderPx + k))) }
+	r := &Rspamd{User: get("User"), QueueID: get("Qid"), Action: get("Action"), From: get("From"),
+		Subject: get("Subject"), Server: get("Rspamd_server"), Message: body}
+	r.Score = number(json.RawMessage(h.Get(rspamdHeaderPx + "Score")))
+	r.Symbols = symbolNames(json.RawMessage(h.Get(rspamdHeaderPx + "Symbols")))
+	r.Rcpt = stringList(json.RawMessage(h.Get(rspamdHeaderPx + "Rcpt")))
+	return r, nil
+}
+
+// known maps rspamd's placeholders for a missing value ("unknown" in
+// the exporter's metadata, "undef" for a missing queue id or Message-ID)
+// to "".
+func known(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "unknown" || s == "undef" {
+		return ""
+	}
+	return s
+}
+
+func number(raw json.RawMessage) *float64 {
+	s := strings.Trim(strings.TrimSpace(string(raw)), `"`)
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return nil
+	}
+	return &f
+}
+
+// symbolNames reads the symbols: an array (or object) of symbol objects
+// with a "name", or of names.
+func symbolNames(raw json.RawMessage) []string {
+	var objs []struct {
+		Name string `json:"name"`
+	}
+	if json.Unmarshal(raw, &objs) == nil {
+		var out []string
+		for _, o := range objs {
+			out = append(out, o.Name)
+		}
+		return out
+	}
+	var byName map[string]json.RawMessage
+	if json.Unmarshal(raw, &byName) == nil {
+		var out []string
+		for k := range byName {
+			out = append(out, k)
+		}
+		return out
+	}
+	var names []string
+	_ = json.Unmarshal(raw, &names)
+	return names
+}
+
+// stringList reads a JSON array of strings, or one string.
+func stringList(raw json.RawMessage) []string {
+	var l []string
+	if json.Unmarshal(raw, &l) == nil {
+		return l
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil && known(s) != "" {
+		for _, p := range strings.Split(s, ",") {
+			l = append(l, strings.TrimSpace(p))
+		}
+	}
+	return l
+}
+
+// VerdictOf is the verdict rspamd's action and symbols give: a virus
+// symbol (CLAM_VIRUS, ESET_VIRUS, ... but not a *_FAIL of the scanner)
+// gives virus, a phishing symbol (PHISHING, PHISHED_*) phish, the spam
+// actions (reject, add header, rewrite subject) spam, anything else ham.
+func (r *Rspamd) VerdictOf() rules.Verdict {
+	phish := false
+	for _, s := range r.Symbols {
+		u := strings.ToUpper(s)
+		switch {
+		case strings.Contains(u, "VIRUS") && !strings.HasSuffix(u, "_FAIL") && !strings.HasSuffix(u, "_ENCRYPTED"):
+			return rules.Virus
+		case u == "PHISHING" || strings.HasPrefix(u, "PHISHED_"):
+			phish = true
+		}
+	}
+	if phish {
+		return rules.Phish
+	}
+	switch r.Action {
+	case "reject", "add header", "rewrite subject":
+		return rules.Spam
+	}
+	return rules.Ham
+}
+
+// Refusal reasons of the rspamd and ARF endpoints.
+const (
+	ReasonNotRspamd     = "not_rspamd"
+	ReasonNoAccount     = "no_local_account"
+	ReasonNotARF        = "not_arf"
+	ReasonOutOfScope    = "out_of_scope"
+	ReasonBadAuthedUser = "user_not_an_address"
+)
+
+// RefusedError is a post that becomes no event.
+type RefusedError struct{ Reason, Detail string }
+
+func (e *RefusedError) Error() string { return e.Reason + ": " + e.Detail }
+
+// Verdicts maps one rspamd scan to verdict events:
+//
+//   - an authenticated sender makes one outbound event against the
+//     authenticated user, which must be an address (a login without a
+//     domain is completed from the envelope sender when its local part is
+//     the login);
+//   - otherwise one inbound event per local recipient (local says which
+//     addresses belong to a company);
+//
+// the id is stable across rspamd's retries (queue id, Message-ID and the
+// account, or the message itself when both are missing), time is now.
+func (r *Rspamd) Verdicts(local func(string) bool, now time.Time) ([]*events.Verdict, error) {
+	var msg *events.Message
+	if len(r.Message) > 0 {
+		msg = Sample(r.Message)
+	} else {
+		msg = &events.Message{}
+	}
+	if msg.MessageID == "" {
+		msg.MessageID = oneLine(r.MessageID)
+	}
+	if r.MessageID == "" {
+		// The default formatter's meta headers carry no Message-ID.
+		r.MessageID = strings.Trim(msg.MessageID, "<>")
+	}
+	if msg.Subject == "" {
+		msg.Subject = oneLine(r.Subject)
+	}
+	if msg.From == "" {
+		msg.From = oneLine(r.From)
+	}
+	if len(msg.To) == 0 {
+		for _, a := range r.Rcpt {
+			if len(msg.To) < maxRecipients {
+				msg.To = append(msg.To, oneLine(a))
+			}
+		}
+	}
+	base := events.Verdict{Time: now.UTC(), Verdict: r.VerdictOf(), Score: r.Score, Source: "rspamd", Message: msg}
+	if s := oneLine(r.Server); s != "" {
+		base.Source = cutUTF8([]byte("rspamd@"+s), 128)
+	}
+	var accounts []string
+	if r.User != "" {
+		user := r.User
+		if !strings.Contains(user, "@") {
+			// A login without a domain (SASL user "alice"): the envelope
+			// sender names the domain when its local part is the login.
+			if l, d, ok := strings.Cut(r.From, "@"); ok && strings.EqualFold(l, user) && d != "" {
+				user = r.From
+			}
+		}
+		acct, err := events.NormalizeAccount(user)
+		if err != nil {
+			return nil, &RefusedError{ReasonBadAuthedUser, fmt.Sprintf("the authenticated user %q is not an address local@domain (%v)", oneLine(r.User), err)}
+		}
+		base.Direction = rules.Outbound
+		accounts = []string{acct}
+	} else {
+		base.Direction = rules.Inbound
+		seen := map[string]bool{}
+		for _, a := range r.Rcpt {
+			acct, err := events.NormalizeAccount(strings.Trim(strings.TrimSpace(a), "<>"))
+			if err != nil || seen[acct] || !local(acct) {
+				continue
+			}
+			seen[acct] = true
+			if len(accounts) < maxRecipients {
+				accounts = append(accounts, acct)
+			}
+		}
+		if len(accounts) == 0 {
+			return nil, &RefusedError{ReasonNoAccount, "the sender did not authenticate and no recipient is a local account"}
+		}
+	}
+	var out []*events.Verdict
+	for _, acct := range accounts {
+		v := base
+		v.Account = acct
+		v.ID = r.id(acct)
+		out = append(out, &v)
+	}
+	return out, nil
+}
+
+func (r *Rspamd) id(account string) string {
+	h := sha256.New()
+	if r.QueueID == "" && r.MessageID == "" {
+		h.Write([]byte("message\x00"))
+		h.Write(r.Message)
+		h.Write([]byte{0})
+		h.Write([]byte(r.Subject + "\x00" + r.From + "\x00" + strings.Join(r.Rcpt, ",")))
+	} else {
+		h.Write([]byte("qid\x00" + r.QueueID + "\x00" + r.MessageID))
+	}
+	h.Write([]byte("\x00" + account))
+	return "rspamd-" + hex.EncodeToString(h.Sum(nil)[:16])
+}
