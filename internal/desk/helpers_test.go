@@ -246,6 +246,12 @@ func (w *world) notice(account, suspension string) (body, link string) {
 		}
 		return false
 	}, "no notice for %s (%s)", account, suspension)
+	// The file is written before the notice is recorded as sent.
+	testutil.Eventually(w.t, 30*time.Second, func() bool {
+		ls, _ := w.account(account)["last_suspension"].(map[string]any)
+		n, _ := ls["notice"].(map[string]any)
+		return ls["id"] != suspension || n["state"] == "sent"
+	}, "the notice of %s was not recorded as sent", suspension)
 	m := regexp.MustCompile(regexp.QuoteMeta(publicURL) + `/l/[A-Za-z0-9_.-]+`).FindString(body)
 	if m == "" {
 		w.t.Fatalf("notice has no desk link:\n%s", body)
