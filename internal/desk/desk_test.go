@@ -90,6 +90,13 @@ func TestSignInAndOut(t *testing.T) {
 	if sess.Secure {
 		t.Errorf("session cookie is Secure over plain HTTP to an http:// desk")
 	}
+	// Behind a TLS proxy the cookies are Secure.
+	proxied := w.browser()
+	req, _ := http.NewRequest("GET", w.base+"/desk/sign-in", nil)
+	req.Header.Set("X-Forwarded-Proto", "https")
+	if pp := proxied.do(req); !strings.Contains(strings.Join(pp.hdr["Set-Cookie"], "\n"), "; Secure") {
+		t.Errorf("cookies behind a TLS proxy: %q", pp.hdr["Set-Cookie"])
+	}
 	if strings.Contains(sess.Value, tokAbuse) {
 		t.Errorf("the cookie carries the token")
 	}

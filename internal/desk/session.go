@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -108,7 +109,9 @@ func (d *Desk) endSession(ctx context.Context, s *session) error {
 func (d *Desk) cookie(r *http.Request, name, value string, maxAge time.Duration) *http.Cookie {
 	c := &http.Cookie{
 		Name: name, Value: value, Path: "/desk/", HttpOnly: true, SameSite: http.SameSiteStrictMode,
-		Secure: r.TLS != nil || d.cfg.secure(),
+		// Behind TLS: here, or at a proxy in front (public_url https, or the
+		// proxy's X-Forwarded-Proto; a forged one only restricts the cookie).
+		Secure: r.TLS != nil || d.cfg.secure() || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https"),
 	}
 	if maxAge > 0 {
 		c.MaxAge = int(maxAge / time.Second)

@@ -41,6 +41,7 @@ func (d *Desk) signIn(w http.ResponseWriter, r *http.Request) {
 		var lim *errLimited
 		if errors.As(err, &lim) {
 			d.signIns.WithLabelValues("limited").Inc()
+			d.log.Warn("desk sign-in refused: too many attempts", "remote", r.RemoteAddr)
 			w.Header().Set("Retry-After", strconv.Itoa(int(lim.retry.Seconds())+1))
 			d.fail(w, r, nil, http.StatusTooManyRequests, "Too many attempts", "Too many sign-in attempts from your address. Wait a few minutes and try again.")
 			return
@@ -60,6 +61,7 @@ func (d *Desk) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		d.signIns.WithLabelValues("invalid").Inc()
+		d.log.Info("desk sign-in with an invalid token", "remote", r.RemoteAddr)
 		d.showSignIn(w, r, http.StatusUnauthorized, "That token is not valid.")
 		return
 	}
