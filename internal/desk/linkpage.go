@@ -136,7 +136,7 @@ func (d *Desk) linkReinstate(w http.ResponseWriter, r *http.Request) {
 	// Once: the mark is taken before the change and given back if
 	// nothing changed.
 	key := d.usedKey(lk)
-	first, err := d.rdb.SetNX(ctx, key, d.now().UnixMilli(), time.Until(lk.Expires)+24*time.Hour).Result()
+	first, err := d.rdb.SetNX(ctx, key, d.now().UnixMilli(), lk.Expires.Sub(d.now())+24*time.Hour).Result()
 	if err != nil {
 		d.internal(w, r, nil, err)
 		return
