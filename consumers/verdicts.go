@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/jsutil"
 	"github.com/aupd/aupd/internal/ratelog"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
@@ -291,27 +292,11 @@ func (v *Verdicts) deadLetters(ctx context.Context, dead []deadLetter) {
 	if len(dead) == 0 {
 		return
 	}
-	futures := make([]jetstream.PubAckFuture, len(dead))
-	errs := make([]error, len(dead))
+	msgs := make([]*nats.Msg, len(dead))
 	for i, d := range dead {
-		futures[i], errs[i] = v.o.JS.PublishMsgAsync(v.deadMsg(d))
+		msgs[i] = v.deadMsg(d)
 	}
-	timeout := time.NewTimer(10 * time.Second)
-	defer timeout.Stop()
-	for i, f := range futures {
-		if f == nil {
-			continue
-		}
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			errs[i] = err
-		case <-timeout.C:
-			errs[i] = errors.New("timed out waiting for the dead letter's ack")
-		case <-ctx.Done():
-			errs[i] = ctx.Err()
-		}
-	}
+	errs := jsutil.PublishAll(ctx, v.o.JS, msgs, 10*time.Second)
 	stored := map[string]int{}
 	var failed int
 	var first error

@@ -155,7 +155,7 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 		}
 		j, ok := index[v.Account]
 		if !ok {
-			pol := accountPolicy(p, company, v.Account)
+			pol := AccountPolicy(p, company, v.Account)
 			b := store.Batch{
 				Account:   v.Account,
 				Threshold: pol.Threshold,
@@ -342,18 +342,17 @@ const maxNearHints = 10000
 // Cap is the per-account cap of stored events: max(aup.max_tracked,
 // threshold + 1), with the company's threshold.
 func Cap(p Policy, c *companies.Company, account string) int {
-	return capOf(p, accountPolicy(p, c, account))
+	return capOf(p, AccountPolicy(p, c, account))
 }
 
 func capOf(p Policy, pol rules.Policy) int { return max(p.MaxTracked, pol.Threshold+1) }
 
-// accountPolicy applies a company's overrides to the provider's rule.
-func accountPolicy(p Policy, c *companies.Company, account string) rules.Policy {
+// AccountPolicy applies a company's overrides to the provider's rule for
+// one account: the rule the worker applies, and replay with it.
+func AccountPolicy(p Policy, c *companies.Company, account string) rules.Policy {
 	pol := rules.Policy{Threshold: p.Threshold, Directions: p.Directions, Verdicts: p.Verdicts, Mode: p.Mode}
-	for _, a := range p.Allowlist {
-		if a == account {
-			pol.Allowlisted = true
-		}
+	if slices.Contains(p.Allowlist, account) {
+		pol.Allowlisted = true
 	}
 	if c != nil {
 		if c.Threshold != nil {

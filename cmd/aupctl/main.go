@@ -55,6 +55,8 @@ Account commands:
   set ADDRESS [--type mailbox|forward] [--company ID] --reason TEXT
                                          create an account or set its type or company
   delete ADDRESS --reason TEXT           delete (refused while any service is suspended)
+  import FILE|- --reason TEXT            provision accounts from CSV (address[,type[,company]])
+                                         or JSON lines; idempotent, reports what changed
   history ADDRESS [--limit N]            the account's history, newest first
   evidence ADDRESS SUSPENSION-ID [-o FILE]
                                          download the evidence.txt of a suspension
@@ -284,6 +286,7 @@ func commandTable() map[string]command {
 		return f
 	}, run: setCmd}
 	commands["delete"] = command{args: "ADDRESS --reason TEXT", minArgs: 1, maxArgs: 1, flags: withReason, run: deleteCmd}
+	commands["import"] = importCommand()
 	commands["history"] = command{args: "ADDRESS [--limit N]", minArgs: 1, maxArgs: 1, flags: func(fs *flag.FlagSet) *flags {
 		return &flags{limit: fs.Int("limit", 50, "")}
 	}, run: historyCmd}
@@ -657,6 +660,7 @@ func licencesCmd(ctx context.Context, x *cli, args []string, _ *flags) error {
 	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Company:\t%s\n", l.Company)
 	fmt.Fprintf(w, "Licences:\t%d\n", l.Total)
+	fmt.Fprintf(w, "  provisioned:\t%d\n  holding state, not provisioned:\t%d\n", l.Provisioned, l.Unprovisioned)
 	for _, st := range rules.Statuses {
 		fmt.Fprintf(w, "  %s:\t%d\n", st, l.ByStatus[st])
 	}

@@ -17,8 +17,12 @@ import (
 
 // Account is the JSON form of an account.
 type Account struct {
-	Address      string            `json:"address"`
-	Exists       bool              `json:"exists"`
+	Address string `json:"address"`
+	Exists  bool   `json:"exists"`
+	// Provisioned: a mailbox the provider provisioned (PUT, aupctl import);
+	// Licensed: it counts as a licence (provisioned, or holding state).
+	Provisioned  bool              `json:"provisioned"`
+	Licensed     bool              `json:"licensed"`
 	Type         rules.AccountType `json:"type"`
 	Company      string            `json:"company,omitempty"`
 	Status       rules.Status      `json:"status"` // effective now: an ended lockout is active
@@ -51,7 +55,8 @@ type LastSuspension struct {
 func (s *server) accountJSON(a *store.Account) *Account {
 	now := s.opts.Now()
 	out := &Account{
-		Address: a.Address, Exists: a.Exists, Type: a.Type, Company: a.Company,
+		Address: a.Address, Exists: a.Exists, Provisioned: a.Provisioned, Licensed: a.Licensed(now),
+		Type: a.Type, Company: a.Company,
 		Status: a.View().EffectiveStatus(now), StatusInfo: a.StatusInfo,
 		Suspended: a.Suspended(), Suspensions: []Suspension{}, Version: a.Version,
 	}
@@ -370,8 +375,11 @@ func (s *server) putAccount(w http.ResponseWriter, r *http.Request, p *principal
 			return
 		}
 	}
+	// PUT provisions: the account is one of the provider's mailboxes, a
+	// licence whatever its state (store.Provision).
 	s.change(w, r, addr, by, false, func(ctx context.Context) (*store.Op, error) {
-		return s.store.SetAccount(ctx, addr, req.Type, req.Company, by)
+		_, op, err := s.store.Provision(ctx, addr, req.Type, req.Company, by)
+		return op, err
 	})
 }
 

@@ -154,6 +154,7 @@ func (s *server) routeTable() []route {
 		{"GET /api/v1/accounts", RoleViewer, s.listAccounts},
 		{"GET /api/v1/accounts/{account}", RoleViewer, s.getAccount},
 		{"PUT /api/v1/accounts/{account}", RoleAdmin, s.putAccount},
+		{RouteProvision, RoleAdmin, s.provision},
 		{"DELETE /api/v1/accounts/{account}", RoleAdmin, s.deleteAccount},
 		{"POST /api/v1/accounts/{account}/suspend", RoleAbuse, s.services(true, s.store.Suspend)},
 		{"POST /api/v1/accounts/{account}/reinstate", RoleAbuse, s.services(false, s.store.Reinstate)},

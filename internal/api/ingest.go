@@ -234,11 +234,10 @@ func (s *server) ingestRspamd(w http.ResponseWriter, r *http.Request, p *princip
 		refuse(ingest.ReasonNotRspamd, err.Error())
 		return
 	}
-	vs, err := rs.Verdicts(s.local(p), s.opts.Now())
+	vs, err := rs.Verdicts(s.opts.Now())
 	var re *ingest.RefusedError
 	if errors.As(err, &re) {
-		// no_local_account is normal for inbound mail to other hosts'
-		// users: the exporter cannot tell local accounts.
+		// no_local_account is normal for bounces (no envelope sender).
 		refuse(re.Reason, re.Detail)
 		return
 	}

@@ -30,14 +30,21 @@ func (a accounts) Lookup(ctx context.Context, account string) (rules.AccountView
 	return acct.View(), local, nil
 }
 
-// Lockout implements lockout.Locker: the status change is recorded with
-// its reason and published like any other.
+// Lockout implements lockout.Locker: the status change of a known account
+// is recorded with its reason and published like any other, and the
+// account gets its company from its domain; an address aupd has no record
+// of is locked out transiently, without creating an account
+// (store.Lockout).
 func (a accounts) Lockout(ctx context.Context, account string, until time.Time, note string) error {
-	op, err := a.store.SetStatus(ctx, account, rules.StatusLockout, until, store.Actor{Name: "aupd", Reason: rules.ReasonLockout, Note: note})
+	company := ""
+	if c, ok := a.dir.ByAccount(account); ok {
+		company = c.ID
+	}
+	res, err := a.store.Lockout(ctx, account, company, until, store.Actor{Name: "aupd", Reason: rules.ReasonLockout, Note: note})
 	if err != nil {
 		return err
 	}
-	if op.Changed {
+	if res.Op != nil && res.Op.Changed {
 		// A failed publish stays in the outbox for the sweeper.
 		_, _ = a.store.FlushOutbox(ctx, account, a.pub)
 	}

@@ -59,6 +59,9 @@ type Info struct {
 	NATSURL     string
 	PostfixAddr string // empty: the Postfix policy server is off
 	DovecotAddr string // empty: the Dovecot policy server is off
+	// PostfixTransportAddr is where the Postfix transport map (socketmap)
+	// listens; empty: off.
+	PostfixTransportAddr string
 }
 
 // App is a running aupd.
@@ -111,7 +114,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		return fmt.Errorf("http listen: %w", err)
 	}
 	sh := &startupHandler{app: a}
-	srv := &http.Server{Handler: sh, ReadHeaderTimeout: 10 * time.Second}
+	srv := newHTTPServer(sh)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	handedOver := false
@@ -242,7 +245,10 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 
 	// Admin API, session locks and the enforcement servers.
-	mux := a.routes()
+	mux, err := a.routes(cfg.Auth)
+	if err != nil {
+		return err
+	}
 	ing, rep, err := a.ingestAndReplay(cfg)
 	if err != nil {
 		return err
@@ -318,6 +324,26 @@ func (a *App) run(ctx context.Context) (err error) {
 			info.PostfixAddr = pln.Addr().String()
 			serve = func(ctx context.Context) error { return pf.Serve(ctx, pln) }
 		}
+		if pc.TransportListen != "" && pc.UnixSocket == "" {
+			// The transport map (docs/postfix.md), beside the policy server.
+			tln, err := net.Listen("tcp", pc.TransportListen)
+			if err != nil {
+				return fmt.Errorf("postfix transport map listen: %w", err)
+			}
+			info.PostfixTransportAddr = tln.Addr().String()
+			policyOnly := serve
+			serve = func(ctx context.Context) error {
+				ctx, stop := context.WithCancel(ctx)
+				errs := make(chan error, 2)
+				go func() { errs <- policyOnly(ctx) }()
+				go func() { errs <- pf.ServeTransport(ctx, tln) }()
+				first := <-errs
+				stop() // one ended: end the other
+				return errors.Join(first, <-errs)
+			}
+		} else if pc.TransportListen != "" {
+			info.PostfixTransportAddr = pc.TransportListen // served by pf.Run
+		}
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		g.Add(func() error { return serve(pctx) }, func(error) { cancel() })
 	}
@@ -337,7 +363,7 @@ func (a *App) run(ctx context.Context) (err error) {
 			return fmt.Errorf("dovecot policy listen: %w", err)
 		}
 		info.DovecotAddr = dln.Addr().String()
-		dsrv := &http.Server{Handler: dh, ReadHeaderTimeout: 10 * time.Second}
+		dsrv := newHTTPServer(dh)
 		g.Add(func() error {
 			if err := dsrv.Serve(dln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("dovecot policy: %w", err)

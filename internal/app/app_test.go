@@ -348,6 +348,7 @@ nats: {url: %s, consumer: {max_wait: 50ms}}
 redis: {addrs: [%q], prefix: %s, autostart: false}
 notifier: {eml_dir: %s}
 policy: {postfix: {listen: ""}, dovecot: {listen: ""}}
+auth: {tokens: [{name: reloader, role: admin, hash: "sha256:4beb01f113e34f34a7ae5e744f55b4d4b991fd121443e62226682880641a2b56"}]}
 aup: {threshold: %d}
 companies:
   - {id: acme, domains: [example.com]}
@@ -376,7 +377,18 @@ companies:
 		t.Fatalf("inbound for an unknown domain counted %d", n)
 	}
 	write(2, "  - {id: initech, domains: [initech.test]}\n")
+	// Reloading needs an admin token.
 	resp, err := http.Post("http://"+h.info.HTTPAddr+"/-/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("reload without a token answered %d; want 401", resp.StatusCode)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+h.info.HTTPAddr+"/-/reload", nil)
+	req.Header.Set("Authorization", "Bearer reload-test-token")
+	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,26 +7,47 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/aupd/aupd/internal/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-func (a *App) routes() *http.ServeMux {
+func (a *App) routes(auth api.AuthConfig) (*http.ServeMux, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.metricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", a.readyz)
-	mux.HandleFunc("POST /-/reload", func(w http.ResponseWriter, r *http.Request) {
-		// Reloading only re-reads the operator's own file; it needs no
-		// token, but it is only served on the admin listener.
+	// Reloading needs an admin token (without a company scope), like any
+	// other change of aupd's behaviour.
+	reload, err := api.Guard(auth, api.RoleAdmin, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.reload(); err != nil {
 			writeJSON(w, http.StatusInternalServerError, map[string]any{"error": map[string]string{"code": "reload_failed", "message": err.Error()}})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
-	})
-	return mux
+	}))
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle("POST /-/reload", reload)
+	return mux, nil
+}
+
+// Timeouts of aupd's HTTP servers: a client that sends its request or
+// reads its answer too slowly, or keeps an idle connection, is cut off.
+const (
+	httpReadHeaderTimeout = 10 * time.Second
+	httpReadTimeout       = 30 * time.Second
+	httpWriteTimeout      = 60 * time.Second
+	httpIdleTimeout       = 2 * time.Minute
+)
+
+// newHTTPServer returns an http.Server for h with aupd's timeouts.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: httpReadHeaderTimeout,
+		ReadTimeout: httpReadTimeout, WriteTimeout: httpWriteTimeout, IdleTimeout: httpIdleTimeout}
 }
 
 func (a *App) metricsHandler() http.Handler {

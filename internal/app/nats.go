@@ -20,6 +20,7 @@ import (
 
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/jsutil"
 )
 
 // startEmbedded starts the embedded NATS server with JetStream, on the
@@ -189,28 +190,11 @@ func (p jsPublisher) PublishAccountEvent(ctx context.Context, ev *events.Account
 // PublishAccountEvents publishes every event asynchronously, then waits
 // once for all the acks.
 func (p jsPublisher) PublishAccountEvents(ctx context.Context, evs []*events.AccountEvent, data [][]byte) []error {
-	errs := make([]error, len(evs))
-	futures := make([]jetstream.PubAckFuture, len(evs))
+	msgs := make([]*nats.Msg, len(evs))
 	for i, ev := range evs {
-		futures[i], errs[i] = p.js.PublishMsgAsync(accountMsg(ev, data[i]))
+		msgs[i] = accountMsg(ev, data[i])
 	}
-	timeout := time.NewTimer(publishTimeout)
-	defer timeout.Stop()
-	for i, f := range futures {
-		if f == nil {
-			continue
-		}
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			errs[i] = err
-		case <-timeout.C:
-			errs[i] = errors.New("timed out waiting for the JetStream ack")
-		case <-ctx.Done():
-			errs[i] = ctx.Err()
-		}
-	}
-	return errs
+	return jsutil.PublishAll(ctx, p.js, msgs, publishTimeout)
 }
 
 // watchMaxDeliveries counts JetStream's advisories that an event of the

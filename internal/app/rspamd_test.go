@@ -140,21 +140,34 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if !strings.Contains(res, "reject") {
 		t.Fatalf("outbound scan did not reject: %s", res)
 	}
-	// Inbound: an outside sender to a local account (and one that is not).
+	// Inbound: an outside sender to a local account (and one that is
+	// not). The verdict is about the sender: statistics only, and carol,
+	// the recipient, is never held responsible.
 	in := "From: Spammer <spam@outside.example>\r\nTo: carol@example.com\r\nSubject: Win " + gtube + "\r\n" +
 		"Message-ID: <in-1@outside.example>\r\nDate: Tue, 01 Dec 2026 08:01:00 +0000\r\n\r\nYou have won.\r\n"
 	res = scan(in, "-F", "spam@outside.example", "-r", "carol@example.com", "-r", "someone@elsewhere.example", "-i", "203.0.113.7", "--header", "Queue-Id: 4QIN1")
 	if !strings.Contains(res, "reject") {
 		t.Fatalf("inbound scan did not reject: %s", res)
 	}
+	// Inbound local-to-local mail (a local sender that did not
+	// authenticate): it counts against that sender.
+	l2l := "From: Bob <bob@example.com>\r\nTo: carol@example.com\r\nSubject: Deal " + gtube + "\r\n" +
+		"Message-ID: <in-2@example.com>\r\nDate: Tue, 01 Dec 2026 08:02:00 +0000\r\n\r\nLocal spam.\r\n"
+	res = scan(l2l, "-F", "bob@example.com", "-r", "carol@example.com", "-i", "192.0.2.20", "--header", "Queue-Id: 4QIN2")
+	if !strings.Contains(res, "reject") {
+		t.Fatalf("local-to-local scan did not reject: %s", res)
+	}
 	// Ham from an authenticated user is not exported.
 	scan("From: alice@globex.test\r\nTo: bob@example.net\r\nSubject: lunch\r\nMessage-ID: <ham-1@globex.test>\r\n\r\nAt noon?\r\n",
 		"-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QHAM1")
 
 	testutil.Eventually(t, 30*time.Second, func() bool {
-		return h.count("alice@globex.test") == 1 && h.count("carol@example.com") == 1
-	}, "aupd did not count both: alice %d carol %d", h.count("alice@globex.test"), h.count("carol@example.com"))
+		return h.count("alice@globex.test") == 1 && h.count("bob@example.com") == 1
+	}, "aupd did not count both: alice %d bob %d", h.count("alice@globex.test"), h.count("bob@example.com"))
 	h.drained()
+	if n := h.count("carol@example.com"); n != 0 {
+		t.Fatalf("the recipient of spam was counted %d times", n)
+	}
 
 	// The events as stored: direction, account, verdict, id, sample.
 	type seen struct{ subject, account, verdict, id, raw, source string }
@@ -175,19 +188,25 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		}
 		got = append(got, seen{m.Subject, v.Account, v.Verdict, v.ID, v.Message.Raw, v.Source})
 	}
-	if len(got) != 2 {
-		t.Fatalf("stored %d events, want 2: %+v", len(got), got)
+	if len(got) != 3 {
+		t.Fatalf("stored %d events, want 3: %+v", len(got), got)
 	}
 	if g := got[0]; g.subject != "aup.verdict.outbound" || g.account != "alice@globex.test" || g.verdict != "spam" ||
 		!strings.Contains(g.raw, "Cheap meds") || !strings.HasPrefix(g.id, "rspamd-") {
 		t.Errorf("outbound event: %+v", g)
 	}
-	if g := got[1]; g.subject != "aup.verdict.inbound" || g.account != "carol@example.com" || g.verdict != "spam" ||
+	if g := got[1]; g.subject != "aup.verdict.inbound" || g.account != "spam@outside.example" || g.verdict != "spam" ||
 		!strings.Contains(g.raw, "You have won") {
 		t.Errorf("inbound event: %+v", g)
 	}
+	if g := got[2]; g.subject != "aup.verdict.inbound" || g.account != "bob@example.com" || !strings.Contains(g.raw, "Local spam") {
+		t.Errorf("local-to-local event: %+v", g)
+	}
 	m := h.metrics()
-	if !strings.Contains(m, `aupd_ingest_events_total{result="accepted",source="rspamd"} 2`) {
+	if !strings.Contains(m, `aupd_events_total{direction="inbound",outcome="external",verdict="spam"} 1`) {
+		t.Errorf("the outside sender's verdict is not statistics: %s", grepLines(m, `direction="inbound"`))
+	}
+	if !strings.Contains(m, `aupd_ingest_events_total{result="accepted",source="rspamd"} 3`) {
 		t.Errorf("metrics: %s", grepLines(m, "aupd_ingest_events_total"))
 	}
 }

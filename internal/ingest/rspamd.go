@@ -266,12 +266,13 @@ func (e *RefusedError) Error() string { return e.Reason + ": " + e.Detail }
 //     authenticated user, which must be an address (a login without a
 //     domain is completed from the envelope sender when its local part is
 //     the login);
-//   - otherwise one inbound event per local recipient (local says which
-//     addresses belong to a company);
+//   - otherwise one inbound event against the envelope sender, which aupd
+//     counts only when it is a local account (local-to-local mail): the
+//     recipients of spam are never held responsible for it;
 //
 // the id is stable across rspamd's retries (queue id, Message-ID and the
 // account, or the message itself when both are missing), time is now.
-func (r *Rspamd) Verdicts(local func(string) bool, now time.Time) ([]*events.Verdict, error) {
+func (r *Rspamd) Verdicts(now time.Time) ([]*events.Verdict, error) {
 	var msg *events.Message
 	if len(r.Message) > 0 {
 		msg = Sample(r.Message)
@@ -319,21 +320,17 @@ func (r *Rspamd) Verdicts(local func(string) bool, now time.Time) ([]*events.Ver
 		base.Direction = rules.Outbound
 		accounts = []string{acct}
 	} else {
+		// Inbound: the verdict is about the sender, who is responsible for
+		// the message, never about its recipients (else anyone could get a
+		// local user suspended by sending them spam). aupd counts it only
+		// when the sender is a local account (local-to-local mail) and
+		// keeps it for statistics otherwise.
 		base.Direction = rules.Inbound
-		seen := map[string]bool{}
-		for _, a := range r.Rcpt {
-			acct, err := events.NormalizeAccount(strings.Trim(strings.TrimSpace(a), "<>"))
-			if err != nil || seen[acct] || !local(acct) {
-				continue
-			}
-			seen[acct] = true
-			if len(accounts) < maxRecipients {
-				accounts = append(accounts, acct)
-			}
+		acct, err := events.NormalizeAccount(strings.Trim(strings.TrimSpace(r.From), "<>"))
+		if err != nil {
+			return nil, &RefusedError{ReasonNoAccount, "the sender did not authenticate and the envelope sender is not an address local@domain (a bounce has none)"}
 		}
-		if len(accounts) == 0 {
-			return nil, &RefusedError{ReasonNoAccount, "the sender did not authenticate and no recipient is a local account"}
-		}
+		accounts = []string{acct}
 	}
 	var out []*events.Verdict
 	for _, acct := range accounts {

@@ -14,7 +14,6 @@ import (
 
 func TestRspamdForms(t *testing.T) {
 	msg := "From: alice@globex.test\r\nSubject: Offer\r\nMessage-ID: <m1@globex.test>\r\n\r\nCheap meds\r\n"
-	local := func(a string) bool { return strings.HasSuffix(a, "@globex.test") }
 	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
 	jsonBody := `{"ip":"192.0.2.1","user":"Alice@globex.test","qid":"Q1","subject":"Offer","action":"add header","rspamd_server":"mx1",` +
 		`"score":7.5,"fuzzy":[],"rcpt":["bob@example.net"],"from":"alice@globex.test","symbols":[{"name":"BAYES_SPAM","score":5.1},{"name":"CLAM_VIRUS","score":10,"options":["Eicar"]}],` +
@@ -30,8 +29,11 @@ func TestRspamdForms(t *testing.T) {
 	}{
 		{"json_with_message", http.Header{"Content-Type": {"application/json"}}, jsonBody, "outbound", "alice@globex.test", "virus", "Cheap meds"},
 		{"json, inbound phish", http.Header{"Content-Type": {"application/json"}},
-			`{"user":"unknown","qid":"Q2","action":"no action","score":1,"rcpt":["x@elsewhere.example","carol@globex.test"],"symbols":[{"name":"PHISHED_OPENPHISH"}],"message_id":"m2"}`,
+			`{"user":"unknown","qid":"Q2","action":"no action","score":1,"from":"carol@globex.test","rcpt":["x@elsewhere.example","dave@globex.test"],"symbols":[{"name":"PHISHED_OPENPHISH"}],"message_id":"m2"}`,
 			"inbound", "carol@globex.test", "phish", ""},
+		{"json, inbound from outside: against the sender, never the recipient", http.Header{"Content-Type": {"application/json"}},
+			`{"user":"unknown","qid":"Q6","action":"reject","score":15,"from":"spammer@outside.example","rcpt":["carol@globex.test"],"symbols":[],"message_id":"m6"}`,
+			"inbound", "spammer@outside.example", "spam", ""},
 		{"default with meta headers", http.Header{"Content-Type": {"message/rfc822"}, "X-Rspamd-Action": {"reject"}, "X-Rspamd-User": {"alice@globex.test"},
 			"X-Rspamd-Qid": {"Q3"}, "X-Rspamd-Score": {"16.2"}, "X-Rspamd-Rcpt": {`["bob@example.net"]`}, "X-Rspamd-Symbols": {`[{"name":"GTUBE"}]`}},
 			msg, "outbound", "alice@globex.test", "spam", "Cheap meds"},
@@ -40,7 +42,7 @@ func TestRspamdForms(t *testing.T) {
 			"outbound", "alice@globex.test", "spam", ""},
 		{"multipart", http.Header{"Content-Type": {`multipart/form-data; boundary="bb"`}},
 			"--bb\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n" +
-				`{"user":"unknown","qid":"Q4","action":"rewrite subject","score":9,"rcpt":["carol@globex.test"],"symbols":[]}` +
+				`{"user":"unknown","qid":"Q4","action":"rewrite subject","score":9,"from":"carol@globex.test","rcpt":["dave@globex.test"],"symbols":[]}` +
 				"\r\n--bb\r\nContent-Disposition: form-data; name=\"message\"; filename=\"message.eml\"\r\nContent-Type: message/rfc822\r\n\r\n" + msg + "\r\n--bb--\r\n",
 			"inbound", "carol@globex.test", "spam", "Cheap meds"},
 	} {
@@ -49,7 +51,7 @@ func TestRspamdForms(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			vs, err := r.Verdicts(local, now)
+			vs, err := r.Verdicts(now)
 			if err != nil || len(vs) != 1 {
 				t.Fatalf("%v %v", vs, err)
 			}
@@ -63,7 +65,7 @@ func TestRspamdForms(t *testing.T) {
 				t.Fatal(err)
 			}
 			r2, _ := ReadRspamd(tc.header, []byte(tc.body))
-			vs2, _ := r2.Verdicts(local, now.Add(time.Minute))
+			vs2, _ := r2.Verdicts(now.Add(time.Minute))
 			if vs2[0].ID != v.ID {
 				t.Fatalf("id changed: %s %s", v.ID, vs2[0].ID)
 			}
@@ -78,7 +80,7 @@ func TestRspamdForms(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		vs, err := r.Verdicts(local, now)
+		vs, err := r.Verdicts(now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,12 +93,12 @@ func TestRspamdForms(t *testing.T) {
 		t.Fatal("html accepted")
 	}
 	r, _ := ReadRspamd(http.Header{"Content-Type": {"application/json"}}, []byte(`{"user":"bob","from":"alice@globex.test","action":"reject"}`))
-	if _, err := r.Verdicts(local, now); err == nil || err.(*RefusedError).Reason != ReasonBadAuthedUser {
+	if _, err := r.Verdicts(now); err == nil || err.(*RefusedError).Reason != ReasonBadAuthedUser {
 		t.Fatalf("login that is not the sender's: %v", err)
 	}
-	r, _ = ReadRspamd(http.Header{"Content-Type": {"application/json"}}, []byte(`{"user":"unknown","action":"reject","rcpt":["x@elsewhere.example"]}`))
-	if _, err := r.Verdicts(local, now); err == nil || err.(*RefusedError).Reason != ReasonNoAccount {
-		t.Fatalf("no local recipient: %v", err)
+	r, _ = ReadRspamd(http.Header{"Content-Type": {"application/json"}}, []byte(`{"user":"unknown","action":"reject","from":"","rcpt":["carol@globex.test"]}`))
+	if _, err := r.Verdicts(now); err == nil || err.(*RefusedError).Reason != ReasonNoAccount {
+		t.Fatalf("a bounce (no envelope sender): %v", err)
 	}
 }
 

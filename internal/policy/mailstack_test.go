@@ -17,14 +17,19 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/app"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/internal/sessionlock"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
@@ -52,13 +57,26 @@ type mailstack struct {
 	st *store.Store // aupd's account store, on its Redis prefix
 	// counter reads the failed-login counts aupd keeps; the test never
 	// reports a failure through it.
-	counter                      *lockout.Counter
-	httpAddr                     string // aupd's HTTP listener (/metrics)
-	smtp, submission, imap, pop3 string
+	counter *lockout.Counter
+	// locks reads the mailbox session locks aupd keeps.
+	locks                               *sessionlock.Locks
+	rdb                                 *redis.Client
+	prefix                              string
+	dir                                 string // the mail servers' files
+	httpAddr                            string // aupd's HTTP listener (/metrics)
+	smtp, submission, smtps, imap, pop3 string
 }
 
-// users of the private Dovecot; all have the same password.
-var users = []string{"active", "nosend", "closed", "maint", "norecv", "suspended", "locked", "victim"}
+// users of the private Dovecot; all have the same password. The p* ones
+// are probed with wrong passwords; popper and crash take session locks.
+var users = []string{"active", "nosend", "closed", "maint", "norecv", "suspended", "locked", "victim",
+	"plocked", "pclosed", "psuspended", "pmaint", "popper", "crash"}
+
+// aliases of the private Postfix (virtual_alias_maps).
+var aliases = map[string]string{"alias-closed": "closed", "alias-norecv": "norecv", "alias-maint": "maint"}
+
+// sessionLease is the lease the post-login script takes in the test (s).
+const sessionLease = 3
 
 func startMailstack(t *testing.T) *mailstack {
 	t.Helper()
@@ -111,7 +129,13 @@ func startMailstack(t *testing.T) *mailstack {
 	cfg.Redis.Autostart = false
 	cfg.Notifier.EMLDir = t.TempDir()
 	cfg.Policy.Postfix.Listen = "127.0.0.1:0"
+	cfg.Policy.Postfix.TransportListen = "127.0.0.1:0"
 	cfg.Policy.Dovecot.Listen = "127.0.0.1:0"
+	// The post-login script's token, and leases short enough to see one
+	// expire.
+	lockToken := testutil.RandomHex(16)
+	cfg.Auth.Tokens = []api.TokenConfig{{Name: "dovecot-postlogin", Role: api.RoleViewer, Hash: api.HashToken(lockToken)}}
+	cfg.Sessions.MinLease = time.Second
 	cfg.Policy.Dovecot.APIKey = dovecot.Secret(apiKey)
 	cfg.Policy.Lockout = lcfg
 	cfg.Companies = []companies.Company{{ID: "test", Domains: []string{domain}}}
@@ -125,23 +149,39 @@ func startMailstack(t *testing.T) *mailstack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	locks, err := sessionlock.New(rdb, sessionlock.Config{KeyPrefix: prefix, MinLease: time.Second}, sessionlock.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.PostfixTransportAddr == "" {
+		t.Fatal("aupd runs without the Postfix transport map")
+	}
 
 	// The mail servers, on free loopback ports.
 	dir, err := os.MkdirTemp("", "aupd-mailstack-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports := freePorts(t, 4)
-	ms := &mailstack{st: store.New(rdb, prefix), counter: ctr, httpAddr: info.HTTPAddr,
-		smtp: ports[0], submission: ports[1], imap: ports[2], pop3: ports[3]}
-	var pairs []string
+	ports := freePorts(t, 5)
+	ms := &mailstack{st: store.New(rdb, prefix), counter: ctr, locks: locks, rdb: rdb, prefix: prefix,
+		dir: dir, httpAddr: info.HTTPAddr,
+		smtp: ports[0], submission: ports[1], imap: ports[2], pop3: ports[3], smtps: ports[4]}
+	var pairs, aliasPairs []string
 	for _, u := range users {
 		pairs = append(pairs, u+"@"+domain+":"+password)
 	}
+	for a, target := range aliases {
+		aliasPairs = append(aliasPairs, a+"@"+domain+"="+target+"@"+domain)
+	}
 	env := append(os.Environ(),
 		"MS_SMTP_PORT="+port(ms.smtp), "MS_SUBMISSION_PORT="+port(ms.submission),
-		"MS_IMAP_PORT="+port(ms.imap), "MS_POP3_PORT="+port(ms.pop3),
+		"MS_IMAP_PORT="+port(ms.imap), "MS_POP3_PORT="+port(ms.pop3), "MS_SMTPS_PORT="+port(ms.smtps),
 		"MS_POLICY=inet:"+info.PostfixAddr,
+		"MS_TRANSPORT=inet:"+info.PostfixTransportAddr,
+		"MS_ALIASES="+strings.Join(aliasPairs, " "),
+		"MS_SESSIONLOCK_URL=http://"+info.HTTPAddr,
+		"MS_SESSIONLOCK_TOKEN="+lockToken,
+		"MS_SESSIONLOCK_LEASE="+strconv.Itoa(sessionLease),
 		"MS_AUTH_POLICY_URL=http://"+info.DovecotAddr+"/",
 		"MS_AUTH_POLICY_KEY="+apiKey,
 		"MS_DOMAINS="+domain,
@@ -149,7 +189,7 @@ func startMailstack(t *testing.T) *mailstack {
 	)
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("AUPD_MAILSTACK_LOGS") != "" {
-			for _, f := range []string{"postfix/maillog", "dovecot/dovecot.log"} {
+			for _, f := range []string{"postfix/maillog", "dovecot/dovecot.log", "dovecot/postlogin.log"} {
 				if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
 					t.Logf("%s:\n%s", f, tail(b, 6000))
 				}
@@ -172,6 +212,7 @@ func startMailstack(t *testing.T) *mailstack {
 		skip("cannot start postfix and dovecot (%v):\n%s", err, tail(out, 4000))
 	}
 	for addr, greeting := range map[string]string{ms.smtp: "220 ", ms.submission: "220 ", ms.imap: "* OK", ms.pop3: "+OK"} {
+		// (smtps greets only after the TLS handshake.)
 		waitGreeting(t, addr, greeting)
 	}
 	return ms
@@ -256,50 +297,122 @@ func TestMailstack(t *testing.T) {
 	t.Logf("mail stack up in %s", time.Since(began).Round(time.Millisecond))
 	st := ms.st
 	ctx := context.Background()
-	must(t)(st.Suspend(ctx, "nosend@"+domain, []rules.Service{rules.ServiceSend}, admin))
-	must(t)(st.SetStatus(ctx, "closed@"+domain, rules.StatusClosed, time.Time{}, admin))
-	must(t)(st.SetStatus(ctx, "maint@"+domain, rules.StatusMaintenance, time.Time{}, admin))
+	for _, acct := range []string{"nosend", "psuspended"} {
+		svcs := []rules.Service{rules.ServiceSend}
+		if acct == "psuspended" {
+			svcs = []rules.Service{rules.ServiceIMAP, rules.ServicePOP3}
+		}
+		must(t)(st.Suspend(ctx, acct+"@"+domain, svcs, admin))
+	}
+	for _, acct := range []string{"closed", "pclosed"} {
+		must(t)(st.SetStatus(ctx, acct+"@"+domain, rules.StatusClosed, time.Time{}, admin))
+	}
+	for _, acct := range []string{"maint", "pmaint"} {
+		must(t)(st.SetStatus(ctx, acct+"@"+domain, rules.StatusMaintenance, time.Time{}, admin))
+	}
 	must(t)(st.Suspend(ctx, "norecv@"+domain, []rules.Service{rules.ServiceReceive}, admin))
 	must(t)(st.Suspend(ctx, "suspended@"+domain, []rules.Service{rules.ServiceIMAP, rules.ServicePOP3}, admin))
-	must(t)(st.SetStatus(ctx, "locked@"+domain, rules.StatusLocked, time.Time{}, admin))
+	for _, acct := range []string{"locked", "plocked"} {
+		must(t)(st.SetStatus(ctx, acct+"@"+domain, rules.StatusLocked, time.Time{}, admin))
+	}
+	// The victim is a provisioned mailbox (without its company yet).
+	must(t)(st.SetAccount(ctx, "victim@"+domain, rules.TypeMailbox, "", admin))
 
 	t.Run("postfix", func(t *testing.T) {
 		t.Parallel()
 		t.Run("submission by a send-suspended user is refused", func(t *testing.T) {
-			out, err := swaks(t, ms.submission, "nosend@"+domain, "friend@elsewhere.test", true)
-			if err == nil {
-				t.Fatalf("swaks succeeded:\n%s", out)
-			}
-			want := "554 5.7.1 <friend@elsewhere.test>: Recipient address rejected: Sending is suspended for this account"
-			if !strings.Contains(out, want) {
-				t.Fatalf("want %q in:\n%s", want, out)
-			}
-			if !strings.Contains(out, "235 2.7.0 Authentication successful") {
-				t.Errorf("SMTP AUTH did not succeed:\n%s", out)
+			for _, mode := range []string{"--tls", "--tlsc"} { // STARTTLS on 587, implicit TLS on 465
+				addr := ms.submission
+				if mode == "--tlsc" {
+					addr = ms.smtps
+				}
+				out, err := swaksTLS(t, addr, mode, "nosend@"+domain, "friend@elsewhere.test", password)
+				if err == nil {
+					t.Fatalf("%s: swaks succeeded:\n%s", mode, out)
+				}
+				want := "554 5.7.1 <friend@elsewhere.test>: Recipient address rejected: Sending is suspended for this account"
+				if !strings.Contains(out, want) {
+					t.Fatalf("%s: want %q in:\n%s", mode, want, out)
+				}
+				if !strings.Contains(out, "235 2.7.0 Authentication successful") {
+					t.Errorf("%s: SMTP AUTH did not succeed:\n%s", mode, out)
+				}
 			}
 		})
 		t.Run("submission by a normal user is accepted", func(t *testing.T) {
-			out, err := swaks(t, ms.submission, "active@"+domain, "friend@elsewhere.test", true)
-			if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued") {
-				t.Fatalf("swaks: %v\n%s", err, out)
+			for _, mode := range []string{"--tls", "--tlsc"} {
+				addr := ms.submission
+				if mode == "--tlsc" {
+					addr = ms.smtps
+				}
+				out, err := swaksTLS(t, addr, mode, "active@"+domain, "friend@elsewhere.test", password)
+				if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued") {
+					t.Fatalf("%s: swaks: %v\n%s", mode, err, out)
+				}
+			}
+		})
+		t.Run("submission needs TLS before AUTH", func(t *testing.T) {
+			out, err := swaksPassword(t, ms.submission, "active@"+domain, "friend@elsewhere.test", password)
+			if err == nil || strings.Contains(out, "queued") {
+				t.Fatalf("AUTH without TLS: %v\n%s", err, out)
+			}
+		})
+		t.Run("port 25 offers no AUTH", func(t *testing.T) {
+			out, err := swaksTLS(t, ms.smtp, "--tls-optional", "nosend@"+domain, "friend@elsewhere.test", password)
+			if err == nil || strings.Contains(out, "235 ") || strings.Contains(out, "queued") {
+				t.Fatalf("AUTH on port 25: %v\n%s", err, out)
 			}
 		})
 		t.Run("submission with a wrong password is refused", func(t *testing.T) {
-			out, err := swaksPassword(t, ms.submission, "active@"+domain, "friend@elsewhere.test", "wrong")
+			out, err := swaksTLS(t, ms.submission, "--tls", "active@"+domain, "friend@elsewhere.test", "wrong")
 			if err == nil || !strings.Contains(out, "535 5.7.8") {
 				t.Fatalf("swaks: %v\n%s", err, out)
 			}
 		})
+		// Direct, +tag and upper-case recipients, refused at RCPT time.
 		for _, tc := range []struct{ rcpt, want string }{
 			{"closed@" + domain, "550 5.2.1 <closed@example.test>: Recipient address rejected: Mailbox is closed"},
+			{"closed+tag@" + domain, "550 5.2.1 <closed+tag@example.test>: Recipient address rejected: Mailbox is closed"},
+			{"CLOSED@EXAMPLE.TEST", "550 5.2.1 <CLOSED@EXAMPLE.TEST>: Recipient address rejected: Mailbox is closed"},
 			{"maint@" + domain, "450 4.2.1 <maint@example.test>: Recipient address rejected: Mailbox is temporarily unavailable"},
+			{"Maint+x@" + domain, "450 4.2.1 <Maint+x@example.test>: Recipient address rejected: Mailbox is temporarily unavailable"},
 			{"norecv@" + domain, "550 5.2.1 <norecv@example.test>: Recipient address rejected: Mailbox is not accepting messages"},
+			{"norecv+list@" + domain, "550 5.2.1 <norecv+list@example.test>: Recipient address rejected: Mailbox is not accepting messages"},
 		} {
 			t.Run("mail to "+tc.rcpt, func(t *testing.T) {
 				out, err := swaks(t, ms.smtp, "someone@elsewhere.test", tc.rcpt, false)
 				if err == nil || !strings.Contains(out, tc.want) {
 					t.Fatalf("swaks: %v; want %q in:\n%s", err, tc.want, out)
 				}
+			})
+		}
+		// Aliases pass the RCPT check (the alias is no account) and are
+		// stopped after expansion by the transport map: a bounce for closed
+		// and receive-suspended mailboxes, a deferral for maintenance.
+		for _, tc := range []struct{ alias, target, status string }{
+			{"alias-closed", "closed", "status=bounced (Mailbox is closed)"},
+			{"alias-norecv", "norecv", "status=bounced (Mailbox is not accepting messages)"},
+			{"alias-maint", "maint", "status=deferred (Mailbox is temporarily unavailable, try again later)"},
+		} {
+			t.Run("mail through "+tc.alias, func(t *testing.T) {
+				out, err := swaks(t, ms.smtp, "someone@elsewhere.test", tc.alias+"@"+domain, false)
+				if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued") {
+					t.Fatalf("swaks: %v\n%s", err, out)
+				}
+				ms.waitMaillog(t, "to=<"+tc.target+"@"+domain+">, orig_to=<"+tc.alias+"@"+domain+">", tc.status)
+			})
+		}
+		// Local injection: sendmail (postdrop, pickup) never meets smtpd's
+		// checks; the transport map still holds.
+		for _, tc := range []struct{ rcpt, status string }{
+			{"closed+local@" + domain, "status=bounced (Mailbox is closed)"},
+			{"NORECV@" + domain, "status=bounced (Mailbox is not accepting messages)"},
+			{"alias-maint@" + domain, "status=deferred (Mailbox is temporarily unavailable"},
+			{"active@" + domain, "status=sent (mailstack)"},
+		} {
+			t.Run("sendmail to "+tc.rcpt, func(t *testing.T) {
+				ms.sendmail(t, "someone@elsewhere.test", tc.rcpt)
+				ms.waitMaillog(t, "to=<"+strings.ToLower(strings.Replace(tc.rcpt, "alias-", "", 1))+">", tc.status)
 			})
 		}
 		t.Run("relay control comes before aupd", func(t *testing.T) {
@@ -318,7 +431,7 @@ func TestMailstack(t *testing.T) {
 		})
 		t.Run("mail to an active account is accepted", func(t *testing.T) {
 			before := ms.postfixRequests(t)
-			out, err := swaks(t, ms.smtp, "someone@elsewhere.test", "active@"+domain, false)
+			out, err := swaks(t, ms.smtp, "someone@elsewhere.test", "active+tag@"+domain, false)
 			if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued") {
 				t.Fatalf("swaks: %v\n%s", err, out)
 			}
@@ -326,6 +439,7 @@ func TestMailstack(t *testing.T) {
 			if n := ms.postfixRequests(t) - before; n < 1 {
 				t.Errorf("aupd was not asked about mail to a local account (%v requests)", n)
 			}
+			ms.waitMaillog(t, "to=<active+tag@"+domain+">", "status=sent (mailstack)")
 		})
 	})
 
@@ -334,12 +448,12 @@ func TestMailstack(t *testing.T) {
 		for _, acct := range []string{"suspended@" + domain, "locked@" + domain} {
 			t.Run(acct, func(t *testing.T) {
 				t.Parallel()
-				if r := imapLogin(t, ms.imap, acct, password); !strings.HasPrefix(r, "NO ") {
+				if r := imapLogin(t, ms.imap, acct, password); !strings.HasPrefix(r, "NO [ALERT] ") {
 					t.Errorf("IMAP login while refused: %q", r)
 				} else {
 					t.Logf("IMAP: %s", r)
 				}
-				if r := pop3Login(t, ms.pop3, acct, password); !strings.HasPrefix(r, "-ERR ") {
+				if r := pop3Login(t, ms.pop3, acct, password); !strings.HasPrefix(r, "-ERR [AUTH] ") {
 					t.Errorf("POP3 login while refused: %q", r)
 				} else {
 					t.Logf("POP3: %s", r)
@@ -358,6 +472,143 @@ func TestMailstack(t *testing.T) {
 				}
 			})
 		}
+		t.Run("wrong passwords reveal nothing", func(t *testing.T) {
+			t.Parallel()
+			// Locked, closed, suspended, maintenance, active and made-up
+			// accounts: a wrong password gets the same bytes over IMAP, and
+			// over POP3.
+			probes := []string{"plocked", "pclosed", "psuspended", "pmaint", "active", "no-such-user"}
+			var imapWant, pop3Want string
+			for _, u := range probes {
+				acct := u + "@" + domain
+				i, p := imapLogin(t, ms.imap, acct, "Wrong-1"), pop3Login(t, ms.pop3, acct, "Wrong-1")
+				if imapWant == "" {
+					imapWant, pop3Want = i, p
+					t.Logf("IMAP: %q, POP3: %q", i, p)
+				}
+				if i != imapWant || p != pop3Want {
+					t.Errorf("%s, wrong password: IMAP %q, POP3 %q; %s got %q, %q", acct, i, p, probes[0], imapWant, pop3Want)
+				}
+			}
+			if imapWant != "NO [AUTHENTICATIONFAILED] Authentication failed." || pop3Want != "-ERR [AUTH] Authentication failed." {
+				t.Errorf("wrong-password replies %q, %q", imapWant, pop3Want)
+			}
+			// The reason is told after the right password.
+			for u, want := range map[string]string{
+				"plocked": "NO [ALERT] Account is locked.", "pclosed": "NO [ALERT] Account is closed.",
+				"psuspended": "NO [ALERT] IMAP access is suspended", "pmaint": "NO [ALERT] Mailbox is under maintenance.",
+			} {
+				if r := imapLogin(t, ms.imap, u+"@"+domain, password); !strings.HasPrefix(r, want) {
+					t.Errorf("%s, right password: %q; want %q", u, r, want)
+				}
+			}
+			// A refusal does not end the connection (docs/dovecot.md).
+			c, r := imapOpen(t, ms.imap, "plocked@"+domain, password)
+			defer c.Close()
+			if !strings.HasPrefix(r, "NO [ALERT] ") {
+				t.Fatalf("locked account: %q", r)
+			}
+			if err := c.PrintfLine("a2 NOOP"); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				line, err := c.ReadLine()
+				if err != nil {
+					t.Fatalf("the connection ended after a refusal: %v", err)
+				}
+				if strings.HasPrefix(line, "a2 ") {
+					if !strings.HasPrefix(line, "a2 OK") {
+						t.Errorf("NOOP after a refusal: %q", line)
+					}
+					break
+				}
+			}
+		})
+		t.Run("refusals behind a shared address", func(t *testing.T) {
+			t.Parallel()
+			// refused logs in to a locked account from ip, first passing
+			// the client's own address (IMAP ID x-originating-ip) when one
+			// is given, as webmail does, and returns how long it took.
+			refused := func(ip, client string) time.Duration {
+				start := time.Now()
+				c := dialTextFrom(t, ms.imap, ip)
+				defer c.Close()
+				if _, err := c.ReadLine(); err != nil {
+					t.Fatal(err)
+				}
+				if client != "" {
+					if err := c.PrintfLine(`a0 ID ("x-originating-ip" %q)`, client); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := c.PrintfLine("a1 LOGIN %q %q", "plocked@"+domain, password); err != nil {
+					t.Fatal(err)
+				}
+				for {
+					line, err := c.ReadLine()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if strings.HasPrefix(line, "a1 ") {
+						if !strings.HasPrefix(line, "a1 NO [ALERT] ") {
+							t.Fatalf("locked account: %q", line)
+						}
+						return time.Since(start)
+					}
+				}
+			}
+			// Refused logins from one address are slowed by Dovecot's auth
+			// penalty ...
+			var slowest time.Duration
+			for range 3 {
+				slowest = max(slowest, refused("127.0.8.1", ""))
+			}
+			if slowest < 1500*time.Millisecond {
+				t.Errorf("no auth penalty from one address (slowest %s): the next check proves nothing", slowest)
+			}
+			// ... but a webmail host in login_trusted_networks that passes
+			// each client's address gets no penalty for its users' refusals.
+			for i := range 4 {
+				if d := refused("127.0.9.1", fmt.Sprintf("192.0.2.%d", 10+i)); d > time.Second {
+					t.Errorf("refusal %d through the trusted webmail host took %s", i+1, d)
+				}
+			}
+		})
+		t.Run("failed logins of a made-up address leave nothing lasting", func(t *testing.T) {
+			t.Parallel()
+			acct := "ghost@" + domain
+			for i := range threshold {
+				imapLogin(t, ms.imap, acct, fmt.Sprintf("guess-%d", i))
+			}
+			// aupd locks it out for the lockout's time, but creates no account.
+			stateKey := store.AccountKey(ms.prefix, acct, "s")
+			waitFor(t, "the transient lockout", func() bool {
+				a, err := st.Account(ctx, acct)
+				return err == nil && a.Status == rules.StatusLockout
+			})
+			a, err := st.Account(ctx, acct)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a.Exists {
+				t.Errorf("failed logins created an account: %+v", a)
+			}
+			if ttl, err := ms.rdb.PTTL(ctx, stateKey).Result(); err != nil || ttl <= 0 || ttl > 30*time.Minute {
+				t.Errorf("state of a made-up address expires in %s (%v); want with the lockout", ttl, err)
+			}
+			if ttl, err := ms.rdb.PTTL(ctx, store.AccountKey(ms.prefix, acct, "h")).Result(); err != nil || ttl != -2 {
+				t.Errorf("history of a made-up address: ttl %s, %v; want none", ttl, err)
+			}
+			page, err := st.List(ctx, store.ListQuery{Company: "test", Limit: 100, Now: time.Now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range page.Accounts {
+				if x.Address == acct {
+					t.Errorf("the made-up address is listed: %+v", x)
+				}
+			}
+		})
 		t.Run("lockout", func(t *testing.T) {
 			t.Parallel()
 			acct := "victim@" + domain
@@ -392,6 +643,9 @@ func TestMailstack(t *testing.T) {
 			if si := locked.StatusInfo; si == nil || si.Reason != rules.ReasonLockout || si.Actor != "aupd" {
 				t.Errorf("lockout status info: %+v", si)
 			}
+			if locked.Company != "test" {
+				t.Errorf("locked-out account's company %q; want test, from its domain", locked.Company)
+			}
 			hist, err := st.History(ctx, acct, 0, 10)
 			if err != nil {
 				t.Fatal(err)
@@ -413,7 +667,7 @@ func TestMailstack(t *testing.T) {
 				t.Errorf("POP3, right password during lockout: %q; a wrong one got %q", r, wrongPOP3)
 			}
 			// SMTP AUTH is refused too.
-			if out, err := swaks(t, ms.submission, acct, "friend@elsewhere.test", true); err == nil || !strings.Contains(out, "535 5.7.8") {
+			if out, err := swaksTLS(t, ms.submission, "--tls", acct, "friend@elsewhere.test", password); err == nil || !strings.Contains(out, "535 5.7.8") {
 				t.Errorf("SMTP AUTH during lockout: %v\n%s", err, out)
 			}
 			// An admin ends the lockout early; the right password works.
@@ -422,21 +676,177 @@ func TestMailstack(t *testing.T) {
 				t.Errorf("IMAP after the lockout: %q", r)
 			}
 		})
+		t.Run("session locks", func(t *testing.T) {
+			t.Parallel()
+			acct := "popper@" + domain
+			const inUsePOP3 = "-ERR [IN-USE] Mailbox locked"
+			// POP3 holds the mailbox: no other POP3, no IMAP.
+			held, r := pop3Open(t, ms.pop3, acct, password)
+			if !strings.HasPrefix(r, "+OK") {
+				t.Fatalf("first POP3 session: %q", r)
+			}
+			ms.waitLocks(t, acct, 1)
+			if r := pop3Once(t, ms.pop3, acct, password); r != inUsePOP3 {
+				t.Errorf("POP3 while POP3 holds the mailbox: %q; want %q", r, inUsePOP3)
+			}
+			if r := imapOnce(t, ms.imap, acct, password); !strings.Contains(r, "[IN-USE] Mailbox locked") {
+				t.Errorf("IMAP while POP3 holds the mailbox: %q", r)
+			}
+			// The POP3 session ends: its lease is released.
+			_ = held.PrintfLine("QUIT")
+			held.Close()
+			ms.waitLocks(t, acct, 0)
+			// IMAP holds it: another IMAP session shares it, POP3 waits.
+			i1, r := imapOpen(t, ms.imap, acct, password)
+			if !strings.HasPrefix(r, "OK") {
+				t.Fatalf("IMAP session: %q", r)
+			}
+			i2, r := imapOpen(t, ms.imap, acct, password)
+			if !strings.HasPrefix(r, "OK") {
+				t.Fatalf("second IMAP session: %q", r)
+			}
+			ms.waitLocks(t, acct, 2)
+			if r := pop3Once(t, ms.pop3, acct, password); r != inUsePOP3 {
+				t.Errorf("POP3 while IMAP holds the mailbox: %q; want %q", r, inUsePOP3)
+			}
+			// The lease is renewed while the session lives, beyond its
+			// first term.
+			time.Sleep(time.Duration(sessionLease)*time.Second + time.Second)
+			ms.waitLocks(t, acct, 2)
+			i1.Close()
+			i2.Close()
+			ms.waitLocks(t, acct, 0)
+			if r := pop3Once(t, ms.pop3, acct, password); !strings.HasPrefix(r, "+OK") {
+				t.Errorf("POP3 once the IMAP sessions ended: %q", r)
+			}
+		})
+		t.Run("a crashed session's lease expires", func(t *testing.T) {
+			t.Parallel()
+			acct := "crash@" + domain
+			held, r := pop3Open(t, ms.pop3, acct, password)
+			if !strings.HasPrefix(r, "+OK") {
+				t.Fatalf("POP3 session: %q", r)
+			}
+			ms.waitLocks(t, acct, 1)
+			// The watcher dies with the session (kill -9): nobody
+			// releases the lease.
+			ms.killWatchers(t, acct)
+			held.Close()
+			lks, err := ms.locks.List(ctx, acct)
+			if err != nil || len(lks) != 1 {
+				t.Fatalf("locks after the crash: %v %v", lks, err)
+			}
+			if r := pop3Once(t, ms.pop3, acct, password); r != "-ERR [IN-USE] Mailbox locked" {
+				t.Errorf("POP3 while the crashed session's lease lasts: %q", r)
+			}
+			// It expires by itself.
+			waitFor(t, "the lease to expire", func() bool { return time.Now().After(lks[0].ExpiresAt) })
+			if r := pop3Once(t, ms.pop3, acct, password); !strings.HasPrefix(r, "+OK") {
+				t.Errorf("POP3 after the lease expired: %q", r)
+			}
+		})
 	})
 }
 
-// swaks sends one message; with auth, it authenticates as from (PLAIN).
+// waitMaillog waits until one line of Postfix's log has all of parts.
+func (ms *mailstack) waitMaillog(t *testing.T, parts ...string) {
+	t.Helper()
+	var last string
+	waitFor(t, fmt.Sprintf("maillog %q", parts), func() bool {
+		b, err := os.ReadFile(filepath.Join(ms.dir, "postfix/maillog"))
+		if err != nil {
+			return false
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.Contains(line, parts[0]) {
+				continue
+			}
+			last = line
+			ok := true
+			for _, p := range parts[1:] {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				return true
+			}
+		}
+		return false
+	}, func() string { return "last matching line: " + last })
+}
+
+// sendmail injects a message locally, as a shell user's sendmail does.
+func (ms *mailstack) sendmail(t *testing.T, from, to string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/usr/sbin/sendmail", "-C", filepath.Join(ms.dir, "postfix/conf"), "-f", from, to)
+	cmd.Stdin = strings.NewReader("From: " + from + "\nTo: " + to + "\nSubject: local injection\n\nhello\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sendmail: %v\n%s", err, out)
+	}
+}
+
+// waitLocks waits until aupd holds n session locks on acct.
+func (ms *mailstack) waitLocks(t *testing.T, acct string, n int) {
+	t.Helper()
+	var got []sessionlock.Lock
+	waitFor(t, fmt.Sprintf("%d session locks on %s", n, acct), func() bool {
+		lks, err := ms.locks.List(context.Background(), acct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = lks
+		return len(lks) == n
+	}, func() string { return fmt.Sprintf("%+v", got) })
+}
+
+// killWatchers kills (SIGKILL) the post-login watchers of this mail stack
+// that hold a lock of acct, found by their command line.
+func (ms *mailstack) killWatchers(t *testing.T, acct string) {
+	t.Helper()
+	script := filepath.Join(ms.dir, "dovecot/bin/aupd-postlogin")
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	killed := 0
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte(script)) {
+			continue
+		}
+		env, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "environ"))
+		if !bytes.Contains(env, []byte("USER="+acct+"\x00")) {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if pid > 0 && syscall.Kill(pid, syscall.SIGKILL) == nil {
+			killed++
+		}
+	}
+	if killed == 0 {
+		t.Fatalf("no post-login watcher of %s found", acct)
+	}
+}
+
+// swaks sends one message, without AUTH (port 25).
 func swaks(t *testing.T, addr, from, to string, auth bool) (string, error) {
 	t.Helper()
 	if auth {
-		return swaksPassword(t, addr, from, to, password)
+		return swaksTLS(t, addr, "--tls", from, to, password)
 	}
 	return runSwaks(t, "--server", addr, "--from", from, "--to", to)
 }
 
+// swaksPassword authenticates as from (PLAIN) without TLS.
 func swaksPassword(t *testing.T, addr, from, to, pw string) (string, error) {
 	t.Helper()
 	return runSwaks(t, "--server", addr, "--from", from, "--to", to,
+		"--auth", "PLAIN", "--auth-user", from, "--auth-password", pw)
+}
+
+// swaksTLS authenticates as from (PLAIN) over TLS: mode is --tls
+// (STARTTLS), --tlsc (TLS on connect) or --tls-optional.
+func swaksTLS(t *testing.T, addr, mode, from, to, pw string) (string, error) {
+	t.Helper()
+	return runSwaks(t, "--server", addr, mode, "--from", from, "--to", to,
 		"--auth", "PLAIN", "--auth-user", from, "--auth-password", pw)
 }
 
@@ -449,13 +859,49 @@ func runSwaks(t *testing.T, args ...string) (string, error) {
 	return string(out), err
 }
 
+// inUse reports whether a login was refused by a session lock.
+func inUse(reply string) bool { return strings.Contains(reply, "[IN-USE] Mailbox locked") }
+
+// retryInUse repeats a login refused by a session lock for a moment:
+// the tests that are not about session locks log in to one mailbox one
+// session after the other, and the post-login script releases a lease
+// within about a second of a session's end.
+func retryInUse(login func() string) string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := login()
+		if !inUse(r) || time.Now().After(deadline) {
+			return r
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+}
+
 // imapLogin logs in and out and returns the tagged reply to LOGIN without
 // its tag.
 func imapLogin(t *testing.T, addr, user, pw string) string {
 	t.Helper()
 	defer func(start time.Time) { t.Logf("imap login %s took %s", user, time.Since(start)) }(time.Now())
-	c := dialText(t, addr)
+	return retryInUse(func() string { return imapOnce(t, addr, user, pw) })
+}
+
+// imapOnce logs in once and out; a refusal by the session lock (an
+// untagged BYE) is returned as it is.
+func imapOnce(t *testing.T, addr, user, pw string) string {
+	t.Helper()
+	c, r := imapOpen(t, addr, user, pw)
 	defer c.Close()
+	if strings.HasPrefix(r, "OK") {
+		_ = c.PrintfLine("a2 LOGOUT")
+	}
+	return r
+}
+
+// imapOpen logs in and returns the open session with the reply to LOGIN
+// (without its tag and capabilities), or the BYE that ended it.
+func imapOpen(t *testing.T, addr, user, pw string) (*textproto.Conn, string) {
+	t.Helper()
+	c := dialText(t, addr)
 	if _, err := c.ReadLine(); err != nil {
 		t.Fatalf("imap greeting: %v", err)
 	}
@@ -467,15 +913,15 @@ func imapLogin(t *testing.T, addr, user, pw string) string {
 		if err != nil {
 			t.Fatalf("imap login: %v", err)
 		}
+		if strings.HasPrefix(line, "* BYE ") {
+			return c, line
+		}
 		if r, ok := strings.CutPrefix(line, "a1 "); ok {
-			if strings.HasPrefix(r, "OK") {
-				_ = c.PrintfLine("a2 LOGOUT")
-			}
 			// Strip the capability list an OK carries.
 			if strings.HasPrefix(r, "OK [CAPABILITY") {
 				r = "OK " + r[strings.Index(r, "]")+2:]
 			}
-			return r
+			return c, r
 		}
 	}
 }
@@ -484,8 +930,25 @@ func imapLogin(t *testing.T, addr, user, pw string) string {
 func pop3Login(t *testing.T, addr, user, pw string) string {
 	t.Helper()
 	defer func(start time.Time) { t.Logf("pop3 login %s took %s", user, time.Since(start)) }(time.Now())
-	c := dialText(t, addr)
+	return retryInUse(func() string { return pop3Once(t, addr, user, pw) })
+}
+
+// pop3Once logs in once and quits.
+func pop3Once(t *testing.T, addr, user, pw string) string {
+	t.Helper()
+	c, line := pop3Open(t, addr, user, pw)
 	defer c.Close()
+	if strings.HasPrefix(line, "+OK") {
+		_ = c.PrintfLine("QUIT")
+		_, _ = c.ReadLine()
+	}
+	return line
+}
+
+// pop3Open logs in and returns the open session and the reply to PASS.
+func pop3Open(t *testing.T, addr, user, pw string) (*textproto.Conn, string) {
+	t.Helper()
+	c := dialText(t, addr)
 	if _, err := c.ReadLine(); err != nil {
 		t.Fatalf("pop3 greeting: %v", err)
 	}
@@ -502,10 +965,7 @@ func pop3Login(t *testing.T, addr, user, pw string) string {
 	if err != nil {
 		t.Fatalf("pop3 PASS: %v", err)
 	}
-	if strings.HasPrefix(line, "+OK") {
-		_ = c.PrintfLine("QUIT")
-	}
-	return line
+	return c, line
 }
 
 // sourceIP returns a loopback address not used before by this test
@@ -525,7 +985,13 @@ var sourceIP = func() func() string {
 
 func dialText(t *testing.T, addr string) *textproto.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(sourceIP())}}
+	return dialTextFrom(t, addr, sourceIP())
+}
+
+// dialTextFrom connects from the loopback address ip.
+func dialTextFrom(t *testing.T, addr, ip string) *textproto.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -163,7 +163,7 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 		if !inScope(v.Account) {
 			return nil
 		}
-		p := accountPolicy(pol, c, v.Account)
+		p := worker.AccountPolicy(pol, c, v.Account)
 		evs = append(evs, rules.ReplayEvent{Account: v.Account, ID: v.ID, Time: v.Time, At: meta.Timestamp,
 			Counting: p.Counts(v.Direction, v.Verdict, true)})
 		return nil
@@ -199,7 +199,7 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 	would := map[string][]Crossing{}
 	crossings := rules.Replay(evs, resets, pol.Window, func(account string) rules.ReplayAccount {
 		c, _ := companyOf(account)
-		p := accountPolicy(pol, c, account)
+		p := worker.AccountPolicy(pol, c, account)
 		return rules.ReplayAccount{Threshold: req.Threshold, Action: p.OnCrossing()}
 	})
 	for _, c := range crossings {
@@ -239,24 +239,6 @@ func liftsAUP(ev events.AccountEvent) bool {
 	had := slices.ContainsFunc(rules.AUPServices, func(s rules.Service) bool { return slices.Contains(ev.Old.Suspended, string(s)) })
 	has := slices.ContainsFunc(rules.AUPServices, func(s rules.Service) bool { return slices.Contains(ev.New.Suspended, string(s)) })
 	return had && !has
-}
-
-// accountPolicy applies a company's overrides to the provider's rule, as
-// the worker does.
-func accountPolicy(p worker.Policy, c *companies.Company, account string) rules.Policy {
-	pol := rules.Policy{Threshold: p.Threshold, Directions: p.Directions, Verdicts: p.Verdicts, Mode: p.Mode}
-	if slices.Contains(p.Allowlist, account) {
-		pol.Allowlisted = true
-	}
-	if c != nil {
-		if c.Threshold != nil {
-			pol.Threshold = *c.Threshold
-		}
-		if c.Allowlisted(account) {
-			pol.Allowlisted = true
-		}
-	}
-	return pol
 }
 
 // read hands every message of stream stored from start on, up to the last

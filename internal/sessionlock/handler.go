@@ -83,6 +83,7 @@ const (
 	CodeNotHeld    = "not_held"
 	CodeTooMany    = "too_many_holders"
 	CodeBadRequest = "bad_request"
+	CodeBadLease   = "bad_lease"
 	CodeInternal   = "internal"
 )
 
@@ -186,6 +187,8 @@ func (h *Handler) fail(w http.ResponseWriter, op, acct string, err error) {
 		writeError(w, http.StatusNotFound, CodeNotHeld, err.Error())
 	case errors.Is(err, ErrTooManyHolders):
 		writeError(w, http.StatusConflict, CodeTooMany, err.Error())
+	case errors.Is(err, ErrLease):
+		writeError(w, http.StatusBadRequest, CodeBadLease, "lease_seconds: "+err.Error())
 	default:
 		h.log.Error("session lock "+op, "account", acct, "err", err)
 		writeError(w, http.StatusServiceUnavailable, CodeInternal, "session lock store unavailable")

@@ -45,6 +45,8 @@ var (
 	ErrNotHeld = errors.New("session lock not held")
 	// ErrTooManyHolders: the mailbox has MaxHolders shared sessions.
 	ErrTooManyHolders = errors.New("too many sessions hold the mailbox")
+	// ErrLease: the lease asked for is outside [MinLease, MaxLease].
+	ErrLease = errors.New("lease out of range")
 )
 
 // Protocol is the kind of session that takes a lock.
@@ -199,18 +201,23 @@ type Lock struct {
 // maxHolderLen bounds the free-text holder description.
 const maxHolderLen = 200
 
-// Lease returns the lease to use for a request of d: DefaultLease for zero,
-// else d clamped to [MinLease, MaxLease].
-func (l *Locks) Lease(d time.Duration) time.Duration {
+// Lease returns the lease to use for a request of d: DefaultLease for
+// zero, d itself within [MinLease, MaxLease], and an error wrapping
+// ErrLease, which says the limits, outside them.
+func (l *Locks) Lease(d time.Duration) (time.Duration, error) {
 	switch {
 	case d == 0:
-		return l.cfg.DefaultLease
-	case d < l.cfg.MinLease:
-		return l.cfg.MinLease
-	case d > l.cfg.MaxLease:
-		return l.cfg.MaxLease
+		return l.cfg.DefaultLease, nil
+	case d < l.cfg.MinLease || d > l.cfg.MaxLease:
+		return 0, fmt.Errorf("%w: %s is not within %s to %s (or 0 for the default, %s)",
+			ErrLease, d, l.cfg.MinLease, l.cfg.MaxLease, l.cfg.DefaultLease)
 	}
-	return d
+	return d, nil
+}
+
+// Limits returns the lease limits: the least, the default and the most.
+func (l *Locks) Limits() (min, def, max time.Duration) {
+	return l.cfg.MinLease, l.cfg.DefaultLease, l.cfg.MaxLease
 }
 
 // Acquire takes a lock on account's mailbox for a session of protocol,
@@ -223,13 +230,18 @@ func (l *Locks) Acquire(ctx context.Context, account string, protocol Protocol, 
 	if len(holder) > maxHolderLen {
 		holder = holder[:maxHolderLen]
 	}
+	d, err := l.Lease(lease)
+	if err != nil {
+		l.ops.WithLabelValues("acquire", "bad_lease").Inc()
+		return Lock{}, err
+	}
 	mode := protocol.Mode()
 	id := "s" + randomHex(12)
 	if mode == Exclusive {
 		id = "x" + id[1:]
 	}
 	now := l.now()
-	exp := now.Add(l.Lease(lease))
+	exp := now.Add(d)
 	keys := l.keys(account)
 	res, err := acquireScript.Run(ctx, l.rdb, keys, now.UnixMilli(), exp.UnixMilli(), id,
 		string(protocol)+"|"+holder, l.cfg.MaxHolders).Int()
@@ -256,8 +268,13 @@ func (l *Locks) Renew(ctx context.Context, account, id string, lease time.Durati
 		l.ops.WithLabelValues("renew", "not_held").Inc()
 		return Lock{}, ErrNotHeld
 	}
+	d, err := l.Lease(lease)
+	if err != nil {
+		l.ops.WithLabelValues("renew", "bad_lease").Inc()
+		return Lock{}, err
+	}
 	now := l.now()
-	exp := now.Add(l.Lease(lease))
+	exp := now.Add(d)
 	res, err := renewScript.Run(ctx, l.rdb, l.keys(account), now.UnixMilli(), exp.UnixMilli(), id).Text()
 	if errors.Is(err, redis.Nil) {
 		l.ops.WithLabelValues("renew", "not_held").Inc()

@@ -159,13 +159,22 @@ func TestRelease(t *testing.T) {
 func TestLeaseBoundsAndHolders(t *testing.T) {
 	ctx := context.Background()
 	l, clk, _ := newLocks(t, Config{MaxHolders: 2})
-	lk, _ := l.Acquire(ctx, mbox, IMAP, time.Hour, "")
-	if !lk.ExpiresAt.Equal(clk.now().Add(30 * time.Minute)) {
-		t.Errorf("lease not capped: %s", lk.ExpiresAt.Sub(clk.now()))
+	// Leases outside the limits are refused, not silently clamped.
+	for _, d := range []time.Duration{time.Hour, 30*time.Minute + time.Second, time.Millisecond, 4 * time.Second, -time.Second} {
+		if _, err := l.Acquire(ctx, mbox, IMAP, d, ""); !errors.Is(err, ErrLease) || !strings.Contains(err.Error(), "5s to 30m0s") {
+			t.Errorf("lease %s: %v; want ErrLease naming the limits", d, err)
+		}
 	}
-	lk, _ = l.Acquire(ctx, mbox, IMAP, time.Millisecond, "")
-	if !lk.ExpiresAt.Equal(clk.now().Add(5 * time.Second)) {
-		t.Errorf("lease not raised: %s", lk.ExpiresAt.Sub(clk.now()))
+	lk, err := l.Acquire(ctx, mbox, IMAP, 30*time.Minute, "")
+	if err != nil || !lk.ExpiresAt.Equal(clk.now().Add(30*time.Minute)) {
+		t.Errorf("the longest lease: %v, %v", lk, err)
+	}
+	if _, err := l.Renew(ctx, mbox, lk.ID, time.Hour); !errors.Is(err, ErrLease) {
+		t.Errorf("renew beyond the limit: %v", err)
+	}
+	lk, err = l.Acquire(ctx, mbox, IMAP, 5*time.Second, "")
+	if err != nil || !lk.ExpiresAt.Equal(clk.now().Add(5*time.Second)) {
+		t.Errorf("the shortest lease: %v, %v", lk, err)
 	}
 	if _, err := l.Acquire(ctx, mbox, IMAP, 0, ""); !errors.Is(err, ErrTooManyHolders) {
 		t.Errorf("third holder: %v", err)
@@ -284,11 +293,13 @@ func TestHandler(t *testing.T) {
 	for _, bad := range []struct{ method, path, body string }{
 		{"POST", base, `{"protocol":"smtp"}`},
 		{"POST", base, `{"protocol":"imap","lease_seconds":-1}`},
+		{"POST", base, `{"protocol":"imap","lease_seconds":3600}`},
+		{"POST", base, `{"protocol":"imap","lease_seconds":1}`},
 		{"POST", base, `{"protocol":"imap","extra":1}`},
 		{"POST", base, `not json`},
 		{"POST", "/api/v1/accounts/not-an-address/session-locks", `{"protocol":"imap"}`},
 	} {
-		if code, body := c.do(bad.method, bad.path, bad.body); code != http.StatusBadRequest || body["code"] != "bad_request" {
+		if code, body := c.do(bad.method, bad.path, bad.body); code != http.StatusBadRequest || (body["code"] != "bad_request" && body["code"] != "bad_lease") {
 			t.Errorf("%s %s %s: %d %v", bad.method, bad.path, bad.body, code, body)
 		}
 	}

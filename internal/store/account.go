@@ -39,8 +39,11 @@ type StatusInfo struct {
 
 // Account is the state of one account.
 type Account struct {
-	Address      string
-	Exists       bool // aupd has a record of it
+	Address string
+	Exists  bool // aupd has a record of it
+	// Provisioned is set for a mailbox the provider provisioned
+	// (Provision): a licence whatever its state.
+	Provisioned  bool
 	Version      int64
 	Created      time.Time
 	Type         rules.AccountType
@@ -107,6 +110,7 @@ func parseAccount(address string, h map[string]string) *Account {
 	a := &Account{
 		Address:     address,
 		Exists:      h["created"] != "",
+		Provisioned: h[fieldProvisioned] == "1",
 		Type:        rules.AccountType(h["type"]),
 		Company:     h["company"],
 		Status:      rules.Status(h["status"]),

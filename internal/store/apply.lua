@@ -55,6 +55,9 @@ if string.find(flags, 'x', 1, true) then
   return {1, 0}
 end
 if ne > 0 then redis.call('HSET', st, 'ob', 1) end
+-- A change makes a durable record: the state hash of an address that had
+-- none (a verdict-only address's, or a transient lockout's) may carry an
+-- expiry, which must not delete the record now.
 redis.call('HSETNX', st, 'created', now)
 redis.call('PERSIST', st)
 return {1, redis.call('HINCRBY', st, 'ver', 1)}

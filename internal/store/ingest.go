@@ -51,9 +51,6 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// Outcomes lists every outcome, for metrics.
-var Outcomes = []Outcome{Counted, StatsOnly, Duplicate, Late, AtCap}
-
 // Item is one event to ingest.
 type Item struct {
 	ID       string // the event id (hashed; the same id never counts twice)

@@ -106,7 +106,10 @@ local function one(k, p)
   if rewrite then
     kept = {}
     local old = base or 0
-    local z = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES')
+    -- A new address has no window to carry over (aupd v1 always wrote
+    -- created): the DEL below clears any leftover, and nothing is read.
+    local z = {}
+    if base or created then z = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES') end
     for j = 1, #z, 2 do
       local sc = tonumber(z[j + 1])
       local d = math.floor(sc / 16)
@@ -249,7 +252,7 @@ local function one(k, p)
   -------------------------------------------------------------- writes --
   local hset = {}
   if rewrite then
-    redis.call('DEL', win, legacy)
+    if base or created then redis.call('DEL', win, legacy) else redis.call('DEL', win) end
     local z = {}
     for m, v in pairs(kept) do z[#z + 1] = (v[1] - base) * 16 + v[2]; z[#z + 1] = m end
     for _, q in ipairs(add) do z[#z + 1] = (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]); z[#z + 1] = ARGV[q] end
@@ -386,7 +389,7 @@ for a = 1, tonumber(ARGV[5]) do
   elseif type(r) == 'table' and r.err then
     results[a] = {'!' .. r.err}
   else
-    results[a] = {'!ERR script: ' .. tostring(r)}
+    results[a] = {'!' .. tostring(r)} -- a Redis error as text, or a Lua runtime error
   end
   p = nxt
 end

@@ -294,6 +294,11 @@ func TestOneAccountFailsAlone(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	rdb := s.rdb.(*redis.Client)
+	ingest(t, s, t0, 5, spam("0", t0)) // alice: a window already
+	b0 := Batch{Account: "broken@example.com", Threshold: 5, Cap: 6, Action: rules.ActionSuspend, Items: []Item{spam("0", t0)}}
+	if _, err := s.Ingest(ctx, []Batch{b0}, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }}); err != nil {
+		t.Fatal(err)
+	}
 	if err := rdb.Set(ctx, s.key("broken@example.com", sufWindow), "x", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -317,5 +322,20 @@ func TestHashSlot(t *testing.T) {
 	// the Redis Cluster specification's example: CRC16("123456789") = 0x31C3
 	if got := hashSlot("123456789"); got != 0x31C3 {
 		t.Fatalf("slot %d, want %d", got, 0x31C3)
+	}
+}
+
+// TestReadOnlyReplicaIsTransient: a Redis that refuses writes for now (a
+// replica, say during a failover) is a transient failure, not a broken
+// account.
+func TestReadOnlyReplicaIsTransient(t *testing.T) {
+	addr := testutil.PrivateRedisServer(t, "--replicaof", "127.0.0.1", "1")
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	s := New(rdb, "aup")
+	b := Batch{Account: "a@example.com", Threshold: 5, Cap: 6, Action: rules.ActionSuspend, Items: []Item{spam("1", t0)}}
+	res, err := s.Ingest(context.Background(), []Batch{b}, IngestParams{Window: day, Skew: time.Minute, Now: t0, NewID: func() string { return "x" }})
+	if err != nil || res[0].Err == nil || IsPermanent(res[0].Err) || !strings.Contains(res[0].Err.Error(), "READONLY") {
+		t.Fatalf("%v %+v", err, res)
 	}
 }

@@ -309,15 +309,22 @@ func decodeCursor(s string) (uint64, string, error) {
 	return cur, after, nil
 }
 
-// Licences counts a company's accounts as billed: every account aupd has
-// a record of, whatever its status or suspensions (closed and suspended
-// accounts still count); deleted accounts do not.
+// Licences counts a company's accounts as billed: the mailboxes the
+// provider provisioned, whatever their status or suspensions (closed and
+// suspended accounts still count), plus the accounts that hold state
+// without being provisioned (for example an address suspended
+// automatically). Addresses that only appeared in verdicts or failed
+// logins, and deleted accounts, do not count (Account.Licensed).
 type Licences struct {
-	Company   string                `json:"company"`
-	Total     int                   `json:"total"`
-	ByStatus  map[rules.Status]int  `json:"by_status"`
-	Suspended int                   `json:"suspended"` // accounts with any suspended service
-	ByService map[rules.Service]int `json:"by_service"`
+	Company string `json:"company"`
+	Total   int    `json:"total"`
+	// Provisioned are the provisioned mailboxes; Unprovisioned the other
+	// accounts that count because they hold state. Total is both.
+	Provisioned   int                   `json:"provisioned"`
+	Unprovisioned int                   `json:"unprovisioned"`
+	ByStatus      map[rules.Status]int  `json:"by_status"`
+	Suspended     int                   `json:"suspended"` // accounts with any suspended service
+	ByService     map[rules.Service]int `json:"by_service"`
 }
 
 // CountLicences counts a company's accounts, scanning its index set and
@@ -344,10 +351,15 @@ func (s *Store) CountLicences(ctx context.Context, company string, now time.Time
 			return nil, err
 		}
 		for _, a := range accts {
-			if !a.Exists || a.Company != company {
+			if !a.Licensed(now) || a.Company != company {
 				continue
 			}
 			l.Total++
+			if a.Provisioned {
+				l.Provisioned++
+			} else {
+				l.Unprovisioned++
+			}
 			l.ByStatus[a.View().EffectiveStatus(now)]++
 			if len(a.Suspensions) > 0 {
 				l.Suspended++

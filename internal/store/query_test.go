@@ -70,7 +70,7 @@ func TestListAndLicences(t *testing.T) {
 	for i := range 25 {
 		addr := fmt.Sprintf("u%02d@acme.example", i)
 		all = append(all, addr)
-		if _, err := s.SetAccount(ctx, addr, rules.TypeMailbox, "acme", by); err != nil {
+		if _, _, err := s.Provision(ctx, addr, rules.TypeMailbox, "acme", by); err != nil {
 			t.Fatal(err)
 		}
 		switch i % 5 {
@@ -141,7 +141,7 @@ func TestListAndLicences(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Total != 24 || l.ByStatus[rules.StatusClosed] != 5 || l.Suspended != 5 || l.ByService[rules.ServiceSend] != 5 {
+	if l.Total != 24 || l.Provisioned != 24 || l.ByStatus[rules.StatusClosed] != 5 || l.Suspended != 5 || l.ByService[rules.ServiceSend] != 5 {
 		t.Fatalf("licences %+v", l)
 	}
 }

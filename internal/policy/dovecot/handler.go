@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -108,8 +109,24 @@ func (c Config) Validate() error {
 		return fmt.Errorf("dovecot policy: api_header %q is not a header name", c.APIHeader)
 	case strings.ContainsAny(string(c.APIKey), "\r\n"):
 		return errors.New("dovecot policy: api_key must be one line")
+	case c.APIKey == "" && !loopbackListen(c.Listen):
+		return fmt.Errorf("dovecot policy: api_key is required when listen (%s) is not a loopback address", c.Listen)
 	}
 	return nil
+}
+
+// loopbackListen reports whether addr (host:port) listens on loopback
+// only: 127.0.0.0/8, ::1 or localhost. An empty host listens everywhere.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Options are a Handler's optional collaborators.
@@ -298,7 +315,17 @@ func (req Request) account() (string, bool) {
 	return "", false
 }
 
-// Allow answers command=allow, before and after authentication.
+// Allow answers command=allow.
+//
+// Nothing about an account's state may be told before its password is
+// verified, and Dovecot sends the check before authentication
+// (auth_policy_check_before_auth) and the one after it
+// (auth_policy_check_after_auth) with the same attributes, so aupd cannot
+// tell them apart. It is therefore run with check_before_auth = no
+// (deploy/dovecot/conf.d/95-aupd.conf): every allow request it gets comes
+// after a verified password, and its answer (a reason for a refusal, none
+// for a lockout) is shown only to a user who knew the password. A wrong
+// password fails alike for every account, existing or not.
 func (h *Handler) Allow(ctx context.Context, req Request) (Response, string, error) {
 	acct, ok := req.account()
 	if !ok {
@@ -347,11 +374,15 @@ func (h *Handler) Report(ctx context.Context, req Request) (Response, string, er
 	}
 	// Count only accounts of this provider, so that guessing at names
 	// that are not ours fills no keys.
-	_, local, err := h.accounts.Lookup(ctx, acct)
+	view, local, err := h.accounts.Lookup(ctx, acct)
 	if err != nil {
 		return Response{}, "", fmt.Errorf("look up %s: %w", acct, err)
 	}
 	if !local {
+		return Response{}, ResultReportIgnored, nil
+	}
+	// Failures during a lockout do not count again (and do not extend it).
+	if view.EffectiveStatus(h.now()) == rules.StatusLockout {
 		return Response{}, ResultReportIgnored, nil
 	}
 	detail := strings.TrimSpace(req.Protocol + " from " + req.Remote)

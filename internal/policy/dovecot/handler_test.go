@@ -167,7 +167,8 @@ func TestAllow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.login+"/"+tt.proto, func(t *testing.T) {
-			code, resp, raw := e.post(t, "allow", allowReq(tt.login, tt.proto, "0833"))
+			// The check after authentication carries no password hash.
+			code, resp, raw := e.post(t, "allow", allowReq(tt.login, tt.proto, ""))
 			if code != http.StatusOK || resp.Status != tt.status || resp.Msg != tt.msg {
 				t.Errorf("got %d %s; want status %d msg %q", code, raw, tt.status, tt.msg)
 			}
@@ -252,8 +253,8 @@ func TestLockoutFlow(t *testing.T) {
 		rejected := resp.Status < 0
 		success := correct && !rejected
 		if !rejected && correct {
-			// check_after_auth
-			_, resp, raw = e.post(t, "allow", allowReq(acct, "imap", pwhash))
+			// check_after_auth, without a password hash
+			_, resp, raw = e.post(t, "allow", allowReq(acct, "imap", ""))
 			rejected = resp.Status < 0
 			success = !rejected
 		}
@@ -349,9 +350,41 @@ func TestConfigValidate(t *testing.T) {
 	if err := Defaults().Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []Config{{APIHeader: "X Bad"}, {MaxBodyBytes: 10}, {APIKey: "a\nb"}, {LookupTimeout: -1}} {
+	for _, c := range []Config{{Listen: "[::1]:1"}, {Listen: "localhost:1"}, {Listen: "0.0.0.0:1", APIKey: "k"}} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+	for _, c := range []Config{{APIHeader: "X Bad"}, {MaxBodyBytes: 10}, {APIKey: "a\nb"}, {LookupTimeout: -1},
+		{Listen: "0.0.0.0:10041"}, {Listen: ":10041"}, {Listen: "192.0.2.1:10041"}} {
 		if c.Validate() == nil {
 			t.Errorf("%+v: no error", c)
 		}
+	}
+}
+
+// TestFailuresDuringLockoutDoNotCount: with check_before_auth off, a
+// wrong password during a lockout is reported as a plain failure; it must
+// neither count nor lock out again (which would extend the lockout).
+func TestFailuresDuringLockoutDoNotCount(t *testing.T) {
+	e := newEnv(t, Config{}, lockout.Config{Threshold: 1})
+	for i := range 3 {
+		body := reportReq("lockedout@example.test", "imap", fmt.Sprint("h", i), false, false)
+		if _, _, raw := e.post(t, "report", body); raw != `{"status":0}`+"\n" {
+			t.Fatalf("report: %s", raw)
+		}
+	}
+	if len(e.store.lockouts) != 0 {
+		t.Errorf("failures during a lockout locked out again: %v", e.store.lockouts)
+	}
+	if got := counter(t, e.reg, "aupd_policy_requests_total", "dovecot", ResultReportIgnored); got != 3 {
+		t.Errorf("report_ignored %v; want 3", got)
+	}
+	// Once it has ended, failures count again.
+	if _, _, raw := e.post(t, "report", reportReq("wasout@example.test", "imap", "h", false, false)); raw != `{"status":0}`+"\n" {
+		t.Fatal(raw)
+	}
+	if len(e.store.lockouts) != 1 {
+		t.Errorf("lockouts %v; want wasout locked out again", e.store.lockouts)
 	}
 }

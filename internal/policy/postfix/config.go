@@ -53,6 +53,26 @@ type Config struct {
 	// MaintenanceAction answers mail to an account in maintenance (a
 	// temporary failure: the sending MTA queues the mail).
 	MaintenanceAction string `yaml:"maintenance_action"`
+	// RecipientDelimiter is Postfix's recipient_delimiter: the characters
+	// that start an address extension (user+tag@domain). A recipient with
+	// an extension is judged by the mailbox it is delivered to as well.
+	// Default "+", Debian's; "none" for a Postfix without one.
+	RecipientDelimiter string `yaml:"recipient_delimiter"`
+	// TransportListen, when set, serves Postfix's transport_maps as a
+	// socketmap (transport_maps = socketmap:inet:HOST:PORT:transport): a
+	// lookup Postfix's queue manager makes for every recipient of every
+	// message, after alias expansion and whatever way the mail came in
+	// (SMTP, sendmail, forwards), answering error:5.2.1 or retry:4.2.1 for
+	// mailboxes that may not receive. Default off.
+	TransportListen string `yaml:"transport_listen"`
+}
+
+// delimiters returns the extension delimiters, "" for none.
+func (c Config) delimiters() string {
+	if c.RecipientDelimiter == "none" {
+		return ""
+	}
+	return c.RecipientDelimiter
 }
 
 // Defaults returns the default configuration.
@@ -72,6 +92,7 @@ func Defaults() Config {
 		ClosedAction:           "550 5.2.1 Mailbox is closed",
 		ReceiveSuspendedAction: "550 5.2.1 Mailbox is not accepting messages",
 		MaintenanceAction:      "450 4.2.1 Mailbox is temporarily unavailable, try again later",
+		RecipientDelimiter:     "+",
 	}
 }
 
@@ -105,6 +126,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxAttributes == 0 {
 		c.MaxAttributes = d.MaxAttributes
 	}
+	if c.RecipientDelimiter == "" {
+		c.RecipientDelimiter = d.RecipientDelimiter
+	}
 	for _, p := range []struct {
 		v *string
 		d string
@@ -128,6 +152,14 @@ func (c Config) Validate() error {
 	c = c.withDefaults()
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("postfix policy: listen %q: %w", c.Listen, err)
+	}
+	if c.TransportListen != "" {
+		if _, _, err := net.SplitHostPort(c.TransportListen); err != nil {
+			return fmt.Errorf("postfix policy: transport_listen %q: %w", c.TransportListen, err)
+		}
+	}
+	if d := c.delimiters(); strings.ContainsAny(d, "@\"\\ \t\r\n") || len(d) > 8 {
+		return fmt.Errorf("postfix policy: recipient_delimiter %q: up to 8 characters, not @, quotes, backslashes or spaces (\"none\" for none)", c.RecipientDelimiter)
 	}
 	if c.UnixSocketMode > 0o777 {
 		return fmt.Errorf("postfix policy: unix_socket_mode %o is not a permission", c.UnixSocketMode)

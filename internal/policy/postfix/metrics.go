@@ -13,6 +13,7 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	conns    prometheus.Gauge
+	refused  prometheus.Counter
 }
 
 // newMetrics registers the policy metrics on reg. The request counter and
@@ -33,6 +34,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "aupd_policy_postfix_connections",
 			Help: "Open Postfix policy connections.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aupd_policy_postfix_connections_refused_total",
+			Help: "Postfix policy and transport map connections closed at once because max_connections were open.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
@@ -45,6 +50,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.conns, err = register(reg, m.conns); err != nil {
+		return nil, err
+	}
+	if m.refused, err = register(reg, m.refused); err != nil {
 		return nil, err
 	}
 	return m, nil

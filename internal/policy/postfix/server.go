@@ -125,12 +125,29 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		listeners = append(listeners, ux)
 	}
-	errs := make(chan error, len(listeners))
+	errs := make(chan error, len(listeners)+1)
+	n := len(listeners)
 	for _, ln := range listeners {
 		go func() { errs <- s.Serve(ctx, ln) }()
 	}
+	if s.cfg.TransportListen != "" {
+		tln, err := lc.Listen(ctx, "tcp", s.cfg.TransportListen)
+		if err != nil {
+			for _, ln := range listeners {
+				ln.Close()
+			}
+			// The servers started above end now that their listeners
+			// are closed.
+			for range n {
+				<-errs
+			}
+			return fmt.Errorf("postfix transport map: listen: %w", err)
+		}
+		n++
+		go func() { errs <- s.ServeTransport(ctx, tln) }()
+	}
 	var first error
-	for range listeners {
+	for range n {
 		if err := <-errs; err != nil && first == nil {
 			first = err
 		}
@@ -156,9 +173,16 @@ func removeStaleSocket(path string) error {
 
 // Serve accepts connections on ln until ctx is done, then closes ln and
 // every connection, and returns once all connection goroutines have ended.
-// At most MaxConnections connections are served at once; further clients
-// wait in the listen backlog.
+// At most MaxConnections connections are served at once; a connection
+// beyond that is closed at once (Postfix then applies
+// smtpd_policy_service_default_action, or tries again) rather than left
+// waiting unanswered.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return serve(ctx, ln, s.sem, s.metrics, s.log, "postfix policy", s.serveConn)
+}
+
+// serve is the accept loop of the policy and transport map servers.
+func serve(ctx context.Context, ln net.Listener, sem chan struct{}, m *metrics, log *slog.Logger, what string, handle func(context.Context, net.Conn)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -167,14 +191,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	defer ln.Close()
 	for {
-		select {
-		case s.sem <- struct{}{}:
-		case <-ctx.Done():
-			return nil
-		}
 		conn, err := ln.Accept()
 		if err != nil {
-			<-s.sem
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -182,13 +200,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return fmt.Errorf("postfix policy: accept: %w", err)
+			return fmt.Errorf("%s: accept: %w", what, err)
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			m.refused.Inc()
+			log.Warn("connection refused: max_connections reached", "remote", conn.RemoteAddr().String())
+			conn.Close()
+			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-s.sem }()
-			s.serveConn(ctx, conn)
+			defer func() { <-sem }()
+			handle(ctx, conn)
 		}()
 	}
 }
@@ -285,31 +311,81 @@ func (s *Server) Decide(ctx context.Context, req Request) (action, result string
 	if state != "RCPT" || req[attrRecipient] == "" {
 		return "DUNNO", ResultDunno
 	}
-	rcpt, err := events.NormalizeAccount(req[attrRecipient])
-	if err != nil {
-		return "DUNNO", ResultDunno
-	}
-	view, local, err := s.accounts.Lookup(ctx, rcpt)
+	d, rcpt, err := s.recipient(ctx, req[attrRecipient], now)
 	if err != nil {
 		s.log.Error("look up recipient", "account", rcpt, "queue_id", req[attrQueueID], "err", err)
 		return s.cfg.ErrorAction, ResultError
 	}
-	if !local {
-		return "DUNNO", ResultDunno
-	}
-	d := rules.Decide(view, rules.Receive, now)
 	switch d.Result {
-	case rules.Bounce:
+	case rules.Bounce, rules.Deny:
 		if d.Code == rules.CodeClosed {
 			return s.cfg.ClosedAction, ResultClosed
 		}
 		return s.cfg.ReceiveSuspendedAction, ResultReceiveSuspended
 	case rules.Defer:
 		return s.cfg.MaintenanceAction, ResultMaintenance
-	case rules.Deny:
-		return s.cfg.ReceiveSuspendedAction, ResultReceiveSuspended
 	}
 	return "DUNNO", ResultDunno
+}
+
+// recipient decides whether mail for address may be delivered. The
+// address is compared case-insensitively, and an address with an
+// extension (user+tag@domain, with the configured recipient_delimiter) is
+// judged as the stricter of the address as written and the address without
+// its extension, so that "erin+tag" cannot reach a closed "erin" while a
+// mailbox whose name really contains the delimiter keeps its own state.
+// Addresses that are not local, or not addresses, are allowed (Postfix
+// decides). acct is the normalized address, for logs.
+func (s *Server) recipient(ctx context.Context, address string, now time.Time) (d rules.Decision, acct string, err error) {
+	d = rules.Decision{Result: rules.Allow}
+	acct, nerr := events.NormalizeAccount(address)
+	if nerr != nil {
+		return d, "", nil
+	}
+	for _, a := range s.recipientForms(acct) {
+		view, local, err := s.accounts.Lookup(ctx, a)
+		if err != nil {
+			return d, a, err
+		}
+		if !local {
+			return d, acct, nil
+		}
+		if got := rules.Decide(view, rules.Receive, now); severity(got) > severity(d) {
+			d = got
+		}
+	}
+	return d, acct, nil
+}
+
+// recipientForms returns acct and, when its local part has an extension,
+// acct without it.
+func (s *Server) recipientForms(acct string) []string {
+	forms := []string{acct}
+	delim := s.cfg.delimiters()
+	if delim == "" {
+		return forms
+	}
+	at := strings.LastIndexByte(acct, '@')
+	local, domain := acct[:at], acct[at:]
+	if i := strings.IndexAny(local, delim); i > 0 {
+		forms = append(forms, local[:i]+domain)
+	}
+	return forms
+}
+
+// severity orders receive decisions: a bounce over a deferral over
+// delivery.
+func severity(d rules.Decision) int {
+	switch d.Result {
+	case rules.Bounce, rules.Deny:
+		if d.Code == rules.CodeClosed {
+			return 4
+		}
+		return 3
+	case rules.Defer:
+		return 2
+	}
+	return 0
 }
 
 // sendState reports whether a request in state is about a message being
