@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/policy/postfix"
@@ -43,6 +44,7 @@ type Config struct {
 	Auth      api.AuthConfig      `yaml:"auth"`
 	Policy    Policy              `yaml:"policy"`
 	Sessions  sessionlock.Config  `yaml:"session_locks"`
+	Desk      desk.Config         `yaml:"desk"`
 }
 
 // Policy configures the enforcement servers that Postfix and Dovecot ask.
@@ -177,6 +179,7 @@ func Default() *Config {
 		Notifier: defaultNotifier(),
 		Policy:   Policy{Postfix: postfix.Defaults(), Dovecot: dovecot.Defaults(), Lockout: lockout.Defaults()},
 		Sessions: sessionlock.Defaults(),
+		Desk:     desk.Defaults(),
 	}
 }
 
@@ -253,6 +256,7 @@ const (
 	EnvDataDir       = "AUPD_DATA_DIR"
 	EnvSMTPPassword  = "AUPD_SMTP_PASSWORD"
 	EnvDovecotAPIKey = "AUPD_DOVECOT_API_KEY"
+	EnvDeskLinkKey   = "AUPD_DESK_LINK_KEY"
 )
 
 func (c *Config) applyEnv(get func(string) string) {
@@ -280,6 +284,7 @@ func (c *Config) applyEnv(get func(string) string) {
 	set(&c.DataDir, EnvDataDir)
 	setSecret(&c.Notifier.SMTP.Password, EnvSMTPPassword)
 	setSecret(&c.Policy.Dovecot.APIKey, EnvDovecotAPIKey)
+	setSecret(&c.Desk.LinkKey, EnvDeskLinkKey)
 }
 
 // Validate checks every setting and reports all problems at once.
@@ -380,6 +385,7 @@ func (c *Config) Validate() error {
 	c.Notifier.Stream = c.NATS.Accounts.Name
 	for name, v := range map[string]interface{ Validate() error }{
 		"notifier": c.Notifier, "auth": c.Auth, "session_locks": c.Sessions, "policy.lockout": c.Policy.Lockout,
+		"desk": c.Desk,
 	} {
 		if err := v.Validate(); err != nil {
 			bad("%s: %w", name, err)
