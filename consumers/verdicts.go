@@ -195,6 +195,9 @@ func (v *Verdicts) loop(ctx context.Context) error {
 			v.log.Debug("fetch ended", "err", err)
 		}
 		if len(msgs) == 0 {
+			if idle, ok := v.o.Processor.(interface{ Idle(context.Context) }); ok {
+				idle.Idle(ctx)
+			}
 			continue
 		}
 		// The batch in hand is finished even when ctx is cancelled now.

@@ -58,10 +58,13 @@ type Config struct {
 	// match it (the header X-Aupd-Notice is set as well).
 	SubjectTag string          `yaml:"subject_tag"`
 	Templates  TemplatesConfig `yaml:"templates"`
-	// ProviderName is how the notice names the sender of the notice.
+	// ProviderName is how the notice names the sender of the notice, as
+	// written mid-sentence ("from your mail provider"); the signature
+	// starts it with a capital letter.
 	ProviderName string `yaml:"provider_name"`
 	// APIURL is the base URL of the admin API shown in the reinstate
-	// instructions; empty shows the path only.
+	// instructions; empty shows https://<aupd server> for the reader to
+	// fill in.
 	APIURL string `yaml:"api_url"`
 	// EMLDir, when set, makes the notifier write each notice as an .eml
 	// file into this directory instead of sending it (local runs).
@@ -98,7 +101,7 @@ func Defaults() Config {
 			Timeout: 30 * time.Second,
 		},
 		SubjectTag:       "[AUP]",
-		ProviderName:     "Your mail provider",
+		ProviderName:     "your mail provider",
 		GiveUpAfter:      48 * time.Hour,
 		RetryMin:         30 * time.Second,
 		RetryMax:         30 * time.Minute,

@@ -78,9 +78,12 @@ func (r *renderer) evidence(n notice, d NoticeData) []byte {
 	}
 	b.WriteString("AUP suspension evidence\n=======================\n\n")
 	line("Account", d.Account)
-	if d.Company != "" && d.Company != d.CompanyName {
+	switch {
+	case d.Company == "":
+		line("Company", "(none)")
+	case d.Company != d.CompanyName:
 		line("Company", d.CompanyName+" ("+d.Company+")")
-	} else {
+	default:
 		line("Company", d.CompanyName)
 	}
 	line("Suspension", d.SuspensionID)

@@ -107,6 +107,9 @@ type Options struct {
 	Now func() time.Time
 	// Owner names this notifier in leases; default host-pid-random.
 	Owner string
+	// Links makes the signed abuse desk link each notice carries; nil:
+	// notices name aupctl and the API call instead.
+	Links LinkFunc
 }
 
 // Notifier turns suspension events into abuse notices.
@@ -120,6 +123,7 @@ type Notifier struct {
 	dir     Directory
 	log     *slog.Logger
 	now     func() time.Time
+	links   LinkFunc
 	owner   string
 	// unrecorded holds notices delivered whose delivery could not be
 	// recorded yet (key -> reply): their redelivery records it instead of
@@ -194,7 +198,7 @@ func New(cfg Config, opts Options) (*Notifier, error) {
 	}
 	n := &Notifier{
 		cfg: cfg, store: NewStore(opts.Redis, opts.KeyPrefix), r: r, tr: tr, js: opts.JetStream,
-		samples: opts.Samples, dir: opts.Directory, log: opts.Logger, now: opts.Now, owner: opts.Owner, m: m,
+		samples: opts.Samples, dir: opts.Directory, log: opts.Logger, now: opts.Now, owner: opts.Owner, m: m, links: opts.Links,
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -369,10 +373,16 @@ func (n *Notifier) prepare(ctx context.Context, key string, ev *events.AccountEv
 		"event_id": ev.ID, "account": ev.Account, "company": ev.Company,
 		"suspension_id": ev.Suspension.ID, "created_at": now.UnixMilli(), "attempts": 0,
 	}
-	rn, rerr := n.r.render(notice{
+	nt := notice{
 		event: ev, company: comp, companyOK: ok, samples: pickSamples(samples), fetched: len(samples), now: now,
 		messageID: n.r.newMessageID(ev, now),
-	})
+	}
+	if n.links != nil {
+		if u, until, ok := n.links(ev.Account, ev.Suspension.ID, now); ok {
+			nt.deskURL, nt.deskUntil = u, until
+		}
+	}
+	rn, rerr := n.r.render(nt)
 	if rerr != nil {
 		fields["state"], fields["last_error"], fields["failed_at"] = StateFailed, rerr.Error(), now.UnixMilli()
 		created, err := n.store.create(ctx, key, n.cfg.Retention, fields)

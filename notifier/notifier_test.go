@@ -89,7 +89,7 @@ func TestSendsOneNotice(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"aupctl reinstate alice@example.com --reason",
-		"POST https://aupd.provider.test/api/v1/accounts/alice@example.com/reinstate",
+		"curl -X POST 'https://aupd.provider.test/api/v1/accounts/alice@example.com/reinstate'",
 		`{"services":["send","webmail_send"],"reason":`, "Bearer", "antivirus", "password"} {
 		if !strings.Contains(p.body, want) {
 			t.Errorf("body lacks %q", want)

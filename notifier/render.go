@@ -70,9 +70,18 @@ type NoticeData struct {
 	// SamplesAttached how many of them are in evidence.txt.
 	SamplesReferenced int
 	SamplesAttached   int
-	ReinstateURL      string // POST target of the reinstate API call
+	ReinstateURL      string // POST target of the reinstate API call, a full URL
 	ReinstateJSON     string // an example body for it
+	// DeskURL is the signed link to the account's page on the abuse desk
+	// (empty when the desk has no public URL); DeskExpires is when the
+	// link stops working.
+	DeskURL     string
+	DeskExpires time.Time
 }
+
+// LinkFunc makes the signed desk link of one suspension, at now; ok is
+// false when there is no desk to link to.
+type LinkFunc func(account, suspensionID string, now time.Time) (url string, expires time.Time, ok bool)
 
 // templateFuncs are the functions the templates may use.
 func templateFuncs() template.FuncMap {
@@ -80,7 +89,18 @@ func templateFuncs() template.FuncMap {
 		"datetime": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
 		"describe": describeService,
 		"join":     strings.Join,
+		"sentence": sentenceCase,
 	}
+}
+
+// sentenceCase starts s with a capital letter, for a name that begins a
+// line ("your mail provider" in the signature).
+func sentenceCase(s string) string {
+	r, n := utf8.DecodeRuneInString(s)
+	if n == 0 {
+		return s
+	}
+	return string(unicode.ToUpper(r)) + s[n:]
 }
 
 func describeService(s string) string {
@@ -159,8 +179,9 @@ func exampleData() NoticeData {
 		SuspendedAt: at, SuspensionID: "s1", EventID: "e1", Threshold: 10, Count: 11,
 		Outbound: 9, Inbound: 1, Complaints: 1, WindowStart: at.Add(-24 * time.Hour), WindowEnd: at,
 		SamplesReferenced: 3, SamplesAttached: 3,
-		ReinstateURL:  "/api/v1/accounts/alice@example.com/reinstate",
+		ReinstateURL:  "https://aupd.example/api/v1/accounts/alice@example.com/reinstate",
 		ReinstateJSON: `{"services":["send","webmail_send"],"reason":"..."}`,
+		DeskURL:       "https://aupd.example/desk/l/x", DeskExpires: at.Add(7 * 24 * time.Hour),
 	}
 }
 
@@ -181,6 +202,8 @@ type notice struct {
 	now       time.Time
 	messageID string // without angle brackets
 	boundary  string
+	deskURL   string // the signed desk link, if any
+	deskUntil time.Time
 }
 
 // rendered is a notice ready to send: the whole message and its parts.
@@ -367,7 +390,12 @@ func (r *renderer) data(n notice) NoticeData {
 			d.Services = append(d.Services, string(svc))
 		}
 	}
-	d.ReinstateURL = strings.TrimRight(r.cfg.APIURL, "/") + "/api/v1/accounts/" + url.PathEscape(d.Account) + "/reinstate"
+	base := strings.TrimRight(r.cfg.APIURL, "/")
+	if base == "" {
+		base = "https://<aupd server>"
+	}
+	d.ReinstateURL = base + "/api/v1/accounts/" + url.PathEscape(d.Account) + "/reinstate"
+	d.DeskURL, d.DeskExpires = n.deskURL, n.deskUntil.UTC()
 	body, _ := json.Marshal(struct {
 		Services []string `json:"services"`
 		Reason   string   `json:"reason"`

@@ -222,6 +222,9 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 	)
 	near := map[string]int64{}
 	now := time.Now().UnixMilli()
+	if w.opts.Now != nil {
+		now = w.opts.Now().UnixMilli()
+	}
 	for j, r := range results {
 		b := batches[j]
 		if r.Err != nil {
@@ -307,6 +310,25 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 		_ = w.opts.Store.MarkOutbox(ctx, accounts...)
 	}
 	return errs
+}
+
+// Idle writes the near-threshold hints gathered so far, which otherwise
+// ride along with the next batch's round trip; the consumer calls it when
+// a fetch brings nothing.
+func (w *Worker) Idle(ctx context.Context) {
+	near := w.takeNear()
+	if len(near) == 0 {
+		return
+	}
+	p := w.opts.Policy()
+	params := store.IngestParams{Window: p.Window, Skew: p.FutureSkew, Near: near, NewID: func() string { return "" }}
+	if w.opts.Now != nil {
+		params.Now = w.opts.Now()
+	}
+	if _, err := w.opts.Store.Ingest(ctx, nil, params); err != nil {
+		w.putNear(near)
+		w.warn.Warn("write near-threshold hints", "err", err)
+	}
 }
 
 // takeNear hands over the near-threshold hints gathered so far.

@@ -512,13 +512,13 @@ func historyCmd(ctx context.Context, x *cli, args []string, f *flags) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TIME\tACTOR\tACTION\tWHAT\tREASON\tNOTE")
+	fmt.Fprintln(w, "TIME\tACTOR\tVIA\tACTION\tWHAT\tREASON\tNOTE")
 	for _, e := range h.Entries {
 		what := e.Status
 		if len(e.Services) > 0 {
 			what = strings.Join(e.Services, ",")
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", fmtTime(e.Time), e.Actor, e.Action, orDash(what), orDash(e.Reason), orDash(e.Note))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", fmtTime(e.Time), e.Actor, orDash(e.Via), e.Action, orDash(what), orDash(e.Reason), orDash(e.Note))
 	}
 	return w.Flush()
 }

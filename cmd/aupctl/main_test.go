@@ -174,7 +174,7 @@ func TestAdminSession(t *testing.T) {
 	h.want(0, adminToken, "close", alice, "--reason", "contract ended")
 
 	out = h.want(0, adminToken, "history", alice)
-	for _, s := range []string{"TIME", "suspend", "send,imap", "spam run", "reinstate", "closed", "contract ended"} {
+	for _, s := range []string{"TIME", "VIA", "token", "suspend", "send,imap", "spam run", "reinstate", "closed", "contract ended"} {
 		if !strings.Contains(out, s) {
 			t.Fatalf("history lacks %q:\n%s", s, out)
 		}

@@ -140,7 +140,8 @@ func (s *server) getAccount(w http.ResponseWriter, r *http.Request, p *principal
 
 // ChangeRequest is the part of every change request that says why: a
 // required free-text reason (stored as the history entry's note) and an
-// optional reason code (default "admin").
+// optional reason code (default DefaultCode: "abuse_contact" for a token
+// limited to a company, "admin" for the provider's).
 type ChangeRequest struct {
 	Reason string `json:"reason"`
 	Code   string `json:"code,omitempty"`
@@ -161,12 +162,26 @@ func (c ChangeRequest) actor(p *principal) (store.Actor, *apiError) {
 	}
 	code := c.Code
 	if code == "" {
-		code = rules.ReasonAdmin
+		code = DefaultCode(p.company)
 	}
 	if !codePattern.MatchString(code) {
 		return store.Actor{}, errf(http.StatusBadRequest, "invalid", "code %q: use 1 to 32 of a-z 0-9 _, starting with a letter", clip(code, 40))
 	}
-	return store.Actor{Name: p.name, Reason: code, Note: reason}, nil
+	return store.Actor{Name: p.name, Reason: code, Note: reason, Scope: p.company, Via: store.ViaToken}, nil
+}
+
+// ReasonAbuseContact is the reason code of a change made by a company's
+// abuse contact (a token, desk session or link limited to one company)
+// when no code is given.
+const ReasonAbuseContact = "abuse_contact"
+
+// DefaultCode is the reason code of a change that names none: what the
+// actor was, the provider ("admin") or a company's abuse contact.
+func DefaultCode(company string) string {
+	if company != "" {
+		return ReasonAbuseContact
+	}
+	return rules.ReasonAdmin
 }
 
 // ChangeResponse answers a change: whether anything changed (false: the

@@ -173,6 +173,16 @@ func (a *authenticator) authenticate(r *http.Request) (*principal, *apiError) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 		return nil, errf(http.StatusUnauthorized, "unauthenticated", "the Authorization header must be: Bearer <token>")
 	}
+	found, ok := a.find(tok)
+	if !ok {
+		return nil, errf(http.StatusUnauthorized, "invalid_token", "the bearer token is not valid")
+	}
+	return found, nil
+}
+
+// find compares the token's hash with every configured hash in constant
+// time and does not stop at a match.
+func (a *authenticator) find(tok string) (*principal, bool) {
 	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 	var found *principal
 	tokens := *a.tokens.Load()
@@ -181,8 +191,5 @@ func (a *authenticator) authenticate(r *http.Request) (*principal, *apiError) {
 			found = &tokens[i].p
 		}
 	}
-	if found == nil {
-		return nil, errf(http.StatusUnauthorized, "invalid_token", "the bearer token is not valid")
-	}
-	return found, nil
+	return found, found != nil
 }

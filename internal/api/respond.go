@@ -48,6 +48,8 @@ func (s *server) failErr(w http.ResponseWriter, r *http.Request, err error) {
 	var e *apiError
 	switch {
 	case errors.As(err, &e):
+	case errors.Is(err, store.ErrProviderSuspension):
+		e = errf(http.StatusForbidden, "provider_suspension", "%s", err.Error())
 	case errors.Is(err, store.ErrSuspended):
 		e = errf(http.StatusConflict, "suspended", "%s", err.Error())
 	case errors.Is(err, store.ErrForwardAccess):

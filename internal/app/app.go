@@ -19,6 +19,7 @@ import (
 
 	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/buildinfo"
+	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/policy/postfix"
@@ -252,7 +253,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	ntf, err := notifier.New(cfg.Notifier, notifier.Options{
 		Redis: a.rdb, KeyPrefix: cfg.Redis.Prefix, JetStream: a.js,
 		Samples: notifier.StreamSamples{Stream: verdicts}, Directory: directory(a.dir),
-		Registerer: a.reg, Logger: a.log, Now: a.opts.Now,
+		Registerer: a.reg, Logger: a.log, Now: a.opts.Now, Links: desk.NewLinks(cfg.Desk).URL,
 	})
 	if err != nil {
 		return err
@@ -291,6 +292,9 @@ func (a *App) run(ctx context.Context) (err error) {
 		return err
 	}
 	mux.Handle("/api/v1/", apiHandler)
+	if err = a.mountDesk(mux, cfg, pub, ntf); err != nil {
+		return err
+	}
 	sessCfg := cfg.Sessions
 	sessCfg.KeyPrefix = cfg.Redis.Prefix
 	locks, err := sessionlock.New(a.rdb, sessCfg, sessionlock.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now})

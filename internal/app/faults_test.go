@@ -63,6 +63,10 @@ func TestPoisonAccountIsDeadLettered(t *testing.T) {
 	ns := testutil.NATSServer(t, "")
 	rdb, prefix := testutil.Redis(t)
 	h := start(t, testConfig(t, ns.ClientURL(), prefix))
+	// a known account (it has a record) whose window key holds a string
+	if err := rdb.HSet(context.Background(), store.AccountKey(prefix, "poison@example.com", "s"), "created", 1).Err(); err != nil {
+		t.Fatal(err)
+	}
 	if err := rdb.Set(context.Background(), store.AccountKey(prefix, "poison@example.com", "w"), "x", 0).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -80,4 +80,4 @@ func (a *App) nearThreshold() func(ctx context.Context, limit int) ([]string, er
 
 // deskURL is the abuse desk's public URL, linked from digests; "" when no
 // desk is configured.
-func (a *App) deskURL() string { return "" }
+func (a *App) deskURL() string { return a.cfg.Load().Desk.PublicURL }

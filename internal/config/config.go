@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/jobs"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
@@ -45,6 +46,7 @@ type Config struct {
 	Policy    Policy              `yaml:"policy"`
 	Sessions  sessionlock.Config  `yaml:"session_locks"`
 	Jobs      jobs.Config         `yaml:"jobs"`
+	Desk      desk.Config         `yaml:"desk"`
 }
 
 // Policy configures the enforcement servers that Postfix and Dovecot ask.
@@ -182,6 +184,7 @@ func Default() *Config {
 		Policy:   Policy{Postfix: postfix.Defaults(), Dovecot: dovecot.Defaults(), Lockout: lockout.Defaults()},
 		Sessions: sessionlock.Defaults(),
 		Jobs:     jobs.Defaults(),
+		Desk:     desk.Defaults(),
 	}
 }
 
@@ -278,6 +281,7 @@ const (
 	EnvDataDir       = "AUPD_DATA_DIR"
 	EnvSMTPPassword  = "AUPD_SMTP_PASSWORD"
 	EnvDovecotAPIKey = "AUPD_DOVECOT_API_KEY"
+	EnvDeskLinkKey   = "AUPD_DESK_LINK_KEY"
 )
 
 // applyEnv applies the environment overrides; each may instead name a
@@ -315,6 +319,7 @@ func (c *Config) applyEnv(get func(string) string) error {
 	set(&c.DataDir, EnvDataDir)
 	setSecret(&c.Notifier.SMTP.Password, EnvSMTPPassword)
 	setSecret(&c.Policy.Dovecot.APIKey, EnvDovecotAPIKey)
+	setSecret(&c.Desk.LinkKey, EnvDeskLinkKey)
 	return errors.Join(errs...)
 }
 
@@ -421,6 +426,7 @@ func (c *Config) Validate() error {
 	c.Notifier.Stream = c.NATS.Accounts.Name
 	for name, v := range map[string]interface{ Validate() error }{
 		"notifier": c.Notifier, "auth": c.Auth, "session_locks": c.Sessions, "policy.lockout": c.Policy.Lockout, "jobs": c.Jobs,
+		"desk": c.Desk,
 	} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, prefixed(name, err)...)

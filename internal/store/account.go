@@ -24,6 +24,9 @@ type Suspension struct {
 	Actor  string    `json:"actor"`
 	Note   string    `json:"note,omitempty"`
 	At     time.Time `json:"at"`
+	// Scope is the company whose actor set it; "" when the provider (or
+	// aupd) did.
+	Scope string `json:"scope,omitempty"`
 }
 
 // StatusInfo records who set the current status, when and why.
@@ -154,6 +157,9 @@ type HistoryEntry struct {
 	Status   string    `json:"status,omitempty"`
 	ID       string    `json:"id,omitempty"`
 	Note     string    `json:"note,omitempty"`
+	// Via is the door of a manual change: token (the API), desk (a desk
+	// session) or link (the signed link of a notice).
+	Via string `json:"via,omitempty"`
 }
 
 // History returns up to limit entries of an account's history, newest

@@ -36,10 +36,13 @@
 -- outbox entries}, or {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
 -- window or before the last reinstatement), k counted at the cap.
+-- Globals cost a table lookup each time: the hot path uses locals.
+local KEYS, ARGV, tonumber, pcall, type, tostring = KEYS, ARGV, tonumber, pcall, type, tostring
+local rcall, mfloor, mmax, mmin = redis.call, math.floor, math.max, math.min
 local now = tonumber(ARGV[1])
 if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local t = rcall('TIME')
+  now = tonumber(t[1]) * 1000 + mfloor(tonumber(t[2]) / 1000)
 end
 local window, skew, rebase_after = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local HOUR = 3600000
@@ -47,24 +50,25 @@ local SMP = '>I4c4I6' -- a sample: time (s), fingerprint, stream sequence
 
 -- RFC 3339 in UTC with milliseconds (days from civil, Hinnant).
 local function iso(ms)
-  local s = math.floor(ms / 1000)
-  local days = math.floor(s / 86400)
+  local s = mfloor(ms / 1000)
+  local days = mfloor(s / 86400)
   local sod = s - days * 86400
   local z = days + 719468
-  local era = math.floor(z / 146097)
+  local era = mfloor(z / 146097)
   local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local yoe = mfloor((doe - mfloor(doe / 1460) + mfloor(doe / 36524) - mfloor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + mfloor(yoe / 4) - mfloor(yoe / 100))
+  local mp = mfloor((5 * doy + 2) / 153)
+  local d = doy - mfloor((153 * mp + 2) / 5) + 1
   local m = mp < 10 and mp + 3 or mp - 9
   local y = yoe + era * 400
   if m <= 2 then y = y + 1 end
   return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
-    math.floor(sod / 3600), math.floor(sod % 3600 / 60), sod % 60, ms - s * 1000)
+    mfloor(sod / 3600), mfloor(sod % 3600 / 60), sod % 60, ms - s * 1000)
 end
 
 local function fail(msg) error({err = msg}) end
+local NONE = {} -- an empty reply, shared
 
 -- one account: keys KEYS[k+1..k+6], arguments from ARGV[p]
 local function one(k, p)
@@ -77,13 +81,15 @@ local function one(k, p)
   local n = tonumber(ARGV[ep - 1])
 
   -- The state the hot path needs, in one HMGET; a crossing reads the rest.
-  -- (smp:1 is where aupd v1 kept a sample: present only in v1 state.)
-  local hv = redis.call('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob', 'smp:1')
-  local created, aup, report, floor_s, smp_s, wb, we_s, ob, v1 = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8], hv[9]
+  -- (Lua tables cost more here than commands: the hot path makes few.)
+  local hv = rcall('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob')
+  local created, aup, report, floor_s, smp_s, wb, we_s, ob = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8]
+  -- aupd v1 always wrote created, never wb, and kept samples in smp:1..3
+  local v1 = created and not wb and rcall('HEXISTS', st, 'smp:1') == 1
 
   local lo = now - window -- events at or before lo are outside the window
   local floor = tonumber(floor_s or '0')
-  local wlo = math.max(lo, floor) -- counting events at or before wlo do not count
+  local wlo = mmax(lo, floor) -- counting events at or before wlo do not count
   local base = nil -- the window's score base; wb is in hours, to stay short
   if wb then base = tonumber(wb) * HOUR end
 
@@ -92,7 +98,7 @@ local function one(k, p)
     local f = {}
     for j = 1, nstats do f[j] = ARGV[sp + 3 * (j - 1)] end
     f[nstats + 1] = '_e'
-    scur = redis.call('HMGET', stats, unpack(f))
+    scur = rcall('HMGET', stats, unpack(f))
   end
 
   -- The window as it is. Rewrite it when its base is too old for compact
@@ -101,7 +107,7 @@ local function one(k, p)
   -- 6 bytes are the same id hash).
   local rewrite = n > 0 and (base == nil or now - base > rebase_after)
   local kept, nkept = nil, 0 -- in rewrite mode: member -> {t, kind}
-  local count, known = 0, nil
+  local count, known, known1 = 0, nil, false
   local maxt = 0 -- the newest event time the window holds after this batch
   if rewrite then
     kept = {}
@@ -109,10 +115,10 @@ local function one(k, p)
     -- A new address has no window to carry over (aupd v1 always wrote
     -- created): the DEL below clears any leftover, and nothing is read.
     local z = {}
-    if base or created then z = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES') end
+    if base or created then z = rcall('ZRANGE', win, 0, -1, 'WITHSCORES') end
     for j = 1, #z, 2 do
       local sc = tonumber(z[j + 1])
-      local d = math.floor(sc / 16)
+      local d = mfloor(sc / 16)
       local t = old + d
       if t > wlo then
         kept[string.sub(z[j], 1, 6)] = {t, sc - d * 16}
@@ -121,14 +127,16 @@ local function one(k, p)
       end
     end
     nkept = count
-    base = math.floor(now / HOUR) * HOUR
+    base = mfloor(now / HOUR) * HOUR
   elseif base then
-    if n > 0 then
+    if n == 1 then
+      known1 = rcall('ZSCORE', win, ARGV[ep])
+    elseif n > 1 then
       local m = {}
       for j = 1, n do m[j] = ARGV[ep + 4 * (j - 1)] end
-      known = redis.call('ZMSCORE', win, unpack(m))
+      known = rcall('ZMSCORE', win, unpack(m))
     end
-    count = redis.call('ZCOUNT', win, '(' .. ((wlo - base) * 16 + 15), '+inf')
+    count = rcall('ZCOUNT', win, '(' .. ((wlo - base) * 16 + 15), '+inf')
   end
 
   -- A reported crossing holds while the count stays above the threshold;
@@ -144,7 +152,7 @@ local function one(k, p)
     local r
     if t <= wlo then
       r = 'l'
-    elseif (seen and seen[m]) or (kept and kept[m]) or (known and known[j]) then
+    elseif (seen and seen[m]) or (kept and kept[m]) or (known and known[j]) or known1 then
       r = 'd'
     else
       if n > 1 then
@@ -157,7 +165,7 @@ local function one(k, p)
     end
     out[j] = r
   end
-  local total = math.min(count + #add, cap)
+  local total = mmin(count + #add, cap)
   local capped = count + #add >= cap
 
   -- Evidence samples: up to three in field smp, 14 bytes each, so that the
@@ -172,9 +180,9 @@ local function one(k, p)
       if t * 1000 > wlo then smp[#smp + 1] = {t = t, fp = fp, seq = seq} else smp_changed = true end
     end
     if v1 then -- "ms|fingerprint|seq" in smp:1..3
-      for _, v in ipairs(redis.call('HMGET', st, 'smp:1', 'smp:2', 'smp:3')) do
+      for _, v in ipairs(rcall('HMGET', st, 'smp:1', 'smp:2', 'smp:3')) do
         local t, fp, seq = string.match(v or '', '^(%d+)|([^|]*)|(%d+)$')
-        if t then keep(math.floor(tonumber(t) / 1000), string.sub(fp .. '0000', 1, 4), tonumber(seq)) end
+        if t then keep(mfloor(tonumber(t) / 1000), string.sub(fp .. '0000', 1, 4), tonumber(seq)) end
       end
       smp_changed = true
     elseif smp_s then
@@ -191,7 +199,7 @@ local function one(k, p)
       if #ref > 4 then
         read_samples()
         local fp, seq = string.sub(ref, 1, 4), tonumber(string.sub(ref, 5))
-        local t = math.floor(tonumber(ARGV[q + 1]) / 1000)
+        local t = mfloor(tonumber(ARGV[q + 1]) / 1000)
         local slot
         if #smp < 3 then
           slot = #smp + 1
@@ -221,67 +229,70 @@ local function one(k, p)
     read_samples()
     x = {}
     local XF = {'ver', 'company', 'status', 'sus:send', 'sus:receive', 'sus:imap', 'sus:pop3', 'sus:webmail', 'sus:webmail_send'}
-    local xv = redis.call('HMGET', st, unpack(XF))
+    local xv = rcall('HMGET', st, unpack(XF))
     for i, f in ipairs(XF) do x[f] = xv[i] end
     -- The kept window after this batch, newest cap members, by direction.
     local all = {}
     if rewrite then
       for _, v in pairs(kept) do all[#all + 1] = v end
     else
-      local z = redis.call('ZRANGE', win, '(' .. ((wlo - base) * 16 + 15), '+inf', 'BYSCORE', 'WITHSCORES')
+      local z = rcall('ZRANGE', win, '(' .. ((wlo - base) * 16 + 15), '+inf', 'BYSCORE', 'WITHSCORES')
       for j = 1, #z, 2 do
         local sc = tonumber(z[j + 1])
-        local d = math.floor(sc / 16)
+        local d = mfloor(sc / 16)
         all[#all + 1] = {base + d, sc - d * 16}
       end
     end
     for _, q in ipairs(add) do all[#all + 1] = {tonumber(ARGV[q + 1]), tonumber(ARGV[q + 2])} end
     table.sort(all, function(a, b) return a[1] > b[1] end)
     counts = {0, 0, 0}
-    for i = 1, math.min(#all, cap) do
-      local dir = math.floor(all[i][2] / 4) + 1
+    for i = 1, mmin(#all, cap) do
+      local dir = mfloor(all[i][2] / 4) + 1
       counts[dir] = counts[dir] + 1
     end
     -- The lists written below must be lists: fail now, before any write.
     for _, key in ipairs({hist, outbox}) do
-      local ty = redis.call('TYPE', key)['ok']
+      local ty = rcall('TYPE', key)['ok']
       if ty ~= 'none' and ty ~= 'list' then fail('WRONGTYPE ' .. key .. ' holds a ' .. ty) end
     end
   end
 
   -------------------------------------------------------------- writes --
-  local hset = {}
+  local hset = {nil, nil, nil, nil, nil, nil, nil, nil} -- room for the usual few
   if rewrite then
-    if base or created then redis.call('DEL', win, legacy) else redis.call('DEL', win) end
+    if base or created then rcall('DEL', win, legacy) else rcall('DEL', win) end
     local z = {}
     for m, v in pairs(kept) do z[#z + 1] = (v[1] - base) * 16 + v[2]; z[#z + 1] = m end
     for _, q in ipairs(add) do z[#z + 1] = (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]); z[#z + 1] = ARGV[q] end
     for i = 1, #z, 8000 do
-      redis.call('ZADD', win, unpack(z, i, math.min(i + 7999, #z)))
+      rcall('ZADD', win, unpack(z, i, mmin(i + 7999, #z)))
     end
     if #z > 0 then hset[#hset + 1] = 'wb'; hset[#hset + 1] = base / HOUR end
-    if v1 then redis.call('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
+    if v1 then rcall('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
   elseif base then
     if count > 0 or #add > 0 then
-      redis.call('ZREMRANGEBYSCORE', win, '-inf', (wlo - base) * 16 + 15)
+      rcall('ZREMRANGEBYSCORE', win, '-inf', (wlo - base) * 16 + 15)
     end
-    if #add > 0 then
+    if #add == 1 then
+      local q = add[1]
+      rcall('ZADD', win, (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]), ARGV[q])
+    elseif #add > 1 then
       local z = {}
       for _, q in ipairs(add) do z[#z + 1] = (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]); z[#z + 1] = ARGV[q] end
-      redis.call('ZADD', win, unpack(z))
+      rcall('ZADD', win, unpack(z))
     end
   end
   if count + #add > cap then
-    redis.call('ZREMRANGEBYRANK', win, 0, count + #add - cap - 1)
+    rcall('ZREMRANGEBYRANK', win, 0, count + #add - cap - 1)
   end
 
   if smp_changed then
     local parts = {}
     for i, s in ipairs(smp) do parts[i] = struct.pack(SMP, s.t, s.fp, s.seq) end
-    if #parts > 0 then hset[#hset + 1] = 'smp'; hset[#hset + 1] = table.concat(parts) else redis.call('HDEL', st, 'smp') end
+    if #parts > 0 then hset[#hset + 1] = 'smp'; hset[#hset + 1] = table.concat(parts) else rcall('HDEL', st, 'smp') end
   end
   if report and not reported and not (crossing and action == 'report') then
-    redis.call('HDEL', st, 'report')
+    rcall('HDEL', st, 'report')
   end
 
   local id = ''
@@ -322,13 +333,13 @@ local function one(k, p)
     end
     if not durable then hset[#hset + 1] = 'created'; hset[#hset + 1] = now end
     if not x.company and company ~= '' then hset[#hset + 1] = 'company'; hset[#hset + 1] = company end
-    redis.call('RPUSH', outbox, '{"crossing":{"type":' .. q(etype) .. ',"time":' .. q(nowstr) ..
+    rcall('RPUSH', outbox, '{"crossing":{"type":' .. q(etype) .. ',"time":' .. q(nowstr) ..
       ',"account":' .. q(account) .. ',"company":' .. q(co) .. ',"status":' .. q(x.status or 'active') ..
       ',"old":[' .. table.concat(old, ',') .. '],"new":[' .. table.concat(new, ',') .. '],"suspension":' .. sus .. '}}')
-    redis.call('LPUSH', hist, '{"time":' .. q(nowstr) .. ',"actor":"aupd","action":' .. q(etype) ..
+    rcall('LPUSH', hist, '{"time":' .. q(nowstr) .. ',"actor":"aupd","action":' .. q(etype) ..
       ',"reason":"aup_violation","services":' .. svcjson .. ',"id":' .. q(id) ..
       ',"note":' .. q('count ' .. total .. ' exceeds threshold ' .. threshold) .. '}')
-    redis.call('LTRIM', hist, 0, 999)
+    rcall('LTRIM', hist, 0, 999)
     durable = true
   end
 
@@ -338,15 +349,15 @@ local function one(k, p)
   -- the clock).
   local we_old = tonumber(we_s or '0')
   local we = we_old
-  if maxt > 0 then we = math.max(we, math.ceil((maxt + window + skew) / HOUR)) end
+  if maxt > 0 then we = mmax(we, math.ceil((maxt + window + skew) / HOUR)) end
   if we > we_old then hset[#hset + 1] = 'we'; hset[#hset + 1] = we end
-  if #hset > 0 then redis.call('HSET', st, unpack(hset)) end
-  if we > we_old or (rewrite and nkept + #add > 0) then redis.call('PEXPIRE', win, we * HOUR - now) end
+  if #hset > 0 then rcall('HSET', st, unpack(hset)) end
+  if we > we_old or (rewrite and nkept + #add > 0) then rcall('PEXPIRE', win, we * HOUR - now) end
   if crossing then
-    redis.call('PERSIST', st)
+    rcall('PERSIST', st)
   elseif not durable and #hset > 0 then
     if we == 0 then we = math.ceil((now + window + skew) / HOUR) end
-    redis.call('PEXPIRE', st, we * HOUR - now)
+    rcall('PEXPIRE', st, we * HOUR - now)
   end
 
   if nstats > 0 then
@@ -362,19 +373,21 @@ local function one(k, p)
         sset[#sset + 1] = ARGV[q]; sset[#sset + 1] = ch .. ':' .. (cn + inc)
       end -- an older hour than the slot holds: too late to count
     end
-    local se = math.floor(now / HOUR) + 26
+    local se = mfloor(now / HOUR) + 26
     if se > tonumber(scur[nstats + 1] or '0') then
       sset[#sset + 1] = '_e'; sset[#sset + 1] = se
     else
       se = nil
     end
-    if #sset > 0 then redis.call('HSET', stats, unpack(sset)) end
-    if se then redis.call('PEXPIRE', stats, se * HOUR - now) end
+    if #sset > 0 then rcall('HSET', stats, unpack(sset)) end
+    if se then rcall('PEXPIRE', stats, se * HOUR - now) end
   end
 
-  local pending = {}
-  if crossing or ob then pending = redis.call('LRANGE', outbox, 0, 99) end
-  return {table.concat(out), total, capped and 1 or 0, crossing and action or '', id, pending}
+  local pending = NONE
+  if crossing or ob then pending = rcall('LRANGE', outbox, 0, 99) end
+  local outs = out[1] or ''
+  if n > 1 then outs = table.concat(out) end
+  return {outs, total, capped and 1 or 0, crossing and action or '', id, pending}
 end
 
 local results = {}

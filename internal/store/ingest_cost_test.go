@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
@@ -338,4 +340,65 @@ func TestReadOnlyReplicaIsTransient(t *testing.T) {
 	if err != nil || res[0].Err == nil || IsPermanent(res[0].Err) || !strings.Contains(res[0].Err.Error(), "READONLY") {
 		t.Fatalf("%v %+v", err, res)
 	}
+}
+
+// recordingPublisher records the account events it is given and fails
+// those of one account.
+type recordingPublisher struct {
+	failFor string
+	got     []string
+}
+
+func (p *recordingPublisher) PublishAccountEvent(_ context.Context, ev *events.AccountEvent, _ []byte) error {
+	if ev.Account == p.failFor {
+		return fmt.Errorf("publish refused for %s", ev.Account)
+	}
+	p.got = append(p.got, ev.Account+" "+ev.Type)
+	return nil
+}
+
+// TestSweepReadsTheOutboxIndex: the sweep finds what crashes left behind
+// through the outbox index (never a keyspace scan), publishes it, carries
+// on past an account that fails, and leaves only that one indexed.
+func TestSweepReadsTheOutboxIndex(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	// a crossing whose batch died before publishing
+	r := ingest(t, s, t0, 1, spam("1", t0), spam("2", t0))
+	if r.Crossing == "" || len(r.Pending) != 1 {
+		t.Fatalf("no pending crossing: %+v", r)
+	}
+	if err := s.MarkOutbox(ctx, "alice@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	// API changes whose process died before publishing
+	for _, a := range []string{"bob@example.com", "carol@example.com"} {
+		if _, err := s.Suspend(ctx, a, []rules.Service{rules.ServiceIMAP}, Actor{Name: "ops", Reason: "admin"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := s.OutboxPending(ctx); n != 3 {
+		t.Fatalf("%d accounts indexed, want 3", n)
+	}
+	pub := &recordingPublisher{failFor: "bob@example.com"}
+	n, err := s.SweepOutboxes(ctx, pub)
+	if err == nil || n != 2 {
+		t.Fatalf("sweep published %d (%v), want 2 and bob's error", n, err)
+	}
+	if fmt.Sprint(sorted(pub.got)) != "[alice@example.com suspended carol@example.com suspended]" {
+		t.Fatalf("published %v", pub.got)
+	}
+	if n, _ := s.OutboxPending(ctx); n != 1 {
+		t.Fatalf("%d accounts still indexed, want bob only", n)
+	}
+	// the next batch of alice finds her outbox empty
+	if r := ingest(t, s, t0, 1, spam("3", t0)); len(r.Pending) != 0 {
+		t.Fatalf("settled outbox still pending: %+v", r)
+	}
+}
+
+func sorted(s []string) []string {
+	out := append([]string(nil), s...)
+	slices.Sort(out)
+	return out
 }

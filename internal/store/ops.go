@@ -13,11 +13,17 @@ import (
 )
 
 // Actor says who makes a change and why. Reason is a code (admin,
-// aup_violation, failed_logins, ...); Note is free text.
+// abuse_contact, aup_violation, failed_logins, ...); Note is free text.
+// Scope is the company the actor is limited to ("" for the provider): a
+// suspension records it, and Reinstate lets a scoped actor lift only what
+// it may (MayLift). Via is the door it came through (ViaToken, ViaDesk,
+// ViaLink; "" for aupd itself), recorded in the history.
 type Actor struct {
 	Name   string
 	Reason string
 	Note   string
+	Scope  string
+	Via    string
 }
 
 // Errors of account operations; the admin API maps them to 4xx answers.
@@ -77,7 +83,7 @@ func (s *Store) Suspend(ctx context.Context, address string, services []rules.Se
 			if _, ok := a.Suspensions[svc]; ok {
 				continue
 			}
-			sus := Suspension{ID: id, Reason: by.Reason, Actor: by.Name, Note: by.Note, At: now}
+			sus := Suspension{ID: id, Reason: by.Reason, Actor: by.Name, Note: by.Note, At: now, Scope: by.Scope}
 			after.Suspensions[svc] = sus
 			ch.Set["sus:"+string(svc)] = suspensionJSON(sus)
 			added = append(added, string(svc))
@@ -85,7 +91,7 @@ func (s *Store) Suspend(ctx context.Context, address string, services []rules.Se
 		if len(added) == 0 {
 			return nil, nil
 		}
-		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "suspend", Reason: by.Reason, Services: added, ID: id, Note: by.Note}}
+		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "suspend", Reason: by.Reason, Services: added, ID: id, Note: by.Note, Via: by.Via}}
 		ch.Events = []events.AccountEvent{s.event(a, events.TypeSuspended, by, now, after)}
 		return ch, nil
 	})
@@ -94,9 +100,24 @@ func (s *Store) Suspend(ctx context.Context, address string, services []rules.Se
 // Reinstate lifts suspensions; no services means all of them. Lifting a
 // service of the AUP suspension in force lifts the whole AUP suspension
 // (send and webmail_send) and resets the AUP window: messages counted
-// before now no longer count toward the next suspension.
+// before now no longer count toward the next suspension. An actor with a
+// company scope may lift only what MayLift allows; anything else refuses
+// the whole change with a *LiftError.
 func (s *Store) Reinstate(ctx context.Context, address string, services []rules.Service, by Actor) (*Op, error) {
+	return s.ReinstateIf(ctx, address, services, by, nil)
+}
+
+// ReinstateIf is Reinstate with a guard asked atomically with the change
+// (inside the compare-and-set), on the account as it is then: an error
+// refuses the change and is returned. The abuse desk's signed link uses
+// it to lift only the suspension it is bound to.
+func (s *Store) ReinstateIf(ctx context.Context, address string, services []rules.Service, by Actor, guard func(a *Account) error) (*Op, error) {
 	return s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
+		if guard != nil {
+			if err := guard(a); err != nil {
+				return nil, err
+			}
+		}
 		if len(services) == 0 {
 			services = rules.Services
 		}
@@ -121,6 +142,11 @@ func (s *Store) Reinstate(ctx context.Context, address string, services []rules.
 		if len(lift) == 0 {
 			return nil, nil
 		}
+		for _, svc := range rules.Services {
+			if sus := a.Suspensions[svc]; lift[svc] && !MayLift(by.Scope, a, sus) {
+				return nil, &LiftError{Service: svc, Suspension: sus}
+			}
+		}
 		after := a.clone()
 		ch := &Change{}
 		var lifted []string
@@ -137,7 +163,7 @@ func (s *Store) Reinstate(ctx context.Context, address string, services []rules.
 		}) {
 			ch.ResetWindow = true
 		}
-		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "reinstate", Reason: by.Reason, Services: lifted, Note: by.Note}}
+		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "reinstate", Reason: by.Reason, Services: lifted, Note: by.Note, Via: by.Via}}
 		ch.Events = []events.AccountEvent{s.event(a, events.TypeReinstated, by, now, after)}
 		return ch, nil
 	})
@@ -177,7 +203,7 @@ func (s *Store) SetAccount(ctx context.Context, address string, typ rules.Accoun
 		if company != "" {
 			after.Company = company
 		}
-		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "update", Reason: by.Reason, Note: by.Note}}
+		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "update", Reason: by.Reason, Note: by.Note, Via: by.Via}}
 		ev := s.event(a, events.TypeUpdated, by, now, after)
 		ev.Company = after.Company
 		ch.Events = []events.AccountEvent{ev}
@@ -198,7 +224,7 @@ func (s *Store) Delete(ctx context.Context, address string, by Actor) (*Op, erro
 		ev.New = nil
 		return &Change{
 			Delete:  true,
-			History: []HistoryEntry{{Time: now, Actor: by.Name, Action: "delete", Reason: by.Reason, Note: by.Note}},
+			History: []HistoryEntry{{Time: now, Actor: by.Name, Action: "delete", Reason: by.Reason, Note: by.Note, Via: by.Via}},
 			Events:  []events.AccountEvent{ev},
 		}, nil
 	})

@@ -10,9 +10,9 @@ import (
 	"github.com/aupd/aupd/rules"
 )
 
-type recordingPublisher struct{ events []events.AccountEvent }
+type retentionPublisher struct{ events []events.AccountEvent }
 
-func (p *recordingPublisher) PublishAccountEvent(_ context.Context, ev *events.AccountEvent, _ []byte) error {
+func (p *retentionPublisher) PublishAccountEvent(_ context.Context, ev *events.AccountEvent, _ []byte) error {
 	p.events = append(p.events, *ev)
 	return nil
 }
@@ -23,7 +23,7 @@ func TestTrimHistoryByAge(t *testing.T) {
 	s := New(rdb, prefix, WithClock(func() time.Time { return clock }))
 	ctx := context.Background()
 	by := Actor{Name: "t", Reason: rules.ReasonAdmin, Note: "test"}
-	pub := &recordingPublisher{}
+	pub := &retentionPublisher{}
 	// Three entries, 9, 5 and 1 days before "now"; the middle one in
 	// another zone, to check the offset is honoured.
 	for _, at := range []time.Time{clock.AddDate(0, 0, -9), clock.AddDate(0, 0, -5).In(time.FixedZone("x", 5*3600)), clock.AddDate(0, 0, -1)} {
@@ -66,7 +66,7 @@ func TestClearEndedLockouts(t *testing.T) {
 	s := New(rdb, prefix, WithClock(func() time.Time { return now }))
 	ctx := context.Background()
 	by := Actor{Name: "aupd", Reason: rules.ReasonLockout, Note: "5 failed logins"}
-	pub := &recordingPublisher{}
+	pub := &retentionPublisher{}
 	for acct, until := range map[string]time.Time{"ended@example.com": now.Add(-time.Minute), "inforce@example.com": now.Add(time.Hour)} {
 		if _, err := s.SetStatus(ctx, acct, rules.StatusLockout, until, by); err != nil {
 			t.Fatal(err)

@@ -46,7 +46,7 @@ func (s *Store) SetStatusIf(ctx context.Context, address string, status rules.St
 		}
 		before := a.clone()
 		before.Status = cur
-		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "status", Reason: by.Reason, Status: string(status), Note: by.Note}}
+		ch.History = []HistoryEntry{{Time: now, Actor: by.Name, Action: "status", Reason: by.Reason, Status: string(status), Note: by.Note, Via: by.Via}}
 		ch.Events = []events.AccountEvent{s.event(before, events.TypeStatusChanged, by, now, after)}
 		return ch, nil
 	})

@@ -1,0 +1,44 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// TestDeskSection: the desk is off by default; its link key comes from
+// the environment and never prints; a public URL without a key is an
+// error at load time.
+func TestDeskSection(t *testing.T) {
+	if Default().Desk.Enabled {
+		t.Fatal("the desk is on by default")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "aupd.yml")
+	doc := "notifier: {eml_dir: " + filepath.Join(dir, "notices") + "}\ndesk: {enabled: true, public_url: https://aupd.example/desk}\n"
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "desk: link_key") {
+		t.Fatalf("public_url without a key: %v", err)
+	}
+	key := strings.Repeat("desk-key-", 5)
+	t.Setenv(EnvDeskLinkKey, key)
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(cfg.Desk.LinkKey) != key || cfg.Desk.LinkTTL.Hours() != 168 {
+		t.Errorf("desk %+v", cfg.Desk)
+	}
+	out, _ := yaml.Marshal(cfg)
+	if strings.Contains(string(out), key) {
+		t.Error("printed config shows the link key")
+	}
+	if _, err := Parse([]byte("desk: {enabled: true, colour: blue}\n")); err == nil {
+		t.Error("unknown desk key accepted")
+	}
+}

@@ -1,0 +1,259 @@
+// Package desk is the abuse desk: web pages under /desk/ where a
+// company's abuse contact (or the provider's abuse team) sees the
+// accounts suspended now, those near their threshold, lockouts and
+// failed notices, reads an account's evidence and history, and acts on
+// it: reinstate, suspend services, lock, unlock, end a lockout.
+//
+// Pages are rendered on the server with html/template from embedded
+// templates and one embedded style sheet; no script is needed. Every
+// response carries a Content-Security-Policy that allows no script at
+// all, so that nothing taken from an event (a subject, a message text)
+// can run even if it escaped the template's escaping.
+//
+// Two doors lead in:
+//
+//   - sign-in with an API token pasted once, which creates a session in
+//     Redis (an HttpOnly, SameSite=Strict cookie, Secure behind TLS) with
+//     the token's role and company scope; attempts are limited per
+//     client address;
+//   - the signed link of an abuse notice (Links), which shows that
+//     account without a token and reinstates the suspension it is bound
+//     to once; afterwards it shows the account read-only.
+//
+// The rules are the API's: a token limited to a company sees that
+// company's accounts only, and another company's account answers exactly
+// as a missing one does (404). Every change goes through the same store
+// operations as the API, so history, account events and notices are the
+// same whichever door was used; the history records the door (via: desk
+// or link). Every form carries a CSRF token.
+package desk
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/notifier"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed assets
+var assetFS embed.FS
+
+// Trends is what the overview's "near threshold" part needs from the
+// store: the accounts whose rolling count is at least half their
+// threshold (a hint list, re-read each), and their counts per hour.
+type Trends interface {
+	NearThreshold(ctx context.Context, limit int) ([]string, error)
+	HourlyCounts(ctx context.Context, account string, window time.Duration, now time.Time) ([]int, error)
+}
+
+// Options are what the desk needs. Config, Store, Companies, Publisher,
+// Redis and Threshold are required.
+type Options struct {
+	Config    Config
+	Store     *store.Store
+	Companies *companies.Directory
+	// Publisher publishes the account events of every change at once.
+	Publisher store.Publisher
+	// Notices gives notice delivery states, evidence and failed notices;
+	// nil: not shown.
+	Notices *notifier.Store
+	// Trends gives the near-threshold list and hourly counts; nil: the
+	// overview leaves that part out.
+	Trends Trends
+	Auth   api.AuthConfig
+	Redis  Redis
+	// Prefix starts the desk's Redis keys (the store's prefix).
+	Prefix string
+	// Threshold is an account's AUP threshold now (the company's
+	// override or the provider's).
+	Threshold func(account string) int
+	// Window is the AUP window (default 24h); CapOf the per-account cap
+	// of stored events (a count at the cap is "at least"); nil: unknown.
+	Window  time.Duration
+	CapOf   func(account string) int
+	Logger  *slog.Logger          // nil: discard
+	Metrics prometheus.Registerer // nil: no metrics
+	Now     func() time.Time      // nil: time.Now
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Store == nil:
+		return errors.New("desk: no store")
+	case o.Companies == nil:
+		return errors.New("desk: no company directory")
+	case o.Publisher == nil:
+		return errors.New("desk: no publisher")
+	case o.Redis == nil:
+		return errors.New("desk: no redis client")
+	case o.Threshold == nil:
+		return errors.New("desk: no threshold function")
+	}
+	if err := o.Config.Validate(); err != nil {
+		return fmt.Errorf("desk config: %w", err)
+	}
+	if err := o.Auth.Validate(); err != nil {
+		return fmt.Errorf("desk: %w", err)
+	}
+	if o.Prefix == "" {
+		o.Prefix = o.Store.Prefix()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Window == 0 {
+		o.Window = 24 * time.Hour
+	}
+	return nil
+}
+
+// Desk is the abuse desk's handler.
+type Desk struct {
+	opts    Options
+	cfg     Config
+	st      *store.Store
+	dir     *companies.Directory
+	rdb     Redis
+	prefix  string
+	links   *Links
+	log     *slog.Logger
+	now     func() time.Time
+	pages   map[string]*template.Template
+	mux     *http.ServeMux
+	tokens  map[string]api.TokenConfig // by name
+	signIns *prometheus.CounterVec
+	actions *prometheus.CounterVec
+}
+
+// New returns the desk. Mount it at /desk/ on the HTTP listener.
+func New(opts Options) (*Desk, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	d := &Desk{
+		opts: opts, cfg: opts.Config, st: opts.Store, dir: opts.Companies, rdb: opts.Redis, prefix: opts.Prefix,
+		links: NewLinks(opts.Config), log: opts.Logger.With("component", "desk"), now: opts.Now,
+		mux: http.NewServeMux(),
+		signIns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aupd_desk_sign_ins_total", Help: "Abuse desk sign-in attempts by result: ok, invalid, limited.",
+		}, []string{"result"}),
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aupd_desk_actions_total", Help: "Abuse desk changes by action and door (desk, link) that changed an account.",
+		}, []string{"action", "via"}),
+	}
+	d.tokens = map[string]api.TokenConfig{}
+	for _, t := range opts.Auth.Tokens {
+		d.tokens[t.Name] = t
+	}
+	for _, r := range []string{"ok", "invalid", "limited"} {
+		d.signIns.WithLabelValues(r)
+	}
+	if opts.Metrics != nil {
+		for _, c := range []prometheus.Collector{d.signIns, d.actions} {
+			if err := opts.Metrics.Register(c); err != nil {
+				return nil, fmt.Errorf("desk: register metrics: %w", err)
+			}
+		}
+	}
+	var err error
+	if d.pages, err = parsePages(); err != nil {
+		return nil, err
+	}
+	d.routes()
+	return d, nil
+}
+
+// Links returns the link signer, nil when links are off.
+func (d *Desk) Links() *Links { return d.links }
+
+func (d *Desk) routes() {
+	assets, _ := fs.Sub(assetFS, "assets")
+	d.mux.Handle("GET /desk/assets/", http.StripPrefix("/desk/assets/", http.FileServerFS(assets)))
+	d.mux.HandleFunc("GET /desk/{$}", d.signedIn(d.overview))
+	d.mux.HandleFunc("GET /desk/sign-in", d.signInPage)
+	d.mux.HandleFunc("POST /desk/sign-in", d.signIn)
+	d.mux.HandleFunc("POST /desk/sign-out", d.signedIn(d.signOut))
+	d.mux.HandleFunc("GET /desk/search", d.signedIn(d.search))
+	d.mux.HandleFunc("GET /desk/accounts/{account}", d.signedIn(d.accountPage))
+	d.mux.HandleFunc("GET /desk/accounts/{account}/suspensions/{id}/evidence.txt", d.signedIn(d.evidenceFile))
+	d.mux.HandleFunc("POST /desk/accounts/{account}/{action}", d.signedIn(d.act))
+	d.mux.HandleFunc("GET /desk/l/{token}", d.linkPage)
+	d.mux.HandleFunc("POST /desk/l/{token}/reinstate", d.linkReinstate)
+	d.mux.HandleFunc("/desk/", func(w http.ResponseWriter, r *http.Request) {
+		d.fail(w, r, nil, http.StatusNotFound, "No such page", "There is no page at this address.")
+	})
+}
+
+// ServeHTTP sets the headers every desk response carries and serves the
+// page.
+func (d *Desk) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store")
+	defer func() {
+		if v := recover(); v != nil {
+			d.log.Error("panic serving desk page", "path", r.URL.Path, "err", v)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+		}
+	}()
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	d.mux.ServeHTTP(w, r)
+}
+
+// signedIn runs h with the request's session, or sends the browser to
+// the sign-in page.
+func (d *Desk) signedIn(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, err := d.session(r)
+		if err != nil {
+			d.internal(w, r, nil, err)
+			return
+		}
+		if s == nil {
+			if r.Method == http.MethodGet {
+				http.Redirect(w, r, "/desk/sign-in", http.StatusSeeOther)
+				return
+			}
+			d.fail(w, r, nil, http.StatusUnauthorized, "Signed out", "Your session has ended. Sign in again.")
+			return
+		}
+		h(w, r, s)
+	}
+}
+
+func (d *Desk) internal(w http.ResponseWriter, r *http.Request, s *session, err error) {
+	d.log.Error("desk request", "method", r.Method, "path", r.URL.Path, "err", err)
+	d.fail(w, r, s, http.StatusInternalServerError, "Something went wrong", "The desk could not do that just now; try again. The aupd log has the details.")
+}
+
+// fail renders the error page.
+func (d *Desk) fail(w http.ResponseWriter, r *http.Request, s *session, status int, title, msg string) {
+	d.render(w, r, status, "error", &errorPage{base: d.base(s, title), Message: msg})
+}
+
+// notFound is the answer for an account that does not exist and for one
+// outside the session's company: the two are the same, byte for byte.
+func (d *Desk) notFound(w http.ResponseWriter, r *http.Request, s *session) {
+	d.fail(w, r, s, http.StatusNotFound, "No such account", "There is no account with this address.")
+}
