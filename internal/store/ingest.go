@@ -77,7 +77,7 @@ type Batch struct {
 type Result struct {
 	Outcomes []Outcome // one per item
 	Count    int       // counting events in the window (at most Cap)
-	Capped   bool      // Count reached Cap: the real count is at least Count
+	Capped   bool      // this batch dropped events at the cap: the real count is higher than Count
 	Crossing rules.Action
 	ID       string // id of the suspension or report the crossing made
 	// Pending are the account's outbox entries waiting to be published,

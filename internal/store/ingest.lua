@@ -166,7 +166,7 @@ local function one(k, p)
     out[j] = r
   end
   local total = mmin(count + #add, cap)
-  local capped = count + #add >= cap
+  local capped = count + #add > cap -- events were dropped: the real count is higher
 
   -- Evidence samples: up to three in field smp, 14 bytes each, so that the
   -- field stays short enough for the hash's compact encoding; they prefer
