@@ -33,6 +33,7 @@ func runningRegistry(t *testing.T) *prometheus.Registry {
 	_, prefix := testutil.Redis(t)
 	cfg := testConfig(t, ns.ClientURL(), prefix)
 	cfg.Jobs.Digest.Enabled = true
+	cfg.Desk.Enabled = true // every optional part on, so that every metric is registered
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan struct{}), make(chan error, 1)
