@@ -33,7 +33,10 @@ func runningRegistry(t *testing.T) *prometheus.Registry {
 	_, prefix := testutil.Redis(t)
 	cfg := testConfig(t, ns.ClientURL(), prefix)
 	cfg.Jobs.Digest.Enabled = true
-	cfg.Desk.Enabled = true // every optional part on, so that every metric is registered
+	// every optional component on, so that all its metrics register
+	cfg.Desk.Enabled = true
+	cfg.Desk.PublicURL = "https://aupd.provider.test"
+	cfg.Desk.LinkKey = "test-link-key-0123456789-0123456789-abcdef"
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan struct{}), make(chan error, 1)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,6 +100,14 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	var logs bytes.Buffer
 	cmd := exec.CommandContext(ctx, rspamdBin, append([]string{"-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf"}, vars...)...)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
+	// rspamd forks its workers: stop the whole process group, or they
+	// outlive the test.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		time.AfterFunc(5*time.Second, func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+		return nil
+	}
 	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		cancel()
