@@ -17,3 +17,24 @@ func NewTokens(c AuthConfig) (*Tokens, error) {
 
 // Set replaces the tokens. An invalid config changes nothing.
 func (t *Tokens) Set(c AuthConfig) error { return t.a.set(c) }
+
+// Verify finds the token a user presented, among the current tokens.
+func (t *Tokens) Verify(token string) (TokenConfig, bool) {
+	p, ok := t.a.find(token)
+	if !ok {
+		return TokenConfig{}, false
+	}
+	return TokenConfig{Name: p.name, Role: p.role, Company: p.company}, true
+}
+
+// Named returns the current token of that name, if any: a session made
+// with a token ends when the token is removed or its role or company
+// changes.
+func (t *Tokens) Named(name string) (TokenConfig, bool) {
+	for _, at := range *t.a.tokens.Load() {
+		if at.p.name == name {
+			return TokenConfig{Name: at.p.name, Role: at.p.role, Company: at.p.company}, true
+		}
+	}
+	return TokenConfig{}, false
+}

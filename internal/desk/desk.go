@@ -76,6 +76,10 @@ type Options struct {
 	// overview leaves that part out.
 	Trends Trends
 	Auth   api.AuthConfig
+	// Tokens, when set, are the API's own token set, which a reload
+	// replaces: revoked tokens then sign in no more and their sessions end.
+	// Nil: a fixed set made from Auth.
+	Tokens *api.Tokens
 	Redis  Redis
 	// Prefix starts the desk's Redis keys (the store's prefix).
 	Prefix string
@@ -107,8 +111,12 @@ func (o *Options) validate() error {
 	if err := o.Config.Validate(); err != nil {
 		return fmt.Errorf("desk config: %w", err)
 	}
-	if err := o.Auth.Validate(); err != nil {
-		return fmt.Errorf("desk: %w", err)
+	if o.Tokens == nil {
+		t, err := api.NewTokens(o.Auth)
+		if err != nil {
+			return fmt.Errorf("desk: %w", err)
+		}
+		o.Tokens = t
 	}
 	if o.Prefix == "" {
 		o.Prefix = o.Store.Prefix()
@@ -138,7 +146,7 @@ type Desk struct {
 	now     func() time.Time
 	pages   map[string]*template.Template
 	mux     *http.ServeMux
-	tokens  map[string]api.TokenConfig // by name
+	tokens  *api.Tokens // the current tokens, reloaded with the config
 	signIns *prometheus.CounterVec
 	actions *prometheus.CounterVec
 }
@@ -159,10 +167,7 @@ func New(opts Options) (*Desk, error) {
 			Name: "aupd_desk_actions_total", Help: "Abuse desk changes by action and door (desk, link) that changed an account.",
 		}, []string{"action", "via"}),
 	}
-	d.tokens = map[string]api.TokenConfig{}
-	for _, t := range opts.Auth.Tokens {
-		d.tokens[t.Name] = t
-	}
+	d.tokens = opts.Tokens
 	for _, r := range []string{"ok", "invalid", "limited"} {
 		d.signIns.WithLabelValues(r)
 	}

@@ -93,7 +93,7 @@ func (d *Desk) session(r *http.Request) (*session, error) {
 	}
 	// A token taken out of the config, or given another role or company,
 	// ends its sessions.
-	if t, ok := d.tokens[h["name"]]; !ok || t.Role != role || t.Company != h["company"] {
+	if t, ok := d.tokens.Named(h["name"]); !ok || t.Role != role || t.Company != h["company"] {
 		return nil, nil
 	}
 	return &session{id: c.Value, name: h["name"], role: role, company: h["company"], csrf: h["csrf"]}, nil

@@ -5,8 +5,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-
-	"github.com/aupd/aupd/internal/api"
 )
 
 type signInPage struct {
@@ -54,11 +52,7 @@ func (d *Desk) signIn(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, nil, http.StatusForbidden, "Form expired", "The sign-in form is out of date or was not sent from this desk. Open the sign-in page again.")
 		return
 	}
-	t, ok, err := api.Verify(d.opts.Auth, strings.TrimSpace(r.PostFormValue("token")))
-	if err != nil {
-		d.internal(w, r, nil, err)
-		return
-	}
+	t, ok := d.tokens.Verify(strings.TrimSpace(r.PostFormValue("token")))
 	if !ok {
 		d.signIns.WithLabelValues("invalid").Inc()
 		d.log.Info("desk sign-in with an invalid token", "remote", r.RemoteAddr)
