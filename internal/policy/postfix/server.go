@@ -224,23 +224,7 @@ func serve(ctx context.Context, ln net.Listener, sem chan struct{}, m *metrics, 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	s.metrics.conns.Inc()
 	defer s.metrics.conns.Dec()
-	defer conn.Close()
-	// Closing the connection interrupts a blocked read at shutdown.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	r := bufio.NewReaderSize(conn, 4096)
-	for {
-		if err := conn.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout)); err != nil {
-			return
-		}
-		// Wait for the first byte under the idle timeout, then read the
-		// rest of the request under the request timeout.
-		if _, err := r.Peek(1); err != nil {
-			return
-		}
-		if err := conn.SetDeadline(time.Now().Add(s.cfg.RequestTimeout)); err != nil {
-			return
-		}
+	s.eachRequest(ctx, conn, 4096, func(r *bufio.Reader) bool {
 		req, err := readRequest(r, s.lim)
 		if err != nil {
 			if errors.Is(err, errProtocol) {
@@ -251,13 +235,38 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 				_, _ = conn.Write(formatReply(s.cfg.ErrorAction))
 				lingerClose(conn)
 			}
-			return
+			return false
 		}
 		start := time.Now()
 		action, result := s.Decide(ctx, req)
 		s.metrics.requests.WithLabelValues(serverName, result).Inc()
 		s.metrics.latency.WithLabelValues(serverName).Observe(time.Since(start).Seconds())
-		if _, err := conn.Write(formatReply(action)); err != nil {
+		_, err = conn.Write(formatReply(action))
+		return err == nil
+	})
+}
+
+// eachRequest calls handle for each request on conn, and closes conn when
+// the peer closes it, it stays idle past the idle timeout, ctx is done or
+// handle returns false. It waits for a request's first byte under the idle
+// timeout and gives handle the request timeout to read and answer it.
+func (s *Server) eachRequest(ctx context.Context, conn net.Conn, bufSize int, handle func(*bufio.Reader) bool) {
+	defer conn.Close()
+	// Closing the connection interrupts a blocked read at shutdown.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	r := bufio.NewReaderSize(conn, bufSize)
+	for {
+		if err := conn.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout)); err != nil {
+			return
+		}
+		if _, err := r.Peek(1); err != nil {
+			return
+		}
+		if err := conn.SetDeadline(time.Now().Add(s.cfg.RequestTimeout)); err != nil {
+			return
+		}
+		if !handle(r) {
 			return
 		}
 	}

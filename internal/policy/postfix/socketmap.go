@@ -42,20 +42,7 @@ func (s *Server) ServeTransport(ctx context.Context, ln net.Listener) error {
 }
 
 func (s *Server) serveTransportConn(ctx context.Context, conn net.Conn) {
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	r := bufio.NewReaderSize(conn, 1024)
-	for {
-		if err := conn.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout)); err != nil {
-			return
-		}
-		if _, err := r.Peek(1); err != nil {
-			return
-		}
-		if err := conn.SetDeadline(time.Now().Add(s.cfg.RequestTimeout)); err != nil {
-			return
-		}
+	s.eachRequest(ctx, conn, 1024, func(r *bufio.Reader) bool {
 		req, err := readNetstring(r, maxNetstring)
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
@@ -63,16 +50,15 @@ func (s *Server) serveTransportConn(ctx context.Context, conn net.Conn) {
 				s.metrics.requests.WithLabelValues(transportServerName, ResultProtocolError).Inc()
 				_, _ = conn.Write(netstring("PERM protocol error"))
 			}
-			return
+			return false
 		}
 		start := time.Now()
 		reply, result := s.TransportLookup(ctx, req)
 		s.metrics.requests.WithLabelValues(transportServerName, result).Inc()
 		s.metrics.latency.WithLabelValues(transportServerName).Observe(time.Since(start).Seconds())
-		if _, err := conn.Write(netstring(reply)); err != nil {
-			return
-		}
-	}
+		_, err = conn.Write(netstring(reply))
+		return err == nil
+	})
 }
 
 // TransportLookup answers one socketmap request "<name> <key>": the reply
