@@ -133,7 +133,7 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		t.Helper()
 		sctx, scancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer scancel()
-		cmd := exec.CommandContext(sctx, rspamcBin, append([]string{"-h", ports[0], "-t", "30"}, args...)...)
+		cmd := exec.CommandContext(sctx, rspamcBin, append([]string{"-h", ports[0], "-t", "60"}, args...)...)
 		cmd.Stdin = strings.NewReader(msg)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -170,7 +170,7 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	scan("From: alice@globex.test\r\nTo: bob@example.net\r\nSubject: lunch\r\nMessage-ID: <ham-1@globex.test>\r\n\r\nAt noon?\r\n",
 		"-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QHAM1")
 
-	testutil.Eventually(t, 30*time.Second, func() bool {
+	testutil.Eventually(t, 90*time.Second, func() bool {
 		return h.count("alice@globex.test") == 1 && h.count("bob@example.com") == 1
 	}, "aupd did not count both: alice %d bob %d", h.count("alice@globex.test"), h.count("bob@example.com"))
 	h.drained()

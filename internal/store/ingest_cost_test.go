@@ -402,3 +402,67 @@ func sorted(s []string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// TestFastPath: an account with a settled window takes the fast path of
+// plain commands (no script call), counts exactly and dedups, and the
+// script takes over near the threshold, so that the crossing is decided
+// atomically, at threshold + 1.
+func TestFastPath(t *testing.T) {
+	rdb := testutil.PrivateRedis(t)
+	s := New(rdb, "aup", WithClock(func() time.Time { return t0 }))
+	ctx := context.Background()
+	calls := func() int {
+		info, _ := rdb.Info(ctx, "commandstats").Result()
+		for line := range strings.Lines(info) {
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:calls="); ok {
+				n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+				return n
+			}
+		}
+		return 0
+	}
+	item := func(id string, fp string) Item {
+		it := spam(id, t0.Add(-time.Minute))
+		it.Fingerprint, it.Seq = fp, uint64(len(id)+100)
+		return it
+	}
+	run := func(items ...Item) Result {
+		t.Helper()
+		b := Batch{Account: "fast@example.com", Threshold: 20, Cap: 21, Action: rules.ActionSuspend, Items: items}
+		res, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, NewID: func() string { return "susp" }})
+		if err != nil || res[0].Err != nil {
+			t.Fatal(err, res[0].Err)
+		}
+		return res[0]
+	}
+	// A new window, with three different samples: the script.
+	run(item("a", "fa"), item("b", "fb"), item("c", "fc"))
+	// Then the fast path, while the count stays in the threshold's lower half.
+	before := calls()
+	for i := range 7 {
+		if r := run(item(fmt.Sprint("f", i), "fz")); r.Count != 4+i || outcomes(r) != "c" {
+			t.Fatalf("fast event %d: count %d outcomes %q", i, r.Count, outcomes(r))
+		}
+	}
+	if r := run(item("f3", "fz")); outcomes(r) != "d" || r.Count != 10 {
+		t.Fatalf("a redelivery on the fast path: %q count %d", outcomes(r), r.Count)
+	}
+	if n := calls() - before; n != 0 {
+		t.Fatalf("%d script calls on the fast path", n)
+	}
+	// Near the threshold the script decides, and the crossing is exact.
+	var cross Result
+	for i := range 11 {
+		r := run(item(fmt.Sprint("g", i), "fz"))
+		if r.Crossing != "" {
+			cross = r
+		}
+	}
+	if cross.Crossing != rules.ActionSuspend || cross.Count != 21 {
+		t.Fatalf("crossing %+v", cross)
+	}
+	a, _ := s.Account(ctx, "fast@example.com")
+	if a.LastAUP == nil || a.LastAUP.Count != 21 || len(a.LastAUP.Samples) != 3 {
+		t.Fatalf("suspension record %+v", a.LastAUP)
+	}
+}
