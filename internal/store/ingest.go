@@ -174,17 +174,20 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && clock != nil && clock.Err() != nil {
 		return nil, err // Redis did not answer: nothing is known, nothing written
 	}
+	// The fast path decides by the clock read now; the script reads its
+	// own (Redis's TIME on the account's node) unless tests pin it.
+	scriptNow, now := nowMS, nowMS
 	if clock != nil {
-		nowMS = clock.Val().UnixMilli()
+		now = clock.Val().UnixMilli()
 	}
-	lo := nowMS - p.Window.Milliseconds()
+	lo := now - p.Window.Milliseconds()
 
 	// Which accounts may take the fast path.
 	results := make([]Result, len(batches))
 	fast := make([]*fastAccount, len(batches))
 	var slow []int
 	for i, b := range batches {
-		f, ok := s.fastPlan(b, state[i], known[i], card[i], stats[i], p, nowMS, lo, statsLo)
+		f, ok := s.fastPlan(b, state[i], known[i], card[i], stats[i], p, now, lo, statsLo)
 		if ok {
 			fast[i] = f
 		} else {
@@ -209,7 +212,7 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 		for j, i := range slow {
 			sb[j] = batches[i]
 		}
-		res, err := s.scriptIngest(ctx, sb, p, nowMS, lo, queueFast)
+		res, err := s.scriptIngest(ctx, sb, p, scriptNow, lo, queueFast)
 		if err != nil {
 			return nil, err
 		}
@@ -239,7 +242,7 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 		for j, i := range again {
 			sb[j] = batches[i]
 		}
-		res, err := s.scriptIngest(ctx, sb, p, nowMS, lo, nil)
+		res, err := s.scriptIngest(ctx, sb, p, scriptNow, lo, nil)
 		if err != nil {
 			return nil, err
 		}
