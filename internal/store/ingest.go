@@ -109,376 +109,28 @@ func rebaseAfter(window, skew time.Duration) int64 {
 	return max(r, time.Hour.Milliseconds())
 }
 
-// Ingest applies every account's batch. Each account is atomic and costs a
-// fixed number of commands whatever its number of events.
-//
-// Most accounts take a fast path of plain commands, two pipelined round
-// trips in all: the first reads Redis's clock, each account's state and
-// which of its ids the window holds; the second adds the new ids (ZADD NX
-// dedups atomically by itself), trims the window and counts it. The ingest
-// script does the rest, atomically, wherever a decision is needed: a new or
-// old window (rebase, expiry), samples that may change, a reported
-// crossing, account events waiting, statistics-only events, and, after the
-// fast path, a crossing, the cap, or a reinstatement that came in between.
-// The script then sees the fast path's events as already counted, so that
-// nothing counts twice. Results are in the order of batches; a failed
-// account sets its result's Err.
+// Ingest applies every account's batch in one pipelined round trip. Each
+// account is atomic and costs a fixed number of commands whatever its
+// number of events; accounts are grouped into script calls (many per call
+// on a standalone Redis, one slot per call on a Cluster) so that the
+// per-call overhead is paid per group, not per account. Results are in
+// the order of batches; a failed account sets its result's Err.
 func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]Result, error) {
+	results := make([]Result, len(batches))
+	if len(batches) == 0 && len(p.Near) == 0 {
+		return results, nil
+	}
 	var nowMS int64
 	if !p.Now.IsZero() {
 		nowMS = ms(p.Now)
 	} else if s.pinned {
 		nowMS = ms(s.now())
 	}
-	var extra func(redis.Pipeliner)
-	if len(p.Near) > 0 {
-		lo := time.Now().UnixMilli() - p.Window.Milliseconds()
-		if nowMS != 0 {
-			lo = nowMS - p.Window.Milliseconds()
-		}
-		extra = func(pipe redis.Pipeliner) { s.writeNear(ctx, pipe, p.Near, lo) }
-	}
-	if len(batches) == 0 {
-		return s.scriptIngest(ctx, batches, p, nowMS, 0, extra)
-	}
-
-	// Round trip 1: the clock, the state, the known ids.
-	pipe := s.rdb.Pipeline()
-	var clock *redis.TimeCmd
-	if nowMS == 0 {
-		clock = pipe.Time(ctx)
-	}
-	state := make([]*redis.SliceCmd, len(batches))
-	known := make([]*redis.Cmd, len(batches))
-	card := make([]*redis.IntCmd, len(batches))
-	stats := make([]*redis.SliceCmd, len(batches))
-	approx := time.Now().UnixMilli() // statistics buckets are approximate: the local clock
-	if nowMS != 0 {
-		approx = nowMS
-	}
-	statsLo := approx - p.Window.Milliseconds()
-	for i, b := range batches {
-		state[i] = pipe.HMGet(ctx, s.key(b.Account, sufState), fastFields...)
-		if su := statsOf(b.Items, statsLo); len(su) > 0 {
-			fields := make([]string, 0, len(su)+1)
-			for _, u := range su {
-				fields = append(fields, u.field)
-			}
-			stats[i] = pipe.HMGet(ctx, s.key(b.Account, sufStats), append(fields, "_e")...)
-		}
-		if ids := countingMembers(b.Items); len(ids) > 0 {
-			known[i] = pipe.Do(ctx, append([]any{"ZMSCORE", s.key(b.Account, sufWindow)}, ids...)...)
-			card[i] = pipe.ZCard(ctx, s.key(b.Account, sufWindow))
-		}
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && clock != nil && clock.Err() != nil {
-		return nil, err // Redis did not answer: nothing is known, nothing written
-	}
-	// The fast path decides by the clock read now; the script reads its
-	// own (Redis's TIME on the account's node) unless tests pin it.
-	scriptNow, now := nowMS, nowMS
-	if clock != nil {
-		now = clock.Val().UnixMilli()
-	}
-	lo := now - p.Window.Milliseconds()
-
-	// Which accounts may take the fast path.
-	results := make([]Result, len(batches))
-	fast := make([]*fastAccount, len(batches))
-	var slow []int
-	for i, b := range batches {
-		f, ok := s.fastPlan(b, state[i], known[i], card[i], stats[i], p, now, lo, statsLo)
-		if ok {
-			fast[i] = f
-		} else {
-			slow = append(slow, i)
-		}
-	}
-
-	// Round trip 2: the fast accounts' writes, and the script for the rest,
-	// in one pipeline.
-	queueFast := func(pipe redis.Pipeliner) {
-		for i, f := range fast {
-			if f != nil {
-				f.queue(ctx, pipe, s, batches[i].Account)
-			}
-		}
-		if extra != nil {
-			extra(pipe)
-		}
-	}
-	if len(slow) > 0 {
-		sb := make([]Batch, len(slow))
-		for j, i := range slow {
-			sb[j] = batches[i]
-		}
-		res, err := s.scriptIngest(ctx, sb, p, scriptNow, lo, queueFast)
-		if err != nil {
-			return nil, err
-		}
-		for j, i := range slow {
-			results[i] = res[j]
-		}
-	} else {
-		pipe := s.rdb.Pipeline()
-		queueFast(pipe)
-		_, _ = pipe.Exec(ctx) // errors are per command
-	}
-
-	// Round trip 3, rare: the script for fast accounts that need it.
-	var again []int
-	for i, f := range fast {
-		if f == nil {
-			continue
-		}
-		r, needScript := f.result(batches[i])
-		results[i] = r
-		if needScript {
-			again = append(again, i)
-		}
-	}
-	if len(again) > 0 {
-		sb := make([]Batch, len(again))
-		for j, i := range again {
-			sb[j] = batches[i]
-		}
-		res, err := s.scriptIngest(ctx, sb, p, scriptNow, lo, nil)
-		if err != nil {
-			return nil, err
-		}
-		for j, i := range again {
-			r := res[j]
-			if r.Err == nil {
-				r.Outcomes = results[i].Outcomes // the script saw them counted already
-			}
-			results[i] = r
-		}
-	}
-	return results, nil
-}
-
-// fastFields are the state fields the fast path reads.
-var fastFields = []string{"created", "aup", "report", "floor", "smp", "wb", "we", "ob"}
-
-// countingMembers are the window members of a batch's counting events.
-func countingMembers(items []Item) []any {
-	var out []any
-	for _, it := range items {
-		if it.Counting {
-			out = append(out, member(it.ID))
-		}
-	}
-	return out
-}
-
-// fastAccount is one account's fast path: what to add, and its commands.
-type fastAccount struct {
-	base, wlo      int64
-	floor          string // as read, to see a reinstatement that came in between
-	outcomes       []Outcome
-	adds           []redis.Z
-	cap, threshold int
-	aup            bool
-	statsSet       []any // field, value pairs of the statistics hash
-	statsTTL       time.Duration
-	zadd           *redis.IntCmd
-	count          *redis.IntCmd
-	floor2         *redis.StringCmd
-}
-
-// fastPlan decides whether an account's batch can take the fast path, and
-// with which outcomes and additions.
-func (s *Store) fastPlan(b Batch, st *redis.SliceCmd, known *redis.Cmd, card *redis.IntCmd, stats *redis.SliceCmd, p IngestParams, now, lo, statsLo int64) (*fastAccount, bool) {
-	v, err := st.Result()
-	if err != nil || len(v) != len(fastFields) {
-		return nil, false
-	}
-	created, aup, report, floorS, smp, wb, we, ob := str(v[0]), str(v[1]), str(v[2]), str(v[3]), str(v[4]), str(v[5]), str(v[6]), str(v[7])
-	_ = created
-	if wb == "" || report != "" || ob != "" {
-		return nil, false // a new or v1 window, a reported crossing in force, events waiting
-	}
-	baseH, err1 := strconv.ParseInt(wb, 10, 64)
-	weH, err2 := strconv.ParseInt(we, 10, 64)
-	floor, _ := strconv.ParseInt(floorS, 10, 64)
-	if err1 != nil || err2 != nil {
-		return nil, false
-	}
-	base := baseH * hourMS
-	// a base about to be rebased (the script rebases after rebaseAfter;
-	// the fast path keeps an hour away from that)
-	if now-base > rebaseAfter(p.Window, p.Skew)-hourMS {
-		return nil, false
-	}
-	var knownVals []any
-	if known != nil {
-		if knownVals, err = known.Slice(); err != nil {
-			return nil, false
-		}
-	}
-	wlo := max(lo, floor)
-	f := &fastAccount{base: base, wlo: wlo, floor: floorS, cap: b.Cap, threshold: b.Threshold, aup: aup != "",
-		outcomes: make([]Outcome, len(b.Items))}
-	seen := map[string]bool{}
-	var maxt int64
-	mayChangeSamples := false
-	j := 0
-	for i, it := range b.Items {
-		if !it.Counting {
-			f.outcomes[i] = StatsOnly
-			if ms(it.Time) <= statsLo {
-				f.outcomes[i] = Late
-			}
-			continue
-		}
-		m := member(it.ID)
-		t := ms(it.Time)
-		switch {
-		case t <= wlo:
-			f.outcomes[i] = Late
-		case knownVals[j] != nil || seen[m]:
-			f.outcomes[i] = Duplicate
-		default:
-			seen[m] = true
-			f.outcomes[i] = Counted
-			f.adds = append(f.adds, redis.Z{Score: float64((t-base)*16 + int64(it.Kind)), Member: m})
-			maxt = max(maxt, t)
-			if it.Seq != 0 && aup == "" {
-				mayChangeSamples = true
-			}
-		}
-		j++
-	}
-	// A crossing or the cap may only be reached in the script, which
-	// decides them atomically with everything they write. The window's
-	// size (stale members included) bounds the count from above; the fast
-	// path keeps to the lower half of the threshold, so that batches in
-	// flight at once for one account cannot carry it past the threshold
-	// unseen (unless more than half the threshold arrives for it at once,
-	// when the crossing is decided a little late: once, with the count it
-	// then has). A suspended account only has its cap to keep.
-	if card != nil && len(f.adds) > 0 {
-		n, err := card.Result()
-		limit := b.Threshold / 2
-		if f.aup {
-			limit = b.Cap
-		}
-		if err != nil || int(n)+len(f.adds) > limit {
-			return nil, false
-		}
-	}
-	// The window's expiry must already cover the new events.
-	if maxt > 0 && (maxt+p.Window.Milliseconds()+p.Skew.Milliseconds()+hourMS-1)/hourMS > weH {
-		return nil, false
-	}
-	// Samples that may still change (fewer than three, or two of one
-	// message) are the script's.
-	if stats != nil && !f.planStats(b.Items, stats, statsLo, now) {
-		return nil, false
-	}
-	if mayChangeSamples && !samplesSettled(smp) {
-		return nil, false
-	}
-	return f, true
-}
-
-// planStats computes the statistics buckets' new values, as the script
-// does: "<hour>:<n>" per (kind, hour of day), an older hour than the slot
-// holds being too late to count, and the hash's expiry hour in "_e".
-func (f *fastAccount) planStats(items []Item, cmd *redis.SliceCmd, statsLo, now int64) bool {
-	cur, err := cmd.Result()
-	su := statsOf(items, statsLo)
-	if err != nil || len(cur) != len(su)+1 {
-		return false
-	}
-	for k, u := range su {
-		h, n := int64(0), 0
-		if hs, ns, ok := strings.Cut(str(cur[k]), ":"); ok {
-			h, _ = strconv.ParseInt(hs, 10, 64)
-			n, _ = strconv.Atoi(ns)
-		}
-		switch {
-		case u.hour > h:
-			f.statsSet = append(f.statsSet, u.field, strconv.FormatInt(u.hour, 10)+":"+strconv.Itoa(u.n))
-		case u.hour == h:
-			f.statsSet = append(f.statsSet, u.field, strconv.FormatInt(h, 10)+":"+strconv.Itoa(n+u.n))
-		}
-	}
-	clock := now
+	clock := nowMS
 	if clock == 0 {
-		clock = time.Now().UnixMilli()
+		clock = time.Now().UnixMilli() // only for statistics buckets and late statistics
 	}
-	e, _ := strconv.ParseInt(str(cur[len(su)]), 10, 64)
-	if se := clock/hourMS + 26; se > e {
-		f.statsSet = append(f.statsSet, "_e", strconv.FormatInt(se, 10))
-		f.statsTTL = time.Duration(se*hourMS-clock) * time.Millisecond
-	}
-	return true
-}
-
-// samplesSettled reports whether the packed samples are three different
-// messages, which no new event replaces.
-func samplesSettled(smp string) bool {
-	if len(smp) != 42 {
-		return false
-	}
-	a, b, c := smp[4:8], smp[18:22], smp[32:36]
-	return a != b && b != c && a != c
-}
-
-// queue adds the fast path's commands to pipe.
-func (f *fastAccount) queue(ctx context.Context, pipe redis.Pipeliner, s *Store, account string) {
-	win := s.key(account, sufWindow)
-	lo := strconv.FormatInt((f.wlo-f.base)*16+15, 10)
-	if len(f.adds) > 0 {
-		f.zadd = pipe.ZAddNX(ctx, win, f.adds...)
-		pipe.ZRemRangeByScore(ctx, win, "-inf", lo)
-	}
-	// counted after the writes, exactly: a batch of another process may
-	// have added meanwhile, and the threshold must not be passed unseen
-	f.count = pipe.ZCount(ctx, win, "("+lo, "+inf")
-	if len(f.statsSet) > 0 {
-		// read and written a round trip apart: a concurrent batch's
-		// increment of the same bucket may be lost (the buckets are
-		// approximate and decide nothing)
-		pipe.HSet(ctx, s.key(account, sufStats), f.statsSet...)
-		if f.statsTTL > 0 {
-			pipe.PExpire(ctx, s.key(account, sufStats), f.statsTTL)
-		}
-	}
-	f.floor2 = pipe.HGet(ctx, s.key(account, sufState), "floor")
-}
-
-// result reads the fast path's replies; needScript says that the script
-// must look at the account now: a reinstatement came in between the two
-// round trips (the script trims what it no longer counts), or, against
-// the odds, a concurrent batch took the count past the threshold or cap.
-func (f *fastAccount) result(b Batch) (Result, bool) {
-	if f.zadd != nil && f.zadd.Err() != nil {
-		return Result{Err: classify(f.zadd.Err())}, false
-	}
-	count, err := f.count.Result()
-	if err != nil {
-		return Result{Err: classify(err)}, false
-	}
-	if f.zadd != nil {
-		// another batch added some of these ids between the round trips
-		lost := len(f.adds) - int(f.zadd.Val())
-		for i := len(f.outcomes) - 1; i >= 0 && lost > 0; i-- {
-			if f.outcomes[i] == Counted {
-				f.outcomes[i] = Duplicate
-				lost--
-			}
-		}
-	}
-	r := Result{Outcomes: f.outcomes, Count: int(min(count, int64(f.cap)))}
-	floor2, _ := f.floor2.Result()
-	needScript := floor2 != f.floor || int(count) > f.cap || (!f.aup && int(count) > f.threshold)
-	return r, needScript
-}
-
-func (s *Store) scriptIngest(ctx context.Context, batches []Batch, p IngestParams, nowMS, lo int64, extra func(redis.Pipeliner)) ([]Result, error) {
-	results := make([]Result, len(batches))
+	lo := clock - p.Window.Milliseconds()
 	groups := s.groupBySlot(batches)
 	keys := make([][]string, len(groups))
 	args := make([][]any, len(groups))
@@ -509,6 +161,10 @@ func (s *Store) scriptIngest(ctx context.Context, batches []Batch, p IngestParam
 			a[nAt] = n
 		}
 		keys[g], args[g] = k, a
+	}
+	var extra func(redis.Pipeliner)
+	if len(p.Near) > 0 {
+		extra = func(pipe redis.Pipeliner) { s.writeNear(ctx, pipe, p.Near, lo) }
 	}
 	cmds, err := s.evalAll(ctx, ingestScript, keys, args, extra)
 	if err != nil {
@@ -576,43 +232,25 @@ func fingerprint4(fp string) string {
 // appendStats adds the statistics-only items as hourly buckets, one per
 // (kind, hour): field "<kind>.<hour mod 24>", hour, increment.
 func appendStats(a []any, items []Item, lo int64) []any {
-	buckets := statsOf(items, lo)
-	a = append(a, len(buckets))
-	for _, b := range buckets {
-		a = append(a, b.field, b.hour, b.n)
+	type bucket struct {
+		kind rules.Kind
+		hour int64
 	}
-	return a
-}
-
-// statsUpdate is the increment of one statistics bucket.
-type statsUpdate struct {
-	field string // "<kind>.<hour mod 24>"
-	hour  int64
-	n     int
-}
-
-// statsOf groups a batch's statistics-only items (in the window) by kind
-// and hour.
-func statsOf(items []Item, lo int64) []statsUpdate {
-	var out []statsUpdate
+	var buckets map[bucket]int
 	for _, it := range items {
 		if it.Counting || ms(it.Time) <= lo {
 			continue
 		}
-		h := ms(it.Time) / hourMS
-		f := strconv.Itoa(int(it.Kind)) + "." + strconv.FormatInt(h%24, 10)
-		found := false
-		for k := range out {
-			if out[k].field == f && out[k].hour == h {
-				out[k].n++
-				found = true
-			}
+		if buckets == nil {
+			buckets = map[bucket]int{}
 		}
-		if !found {
-			out = append(out, statsUpdate{f, h, 1})
-		}
+		buckets[bucket{it.Kind, ms(it.Time) / hourMS}]++
 	}
-	return out
+	a = append(a, len(buckets))
+	for b, n := range buckets {
+		a = append(a, strconv.Itoa(int(b.kind))+"."+strconv.FormatInt(b.hour%24, 10), b.hour, n)
+	}
+	return a
 }
 
 const hourMS = int64(time.Hour / time.Millisecond)
