@@ -223,6 +223,27 @@ func New(cfg Config, opts Options) (*Notifier, error) {
 // Store returns the notifier's store, for the admin API.
 func (n *Notifier) Store() *Store { return n.store }
 
+// EnsureConsumer creates (or updates) the notifier's durable consumer, so
+// that its backlog can be watched before Run starts.
+func (n *Notifier) EnsureConsumer(ctx context.Context) error {
+	_, err := n.ensureConsumer(ctx)
+	return err
+}
+
+func (n *Notifier) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	if n.js == nil {
+		return nil, errors.New("notifier: no jetstream")
+	}
+	return n.js.CreateOrUpdateConsumer(ctx, n.cfg.Stream, jetstream.ConsumerConfig{
+		Durable:       n.cfg.Durable,
+		FilterSubject: Subject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxDeliver:    -1,
+		AckWait:       n.cfg.AckWait,
+	})
+}
+
 // Run consumes suspension events until ctx is done. It creates (or
 // updates) the durable consumer first. When ctx ends it finishes the
 // notice in hand (bounded by the lease) and returns nil.
@@ -237,14 +258,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		var err error
-		cons, err = n.js.CreateOrUpdateConsumer(cctx, n.cfg.Stream, jetstream.ConsumerConfig{
-			Durable:       n.cfg.Durable,
-			FilterSubject: Subject,
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-			MaxDeliver:    -1,
-			AckWait:       n.cfg.AckWait,
-		})
+		cons, err = n.ensureConsumer(cctx)
 		cancel()
 		if err == nil {
 			break

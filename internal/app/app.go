@@ -258,6 +258,11 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	// The notifier's consumer exists before aupd is ready, so that its
+	// backlog shows in aupd_notices_pending from the first scrape.
+	if err := a.waitFor(ctx, "jetstream", ntf.EnsureConsumer); err != nil {
+		return err
+	}
 	if cfg.Notifier.EMLDir != "" {
 		a.log.Info("abuse notices are written as .eml files, not sent", "transport", "eml", "dir", cfg.Notifier.EMLDir)
 	} else {
