@@ -16,7 +16,7 @@ func (a *App) mountDesk(mux *http.ServeMux, cfg *config.Config, pub store.Publis
 	}
 	d, err := desk.New(desk.Options{
 		Config: cfg.Desk, Store: a.store, Companies: a.dir, Publisher: pub, Notices: ntf.Store(),
-		Trends: a.store, Auth: cfg.Auth, Tokens: a.tokens, Redis: a.rdb, Prefix: cfg.Redis.Prefix, Threshold: a.threshold,
+		Trends: a.store, Tokens: a.tokens, Redis: a.rdb, Prefix: cfg.Redis.Prefix, Threshold: a.threshold,
 		Window: cfg.AUP.Window, CapOf: a.capOf, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
 	})
 	if err != nil {
