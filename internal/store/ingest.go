@@ -183,7 +183,31 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 			results[i] = parseIngest(vals[j], batches[i].Items, lo)
 		}
 	}
+	s.await(ctx, batches, results)
 	return results, nil
+}
+
+// await holds back the results until replicas hold the writes behind them
+// (redis.wait_replicas): an account whose master did not confirm in time
+// fails with a transient error, and its verdicts are redelivered, counted
+// once and awaited again.
+func (s *Store) await(ctx context.Context, batches []Batch, results []Result) {
+	if s.barrier == nil {
+		return
+	}
+	accounts := make([]string, 0, len(results))
+	for i, r := range results {
+		if r.Err == nil {
+			accounts = append(accounts, batches[i].Account)
+		}
+	}
+	if err := s.barrier.Wait(ctx, accounts...); err != nil {
+		for i := range results {
+			if results[i].Err == nil {
+				results[i] = Result{Err: err}
+			}
+		}
+	}
 }
 
 // maxAccountsPerCall bounds the accounts of one script call, so that one
