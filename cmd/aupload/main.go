@@ -13,6 +13,11 @@
 // -nats URL uses a running server instead; it must hold no aupd streams
 // (aupload creates and deletes AUP_VERDICTS, AUP_ACCOUNTS and
 // AUP_DEAD_LETTERS there).
+//
+// Two subcommands run on a loopback cluster (docs/scaling.md):
+//
+//	go run ./cmd/aupload cluster     # 3 NATS nodes, a Redis Cluster, aupd processes, an SMTP sink; Ctrl-C tears down
+//	go run ./cmd/aupload campaign    # the fault campaign on that cluster; exit 0 only when nothing is lost or doubled
 package main
 
 import (
@@ -30,6 +35,14 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "cluster":
+			os.Exit(clusterCmd(os.Args[2:]))
+		case "campaign":
+			os.Exit(campaignCmd(os.Args[2:]))
+		}
+	}
 	def := config.Default().NATS.Consumer
 	var c loadtest.Config
 	flag.IntVar(&c.Events, "events", 200000, "events to publish `N`")

@@ -1,0 +1,159 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Aupd is one aupd process of the cluster.
+type Aupd struct {
+	*Proc
+	HTTPAddr string // its HTTP listener (/metrics, /readyz, the API)
+	Config   string // its config file
+	DataDir  string
+}
+
+// AupdSettings are the aupd settings the cluster writes into every
+// process's config file.
+type AupdSettings struct {
+	Threshold  int           // aup.threshold (default 50)
+	MaxTracked int           // aup.max_tracked (default 0: threshold + 1)
+	Replicas   int           // replicas of the three streams (default 3)
+	AckWait    time.Duration // nats.consumer.ack_wait (default 30s)
+	Batch      int           // nats.consumer.batch (default 500)
+	Workers    int           // nats.consumer.workers (default 4)
+	RetryMin   time.Duration // nats.consumer.retry_min (default 1s)
+	RetryMax   time.Duration // nats.consumer.retry_max (default 1m)
+	// Notices: the notifier's retry backoff and ack wait (defaults 30s,
+	// 30m, 2m).
+	NoticeRetryMin, NoticeRetryMax, NoticeAckWait time.Duration
+	// RedisExtra is more YAML under redis: (for example
+	// "wait_replicas: 1"), one key per line.
+	RedisExtra []string
+	LogLevel   string // log.level (default info)
+}
+
+func (s *AupdSettings) defaults() {
+	def := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	defD := func(p *time.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	def(&s.Threshold, 50)
+	def(&s.Replicas, 3)
+	def(&s.Batch, 500)
+	def(&s.Workers, 4)
+	defD(&s.AckWait, 30*time.Second)
+	defD(&s.RetryMin, time.Second)
+	defD(&s.RetryMax, time.Minute)
+	defD(&s.NoticeRetryMin, 30*time.Second)
+	defD(&s.NoticeRetryMax, 30*time.Minute)
+	defD(&s.NoticeAckWait, 2*time.Minute)
+	if s.LogLevel == "" {
+		s.LogLevel = "info"
+	}
+}
+
+// Companies of the cluster's config: the domains its accounts are in.
+var Companies = []struct{ ID, Domain, Abuse string }{
+	{"acme", "example.com", "abuse@example.com"},
+	{"globex", "globex.test", "abuse@globex.test"},
+}
+
+func (c *Cluster) aupdConfig(a *Aupd) string {
+	s := c.opts.Aupd
+	var b strings.Builder
+	fmt.Fprintf(&b, "# written by internal/cluster\ndata_dir: %q\nlog: {level: %s, format: text}\nhttp: {listen: %q}\n", a.DataDir, s.LogLevel, a.HTTPAddr)
+	fmt.Fprintf(&b, "nats:\n  url: %q\n", c.NATSURLs())
+	for _, st := range []string{"verdict_stream", "account_stream", "dead_letter_stream"} {
+		fmt.Fprintf(&b, "  %s: {replicas: %d}\n", st, s.Replicas)
+	}
+	fmt.Fprintf(&b, "  consumer: {batch: %d, workers: %d, ack_wait: %s, max_ack_pending: %d, retry_min: %s, retry_max: %s}\n",
+		s.Batch, s.Workers, s.AckWait, max(20000, s.Batch*s.Workers), s.RetryMin, s.RetryMax)
+	fmt.Fprintf(&b, "redis:\n  addrs: [%s]\n  prefix: aup\n", quoteAll(c.RedisAddrs()))
+	for _, l := range s.RedisExtra {
+		fmt.Fprintf(&b, "  %s\n", l)
+	}
+	fmt.Fprintf(&b, "aup: {threshold: %d, max_tracked: %d}\n", s.Threshold, s.MaxTracked)
+	host, port := splitHostPort(c.SMTP.Addr)
+	fmt.Fprintf(&b, `notifier:
+  smtp: {host: %s, port: %s, tls: none, timeout: 10s}
+  from: "AUP Desk <aup-desk@provider.test>"
+  fallback_abuse_contact: abuse@provider.test
+  retry_min: %s
+  retry_max: %s
+  ack_wait: %s
+policy: {postfix: {listen: ""}, dovecot: {listen: ""}}
+companies:
+`, host, port, s.NoticeRetryMin, s.NoticeRetryMax, s.NoticeAckWait)
+	for _, co := range Companies {
+		fmt.Fprintf(&b, "  - {id: %s, domains: [%s], abuse_contact: %s}\n", co.ID, co.Domain, co.Abuse)
+	}
+	return b.String()
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+func splitHostPort(addr string) (string, string) {
+	i := strings.LastIndexByte(addr, ':')
+	return addr[:i], addr[i+1:]
+}
+
+// WaitReady waits until the process's /readyz answers 200: it reached
+// Redis and NATS and consumes.
+func (a *Aupd) WaitReady(ctx context.Context, timeout time.Duration) error {
+	url := "http://" + a.HTTPAddr + "/readyz"
+	err := poll(ctx, timeout, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+		if err := a.exitedErr(); err != nil {
+			return false, err
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, fmt.Errorf("readyz: %s", resp.Status)
+	})
+	if err != nil {
+		return fmt.Errorf("aupd %s: %w (log %s)", a.Name, err, a.Log)
+	}
+	return nil
+}
+
+// StartReady starts the process and waits until it is ready.
+func (a *Aupd) StartReady(ctx context.Context, timeout time.Duration) error {
+	if err := a.Start(); err != nil {
+		return err
+	}
+	return a.WaitReady(ctx, timeout)
+}
+
+// BuildAupd builds the aupd binary into dir and returns its path. It must
+// run inside the module (go run ./cmd/aupload, or a test of the module).
+func BuildAupd(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "aupd")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/aupd/aupd/cmd/aupd")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build aupd: %w\n%s", err, out)
+	}
+	return bin, nil
+}
