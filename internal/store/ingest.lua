@@ -19,7 +19,7 @@
 --   one string for it, and numbers unpack without parsing text):
 --   threshold I4, cap I4, action B (1 suspend, 2 report), statistics
 --   buckets I4, counting events I4;
---   per counting event 25 bytes: member c6 (id hash), time I8 (ms),
+--   per counting event 25 bytes: member c6 (id hash), time i8 (ms, signed),
 --   kind B (direction*4+verdict), stream sequence I6 (0: no sample),
 --   fingerprint c4;
 --   per statistics bucket: field I2+c0 ("<kind>.<hour mod 24>"), hour I4
@@ -112,7 +112,7 @@ local function one(st, b)
   local win = kb .. 'w'
   local threshold, cap, act, nstats, n, pos = unpack_('>I4I4BI4I4', b)
   for j = 1, n do
-    EM[j], ET[j], EK[j], ES[j] = unpack_('>c6I8BI6', b, pos)
+    EM[j], ET[j], EK[j], ES[j] = unpack_('>c6i8BI6', b, pos)
     EF[j] = pos + 21
     pos = pos + 25
   end

@@ -317,3 +317,13 @@ func TestIngestReportModeRecordsWithoutSuspending(t *testing.T) {
 		t.Fatalf("new crossing after the window emptied: %+v", res[0])
 	}
 }
+
+// TestIngestAncientEventIsLate: an event time before 1970 is outside any
+// window (the packed time is signed), not a huge future time.
+func TestIngestAncientEventIsLate(t *testing.T) {
+	s := newStore(t)
+	r := ingest(t, s, t0, 10, spam("old", time.Date(1969, 7, 20, 20, 17, 0, 0, time.UTC)), spam("now", t0))
+	if got := outcomes(r); got != "lc" || r.Count != 1 {
+		t.Fatalf("outcomes %q count %d, want lc and 1", got, r.Count)
+	}
+}
