@@ -53,6 +53,10 @@ type Config struct {
 	RedisExtra   []string
 	DrainTimeout time.Duration // bound on the wait for aupd to drain (default 10m)
 	Log          io.Writer     // progress lines (nil: none)
+	// Inspect, when set, is called after the checks with the cluster
+	// still up and a function that runs the checks again: tests change
+	// what aupd did and see the checks fail.
+	Inspect func(ctx context.Context, c *cluster.Cluster, recheck func() (*Result, error)) error
 }
 
 func (c *Config) defaults() {
@@ -154,6 +158,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if err := r.check(ctx, res); err != nil {
 		return res, err
+	}
+	if cfg.Inspect != nil {
+		err := cfg.Inspect(ctx, r.c, func() (*Result, error) {
+			again := &Result{Plan: res.Plan, Faults: res.Faults, Published: res.Published, Drained: res.Drained, Retries: res.Retries}
+			return again, r.check(ctx, again)
+		})
+		if err != nil {
+			return res, err
+		}
 	}
 	return res, nil
 }
