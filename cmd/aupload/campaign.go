@@ -36,7 +36,8 @@ func campaignCmd(args []string) int {
 	dup := fs.Float64("dup", campaign.DefaultDupShare, "share of events that repeat an earlier event id")
 	invalid := fs.Float64("invalid", campaign.DefaultInvalidShare, "share of events that are invalid")
 	cross := fs.Float64("cross", campaign.DefaultCrossShare, "share of accounts that cross the threshold")
-	redisExtra := fs.String("redis-setting", "", "more redis: settings for aupd, `key: value` separated by ';' (for example \"wait_replicas: 1\")")
+	waitReplicas := fs.Int("wait-replicas", 1, "redis.wait_replicas of the aupd processes (0: acknowledge without waiting for the replica)")
+	redisExtra := fs.String("redis-setting", "", "more redis: settings for aupd, `key: value` separated by ';' (for example \"wait_timeout: 2s\")")
 	drain := fs.Duration("drain-timeout", 15*time.Minute, "bound on the wait for aupd to drain")
 	dir := fs.String("dir", "", "the cluster's directory (default: a new temporary directory, removed at the end unless -keep)")
 	keep := fs.Bool("keep", false, "keep the directory (configs, data, logs) at the end")
@@ -46,7 +47,7 @@ func campaignCmd(args []string) int {
 
 	cfg := campaign.Config{Events: *events, Accounts: *accounts, Seed: *seed, Rate: *rate, Aupd: *aupds,
 		SMTPOutage: *outage, AckWait: *ackWait, DupShare: *dup, InvalidShare: *invalid, CrossShare: *cross,
-		DrainTimeout: *drain, Log: os.Stderr}
+		DrainTimeout: *drain, WaitReplicas: *waitReplicas, Log: os.Stderr}
 	if *short {
 		s := campaign.Short()
 		pick := func(name string, dst, short any) {

@@ -48,8 +48,10 @@ type Config struct {
 	Faults                             Counts        // faults of each kind
 	SMTPOutage                         time.Duration // the SMTP outage (0: none)
 	AckWait                            time.Duration // nats.consumer.ack_wait of every aupd (default 5s)
-	// RedisExtra is more redis: settings for aupd (for example
-	// "wait_replicas: 1").
+	// WaitReplicas is redis.wait_replicas of every aupd (the short form
+	// and the command use 1: each master's replica holds every write aupd
+	// acknowledges); RedisExtra is more redis: settings.
+	WaitReplicas int
 	RedisExtra   []string
 	DrainTimeout time.Duration // bound on the wait for aupd to drain (default 10m)
 	Log          io.Writer     // progress lines (nil: none)
@@ -134,7 +136,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			Threshold: plan.Threshold, MaxTracked: min(100000, max(10, plan.MaxCount+10)), Replicas: 3,
 			AckWait: cfg.AckWait, RetryMin: 200 * time.Millisecond, RetryMax: 2 * time.Second,
 			NoticeRetryMin: time.Second, NoticeRetryMax: 5 * time.Second, NoticeAckWait: cfg.AckWait,
-			RedisExtra: cfg.RedisExtra,
+			WaitReplicas: cfg.WaitReplicas, RedisExtra: cfg.RedisExtra,
 		},
 	})
 	if err != nil {
@@ -558,6 +560,6 @@ const (
 // Short is the short form's config (without Dir, Log and Faults' parse).
 func Short() Config {
 	f, _ := ParseCounts(ShortFaults)
-	return Config{Events: 30_000, Accounts: 300, Seed: 1, Rate: 1000, Aupd: 3, Faults: f, SMTPOutage: 10 * time.Second,
+	return Config{Events: 30_000, Accounts: 300, Seed: 1, Rate: 1000, Aupd: 3, Faults: f, SMTPOutage: 10 * time.Second, WaitReplicas: 1,
 		DupShare: DefaultDupShare, InvalidShare: DefaultInvalidShare, CrossShare: DefaultCrossShare, DrainTimeout: 3 * time.Minute}
 }

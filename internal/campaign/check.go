@@ -140,7 +140,9 @@ func (r *runner) check(ctx context.Context, res *Result) error {
 	}
 	var one, none, several, unexpected int
 	var suspDiff []string
-	for _, a := range accounts {
+	known := map[string]bool{}
+	for i, a := range accounts {
+		known[a] = true
 		n := len(suspensions[a])
 		switch {
 		case crossing[a] && n == 1:
@@ -153,11 +155,11 @@ func (r *runner) check(ctx context.Context, res *Result) error {
 			suspDiff = append(suspDiff, fmt.Sprintf("%s: %d suspension events %v", a, n, suspensions[a]))
 		case n > 0:
 			unexpected += n
-			suspDiff = append(suspDiff, fmt.Sprintf("%s: did not cross (%d counting ids), %d suspension events", a, expected[slices.Index(accounts, a)], n))
+			suspDiff = append(suspDiff, fmt.Sprintf("%s: did not cross (%d counting ids), %d suspension events", a, expected[i], n))
 		}
 	}
 	for a := range suspensions {
-		if !slices.Contains(accounts, a) {
+		if !known[a] {
 			unexpected += len(suspensions[a])
 			suspDiff = append(suspDiff, a+": not an account of the campaign, suspended")
 		}
