@@ -110,6 +110,53 @@ type runner struct {
 	probes  []string // probe accounts, one event each
 	mu      sync.Mutex
 	current string // the fault in progress, for progress lines
+	stall   stall  // the verdict consumer's longest ack-floor stall
+}
+
+// stall is how long the verdict consumer's ack floor stood still while
+// later events were delivered: one event not acknowledged for that long.
+type stall struct {
+	floor      uint64        // the ack floor that stood still
+	longest    time.Duration // how long
+	at         time.Duration // since the start of publishing, when it began
+	backwards  int           // times the ack floor moved back (a new consumer leader with an older state)
+	curFloor   uint64
+	curSince   time.Time
+	lastFloor  uint64
+	haveSample bool
+}
+
+// watchAckFloor samples the verdict consumer every 500 ms until stop.
+func (r *runner) watchAckFloor(ctx context.Context, stop <-chan struct{}) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		vi, err := r.consumerInfo(ctx, r.streams[0], config.Default().NATS.Consumer.Durable)
+		if err != nil {
+			continue
+		}
+		now := time.Now()
+		r.mu.Lock()
+		st := &r.stall
+		floor := vi.AckFloor.Stream
+		if st.haveSample && floor < st.lastFloor {
+			st.backwards++
+		}
+		st.lastFloor, st.haveSample = floor, true
+		if floor != st.curFloor || vi.Delivered.Stream <= floor {
+			st.curFloor, st.curSince = floor, now
+		} else if d := now.Sub(st.curSince); d > st.longest {
+			st.longest, st.floor, st.at = d, floor, st.curSince.Sub(r.start)
+		}
+		r.mu.Unlock()
+	}
 }
 
 // Run runs a campaign and returns its result; err is for a campaign that
@@ -214,6 +261,7 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 	stopProgress := make(chan struct{})
 	var pwg sync.WaitGroup
 	pwg.Go(func() { r.progress(ctx, stopProgress) })
+	pwg.Go(func() { r.watchAckFloor(ctx, stopProgress) })
 	wg.Wait()
 	close(errs)
 	var all []error

@@ -226,8 +226,37 @@ func (r *runner) check(ctx context.Context, res *Result) error {
 	info("re-sent notices, same Message-ID (the SMTP window)", "counted apart", fmt.Sprint(resends))
 	add("notices for no known suspension", "0", fmt.Sprint(len(unknown)), ok(len(unknown) == 0), unknown)
 
+	// Not a check: how long one event waited, unacknowledged, while
+	// later ones were acked (a redelivery held back).
+	r.mu.Lock()
+	st := r.stall
+	r.mu.Unlock()
+	obs := "none"
+	if st.longest > 0 {
+		obs = fmt.Sprintf("%s from %s at stream sequence %d%s", st.longest.Round(100*time.Millisecond), st.at.Round(100*time.Millisecond), st.floor+1, r.eventAt(ctx, st.floor+1))
+	}
+	if st.backwards > 0 {
+		obs += fmt.Sprintf("; the ack floor moved back %d times", st.backwards)
+	}
+	info("longest ack-floor stall (verdict consumer)", "-", obs)
+
 	res.Pass = len(res.Failures) == 0
 	return nil
+}
+
+// eventAt names the event at a verdict stream sequence.
+func (r *runner) eventAt(ctx context.Context, seq uint64) string {
+	s, err := r.js.Stream(ctx, r.streams[0])
+	if err != nil {
+		return ""
+	}
+	m, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		return ""
+	}
+	var ev struct{ ID, Account string }
+	_ = json.Unmarshal(m.Data, &ev)
+	return fmt.Sprintf(" (%s, id %q, account %q)", m.Subject, ev.ID, ev.Account)
 }
 
 func merge(a, b map[string]int) map[string]int {
