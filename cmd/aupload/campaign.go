@@ -28,7 +28,7 @@ func campaignCmd(args []string) int {
 	events := fs.Int("events", 1_000_000, "events to publish (originals, duplicates and invalid ones)")
 	accounts := fs.Int("accounts", 10_000, "accounts the events are for")
 	seed := fs.Uint64("seed", 1, "seed of the load and of the fault schedule")
-	rate := fs.Int("rate", 3000, "events published per second")
+	rate := fs.Int("rate", 2500, "events published per second")
 	aupds := fs.Int("aupd", 3, "aupd processes")
 	faults := fs.String("faults", longFaults, "faults of each kind, kind=count,... (kinds: aupd-kill, aupd-stop, nats-kill, nats-leader, redis-failover)")
 	outage := fs.Duration("smtp-outage", 3*time.Minute, "how long the SMTP sink refuses connections (0: no outage)")
