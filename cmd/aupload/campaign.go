@@ -36,6 +36,8 @@ func campaignCmd(args []string) int {
 	dup := fs.Float64("dup", campaign.DefaultDupShare, "share of events that repeat an earlier event id")
 	invalid := fs.Float64("invalid", campaign.DefaultInvalidShare, "share of events that are invalid")
 	cross := fs.Float64("cross", campaign.DefaultCrossShare, "share of accounts that cross the threshold")
+	redisReplicas := fs.Int("redis-replicas", 1, "replicas of each Redis master")
+	redisDown := fs.Duration("redis-down", 0, "how long a failed-over Redis master stays down before its restart (default: 0-3 s, seeded)")
 	waitReplicas := fs.Int("wait-replicas", 1, "redis.wait_replicas of the aupd processes (0: acknowledge without waiting for the replica)")
 	redisExtra := fs.String("redis-setting", "", "more redis: settings for aupd, `key: value` separated by ';' (for example \"wait_timeout: 2s\")")
 	drain := fs.Duration("drain-timeout", 15*time.Minute, "bound on the wait for aupd to drain")
@@ -47,7 +49,7 @@ func campaignCmd(args []string) int {
 
 	cfg := campaign.Config{Events: *events, Accounts: *accounts, Seed: *seed, Rate: *rate, Aupd: *aupds,
 		SMTPOutage: *outage, AckWait: *ackWait, DupShare: *dup, InvalidShare: *invalid, CrossShare: *cross,
-		DrainTimeout: *drain, WaitReplicas: *waitReplicas, Log: os.Stderr}
+		DrainTimeout: *drain, WaitReplicas: *waitReplicas, RedisDown: *redisDown, RedisReplicas: *redisReplicas, Log: os.Stderr}
 	if *short {
 		s := campaign.Short()
 		pick := func(name string, dst, short any) {

@@ -48,6 +48,11 @@ type Config struct {
 	Faults                             Counts        // faults of each kind
 	SMTPOutage                         time.Duration // the SMTP outage (0: none)
 	AckWait                            time.Duration // nats.consumer.ack_wait of every aupd (default 5s)
+	// RedisReplicas is how many replicas each Redis master has (default 1).
+	RedisReplicas int
+	// RedisDown, when set, is how long a failed-over master stays down
+	// before it is restarted (default: 0-3 s, seeded).
+	RedisDown time.Duration
 	// WaitReplicas is redis.wait_replicas of every aupd (the short form
 	// and the command use 1: each master's replica holds every write aupd
 	// acknowledges); RedisExtra is more redis: settings.
@@ -149,9 +154,9 @@ func (r *runner) watchAckFloor(ctx context.Context, stop <-chan struct{}) {
 		if st.haveSample && floor < st.lastFloor {
 			st.backwards++
 		}
-		st.lastFloor, st.haveSample = floor, true
-		if floor != st.curFloor || vi.Delivered.Stream <= floor {
+		if !st.haveSample || floor != st.curFloor || vi.Delivered.Stream <= floor {
 			st.curFloor, st.curSince = floor, now
+			st.lastFloor, st.haveSample = floor, true
 		} else if d := now.Sub(st.curSince); d > st.longest {
 			st.longest, st.floor, st.at = d, floor, st.curSince.Sub(r.start)
 		}
@@ -170,6 +175,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	span := time.Duration(float64(plan.Len()) / float64(cfg.Rate) * float64(time.Second))
 	res := &Result{Plan: plan, Faults: Schedule(cfg.Seed, cfg.Faults, span, cfg.AckWait, cfg.SMTPOutage)}
+	for i := range res.Faults {
+		if f := &res.Faults[i]; f.Kind == RedisFailover && cfg.RedisDown > 0 {
+			f.Down = cfg.RedisDown
+		}
+	}
 	fmt.Fprintf(cfg.Log, "campaign: seed %d: %d events (%d originals, %d duplicates, %d invalid) over %d accounts, threshold %d, %d cross; %d/s for about %s\n",
 		cfg.Seed, plan.Len(), plan.NOrig, plan.NDup, plan.NInvalid, len(plan.Accounts), plan.Threshold, plan.Crossings(), cfg.Rate, span.Round(time.Second))
 	for _, f := range res.Faults {
@@ -178,7 +188,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	def := config.Default().NATS
 	r := &runner{cfg: cfg, plan: plan, streams: []string{def.Verdicts.Name, def.Accounts.Name, def.Dead.Name}}
 	r.c, err = cluster.Start(ctx, cluster.Options{
-		Dir: cfg.Dir, AupdProcesses: cfg.Aupd, AupdBinary: cfg.AupdBinary, Log: cfg.Log,
+		Dir: cfg.Dir, AupdProcesses: cfg.Aupd, AupdBinary: cfg.AupdBinary, Log: cfg.Log, RedisReplicas: cfg.RedisReplicas,
 		Aupd: cluster.AupdSettings{
 			Threshold: plan.Threshold, MaxTracked: min(100000, max(10, plan.MaxCount+10)), Replicas: 3,
 			AckWait: cfg.AckWait, RetryMin: 200 * time.Millisecond, RetryMax: 2 * time.Second,
