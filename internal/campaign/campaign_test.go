@@ -172,7 +172,8 @@ func TestCampaignShort(t *testing.T) {
 		"events counted twice: 1 (in 1 accounts)", "user000003@globex.test: window",
 		"events dead-lettered: 301",
 		"suspension events per crossing:", "did not cross",
-		"notices per suspension:", "has no notice",
+		"notices per suspension:", "has no notice", "several Message-IDs: 1",
+		"notices whose evidence.txt is not 3 counted events of the account: 2", "sample never-counted is not a counting event",
 		"notices for no known suspension: 1",
 	} {
 		if !strings.Contains(failed, want) {
@@ -186,7 +187,8 @@ func TestCampaignShort(t *testing.T) {
 
 // tamper changes one thing per check: a counted id removed and a bogus
 // one added, a dead letter and a suspension event that aupd did not
-// publish, and a notice for no suspension; then it runs the checks again.
+// publish, a notice for no suspension and a second notice, with a bad
+// sample, for a real one; then it runs the checks again.
 func tamper(ctx context.Context, t *testing.T, c *cluster.Cluster, recheck func() (*Result, error)) (*Result, error) {
 	// aupd would notice the suspension event below and send its notice.
 	for _, a := range c.Aupd {
@@ -226,6 +228,16 @@ func tamper(ctx context.Context, t *testing.T, c *cluster.Cluster, recheck func(
 	if err := smtp.SendMail(c.SMTP.Addr, nil, "x@example.net", []string{"abuse@example.com"}, []byte(msg)); err != nil {
 		return nil, err
 	}
+	// A second notice, with a Message-ID of its own, for a real
+	// suspension, and with one sample that aupd never counted.
+	real := c.SMTP.Notices()[0]
+	second := "From: x@example.net\r\nTo: abuse@example.com\r\nMessage-ID: <tamper-2@example.net>\r\nSubject: again\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nagain\r\n" +
+		"--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"evidence.txt\"\r\n\r\n" +
+		"Account:      " + real.Account + "\r\nSuspension:   " + real.Suspension + "\r\nVerdict ID:   never-counted\r\n--b--\r\n"
+	if err := smtp.SendMail(c.SMTP.Addr, nil, "x@example.net", []string{"abuse@example.com"}, []byte(second)); err != nil {
+		return nil, err
+	}
 	res, err := recheck()
 	if err == nil {
 		var b strings.Builder
@@ -243,3 +255,26 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 func redisZ(member string) redis.Z { return redis.Z{Score: 1, Member: member} }
+
+// TestOriginalOf maps event ids back to the plan.
+func TestOriginalOf(t *testing.T) {
+	p, err := NewPlan(2000, 20, 3, 0.05, 0.01, 0.4, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []int{0, 7, p.NOrig - 1} {
+		e := p.Original(k)
+		got, ok := p.OriginalOf(e.ID)
+		if !ok || got != k {
+			t.Fatalf("OriginalOf(%s) = %d, %v; want %d", e.ID, got, ok, k)
+		}
+		if p.Counts(k, e.Account) != (e.Verdict != "ham") || p.Counts(k, "someone@else.test") {
+			t.Fatalf("Counts(%d) wrong for %s %s", k, e.Account, e.Verdict)
+		}
+	}
+	for _, id := range []string{"", "probe1-001", "c4-00000001-00000000", "c3-99999999-00000000"} {
+		if _, ok := p.OriginalOf(id); ok {
+			t.Fatalf("OriginalOf(%q) is an original", id)
+		}
+	}
+}

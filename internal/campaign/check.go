@@ -178,7 +178,7 @@ func (r *runner) check(ctx context.Context, res *Result) error {
 	// the documented SMTP window and is counted apart.
 	type noticeKey struct{ account, suspension string }
 	mids := map[noticeKey]map[string]int{}
-	var unknown []string
+	var unknown, badEvidence []string
 	unparsed := 0
 	for _, n := range notices {
 		if n.ParseErr != "" {
@@ -189,6 +189,15 @@ func (r *runner) check(ctx context.Context, res *Result) error {
 		if a, ok := bySuspension[n.Suspension]; !ok || a != n.Account {
 			unknown = append(unknown, fmt.Sprintf("notice %s for %s names suspension %s, which no suspension event has", n.MessageID, n.Account, n.Suspension))
 			continue
+		}
+		// Evidence: three samples, each a counting event of the account.
+		if len(n.Samples) != 3 {
+			badEvidence = append(badEvidence, fmt.Sprintf("notice %s for %s: %d samples in evidence.txt", n.MessageID, n.Account, len(n.Samples)))
+		}
+		for _, id := range n.Samples {
+			if k, ok := p.OriginalOf(id); !ok || !p.Counts(k, n.Account) {
+				badEvidence = append(badEvidence, fmt.Sprintf("notice %s for %s: sample %s is not a counting event of the account", n.MessageID, n.Account, id))
+			}
 		}
 		k := noticeKey{n.Account, n.Suspension}
 		if mids[k] == nil {
@@ -225,6 +234,7 @@ func (r *runner) check(ctx context.Context, res *Result) error {
 		ok(nOne == nSusp && nNone == 0 && nSeveral == 0), noticeDiff)
 	info("re-sent notices, same Message-ID (the SMTP window)", "counted apart", fmt.Sprint(resends))
 	add("notices for no known suspension", "0", fmt.Sprint(len(unknown)), ok(len(unknown) == 0), unknown)
+	add("notices whose evidence.txt is not 3 counted events of the account", "0", fmt.Sprint(len(badEvidence)), ok(len(badEvidence) == 0), badEvidence)
 
 	// Not a check: how long one event waited, unacknowledged, while
 	// later ones were acked (a redelivery held back).

@@ -201,3 +201,20 @@ func (p *Plan) Invalid(i int) (subject string, data []byte, reason string) {
 		return subject, []byte(`["not","an","object"]`), events.ReasonUnsupportedType
 	}
 }
+
+// OriginalOf returns the index of the original whose event id is id.
+func (p *Plan) OriginalOf(id string) (int, bool) {
+	var seed uint64
+	var k int
+	var tail uint32
+	if n, err := fmt.Sscanf(id, "c%x-%08d-%08x", &seed, &k, &tail); err != nil || n != 3 || seed != p.Seed || k < 0 || k >= p.NOrig {
+		return 0, false
+	}
+	return k, p.Original(k).ID == id
+}
+
+// Counts reports whether original k is a counting event of account.
+func (p *Plan) Counts(k int, account string) bool {
+	a := p.orig[k]
+	return a&hamBit == 0 && p.Accounts[a] == account
+}
