@@ -22,6 +22,7 @@ func clusterCmd(args []string) int {
 	masters := fs.Int("redis-masters", 3, "Redis Cluster masters (each with -redis-replicas replicas)")
 	replicas := fs.Int("redis-replicas", 1, "replicas per Redis master")
 	threshold := fs.Int("threshold", 50, "aup.threshold of the aupd processes")
+	waitReplicas := fs.Int("wait-replicas", 1, "redis.wait_replicas of the aupd processes")
 	_ = fs.Parse(args)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -39,7 +40,7 @@ func clusterCmd(args []string) int {
 	}
 	c, err := cluster.Start(ctx, cluster.Options{
 		Dir: d, NATSNodes: *natsNodes, RedisMasters: *masters, RedisReplicas: *replicas, AupdProcesses: *aupds,
-		Aupd: cluster.AupdSettings{Threshold: *threshold, Replicas: min(3, *natsNodes)},
+		Aupd: cluster.AupdSettings{Threshold: *threshold, Replicas: min(3, *natsNodes), WaitReplicas: min(*waitReplicas, *replicas)},
 		Log:  os.Stderr,
 	})
 	if err != nil {

@@ -35,10 +35,22 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		opts.TLSConfig = tc
 	}
 	if len(c.Addrs) > 1 && c.MasterName == "" {
-		opts.IsClusterMode = true
+		// A Cluster. go-redis reloads its slot map on a MOVED reply, and
+		// otherwise once a minute: a master that died answers nothing, so
+		// every command for its slots would go on dialling the dead
+		// address for up to a minute after its replica took over (the
+		// fault campaign showed counting of the shard stalled until the
+		// old master came back). Reload the map every second instead.
+		co := opts.Cluster()
+		co.ClusterStateReloadInterval = clusterReloadInterval
+		return redis.NewClusterClient(co), nil
 	}
 	return redis.NewUniversalClient(opts), nil
 }
+
+// clusterReloadInterval is how stale a Redis Cluster client's slot map
+// may grow (one CLUSTER SLOTS per interval while commands flow).
+const clusterReloadInterval = time.Second
 
 // localRedis is a redis-server that aupd started itself.
 type localRedis struct{ cmd *exec.Cmd }

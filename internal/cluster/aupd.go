@@ -33,8 +33,11 @@ type AupdSettings struct {
 	// Notices: the notifier's retry backoff and ack wait (defaults 30s,
 	// 30m, 2m).
 	NoticeRetryMin, NoticeRetryMax, NoticeAckWait time.Duration
+	// WaitReplicas is redis.wait_replicas: how many replicas of each
+	// master must hold a write before aupd acknowledges what it caused.
+	WaitReplicas int
 	// RedisExtra is more YAML under redis: (for example
-	// "wait_replicas: 1"), one key per line.
+	// "wait_timeout: 2s"), one key per line.
 	RedisExtra []string
 	LogLevel   string // log.level (default info)
 }
@@ -81,7 +84,7 @@ func (c *Cluster) aupdConfig(a *Aupd) string {
 	}
 	fmt.Fprintf(&b, "  consumer: {batch: %d, workers: %d, ack_wait: %s, max_ack_pending: %d, retry_min: %s, retry_max: %s}\n",
 		s.Batch, s.Workers, s.AckWait, max(20000, s.Batch*s.Workers), s.RetryMin, s.RetryMax)
-	fmt.Fprintf(&b, "redis:\n  addrs: [%s]\n  prefix: aup\n", quoteAll(c.RedisAddrs()))
+	fmt.Fprintf(&b, "redis:\n  addrs: [%s]\n  prefix: aup\n  wait_replicas: %d\n", quoteAll(c.RedisAddrs()), s.WaitReplicas)
 	for _, l := range s.RedisExtra {
 		fmt.Fprintf(&b, "  %s\n", l)
 	}

@@ -80,33 +80,44 @@ func (o *Options) defaults() error {
 	return nil
 }
 
-// freePorts returns n loopback TCP ports, all different, that were free a
-// moment ago. They are below the kernel's ephemeral range (32768 and up
+// portPicker hands out loopback TCP ports, all different, that were free
+// a moment ago. They are below the kernel's ephemeral range (32768 and up
 // on Linux), so that no outgoing connection takes one of them between a
-// kill and a restart of the process that listens there.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	const lo, hi = 20000, 32000
-	start := lo + rand.IntN(hi-lo)
-	out := make([]int, 0, n)
-	for i := 0; i < hi-lo && len(out) < n; i++ {
-		port := lo + (start-lo+i)%(hi-lo)
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
+// kill and a restart of the process that listens there. A Redis Cluster
+// node also listens on its port + 10000 (the cluster bus), so Redis ports
+// come from 10000-21999 with both checked, the others from 22000-31999.
+type portPicker struct {
+	lns []net.Listener
+}
+
+func (pp *portPicker) close() {
+	for _, l := range pp.lns {
+		l.Close()
+	}
+}
+
+func (pp *portPicker) take(port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	pp.lns = append(pp.lns, l)
+	return true
+}
+
+func (pp *portPicker) pick(lo, hi int, bus bool) (int, error) {
+	start := rand.IntN(hi - lo)
+	for i := range hi - lo {
+		port := lo + (start+i)%(hi-lo)
+		if !pp.take(port) {
 			continue
 		}
-		lns = append(lns, l)
-		out = append(out, port)
+		if bus && !pp.take(port+10000) {
+			continue
+		}
+		return port, nil
 	}
-	if len(out) < n {
-		return nil, fmt.Errorf("only %d free ports between %d and %d", len(out), lo, hi)
-	}
-	return out, nil
+	return 0, fmt.Errorf("no free port between %d and %d", lo, hi)
 }
 
 // Start brings everything up and returns once NATS has a JetStream meta
@@ -145,11 +156,27 @@ func (c *Cluster) start(ctx context.Context) error {
 	natsBin, _ := exec.LookPath("nats-server")
 	redisBin, _ := exec.LookPath("redis-server")
 	nRedis := opts.RedisMasters * (1 + opts.RedisReplicas)
-	ports, err := freePorts(3*opts.NATSNodes + nRedis + opts.AupdProcesses + 1)
-	if err != nil {
-		return err
+	var pp portPicker
+	var ports, redisPorts []int
+	for range 3*opts.NATSNodes + opts.AupdProcesses + 1 {
+		p, err := pp.pick(22000, 32000, false)
+		if err != nil {
+			pp.close()
+			return err
+		}
+		ports = append(ports, p)
 	}
+	for range nRedis {
+		p, err := pp.pick(10000, 22000, true)
+		if err != nil {
+			pp.close()
+			return err
+		}
+		redisPorts = append(redisPorts, p)
+	}
+	pp.close()
 	next := func() int { p := ports[0]; ports = ports[1:]; return p }
+	var err error
 
 	c.Bin = opts.AupdBinary
 	if c.Bin == "" {
@@ -205,7 +232,7 @@ func (c *Cluster) start(ctx context.Context) error {
 		if err := os.MkdirAll(rdir, 0o755); err != nil {
 			return err
 		}
-		n := &RedisNode{Port: next()}
+		n := &RedisNode{Port: redisPorts[i]}
 		n.Proc = newProc(fmt.Sprintf("redis r%d", i), rdir, filepath.Join(rdir, "redis.log"),
 			redisArgs(redisBin, rdir, n.Port, int(opts.RedisNodeTimeout.Milliseconds()))...)
 		c.Redis = append(c.Redis, n)

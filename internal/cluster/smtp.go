@@ -30,8 +30,10 @@ type Notice struct {
 	Subject    string
 	Account    string // from evidence.txt ("Account:"), else the subject
 	Suspension string // from evidence.txt ("Suspension:")
-	Size       int
-	ParseErr   string // why the message could not be read, if it could not
+	// Samples are the verdict ids of the sample messages in evidence.txt.
+	Samples  []string
+	Size     int
+	ParseErr string // why the message could not be read, if it could not
 }
 
 // SMTPSink is an SMTP server (emersion/go-smtp) on a fixed loopback port
@@ -181,6 +183,9 @@ func ParseNotice(raw []byte) Notice {
 		}
 		if v, ok := strings.CutPrefix(line, "Suspension:"); ok && n.Suspension == "" {
 			n.Suspension = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "Verdict ID:"); ok {
+			n.Samples = append(n.Samples, strings.TrimSpace(v))
 		}
 	}
 	if n.Suspension == "" {

@@ -102,3 +102,7 @@ func payload(r *rand.Rand, e Event) []byte {
 		e.ID, e.Time.Format(time.RFC3339Nano), e.Direction, e.Account, e.Verdict, 5+r.Float64()*10,
 		r.Uint64(), subj, e.Account, raw)
 }
+
+// Payload is the JSON of e as Generate writes it: e's id, time, direction,
+// account and verdict, with a score, a source and a message drawn from r.
+func Payload(r *rand.Rand, e Event) []byte { return payload(r, e) }

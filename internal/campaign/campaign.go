@@ -1,0 +1,623 @@
+// Package campaign is the fault campaign of issue #13: on a loopback
+// cluster (internal/cluster: 3 NATS nodes with R3 streams, a Redis Cluster
+// of 3 masters with a replica each, several aupd processes, an SMTP sink)
+// it publishes a large planned load of verdicts, with duplicates and
+// invalid events, while it injects faults on a seeded schedule (aupd
+// SIGKILL and SIGSTOP, NATS node and stream leader kills, Redis master
+// failovers, an SMTP outage). Then it waits for aupd to drain and checks
+// every account's count against the distinct ids published for it, the
+// dead letters against the invalid events, one suspension event per
+// crossing and one notice per suspension, and prints one table. Run it
+// with `go run ./cmd/aupload campaign` (docs/scaling.md).
+package campaign
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/cluster"
+	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/store"
+)
+
+// prefix is the Redis key prefix of the cluster's aupd processes.
+const prefix = "aup"
+
+// Config is what a campaign does.
+type Config struct {
+	Dir        string // the cluster's directory
+	AupdBinary string // default: built into Dir
+	Events     int    // events to publish (originals, duplicates and invalid ones)
+	Accounts   int
+	Seed       uint64
+	Rate       int // events per second published
+	// Shares of the events: duplicates (same event id as an earlier one)
+	// and invalid events; and of the accounts: those that cross.
+	DupShare, InvalidShare, CrossShare float64
+	Aupd                               int           // aupd processes (default 3)
+	Faults                             Counts        // faults of each kind
+	SMTPOutage                         time.Duration // the SMTP outage (0: none)
+	AckWait                            time.Duration // nats.consumer.ack_wait of every aupd (default 5s)
+	// RedisReplicas is how many replicas each Redis master has (default 1).
+	RedisReplicas int
+	// RedisDown, when set, is how long a failed-over master stays down
+	// before it is restarted (default: 0-3 s, seeded).
+	RedisDown time.Duration
+	// WaitReplicas is redis.wait_replicas of every aupd (the short form
+	// and the command use 1: each master's replica holds every write aupd
+	// acknowledges); RedisExtra is more redis: settings.
+	WaitReplicas int
+	RedisExtra   []string
+	DrainTimeout time.Duration // bound on the wait for aupd to drain (default 10m)
+	Log          io.Writer     // progress lines (nil: none)
+	// Inspect, when set, is called after the checks with the cluster
+	// still up and a function that runs the checks again: tests change
+	// what aupd did and see the checks fail.
+	Inspect func(ctx context.Context, c *cluster.Cluster, recheck func() (*Result, error)) error
+}
+
+func (c *Config) defaults() {
+	if c.Aupd == 0 {
+		c.Aupd = 3
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 5 * time.Second
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 10 * time.Minute
+	}
+	if c.Rate <= 0 {
+		c.Rate = 2000
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+}
+
+// Result is what a campaign found.
+type Result struct {
+	Plan      *Plan
+	Faults    []Fault
+	Rows      []Row
+	Failures  []string // one line per failed check, with a few differing accounts
+	Pass      bool
+	Published time.Duration // how long publishing took
+	Drained   time.Duration // from the start of publishing until aupd had drained
+	Retries   int64         // publishes retried (NATS node or leader down)
+}
+
+// Row is one row of the table.
+type Row struct {
+	Check, Expected, Observed string
+	OK                        *bool // nil: information only
+}
+
+type runner struct {
+	cfg     Config
+	plan    *Plan
+	c       *cluster.Cluster
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	rdb     *redis.ClusterClient
+	pub     *asyncPub
+	streams []string // verdicts, accounts, dead letters
+	start   time.Time
+	probes  []string // probe accounts, one event each
+	mu      sync.Mutex
+	current string // the fault in progress, for progress lines
+	stall   stall  // the verdict consumer's longest ack-floor stall
+}
+
+// stall is how long the verdict consumer's ack floor stood still while
+// later events were delivered: one event not acknowledged for that long.
+type stall struct {
+	floor      uint64        // the ack floor that stood still
+	longest    time.Duration // how long
+	at         time.Duration // since the start of publishing, when it began
+	backwards  int           // times the ack floor moved back (a new consumer leader with an older state)
+	curFloor   uint64
+	curSince   time.Time
+	lastFloor  uint64
+	haveSample bool
+}
+
+// watchAckFloor samples the verdict consumer every 500 ms until stop.
+func (r *runner) watchAckFloor(ctx context.Context, stop <-chan struct{}) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		vi, err := r.consumerInfo(ctx, r.streams[0], config.Default().NATS.Consumer.Durable)
+		if err != nil {
+			continue
+		}
+		now := time.Now()
+		r.mu.Lock()
+		st := &r.stall
+		floor := vi.AckFloor.Stream
+		if st.haveSample && floor < st.lastFloor {
+			st.backwards++
+		}
+		if !st.haveSample || floor != st.curFloor || vi.Delivered.Stream <= floor {
+			st.curFloor, st.curSince = floor, now
+			st.lastFloor, st.haveSample = floor, true
+		} else if d := now.Sub(st.curSince); d > st.longest {
+			st.longest, st.floor, st.at = d, floor, st.curSince.Sub(r.start)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// Run runs a campaign and returns its result; err is for a campaign that
+// could not run (the cluster did not come up, a fault could not be
+// injected), not for a check that failed.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	cfg.defaults()
+	plan, err := NewPlan(cfg.Events, cfg.Accounts, cfg.Seed, cfg.DupShare, cfg.InvalidShare, cfg.CrossShare, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	span := time.Duration(float64(plan.Len()) / float64(cfg.Rate) * float64(time.Second))
+	res := &Result{Plan: plan, Faults: Schedule(cfg.Seed, cfg.Faults, span, cfg.AckWait, cfg.SMTPOutage)}
+	for i := range res.Faults {
+		if f := &res.Faults[i]; f.Kind == RedisFailover && cfg.RedisDown > 0 {
+			f.Down = cfg.RedisDown
+		}
+	}
+	fmt.Fprintf(cfg.Log, "campaign: seed %d: %d events (%d originals, %d duplicates, %d invalid) over %d accounts, threshold %d, %d cross; %d/s for about %s\n",
+		cfg.Seed, plan.Len(), plan.NOrig, plan.NDup, plan.NInvalid, len(plan.Accounts), plan.Threshold, plan.Crossings(), cfg.Rate, span.Round(time.Second))
+	for _, f := range res.Faults {
+		fmt.Fprintf(cfg.Log, "campaign: fault %2d at %6s: %-14s target %d, down %s\n", f.N, f.At.Round(100*time.Millisecond), f.Kind, f.Target, f.Down.Round(time.Millisecond))
+	}
+	def := config.Default().NATS
+	r := &runner{cfg: cfg, plan: plan, streams: []string{def.Verdicts.Name, def.Accounts.Name, def.Dead.Name}}
+	r.c, err = cluster.Start(ctx, cluster.Options{
+		Dir: cfg.Dir, AupdProcesses: cfg.Aupd, AupdBinary: cfg.AupdBinary, Log: cfg.Log, RedisReplicas: cfg.RedisReplicas,
+		Aupd: cluster.AupdSettings{
+			Threshold: plan.Threshold, MaxTracked: min(100000, max(10, plan.MaxCount+10)), Replicas: 3,
+			AckWait: cfg.AckWait, RetryMin: 200 * time.Millisecond, RetryMax: 2 * time.Second,
+			NoticeRetryMin: time.Second, NoticeRetryMax: 5 * time.Second, NoticeAckWait: cfg.AckWait,
+			WaitReplicas: cfg.WaitReplicas, RedisExtra: cfg.RedisExtra,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer r.c.Close()
+	if r.nc, err = r.c.ConnectNATS("campaign"); err != nil {
+		return nil, err
+	}
+	defer r.nc.Close()
+	if r.js, err = jetstream.New(r.nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(5*time.Second)); err != nil {
+		return nil, err
+	}
+	r.rdb = r.c.NewRedisClient()
+	defer r.rdb.Close()
+	r.pub = newAsyncPub(r.js)
+	defer r.pub.close()
+
+	if err := r.run(ctx, res); err != nil {
+		return res, err
+	}
+	if err := r.check(ctx, res); err != nil {
+		return res, err
+	}
+	if cfg.Inspect != nil {
+		err := cfg.Inspect(ctx, r.c, func() (*Result, error) {
+			again := &Result{Plan: res.Plan, Faults: res.Faults, Published: res.Published, Drained: res.Drained, Retries: res.Retries}
+			return again, r.check(ctx, again)
+		})
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func (r *runner) run(ctx context.Context, res *Result) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.start = time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	wg.Go(func() { // publishing
+		err := r.publishAll(ctx)
+		res.Published = time.Since(r.start)
+		if err != nil {
+			errs <- fmt.Errorf("publish: %w", err)
+			cancel()
+		}
+		fmt.Fprintf(r.cfg.Log, "campaign: %s: published and acked all %d events (%d publishes retried)\n", since(r.start), r.plan.Len(), r.pub.retries.Load())
+	})
+	wg.Go(func() { // faults, one after the other
+		for i := range res.Faults {
+			f := &res.Faults[i]
+			if f.Kind == SMTPOutage {
+				continue
+			}
+			if err := r.runFault(ctx, f); err != nil {
+				errs <- err
+				cancel()
+				return
+			}
+		}
+	})
+	for i := range res.Faults { // the SMTP outage beside them
+		if f := &res.Faults[i]; f.Kind == SMTPOutage {
+			wg.Go(func() {
+				if err := r.runFault(ctx, f); err != nil {
+					errs <- err
+					cancel()
+				}
+			})
+		}
+	}
+	stopProgress := make(chan struct{})
+	var pwg sync.WaitGroup
+	pwg.Go(func() { r.progress(ctx, stopProgress) })
+	pwg.Go(func() { r.watchAckFloor(ctx, stopProgress) })
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	if err := errors.Join(all...); err != nil {
+		close(stopProgress)
+		pwg.Wait()
+		return err
+	}
+	err := r.drain(ctx)
+	close(stopProgress)
+	pwg.Wait()
+	res.Drained = time.Since(r.start)
+	res.Retries = r.pub.retries.Load()
+	return err
+}
+
+func (r *runner) runFault(ctx context.Context, f *Fault) error {
+	if err := sleep(ctx, f.At-time.Since(r.start)); err != nil {
+		return err
+	}
+	f.Started = time.Since(r.start)
+	r.setCurrent(fmt.Sprintf("fault %d %s", f.N, f.Kind))
+	fmt.Fprintf(r.cfg.Log, "campaign: %s: fault %d: %s\n", since(r.start), f.N, f.Kind)
+	var err error
+	if f.Kind == SMTPOutage {
+		before := r.c.SMTP.Count()
+		err = r.outage(ctx, f)
+		f.Ended = time.Since(r.start)
+		if err == nil {
+			// Recovery: until the sink accepts a notice again, when any
+			// was held back.
+			t := time.Now()
+			werr := poll(ctx, 5*time.Minute, 50*time.Millisecond, func() bool { return r.c.SMTP.Count() > before || !r.noticesPending(ctx) })
+			if r.c.SMTP.Count() > before {
+				f.Recovery, f.Probe = time.Since(t), "next notice accepted"
+			} else if werr == nil {
+				f.Probe = "no notice was pending"
+			} else {
+				f.Err = fmt.Errorf("no notice accepted within 5m of the outage's end")
+			}
+		}
+	} else {
+		err = r.inject(ctx, f)
+		f.Ended = time.Since(r.start)
+		if err == nil {
+			f.Recovery, f.Probe, f.Err = r.probe(ctx, f.N)
+		}
+	}
+	r.setCurrent("")
+	if err != nil {
+		f.Err = err
+		return fmt.Errorf("fault %d (%s): %w", f.N, f.Kind, err)
+	}
+	fmt.Fprintf(r.cfg.Log, "campaign: %s: fault %d done: %s %s; recovered in %s (%s)\n", since(r.start), f.N, f.What, f.Detail, f.Recovery.Round(time.Millisecond), f.Probe)
+	return nil
+}
+
+func (r *runner) setCurrent(s string) {
+	r.mu.Lock()
+	r.current = s
+	r.mu.Unlock()
+}
+
+// noticesPending reports whether the notifier's consumer has notices
+// not yet acknowledged.
+func (r *runner) noticesPending(ctx context.Context) bool {
+	ni, err := r.consumerInfo(ctx, r.streams[1], config.Default().Notifier.Durable)
+	return err != nil || ni.NumPending > 0 || ni.NumAckPending > 0
+}
+
+func (r *runner) consumerInfo(ctx context.Context, stream, durable string) (*jetstream.ConsumerInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := r.js.Consumer(ctx, stream, durable)
+	if err != nil {
+		return nil, err
+	}
+	return c.Info(ctx)
+}
+
+// probe publishes one counting event for an account of its own and waits
+// until aupd has counted it.
+func (r *runner) probe(ctx context.Context, n int) (time.Duration, string, error) {
+	acct := fmt.Sprintf("probe%03d@example.com", n)
+	r.mu.Lock()
+	r.probes = append(r.probes, acct)
+	r.mu.Unlock()
+	id := fmt.Sprintf("probe%x-%03d", r.cfg.Seed, n)
+	data := fmt.Appendf(nil, `{"id":%q,"time":%q,"direction":"outbound","account":%q,"verdict":"spam","source":"campaign-probe"}`,
+		id, time.Now().UTC().Format(time.RFC3339Nano), acct)
+	t := time.Now()
+	err := poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := r.js.Publish(pctx, "aup.verdict.outbound", data, jetstream.WithMsgID(id))
+		return err == nil
+	})
+	if err != nil {
+		return 0, acct, fmt.Errorf("probe %s not stored in NATS: %w", acct, err)
+	}
+	key := store.AccountKey(prefix, acct, "w")
+	err = poll(ctx, 5*time.Minute, 20*time.Millisecond, func() bool {
+		n, err := r.rdb.ZCard(ctx, key).Result()
+		return err == nil && n == 1
+	})
+	if err != nil {
+		return 0, acct, fmt.Errorf("probe %s not counted within 5m", acct)
+	}
+	return time.Since(t), acct, nil
+}
+
+// progress prints a line every 10 s.
+func (r *runner) progress(ctx context.Context, stop <-chan struct{}) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		line := fmt.Sprintf("campaign: %s: published %d/%d (acked %d)", since(r.start), r.pub.sent.Load(), r.plan.Len(), r.pub.acked.Load())
+		if vi, err := r.consumerInfo(ctx, r.streams[0], config.Default().NATS.Consumer.Durable); err == nil {
+			line += fmt.Sprintf(", aupd acked to %d, %d pending, %d in flight", vi.AckFloor.Stream, vi.NumPending, vi.NumAckPending)
+		}
+		line += fmt.Sprintf(", %d notices", r.c.SMTP.Count())
+		r.mu.Lock()
+		if r.current != "" {
+			line += ", " + r.current
+		}
+		r.mu.Unlock()
+		fmt.Fprintln(r.cfg.Log, line)
+	}
+}
+
+// drain waits until both consumers (verdicts, notices) have nothing
+// pending and nothing unacknowledged, and nothing changes for 3 s.
+func (r *runner) drain(ctx context.Context) error {
+	var last string
+	stable := 0
+	err := poll(ctx, r.cfg.DrainTimeout, time.Second, func() bool {
+		vi, err := r.consumerInfo(ctx, r.streams[0], config.Default().NATS.Consumer.Durable)
+		if err != nil {
+			return false
+		}
+		ni, err := r.consumerInfo(ctx, r.streams[1], config.Default().Notifier.Durable)
+		if err != nil {
+			return false
+		}
+		state := fmt.Sprint(vi.Delivered.Stream, vi.AckFloor.Stream, ni.Delivered.Stream, ni.AckFloor.Stream, r.c.SMTP.Count())
+		if vi.NumPending == 0 && vi.NumAckPending == 0 && ni.NumPending == 0 && ni.NumAckPending == 0 && state == last {
+			stable++
+		} else {
+			stable = 0
+		}
+		last = state
+		return stable >= 3
+	})
+	if err != nil {
+		return fmt.Errorf("aupd did not drain within %s", r.cfg.DrainTimeout)
+	}
+	fmt.Fprintf(r.cfg.Log, "campaign: %s: aupd drained\n", since(r.start))
+	return nil
+}
+
+// poll calls cond every interval until it is true, ctx ends or timeout
+// passes.
+func poll(ctx context.Context, timeout, interval time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// ---- publishing --------------------------------------------------------
+
+// publishAll publishes the plan at the configured rate and returns once
+// JetStream acknowledged every event.
+func (r *runner) publishAll(ctx context.Context) error {
+	p := r.plan
+	dr := rand.New(rand.NewPCG(p.Seed, 0x647570))
+	k, x := 0, 0
+	for i, kind := range p.seq {
+		if due := r.start.Add(time.Duration(float64(i) / float64(r.cfg.Rate) * float64(time.Second))); time.Until(due) > 5*time.Millisecond {
+			if err := sleep(ctx, time.Until(due)); err != nil {
+				return err
+			}
+		}
+		var m outMsg
+		switch kind {
+		case 'o':
+			e := p.Original(k)
+			k++
+			m = outMsg{e.Subject, e.Data, e.ID}
+		case 'd':
+			var j int
+			if dr.IntN(2) == 0 {
+				j = max(0, k-1-dr.IntN(5000))
+			} else {
+				j = dr.IntN(k)
+			}
+			e := p.Original(j)
+			// Its own Nats-Msg-Id, so that JetStream keeps it and aupd
+			// must see that the event id counted already.
+			m = outMsg{e.Subject, e.Data, fmt.Sprintf("%s#dup%d", e.ID, i)}
+		case 'x':
+			subj, data, _ := p.Invalid(x)
+			m = outMsg{subj, data, fmt.Sprintf("bad%x-%07d", p.Seed, x)}
+			x++
+		}
+		if err := r.pub.send(ctx, m); err != nil {
+			return err
+		}
+	}
+	return r.pub.wait(ctx, int64(p.Len()))
+}
+
+type outMsg struct {
+	subject string
+	data    []byte
+	id      string
+}
+
+type inflight struct {
+	m outMsg
+	f jetstream.PubAckFuture
+}
+
+// asyncPub publishes asynchronously and republishes what JetStream did
+// not acknowledge (a node or leader down, a timeout). Nats-Msg-Id makes a
+// republish of a stored message harmless.
+type asyncPub struct {
+	js       jetstream.JetStream
+	inflight chan inflight
+	mu       sync.Mutex
+	retry    []outMsg
+	sent     atomic.Int64
+	acked    atomic.Int64
+	retries  atomic.Int64
+	done     chan struct{}
+}
+
+func newAsyncPub(js jetstream.JetStream) *asyncPub {
+	p := &asyncPub{js: js, inflight: make(chan inflight, 4096), done: make(chan struct{})}
+	go p.collect()
+	return p
+}
+
+func (p *asyncPub) collect() {
+	defer close(p.done)
+	for in := range p.inflight {
+		select {
+		case <-in.f.Ok():
+			p.acked.Add(1)
+		case <-in.f.Err():
+			p.retries.Add(1)
+			p.mu.Lock()
+			p.retry = append(p.retry, in.m)
+			p.mu.Unlock()
+		}
+	}
+}
+
+func (p *asyncPub) close() {
+	close(p.inflight)
+	<-p.done
+}
+
+func (p *asyncPub) send(ctx context.Context, m outMsg) error {
+	if err := p.republish(ctx); err != nil {
+		return err
+	}
+	p.sent.Add(1)
+	return p.publish(ctx, m)
+}
+
+func (p *asyncPub) republish(ctx context.Context) error {
+	p.mu.Lock()
+	again := p.retry
+	p.retry = nil
+	p.mu.Unlock()
+	for _, m := range again {
+		if err := p.publish(ctx, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *asyncPub) publish(ctx context.Context, m outMsg) error {
+	for {
+		msg := nats.NewMsg(m.subject)
+		msg.Data = m.data
+		msg.Header.Set(nats.MsgIdHdr, m.id)
+		f, err := p.js.PublishMsgAsync(msg)
+		if err == nil {
+			select {
+			case p.inflight <- inflight{m, f}:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		p.retries.Add(1)
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// wait returns once n messages are acknowledged.
+func (p *asyncPub) wait(ctx context.Context, n int64) error {
+	for p.acked.Load() < n {
+		if err := p.republish(ctx); err != nil {
+			return err
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// The short form: a bounded run with a few faults, what CI runs
+// (TestCampaignShort) and `aupload campaign -short`.
+const (
+	ShortFaults  = "aupd-kill=1,aupd-stop=1,nats-leader=1,redis-failover=1"
+	ShortSummary = "30,000 events over 300 accounts at 1,000/s; one aupd SIGKILL, one SIGSTOP, one NATS leader kill, one Redis failover, a 10 s SMTP outage"
+)
+
+// Short is the short form's config (without Dir, Log and Faults' parse).
+func Short() Config {
+	f, _ := ParseCounts(ShortFaults)
+	return Config{Events: 30_000, Accounts: 300, Seed: 1, Rate: 1000, Aupd: 3, Faults: f, SMTPOutage: 10 * time.Second, WaitReplicas: 1,
+		DupShare: DefaultDupShare, InvalidShare: DefaultInvalidShare, CrossShare: DefaultCrossShare, DrainTimeout: 3 * time.Minute}
+}
