@@ -119,12 +119,24 @@ func (h *harness) publish(subject string, data []byte, msgID string) {
 func (h *harness) drained() {
 	h.t.Helper()
 	testutil.Eventually(h.t, 30*time.Second, func() bool {
-		c, err := h.js.Consumer(context.Background(), h.cfg.NATS.Verdicts.Name, h.cfg.NATS.Consumer.Durable)
+		ctx := context.Background()
+		st, err := h.js.Stream(ctx, h.cfg.NATS.Verdicts.Name)
 		if err != nil {
 			return false
 		}
-		info, err := c.Info(context.Background())
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+		sinfo, err := st.Info(ctx)
+		if err != nil {
+			return false
+		}
+		c, err := h.js.Consumer(ctx, h.cfg.NATS.Verdicts.Name, h.cfg.NATS.Consumer.Durable)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		// The consumer learns of a new message a moment after the stream
+		// stored it, so pending counts alone can read 0 too early: the
+		// ack floor must also have reached the stream's last message.
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream >= sinfo.State.LastSeq
 	}, "consumer did not drain")
 }
 
