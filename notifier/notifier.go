@@ -110,6 +110,16 @@ type Options struct {
 	// Links makes the signed abuse desk link each notice carries; nil:
 	// notices name aupctl and the API call instead.
 	Links LinkFunc
+	// Replicated, when set, waits until Redis replicas hold a notice's
+	// recorded delivery before its event is acked (redis.wait_replicas),
+	// so that a failover cannot make it look unsent.
+	Replicated Barrier
+}
+
+// Barrier waits until replicas hold every write so far on the masters of
+// the given hash tags (*replsync.Barrier).
+type Barrier interface {
+	Wait(ctx context.Context, tags ...string) error
 }
 
 // Notifier turns suspension events into abuse notices.
@@ -124,6 +134,7 @@ type Notifier struct {
 	log     *slog.Logger
 	now     func() time.Time
 	links   LinkFunc
+	repl    Barrier
 	owner   string
 	// unrecorded holds notices delivered whose delivery could not be
 	// recorded yet (key -> reply): their redelivery records it instead of
@@ -198,7 +209,7 @@ func New(cfg Config, opts Options) (*Notifier, error) {
 	}
 	n := &Notifier{
 		cfg: cfg, store: NewStore(opts.Redis, opts.KeyPrefix), r: r, tr: tr, js: opts.JetStream,
-		samples: opts.Samples, dir: opts.Directory, log: opts.Logger, now: opts.Now, owner: opts.Owner, m: m, links: opts.Links,
+		samples: opts.Samples, dir: opts.Directory, log: opts.Logger, now: opts.Now, owner: opts.Owner, m: m, links: opts.Links, repl: opts.Replicated,
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -304,7 +315,7 @@ func (n *Notifier) Handle(ctx context.Context, msg jetstream.Msg) {
 	var ev events.AccountEvent
 	if err := json.Unmarshal(msg.Data(), &ev); err != nil {
 		n.log.Error("drop undecodable account event", "subject", msg.Subject(), "err", err)
-		_ = msg.TermWithReason("undecodable account event")
+		_ = msg.Term() // plain TERM: a TERM with a reason needs NATS 2.10
 		return
 	}
 	if ev.Type != events.TypeSuspended || ev.Reason != rules.ReasonAUPViolation ||
@@ -314,10 +325,19 @@ func (n *Notifier) Handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if ev.Account == "" || ev.Suspension.ID == "" {
 		n.log.Error("drop suspension event without account or suspension id", "event", ev.ID)
-		_ = msg.TermWithReason("no account or suspension id")
+		_ = msg.Term()
 		return
 	}
 	if delay, done := n.process(ctx, msg, &ev); done {
+		if n.repl != nil {
+			// Acked once replicas hold the outcome: a failover must not
+			// bring back a notice that looks unsent.
+			if err := n.repl.Wait(ctx, ev.Account); err != nil {
+				n.log.Warn("notice outcome not replicated yet; will check again", "account", ev.Account, "suspension", ev.Suspension.ID, "err", err)
+				_ = msg.NakWithDelay(n.cfg.RetryMin)
+				return
+			}
+		}
 		_ = msg.Ack()
 	} else {
 		_ = msg.NakWithDelay(delay)

@@ -38,6 +38,7 @@ import (
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/replsync"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
 )
@@ -155,7 +156,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err := a.waitFor(ctx, "redis", func(ctx context.Context) error { return pingRedis(ctx, a.rdb) }); err != nil {
 		return err
 	}
-	checkDurability(ctx, a.rdb, a.log)
+	checkDurability(ctx, a.rdb, cfg.Redis.WaitReplicas, a.log)
 
 	// NATS: the configured servers, or the embedded one.
 	url := cfg.NATS.URL
@@ -215,6 +216,10 @@ func (a *App) run(ctx context.Context) (err error) {
 		storeOpts = append(storeOpts, store.WithClock(a.opts.Now))
 		workerNow = a.opts.Now
 	}
+	repl := replsync.New(a.rdb, cfg.Redis.Prefix, cfg.Redis.WaitReplicas, cfg.Redis.WaitTimeout)
+	if repl != nil {
+		storeOpts = append(storeOpts, store.WithBarrier(repl))
+	}
 	a.store = store.New(a.rdb, cfg.Redis.Prefix, storeOpts...)
 	a.dir, err = companies.New(a.rdb, cfg.Redis.Prefix, cfg.Companies)
 	if err != nil {
@@ -254,6 +259,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		Redis: a.rdb, KeyPrefix: cfg.Redis.Prefix, JetStream: a.js,
 		Samples: notifier.StreamSamples{Stream: verdicts}, Directory: directory(a.dir),
 		Registerer: a.reg, Logger: a.log, Now: a.opts.Now, Links: desk.NewLinks(cfg.Desk).URL,
+		Replicated: barrier(repl),
 	})
 	if err != nil {
 		return err
@@ -491,4 +497,13 @@ func (a *App) reloadConfig() error {
 	a.cfg.Store(cfg)
 	a.log.Info("config reloaded", "threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(cfg.Companies), "tokens", len(cfg.Auth.Tokens))
 	return nil
+}
+
+// barrier is the notifier's view of repl: nil stays nil (an interface
+// holding a nil *Barrier would not be).
+func barrier(repl *replsync.Barrier) notifier.Barrier {
+	if repl == nil {
+		return nil
+	}
+	return repl
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -174,5 +175,31 @@ func TestStartupWaitsForRedisAndNATS(t *testing.T) {
 	}
 	if c, body := get("/readyz"); c != 200 {
 		t.Fatalf("readyz after start: %d %s", c, body)
+	}
+}
+
+// TestDurabilityCheckSeesReplicas: the start-up check warns of a master
+// with replicas but no replication wait, and of a wait for more replicas
+// than a master has; a wait a master can meet is not warned of.
+func TestDurabilityCheckSeesReplicas(t *testing.T) {
+	ctx := context.Background()
+	master, _ := testutil.RedisPair(t)
+	has := func(ws []string, sub string) bool {
+		for _, w := range ws {
+			if strings.Contains(w, sub) {
+				return true
+			}
+		}
+		return false
+	}
+	log := slog.New(slog.DiscardHandler)
+	if ws := checkDurability(ctx, master, 0, log); !has(ws, "wait_replicas is 0") || !has(ws, "appendonly is no") {
+		t.Errorf("no wait on a master with a replica: %q", ws)
+	}
+	if ws := checkDurability(ctx, master, 1, log); has(ws, "wait_replicas") {
+		t.Errorf("a wait the master meets was warned of: %q", ws)
+	}
+	if ws := checkDurability(ctx, master, 2, log); !has(ws, "wait_replicas is 2 but master") {
+		t.Errorf("a wait for more replicas than there are: %q", ws)
 	}
 }

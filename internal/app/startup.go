@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -75,35 +77,80 @@ func ignoreNil(err error) error {
 
 // checkDurability warns when Redis is set up in a way that can lose
 // counted events, suspensions or notices: exact counting is as durable as
-// Redis. It needs CONFIG GET; a managed Redis that refuses it is told so
-// once.
-func checkDurability(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger) []string {
-	get := func(key string) (string, error) {
-		v, err := rdb.ConfigGet(ctx, key).Result()
-		if err != nil {
-			return "", err
-		}
-		return v[key], nil
+// Redis. It checks every master of a Cluster. It needs CONFIG GET; a
+// managed Redis that refuses it is told so once.
+func checkDurability(ctx context.Context, rdb redis.UniversalClient, waitReplicas int, log *slog.Logger) []string {
+	var (
+		mu              sync.Mutex
+		warnings, notes []string
+	)
+	check := func(ctx context.Context, c *redis.Client) error {
+		w, n, err := durabilityOf(ctx, c, waitReplicas)
+		mu.Lock()
+		warnings, notes = append(warnings, w...), append(notes, n...)
+		mu.Unlock()
+		return err
 	}
-	var warnings []string
-	aof, err := get("appendonly")
+	var err error
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, check)
+	case *redis.Client:
+		err = check(ctx, c)
+	}
 	if err != nil {
-		log.Info("cannot check Redis persistence (CONFIG GET refused); exact counting needs AOF and maxmemory-policy noeviction", "err", err)
+		log.Info("cannot check Redis persistence (CONFIG GET or INFO refused); exact counting needs AOF and maxmemory-policy noeviction", "err", err)
 		return nil
 	}
-	if aof != "yes" {
-		warnings = append(warnings, "appendonly is "+aof+": a Redis restart loses every window, suspension and notice state (set appendonly yes)")
-	} else if fsync, err := get("appendfsync"); err == nil && fsync != "always" {
-		log.Info("Redis appendfsync is "+fsync+": a crash of the Redis host can lose the last second of writes; "+
-			"events counted then are counted again and a suspension can repeat (appendfsync always closes it)", "appendfsync", fsync)
+	slices.Sort(notes)
+	for _, n := range slices.Compact(notes) {
+		log.Info(n)
 	}
-	if policy, err := get("maxmemory-policy"); err == nil && policy != "noeviction" {
-		warnings = append(warnings, "maxmemory-policy is "+policy+": Redis may evict windows and account state (set noeviction)")
-	}
+	slices.Sort(warnings)
+	warnings = slices.Compact(warnings)
 	for _, w := range warnings {
 		log.Warn("Redis is not durable enough for exact counting: "+w, "see", "docs/redis.md")
 	}
 	return warnings
+}
+
+// durabilityOf checks one master.
+func durabilityOf(ctx context.Context, c *redis.Client, waitReplicas int) (warnings, notes []string, err error) {
+	conf, err := c.ConfigGet(ctx, "*").Result()
+	if err != nil {
+		return nil, nil, err
+	}
+	if aof := conf["appendonly"]; aof != "yes" {
+		warnings = append(warnings, "appendonly is "+aof+": a Redis restart loses every window, suspension and notice state (set appendonly yes)")
+	} else if fsync := conf["appendfsync"]; fsync != "always" && waitReplicas == 0 {
+		notes = append(notes, "Redis appendfsync is "+fsync+": a crash of the Redis host can lose the last second of writes; "+
+			"events counted then are counted again and a suspension can repeat (appendfsync always, or replicas and redis.wait_replicas, close it)")
+	}
+	if policy := conf["maxmemory-policy"]; policy != "noeviction" {
+		warnings = append(warnings, "maxmemory-policy is "+policy+": Redis may evict windows and account state (set noeviction)")
+	}
+	info, err := c.Info(ctx, "replication").Result()
+	if err != nil {
+		return warnings, notes, err
+	}
+	replicas, _ := strconv.Atoi(infoValue(info, "connected_slaves"))
+	switch {
+	case waitReplicas == 0 && replicas > 0:
+		warnings = append(warnings, fmt.Sprintf("a master has %d replicas but redis.wait_replicas is 0: a failover can lose writes aupd has acknowledged (set redis.wait_replicas: 1)", replicas))
+	case waitReplicas > replicas:
+		warnings = append(warnings, fmt.Sprintf("redis.wait_replicas is %d but master %s has %d connected replicas: nothing is acknowledged until enough replicas are back", waitReplicas, c.Options().Addr, replicas))
+	}
+	return warnings, notes, nil
+}
+
+// infoValue reads one field of an INFO reply.
+func infoValue(info, name string) string {
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // startupHandler serves the HTTP listener until everything runs, then

@@ -146,6 +146,15 @@ type Redis struct {
 	// and refused together with a configured address: a production aupd
 	// must never run on an empty Redis of its own.
 	Autostart bool `yaml:"autostart"`
+	// WaitReplicas, when above 0, makes aupd wait until that many replicas
+	// of each master hold its writes (WAIT) before it acknowledges what
+	// they decided: a verdict, a notice's delivery. Set it to 1 with a
+	// Redis Cluster or Sentinel, so that a failover loses nothing that was
+	// acknowledged. 0 (default): no wait, for a standalone Redis.
+	WaitReplicas int `yaml:"wait_replicas"`
+	// WaitTimeout bounds one wait; a wait that times out is retried, and
+	// nothing is acknowledged meanwhile. Default 1s.
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
 }
 
 // AUP is the provider's AUP rule.
@@ -173,7 +182,7 @@ func Default() *Config {
 			Dead:     Stream{Name: "AUP_DEAD_LETTERS", MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
 			Consumer: Consumer{Durable: "aupd-worker", Batch: 500, MaxWait: 100 * time.Millisecond, Workers: 4, AckWait: 30 * time.Second, MaxAckPending: 20000, RetryMin: time.Second, RetryMax: time.Minute, MaxDeliver: 200},
 		},
-		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup"},
+		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup", WaitTimeout: time.Second},
 		AUP: AUP{
 			Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50, MaxTracked: 0,
 			Directions: []rules.Direction{rules.Outbound, rules.Inbound, rules.Complaint},
@@ -382,6 +391,12 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Redis.Addrs) == 0 {
 		bad("redis.addrs: at least one address is needed")
+	}
+	if c.Redis.WaitReplicas < 0 || c.Redis.WaitReplicas > 5 {
+		bad("redis.wait_replicas: %d is not 0 to 5", c.Redis.WaitReplicas)
+	}
+	if c.Redis.WaitReplicas > 0 && (c.Redis.WaitTimeout < 10*time.Millisecond || c.Redis.WaitTimeout > 10*time.Second) {
+		bad("redis.wait_timeout: %s is not 10ms to 10s", c.Redis.WaitTimeout)
 	}
 	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
 		bad("redis.prefix: %q must be non-empty, without braces or spaces", c.Redis.Prefix)

@@ -134,31 +134,16 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	groups := s.groupBySlot(batches)
 	keys := make([][]string, len(groups))
 	args := make([][]any, len(groups))
+	var buf []byte
 	for g, idx := range groups {
-		k := make([]string, 0, 6*len(idx))
-		a := make([]any, 0, 5+16*len(idx))
+		k := make([]string, 0, len(idx))
+		a := make([]any, 0, 5+len(idx))
 		a = append(a, nowMS, p.Window.Milliseconds(), p.Skew.Milliseconds(), rebaseAfter(p.Window, p.Skew), len(idx))
 		for _, i := range idx {
-			b := batches[i]
-			k = append(k, s.key(b.Account, sufState), s.key(b.Account, sufWindow), s.key(b.Account, sufStats),
-				s.key(b.Account, sufHistory), s.key(b.Account, sufOutbox), s.key(b.Account, sufLegacy))
-			a = append(a, b.Threshold, b.Cap, string(b.Action), p.NewID(), b.Company, b.Account)
-			a = appendStats(a, b.Items, lo)
-			nAt := len(a)
-			a = append(a, 0)
-			n := 0
-			for _, it := range b.Items {
-				if !it.Counting {
-					continue
-				}
-				ref := ""
-				if it.Seq != 0 {
-					ref = fingerprint4(it.Fingerprint) + strconv.FormatUint(it.Seq, 10)
-				}
-				a = append(a, member(it.ID), ms(it.Time), int(it.Kind), ref)
-				n++
-			}
-			a[nAt] = n
+			b := &batches[i]
+			k = append(k, s.key(b.Account, sufState))
+			buf = packBatch(buf[:0], b, p.NewID(), lo)
+			a = append(a, string(buf))
 		}
 		keys[g], args[g] = k, a
 	}
@@ -183,7 +168,31 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 			results[i] = parseIngest(vals[j], batches[i].Items, lo)
 		}
 	}
+	s.await(ctx, batches, results)
 	return results, nil
+}
+
+// await holds back the results until replicas hold the writes behind them
+// (redis.wait_replicas): an account whose master did not confirm in time
+// fails with a transient error, and its verdicts are redelivered, counted
+// once and awaited again.
+func (s *Store) await(ctx context.Context, batches []Batch, results []Result) {
+	if s.barrier == nil {
+		return
+	}
+	accounts := make([]string, 0, len(results))
+	for i, r := range results {
+		if r.Err == nil {
+			accounts = append(accounts, batches[i].Account)
+		}
+	}
+	if err := s.barrier.Wait(ctx, accounts...); err != nil {
+		for i := range results {
+			if results[i].Err == nil {
+				results[i] = Result{Err: err}
+			}
+		}
+	}
 }
 
 // maxAccountsPerCall bounds the accounts of one script call, so that one
@@ -219,38 +228,93 @@ func (s *Store) groupBySlot(batches []Batch) [][]int {
 	return groups
 }
 
-// fingerprint4 shortens a fingerprint to the 4 bytes a sample keeps
+// appendFingerprint4 appends the 4 bytes a sample keeps of a fingerprint
 // (FNV-1a): enough to tell the messages of three samples apart.
-func fingerprint4(fp string) string {
+func appendFingerprint4(buf []byte, fp string) []byte {
 	h := fnv.New32a()
 	h.Write([]byte(fp))
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], h.Sum32())
-	return string(b[:])
+	return binary.BigEndian.AppendUint32(buf, h.Sum32())
 }
 
-// appendStats adds the statistics-only items as hourly buckets, one per
-// (kind, hour): field "<kind>.<hour mod 24>", hour, increment.
-func appendStats(a []any, items []Item, lo int64) []any {
-	type bucket struct {
-		kind rules.Kind
-		hour int64
+// packBatch appends an account's batch in the script's packed form (see
+// ingest.lua): a fixed header, 25 bytes per counting event, the
+// statistics buckets, then the strings only a crossing reads.
+func packBatch(buf []byte, b *Batch, newID string, lo int64) []byte {
+	be := binary.BigEndian
+	action := byte(1)
+	if b.Action != rules.ActionSuspend {
+		action = 2
 	}
-	var buckets map[bucket]int
+	buckets := hourBuckets(b.Items, lo)
+	n := 0
+	for _, it := range b.Items {
+		if it.Counting {
+			n++
+		}
+	}
+	buf = be.AppendUint32(buf, uint32(b.Threshold))
+	buf = be.AppendUint32(buf, uint32(b.Cap))
+	buf = append(buf, action)
+	buf = be.AppendUint32(buf, uint32(len(buckets)))
+	buf = be.AppendUint32(buf, uint32(n))
+	for _, it := range b.Items {
+		if !it.Counting {
+			continue
+		}
+		buf = appendMember(buf, it.ID)
+		buf = be.AppendUint64(buf, uint64(ms(it.Time)))
+		buf = append(buf, byte(it.Kind))
+		var seq [8]byte
+		be.PutUint64(seq[:], it.Seq&(1<<48-1))
+		buf = append(buf, seq[2:]...)
+		if it.Seq != 0 {
+			buf = appendFingerprint4(buf, it.Fingerprint)
+		} else {
+			buf = append(buf, 0, 0, 0, 0)
+		}
+	}
+	for _, bk := range buckets {
+		field := strconv.Itoa(int(bk.kind)) + "." + strconv.FormatInt(bk.hour%24, 10)
+		buf = be.AppendUint16(buf, uint16(len(field)))
+		buf = append(buf, field...)
+		buf = be.AppendUint32(buf, uint32(bk.hour))
+		buf = be.AppendUint32(buf, uint32(bk.n))
+	}
+	for _, str := range [...]string{newID, b.Company, b.Account} {
+		buf = be.AppendUint16(buf, uint16(len(str)))
+		buf = append(buf, str...)
+	}
+	return buf
+}
+
+type hourBucket struct {
+	kind rules.Kind
+	hour int64
+	n    int
+}
+
+// hourBuckets folds the statistics-only items into hourly buckets, one
+// per (kind, hour), in the order they first appear.
+func hourBuckets(items []Item, lo int64) []hourBucket {
+	var out []hourBucket
 	for _, it := range items {
 		if it.Counting || ms(it.Time) <= lo {
 			continue
 		}
-		if buckets == nil {
-			buckets = map[bucket]int{}
+		h := ms(it.Time) / hourMS
+		found := false
+		for i := range out {
+			if out[i].kind == it.Kind && out[i].hour == h {
+				out[i].n++
+				found = true
+				break
+			}
 		}
-		buckets[bucket{it.Kind, ms(it.Time) / hourMS}]++
+		if !found {
+			out = append(out, hourBucket{it.Kind, h, 1})
+		}
 	}
-	a = append(a, len(buckets))
-	for b, n := range buckets {
-		a = append(a, strconv.Itoa(int(b.kind))+"."+strconv.FormatInt(b.hour%24, 10), b.hour, n)
-	}
-	return a
+	return out
 }
 
 const hourMS = int64(time.Hour / time.Millisecond)
@@ -262,7 +326,7 @@ func parseIngest(v any, items []Item, lo int64) Result {
 			return Result{Err: classifyScript(msg[1:])}
 		}
 	}
-	if len(vals) != 6 {
+	if len(vals) != 3 && len(vals) != 6 {
 		return Result{Err: Permanent(fmt.Errorf("ingest script returned %d values", len(vals)))}
 	}
 	outs, _ := vals[0].(string)
@@ -284,6 +348,9 @@ func parseIngest(v any, items []Item, lo int64) Result {
 	}
 	r.Count = int(toInt(vals[1]))
 	r.Capped = toInt(vals[2]) == 1
+	if len(vals) == 3 {
+		return r // nothing to publish
+	}
 	cr, _ := vals[3].(string)
 	r.Crossing = rules.Action(cr)
 	r.ID, _ = vals[4].(string)

@@ -7,19 +7,25 @@
 -- it has: one HMGET of the state, ZMSCORE of the new ids, ZCOUNT, one ZADD,
 -- and writes only where something changed.
 --
--- KEYS: 6 per account: state HASH, window ZSET, statistics HASH,
---       history LIST, outbox LIST, v1 statistics ZSET
+-- KEYS: 1 per account, its state HASH <prefix>:{<account>}:s; its other
+--       keys share the name but for the last letter (w window ZSET,
+--       t statistics HASH, h history LIST, o outbox LIST, x v1 statistics
+--       ZSET), and so its Cluster slot
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME): one clock for every
 --         process, so that skewed hosts cannot count a trimmed id twice
 -- ARGV[2] window (ms)   ARGV[3] future skew (ms)
 -- ARGV[4] rebase the window's scores after (ms)   ARGV[5] number of accounts
--- then per account: threshold, cap, action on crossing (suspend | report),
---   id for a new suspension or report, company, account,
---   the number of statistics buckets, then 3 per bucket: field
---   ("<kind>.<hour mod 24>"), hour (ms / 3600000), increment;
---   the number of counting events, then 4 per event: member (6-byte id
---   hash), time (ms), kind (direction*4+verdict), sample (4-byte
---   fingerprint then the stream sequence, or "")
+-- ARGV[5+a] account a's batch, packed big-endian (one string: Lua makes
+--   one string for it, and numbers unpack without parsing text):
+--   threshold I4, cap I4, action B (1 suspend, 2 report), statistics
+--   buckets I4, counting events I4;
+--   per counting event 25 bytes: member c6 (id hash), time I8 (ms),
+--   kind B (direction*4+verdict), stream sequence I6 (0: no sample),
+--   fingerprint c4;
+--   per statistics bucket: field I2+c0 ("<kind>.<hour mod 24>"), hour I4
+--   (ms / 3600000), increment I4;
+--   then, read only on a crossing: id for a new suspension or report,
+--   company, account, each I2+c0
 --
 -- The window holds the counting events: member = id hash, score =
 -- (time - base) * 16 + kind, where base (state field wb, in hours) keeps
@@ -32,13 +38,17 @@
 -- window carry a TTL and expire once past the window plus the skew. A
 -- crossing (or any change through apply.lua) makes the record durable.
 --
--- Returns, per account, {outcomes, count, capped, crossing, id, pending
--- outbox entries}, or {"!" .. error} when its part failed. outcomes has one
+-- Returns, per account, {outcomes, count, capped} when nothing is to be
+-- published, else {outcomes, count, capped, crossing, id, pending outbox
+-- entries}; or {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
 -- window or before the last reinstatement), k counted at the cap.
--- Globals cost a table lookup each time: the hot path uses locals.
+-- Globals cost a table lookup each time: the hot path uses locals. Tables
+-- cost more than commands here, so the hot path makes few: per-event
+-- values live in arrays reused from one account to the next.
 local KEYS, ARGV, tonumber, pcall, type, tostring = KEYS, ARGV, tonumber, pcall, type, tostring
 local rcall, mfloor, mmax, mmin = redis.call, math.floor, math.max, math.min
+local unpack_, ssub, sformat = struct.unpack, string.sub, string.format
 local now = tonumber(ARGV[1])
 if now == 0 then
   local t = rcall('TIME')
@@ -68,20 +78,47 @@ local function iso(ms)
 end
 
 local function fail(msg) error({err = msg}) end
-local NONE = {} -- an empty reply, shared
+-- The events of the account being worked on, reused from one account to
+-- the next (entries past n are stale and never read).
+local EM, ET, EK, ES, EF = {}, {}, {}, {}, {} -- member, time, kind, sequence, fingerprint offset
+local ADD, OUT, HSET = {}, {}, {} -- new events' indexes, outcome letters, HSET arguments
+local function clear(t) for i = #t, 1, -1 do t[i] = nil end end
 
--- one account: keys KEYS[k+1..k+6], arguments from ARGV[p]
-local function one(k, p)
-  local st, win, stats, hist, outbox, legacy = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
-  local threshold, cap = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
-  local action, newid, company, account = ARGV[p + 2], ARGV[p + 3], ARGV[p + 4], ARGV[p + 5]
-  local nstats = tonumber(ARGV[p + 6])
-  local sp = p + 7 -- statistics triples
-  local ep = sp + 3 * nstats + 1 -- counting events, 4 each
-  local n = tonumber(ARGV[ep - 1])
+-- Evidence samples: up to three in field smp, 14 bytes each; expired ones
+-- are dropped (changed is then true).
+local function read_samples(st, smp_s, v1, wlo)
+  local smp, changed = {}, false
+  local function keep(t, fp, seq)
+    if t * 1000 > wlo then smp[#smp + 1] = {t = t, fp = fp, seq = seq} else changed = true end
+  end
+  if v1 then -- "ms|fingerprint|seq" in smp:1..3
+    for _, v in ipairs(rcall('HMGET', st, 'smp:1', 'smp:2', 'smp:3')) do
+      local t, fp, seq = string.match(v or '', '^(%d+)|([^|]*)|(%d+)$')
+      if t then keep(mfloor(tonumber(t) / 1000), ssub(fp .. '0000', 1, 4), tonumber(seq)) end
+    end
+    changed = true
+  elseif smp_s then
+    for i = 1, #smp_s - 13, 14 do
+      local t, fp, seq = unpack_(SMP, smp_s, i)
+      keep(t, fp, seq)
+    end
+  end
+  return smp, changed
+end
+
+-- one account: its state key and its packed batch
+local function one(st, b)
+  local kb = ssub(st, 1, -2) -- the account's key name but for the last letter
+  local win = kb .. 'w'
+  local threshold, cap, act, nstats, n, pos = unpack_('>I4I4BI4I4', b)
+  for j = 1, n do
+    EM[j], ET[j], EK[j], ES[j] = unpack_('>c6I8BI6', b, pos)
+    EF[j] = pos + 21
+    pos = pos + 25
+  end
+  local sp = pos -- statistics buckets, then the crossing's strings
 
   -- The state the hot path needs, in one HMGET; a crossing reads the rest.
-  -- (Lua tables cost more here than commands: the hot path makes few.)
   local hv = rcall('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob')
   local created, aup, report, floor_s, smp_s, wb, we_s, ob = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8]
   -- aupd v1 always wrote created, never wb, and kept samples in smp:1..3
@@ -93,10 +130,18 @@ local function one(k, p)
   local base = nil -- the window's score base; wb is in hours, to stay short
   if wb then base = tonumber(wb) * HOUR end
 
-  local scur
+  local stats, sf, scur
+  local tp = sp -- the crossing's strings
   if nstats > 0 then
+    stats = kb .. 't'
+    sf = {}
     local f = {}
-    for j = 1, nstats do f[j] = ARGV[sp + 3 * (j - 1)] end
+    for j = 1, nstats do
+      local fj, hour, inc, nq = unpack_('>I2c0I4I4', b, tp) -- c0 takes the length before it
+      sf[3 * j - 2], sf[3 * j - 1], sf[3 * j] = fj, hour, inc
+      f[j] = fj
+      tp = nq
+    end
     f[nstats + 1] = '_e'
     scur = rcall('HMGET', stats, unpack(f))
   end
@@ -109,6 +154,7 @@ local function one(k, p)
   local kept, nkept = nil, 0 -- in rewrite mode: member -> {t, kind}
   local count, known, known1 = 0, nil, false
   local maxt = 0 -- the newest event time the window holds after this batch
+  local bound -- the window's lowest score that still counts, minus one, as text
   if rewrite then
     kept = {}
     local old = base or 0
@@ -121,7 +167,7 @@ local function one(k, p)
       local d = mfloor(sc / 16)
       local t = old + d
       if t > wlo then
-        kept[string.sub(z[j], 1, 6)] = {t, sc - d * 16}
+        kept[ssub(z[j], 1, 6)] = {t, sc - d * 16}
         count = count + 1
         if t > maxt then maxt = t end
       end
@@ -129,14 +175,13 @@ local function one(k, p)
     nkept = count
     base = mfloor(now / HOUR) * HOUR
   elseif base then
+    bound = sformat('%d', (wlo - base) * 16 + 15)
     if n == 1 then
-      known1 = rcall('ZSCORE', win, ARGV[ep])
+      known1 = rcall('ZSCORE', win, EM[1])
     elseif n > 1 then
-      local m = {}
-      for j = 1, n do m[j] = ARGV[ep + 4 * (j - 1)] end
-      known = rcall('ZMSCORE', win, unpack(m))
+      known = rcall('ZMSCORE', win, unpack(EM, 1, n))
     end
-    count = rcall('ZCOUNT', win, '(' .. ((wlo - base) * 16 + 15), '+inf')
+    count = rcall('ZCOUNT', win, '(' .. bound, '+inf')
   end
 
   -- A reported crossing holds while the count stays above the threshold;
@@ -144,11 +189,12 @@ local function one(k, p)
   local reported = report and count > threshold
   local frozen = aup or reported
 
-  -- Decide each event: add holds the ARGV positions of the new ones.
-  local out, add, seen = {}, {}, nil
+  -- Decide each event: ADD holds the indexes of the new ones.
+  local add, out, seen = ADD, OUT, nil
+  clear(add)
+  local outs
   for j = 1, n do
-    local q = ep + 4 * (j - 1)
-    local m, t = ARGV[q], tonumber(ARGV[q + 1])
+    local m, t = EM[j], ET[j]
     local r
     if t <= wlo then
       r = 'l'
@@ -159,47 +205,28 @@ local function one(k, p)
         seen = seen or {}
         seen[m] = true
       end
-      add[#add + 1] = q
+      add[#add + 1] = j
       if count + #add > cap then r = 'k' else r = 'c' end
       if t > maxt then maxt = t end
     end
-    out[j] = r
+    if n == 1 then outs = r else out[j] = r end
   end
-  local total = mmin(count + #add, cap)
-  local capped = count + #add > cap -- events were dropped: the real count is higher
+  if n > 1 then outs = table.concat(out, '', 1, n) end
+  outs = outs or ''
+  local nadd = #add
+  local total = mmin(count + nadd, cap)
+  local capped = count + nadd > cap -- events were dropped: the real count is higher
 
-  -- Evidence samples: up to three in field smp, 14 bytes each, so that the
-  -- field stays short enough for the hash's compact encoding; they prefer
-  -- different fingerprints, and expired ones are dropped. Read only when
-  -- they may change.
-  local smp, smp_changed, smp_read = {}, false, false
-  local function read_samples()
-    if smp_read then return end
-    smp_read = true
-    local function keep(t, fp, seq)
-      if t * 1000 > wlo then smp[#smp + 1] = {t = t, fp = fp, seq = seq} else smp_changed = true end
-    end
-    if v1 then -- "ms|fingerprint|seq" in smp:1..3
-      for _, v in ipairs(rcall('HMGET', st, 'smp:1', 'smp:2', 'smp:3')) do
-        local t, fp, seq = string.match(v or '', '^(%d+)|([^|]*)|(%d+)$')
-        if t then keep(mfloor(tonumber(t) / 1000), string.sub(fp .. '0000', 1, 4), tonumber(seq)) end
-      end
-      smp_changed = true
-    elseif smp_s then
-      for i = 1, #smp_s - 13, 14 do
-        local t, fp, seq = struct.unpack(SMP, smp_s, i)
-        keep(t, fp, seq)
-      end
-    end
-  end
-  if v1 then read_samples() end
+  -- Evidence samples: up to three, preferring different fingerprints.
+  -- Read only when they may change.
+  local smp, smp_changed = nil, false
+  if v1 then smp, smp_changed = read_samples(st, smp_s, v1, wlo) end
   if not frozen then
-    for _, q in ipairs(add) do
-      local ref = ARGV[q + 3]
-      if #ref > 4 then
-        read_samples()
-        local fp, seq = string.sub(ref, 1, 4), tonumber(string.sub(ref, 5))
-        local t = mfloor(tonumber(ARGV[q + 1]) / 1000)
+    for _, j in ipairs(add) do
+      if ES[j] > 0 then
+        if not smp then smp, smp_changed = read_samples(st, smp_s, v1, wlo) end
+        local fp, seq = ssub(b, EF[j], EF[j] + 3), ES[j]
+        local t = mfloor(ET[j] / 1000)
         local slot
         if #smp < 3 then
           slot = #smp + 1
@@ -223,10 +250,12 @@ local function one(k, p)
   end
 
   -- A crossing: the count exceeds the threshold and nothing is in force.
+  local action = act == 1 and 'suspend' or 'report'
   local crossing = total > threshold and not aup and not (action == 'report' and reported)
-  local x, counts
+  local x, counts, hist, outbox
   if crossing then
-    read_samples()
+    hist, outbox = kb .. 'h', kb .. 'o'
+    if not smp then smp, smp_changed = read_samples(st, smp_s, v1, wlo) end
     x = {}
     local XF = {'ver', 'company', 'status', 'sus:send', 'sus:receive', 'sus:imap', 'sus:pop3', 'sus:webmail', 'sus:webmail_send'}
     local xv = rcall('HMGET', st, unpack(XF))
@@ -236,15 +265,15 @@ local function one(k, p)
     if rewrite then
       for _, v in pairs(kept) do all[#all + 1] = v end
     else
-      local z = rcall('ZRANGE', win, '(' .. ((wlo - base) * 16 + 15), '+inf', 'BYSCORE', 'WITHSCORES')
+      local z = rcall('ZRANGE', win, '(' .. bound, '+inf', 'BYSCORE', 'WITHSCORES')
       for j = 1, #z, 2 do
         local sc = tonumber(z[j + 1])
         local d = mfloor(sc / 16)
         all[#all + 1] = {base + d, sc - d * 16}
       end
     end
-    for _, q in ipairs(add) do all[#all + 1] = {tonumber(ARGV[q + 1]), tonumber(ARGV[q + 2])} end
-    table.sort(all, function(a, b) return a[1] > b[1] end)
+    for _, j in ipairs(add) do all[#all + 1] = {ET[j], EK[j]} end
+    table.sort(all, function(a, c) return a[1] > c[1] end)
     counts = {0, 0, 0}
     for i = 1, mmin(#all, cap) do
       local dir = mfloor(all[i][2] / 4) + 1
@@ -258,37 +287,38 @@ local function one(k, p)
   end
 
   -------------------------------------------------------------- writes --
-  local hset = {nil, nil, nil, nil, nil, nil, nil, nil} -- room for the usual few
+  local hset = HSET
+  clear(hset)
   if rewrite then
-    if base or created then rcall('DEL', win, legacy) else rcall('DEL', win) end
+    if base or created then rcall('DEL', win, kb .. 'x') else rcall('DEL', win) end
     local z = {}
     for m, v in pairs(kept) do z[#z + 1] = (v[1] - base) * 16 + v[2]; z[#z + 1] = m end
-    for _, q in ipairs(add) do z[#z + 1] = (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]); z[#z + 1] = ARGV[q] end
+    for _, j in ipairs(add) do z[#z + 1] = (ET[j] - base) * 16 + EK[j]; z[#z + 1] = EM[j] end
     for i = 1, #z, 8000 do
       rcall('ZADD', win, unpack(z, i, mmin(i + 7999, #z)))
     end
     if #z > 0 then hset[#hset + 1] = 'wb'; hset[#hset + 1] = base / HOUR end
     if v1 then rcall('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
   elseif base then
-    if count > 0 or #add > 0 then
-      rcall('ZREMRANGEBYSCORE', win, '-inf', (wlo - base) * 16 + 15)
+    if count > 0 or nadd > 0 then
+      rcall('ZREMRANGEBYSCORE', win, '-inf', bound)
     end
-    if #add == 1 then
-      local q = add[1]
-      rcall('ZADD', win, (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]), ARGV[q])
-    elseif #add > 1 then
+    if nadd == 1 then
+      local j = add[1]
+      rcall('ZADD', win, (ET[j] - base) * 16 + EK[j], EM[j])
+    elseif nadd > 1 then
       local z = {}
-      for _, q in ipairs(add) do z[#z + 1] = (tonumber(ARGV[q + 1]) - base) * 16 + tonumber(ARGV[q + 2]); z[#z + 1] = ARGV[q] end
+      for _, j in ipairs(add) do z[#z + 1] = (ET[j] - base) * 16 + EK[j]; z[#z + 1] = EM[j] end
       rcall('ZADD', win, unpack(z))
     end
   end
-  if count + #add > cap then
-    rcall('ZREMRANGEBYRANK', win, 0, count + #add - cap - 1)
+  if count + nadd > cap then
+    rcall('ZREMRANGEBYRANK', win, 0, count + nadd - cap - 1)
   end
 
   if smp_changed then
     local parts = {}
-    for i, s in ipairs(smp) do parts[i] = struct.pack(SMP, s.t, s.fp, s.seq) end
+    for i, v in ipairs(smp) do parts[i] = struct.pack(SMP, v.t, v.fp, v.seq) end
     if #parts > 0 then hset[#hset + 1] = 'smp'; hset[#hset + 1] = table.concat(parts) else rcall('HDEL', st, 'smp') end
   end
   if report and not reported and not (crossing and action == 'report') then
@@ -298,7 +328,8 @@ local function one(k, p)
   local id = ''
   local durable = created
   if crossing then
-    id = newid
+    local company, account
+    id, company, account = unpack_('>I2c0I2c0I2c0', b, tp)
     local q = cjson.encode
     local nowstr = iso(now)
     local startstr = iso(wlo)
@@ -316,7 +347,7 @@ local function one(k, p)
     end
     if action == 'suspend' then svcjson = '["send","webmail_send"]' end
     local seqs = {}
-    for i, s in ipairs(smp) do seqs[i] = string.format('%.0f', s.seq) end
+    for i, v in ipairs(smp) do seqs[i] = sformat('%.0f', v.seq) end
     -- The crossing's record, built once: stored as last_aup, and carried
     -- by the outbox entry from which Go builds the account event.
     local sus = '{"id":' .. q(id) .. ',"action":' .. q(action) .. ',"services":' .. svcjson ..
@@ -352,7 +383,7 @@ local function one(k, p)
   if maxt > 0 then we = mmax(we, math.ceil((maxt + window + skew) / HOUR)) end
   if we > we_old then hset[#hset + 1] = 'we'; hset[#hset + 1] = we end
   if #hset > 0 then rcall('HSET', st, unpack(hset)) end
-  if we > we_old or (rewrite and nkept + #add > 0) then rcall('PEXPIRE', win, we * HOUR - now) end
+  if we > we_old or (rewrite and nkept + nadd > 0) then rcall('PEXPIRE', win, we * HOUR - now) end
   if crossing then
     rcall('PERSIST', st)
   elseif not durable and #hset > 0 then
@@ -363,14 +394,13 @@ local function one(k, p)
   if nstats > 0 then
     local sset = {}
     for j = 1, nstats do
-      local q = sp + 3 * (j - 1)
-      local hour, inc = tonumber(ARGV[q + 1]), tonumber(ARGV[q + 2])
+      local f, hour, inc = sf[3 * j - 2], sf[3 * j - 1], sf[3 * j]
       local ch, cn = string.match(scur[j] or '', '^(%d+):(%d+)$')
       ch, cn = tonumber(ch or '0'), tonumber(cn or '0')
       if hour > ch then
-        sset[#sset + 1] = ARGV[q]; sset[#sset + 1] = hour .. ':' .. inc
+        sset[#sset + 1] = f; sset[#sset + 1] = sformat('%d:%d', hour, inc)
       elseif hour == ch then
-        sset[#sset + 1] = ARGV[q]; sset[#sset + 1] = ch .. ':' .. (cn + inc)
+        sset[#sset + 1] = f; sset[#sset + 1] = sformat('%d:%d', ch, cn + inc)
       end -- an older hour than the slot holds: too late to count
     end
     local se = mfloor(now / HOUR) + 26
@@ -383,20 +413,15 @@ local function one(k, p)
     if se then rcall('PEXPIRE', stats, se * HOUR - now) end
   end
 
-  local pending = NONE
-  if crossing or ob then pending = rcall('LRANGE', outbox, 0, 99) end
-  local outs = out[1] or ''
-  if n > 1 then outs = table.concat(out) end
-  return {outs, total, capped and 1 or 0, crossing and action or '', id, pending}
+  if crossing or ob then
+    return {outs, total, capped and 1 or 0, crossing and action or '', id, rcall('LRANGE', kb .. 'o', 0, 99)}
+  end
+  return {outs, total, capped and 1 or 0}
 end
 
 local results = {}
-local p = 6
 for a = 1, tonumber(ARGV[5]) do
-  local nstats = tonumber(ARGV[p + 6])
-  local q = p + 7 + 3 * nstats
-  local nxt = q + 1 + 4 * tonumber(ARGV[q])
-  local ok, r = pcall(one, (a - 1) * 6, p)
+  local ok, r = pcall(one, KEYS[a], ARGV[5 + a])
   if ok then
     results[a] = r
   elseif type(r) == 'table' and r.err then
@@ -404,6 +429,5 @@ for a = 1, tonumber(ARGV[5]) do
   else
     results[a] = {'!' .. tostring(r)} -- a Redis error as text, or a Lua runtime error
   end
-  p = nxt
 end
 return results

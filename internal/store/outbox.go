@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -114,6 +115,11 @@ func (s *Store) FlushOutbox(ctx context.Context, address string, pub Publisher) 
 	}
 	if len(raw) == 0 {
 		return 0, nil
+	}
+	// Published only once replicas hold the change that queued it: a
+	// failover must not take back what the event announces.
+	if err := s.barrier.Wait(ctx, address); err != nil {
+		return 0, err
 	}
 	d := Settled{Account: address}
 	var bad error
@@ -229,13 +235,13 @@ func (s *Store) SweepOutboxes(ctx context.Context, pub Publisher) (int, error) {
 			n, err := s.FlushOutbox(ctx, a, pub)
 			total += n
 			if err != nil {
-				first = cmpOr(first, err)
+				first = cmp.Or(first, err)
 				continue
 			}
 			// Off the index once empty; an entry written meanwhile puts
 			// it back (its writer indexes it before writing).
 			if err := s.rdb.SRem(ctx, s.idxOutbox(), a).Err(); err != nil {
-				first = cmpOr(first, wrap("unindex outbox", err))
+				first = cmp.Or(first, wrap("unindex outbox", err))
 				continue
 			}
 			if left, err := s.rdb.LRange(ctx, s.key(a, sufOutbox), 0, 0).Result(); err == nil && len(left) > 0 {
@@ -247,11 +253,4 @@ func (s *Store) SweepOutboxes(ctx context.Context, pub Publisher) (int, error) {
 		}
 		cur = next
 	}
-}
-
-func cmpOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }

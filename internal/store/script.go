@@ -49,8 +49,13 @@ func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]stri
 // colliding with another event's id; 48 bits keep the window compact, and
 // are the prefix of the 8 bytes aupd v1 stored, so v1 windows carry over.
 func member(id string) string {
+	return string(appendMember(nil, id))
+}
+
+// appendMember appends member(id).
+func appendMember(buf []byte, id string) []byte {
 	sum := sha256.Sum256([]byte(id))
-	return string(sum[:6])
+	return append(buf, sum[:6]...)
 }
 
 // hashSlot is the Redis Cluster slot of an account's keys: CRC16 (XMODEM)

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/replsync"
 )
 
 // Redis is what the store needs from a client: redis.Client, the failover
@@ -43,6 +45,9 @@ type Store struct {
 	prefix string
 	now    func() time.Time
 	pinned bool // now also decides inside the scripts (tests); else Redis's TIME does
+	// barrier, when set, waits for replicas before anything a write
+	// decided is acknowledged or published.
+	barrier *replsync.Barrier
 }
 
 // Option configures a Store.
@@ -54,6 +59,13 @@ type Option func(*Store)
 // by one clock.
 func WithClock(now func() time.Time) Option {
 	return func(s *Store) { s.now, s.pinned = now, true }
+}
+
+// WithBarrier makes the store wait, with b, until replicas hold its
+// writes: Ingest before it returns a result, FlushOutbox before it
+// publishes (redis.wait_replicas).
+func WithBarrier(b *replsync.Barrier) Option {
+	return func(s *Store) { s.barrier = b }
 }
 
 // New returns a store whose keys all start with prefix (for example "aup").

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,6 +94,24 @@ func PrivateRedisServerOn(t testing.TB, port int, args ...string) string {
 	defer rdb.Close()
 	Eventually(t, 10*time.Second, func() bool { return rdb.Ping(context.Background()).Err() == nil }, "private redis-server did not start")
 	return addr
+}
+
+// RedisPair starts a private master and a replica of it, and returns
+// clients of both once the replica is in sync. The replica accepts DEBUG,
+// so that a test can stall it (DEBUG SLEEP) while it stays connected.
+func RedisPair(t testing.TB) (master, replica *redis.Client) {
+	t.Helper()
+	maddr := PrivateRedisServer(t, "--repl-diskless-sync-delay", "0")
+	host, port, _ := net.SplitHostPort(maddr)
+	raddr := PrivateRedisServer(t, "--replicaof", host, port, "--enable-debug-command", "yes")
+	master = redis.NewClient(&redis.Options{Addr: maddr, Protocol: 2})
+	replica = redis.NewClient(&redis.Options{Addr: raddr, Protocol: 2})
+	t.Cleanup(func() { master.Close(); replica.Close() })
+	Eventually(t, 10*time.Second, func() bool {
+		info, err := replica.Info(context.Background(), "replication").Result()
+		return err == nil && strings.Contains(info, "master_link_status:up")
+	}, "replica did not sync")
+	return master, replica
 }
 
 // DebianNATS starts the machine's nats-server binary (Debian's 2.9.10,
