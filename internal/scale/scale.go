@@ -97,11 +97,11 @@ type Drain struct {
 	Published   time.Duration
 	PublishNATS time.Duration
 
-	// The measured window: from the moment every aupd process was ready to
-	// the moment the consumer had nothing pending or unacknowledged.
+	// The measured window: from the moment the aupd processes, ready and
+	// frozen while the backlog was published, were continued, to the moment
+	// the consumer had nothing pending or unacknowledged.
 	Window       time.Duration
 	WindowEvents int64         // events applied in the window (aupd_events_total)
-	Wall         time.Duration // from starting the processes until drained
 	Aupd         time.Duration // CPU in the window, summed over processes
 	NATS         time.Duration
 	RedisMasters time.Duration
@@ -329,37 +329,9 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	}
 	notices0 := r.c.SMTP.Count()
 
-	// The backlog, while no aupd runs.
-	natsCPU := func() (time.Duration, error) {
-		var sum time.Duration
-		for _, x := range r.c.NATS {
-			d, err := procCPU(x.PID())
-			if err != nil {
-				return 0, fmt.Errorf("nats %s: %w", x.ServerName, err)
-			}
-			sum += d
-		}
-		return sum, nil
-	}
-	n0, err := natsCPU()
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	if err := r.publish(ctx); err != nil {
-		return nil, err
-	}
-	run.Published = time.Since(start)
-	n1, err := natsCPU()
-	if err != nil {
-		return nil, err
-	}
-	run.PublishNATS = n1 - n0
-	r.logf("%d aupd: published %d events in %s (%.0f/s)", n, len(r.evs), run.Published.Round(time.Millisecond), float64(len(r.evs))/run.Published.Seconds())
-
-	// Every process starts at once; the window opens when all are ready.
+	// The processes start on an empty stream; once they are ready and
+	// settled, their idle CPU is measured.
 	aupds := r.c.Aupd[:n]
-	started := time.Now()
 	for _, a := range aupds {
 		if err := a.Start(); err != nil {
 			return nil, err
@@ -370,23 +342,86 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 			return nil, err
 		}
 	}
-	s0, err := r.snapshot(ctx, aupds, masters)
+	if err := sleep(ctx, settle); err != nil {
+		return nil, err
+	}
+	i0, err := r.cpu(ctx, aupds, masters)
 	if err != nil {
 		return nil, err
+	}
+	if err := sleep(ctx, idleSpan); err != nil {
+		return nil, err
+	}
+	i1, err := r.cpu(ctx, aupds, masters)
+	if err != nil {
+		return nil, err
+	}
+	per := func(d time.Duration) time.Duration { return time.Duration(float64(d) / i1.at.Sub(i0.at).Seconds()) }
+	run.IdleAupd, run.IdleNATS, run.IdleRedis = per(i1.aupd-i0.aupd), per(i1.nats-i0.nats), per(sum(i1.redis)+sum(i1.repl)-sum(i0.redis)-sum(i0.repl))
+
+	// Then they are frozen (SIGSTOP) until their pull requests have expired
+	// at the server, so that nothing is delivered to them, and the backlog
+	// is published.
+	c0, err := r.counters(ctx, aupds)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range aupds {
+		if err := a.Stop(); err != nil {
+			return nil, err
+		}
+	}
+	defer func() { // on an error in between
+		for _, a := range aupds {
+			_ = a.Cont()
+		}
+	}()
+	if err := sleep(ctx, settle); err != nil {
+		return nil, err
+	}
+	p0, err := r.cpu(ctx, nil, masters)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if err := r.publish(ctx); err != nil {
+		return nil, err
+	}
+	run.Published = time.Since(start)
+	p1, err := r.cpu(ctx, nil, masters)
+	if err != nil {
+		return nil, err
+	}
+	run.PublishNATS = p1.nats - p0.nats
+	r.logf("%d aupd: published %d events in %s (%.0f/s)", n, len(r.evs), run.Published.Round(time.Millisecond), float64(len(r.evs))/run.Published.Seconds())
+
+	// The window: from continuing every process at once to the consumer
+	// drained.
+	s0, err := r.cpu(ctx, aupds, masters)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range aupds {
+		if err := a.Cont(); err != nil {
+			return nil, err
+		}
 	}
 	if err := r.waitDrained(ctx); err != nil {
 		return nil, err
 	}
-	s1, err := r.snapshot(ctx, aupds, masters)
+	s1, err := r.cpu(ctx, aupds, masters)
 	if err != nil {
 		return nil, err
 	}
-	run.Wall = time.Since(started)
+	c1, err := r.counters(ctx, aupds)
+	if err != nil {
+		return nil, err
+	}
 	run.Window = s1.at.Sub(s0.at)
-	run.WindowEvents = s1.events - s0.events
+	run.WindowEvents = c1.events - c0.events
 	run.Aupd = s1.aupd - s0.aupd
 	run.NATS = s1.nats - s0.nats
-	share := r.shares(ctx, masters)
+	share := r.shares(masters)
 	for i, m := range masters {
 		sh := Shard{Master: m.node.Name, Share: share[m.node], CPU: s1.redis[i] - s0.redis[i]}
 		run.RedisMasters += sh.CPU
@@ -397,8 +432,8 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 		}
 		run.Shards = append(run.Shards, sh)
 	}
-	run.Outcomes, run.Suspensions, run.DeadLetters, run.RedisErrors = s1.outcomes, s1.suspensions, s1.dead, s1.redisErrors
-	r.logf("%d aupd: drained in %s; window %s, %d events, %.0f/s", n, run.Wall.Round(time.Millisecond), run.Window.Round(time.Millisecond), run.WindowEvents, run.EventsPerSec())
+	run.Outcomes, run.Suspensions, run.DeadLetters, run.RedisErrors = c1.outcomes, c1.suspensions, c1.dead, c1.redisErrors
+	r.logf("%d aupd: drained %d events in %s: %.0f/s", n, run.WindowEvents, run.Window.Round(time.Millisecond), run.EventsPerSec())
 
 	// Notices: one per suspension, delivered to the sink (bounded wait).
 	deadline := time.Now().Add(min(r.cfg.Timeout, time.Minute))
@@ -421,21 +456,6 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	if run.NoticeBytes, err = r.noticeMemory(ctx, masters); err != nil {
 		return nil, err
 	}
-
-	// Idle: the same processes with nothing to do.
-	i0, err := r.snapshot(ctx, aupds, masters)
-	if err != nil {
-		return nil, err
-	}
-	if err := sleep(ctx, idleSpan); err != nil {
-		return nil, err
-	}
-	i1, err := r.snapshot(ctx, aupds, masters)
-	if err != nil {
-		return nil, err
-	}
-	per := func(d time.Duration) time.Duration { return time.Duration(float64(d) / i1.at.Sub(i0.at).Seconds()) }
-	run.IdleAupd, run.IdleNATS, run.IdleRedis = per(i1.aupd-i0.aupd), per(i1.nats-i0.nats), per(sum(i1.redis)+sum(i1.repl)-sum(i0.redis)-sum(i0.repl))
 	if err := r.check(ctx, run); err != nil {
 		return nil, err
 	}
@@ -566,7 +586,7 @@ func (m master) serves(slot int) bool {
 
 // shares is each master's share of the backlog's events (external
 // inbound events touch no master).
-func (r *runner) shares(_ context.Context, masters []master) map[*cluster.RedisNode]float64 {
+func (r *runner) shares(masters []master) map[*cluster.RedisNode]float64 {
 	out := map[*cluster.RedisNode]float64{}
 	for _, e := range r.evs {
 		if !e.Local {
@@ -663,42 +683,48 @@ func (r *runner) waitDrained(ctx context.Context) error {
 	}
 }
 
-// snapshot is the CPU of every process and aupd's counters at one moment.
-type snapshot struct {
-	at          time.Time
-	aupd, nats  time.Duration
-	redis, repl []time.Duration // per master, and its replica
-	events      int64
+// counters are aupd's counters, summed over its processes.
+type counters struct {
+	events      int64 // aupd_events_total
 	outcomes    map[string]int64
 	suspensions int64
 	dead        int64
 	redisErrors int64
 }
 
-func (r *runner) snapshot(ctx context.Context, aupds []*cluster.Aupd, masters []master) (snapshot, error) {
-	s := snapshot{outcomes: map[string]int64{}}
+func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters, error) {
+	c := counters{outcomes: map[string]int64{}}
 	for _, a := range aupds {
 		m, err := scrape(ctx, a.HTTPAddr)
 		if err != nil {
-			return s, fmt.Errorf("%s: %w", a.Name, err)
+			return c, fmt.Errorf("%s: %w", a.Name, err)
 		}
 		for k, v := range m {
 			switch {
 			case strings.HasPrefix(k, "aupd_events_total{"):
-				s.events += int64(v)
-				s.outcomes[label(k, "outcome")] += int64(v)
+				c.events += int64(v)
+				c.outcomes[label(k, "outcome")] += int64(v)
 			case k == `aupd_suspensions_total{action="suspend"}`:
-				s.suspensions += int64(v)
+				c.suspensions += int64(v)
 			case strings.HasPrefix(k, "aupd_dead_letters_total"):
-				s.dead += int64(v)
+				c.dead += int64(v)
 			case k == "aupd_redis_errors_total":
-				s.redisErrors += int64(v)
+				c.redisErrors += int64(v)
 			}
 		}
 	}
-	// The clock is read between the counters and the CPU, which the
-	// window's two snapshots take in the same order.
-	s.at = time.Now()
+	return c, nil
+}
+
+// cpuSnap is the CPU every process has used, at one moment.
+type cpuSnap struct {
+	at          time.Time
+	aupd, nats  time.Duration
+	redis, repl []time.Duration // per master, and its replica
+}
+
+func (r *runner) cpu(ctx context.Context, aupds []*cluster.Aupd, masters []master) (cpuSnap, error) {
+	s := cpuSnap{at: time.Now()}
 	for _, a := range aupds {
 		d, err := procCPU(a.PID())
 		if err != nil {
@@ -862,8 +888,14 @@ func (r *runner) check(ctx context.Context, run *Drain) error {
 	return nil
 }
 
-// idleSpan is how long a run's idle CPU is measured.
-const idleSpan = 2 * time.Second
+// idleSpan is how long a run's idle CPU is measured; settle is how long
+// the processes are left after they are ready, and after they are
+// frozen: ten times their pull requests' expiry (nats.consumer.max_wait,
+// 100 ms), so that the server holds none when the backlog comes.
+const (
+	idleSpan = 2 * time.Second
+	settle   = time.Second
+)
 
 func sum(ds []time.Duration) time.Duration {
 	var s time.Duration
