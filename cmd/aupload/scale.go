@@ -22,12 +22,13 @@ func scaleCmd(args []string) int {
 	accounts := fs.Int("accounts", 10_000, "accounts the events are for")
 	procs := fs.String("procs", "1,2,3", "aupd processes of each run, comma-separated")
 	seed := fs.Uint64("seed", 1, "seed of the generated events")
+	maxWait := fs.Duration("max-wait", 0, "nats.consumer.max_wait of the aupd processes (0: aupd's default)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "bound on each publish and each drain")
 	dir := fs.String("dir", "", "the cluster's directory (default: a new temporary directory, removed at the end unless -keep)")
 	keep := fs.Bool("keep", false, "keep the directory (configs, data, logs) at the end")
 	_ = fs.Parse(args)
 
-	cfg := scale.Config{Events: *events, Accounts: *accounts, Seed: *seed, Timeout: *timeout, Log: os.Stderr}
+	cfg := scale.Config{Events: *events, Accounts: *accounts, Seed: *seed, MaxWait: *maxWait, Timeout: *timeout, Log: os.Stderr}
 	for s := range strings.SplitSeq(*procs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil {

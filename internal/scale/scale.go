@@ -12,11 +12,13 @@
 package scale
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -44,6 +46,9 @@ type Config struct {
 	Accounts   int    // accounts the events are for
 	Procs      []int  // aupd processes of each run, in order (default 1, 2, 3)
 	Seed       uint64 // seed of the generated events
+	// MaxWait is nats.consumer.max_wait of every aupd (0: aupd's default,
+	// 100 ms).
+	MaxWait time.Duration
 	// Timeout bounds each wait: a publish, a drain (default 10m).
 	Timeout time.Duration
 	Log     io.Writer // progress lines (nil: none)
@@ -237,6 +242,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer r.c.Close()
+	if cfg.MaxWait > 0 {
+		// internal/cluster writes no max_wait: add it to the consumer's
+		// settings in every config file.
+		for _, a := range r.c.Aupd {
+			if err := setMaxWait(a.Config, cfg.MaxWait); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if v, err := r.c.Redis[0].Do(ctx, "INFO", "server"); err == nil {
 		for line := range strings.Lines(fmt.Sprint(v)) {
 			if x, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
@@ -272,6 +286,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.Runs = append(res.Runs, *run)
 	}
 	return res, nil
+}
+
+// setMaxWait puts nats.consumer.max_wait into an aupd config file that
+// internal/cluster wrote.
+func setMaxWait(file string, d time.Duration) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	const at = "\n  consumer: {"
+	if !bytes.Contains(b, []byte(at)) {
+		return fmt.Errorf("%s: no consumer settings to add max_wait to", file)
+	}
+	b = bytes.Replace(b, []byte(at), []byte(at+"max_wait: "+d.String()+", "), 1)
+	return os.WriteFile(file, b, 0o644)
 }
 
 // expect computes what the backlog must leave.
