@@ -20,15 +20,16 @@ func (res *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "cluster  3 NATS nodes (R3 streams), Redis Cluster of 3 masters + 3 replicas (AOF everysec), the aupd processes, all on these %d cores\n\n", m.Cores)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "aupd procs\tevents/s\taupd µs/ev\tnats µs/ev\tredis µs/ev\t(masters\t+ replicas)\tsum µs/ev\tnats publish µs/ev\twindow\t")
+	fmt.Fprintln(tw, "aupd procs\tevents/s\taupd µs/ev\tnats µs/ev\tredis µs/ev\t(masters\t+ replicas)\tsum µs/ev\tnats publish µs/ev\tmean batch\twindow\t")
 	for _, r := range res.Runs {
-		fmt.Fprintf(tw, "%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d ev in %s\t\n", r.Procs, r.EventsPerSec(),
+		fmt.Fprintf(tw, "%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f\t%d ev in %s\t\n", r.Procs, r.EventsPerSec(),
 			r.PerEvent(r.Aupd), r.PerEvent(r.NATS), r.PerEvent(r.Redis()), r.PerEvent(r.RedisMasters), r.PerEvent(r.RedisRepls),
-			r.PerEvent(r.Aupd+r.NATS+r.Redis()), publishPerEvent(r, res.Events),
+			r.PerEvent(r.Aupd+r.NATS+r.Redis()), publishPerEvent(r, res.Events), r.MeanBatch(),
 			r.WindowEvents, r.Window.Round(10*time.Millisecond))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "  µs/ev: CPU (user + system) in the window per event applied, summed over the component's processes (aupd, nats-server and redis-server: /proc/<pid>/stat; Redis: INFO cpu)")
+	fmt.Fprintln(w, "  mean batch: events per batch aupd applied (a fetch of up to the batch size that the server filled within max_wait)")
 	fmt.Fprintln(w, "  window: from continuing the aupd processes (ready, then frozen while the backlog was published) to the consumer drained; nats publish: NATS CPU per event while the backlog was published")
 	fmt.Fprintln(w)
 

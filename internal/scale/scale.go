@@ -107,6 +107,7 @@ type Drain struct {
 	// the consumer had nothing pending or unacknowledged.
 	Window       time.Duration
 	WindowEvents int64         // events applied in the window (aupd_events_total)
+	Batches      int64         // batches applied in the window (aupd_batch_size_count)
 	Aupd         time.Duration // CPU in the window, summed over processes
 	NATS         time.Duration
 	RedisMasters time.Duration
@@ -145,6 +146,14 @@ type Shard struct {
 
 // EventsPerSec is the drain rate in the window.
 func (r Drain) EventsPerSec() float64 { return float64(r.WindowEvents) / r.Window.Seconds() }
+
+// MeanBatch is the mean size of the batches applied in the window.
+func (r Drain) MeanBatch() float64 {
+	if r.Batches == 0 {
+		return 0
+	}
+	return float64(r.WindowEvents) / float64(r.Batches)
+}
 
 // PerEvent is d per event of the window, in microseconds.
 func (r Drain) PerEvent(d time.Duration) float64 {
@@ -448,6 +457,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	}
 	run.Window = s1.at.Sub(s0.at)
 	run.WindowEvents = c1.events - c0.events
+	run.Batches = c1.batches - c0.batches
 	run.Aupd = s1.aupd - s0.aupd
 	run.NATS = s1.nats - s0.nats
 	share := r.shares(masters)
@@ -719,6 +729,7 @@ type counters struct {
 	suspensions int64
 	dead        int64
 	redisErrors int64
+	batches     int64 // aupd_batch_size_count: batches applied
 }
 
 func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters, error) {
@@ -739,6 +750,8 @@ func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters,
 				c.dead += int64(v)
 			case k == "aupd_redis_errors_total":
 				c.redisErrors += int64(v)
+			case k == "aupd_batch_size_count":
+				c.batches += int64(v)
 			}
 		}
 	}
