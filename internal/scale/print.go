@@ -55,7 +55,7 @@ func (res *Result) Print(w io.Writer) {
 		for _, k := range keys {
 			parts = append(parts, fmt.Sprintf("%s %d", k, r.Outcomes[k]))
 		}
-		fmt.Fprintf(w, "%d aupd: outcomes %s; suspensions %d, notices %d; dead letters %d, Redis errors %d\n", r.Procs,
+		fmt.Fprintf(w, "%d aupd: outcomes %s; suspensions %d, notices %d; dead letters %d, Redis errors %d (batches retried)\n", r.Procs,
 			strings.Join(parts, ", "), r.Suspensions, r.Notices, r.DeadLetters, r.RedisErrors)
 		fmt.Fprintf(w, "        Redis used_memory +%d bytes over masters for %d accounts (%.0f bytes each, notices and indexes included); %d notice hashes, %s\n",
 			r.RedisBytes, r.RedisAccts, float64(r.RedisBytes)/float64(max(1, r.RedisAccts)), len(r.NoticeBytes), noticeSizes(r.NoticeBytes))

@@ -888,8 +888,12 @@ func (r *runner) check(ctx context.Context, run *Drain) error {
 	if run.Outcomes["late"] != 0 {
 		bad("%d events late", run.Outcomes["late"])
 	}
-	if run.DeadLetters != 0 || run.RedisErrors != 0 {
-		bad("%d dead letters, %d Redis errors", run.DeadLetters, run.RedisErrors)
+	// Redis errors are transient here (a WAIT that a starved replica did
+	// not answer in time): their batches are redelivered, and the checks
+	// above and below hold them to being applied once. A dead letter is
+	// a loss.
+	if run.DeadLetters != 0 {
+		bad("%d dead letters", run.DeadLetters)
 	}
 	if run.WindowEvents <= 0 || run.Window <= 0 {
 		bad("empty window (%d events in %s)", run.WindowEvents, run.Window)
