@@ -20,16 +20,16 @@ func (res *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "cluster  3 NATS nodes (R3 streams), Redis Cluster of 3 masters + 3 replicas (AOF everysec), the aupd processes, all on these %d cores\n\n", m.Cores)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "aupd procs\tevents/s\taupd µs/ev\tnats µs/ev\tredis µs/ev\t(masters\t+ replicas)\tsum µs/ev\tnats publish µs/ev\tmean batch\twindow\t")
+	fmt.Fprintln(tw, "aupd procs\tevents/s\taupd µs/ev\tnats µs/ev\tredis µs/ev\t(masters\t+ replicas)\tsum µs/ev\tnats publish µs/ev\tmean batch\tbatch ms\twindow\t")
 	for _, r := range res.Runs {
-		fmt.Fprintf(tw, "%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f\t%d ev in %s\t\n", r.Procs, r.EventsPerSec(),
+		fmt.Fprintf(tw, "%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f\t%.1f\t%d ev in %s\t\n", r.Procs, r.EventsPerSec(),
 			r.PerEvent(r.Aupd), r.PerEvent(r.NATS), r.PerEvent(r.Redis()), r.PerEvent(r.RedisMasters), r.PerEvent(r.RedisRepls),
-			r.PerEvent(r.Aupd+r.NATS+r.Redis()), publishPerEvent(r, res.Events), r.MeanBatch(),
+			r.PerEvent(r.Aupd+r.NATS+r.Redis()), publishPerEvent(r, res.Events), r.MeanBatch(), meanMS(r.BatchTime, r.Batches),
 			r.WindowEvents, r.Window.Round(10*time.Millisecond))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "  µs/ev: CPU (user + system) in the window per event applied, summed over the component's processes (aupd, nats-server and redis-server: /proc/<pid>/stat; Redis: INFO cpu)")
-	fmt.Fprintln(w, "  mean batch: events per batch aupd applied (a fetch of up to the batch size that the server filled within max_wait)")
+	fmt.Fprintln(w, "  mean batch: events per batch aupd applied (a fetch of up to the batch size that the server filled within max_wait); batch ms: its mean time to apply (Redis, WAIT, account events)")
 	fmt.Fprintln(w, "  window: from continuing the aupd processes (ready, then frozen while the backlog was published) to the consumer drained; nats publish: NATS CPU per event while the backlog was published")
 	fmt.Fprintln(w)
 
@@ -59,6 +59,7 @@ func (res *Result) Print(w io.Writer) {
 			strings.Join(parts, ", "), r.Suspensions, r.Notices, r.DeadLetters, r.RedisErrors)
 		fmt.Fprintf(w, "        Redis used_memory +%d bytes over masters for %d accounts (%.0f bytes each, notices and indexes included); %d notice hashes, %s\n",
 			r.RedisBytes, r.RedisAccts, float64(r.RedisBytes)/float64(max(1, r.RedisAccts)), len(r.NoticeBytes), noticeSizes(r.NoticeBytes))
+		fmt.Fprintf(w, "        verdict stream %d bytes for %d events (%.0f bytes each, one replica)\n", r.StoredBytes, res.Events, float64(r.StoredBytes)/float64(max(1, res.Events)))
 		fmt.Fprintf(w, "        MEMORY USAGE of the accounts' keys %.0f bytes each; idle CPU per second: aupd %s, nats %s, redis %s\n",
 			float64(r.AccountBytes)/float64(max(1, r.RedisAccts)), r.IdleAupd.Round(time.Millisecond), r.IdleNATS.Round(time.Millisecond), r.IdleRedis.Round(time.Millisecond))
 		if len(r.Problems) == 0 {
@@ -92,6 +93,13 @@ func noticeSizes(b []int64) string {
 		sum += x
 	}
 	return fmt.Sprintf("MEMORY USAGE min %d, median %d, max %d, mean %d bytes", s[0], s[len(s)/2], s[len(s)-1], sum/int64(len(s)))
+}
+
+func meanMS(d time.Duration, n int64) float64 {
+	if n == 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / 1000 / float64(n)
 }
 
 func orUnknown(s, def string) string {

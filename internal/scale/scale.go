@@ -101,6 +101,7 @@ type Drain struct {
 	// that took (storing every event on 3 nodes).
 	Published   time.Duration
 	PublishNATS time.Duration
+	StoredBytes uint64 // the verdict stream's bytes once published (one replica's)
 
 	// The measured window: from the moment the aupd processes, ready and
 	// frozen while the backlog was published, were continued, to the moment
@@ -108,6 +109,7 @@ type Drain struct {
 	Window       time.Duration
 	WindowEvents int64         // events applied in the window (aupd_events_total)
 	Batches      int64         // batches applied in the window (aupd_batch_size_count)
+	BatchTime    time.Duration // their time summed (aupd_batch_seconds_sum)
 	Aupd         time.Duration // CPU in the window, summed over processes
 	NATS         time.Duration
 	RedisMasters time.Duration
@@ -422,7 +424,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 		return nil, err
 	}
 	start := time.Now()
-	if err := r.publish(ctx); err != nil {
+	if run.StoredBytes, err = r.publish(ctx); err != nil {
 		return nil, err
 	}
 	run.Published = time.Since(start)
@@ -458,6 +460,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	run.Window = s1.at.Sub(s0.at)
 	run.WindowEvents = c1.events - c0.events
 	run.Batches = c1.batches - c0.batches
+	run.BatchTime = time.Duration((c1.batchSecs - c0.batchSecs) * float64(time.Second))
 	run.Aupd = s1.aupd - s0.aupd
 	run.NATS = s1.nats - s0.nats
 	share := r.shares(masters)
@@ -645,9 +648,9 @@ func (r *runner) shares(masters []master) map[*cluster.RedisNode]float64 {
 	return out
 }
 
-// publish publishes the backlog asynchronously and checks that the stream
-// holds every event.
-func (r *runner) publish(ctx context.Context) error {
+// publish publishes the backlog asynchronously, checks that the stream
+// holds every event and returns the stream's bytes.
+func (r *runner) publish(ctx context.Context) (uint64, error) {
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	for _, e := range r.evs {
@@ -657,32 +660,32 @@ func (r *runner) publish(ctx context.Context) error {
 				break
 			}
 			if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
-				return fmt.Errorf("publish: %w", err)
+				return 0, fmt.Errorf("publish: %w", err)
 			}
 			select { // the cluster is behind: let the outstanding acks come
 			case <-r.js.PublishAsyncComplete():
 			case <-pctx.Done():
-				return fmt.Errorf("publish: %w", pctx.Err())
+				return 0, fmt.Errorf("publish: %w", pctx.Err())
 			}
 		}
 	}
 	select {
 	case <-r.js.PublishAsyncComplete():
 	case <-pctx.Done():
-		return fmt.Errorf("publish acks: %w", pctx.Err())
+		return 0, fmt.Errorf("publish acks: %w", pctx.Err())
 	}
 	s, err := r.js.Stream(ctx, r.streams[0])
 	if err != nil {
-		return err
+		return 0, err
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if info.State.Msgs != uint64(len(r.evs)) {
-		return fmt.Errorf("stream %s holds %d messages after publishing %d", r.streams[0], info.State.Msgs, len(r.evs))
+		return 0, fmt.Errorf("stream %s holds %d messages after publishing %d", r.streams[0], info.State.Msgs, len(r.evs))
 	}
-	return nil
+	return info.State.Bytes, nil
 }
 
 // waitDrained waits until aupd's consumer has every message of the
@@ -729,7 +732,8 @@ type counters struct {
 	suspensions int64
 	dead        int64
 	redisErrors int64
-	batches     int64 // aupd_batch_size_count: batches applied
+	batches     int64   // aupd_batch_size_count: batches applied
+	batchSecs   float64 // aupd_batch_seconds_sum: their time, Redis round trips and waits included
 }
 
 func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters, error) {
@@ -752,6 +756,8 @@ func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters,
 				c.redisErrors += int64(v)
 			case k == "aupd_batch_size_count":
 				c.batches += int64(v)
+			case k == "aupd_batch_seconds_sum":
+				c.batchSecs += v
 			}
 		}
 	}

@@ -43,6 +43,12 @@ func TestMeasureOneProcess(t *testing.T) {
 	if r.Procs != 1 || r.WindowEvents != events {
 		t.Errorf("procs %d, %d events in the window; want 1, %d (no event before the window opens)", r.Procs, r.WindowEvents, events)
 	}
+	if per := float64(r.StoredBytes) / events; per < float64(res.MeanPayload) || per > float64(res.MeanPayload)+200 {
+		t.Errorf("%.0f bytes stored per event of %d bytes", per, res.MeanPayload)
+	}
+	if r.BatchTime <= 0 {
+		t.Errorf("batch time %s", r.BatchTime)
+	}
 	if r.EventsPerSec() <= 0 || r.Window <= 0 || r.Published <= 0 {
 		t.Errorf("rate %.0f, window %s, publish %s", r.EventsPerSec(), r.Window, r.Published)
 	}
