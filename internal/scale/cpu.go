@@ -49,30 +49,31 @@ func procCPU(pid int) (time.Duration, error) {
 }
 
 // redisCPU is the CPU time a Redis node has used since it started (INFO
-// cpu: used_cpu_user + used_cpu_sys, microsecond resolution).
-func redisCPU(ctx context.Context, n *cluster.RedisNode) (time.Duration, error) {
+// cpu, microsecond resolution): all its threads (used_cpu_user +
+// used_cpu_sys), and its main thread alone, the one that runs commands
+// and scripts (used_cpu_*_main_thread).
+func redisCPU(ctx context.Context, n *cluster.RedisNode) (all, main time.Duration, err error) {
 	v, err := n.Do(ctx, "INFO", "cpu")
 	if err != nil {
-		return 0, fmt.Errorf("redis %s: info cpu: %w", n.Name, err)
+		return 0, 0, fmt.Errorf("redis %s: info cpu: %w", n.Name, err)
 	}
-	var total float64
-	var seen int
+	f := map[string]float64{}
 	for line := range strings.Lines(fmt.Sprint(v)) {
 		k, x, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || (k != "used_cpu_user" && k != "used_cpu_sys") {
+		if !ok || !strings.HasPrefix(k, "used_cpu_") {
 			continue
 		}
-		f, err := strconv.ParseFloat(x, 64)
-		if err != nil {
-			return 0, fmt.Errorf("redis %s: %s: %w", n.Name, k, err)
+		if f[k], err = strconv.ParseFloat(x, 64); err != nil {
+			return 0, 0, fmt.Errorf("redis %s: %s: %w", n.Name, k, err)
 		}
-		total += f
-		seen++
 	}
-	if seen != 2 {
-		return 0, fmt.Errorf("redis %s: INFO cpu has no used_cpu_user and used_cpu_sys", n.Name)
+	for _, k := range []string{"used_cpu_user", "used_cpu_sys", "used_cpu_user_main_thread", "used_cpu_sys_main_thread"} {
+		if _, ok := f[k]; !ok {
+			return 0, 0, fmt.Errorf("redis %s: INFO cpu has no %s", n.Name, k)
+		}
 	}
-	return time.Duration(total * float64(time.Second)), nil
+	sec := func(x float64) time.Duration { return time.Duration(x * float64(time.Second)) }
+	return sec(f["used_cpu_user"] + f["used_cpu_sys"]), sec(f["used_cpu_user_main_thread"] + f["used_cpu_sys_main_thread"]), nil
 }
 
 // redisInfoInt reads one integer field of an INFO section of a node.

@@ -34,15 +34,34 @@ func (res *Result) Print(w io.Writer) {
 	fmt.Fprintln(w)
 
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "aupd procs\tredis master\tshare\tµs/ev\tceiling ev/s at 1 core\tat 60%\treplica\tµs/ev\t")
+	fmt.Fprintln(tw, "aupd procs\tredis master\tshare\tµs/ev\tmain thread µs/ev\tceiling ev/s at 1 core\tat 60%\treplica\tµs/ev\t")
 	for _, r := range res.Runs {
 		for _, s := range r.Shards {
-			fmt.Fprintf(tw, "%d\t%s\t%.1f%%\t%.1f\t%.0f\t%.0f\t%s\t%.1f\t\n", r.Procs, s.Master, 100*s.Share, s.PerEvent(r), s.Ceiling(r), 0.6*s.Ceiling(r),
-				s.Replica, perShareEvent(s.ReplicaCPU, s, r))
+			fmt.Fprintf(tw, "%d\t%s\t%.1f%%\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%.1f\t\n", r.Procs, s.Master, 100*s.Share, s.PerEvent(r), s.MainPerEvent(r),
+				s.Ceiling(r), 0.6*s.Ceiling(r), s.Replica, perShareEvent(s.ReplicaCPU, s, r))
 		}
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "  share: the backlog's events on the master's slots; µs/ev: its CPU in the window per event on its slots; ceiling: one core over that")
+	fmt.Fprintln(w, "  share: the backlog's events on the master's slots; µs/ev: its CPU in the window per event on its slots (every thread; main thread: the one")
+	fmt.Fprintln(w, "  that runs commands and scripts, one at a time); ceiling: one core over the main thread's figure")
+	fmt.Fprintln(w)
+
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "aupd procs\tnats node\tµs/ev draining\tµs/ev publishing\tleads\t")
+	for _, r := range res.Runs {
+		for _, n := range r.NATSNodes {
+			var leads []string
+			if n.StreamLeader {
+				leads = append(leads, "stream")
+			}
+			if n.ConsLead {
+				leads = append(leads, "consumer")
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%.1f\t%.1f\t%s\t\n", r.Procs, n.Name, r.PerEvent(n.CPU), float64(n.PublishCPU.Microseconds())/float64(res.Events), strings.Join(leads, ", "))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "  leads: the node led the verdict stream (AUP_VERDICTS) or aupd's consumer of it at the end of the run")
 	fmt.Fprintln(w)
 
 	for _, r := range res.Runs {

@@ -115,6 +115,7 @@ type Drain struct {
 	RedisMasters time.Duration
 	RedisRepls   time.Duration
 	Shards       []Shard
+	NATSNodes    []NATSNode
 
 	// What aupd did with the whole backlog (summed over its processes).
 	Outcomes    map[string]int64 // aupd_events_total by outcome
@@ -143,7 +144,15 @@ type Drain struct {
 type Shard struct {
 	Master, Replica string
 	Share           float64       // share of the backlog's events on its slots
-	CPU, ReplicaCPU time.Duration // in the window
+	CPU, ReplicaCPU time.Duration // in the window, every thread
+	MainCPU         time.Duration // the master's main thread: commands and scripts
+}
+
+// NATSNode is one NATS node's CPU in a run.
+type NATSNode struct {
+	Name                   string
+	CPU, PublishCPU        time.Duration // in the window; while the backlog was published
+	StreamLeader, ConsLead bool          // it led the verdict stream, aupd's consumer of it
 }
 
 // EventsPerSec is the drain rate in the window.
@@ -179,9 +188,19 @@ func (s Shard) PerEvent(r Drain) float64 {
 	return 0
 }
 
-// Ceiling is the events/s the master would take at a whole core.
+// MainPerEvent is the master's main-thread CPU per event, in
+// microseconds.
+func (s Shard) MainPerEvent(r Drain) float64 {
+	if e := s.Events(r); e > 0 {
+		return float64(s.MainCPU.Microseconds()) / e
+	}
+	return 0
+}
+
+// Ceiling is the events/s the master would take with its main thread,
+// which runs one command or script at a time, at a whole core.
 func (s Shard) Ceiling(r Drain) float64 {
-	if us := s.PerEvent(r); us > 0 {
+	if us := s.MainPerEvent(r); us > 0 {
 		return 1e6 / us
 	}
 	return 0
@@ -465,7 +484,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	run.NATS = s1.nats - s0.nats
 	share := r.shares(masters)
 	for i, m := range masters {
-		sh := Shard{Master: m.node.Name, Share: share[m.node], CPU: s1.redis[i] - s0.redis[i]}
+		sh := Shard{Master: m.node.Name, Share: share[m.node], CPU: s1.redis[i] - s0.redis[i], MainCPU: s1.redisMain[i] - s0.redisMain[i]}
 		run.RedisMasters += sh.CPU
 		if m.replica != nil {
 			sh.Replica = m.replica.Name
@@ -473,6 +492,11 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 			run.RedisRepls += sh.ReplicaCPU
 		}
 		run.Shards = append(run.Shards, sh)
+	}
+	sl, cl := r.leaders(ctx)
+	for i, x := range r.c.NATS {
+		run.NATSNodes = append(run.NATSNodes, NATSNode{Name: x.ServerName, CPU: s1.natsNode[i] - s0.natsNode[i],
+			PublishCPU: p1.natsNode[i] - p0.natsNode[i], StreamLeader: x.ServerName == sl, ConsLead: x.ServerName == cl})
 	}
 	run.Outcomes, run.Suspensions, run.DeadLetters, run.RedisErrors = c1.outcomes, c1.suspensions, c1.dead, c1.redisErrors
 	r.logf("%d aupd: drained %d events in %s: %.0f/s", n, run.WindowEvents, run.Window.Round(time.Millisecond), run.EventsPerSec())
@@ -505,6 +529,20 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 		r.logf("%d aupd: PROBLEM: %s", n, p)
 	}
 	return run, nil
+}
+
+// leaders are the names of the NATS nodes that lead the verdict stream
+// and aupd's consumer of it ("" when unknown).
+func (r *runner) leaders(ctx context.Context) (stream, consumer string) {
+	if n, err := r.c.StreamLeader(ctx, r.js, r.streams[0]); err == nil {
+		stream = n.ServerName
+	}
+	if c, err := r.js.Consumer(ctx, r.streams[0], r.durable); err == nil {
+		if ci, err := c.Info(ctx); err == nil && ci.Cluster != nil {
+			consumer = ci.Cluster.Leader
+		}
+	}
+	return stream, consumer
 }
 
 // reset empties the three streams (the consumers stay, with nothing
@@ -768,7 +806,9 @@ func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters,
 type cpuSnap struct {
 	at          time.Time
 	aupd, nats  time.Duration
+	natsNode    []time.Duration // per NATS node
 	redis, repl []time.Duration // per master, and its replica
+	redisMain   []time.Duration // per master, its main thread
 }
 
 func (r *runner) cpu(ctx context.Context, aupds []*cluster.Aupd, masters []master) (cpuSnap, error) {
@@ -786,16 +826,17 @@ func (r *runner) cpu(ctx context.Context, aupds []*cluster.Aupd, masters []maste
 			return s, fmt.Errorf("nats %s: %w", x.ServerName, err)
 		}
 		s.nats += d
+		s.natsNode = append(s.natsNode, d)
 	}
 	for _, m := range masters {
-		d, err := redisCPU(ctx, m.node)
+		d, main, err := redisCPU(ctx, m.node)
 		if err != nil {
 			return s, err
 		}
-		s.redis = append(s.redis, d)
+		s.redis, s.redisMain = append(s.redis, d), append(s.redisMain, main)
 		var rd time.Duration
 		if m.replica != nil {
-			if rd, err = redisCPU(ctx, m.replica); err != nil {
+			if rd, _, err = redisCPU(ctx, m.replica); err != nil {
 				return s, err
 			}
 		}

@@ -72,9 +72,23 @@ func TestMeasureOneProcess(t *testing.T) {
 	for _, s := range r.Shards {
 		share += s.Share
 		masters += s.CPU
+		if s.MainCPU <= 0 || s.MainCPU > s.CPU {
+			t.Errorf("shard %s: main thread %s of %s", s.Master, s.MainCPU, s.CPU)
+		}
 		if s.Share < 0.2 || s.Share > 0.45 || s.Replica == "" || s.Ceiling(r) <= 0 {
 			t.Errorf("shard %+v: share %.2f, replica %q, ceiling %.0f", s, s.Share, s.Replica, s.Ceiling(r))
 		}
+	}
+	var leaders int
+	var nats time.Duration
+	for _, n := range r.NATSNodes {
+		nats += n.CPU
+		if n.StreamLeader {
+			leaders++
+		}
+	}
+	if len(r.NATSNodes) != 3 || leaders != 1 || nats != r.NATS {
+		t.Errorf("NATS nodes %+v: %d stream leaders, CPU %s of %s", r.NATSNodes, leaders, nats, r.NATS)
 	}
 	ext := float64(r.Outcomes["external"]) / events
 	if share < 1-ext-0.001 || share > 1-ext+0.001 || masters != r.RedisMasters {
