@@ -13,8 +13,8 @@ import (
 // the Redis masters of each run, and what each run left.
 func (res *Result) Print(w io.Writer) {
 	m := res.Machine
-	fmt.Fprintf(w, "load     %d events for %d accounts (mean payload %d bytes), seed %d; aupd batch %d, workers %d, threshold %d (window cap %d), redis.wait_replicas 1\n",
-		res.Events, res.Accounts, res.MeanPayload, res.Seed, res.Batch, res.Workers, res.Threshold, res.Cap)
+	fmt.Fprintf(w, "load     %d events for %d accounts (mean payload %d bytes), seed %d; aupd batch %d, workers %d, max_wait %s, threshold %d (window cap %d), redis.wait_replicas 1\n",
+		res.Events, res.Accounts, res.MeanPayload, res.Seed, res.Batch, res.Workers, res.MaxWait, res.Threshold, res.Cap)
 	fmt.Fprintf(w, "machine  %d cores, %s; load average at start %s; %s, redis-server %s, %s\n",
 		m.Cores, m.Model, m.LoadAvg, orUnknown(m.NATS, "nats-server ?"), orUnknown(m.Redis, "?"), m.Go)
 	fmt.Fprintf(w, "cluster  3 NATS nodes (R3 streams), Redis Cluster of 3 masters + 3 replicas (AOF everysec), the aupd processes, all on these %d cores\n\n", m.Cores)

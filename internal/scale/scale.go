@@ -13,6 +13,7 @@ package scale
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -80,17 +81,17 @@ func (c *Config) validate() error {
 
 // Result is what a measurement found.
 type Result struct {
-	Machine      Machine
-	Events       int // events of each backlog
-	Accounts     int
-	Seed         uint64
-	MeanPayload  int // bytes
-	Batch        int // nats.consumer.batch of every aupd
-	Workers      int // nats.consumer.workers
-	Threshold    int // aup.threshold
-	Cap          int // window cap (threshold + 1 by default)
-	WaitReplicas bool
-	Runs         []Drain
+	Machine     Machine
+	Events      int // events of each backlog
+	Accounts    int
+	Seed        uint64
+	MeanPayload int           // bytes
+	Batch       int           // nats.consumer.batch of every aupd
+	Workers     int           // nats.consumer.workers
+	Threshold   int           // aup.threshold
+	Cap         int           // window cap (threshold + 1 by default)
+	MaxWait     time.Duration // nats.consumer.max_wait of every aupd
+	Runs        []Drain
 }
 
 // Drain is one drain of the backlog with Procs aupd processes.
@@ -218,7 +219,6 @@ func (res *Result) OK() bool {
 
 type runner struct {
 	cfg     Config
-	res     *Result
 	c       *cluster.Cluster
 	js      jetstream.JetStream
 	rdb     *redis.ClusterClient
@@ -248,11 +248,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	def := config.Default()
 	res := &Result{Machine: machine(), Events: cfg.Events, Accounts: cfg.Accounts, Seed: cfg.Seed,
 		Batch: def.NATS.Consumer.Batch, Workers: def.NATS.Consumer.Workers, Threshold: def.AUP.Threshold,
-		Cap: max(def.AUP.MaxTracked, def.AUP.Threshold+1), WaitReplicas: true}
+		Cap: max(def.AUP.MaxTracked, def.AUP.Threshold+1), MaxWait: cmp.Or(cfg.MaxWait, def.NATS.Consumer.MaxWait)}
 	if out, err := exec.CommandContext(ctx, "nats-server", "--version").Output(); err == nil {
 		res.Machine.NATS = strings.TrimSpace(string(out))
 	}
-	r := &runner{cfg: cfg, res: res, durable: def.NATS.Consumer.Durable,
+	r := &runner{cfg: cfg, durable: def.NATS.Consumer.Durable,
 		streams: []string{def.NATS.Verdicts.Name, def.NATS.Accounts.Name, def.NATS.Dead.Name}}
 	r.evs = loadtest.Generate(cfg.Events, cfg.Accounts, cfg.Seed, "s", time.Now())
 	size := 0
