@@ -30,7 +30,7 @@ func (res *Result) Print(w io.Writer) {
 	tw.Flush()
 	fmt.Fprintln(w, "  µs/ev: CPU (user + system) in the window per event applied, summed over the component's processes (aupd, nats-server and redis-server: /proc/<pid>/stat; Redis: INFO cpu)")
 	fmt.Fprintln(w, "  mean batch: events per batch aupd applied (a fetch of up to the batch size that the server filled within max_wait); batch ms: its mean time to apply (Redis, WAIT, account events)")
-	fmt.Fprintln(w, "  window: from continuing the aupd processes (ready, then frozen while the backlog was published) to the consumer drained; nats publish: NATS CPU per event while the backlog was published")
+	fmt.Fprintln(w, "  window: from every aupd process ready (all started once the backlog was published) to the consumer drained; nats publish: NATS CPU per event while the backlog was published")
 	fmt.Fprintln(w)
 
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -104,12 +104,13 @@ type Drain struct {
 	PublishNATS time.Duration
 	StoredBytes uint64 // the verdict stream's bytes once published (one replica's)
 
-	// The measured window: from the moment the aupd processes, ready and
-	// frozen while the backlog was published, were continued, to the moment
-	// the consumer had nothing pending or unacknowledged.
+	// The measured window: from the moment every aupd process, started
+	// once the backlog was published, was ready, to the moment the
+	// consumer had nothing pending or unacknowledged.
 	Window       time.Duration
 	WindowEvents int64         // events applied in the window (aupd_events_total)
 	Batches      int64         // batches applied in the window (aupd_batch_size_count)
+	BatchEvents  int64         // their events (aupd_batch_size_sum)
 	BatchTime    time.Duration // their time summed (aupd_batch_seconds_sum)
 	Aupd         time.Duration // CPU in the window, summed over processes
 	NATS         time.Duration
@@ -164,7 +165,7 @@ func (r Drain) MeanBatch() float64 {
 	if r.Batches == 0 {
 		return 0
 	}
-	return float64(r.WindowEvents) / float64(r.Batches)
+	return float64(r.BatchEvents) / float64(r.Batches)
 }
 
 // PerEvent is d per event of the window, in microseconds.
@@ -388,56 +389,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	}
 	notices0 := r.c.SMTP.Count()
 
-	// The processes start on an empty stream; once they are ready and
-	// settled, their idle CPU is measured.
-	aupds := r.c.Aupd[:n]
-	for _, a := range aupds {
-		if err := a.Start(); err != nil {
-			return nil, err
-		}
-	}
-	for _, a := range aupds {
-		if err := a.WaitReady(ctx, 90*time.Second); err != nil {
-			return nil, err
-		}
-	}
-	if err := sleep(ctx, settle); err != nil {
-		return nil, err
-	}
-	i0, err := r.cpu(ctx, aupds, masters)
-	if err != nil {
-		return nil, err
-	}
-	if err := sleep(ctx, idleSpan); err != nil {
-		return nil, err
-	}
-	i1, err := r.cpu(ctx, aupds, masters)
-	if err != nil {
-		return nil, err
-	}
-	per := func(d time.Duration) time.Duration { return time.Duration(float64(d) / i1.at.Sub(i0.at).Seconds()) }
-	run.IdleAupd, run.IdleNATS, run.IdleRedis = per(i1.aupd-i0.aupd), per(i1.nats-i0.nats), per(sum(i1.redis)+sum(i1.repl)-sum(i0.redis)-sum(i0.repl))
-
-	// Then they are frozen (SIGSTOP) until their pull requests have expired
-	// at the server, so that nothing is delivered to them, and the backlog
-	// is published.
-	c0, err := r.counters(ctx, aupds)
-	if err != nil {
-		return nil, err
-	}
-	for _, a := range aupds {
-		if err := a.Stop(); err != nil {
-			return nil, err
-		}
-	}
-	defer func() { // on an error in between
-		for _, a := range aupds {
-			_ = a.Cont()
-		}
-	}()
-	if err := sleep(ctx, settle); err != nil {
-		return nil, err
-	}
+	// The backlog, while no aupd runs.
 	p0, err := r.cpu(ctx, nil, masters)
 	if err != nil {
 		return nil, err
@@ -454,16 +406,27 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	run.PublishNATS = p1.nats - p0.nats
 	r.logf("%d aupd: published %d events in %s (%.0f/s)", n, len(r.evs), run.Published.Round(time.Millisecond), float64(len(r.evs))/run.Published.Seconds())
 
-	// The window: from continuing every process at once to the consumer
-	// drained.
-	s0, err := r.cpu(ctx, aupds, masters)
+	// The processes start at once. The window opens when every one is
+	// ready: what a process applied before is in neither the window's
+	// events nor its CPU, and no start-up work is in it.
+	aupds := r.c.Aupd[:n]
+	for _, a := range aupds {
+		if err := a.Start(); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range aupds {
+		if err := a.WaitReady(ctx, 90*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	c0, err := r.counters(ctx, aupds)
 	if err != nil {
 		return nil, err
 	}
-	for _, a := range aupds {
-		if err := a.Cont(); err != nil {
-			return nil, err
-		}
+	s0, err := r.cpu(ctx, aupds, masters)
+	if err != nil {
+		return nil, err
 	}
 	if err := r.waitDrained(ctx); err != nil {
 		return nil, err
@@ -478,7 +441,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	}
 	run.Window = s1.at.Sub(s0.at)
 	run.WindowEvents = c1.events - c0.events
-	run.Batches = c1.batches - c0.batches
+	run.Batches, run.BatchEvents = c1.batches-c0.batches, c1.batchEvents-c0.batchEvents
 	run.BatchTime = time.Duration((c1.batchSecs - c0.batchSecs) * float64(time.Second))
 	run.Aupd = s1.aupd - s0.aupd
 	run.NATS = s1.nats - s0.nats
@@ -522,6 +485,22 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	if run.NoticeBytes, err = r.noticeMemory(ctx, masters); err != nil {
 		return nil, err
 	}
+
+	// Idle: the same processes with nothing left to consume.
+	i0, err := r.cpu(ctx, aupds, masters)
+	if err != nil {
+		return nil, err
+	}
+	if err := sleep(ctx, idleSpan); err != nil {
+		return nil, err
+	}
+	i1, err := r.cpu(ctx, aupds, masters)
+	if err != nil {
+		return nil, err
+	}
+	per := func(d time.Duration) time.Duration { return time.Duration(float64(d) / i1.at.Sub(i0.at).Seconds()) }
+	run.IdleAupd, run.IdleNATS, run.IdleRedis = per(i1.aupd-i0.aupd), per(i1.nats-i0.nats), per(sum(i1.redis)+sum(i1.repl)-sum(i0.redis)-sum(i0.repl))
+
 	if err := r.check(ctx, run); err != nil {
 		return nil, err
 	}
@@ -771,6 +750,7 @@ type counters struct {
 	dead        int64
 	redisErrors int64
 	batches     int64   // aupd_batch_size_count: batches applied
+	batchEvents int64   // aupd_batch_size_sum: their events
 	batchSecs   float64 // aupd_batch_seconds_sum: their time, Redis round trips and waits included
 }
 
@@ -794,6 +774,8 @@ func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters,
 				c.redisErrors += int64(v)
 			case k == "aupd_batch_size_count":
 				c.batches += int64(v)
+			case k == "aupd_batch_size_sum":
+				c.batchEvents += int64(v)
 			case k == "aupd_batch_seconds_sum":
 				c.batchSecs += v
 			}
@@ -981,14 +963,8 @@ func (r *runner) check(ctx context.Context, run *Drain) error {
 	return nil
 }
 
-// idleSpan is how long a run's idle CPU is measured; settle is how long
-// the processes are left after they are ready, and after they are
-// frozen: ten times their pull requests' expiry (nats.consumer.max_wait,
-// 100 ms), so that the server holds none when the backlog comes.
-const (
-	idleSpan = 2 * time.Second
-	settle   = time.Second
-)
+// idleSpan is how long a run's idle CPU is measured.
+const idleSpan = 2 * time.Second
 
 func sum(ds []time.Duration) time.Duration {
 	var s time.Duration

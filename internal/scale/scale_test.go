@@ -40,8 +40,8 @@ func TestMeasureOneProcess(t *testing.T) {
 	if !res.OK() {
 		t.Error("result not OK")
 	}
-	if r.Procs != 1 || r.WindowEvents != events {
-		t.Errorf("procs %d, %d events in the window; want 1, %d (no event before the window opens)", r.Procs, r.WindowEvents, events)
+	if r.Procs != 1 || r.WindowEvents < 1 || r.WindowEvents > events {
+		t.Errorf("procs %d, %d events in the window; want 1, 1 to %d", r.Procs, r.WindowEvents, events)
 	}
 	if per := float64(r.StoredBytes) / events; per < float64(res.MeanPayload) || per > float64(res.MeanPayload)+200 {
 		t.Errorf("%.0f bytes stored per event of %d bytes", per, res.MeanPayload)
