@@ -10,7 +10,7 @@ import (
 )
 
 // Print writes the figures: the load and the machine, one row per run,
-// the Redis masters of each run, and what each run left.
+// each run's Redis masters and NATS nodes, and what each run left.
 func (res *Result) Print(w io.Writer) {
 	m := res.Machine
 	fmt.Fprintf(w, "load     %d events for %d accounts (mean payload %d bytes), seed %d; aupd batch %d, workers %d, max_wait %s, threshold %d (window cap %d), redis.wait_replicas 1\n",
