@@ -41,6 +41,8 @@ func main() {
 			os.Exit(clusterCmd(os.Args[2:]))
 		case "campaign":
 			os.Exit(campaignCmd(os.Args[2:]))
+		case "scale":
+			os.Exit(scaleCmd(os.Args[2:]))
 		}
 	}
 	def := config.Default().NATS.Consumer
