@@ -91,26 +91,43 @@ local function zadd(key, z)
 end
 local function clear(t) for i = #t, 1, -1 do t[i] = nil end end
 
--- Evidence samples: up to three in field smp, 14 bytes each; expired ones
--- are dropped (changed is then true).
+-- Evidence samples: up to three in field smp, 14 bytes each, read into
+-- SMT/SMF/SMQ (time in s, fingerprint, stream sequence; entries past the
+-- count are stale). Expired ones are dropped (changed is then true).
+local SMT, SMF, SMQ = {}, {}, {}
 local function read_samples(st, smp_s, v1, wlo)
-  local smp, changed = {}, false
-  local function keep(t, fp, seq)
-    if t * 1000 > wlo then smp[#smp + 1] = {t = t, fp = fp, seq = seq} else changed = true end
-  end
+  local ns, changed = 0, false
   if v1 then -- "ms|fingerprint|seq" in smp:1..3
     for _, v in ipairs(rcall('HMGET', st, 'smp:1', 'smp:2', 'smp:3')) do
       local t, fp, seq = string.match(v or '', '^(%d+)|([^|]*)|(%d+)$')
-      if t then keep(mfloor(tonumber(t) / 1000), ssub(fp .. '0000', 1, 4), tonumber(seq)) end
+      if t then
+        t = mfloor(tonumber(t) / 1000)
+        if t * 1000 > wlo then ns = ns + 1; SMT[ns], SMF[ns], SMQ[ns] = t, ssub(fp .. '0000', 1, 4), tonumber(seq) end
+      end
     end
     changed = true
   elseif smp_s then
     for i = 1, #smp_s - 13, 14 do
       local t, fp, seq = unpack_(SMP, smp_s, i)
-      keep(t, fp, seq)
+      if t * 1000 > wlo then ns = ns + 1; SMT[ns], SMF[ns], SMQ[ns] = t, fp, seq else changed = true end
     end
   end
-  return smp, changed
+  return ns, changed
+end
+
+-- where a new sample with fingerprint fp goes among ns: the next slot
+-- while there are fewer than three; else the oldest sample whose
+-- fingerprint another one shares, unless fp is one of the three already
+-- (nil: nowhere)
+local function sample_slot(ns, fp)
+  if ns < 3 then return ns + 1 end
+  local f1, f2, f3 = SMF[1], SMF[2], SMF[3]
+  if fp == f1 or fp == f2 or fp == f3 then return nil end
+  local dup
+  if f1 == f2 or f1 == f3 then dup = 1 end
+  if (f2 == f1 or f2 == f3) and (not dup or SMT[2] < SMT[dup]) then dup = 2 end
+  if (f3 == f1 or f3 == f2) and (not dup or SMT[3] < SMT[dup]) then dup = 3 end
+  return dup
 end
 
 -- one account: its state key and its packed batch
@@ -231,30 +248,17 @@ local function one(st, b)
 
   -- Evidence samples: up to three, preferring different fingerprints.
   -- Read only when they may change.
-  local smp, smp_changed = nil, false
-  if v1 then smp, smp_changed = read_samples(st, smp_s, v1, wlo) end
+  local ns, smp_changed = nil, false -- ns: the samples read (nil: not read)
+  if v1 then ns, smp_changed = read_samples(st, smp_s, v1, wlo) end
   if not frozen then
     for _, j in ipairs(add) do
       if ES[j] > 0 then
-        if not smp then smp, smp_changed = read_samples(st, smp_s, v1, wlo) end
-        local fp, seq = ssub(b, EF[j], EF[j] + 3), ES[j]
-        local t = mfloor(ET[j] / 1000)
-        local slot
-        if #smp < 3 then
-          slot = #smp + 1
-        else
-          -- replace the oldest sample whose fingerprint another one
-          -- shares, unless this message is one of the three already
-          local dup, has, cnt = nil, false, {}
-          for _, x in ipairs(smp) do cnt[x.fp] = (cnt[x.fp] or 0) + 1 end
-          for i, x in ipairs(smp) do
-            if x.fp == fp then has = true end
-            if cnt[x.fp] > 1 and (not dup or x.t < smp[dup].t) then dup = i end
-          end
-          if not has then slot = dup end
-        end
+        if not ns then ns, smp_changed = read_samples(st, smp_s, v1, wlo) end
+        local fp = ssub(b, EF[j], EF[j] + 3)
+        local slot = sample_slot(ns, fp)
         if slot then
-          smp[slot] = {t = t, fp = fp, seq = seq}
+          SMT[slot], SMF[slot], SMQ[slot] = mfloor(ET[j] / 1000), fp, ES[j]
+          if slot > ns then ns = slot end
           smp_changed = true
         end
       end
@@ -267,7 +271,7 @@ local function one(st, b)
   local x, counts, hist, outbox
   if crossing then
     hist, outbox = kb .. 'h', kb .. 'o'
-    if not smp then smp, smp_changed = read_samples(st, smp_s, v1, wlo) end
+    if not ns then ns, smp_changed = read_samples(st, smp_s, v1, wlo) end
     x = {}
     local XF = {'ver', 'company', 'status', 'sus:send', 'sus:receive', 'sus:imap', 'sus:pop3', 'sus:webmail', 'sus:webmail_send'}
     local xv = rcall('HMGET', st, unpack(XF))
@@ -327,9 +331,13 @@ local function one(st, b)
   end
 
   if smp_changed then
-    local parts = {}
-    for i, v in ipairs(smp) do parts[i] = struct.pack(SMP, v.t, v.fp, v.seq) end
-    if #parts > 0 then hset[#hset + 1] = 'smp'; hset[#hset + 1] = table.concat(parts) else rcall('HDEL', st, 'smp') end
+    if ns > 0 then
+      local packed = struct.pack(SMP, SMT[1], SMF[1], SMQ[1])
+      for i = 2, ns do packed = packed .. struct.pack(SMP, SMT[i], SMF[i], SMQ[i]) end
+      hset[#hset + 1] = 'smp'; hset[#hset + 1] = packed
+    else
+      rcall('HDEL', st, 'smp')
+    end
   end
   if report and not reported and not (crossing and action == 'report') then
     rcall('HDEL', st, 'report')
@@ -357,7 +365,7 @@ local function one(st, b)
     end
     if action == 'suspend' then svcjson = '["send","webmail_send"]' end
     local seqs = {}
-    for i, v in ipairs(smp) do seqs[i] = sformat('%.0f', v.seq) end
+    for i = 1, ns do seqs[i] = sformat('%.0f', SMQ[i]) end
     -- The crossing's record, built once: stored as last_aup, and carried
     -- by the outbox entry from which Go builds the account event.
     local sus = '{"id":' .. q(id) .. ',"action":' .. q(action) .. ',"services":' .. svcjson ..
