@@ -14,10 +14,11 @@
 // (aupload creates and deletes AUP_VERDICTS, AUP_ACCOUNTS and
 // AUP_DEAD_LETTERS there).
 //
-// Two subcommands run on a loopback cluster (docs/scaling.md):
+// Three subcommands run on a loopback cluster (docs/scaling.md):
 //
 //	go run ./cmd/aupload cluster     # 3 NATS nodes, a Redis Cluster, aupd processes, an SMTP sink; Ctrl-C tears down
 //	go run ./cmd/aupload campaign    # the fault campaign on that cluster; exit 0 only when nothing is lost or doubled
+//	go run ./cmd/aupload scale       # events/s and CPU per event with 1, 2 and 3 aupd processes, for the capacity model
 package main
 
 import (

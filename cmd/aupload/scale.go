@@ -15,7 +15,7 @@ import (
 )
 
 // scaleCmd is `aupload scale`: the scaling figures on a loopback cluster
-// (docs/capacity.md). It exits 0 only when every run's checks pass.
+// (docs/scaling.md, "Scaling figures and a capacity model"). It exits 0 only when every run's checks pass.
 func scaleCmd(args []string) int {
 	fs := flag.NewFlagSet("aupload scale", flag.ExitOnError)
 	events := fs.Int("events", 100_000, "events of the backlog each run drains")

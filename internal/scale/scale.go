@@ -7,7 +7,7 @@
 // ceiling that implies). On one machine every process shares the same
 // cores, so events/s does not grow with processes as it would on separate
 // hosts; the CPU per event of each component is the figure a capacity
-// model is built from (docs/capacity.md). Run it with
+// model is built from (docs/scaling.md, "Scaling figures and a capacity model"). Run it with
 // `go run ./cmd/aupload scale`.
 package scale
 
