@@ -267,7 +267,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r.c, err = cluster.Start(ctx, cluster.Options{
 		Dir: cfg.Dir, AupdBinary: cfg.AupdBinary, AupdProcesses: slices.Max(cfg.Procs), NoAupdStart: true, Log: cfg.Log,
 		Aupd: cluster.AupdSettings{Threshold: res.Threshold, Replicas: 3, Batch: res.Batch, Workers: res.Workers,
-			RedisExtra: []string{"wait_replicas: 1"}, LogLevel: "warn"},
+			WaitReplicas: 1, LogLevel: "warn"},
 	})
 	if err != nil {
 		return nil, err
