@@ -519,7 +519,7 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event) error {
 	if err != nil {
 		return err
 	}
-	m1, err := scrape(info.HTTPAddr)
+	m1, err := Scrape(ctx, info.HTTPAddr)
 	if err != nil {
 		return err
 	}
@@ -539,7 +539,7 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event) error {
 	if err != nil {
 		return err
 	}
-	m2, err := scrape(info.HTTPAddr)
+	m2, err := Scrape(ctx, info.HTTPAddr)
 	if err != nil {
 		return err
 	}
@@ -595,13 +595,20 @@ func (r *runner) waitDrained(ctx context.Context, cons jetstream.Consumer, want 
 	return first, last, fmt.Errorf("consumer did not drain within %s", r.cfg.Timeout)
 }
 
-// scrape reads aupd's /metrics into name{labels} -> value.
-func scrape(addr string) (map[string]float64, error) {
-	resp, err := http.Get("http://" + addr + "/metrics")
+// Scrape reads an aupd process's /metrics into name{labels} -> value.
+func Scrape(ctx context.Context, addr string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("metrics: %s", resp.Status)
+	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return nil, err

@@ -757,7 +757,7 @@ type counters struct {
 func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters, error) {
 	c := counters{outcomes: map[string]int64{}}
 	for _, a := range aupds {
-		m, err := scrape(ctx, a.HTTPAddr)
+		m, err := loadtest.Scrape(ctx, a.HTTPAddr)
 		if err != nil {
 			return c, fmt.Errorf("%s: %w", a.Name, err)
 		}
