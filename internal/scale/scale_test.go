@@ -72,7 +72,9 @@ func TestMeasureOneProcess(t *testing.T) {
 	for _, s := range r.Shards {
 		share += s.Share
 		masters += s.CPU
-		if s.MainCPU <= 0 || s.MainCPU > s.CPU {
+		// INFO cpu gives each figure to the microsecond: main thread and
+		// all threads may differ by a few of them in the wrong direction.
+		if s.MainCPU <= 0 || s.MainCPU > s.CPU+20*time.Microsecond {
 			t.Errorf("shard %s: main thread %s of %s", s.Master, s.MainCPU, s.CPU)
 		}
 		if s.Share < 0.2 || s.Share > 0.45 || s.Replica == "" || s.Ceiling(r) <= 0 {
