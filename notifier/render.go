@@ -12,7 +12,6 @@ import (
 	"net/mail"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -268,13 +267,15 @@ func (r *renderer) recipient(c Company, ok bool) (*mail.Address, string) {
 	return a, ""
 }
 
-// newMessageID returns a fresh Message-ID (without brackets) for a notice.
-func (r *renderer) newMessageID(ev *events.AccountEvent, now time.Time) string {
+// newMessageID returns the Message-ID (without brackets) of a suspension's
+// notice. It is derived from the account and the suspension id alone, so
+// that a notice rendered again (its stored copy lost with a failed Redis
+// master, say) carries the same Message-ID as the one already sent, and
+// the recipient's mail system, or anyone counting, sees one message.
+// Suspension ids are unique (time-ordered and random).
+func (r *renderer) newMessageID(ev *events.AccountEvent, _ time.Time) string {
 	h := sha256.Sum256([]byte(ev.Account + "\x00" + ev.Suspension.ID))
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	return fmt.Sprintf("aup.%s.%s.%s@%s", strconv.FormatInt(now.Unix(), 36),
-		hex.EncodeToString(h[:6]), hex.EncodeToString(rnd[:]), r.midDomain)
+	return "aup." + hex.EncodeToString(h[:16]) + "@" + r.midDomain
 }
 
 func newBoundary() string {

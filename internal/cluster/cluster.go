@@ -50,6 +50,8 @@ type Cluster struct {
 	Aupd  []*Aupd
 	SMTP  *SMTPSink
 	Bin   string // the aupd binary
+
+	unlock func() // the machine-wide cluster lock
 }
 
 func (o *Options) defaults() error {
@@ -136,7 +138,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	opts.Dir = dir
-	c := &Cluster{opts: opts}
+	unlock, err := lockMachine(ctx, opts.Log)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: opts, unlock: unlock}
 	if err := c.start(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -293,6 +299,10 @@ func (c *Cluster) Close() {
 	}
 	if c.SMTP != nil {
 		_ = c.SMTP.Close()
+	}
+	if c.unlock != nil {
+		c.unlock()
+		c.unlock = nil
 	}
 }
 

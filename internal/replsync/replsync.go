@@ -107,7 +107,11 @@ func (b *Barrier) Wait(ctx context.Context, tags ...string) error {
 	}
 	if len(masters) == 1 {
 		for addr, c := range masters {
-			return b.waitOn(ctx, c, markers[addr])
+			err := b.waitOn(ctx, c, markers[addr])
+			if err != nil {
+				cc.ReloadState(ctx)
+			}
+			return err
 		}
 	}
 	var (
@@ -125,6 +129,10 @@ func (b *Barrier) Wait(ctx context.Context, tags ...string) error {
 		})
 	}
 	wg.Wait()
+	if first != nil {
+		// A failover may have moved a slot: the next wait asks anew.
+		cc.ReloadState(ctx)
+	}
 	return first
 }
 

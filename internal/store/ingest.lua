@@ -19,7 +19,7 @@
 --   one string for it, and numbers unpack without parsing text):
 --   threshold I4, cap I4, action B (1 suspend, 2 report), statistics
 --   buckets I4, counting events I4;
---   per counting event 25 bytes: member c6 (id hash), time I8 (ms),
+--   per counting event 25 bytes: member c6 (id hash), time i8 (ms, signed),
 --   kind B (direction*4+verdict), stream sequence I6 (0: no sample),
 --   fingerprint c4;
 --   per statistics bucket: field I2+c0 ("<kind>.<hour mod 24>"), hour I4
@@ -82,6 +82,13 @@ local function fail(msg) error({err = msg}) end
 -- the next (entries past n are stale and never read).
 local EM, ET, EK, ES, EF = {}, {}, {}, {}, {} -- member, time, kind, sequence, fingerprint offset
 local ADD, OUT, HSET = {}, {}, {} -- new events' indexes, outcome letters, HSET arguments
+-- ZADD of score/member pairs, in parts: Lua passes at most 8000 values to
+-- a call.
+local function zadd(key, z)
+  for i = 1, #z, 4000 do
+    rcall('ZADD', key, unpack(z, i, mmin(i + 3999, #z)))
+  end
+end
 local function clear(t) for i = #t, 1, -1 do t[i] = nil end end
 
 -- Evidence samples: up to three in field smp, 14 bytes each; expired ones
@@ -112,7 +119,7 @@ local function one(st, b)
   local win = kb .. 'w'
   local threshold, cap, act, nstats, n, pos = unpack_('>I4I4BI4I4', b)
   for j = 1, n do
-    EM[j], ET[j], EK[j], ES[j] = unpack_('>c6I8BI6', b, pos)
+    EM[j], ET[j], EK[j], ES[j] = unpack_('>c6i8BI6', b, pos)
     EF[j] = pos + 21
     pos = pos + 25
   end
@@ -179,7 +186,12 @@ local function one(st, b)
     if n == 1 then
       known1 = rcall('ZSCORE', win, EM[1])
     elseif n > 1 then
-      known = rcall('ZMSCORE', win, unpack(EM, 1, n))
+      -- in parts past 4000: Lua unpacks at most 8000 values at once
+      known = rcall('ZMSCORE', win, unpack(EM, 1, mmin(n, 4000)))
+      for i = 4001, n, 4000 do
+        local part = rcall('ZMSCORE', win, unpack(EM, i, mmin(i + 3999, n)))
+        for j = 1, #part do known[i + j - 1] = part[j] end
+      end
     end
     count = rcall('ZCOUNT', win, '(' .. bound, '+inf')
   end
@@ -294,9 +306,7 @@ local function one(st, b)
     local z = {}
     for m, v in pairs(kept) do z[#z + 1] = (v[1] - base) * 16 + v[2]; z[#z + 1] = m end
     for _, j in ipairs(add) do z[#z + 1] = (ET[j] - base) * 16 + EK[j]; z[#z + 1] = EM[j] end
-    for i = 1, #z, 8000 do
-      rcall('ZADD', win, unpack(z, i, mmin(i + 7999, #z)))
-    end
+    zadd(win, z)
     if #z > 0 then hset[#hset + 1] = 'wb'; hset[#hset + 1] = base / HOUR end
     if v1 then rcall('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
   elseif base then
@@ -309,7 +319,7 @@ local function one(st, b)
     elseif nadd > 1 then
       local z = {}
       for _, j in ipairs(add) do z[#z + 1] = (ET[j] - base) * 16 + EK[j]; z[#z + 1] = EM[j] end
-      rcall('ZADD', win, unpack(z))
+      zadd(win, z)
     end
   end
   if count + nadd > cap then

@@ -317,3 +317,39 @@ func TestIngestReportModeRecordsWithoutSuspending(t *testing.T) {
 		t.Fatalf("new crossing after the window emptied: %+v", res[0])
 	}
 }
+
+// TestIngestAncientEventIsLate: an event time before 1970 is outside any
+// window (the packed time is signed), not a huge future time.
+func TestIngestAncientEventIsLate(t *testing.T) {
+	s := newStore(t)
+	r := ingest(t, s, t0, 10, spam("old", time.Date(1969, 7, 20, 20, 17, 0, 0, time.UTC)), spam("now", t0))
+	if got := outcomes(r); got != "lc" || r.Count != 1 {
+		t.Fatalf("outcomes %q count %d, want lc and 1", got, r.Count)
+	}
+}
+
+// TestIngestHugeBatchOfOneAccount: the largest batch the consumer takes
+// (10,000 events), all for one account, counts exactly, first on a new
+// window and then on an existing one (more ids than Lua unpacks at once).
+func TestIngestHugeBatchOfOneAccount(t *testing.T) {
+	s := newStore(t)
+	mk := func(from, n int) []Item {
+		items := make([]Item, n)
+		for i := range items {
+			items[i] = spam(fmt.Sprintf("id-%d", from+i), t0.Add(-time.Duration(from+i)*time.Millisecond))
+		}
+		return items
+	}
+	b := Batch{Account: "alice@example.com", Company: "acme", Threshold: 20000, Cap: 30000, Action: rules.ActionSuspend, Items: mk(0, 10000)}
+	p := IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return NewID(t0) }}
+	for round, want := range []int{10000, 15000} {
+		res, err := s.Ingest(context.Background(), []Batch{b}, p)
+		if err != nil || res[0].Err != nil {
+			t.Fatalf("round %d: %v %v", round, err, res[0].Err)
+		}
+		if res[0].Count != want {
+			t.Fatalf("round %d: count %d, want %d", round, res[0].Count, want)
+		}
+		b.Items = mk(5000, 10000) // half of them known
+	}
+}

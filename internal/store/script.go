@@ -37,11 +37,39 @@ func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]stri
 		if len(missing) == 0 || attempt == 1 {
 			return cmds, nil
 		}
-		if err := script.Load(ctx, s.rdb).Err(); err != nil {
+		if err := s.loadScript(ctx, script, keys, missing); err != nil {
 			return nil, wrap("load script", err)
 		}
 		todo = missing
 	}
+}
+
+// loadScript loads script where the calls missing found it missing. On a
+// Cluster that is the masters of those calls' slots only (a replica just
+// promoted has an empty script cache, and loading on every node would fail
+// while its old master is down); elsewhere the one server.
+func (s *Store) loadScript(ctx context.Context, script *redis.Script, keys [][]string, missing []int) error {
+	cc, ok := s.rdb.(*redis.ClusterClient)
+	if !ok {
+		return script.Load(ctx, s.rdb).Err()
+	}
+	done := map[string]bool{}
+	for _, i := range missing {
+		if len(keys[i]) == 0 {
+			continue
+		}
+		m, err := cc.MasterForKey(ctx, keys[i][0])
+		if err != nil {
+			return err
+		}
+		if addr := m.Options().Addr; !done[addr] {
+			if err := script.Load(ctx, m).Err(); err != nil {
+				return err
+			}
+			done[addr] = true
+		}
+	}
+	return nil
 }
 
 // member maps an event id to the 6 bytes stored for it in the window: the
