@@ -140,7 +140,7 @@ func TestCampaignShort(t *testing.T) {
 		tampered, err = tamper(ctx, t, c, recheck)
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, cfg)
 	if res != nil && len(res.Rows) > 0 {

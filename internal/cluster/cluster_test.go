@@ -19,7 +19,7 @@ func TestClusterUpFaultsDown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("brings up 3 NATS nodes, 6 Redis nodes and 2 aupd processes")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	c, err := Start(ctx, Options{Dir: t.TempDir(), Aupd: AupdSettings{Threshold: 5, NoticeRetryMin: 200 * time.Millisecond, NoticeRetryMax: time.Second}})
 	if err != nil {

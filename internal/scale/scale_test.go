@@ -20,7 +20,7 @@ func TestMeasureOneProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("brings up 3 NATS nodes, 6 Redis nodes and an aupd process")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // it may wait its turn on the cluster lock
 	defer cancel()
 	const events, accounts = 3000, 300
 	res, err := Run(ctx, Config{Dir: t.TempDir(), Events: events, Accounts: accounts, Procs: []int{1}, Seed: 7, Timeout: time.Minute})

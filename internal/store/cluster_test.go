@@ -25,7 +25,7 @@ func TestIngestOnRedisClusterThroughFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("brings up a Redis Cluster")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // it may wait its turn on the cluster lock
 	defer cancel()
 	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir(), AupdProcesses: 1, NoAupdStart: true, AupdBinary: "/bin/false"})
 	if err != nil {
