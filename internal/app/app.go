@@ -259,7 +259,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		Redis: a.rdb, KeyPrefix: cfg.Redis.Prefix, JetStream: a.js,
 		Samples: notifier.StreamSamples{Stream: verdicts}, Directory: directory(a.dir),
 		Registerer: a.reg, Logger: a.log, Now: a.opts.Now, Links: desk.NewLinks(cfg.Desk).URL,
-		Replicated: barrier(repl),
+		Replicated: repl, // a nil *Barrier waits for nothing
 	})
 	if err != nil {
 		return err
@@ -497,13 +497,4 @@ func (a *App) reloadConfig() error {
 	a.cfg.Store(cfg)
 	a.log.Info("config reloaded", "threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(cfg.Companies), "tokens", len(cfg.Auth.Tokens))
 	return nil
-}
-
-// barrier is the notifier's view of repl: nil stays nil (an interface
-// holding a nil *Barrier would not be).
-func barrier(repl *replsync.Barrier) notifier.Barrier {
-	if repl == nil {
-		return nil
-	}
-	return repl
 }

@@ -133,19 +133,10 @@ type stall struct {
 
 // watchAckFloor samples the verdict consumer every 500 ms until stop.
 func (r *runner) watchAckFloor(ctx context.Context, stop <-chan struct{}) {
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(ctx, stop, 500*time.Millisecond, func() {
 		vi, err := r.consumerInfo(ctx, r.streams[0], config.Default().NATS.Consumer.Durable)
 		if err != nil {
-			continue
+			return
 		}
 		now := time.Now()
 		r.mu.Lock()
@@ -161,6 +152,22 @@ func (r *runner) watchAckFloor(ctx context.Context, stop <-chan struct{}) {
 			st.longest, st.floor, st.at = d, floor, st.curSince.Sub(r.start)
 		}
 		r.mu.Unlock()
+	})
+}
+
+// every calls fn each interval until ctx ends or stop closes.
+func every(ctx context.Context, stop <-chan struct{}, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		fn()
 	}
 }
 
@@ -388,16 +395,7 @@ func (r *runner) probe(ctx context.Context, n int) (time.Duration, string, error
 
 // progress prints a line every 10 s.
 func (r *runner) progress(ctx context.Context, stop <-chan struct{}) {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(ctx, stop, 10*time.Second, func() {
 		line := fmt.Sprintf("campaign: %s: published %d/%d (acked %d)", since(r.start), r.pub.sent.Load(), r.plan.Len(), r.pub.acked.Load())
 		if vi, err := r.consumerInfo(ctx, r.streams[0], config.Default().NATS.Consumer.Durable); err == nil {
 			line += fmt.Sprintf(", aupd acked to %d, %d pending, %d in flight", vi.AckFloor.Stream, vi.NumPending, vi.NumAckPending)
@@ -409,7 +407,7 @@ func (r *runner) progress(ctx context.Context, stop <-chan struct{}) {
 		}
 		r.mu.Unlock()
 		fmt.Fprintln(r.cfg.Log, line)
-	}
+	})
 }
 
 // drain waits until both consumers (verdicts, notices) have nothing

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,18 +122,7 @@ func splitHostPort(addr string) (string, string) {
 // Redis and NATS and consumes.
 func (a *Aupd) WaitReady(ctx context.Context, timeout time.Duration) error {
 	url := "http://" + a.HTTPAddr + "/readyz"
-	err := poll(ctx, timeout, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
-		if err := a.exitedErr(); err != nil {
-			return false, err
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, fmt.Errorf("readyz: %s", resp.Status)
-	})
+	err := waitHTTP(ctx, timeout, url, a.exitedErr)
 	if err != nil {
 		return fmt.Errorf("aupd %s: %w (log %s)", a.Name, err, a.Log)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,21 +54,7 @@ cluster {
 // and current).
 func (n *NATSNode) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", n.HTTPPort)
-	err := poll(ctx, timeout, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
-		if err := n.exitedErr(); err != nil {
-			return false, err
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return false, fmt.Errorf("healthz: %s", resp.Status)
-		}
-		return true, nil
-	})
+	err := waitHTTP(ctx, timeout, url, n.exitedErr)
 	if err != nil {
 		return fmt.Errorf("nats %s: %w (log %s)", n.ServerName, err, n.Log)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -222,4 +223,21 @@ func (p *Proc) exitedErr() error {
 		return nil
 	}
 	return fmt.Errorf("%s is not running; its log ends:\n%s", p.Name, p.Tail(10))
+}
+
+// waitHTTP polls url until it answers 200, failing early once exited
+// reports the process gone.
+func waitHTTP(ctx context.Context, timeout time.Duration, url string, exited func() error) error {
+	return poll(ctx, timeout, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+		if err := exited(); err != nil {
+			return false, err
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, fmt.Errorf("%s: %s", url, resp.Status)
+	})
 }
