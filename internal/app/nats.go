@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -150,11 +151,23 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, s config.Stream, 
 	return st, nil
 }
 
-// VerdictConsumer creates or binds the durable verdict consumer.
+// VerdictConsumer creates or binds the durable verdict consumer. It
+// filters on the verdict subjects only when the stream also holds others:
+// a filter the stream makes redundant still costs NATS 2.9 a filtered
+// lookup per delivery, which more than halved the pace of a backlog drain
+// on Debian's nats-server 2.9.10.
 func VerdictConsumer(ctx context.Context, js jetstream.JetStream, stream string, c config.Consumer) (jetstream.Consumer, error) {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	filter := ""
+	if !onlyVerdicts(st.CachedInfo().Config.Subjects) {
+		filter = events.SubjectPrefix + ">"
+	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:       c.Durable,
-		FilterSubject: events.SubjectPrefix + ">",
+		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.AckWait,
 		MaxAckPending: c.MaxAckPending,
@@ -165,6 +178,18 @@ func VerdictConsumer(ctx context.Context, js jetstream.JetStream, stream string,
 		return nil, fmt.Errorf("consumer %s on %s: %w", c.Durable, stream, err)
 	}
 	return cons, nil
+}
+
+// onlyVerdicts reports whether every subject a stream captures is a
+// verdict subject (under aup.verdict.), so that its consumer needs no
+// filter.
+func onlyVerdicts(subjects []string) bool {
+	for _, s := range subjects {
+		if !strings.HasPrefix(s, events.SubjectPrefix) {
+			return false
+		}
+	}
+	return len(subjects) > 0
 }
 
 // jsPublisher publishes account events to JetStream and waits for the ack.
