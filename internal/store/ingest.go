@@ -76,7 +76,7 @@ type Batch struct {
 // Result is the outcome of one account's batch.
 type Result struct {
 	Outcomes []Outcome // one per item
-	Count    int       // counting events in the window (at most Cap)
+	Count    int       // counting events in the window (at most Cap); -1 for a batch of statistics only, which does not read the window
 	Capped   bool      // this batch dropped events at the cap: the real count is higher than Count
 	Crossing rules.Action
 	ID       string // id of the suspension or report the crossing made
@@ -320,6 +320,15 @@ func hourBuckets(items []Item, lo int64) []hourBucket {
 const hourMS = int64(time.Hour / time.Millisecond)
 
 func parseIngest(v any, items []Item, lo int64) Result {
+	if packed, ok := v.(string); ok {
+		// nothing to publish: count i4, capped B, outcomes
+		if len(packed) < 5 {
+			return Result{Err: Permanent(fmt.Errorf("ingest script returned %d bytes", len(packed)))}
+		}
+		r := Result{Count: int(int32(binary.BigEndian.Uint32([]byte(packed[:4])))), Capped: packed[4] == 1}
+		r.Outcomes, r.Err = outcomesOf(packed[5:], items, lo)
+		return r
+	}
 	vals, _ := v.([]any)
 	if len(vals) == 1 {
 		if msg, ok := vals[0].(string); ok && strings.HasPrefix(msg, "!") {
@@ -330,21 +339,9 @@ func parseIngest(v any, items []Item, lo int64) Result {
 		return Result{Err: Permanent(fmt.Errorf("ingest script returned %d values", len(vals)))}
 	}
 	outs, _ := vals[0].(string)
-	r := Result{Outcomes: make([]Outcome, len(items))}
-	j := 0
-	for i, it := range items {
-		switch {
-		case !it.Counting && ms(it.Time) <= lo:
-			r.Outcomes[i] = Late
-		case !it.Counting:
-			r.Outcomes[i] = StatsOnly
-		case j < len(outs):
-			r.Outcomes[i] = Outcome(outs[j])
-			j++
-		}
-	}
-	if j != len(outs) {
-		return Result{Err: Permanent(fmt.Errorf("ingest script returned %d outcomes for %d counting events", len(outs), j))}
+	var r Result
+	if r.Outcomes, r.Err = outcomesOf(outs, items, lo); r.Err != nil {
+		return Result{Err: r.Err}
 	}
 	r.Count = int(toInt(vals[1]))
 	r.Capped = toInt(vals[2]) == 1
@@ -362,6 +359,30 @@ func parseIngest(v any, items []Item, lo int64) Result {
 		}
 	}
 	return r
+}
+
+// outcomesOf is the outcome of each item: the script's letters for the
+// counting ones, in order, and late or statistics for the others.
+func outcomesOf(outs string, items []Item, lo int64) ([]Outcome, error) {
+	o := make([]Outcome, len(items))
+	j := 0
+	for i, it := range items {
+		switch {
+		case !it.Counting && ms(it.Time) <= lo:
+			o[i] = Late
+		case !it.Counting:
+			o[i] = StatsOnly
+		default:
+			if j < len(outs) {
+				o[i] = Outcome(outs[j])
+			}
+			j++
+		}
+	}
+	if j != len(outs) {
+		return nil, Permanent(fmt.Errorf("ingest script returned %d outcomes for %d counting events", len(outs), j))
+	}
+	return o, nil
 }
 
 func toInt(v any) int64 {

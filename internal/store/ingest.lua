@@ -1,11 +1,14 @@
 -- Ingest a batch of verdict events for one or more accounts (one call
 -- holds accounts of one Redis Cluster slot; standalone Redis takes many).
 -- Each account is atomic on its own and fails on its own: its part reads
--- everything first and writes last, so that an error (a key of the wrong
--- type, say) leaves it as it was, and the other accounts of the call go on.
--- An account costs the same fixed handful of commands however many events
--- it has: one HMGET of the state, ZMSCORE of the new ids, ZCOUNT, one ZADD,
--- and writes only where something changed.
+-- what decides first and writes last, so that an error (a key of the
+-- wrong type, say) leaves it as it was, and the other accounts of the call
+-- go on. An account costs the same fixed handful of commands however many
+-- events it has: one HMGET of the state, the window trim, ZCARD, ZMSCORE
+-- of the ids (or, for a single event, ZADD NX, which learns whether it is
+-- new and adds it at once), one ZADD, and writes only where something
+-- changed. An account with statistics-only events alone costs the HMGET
+-- and HSET of its statistics buckets, and nothing else.
 --
 -- KEYS: 1 per account, its state HASH <prefix>:{<account>}:s; its other
 --       keys share the name but for the last letter (w window ZSET,
@@ -38,8 +41,9 @@
 -- window carry a TTL and expire once past the window plus the skew. A
 -- crossing (or any change through apply.lua) makes the record durable.
 --
--- Returns, per account, {outcomes, count, capped} when nothing is to be
--- published, else {outcomes, count, capped, crossing, id, pending outbox
+-- Returns, per account, one string when nothing is to be published:
+-- count i4 (-1: not read, for statistics only), capped B, then the
+-- outcomes; else {outcomes, count, capped, crossing, id, pending outbox
 -- entries}; or {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
 -- window or before the last reinstatement), k counted at the cap.
@@ -130,11 +134,66 @@ local function sample_slot(ns, fp)
   return dup
 end
 
+-- The statistics buckets of a batch, at position tp of its packed form:
+-- a list of field, hour, increment (3 per bucket), and the position after.
+local function read_buckets(b, tp, nstats)
+  local sf = {}
+  for j = 1, nstats do
+    local fj, hour, inc, nq = unpack_('>I2c0I4I4', b, tp) -- c0 takes the length before it
+    sf[3 * j - 2], sf[3 * j - 1], sf[3 * j] = fj, hour, inc
+    tp = nq
+  end
+  return sf, tp
+end
+
+-- Add a batch's buckets to the statistics HASH: each field holds
+-- "<hour>:<count>" for the last hour it counted; an older hour than the
+-- field holds is too late to count. _e is the expiry, in hours.
+local function write_stats(stats, sf, nstats)
+  local f = {}
+  for j = 1, nstats do f[j] = sf[3 * j - 2] end
+  f[nstats + 1] = '_e'
+  local scur = rcall('HMGET', stats, unpack(f))
+  local sset = {}
+  for j = 1, nstats do
+    local fj, hour, inc = sf[3 * j - 2], sf[3 * j - 1], sf[3 * j]
+    local ch, cn = string.match(scur[j] or '', '^(%d+):(%d+)$')
+    ch, cn = tonumber(ch or '0'), tonumber(cn or '0')
+    if hour > ch then
+      sset[#sset + 1] = fj; sset[#sset + 1] = sformat('%d:%d', hour, inc)
+    elseif hour == ch then
+      sset[#sset + 1] = fj; sset[#sset + 1] = sformat('%d:%d', ch, cn + inc)
+    end
+  end
+  local se = mfloor(now / HOUR) + 26
+  if se > tonumber(scur[nstats + 1] or '0') then
+    sset[#sset + 1] = '_e'; sset[#sset + 1] = se
+  else
+    se = nil
+  end
+  if #sset > 0 then rcall('HSET', stats, unpack(sset)) end
+  if se then rcall('PEXPIRE', stats, se * HOUR - now) end
+end
+
+-- The lists a crossing writes must be lists: fail before any write.
+local function check_lists(kb)
+  for _, key in ipairs({kb .. 'h', kb .. 'o'}) do
+    local ty = rcall('TYPE', key)['ok']
+    if ty ~= 'none' and ty ~= 'list' then fail('WRONGTYPE ' .. key .. ' holds a ' .. ty) end
+  end
+end
+
 -- one account: its state key and its packed batch
 local function one(st, b)
   local kb = ssub(st, 1, -2) -- the account's key name but for the last letter
-  local win = kb .. 'w'
   local threshold, cap, act, nstats, n, pos = unpack_('>I4I4BI4I4', b)
+  if n == 0 and nstats > 0 then
+    -- Statistics only: the window and the state are not read, and the
+    -- count is not known (-1).
+    write_stats(kb .. 't', (read_buckets(b, pos, nstats)), nstats)
+    return struct.pack('>i4B', -1, 0)
+  end
+  local win = kb .. 'w'
   for j = 1, n do
     EM[j], ET[j], EK[j], ES[j] = unpack_('>c6i8BI6', b, pos)
     EF[j] = pos + 21
@@ -154,21 +213,9 @@ local function one(st, b)
   local base = nil -- the window's score base; wb is in hours, to stay short
   if wb then base = tonumber(wb) * HOUR end
 
-  local stats, sf, scur
+  local sf
   local tp = sp -- the crossing's strings
-  if nstats > 0 then
-    stats = kb .. 't'
-    sf = {}
-    local f = {}
-    for j = 1, nstats do
-      local fj, hour, inc, nq = unpack_('>I2c0I4I4', b, tp) -- c0 takes the length before it
-      sf[3 * j - 2], sf[3 * j - 1], sf[3 * j] = fj, hour, inc
-      f[j] = fj
-      tp = nq
-    end
-    f[nstats + 1] = '_e'
-    scur = rcall('HMGET', stats, unpack(f))
-  end
+  if nstats > 0 then sf, tp = read_buckets(b, sp, nstats) end
 
   -- The window as it is. Rewrite it when its base is too old for compact
   -- scores (or absent: a new account, or a window written by aupd v1,
@@ -177,8 +224,9 @@ local function one(st, b)
   local rewrite = n > 0 and (base == nil or now - base > rebase_after)
   local kept, nkept = nil, 0 -- in rewrite mode: member -> {t, kind}
   local count, known, known1 = 0, nil, false
+  local added1 = false -- the one event of the batch was added already
   local maxt = 0 -- the newest event time the window holds after this batch
-  local bound -- the window's lowest score that still counts, minus one, as text
+  local bound -- the window's highest score that no longer counts
   if rewrite then
     kept = {}
     local old = base or 0
@@ -199,9 +247,20 @@ local function one(st, b)
     nkept = count
     base = mfloor(now / HOUR) * HOUR
   elseif base then
-    bound = sformat('%d', (wlo - base) * 16 + 15)
+    -- Trim first: members at or below bound no longer count, so removing
+    -- them changes nothing a later step or reader sees, even when this
+    -- account's part fails after it. The count is then ZCARD.
+    bound = (wlo - base) * 16 + 15
+    rcall('ZREMRANGEBYSCORE', win, '-inf', bound)
+    count = rcall('ZCARD', win)
     if n == 1 then
-      known1 = rcall('ZSCORE', win, EM[1])
+      -- One event: ZADD NX both learns whether its id is new and adds
+      -- it. A crossing may follow, so its lists are checked first.
+      if ET[1] > wlo then
+        if count + 1 > threshold and not aup then check_lists(kb) end
+        known1 = rcall('ZADD', win, 'NX', (ET[1] - base) * 16 + EK[1], EM[1]) == 0
+        added1 = not known1
+      end
     elseif n > 1 then
       -- in parts past 4000: Lua unpacks at most 8000 values at once
       known = rcall('ZMSCORE', win, unpack(EM, 1, mmin(n, 4000)))
@@ -210,7 +269,6 @@ local function one(st, b)
         for j = 1, #part do known[i + j - 1] = part[j] end
       end
     end
-    count = rcall('ZCOUNT', win, '(' .. bound, '+inf')
   end
 
   -- A reported crossing holds while the count stays above the threshold;
@@ -281,25 +339,23 @@ local function one(st, b)
     if rewrite then
       for _, v in pairs(kept) do all[#all + 1] = v end
     else
-      local z = rcall('ZRANGE', win, '(' .. bound, '+inf', 'BYSCORE', 'WITHSCORES')
+      local z = rcall('ZRANGE', win, 0, -1, 'WITHSCORES') -- trimmed already
       for j = 1, #z, 2 do
         local sc = tonumber(z[j + 1])
         local d = mfloor(sc / 16)
         all[#all + 1] = {base + d, sc - d * 16}
       end
     end
-    for _, j in ipairs(add) do all[#all + 1] = {ET[j], EK[j]} end
+    if not added1 then
+      for _, j in ipairs(add) do all[#all + 1] = {ET[j], EK[j]} end
+    end
     table.sort(all, function(a, c) return a[1] > c[1] end)
     counts = {0, 0, 0}
     for i = 1, mmin(#all, cap) do
       local dir = mfloor(all[i][2] / 4) + 1
       counts[dir] = counts[dir] + 1
     end
-    -- The lists written below must be lists: fail now, before any write.
-    for _, key in ipairs({hist, outbox}) do
-      local ty = rcall('TYPE', key)['ok']
-      if ty ~= 'none' and ty ~= 'list' then fail('WRONGTYPE ' .. key .. ' holds a ' .. ty) end
-    end
+    if not added1 then check_lists(kb) end -- else checked before the ZADD
   end
 
   -------------------------------------------------------------- writes --
@@ -314,10 +370,9 @@ local function one(st, b)
     if #z > 0 then hset[#hset + 1] = 'wb'; hset[#hset + 1] = base / HOUR end
     if v1 then rcall('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
   elseif base then
-    if count > 0 or nadd > 0 then
-      rcall('ZREMRANGEBYSCORE', win, '-inf', bound)
-    end
-    if nadd == 1 then
+    if added1 then
+      -- added by ZADD NX above
+    elseif nadd == 1 then
       local j = add[1]
       rcall('ZADD', win, (ET[j] - base) * 16 + EK[j], EM[j])
     elseif nadd > 1 then
@@ -404,37 +459,19 @@ local function one(st, b)
   if we > we_old or (rewrite and nkept + nadd > 0) then rcall('PEXPIRE', win, we * HOUR - now) end
   if crossing then
     rcall('PERSIST', st)
-  elseif not durable and #hset > 0 then
+  elseif not durable and #hset > 0 and (we > we_old or we_old == 0) then
+    -- a new state, or a later expiry: else the TTL it has is right
     if we == 0 then we = math.ceil((now + window + skew) / HOUR) end
     rcall('PEXPIRE', st, we * HOUR - now)
   end
 
-  if nstats > 0 then
-    local sset = {}
-    for j = 1, nstats do
-      local f, hour, inc = sf[3 * j - 2], sf[3 * j - 1], sf[3 * j]
-      local ch, cn = string.match(scur[j] or '', '^(%d+):(%d+)$')
-      ch, cn = tonumber(ch or '0'), tonumber(cn or '0')
-      if hour > ch then
-        sset[#sset + 1] = f; sset[#sset + 1] = sformat('%d:%d', hour, inc)
-      elseif hour == ch then
-        sset[#sset + 1] = f; sset[#sset + 1] = sformat('%d:%d', ch, cn + inc)
-      end -- an older hour than the slot holds: too late to count
-    end
-    local se = mfloor(now / HOUR) + 26
-    if se > tonumber(scur[nstats + 1] or '0') then
-      sset[#sset + 1] = '_e'; sset[#sset + 1] = se
-    else
-      se = nil
-    end
-    if #sset > 0 then rcall('HSET', stats, unpack(sset)) end
-    if se then rcall('PEXPIRE', stats, se * HOUR - now) end
-  end
+  if nstats > 0 then write_stats(kb .. 't', sf, nstats) end
 
   if crossing or ob then
     return {outs, total, capped and 1 or 0, crossing and action or '', id, rcall('LRANGE', kb .. 'o', 0, 99)}
   end
-  return {outs, total, capped and 1 or 0}
+  -- nothing to publish: one string, count i4, capped B, then the outcomes
+  return struct.pack('>i4B', total, capped and 1 or 0) .. outs
 end
 
 local results = {}

@@ -59,10 +59,15 @@ func TestIngestCountsEachIDOnce(t *testing.T) {
 	if got := outcomes(r); got != "dd" || r.Count != 2 {
 		t.Fatalf("redelivery: outcomes %q count %d", got, r.Count)
 	}
-	// Ham is statistics only: never stored per event, never counted.
+	// Ham is statistics only: never stored per event, never counted; a
+	// batch of it alone does not read the window (count -1), and with a
+	// counting event it leaves the count as it was.
 	ham := Item{ID: "a", Time: t0, Kind: rules.KindOf(rules.Outbound, rules.Ham)}
-	if r = ingest(t, s, t0, 10, ham); outcomes(r) != "s" || r.Count != 2 {
+	if r = ingest(t, s, t0, 10, ham); outcomes(r) != "s" || r.Count != -1 {
 		t.Fatalf("ham: %q count %d", outcomes(r), r.Count)
+	}
+	if r = ingest(t, s, t0, 10, ham, spam("a", t0)); outcomes(r) != "sd" || r.Count != 2 {
+		t.Fatalf("ham and a duplicate: %q count %d", outcomes(r), r.Count)
 	}
 	// Ingest creates no account record.
 	if a, err := s.Account(context.Background(), "alice@example.com"); err != nil || a.Exists {
