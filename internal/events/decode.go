@@ -1,7 +1,10 @@
 package events
 
 import (
+	"bytes"
 	"encoding/json"
+	"math/bits"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -26,22 +29,49 @@ const (
 	fMessage
 )
 
-var topFields = map[string]int{
-	"id": fID, "time": fTime, "direction": fDirection, "account": fAccount,
-	"verdict": fVerdict, "score": fScore, "source": fSource, "message": fMessage,
+// topField is the bit of a top-level key of the contract (0: not one).
+func topField(key []byte) int {
+	switch string(key) {
+	case "id":
+		return fID
+	case "time":
+		return fTime
+	case "direction":
+		return fDirection
+	case "account":
+		return fAccount
+	case "verdict":
+		return fVerdict
+	case "score":
+		return fScore
+	case "source":
+		return fSource
+	case "message":
+		return fMessage
+	}
+	return 0
 }
 
-// messageFields are the optional fields of message, with whether they are
-// a list of strings.
-var messageFields = map[string]bool{
-	"message_id": false, "from": false, "to": true, "subject": false, "date": false, "raw": false,
+// fieldName is the key of a field bit.
+func fieldName(bit int) string { return topKeys[bits.TrailingZeros(uint(bit))] }
+
+// otherCase returns the key of keys that k spells in another case, if
+// any (k itself is not one of them).
+func otherCase(k []byte, keys []string) (string, bool) {
+	for _, key := range keys {
+		if len(key) == len(k) && bytes.EqualFold(k, []byte(key)) {
+			return key, true
+		}
+	}
+	return "", false
 }
 
-// lowerKey returns the contract's key that k spells in another case, if any.
-func lowerKey(k string, known func(string) bool) (string, bool) {
-	l := strings.ToLower(k)
-	return l, l != k && known(l)
-}
+// The keys of the contract: top-level ones in the order of their bits,
+// and the optional ones of message (of which "to" is a list of strings).
+var (
+	topKeys     = []string{"id", "time", "direction", "account", "verdict", "score", "source", "message"}
+	messageKeys = []string{"message_id", "from", "to", "subject", "date", "raw"}
+)
 
 type decoder struct {
 	data []byte
@@ -72,21 +102,20 @@ func (d *decoder) peek() byte {
 	return 0
 }
 
-// str reads a string at the position and returns its value.
-func (d *decoder) str() (string, error) {
+// strBytes reads a string at the position and returns its value: the
+// payload's own bytes when it has no escapes (no copy), else a decoded
+// copy.
+func (d *decoder) strBytes() ([]byte, error) {
 	start := d.pos
 	raw, escaped, err := d.skipString()
-	if err != nil {
-		return "", err
-	}
-	if !escaped {
-		return string(raw), nil
+	if err != nil || !escaped {
+		return raw, err
 	}
 	var s string
 	if err := json.Unmarshal(d.data[start:d.pos], &s); err != nil {
-		return "", invalid(ReasonInvalidJSON, "", "bad string escape at byte %d", start)
+		return nil, invalid(ReasonInvalidJSON, "", "bad string escape at byte %d", start)
 	}
-	return s, nil
+	return []byte(s), nil
 }
 
 // skipString moves past a string and returns its raw content.
@@ -99,6 +128,10 @@ func (d *decoder) skipString() ([]byte, bool, error) {
 	escaped := false
 	for d.pos < len(d.data) {
 		c := d.data[d.pos]
+		if !stringSpecial[c] {
+			d.pos++
+			continue
+		}
 		switch {
 		case c == '"':
 			raw := d.data[start:d.pos]
@@ -134,6 +167,16 @@ func (d *decoder) skipString() ([]byte, bool, error) {
 	}
 	return nil, false, d.syntaxError("unterminated string")
 }
+
+// stringSpecial marks the bytes that end a run of plain string content:
+// the quote, the backslash and control characters.
+var stringSpecial = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = true
+	}
+	t['"'], t['\\'] = true, true
+	return t
+}()
 
 func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
@@ -261,8 +304,8 @@ func (d *decoder) skip(depth int) (string, error) {
 }
 
 // members calls fn for each member of the object at the position, with
-// the decoded key; fn must consume the value.
-func (d *decoder) members(fn func(key string) error) error {
+// the decoded key (valid during the call only); fn must consume the value.
+func (d *decoder) members(fn func(key []byte) error) error {
 	if d.peek() != '{' {
 		return d.syntaxError("expected an object")
 	}
@@ -273,7 +316,7 @@ func (d *decoder) members(fn func(key string) error) error {
 	}
 	for {
 		d.ws()
-		key, err := d.str()
+		key, err := d.strBytes()
 		if err != nil {
 			return err
 		}
@@ -297,20 +340,32 @@ func (d *decoder) members(fn func(key string) error) error {
 	}
 }
 
-// typed reads a string value of field, or tells what it was instead.
-func (d *decoder) stringField(field string) (string, bool, error) {
+// stringField reads a string value of field (see strBytes), or tells
+// what it was instead.
+func (d *decoder) stringField(field string) ([]byte, bool, error) {
 	switch d.peek() {
 	case '"':
-		s, err := d.str()
+		s, err := d.strBytes()
 		return s, true, err
 	case 'n':
-		return "", false, d.literal("null")
+		return nil, false, d.literal("null")
 	}
 	kind, err := d.skip(0)
 	if err != nil {
-		return "", false, err
+		return nil, false, err
 	}
-	return "", false, invalid(ReasonInvalidField, field, "expected string, got JSON %s", kind)
+	return nil, false, invalid(ReasonInvalidField, field, "expected string, got JSON %s", kind)
+}
+
+// intern returns the one of known that b spells, without allocating, or
+// a copy of b.
+func intern[S ~string](b []byte, known ...S) S {
+	for _, k := range known {
+		if string(b) == string(k) {
+			return k
+		}
+	}
+	return S(b)
 }
 
 // decodeVerdict decodes an event in one pass. Required fields that are
@@ -330,17 +385,17 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 		}
 		return err
 	}
-	err := d.members(func(key string) error {
-		bit, ok := topFields[key]
-		if !ok {
-			if l, clash := lowerKey(key, func(k string) bool { return topFields[k] != 0 }); clash {
-				_ = note(invalid(ReasonInvalidField, l, "key %q must be spelled %q", clip(key, 40), l))
+	err := d.members(func(key []byte) error {
+		bit := topField(key)
+		if bit == 0 {
+			if l, clash := otherCase(key, topKeys); clash {
+				_ = note(invalid(ReasonInvalidField, l, "key %q must be spelled %q", clip(string(key), 40), l))
 			}
 			_, err := d.skip(0)
 			return err
 		}
 		if seen&bit != 0 {
-			_ = note(invalid(ReasonInvalidField, key, "appears more than once"))
+			_ = note(invalid(ReasonInvalidField, fieldName(bit), "appears more than once"))
 		}
 		seen |= bit
 		switch bit {
@@ -383,7 +438,7 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 			v.msg = data[start:d.pos]
 			return nil
 		}
-		s, present, err := d.stringField(key)
+		s, present, err := d.stringField(fieldName(bit))
 		if err != nil {
 			return note(err)
 		}
@@ -393,20 +448,20 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 		}
 		switch bit {
 		case fID:
-			v.ID = s
+			v.ID = string(s)
 		case fTime:
 			// the strict RFC 3339 of encoding/json
-			if err := v.Time.UnmarshalText([]byte(s)); err != nil {
+			if err := v.Time.UnmarshalText(s); err != nil {
 				return note(invalid(ReasonInvalidField, "time", "not an RFC 3339 timestamp"))
 			}
 		case fDirection:
-			v.Direction = rules.Direction(s)
+			v.Direction = intern(s, rules.Outbound, rules.Inbound, rules.Complaint)
 		case fAccount:
-			v.Account = s
+			v.Account = string(s)
 		case fVerdict:
-			v.Verdict = rules.Verdict(s)
+			v.Verdict = intern(s, rules.Spam, rules.Phish, rules.Virus, rules.Ham)
 		case fSource:
-			v.Source = s
+			v.Source = intern(s, "rspamd", "arf")
 		}
 		return nil
 	})
@@ -417,7 +472,7 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 		return nil, d.syntaxError("data after the object")
 	}
 	for _, f := range required {
-		if seen&topFields[f] == 0 {
+		if seen&topField([]byte(f)) == 0 {
 			if ie, ok := AsInvalid(typeErr); ok && ie.Field == f {
 				return nil, typeErr // spelled in another case: say so
 			}
@@ -438,20 +493,21 @@ func isFieldError(err error) bool {
 // checkMessage checks the message object's syntax and the types of its
 // known fields, decoding nothing.
 func (d *decoder) checkMessage(v *Verdict, note func(error) error) error {
-	seen := map[string]bool{}
-	return d.members(func(key string) error {
-		list, ok := messageFields[key]
-		if !ok {
-			if l, clash := lowerKey(key, func(k string) bool { _, ok := messageFields[k]; return ok }); clash {
-				_ = note(invalid(ReasonInvalidField, "message."+l, "key %q must be spelled %q", clip(key, 40), l))
+	var seen uint
+	return d.members(func(kb []byte) error {
+		i := slices.Index(messageKeys, string(kb))
+		if i < 0 {
+			if l, clash := otherCase(kb, messageKeys); clash {
+				_ = note(invalid(ReasonInvalidField, "message."+l, "key %q must be spelled %q", clip(string(kb), 40), l))
 			}
 			_, err := d.skip(1)
 			return err
 		}
-		if seen[key] {
+		key, list := messageKeys[i], messageKeys[i] == "to"
+		if seen&(1<<i) != 0 {
 			_ = note(invalid(ReasonInvalidField, "message."+key, "appears more than once"))
 		}
-		seen[key] = true
+		seen |= 1 << i
 		want := "string"
 		if list {
 			want = "array"

@@ -258,7 +258,7 @@ func validDomain(d string) bool {
 	if len(d) == 0 || len(d) > 253 {
 		return false
 	}
-	for _, label := range strings.Split(d, ".") {
+	for label := range strings.SplitSeq(d, ".") {
 		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return false
 		}
