@@ -190,7 +190,6 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 
 	params := store.IngestParams{
 		Window: p.Window, Skew: p.FutureSkew, Near: w.takeNear(),
-		NewID: func() string { return store.NewID(time.Now()) },
 	}
 	if w.opts.Now != nil {
 		params.Now = w.opts.Now()

@@ -238,7 +238,7 @@ func companyOf(account string) string {
 // ingestParams are the worker's parameters of an Ingest call, with
 // Redis's clock.
 func ingestParams(window time.Duration) store.IngestParams {
-	return store.IngestParams{Window: window, Skew: config.Default().AUP.FutureSkew, NewID: func() string { return store.NewID(time.Now()) }}
+	return store.IngestParams{Window: window, Skew: config.Default().AUP.FutureSkew}
 }
 
 func defaultPolicy() (rules.Policy, int, time.Duration) {

@@ -94,6 +94,8 @@ type IngestParams struct {
 	// Now pins the clock; zero uses Redis's clock (TIME), the one clock of
 	// every process. Tests pin it.
 	Now   time.Time
+	// NewID makes the id of a suspension or report a crossing records;
+	// nil: ids like NewID's, drawn once per call.
 	NewID func() string
 	// Near are hints for the near-threshold index (account -> time in ms),
 	// written in the same round trip.
@@ -132,6 +134,7 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	}
 	lo := clock - p.Window.Milliseconds()
 	groups := s.groupBySlot(batches)
+	ids := newIDSource(time.Now())
 	keys := make([][]string, len(groups))
 	args := make([][]any, len(groups))
 	var buf []byte
@@ -142,7 +145,7 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 		for _, i := range idx {
 			b := &batches[i]
 			k = append(k, s.key(b.Account, sufState))
-			buf = packBatch(buf[:0], b, p.NewID(), lo)
+			buf = packBatch(buf[:0], b, ids, p.NewID, lo)
 			a = append(a, string(buf))
 		}
 		keys[g], args[g] = k, a
@@ -239,7 +242,7 @@ func appendFingerprint4(buf []byte, fp string) []byte {
 // packBatch appends an account's batch in the script's packed form (see
 // ingest.lua): a fixed header, 25 bytes per counting event, the
 // statistics buckets, then the strings only a crossing reads.
-func packBatch(buf []byte, b *Batch, newID string, lo int64) []byte {
+func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string, lo int64) []byte {
 	be := binary.BigEndian
 	action := byte(1)
 	if b.Action != rules.ActionSuspend {
@@ -280,7 +283,15 @@ func packBatch(buf []byte, b *Batch, newID string, lo int64) []byte {
 		buf = be.AppendUint32(buf, uint32(bk.hour))
 		buf = be.AppendUint32(buf, uint32(bk.n))
 	}
-	for _, str := range [...]string{newID, b.Company, b.Account} {
+	if newID != nil {
+		id := newID()
+		buf = be.AppendUint16(buf, uint16(len(id)))
+		buf = append(buf, id...)
+	} else {
+		buf = be.AppendUint16(buf, 26)
+		buf = ids.next(buf)
+	}
+	for _, str := range [...]string{b.Company, b.Account} {
 		buf = be.AppendUint16(buf, uint16(len(str)))
 		buf = append(buf, str...)
 	}
