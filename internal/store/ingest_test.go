@@ -358,3 +358,38 @@ func TestIngestHugeBatchOfOneAccount(t *testing.T) {
 		b.Items = mk(5000, 10000) // half of them known
 	}
 }
+
+// TestIngestSamplesAcrossBatches: three samples of different messages are
+// kept while they last (a fourth message does not replace one), and one
+// that leaves the window makes room for the next.
+func TestIngestSamplesAcrossBatches(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	ev := func(id, fp string, at time.Time, seq uint64) Item {
+		it := spam(id, at)
+		it.Fingerprint, it.Seq = fp, seq
+		return it
+	}
+	ingest(t, s, t0, 5, ev("a", "aaaa", t0.Add(-23*time.Hour-50*time.Minute), 100), ev("b", "bbbb", t0.Add(-time.Hour), 101), ev("c", "cccc", t0.Add(-time.Hour), 102))
+	ingest(t, s, t0, 5, ev("d", "dddd", t0.Add(-30*time.Minute), 103))
+	// 15 minutes later a's event has left the window: e takes its place.
+	later := t0.Add(15 * time.Minute)
+	if r := ingest(t, s, later, 5, ev("e", "eeee", later, 104)); r.Count != 4 {
+		t.Fatalf("count %d, want 4 (a left the window)", r.Count)
+	}
+	r := ingest(t, s, later, 5, ev("f", "bbbb", later, 105), ev("g", "bbbb", later, 106))
+	if r.Crossing != rules.ActionSuspend {
+		t.Fatalf("no suspension: %+v", r)
+	}
+	a, err := s.Account(ctx, "alice@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]bool{}
+	for _, q := range a.LastAUP.Samples {
+		got[q] = true
+	}
+	if len(got) != 3 || !got[101] || !got[102] || !got[104] {
+		t.Fatalf("samples %v, want b, c and e (101, 102, 104)", a.LastAUP.Samples)
+	}
+}
