@@ -277,10 +277,9 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string, lo int6
 		}
 	}
 	for _, bk := range buckets {
-		field := strconv.Itoa(int(bk.kind)) + "." + strconv.FormatInt(bk.hour%24, 10)
+		field := strconv.AppendInt(append(strconv.AppendInt(nil, int64(bk.kind), 10), '.'), bk.hour, 10)
 		buf = be.AppendUint16(buf, uint16(len(field)))
 		buf = append(buf, field...)
-		buf = be.AppendUint32(buf, uint32(bk.hour))
 		buf = be.AppendUint32(buf, uint32(bk.n))
 	}
 	if newID != nil {

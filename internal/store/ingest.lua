@@ -25,8 +25,8 @@
 --   per counting event 25 bytes: member c6 (id hash), time i8 (ms, signed),
 --   kind B (direction*4+verdict), stream sequence I6 (0: no sample),
 --   fingerprint c4;
---   per statistics bucket: field I2+c0 ("<kind>.<hour mod 24>"), hour I4
---   (ms / 3600000), increment I4;
+--   per statistics bucket: field I2+c0 ("<kind>.<hour>", hour = ms /
+--   3600000), increment I4;
 --   then, read only on a crossing: id for a new suspension or report,
 --   company, account, each I2+c0
 --
@@ -145,44 +145,39 @@ local function sample_slot(ns, fp)
 end
 
 -- The statistics buckets of a batch, at position tp of its packed form:
--- a list of field, hour, increment (3 per bucket), and the position after.
+-- a list of field, increment (2 per bucket), and the position after.
 local function read_buckets(b, tp, nstats)
   local sf = {}
   for j = 1, nstats do
-    local fj, hour, inc, nq = unpack_('>I2c0I4I4', b, tp) -- c0 takes the length before it
-    sf[3 * j - 2], sf[3 * j - 1], sf[3 * j] = fj, hour, inc
+    local fj, inc, nq = unpack_('>I2c0I4', b, tp) -- c0 takes the length before it
+    sf[2 * j - 1], sf[2 * j] = fj, inc
     tp = nq
   end
   return sf, tp
 end
 
--- Add a batch's buckets to the statistics HASH: each field holds
--- "<hour>:<count>" for the last hour it counted; an older hour than the
--- field holds is too late to count. _e is the expiry, in hours.
+-- Add a batch's buckets to the statistics HASH, one HINCRBY each: field
+-- "<kind>.<hour>" counts the events of a kind in an hour (ms / 3600000).
+-- The first event of a field also sets the expiry, 26 hours past the
+-- current one, and drops the fields older than that, so the hash holds at
+-- most a day of hours per kind. (aupd before 1.3 wrote "<kind>.<hour mod
+-- 24>" = "<hour>:<count>" and an expiry field _e; they go the same way.)
 local function write_stats(stats, sf, nstats)
-  local f = {}
-  for j = 1, nstats do f[j] = sf[3 * j - 2] end
-  f[nstats + 1] = '_e'
-  local scur = rcall('HMGET', stats, unpack(f))
-  local sset = {}
+  local fresh = false
   for j = 1, nstats do
-    local fj, hour, inc = sf[3 * j - 2], sf[3 * j - 1], sf[3 * j]
-    local ch, cn = string.match(scur[j] or '', '^(%d+):(%d+)$')
-    ch, cn = tonumber(ch or '0'), tonumber(cn or '0')
-    if hour > ch then
-      sset[#sset + 1] = fj; sset[#sset + 1] = sformat('%d:%d', hour, inc)
-    elseif hour == ch then
-      sset[#sset + 1] = fj; sset[#sset + 1] = sformat('%d:%d', ch, cn + inc)
-    end
+    local inc = sf[2 * j]
+    if rcall('HINCRBY', stats, sf[2 * j - 1], inc) == inc then fresh = true end
   end
-  local se = mfloor(now / HOUR) + 26
-  if se > tonumber(scur[nstats + 1] or '0') then
-    sset[#sset + 1] = '_e'; sset[#sset + 1] = se
-  else
-    se = nil
+  if not fresh then return end
+  local cur = mfloor(now / HOUR)
+  local all, old = rcall('HGETALL', stats), {}
+  for i = 1, #all, 2 do
+    local f, v = all[i], all[i + 1]
+    local h = string.match(v, '^(%d+):') or string.match(f, '%.(%d+)$')
+    if not h or tonumber(h) <= cur - 26 then old[#old + 1] = f end
   end
-  if #sset > 0 then rcall('HSET', stats, unpack(sset)) end
-  if se then rcall('PEXPIRE', stats, se * HOUR - now) end
+  if #old > 0 then rcall('HDEL', stats, unpack(old)) end
+  rcall('PEXPIRE', stats, (cur + 26) * HOUR - now)
 end
 
 -- The lists a crossing writes must be lists: fail before any write.

@@ -267,8 +267,28 @@ func TestStatisticsBuckets(t *testing.T) {
 	if c.Other.Total != 4 || c.Other.ByVerdict[rules.Inbound][rules.Ham] != 4 || c.Counting.Total != 0 {
 		t.Fatalf("other %+v counting %+v", c.Other, c.Counting)
 	}
-	if n := s.rdb.(*redis.Client).HLen(ctx, s.key("alice@example.com", sufStats)).Val(); n != 3 {
-		t.Fatalf("%d statistics fields, want 2 hours + expiry", n)
+	rdb := s.rdb.(*redis.Client)
+	key := s.key("alice@example.com", sufStats)
+	if n := rdb.HLen(ctx, key).Val(); n != 2 {
+		t.Fatalf("%d statistics fields, want 2 hours", n)
+	}
+	// A field of aupd before 1.3 ("<kind>.<hour mod 24>" = "<hour>:<n>")
+	// still counts while its hour is in the window; it and the fields of
+	// hours more than a day old go when a new hour's field is written.
+	kind := int(rules.KindOf(rules.Inbound, rules.Ham))
+	h0 := t0.UnixMilli() / hourMS
+	rdb.HSet(ctx, key, fmt.Sprintf("%d.%d", kind, (h0-1)%24), fmt.Sprintf("%d:5", h0-1), fmt.Sprintf("%d.%d", kind, h0-30), 7, "_e", h0+26)
+	if c, _ := s.Counts(ctx, "alice@example.com", CountQuery{Window: day, Now: t0}); c.Other.Total != 9 {
+		t.Fatalf("with an old-format field: other %d, want 4 + 5", c.Other.Total)
+	}
+	later := t0.Add(27 * time.Hour)
+	ingest(t, s, later, 10, ham("5", later))
+	fields := rdb.HKeys(ctx, key).Val()
+	if want := fmt.Sprintf("%d.%d", kind, h0+27); len(fields) != 1 || fields[0] != want {
+		t.Fatalf("fields %v after 27 hours, want only %s", fields, want)
+	}
+	if ttl := rdb.PTTL(ctx, key).Val(); ttl <= 25*time.Hour || ttl > 26*time.Hour {
+		t.Fatalf("statistics TTL %s, want within (25h, 26h]", ttl)
 	}
 }
 

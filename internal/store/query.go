@@ -134,15 +134,19 @@ type statBucket struct {
 	n    int
 }
 
-// statBuckets decodes the statistics hash, fields "<kind>.<hour mod 24>"
-// with values "<hour>:<n>", keeping the hours that end after lo.
+// statBuckets decodes the statistics hash, fields "<kind>.<hour>" with
+// counts (and, from aupd before 1.3, "<kind>.<hour mod 24>" with values
+// "<hour>:<count>"), keeping the hours that end after lo.
 func statBuckets(h map[string]string, lo int64) []statBucket {
 	var out []statBucket
 	for f, v := range h {
-		k, _, ok := strings.Cut(f, ".")
-		hs, ns, ok2 := strings.Cut(v, ":")
-		if !ok || !ok2 {
+		k, hs, ok := strings.Cut(f, ".")
+		if !ok {
 			continue
+		}
+		ns := v
+		if old, rest, ok := strings.Cut(v, ":"); ok {
+			hs, ns = old, rest
 		}
 		kind, err1 := strconv.Atoi(k)
 		hour, err2 := strconv.ParseInt(hs, 10, 64)
