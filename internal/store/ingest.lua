@@ -160,7 +160,7 @@ end
 -- "<kind>.<hour>" counts the events of a kind in an hour (ms / 3600000).
 -- The first event of a field also sets the expiry, 26 hours past the
 -- current one, and drops the fields older than that, so the hash holds at
--- most a day of hours per kind. (aupd before 1.3 wrote "<kind>.<hour mod
+-- most a day of hours per kind. (earlier builds wrote "<kind>.<hour mod
 -- 24>" = "<hour>:<count>" and an expiry field _e; they go the same way.)
 local function write_stats(stats, sf, nstats)
   local fresh = false

@@ -272,7 +272,7 @@ func TestStatisticsBuckets(t *testing.T) {
 	if n := rdb.HLen(ctx, key).Val(); n != 2 {
 		t.Fatalf("%d statistics fields, want 2 hours", n)
 	}
-	// A field of aupd before 1.3 ("<kind>.<hour mod 24>" = "<hour>:<n>")
+	// A field of an earlier build ("<kind>.<hour mod 24>" = "<hour>:<n>")
 	// still counts while its hour is in the window; it and the fields of
 	// hours more than a day old go when a new hour's field is written.
 	kind := int(rules.KindOf(rules.Inbound, rules.Ham))

@@ -135,7 +135,7 @@ type statBucket struct {
 }
 
 // statBuckets decodes the statistics hash, fields "<kind>.<hour>" with
-// counts (and, from aupd before 1.3, "<kind>.<hour mod 24>" with values
+// counts (and, from earlier builds, "<kind>.<hour mod 24>" with values
 // "<hour>:<count>"), keeping the hours that end after lo.
 func statBuckets(h map[string]string, lo int64) []statBucket {
 	var out []statBucket
