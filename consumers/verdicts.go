@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -219,13 +220,15 @@ func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
 	metas := make([]*jetstream.MsgMetadata, len(msgs))
 	var dead []deadLetter
 	for i, m := range msgs {
-		var seq uint64
-		meta, err := m.Metadata()
-		if err == nil {
-			seq, metas[i] = meta.Sequence.Stream, meta
+		seq, ok := streamSeq(m.Reply())
+		if !ok {
+			if meta, err := m.Metadata(); err == nil {
+				seq, metas[i] = meta.Sequence.Stream, meta
+			}
 		}
 		ev, err := events.ParseVerdict(m.Subject(), m.Data(), now, skew)
 		if err != nil {
+			meta := metas[i]
 			reason, field, detail := events.ReasonInvalidJSON, "", err.Error()
 			if ie, ok := events.AsInvalid(err); ok {
 				reason, field, detail = ie.Reason, ie.Field, ie.Detail
@@ -254,6 +257,38 @@ func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
 		}
 	}
 	v.deadLetters(ctx, dead)
+}
+
+// streamSeq reads the stream sequence from a JetStream message's reply
+// subject, the one figure of its metadata every message needs, without
+// the rest (m.Metadata): "$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.
+// <cseq>.<time>.<pending>", or from NATS 2.10 on the same with a domain
+// and an account hash after ACK and a token at the end. false: another
+// shape, for Metadata to judge.
+func streamSeq(reply string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
+	if !ok {
+		return 0, false
+	}
+	var tok [10]string
+	n := 0
+	for more := true; more; n++ {
+		if n == len(tok) {
+			return 0, false
+		}
+		tok[n], rest, more = strings.Cut(rest, ".")
+	}
+	var s string
+	switch n {
+	case 7: // 9 tokens with $JS.ACK
+		s = tok[3]
+	case 9, 10: // 11 or 12
+		s = tok[5]
+	default:
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(s, 10, 64)
+	return seq, err == nil && seq > 0
 }
 
 // lastDelivery reports whether m is at its last allowed delivery.

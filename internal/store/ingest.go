@@ -137,16 +137,26 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	ids := newIDSource(time.Now())
 	keys := make([][]string, len(groups))
 	args := make([][]any, len(groups))
+	// Every account's packed batch goes into one buffer, passed as
+	// subslices (go-redis writes []byte arguments as they are): no copy
+	// per account. The buffer only grows before the slicing starts.
 	var buf []byte
+	ends := make([]int, len(batches))
+	for _, idx := range groups {
+		for _, i := range idx {
+			buf = packBatch(buf, &batches[i], ids, p.NewID, lo)
+			ends[i] = len(buf)
+		}
+	}
+	start := 0
 	for g, idx := range groups {
 		k := make([]string, 0, len(idx))
 		a := make([]any, 0, 5+len(idx))
 		a = append(a, nowMS, p.Window.Milliseconds(), p.Skew.Milliseconds(), rebaseAfter(p.Window, p.Skew), len(idx))
 		for _, i := range idx {
-			b := &batches[i]
-			k = append(k, s.key(b.Account, sufState))
-			buf = packBatch(buf[:0], b, ids, p.NewID, lo)
-			a = append(a, string(buf))
+			k = append(k, s.key(batches[i].Account, sufState))
+			a = append(a, buf[start:ends[i]:ends[i]])
+			start = ends[i]
 		}
 		keys[g], args[g] = k, a
 	}

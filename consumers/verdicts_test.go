@@ -1,0 +1,83 @@
+package consumers
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aupd/aupd/internal/testutil"
+)
+
+func TestStreamSeq(t *testing.T) {
+	for _, c := range []struct {
+		reply string
+		seq   uint64
+		ok    bool
+	}{
+		{"$JS.ACK.V.aupd-worker.1.42.40.1733000000000000000.7", 42, true},
+		{"$JS.ACK._.ABCDEF.V.aupd-worker.3.99.98.1733000000000000000.0.tok", 99, true},
+		{"$JS.ACK.hub.ABCDEF.V.aupd-worker.3.12345678901.98.1733000000000000000.0", 12345678901, true},
+		{"$JS.ACK.V.aupd-worker.1.0.40.1733000000000000000.7", 0, false}, // sequence 0
+		{"$JS.ACK.V.aupd-worker.1.x.40.1733000000000000000.7", 0, false}, // not a number
+		{"$JS.ACK.V.aupd-worker.1.42.40.1733000000000000000", 0, false},  // 8 tokens
+		{"$JS.ACK.a.b.V.c.1.42.40.17.0.t.extra", 0, false},               // 13 tokens
+		{"$JS.ACK.a.b.V.c.1.42.40.17", 0, false},                         // 10 tokens
+		{"_INBOX.abc.def", 0, false},                                     // not an ack subject
+		{"", 0, false},
+	} {
+		if seq, ok := streamSeq(c.reply); seq != c.seq || ok != c.ok {
+			t.Errorf("streamSeq(%q) = %d, %v; want %d, %v", c.reply, seq, ok, c.seq, c.ok)
+		}
+	}
+}
+
+// TestStreamSeqMatchesMetadata: on real servers (the current release and
+// Debian's 2.9.10) the sequence read from the reply subject is the one
+// Metadata reports, for every message.
+func TestStreamSeqMatchesMetadata(t *testing.T) {
+	t.Run("nats-in-process", func(t *testing.T) { streamSeqMatches(t, testutil.NATSServer(t, "").ClientURL()) })
+	t.Run("nats-debian", func(t *testing.T) { streamSeqMatches(t, testutil.DebianNATS(t)) })
+}
+
+func streamSeqMatches(t *testing.T, url string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js, err := jetstream.New(testutil.NATS(t, url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if _, err := js.Publish(ctx, fmt.Sprint("s.", i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "S", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(20, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range b.Messages() {
+		meta, err := m.Metadata()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq, ok := streamSeq(m.Reply())
+		if !ok || seq != meta.Sequence.Stream {
+			t.Fatalf("reply %q: streamSeq %d, %v; metadata says %d", m.Reply(), seq, ok, meta.Sequence.Stream)
+		}
+		n++
+	}
+	if n != 20 {
+		t.Fatalf("%d messages, want 20", n)
+	}
+}
