@@ -258,6 +258,7 @@ func (r *runner) redisAlone(ctx context.Context, evs []Event) error {
 	var lat []time.Duration
 	var mu sync.Mutex
 	var calls, failed atomic.Int64
+	cpu0 := r.cpuNow(ctx)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range r.cfg.Workers {
@@ -283,12 +284,14 @@ func (r *runner) redisAlone(ctx context.Context, evs []Event) error {
 	}
 	wg.Wait()
 	el := time.Since(start)
+	cpu1 := r.cpuNow(ctx)
 	if f := failed.Load(); f > 0 {
 		return fmt.Errorf("%d script calls failed", f)
 	}
 	r.ceilA = float64(len(evs)) / el.Seconds()
 	r.add("a", "events/s", "%.0f  (%d events in %s, %d concurrent callers)", r.ceilA, len(evs), el.Round(time.Millisecond), r.cfg.Workers)
 	r.add("a", "script calls (accounts per batch)", "%d (%.1f per batch of %d)", calls.Load(), float64(calls.Load())/float64(len(chunks)), r.cfg.Batch)
+	r.add("a", "CPU per event", "%s", cpuPerEvent(cpu0, cpu1, len(evs)))
 	p := percentiles(lat)
 	r.add("a", "Ingest call latency p50/p90/p99", "%s / %s / %s (measured per call)", ms(p[0]), ms(p[1]), ms(p[2]))
 	return nil
@@ -330,6 +333,7 @@ func (r *runner) jetstreamAlone(ctx context.Context, evs []Event) error {
 	n := int64(len(evs))
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
+	cpu0 := r.cpuNow(ctx)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range r.cfg.Workers {
@@ -354,6 +358,7 @@ func (r *runner) jetstreamAlone(ctx context.Context, evs []Event) error {
 	}
 	r.ceilB = float64(n) / el.Seconds()
 	r.add("b", "events/s (Fetch+Ack)", "%.0f  (%d events in %s, %d fetch loops)", r.ceilB, n, el.Round(time.Millisecond), r.cfg.Workers)
+	r.add("b", "CPU per event (Fetch+Ack)", "%s", cpuPerEvent(cpu0, r.cpuNow(ctx), int(n)))
 
 	// Decoding and validating is CPU work the end-to-end path adds.
 	start = time.Now()
@@ -515,10 +520,12 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event) error {
 		return err
 	}
 	// Backlog drain: from the first delivery to nothing pending or unacked.
+	cpu0 := r.cpuNow(ctx)
 	first, last, err := r.waitDrained(ctx, cons, uint64(len(evs)))
 	if err != nil {
 		return err
 	}
+	cpu1 := r.cpuNow(ctx)
 	m1, err := Scrape(ctx, info.HTTPAddr)
 	if err != nil {
 		return err
@@ -527,6 +534,7 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event) error {
 	r.e2e = float64(len(evs)) / el.Seconds()
 	r.add("c", "events/s, backlog drain", "%.0f  (%d events, first delivery to last ack %s)", r.e2e, len(evs), el.Round(time.Millisecond))
 	r.batchFigures("backlog", m1, nil)
+	r.add("c", "CPU per event (backlog drain)", "%s", cpuPerEvent(cpu0, cpu1, len(evs)))
 
 	// The same volume again, published while aupd consumes.
 	evs2 := Generate(len(evs), r.cfg.Accounts, r.cfg.Seed+1, "f", time.Now())
