@@ -22,7 +22,9 @@ func TestMeasureOneProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // it may wait its turn on the cluster lock
 	defer cancel()
-	const events, accounts = 3000, 300
+	// enough events that the window outlasts the 10 ms resolution of
+	// /proc CPU figures many times over
+	const events, accounts = 12000, 600
 	res, err := Run(ctx, Config{Dir: t.TempDir(), Events: events, Accounts: accounts, Procs: []int{1}, Seed: 7, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)

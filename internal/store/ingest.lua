@@ -159,17 +159,23 @@ end
 -- Add a batch's buckets to the statistics HASH, one HINCRBY each: field
 -- "<kind>.<hour>" counts the events of a kind in an hour (ms / 3600000).
 -- The first event of a field also sets the expiry, 26 hours past the
--- current one, and drops the fields older than that, so the hash holds at
--- most a day of hours per kind. (earlier builds wrote "<kind>.<hour mod
--- 24>" = "<hour>:<count>" and an expiry field _e; they go the same way.)
+-- current one; the first of the current hour also drops the fields older
+-- than a day, so that the hash holds at most a day of hours per kind.
+-- (earlier builds wrote "<kind>.<hour mod 24>" = "<hour>:<count>" and an
+-- expiry field _e; they go the same way.)
 local function write_stats(stats, sf, nstats)
-  local fresh = false
+  local cur = mfloor(now / HOUR)
+  local fresh, prune = false, false
   for j = 1, nstats do
-    local inc = sf[2 * j]
-    if rcall('HINCRBY', stats, sf[2 * j - 1], inc) == inc then fresh = true end
+    local f, inc = sf[2 * j - 1], sf[2 * j]
+    if rcall('HINCRBY', stats, f, inc) == inc then
+      fresh = true
+      if not prune and tonumber(string.match(f, '%.(%d+)$')) == cur then prune = true end
+    end
   end
   if not fresh then return end
-  local cur = mfloor(now / HOUR)
+  rcall('PEXPIRE', stats, (cur + 26) * HOUR - now)
+  if not prune then return end
   local all, old = rcall('HGETALL', stats), {}
   for i = 1, #all, 2 do
     local f, v = all[i], all[i + 1]
@@ -177,7 +183,6 @@ local function write_stats(stats, sf, nstats)
     if not h or tonumber(h) <= cur - 26 then old[#old + 1] = f end
   end
   if #old > 0 then rcall('HDEL', stats, unpack(old)) end
-  rcall('PEXPIRE', stats, (cur + 26) * HOUR - now)
 end
 
 -- The lists a crossing writes must be lists: fail before any write.

@@ -282,6 +282,13 @@ func TestStatisticsBuckets(t *testing.T) {
 		t.Fatalf("with an old-format field: other %d, want 4 + 5", c.Other.Total)
 	}
 	later := t0.Add(27 * time.Hour)
+	// A late event's new field (an hour before the current one) sets the
+	// expiry but leaves the pruning to the current hour's first event.
+	ingest(t, s, later, 10, ham("late", later.Add(-time.Hour)))
+	if n := rdb.HLen(ctx, key).Val(); n != 6 {
+		t.Fatalf("%d fields after a late event, want 6 (nothing pruned)", n)
+	}
+	rdb.HDel(ctx, key, fmt.Sprintf("%d.%d", kind, later.Add(-time.Hour).UnixMilli()/hourMS))
 	ingest(t, s, later, 10, ham("5", later))
 	fields := rdb.HKeys(ctx, key).Val()
 	if want := fmt.Sprintf("%d.%d", kind, h0+27); len(fields) != 1 || fields[0] != want {
