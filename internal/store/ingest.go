@@ -340,6 +340,21 @@ func hourBuckets(items []Item, lo int64) []hourBucket {
 const hourMS = int64(time.Hour / time.Millisecond)
 
 func parseIngest(v any, items []Item, lo int64) Result {
+	if n, ok := v.(int64); ok {
+		// nothing to publish, at most one counting event:
+		// ((count + 1) * 2 + capped) * 8 + outcome
+		code := n % 8
+		if n < 0 || code > 4 {
+			return Result{Err: Permanent(fmt.Errorf("ingest script returned %d", n))}
+		}
+		outs := ""
+		if code > 0 {
+			outs = "cdlk"[code-1 : code]
+		}
+		r := Result{Count: int(n/16) - 1, Capped: n/8%2 == 1}
+		r.Outcomes, r.Err = outcomesOf(outs, items, lo)
+		return r
+	}
 	if packed, ok := v.(string); ok {
 		// nothing to publish: count i4, capped B, outcomes
 		if len(packed) < 5 {

@@ -41,9 +41,8 @@
 -- window carry a TTL and expire once past the window plus the skew. A
 -- crossing (or any change through apply.lua) makes the record durable.
 --
--- Returns, per account, one string when nothing is to be published:
--- count i4 (-1: not read, for statistics only), capped B, then the
--- outcomes; else {outcomes, count, capped, crossing, id, pending outbox
+-- Returns, per account, one integer or string when nothing is to be
+-- published (see reply; count -1: not read, for statistics only); else {outcomes, count, capped, crossing, id, pending outbox
 -- entries}; or {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
 -- window or before the last reinstatement), k counted at the cap.
@@ -51,7 +50,7 @@
 -- cost more than commands here, so the hot path makes few: per-event
 -- values live in arrays reused from one account to the next.
 local KEYS, ARGV, tonumber, pcall, type, tostring = KEYS, ARGV, tonumber, pcall, type, tostring
-local rcall, mfloor, mmax, mmin = redis.call, math.floor, math.max, math.min
+local rcall, mfloor, mceil, mmax, mmin = redis.call, math.floor, math.ceil, math.max, math.min
 local unpack_, ssub, sformat = struct.unpack, string.sub, string.format
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -193,6 +192,16 @@ local function check_lists(kb)
   end
 end
 
+-- The reply of an account with nothing to publish. At most one counting
+-- event: one integer, ((count + 1) * 2 + capped) * 8 + outcome (0 none,
+-- 1 c, 2 d, 3 l, 4 k), the cheapest reply to make and to read. More: a
+-- string, count i4, capped B, then the outcome letters.
+local CODE = {c = 1, d = 2, l = 3, k = 4}
+local function reply(total, capped, outs)
+  if #outs <= 1 then return ((total + 1) * 2 + (capped and 1 or 0)) * 8 + (CODE[outs] or 0) end
+  return struct.pack('>i4B', total, capped and 1 or 0) .. outs
+end
+
 -- one account: its state key and its packed batch
 local function one(st, b)
   local kb = ssub(st, 1, -2) -- the account's key name but for the last letter
@@ -201,7 +210,7 @@ local function one(st, b)
     -- Statistics only: the window and the state are not read, and the
     -- count is not known (-1).
     write_stats(kb .. 't', (read_buckets(b, pos, nstats)), nstats)
-    return struct.pack('>i4B', -1, 0)
+    return 0 -- see reply below: count -1, no outcome
   end
   local win = kb .. 'w'
   for j = 1, n do
@@ -218,8 +227,8 @@ local function one(st, b)
   local v1 = created and not wb and rcall('HEXISTS', st, 'smp:1') == 1
 
   local lo = now - window -- events at or before lo are outside the window
-  local floor = tonumber(floor_s or '0')
-  local wlo = mmax(lo, floor) -- counting events at or before wlo do not count
+  local floor = floor_s and tonumber(floor_s) or 0
+  local wlo = floor > lo and floor or lo -- counting events at or before wlo do not count
   local base = nil -- the window's score base; wb is in hours, to stay short
   if wb then base = tonumber(wb) * HOUR end
 
@@ -461,9 +470,9 @@ local function one(st, b)
   -- rounded up to the hour so that it changes about once an hour (PEXPIRE
   -- by the time left: PEXPIREAT by Redis's clock, and right when tests pin
   -- the clock).
-  local we_old = tonumber(we_s or '0')
+  local we_old = we_s and tonumber(we_s) or 0
   local we = we_old
-  if maxt > 0 then we = mmax(we, math.ceil((maxt + window + skew) / HOUR)) end
+  if maxt > 0 then we = mmax(we, mceil((maxt + window + skew) / HOUR)) end
   if we > we_old then hset[#hset + 1] = 'we'; hset[#hset + 1] = we end
   if #hset > 0 then rcall('HSET', st, unpack(hset)) end
   if we > we_old or (rewrite and nkept + nadd > 0) then rcall('PEXPIRE', win, we * HOUR - now) end
@@ -471,7 +480,7 @@ local function one(st, b)
     rcall('PERSIST', st)
   elseif not durable and #hset > 0 and (we > we_old or we_old == 0) then
     -- a new state, or a later expiry: else the TTL it has is right
-    if we == 0 then we = math.ceil((now + window + skew) / HOUR) end
+    if we == 0 then we = mceil((now + window + skew) / HOUR) end
     rcall('PEXPIRE', st, we * HOUR - now)
   end
 
@@ -481,7 +490,7 @@ local function one(st, b)
     return {outs, total, capped and 1 or 0, crossing and action or '', id, rcall('LRANGE', kb .. 'o', 0, 99)}
   end
   -- nothing to publish: one string, count i4, capped B, then the outcomes
-  return struct.pack('>i4B', total, capped and 1 or 0) .. outs
+  return reply(total, capped, outs)
 end
 
 local results = {}
