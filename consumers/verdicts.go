@@ -220,7 +220,7 @@ func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
 	metas := make([]*jetstream.MsgMetadata, len(msgs))
 	var dead []deadLetter
 	for i, m := range msgs {
-		seq, ok := streamSeq(m.Reply())
+		seq, ok := StreamSeq(m.Reply())
 		if !ok {
 			if meta, err := m.Metadata(); err == nil {
 				seq, metas[i] = meta.Sequence.Stream, meta
@@ -259,13 +259,13 @@ func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
 	v.deadLetters(ctx, dead)
 }
 
-// streamSeq reads the stream sequence from a JetStream message's reply
+// StreamSeq reads the stream sequence from a JetStream message's reply
 // subject, the one figure of its metadata every message needs, without
 // the rest (m.Metadata): "$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.
 // <cseq>.<time>.<pending>", or from NATS 2.10 on the same with a domain
 // and an account hash after ACK and a token at the end. false: another
 // shape, for Metadata to judge.
-func streamSeq(reply string) (uint64, bool) {
+func StreamSeq(reply string) (uint64, bool) {
 	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
 	if !ok {
 		return 0, false

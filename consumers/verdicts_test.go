@@ -28,8 +28,8 @@ func TestStreamSeq(t *testing.T) {
 		{"_INBOX.abc.def", 0, false},                                     // not an ack subject
 		{"", 0, false},
 	} {
-		if seq, ok := streamSeq(c.reply); seq != c.seq || ok != c.ok {
-			t.Errorf("streamSeq(%q) = %d, %v; want %d, %v", c.reply, seq, ok, c.seq, c.ok)
+		if seq, ok := StreamSeq(c.reply); seq != c.seq || ok != c.ok {
+			t.Errorf("StreamSeq(%q) = %d, %v; want %d, %v", c.reply, seq, ok, c.seq, c.ok)
 		}
 	}
 }
@@ -71,9 +71,9 @@ func streamSeqMatches(t *testing.T, url string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seq, ok := streamSeq(m.Reply())
+		seq, ok := StreamSeq(m.Reply())
 		if !ok || seq != meta.Sequence.Stream {
-			t.Fatalf("reply %q: streamSeq %d, %v; metadata says %d", m.Reply(), seq, ok, meta.Sequence.Stream)
+			t.Fatalf("reply %q: StreamSeq %d, %v; metadata says %d", m.Reply(), seq, ok, meta.Sequence.Stream)
 		}
 		n++
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aupd/aupd/consumers"
 	"github.com/aupd/aupd/internal/app"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
@@ -344,7 +345,7 @@ func (r *runner) jetstreamAlone(ctx context.Context, evs []Event) error {
 					continue
 				}
 				for m := range b.Messages() {
-					_, _ = m.Metadata() // the consumer reads the stream sequence
+					_, _ = consumers.StreamSeq(m.Reply()) // aupd reads each stream sequence so
 					_ = m.Ack()
 					acked.Add(1)
 				}
