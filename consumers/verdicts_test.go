@@ -38,8 +38,7 @@ func TestStreamSeq(t *testing.T) {
 // Debian's 2.9.10) the sequence read from the reply subject is the one
 // Metadata reports, for every message.
 func TestStreamSeqMatchesMetadata(t *testing.T) {
-	t.Run("nats-in-process", func(t *testing.T) { streamSeqMatches(t, testutil.NATSServer(t, "").ClientURL()) })
-	t.Run("nats-debian", func(t *testing.T) { streamSeqMatches(t, testutil.DebianNATS(t)) })
+	testutil.BothNATS(t, streamSeqMatches)
 }
 
 func streamSeqMatches(t *testing.T, url string) {

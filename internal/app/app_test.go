@@ -187,8 +187,7 @@ func (h *harness) metrics() string {
 // release) and against the machine's Debian nats-server 2.9.10, which aupd
 // must keep working with.
 func TestEndToEnd(t *testing.T) {
-	t.Run("nats-in-process", func(t *testing.T) { endToEnd(t, testutil.NATSServer(t, "").ClientURL()) })
-	t.Run("nats-debian", func(t *testing.T) { endToEnd(t, testutil.DebianNATS(t)) })
+	testutil.BothNATS(t, endToEnd)
 }
 
 func endToEnd(t *testing.T, natsURL string) {

@@ -16,8 +16,7 @@ import (
 // an earlier release loses it on the next start (NATS 2.9 lets a filter
 // change). Both on the current server and on Debian's 2.9.10.
 func TestVerdictConsumerFilter(t *testing.T) {
-	t.Run("nats-in-process", func(t *testing.T) { verdictConsumerFilter(t, testutil.NATSServer(t, "").ClientURL()) })
-	t.Run("nats-debian", func(t *testing.T) { verdictConsumerFilter(t, testutil.DebianNATS(t)) })
+	testutil.BothNATS(t, verdictConsumerFilter)
 }
 
 func verdictConsumerFilter(t *testing.T, url string) {

@@ -32,8 +32,7 @@ func (p jsPub) PublishAccountEvent(ctx context.Context, ev *events.AccountEvent,
 // The digest reads the account stream with an ordered consumer from a
 // start time: checked on the in-process server and on Debian's 2.9.10.
 func TestDigestToEachAbuseContact(t *testing.T) {
-	t.Run("embedded", func(t *testing.T) { testDigest(t, testutil.NATSServer(t, "").ClientURL()) })
-	t.Run("nats-server-2.9", func(t *testing.T) { testDigest(t, testutil.DebianNATS(t)) })
+	testutil.BothNATS(t, testDigest)
 }
 
 func testDigest(t *testing.T, natsURL string) {

@@ -142,6 +142,15 @@ func DebianNATS(t testing.TB) string {
 	return url
 }
 
+// BothNATS runs fn as two subtests: against an in-process server of the
+// current release, and against the machine's Debian nats-server 2.9.10,
+// the oldest release aupd supports.
+func BothNATS(t *testing.T, fn func(t *testing.T, url string)) {
+	t.Helper()
+	t.Run("nats-in-process", func(t *testing.T) { fn(t, NATSServer(t, "").ClientURL()) })
+	t.Run("nats-debian", func(t *testing.T) { fn(t, DebianNATS(t)) })
+}
+
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
