@@ -93,7 +93,7 @@ type IngestParams struct {
 	Skew   time.Duration // how far ahead an event may be; windows expire after Window+Skew
 	// Now pins the clock; zero uses Redis's clock (TIME), the one clock of
 	// every process. Tests pin it.
-	Now   time.Time
+	Now time.Time
 	// NewID makes the id of a suspension or report a crossing records;
 	// nil: ids like NewID's, drawn once per call.
 	NewID func() string
