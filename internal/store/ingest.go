@@ -287,9 +287,10 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string, lo int6
 		}
 	}
 	for _, bk := range buckets {
-		field := strconv.AppendInt(append(strconv.AppendInt(nil, int64(bk.kind), 10), '.'), bk.hour, 10)
-		buf = be.AppendUint16(buf, uint16(len(field)))
-		buf = append(buf, field...)
+		// field "<kind>.<hour>", after its length
+		at := len(buf)
+		buf = strconv.AppendInt(append(strconv.AppendInt(append(buf, 0, 0), int64(bk.kind), 10), '.'), bk.hour, 10)
+		be.PutUint16(buf[at:], uint16(len(buf)-at-2))
 		buf = be.AppendUint32(buf, uint32(bk.n))
 	}
 	if newID != nil {

@@ -7,8 +7,8 @@
 -- events it has: one HMGET of the state, the window trim, ZCARD, ZMSCORE
 -- of the ids (or, for a single event, ZADD NX, which learns whether it is
 -- new and adds it at once), one ZADD, and writes only where something
--- changed. An account with statistics-only events alone costs the HMGET
--- and HSET of its statistics buckets, and nothing else.
+-- changed. An account with statistics-only events alone costs one HINCRBY
+-- per statistics bucket, and reads neither its state nor its window.
 --
 -- KEYS: 1 per account, its state HASH <prefix>:{<account>}:s; its other
 --       keys share the name but for the last letter (w window ZSET,
@@ -42,8 +42,9 @@
 -- crossing (or any change through apply.lua) makes the record durable.
 --
 -- Returns, per account, one integer or string when nothing is to be
--- published (see reply; count -1: not read, for statistics only); else {outcomes, count, capped, crossing, id, pending outbox
--- entries}; or {"!" .. error} when its part failed. outcomes has one
+-- published (see reply; count -1: not read, for statistics only); else
+-- {outcomes, count, capped, crossing, id, pending outbox entries}; or
+-- {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
 -- window or before the last reinstatement), k counted at the cap.
 -- Globals cost a table lookup each time: the hot path uses locals. Tables
@@ -489,7 +490,6 @@ local function one(st, b)
   if crossing or ob then
     return {outs, total, capped and 1 or 0, crossing and action or '', id, rcall('LRANGE', kb .. 'o', 0, 99)}
   end
-  -- nothing to publish: one string, count i4, capped B, then the outcomes
   return reply(total, capped, outs)
 end
 
