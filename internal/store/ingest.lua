@@ -277,7 +277,8 @@ local function one(st, b)
       -- One event: ZADD NX both learns whether its id is new and adds
       -- it. A crossing may follow, so its lists are checked first.
       if ET[1] > wlo then
-        if count + 1 > threshold and not aup then check_lists(kb) end
+        -- (the crossing test below, with the count this event may make)
+        if count + 1 > threshold and not aup and not (act ~= 1 and report and count > threshold) then check_lists(kb) end
         known1 = rcall('ZADD', win, 'NX', (ET[1] - base) * 16 + EK[1], EM[1]) == 0
         added1 = not known1
       end
