@@ -72,7 +72,9 @@ companies:
 	now := time.Now()
 	var futures []jetstream.PubAckFuture
 	publish := func(data []byte) {
-		f, err := js.PublishAsync("aup.verdict.outbound", data)
+		// a busy machine may keep 4000 acks pending past the default
+		// 200 ms stall wait; waiting longer is not what this test is about
+		f, err := js.PublishAsync("aup.verdict.outbound", data, jetstream.WithStallWait(30*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}

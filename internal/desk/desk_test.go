@@ -398,8 +398,9 @@ func TestFailedNotice(t *testing.T) {
 	var p page
 	deadline := time.Now().Add(20 * time.Second)
 	for {
+		// the notice is pending, then sending, before it fails for good
 		p = b.get("/desk/")
-		if !strings.Contains(p.body, "Every notice was delivered") || time.Now().After(deadline) {
+		if strings.Contains(p.body, "state-failed") || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
