@@ -299,7 +299,7 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 }
 
 func (r *runner) runFault(ctx context.Context, f *Fault) error {
-	if err := sleep(ctx, f.At-time.Since(r.start)); err != nil {
+	if err := cluster.Sleep(ctx, f.At-time.Since(r.start)); err != nil {
 		return err
 	}
 	f.Started = time.Since(r.start)
@@ -467,7 +467,7 @@ func (r *runner) publishAll(ctx context.Context) error {
 	k, x := 0, 0
 	for i, kind := range p.seq {
 		if due := r.start.Add(time.Duration(float64(i) / float64(r.cfg.Rate) * float64(time.Second))); time.Until(due) > 5*time.Millisecond {
-			if err := sleep(ctx, time.Until(due)); err != nil {
+			if err := cluster.Sleep(ctx, time.Until(due)); err != nil {
 				return err
 			}
 		}
@@ -587,7 +587,7 @@ func (p *asyncPub) publish(ctx context.Context, m outMsg) error {
 			}
 		}
 		p.retries.Add(1)
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := cluster.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -599,7 +599,7 @@ func (p *asyncPub) wait(ctx context.Context, n int64) error {
 		if err := p.republish(ctx); err != nil {
 			return err
 		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := cluster.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return err
 		}
 	}

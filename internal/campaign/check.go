@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/aupd/aupd/consumers"
+	"github.com/aupd/aupd/internal/cluster"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
 )
@@ -319,7 +320,7 @@ func retry(ctx context.Context, fn func() error) error {
 		if err = fn(); err == nil {
 			return nil
 		}
-		if serr := sleep(ctx, 500*time.Millisecond); serr != nil {
+		if serr := cluster.Sleep(ctx, 500*time.Millisecond); serr != nil {
 			return serr
 		}
 	}

@@ -127,7 +127,7 @@ func (r *runner) inject(ctx context.Context, f *Fault) error {
 		if err := a.Kill(); err != nil {
 			return err
 		}
-		if err := sleep(ctx, f.Down); err != nil {
+		if err := cluster.Sleep(ctx, f.Down); err != nil {
 			return err
 		}
 		t := time.Now()
@@ -141,7 +141,7 @@ func (r *runner) inject(ctx context.Context, f *Fault) error {
 		if err := a.Stop(); err != nil {
 			return err
 		}
-		if err := sleep(ctx, f.Down); err != nil {
+		if err := cluster.Sleep(ctx, f.Down); err != nil {
 			_ = a.Cont()
 			return err
 		}
@@ -178,7 +178,7 @@ func (r *runner) inject(ctx context.Context, f *Fault) error {
 			elect = time.Since(t)
 			f.Detail = fmt.Sprintf("leader of %s; %s elected after %s; ", r.streams[0], nl.ServerName, elect.Round(time.Millisecond))
 		}
-		if err := sleep(ctx, f.Down-time.Since(t)); err != nil {
+		if err := cluster.Sleep(ctx, f.Down-time.Since(t)); err != nil {
 			return err
 		}
 		down := time.Since(t)
@@ -219,26 +219,12 @@ func (r *runner) outage(ctx context.Context, f *Fault) error {
 	if err := r.c.SMTP.Down(); err != nil {
 		return err
 	}
-	werr := sleep(ctx, f.Down)
+	werr := cluster.Sleep(ctx, f.Down)
 	if err := r.c.SMTP.Up(); err != nil {
 		return err
 	}
 	f.Detail = fmt.Sprintf("connections refused for %s", f.Down.Round(time.Millisecond))
 	return werr
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }

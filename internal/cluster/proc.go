@@ -241,3 +241,19 @@ func waitHTTP(ctx context.Context, timeout time.Duration, url string, exited fun
 		return resp.StatusCode == http.StatusOK, fmt.Errorf("%s: %s", url, resp.Status)
 	})
 }
+
+// Sleep waits d, or until ctx ends (its error then). The campaign's and
+// the scaling tool's schedules wait with it.
+func Sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -467,7 +467,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	// Notices: one per suspension, delivered to the sink (bounded wait).
 	deadline := time.Now().Add(min(r.cfg.Timeout, time.Minute))
 	for r.c.SMTP.Count()-notices0 < int(run.Suspensions) && time.Now().Before(deadline) {
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+		if err := cluster.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
@@ -491,7 +491,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := sleep(ctx, idleSpan); err != nil {
+	if err := cluster.Sleep(ctx, idleSpan); err != nil {
 		return nil, err
 	}
 	i1, err := r.cpu(ctx, aupds, masters)
@@ -556,7 +556,7 @@ func (r *runner) reset(ctx context.Context) error {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("redis %s: not empty after FLUSHALL (dbsize %v, %v)", x.Name, v, err)
 			}
-			if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			if err := cluster.Sleep(ctx, 50*time.Millisecond); err != nil {
 				return err
 			}
 		}
@@ -736,7 +736,7 @@ func (r *runner) waitDrained(ctx context.Context) error {
 		}
 		// Often enough for a tight window, seldom enough to cost the
 		// cluster little.
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := cluster.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -972,15 +972,4 @@ func sum(ds []time.Duration) time.Duration {
 		s += d
 	}
 	return s
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
