@@ -291,7 +291,11 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string, lo int6
 		at := len(buf)
 		buf = strconv.AppendInt(append(strconv.AppendInt(append(buf, 0, 0), int64(bk.kind), 10), '.'), bk.hour, 10)
 		be.PutUint16(buf[at:], uint16(len(buf)-at-2))
-		buf = be.AppendUint32(buf, uint32(bk.n))
+		// the increment as text, after its length: a number would be
+		// formatted again inside Redis
+		at = len(buf)
+		buf = strconv.AppendInt(append(buf, 0), int64(bk.n), 10)
+		buf[at] = byte(len(buf) - at - 1)
 	}
 	if newID != nil {
 		id := newID()
