@@ -155,9 +155,12 @@ func NewVerdicts(o VerdictOptions) (*Verdicts, error) {
 }
 
 // Run fetches and applies batches with o.Workers concurrent loops, so that
-// fetching, the Redis round trip and acking of different batches overlap.
-// When ctx is cancelled it stops fetching, finishes and acks the batches in
-// hand, and returns.
+// fetching, the Redis round trip and acking of different batches overlap;
+// while a backlog lasts, each loop also requests its next batch before it
+// handles the one in hand (so up to 2 * Workers * Batch messages are in
+// flight, within the consumer's max_ack_pending). When ctx is cancelled it
+// stops fetching, finishes and acks the batches in hand and requested, and
+// returns.
 func (v *Verdicts) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, v.o.Workers)
@@ -176,37 +179,72 @@ func (v *Verdicts) Run(ctx context.Context) error {
 }
 
 func (v *Verdicts) loop(ctx context.Context) error {
+	// While a backlog lasts (the last batch came full), the next batch is
+	// requested before this one is handled, so that the server delivers it
+	// while this one waits on Redis.
+	var next jetstream.MessageBatch
 	for ctx.Err() == nil {
-		batch, err := v.o.Consumer.Fetch(v.o.Batch, jetstream.FetchMaxWait(v.o.MaxWait))
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		batch := next
+		next = nil
+		if batch == nil {
+			var err error
+			batch, err = v.fetch()
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				v.warn.Warn("fetch", "err", err)
+				if !sleep(ctx, v.o.RetryMin) {
+					return nil
+				}
+				continue
 			}
-			v.warn.Warn("fetch", "err", err)
-			if !sleep(ctx, v.o.RetryMin) {
-				return nil
-			}
-			continue
 		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-			v.log.Debug("fetch ended", "err", err)
-		}
+		msgs := v.collect(ctx, batch)
 		if len(msgs) == 0 {
 			if idle, ok := v.o.Processor.(interface{ Idle(context.Context) }); ok {
 				idle.Idle(ctx)
 			}
 			continue
 		}
-		// The batch in hand is finished even when ctx is cancelled now.
-		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.o.DrainTimeout)
-		v.Handle(hctx, msgs)
-		cancel()
+		if len(msgs) == v.o.Batch && ctx.Err() == nil {
+			next, _ = v.fetch() // on error, the next turn fetches again
+		}
+		v.finish(ctx, msgs)
+	}
+	if next != nil {
+		// stopping: the batch requested ahead is handled too, not left to
+		// be redelivered after the ack wait
+		v.finish(ctx, v.collect(ctx, next))
 	}
 	return nil
+}
+
+// finish handles a batch in hand, even when ctx is cancelled now, within
+// the drain timeout.
+func (v *Verdicts) finish(ctx context.Context, msgs []jetstream.Msg) {
+	if len(msgs) == 0 {
+		return
+	}
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.o.DrainTimeout)
+	defer cancel()
+	v.Handle(hctx, msgs)
+}
+
+func (v *Verdicts) fetch() (jetstream.MessageBatch, error) {
+	return v.o.Consumer.Fetch(v.o.Batch, jetstream.FetchMaxWait(v.o.MaxWait))
+}
+
+// collect waits for the messages of a fetch.
+func (v *Verdicts) collect(ctx context.Context, batch jetstream.MessageBatch) []jetstream.Msg {
+	msgs := make([]jetstream.Msg, 0, v.o.Batch)
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+		v.log.Debug("fetch ended", "err", err)
+	}
+	return msgs
 }
 
 // Handle applies one fetched batch and acks, naks or terminates every

@@ -3,12 +3,14 @@ package consumers
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/worker"
 )
 
 func TestStreamSeq(t *testing.T) {
@@ -79,4 +81,78 @@ func streamSeqMatches(t *testing.T, url string) {
 	if n != 20 {
 		t.Fatalf("%d messages, want 20", n)
 	}
+}
+
+// countingProcessor accepts every event; the first batch cancels the run.
+type countingProcessor struct {
+	stop context.CancelFunc
+	mu   sync.Mutex
+	seen []uint64 // stream sequences, in the order handled
+}
+
+func (p *countingProcessor) Process(_ context.Context, evs []worker.Event) []error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range evs {
+		p.seen = append(p.seen, e.Seq)
+	}
+	p.stop()
+	return make([]error, len(evs))
+}
+
+// TestStopHandlesRequestedBatch: a loop that requested its next batch
+// ahead and is then stopped handles that batch too, and acks it, instead
+// of leaving its messages pending until the ack wait; nothing past it is
+// fetched (on both servers).
+func TestStopHandlesRequestedBatch(t *testing.T) {
+	testutil.BothNATS(t, stopHandlesRequested)
+}
+
+func stopHandlesRequested(t *testing.T, url string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(testutil.NATS(t, url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "V", Subjects: []string{"aup.verdict.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	const batch, total = 10, 50
+	for i := range total {
+		ev := fmt.Sprintf(`{"id":"e%d","time":%q,"direction":"outbound","account":"a%d@example.com","verdict":"spam","source":"t"}`,
+			i, now.Format(time.RFC3339), i)
+		if _, err := js.Publish(ctx, "aup.verdict.outbound", []byte(ev)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "V", jetstream.ConsumerConfig{Durable: "w", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	p := &countingProcessor{stop: stop}
+	v, err := NewVerdicts(VerdictOptions{JS: js, Consumer: cons, Processor: p, Batch: batch, Workers: 1,
+		MaxWait: time.Second, RetryMin: time.Second, RetryMax: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Run(run); err != nil {
+		t.Fatal(err)
+	}
+	// the batch in hand and the one requested ahead, in stream order
+	if len(p.seen) != 2*batch {
+		t.Fatalf("handled %d events, want %d (the batch in hand and the one requested ahead)", len(p.seen), 2*batch)
+	}
+	for i, seq := range p.seen {
+		if seq != uint64(i+1) {
+			t.Fatalf("event %d has stream sequence %d, want %d", i, seq, i+1)
+		}
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 0 && info.AckFloor.Stream == 2*batch && info.NumPending == total-2*batch
+	}, "the %d handled events are acked and the other %d still wait in the stream", 2*batch, total-2*batch)
 }
