@@ -46,10 +46,7 @@ func TestStreamSeqMatchesMetadata(t *testing.T) {
 func streamSeqMatches(t *testing.T, url string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	js, err := jetstream.New(testutil.NATS(t, url))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testutil.JetStream(t, url)
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -111,10 +108,7 @@ func TestStopHandlesRequestedBatch(t *testing.T) {
 func stopHandlesRequested(t *testing.T, url string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js, err := jetstream.New(testutil.NATS(t, url))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testutil.JetStream(t, url)
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "V", Subjects: []string{"aup.verdict.>"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -22,10 +22,7 @@ func TestVerdictConsumerFilter(t *testing.T) {
 func verdictConsumerFilter(t *testing.T, url string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js, err := jetstream.New(testutil.NATS(t, url))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testutil.JetStream(t, url)
 	cc := config.Default().NATS.Consumer
 	filterOf := func(stream string) string {
 		t.Helper()

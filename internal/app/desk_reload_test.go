@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/store"
@@ -50,7 +48,7 @@ auth: {tokens: [%s]}
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := jetstream.New(testutil.NATS(t, cfg.NATS.URL))
+	js := testutil.JetStream(t, cfg.NATS.URL)
 	h := &harness{t: t, cfg: cfg, js: js, st: store.New(rdb, prefix), path: path}
 	h.run()
 	base := "http://" + h.info.HTTPAddr

@@ -37,7 +37,7 @@ func TestDigestToEachAbuseContact(t *testing.T) {
 
 func testDigest(t *testing.T, natsURL string) {
 	rdb, prefix := testutil.Redis(t)
-	js, _ := jetstream.New(testutil.NATS(t, natsURL))
+	js := testutil.JetStream(t, natsURL)
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUP_ACCOUNTS", Subjects: []string{"aup.account.>"}}); err != nil {
 		t.Fatal(err)
