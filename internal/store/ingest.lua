@@ -60,10 +60,10 @@ if now == 0 then
 end
 local window, skew, rebase_after = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local HOUR = 3600000
--- Numbers passed to redis.call are formatted with "%.17g", which costs
--- more than the command itself for ZCARD-sized ones; integers go as
--- strings made with "%d" (a third of the cost), and the window trims'
--- bounds, which most accounts of a call share, are made once.
+-- Redis 7.0 turns a number argument of redis.call into text with "%.17g",
+-- which costs about as much as a whole ZCARD: integers go as text made
+-- with "%d" (about half that), and the trims' bounds, which most accounts
+-- of a call share, are made once.
 local BOUND = {}
 local function bound_arg(n)
   local s = BOUND[n]
