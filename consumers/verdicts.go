@@ -155,12 +155,12 @@ func NewVerdicts(o VerdictOptions) (*Verdicts, error) {
 }
 
 // Run fetches and applies batches with o.Workers concurrent loops, so that
-// fetching, the Redis round trip and acking of different batches overlap;
-// while a backlog lasts, each loop also requests its next batch before it
-// handles the one in hand (so up to 2 * Workers * Batch messages are in
-// flight, within the consumer's max_ack_pending). When ctx is cancelled it
-// stops fetching, finishes and acks the batches in hand and requested, and
-// returns.
+// fetching, the Redis round trip and acking of different batches overlap.
+// While a backlog lasts, each loop also requests its next batch (what is
+// there, without waiting) before it handles the one in hand, so up to
+// 2 * Workers * Batch messages are in flight, within the consumer's
+// max_ack_pending. When ctx is cancelled it stops fetching, finishes and
+// acks the batches in hand and requested, and returns.
 func (v *Verdicts) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, v.o.Workers)
@@ -208,7 +208,9 @@ func (v *Verdicts) loop(ctx context.Context) error {
 			continue
 		}
 		if len(msgs) == v.o.Batch && ctx.Err() == nil {
-			next, _ = v.fetch() // on error, the next turn fetches again
+			// what is there now, without the long poll's wait: at the end
+			// of a backlog the last partial batch goes on at once
+			next, _ = v.o.Consumer.FetchNoWait(v.o.Batch) // on error, the next turn fetches again
 		}
 		v.finish(ctx, msgs)
 	}
