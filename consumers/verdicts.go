@@ -179,16 +179,13 @@ func (v *Verdicts) Run(ctx context.Context) error {
 }
 
 func (v *Verdicts) loop(ctx context.Context) error {
-	// While a backlog lasts (the last batch came full), the next batch is
-	// requested before this one is handled, so that the server delivers it
-	// while this one waits on Redis.
-	var next jetstream.MessageBatch
+	var next jetstream.MessageBatch // requested ahead while a backlog lasts (the last batch came full)
 	for ctx.Err() == nil {
 		batch := next
 		next = nil
 		if batch == nil {
 			var err error
-			batch, err = v.fetch()
+			batch, err = v.o.Consumer.Fetch(v.o.Batch, jetstream.FetchMaxWait(v.o.MaxWait))
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -231,10 +228,6 @@ func (v *Verdicts) finish(ctx context.Context, msgs []jetstream.Msg) {
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.o.DrainTimeout)
 	defer cancel()
 	v.Handle(hctx, msgs)
-}
-
-func (v *Verdicts) fetch() (jetstream.MessageBatch, error) {
-	return v.o.Consumer.Fetch(v.o.Batch, jetstream.FetchMaxWait(v.o.MaxWait))
 }
 
 // collect waits for the messages of a fetch.
