@@ -1,8 +1,10 @@
 package loadtest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"syscall"
 	"time"
@@ -10,10 +12,14 @@ import (
 
 // cpuMark is the CPU time used so far by Redis's main thread (the one
 // that runs the scripts; INFO cpu) and by this process (the in-process
-// NATS server when there is one, aupd, and the tool itself).
+// NATS server when there is one, aupd, and the tool itself), and the
+// machine's CPU time by /proc/stat: all of it, and what the hypervisor
+// took for other guests (steal), which on a shared virtual machine moves
+// every figure of a phase.
 type cpuMark struct {
-	redis, self time.Duration
-	ok          bool
+	redis, self  time.Duration
+	ok           bool
+	steal, total uint64 // /proc/stat ticks; total 0: not known
 }
 
 func (r *runner) cpuNow(ctx context.Context) cpuMark {
@@ -37,7 +43,34 @@ func (r *runner) cpuNow(ctx context.Context) cpuMark {
 	m.redis = time.Duration(sum * float64(time.Second))
 	m.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	m.ok = true
+	m.steal, m.total = machineTicks()
 	return m
+}
+
+// machineTicks reads the first line of /proc/stat ("cpu user nice system
+// idle iowait irq softirq steal ..."): steal and the sum of the first
+// eight. Zeros where there is no /proc/stat.
+func machineTicks() (steal, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := bytes.Fields(line)
+	if len(f) < 9 || string(f[0]) != "cpu" {
+		return 0, 0
+	}
+	for i, x := range f[1:9] {
+		n, err := strconv.ParseUint(string(x), 10, 64)
+		if err != nil {
+			return 0, 0
+		}
+		total += n
+		if i == 7 {
+			steal = n
+		}
+	}
+	return steal, total
 }
 
 // cpuPerEvent says how much CPU each of n events cost Redis and this
@@ -47,5 +80,9 @@ func cpuPerEvent(from, to cpuMark, n int) string {
 		return "not measured"
 	}
 	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
-	return fmt.Sprintf("Redis main thread %.1f µs, this process %.1f µs", us(to.redis-from.redis), us(to.self-from.self))
+	out := fmt.Sprintf("Redis main thread %.1f µs, this process %.1f µs", us(to.redis-from.redis), us(to.self-from.self))
+	if from.total > 0 && to.total > from.total {
+		out += fmt.Sprintf("; hypervisor steal %.0f%% of the machine's CPU time", 100*float64(to.steal-from.steal)/float64(to.total-from.total))
+	}
+	return out
 }

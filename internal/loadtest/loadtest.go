@@ -338,13 +338,29 @@ func (r *runner) jetstreamAlone(ctx context.Context, evs []Event) error {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range r.cfg.Workers {
+		// The fetch pattern of aupd's consumer (consumers.Verdicts): while
+		// batches come full, the next one is requested, without waiting,
+		// before this one is acked.
 		wg.Go(func() {
+			var next jetstream.MessageBatch
+			msgs := make([]jetstream.Msg, 0, r.cfg.Batch)
 			for cctx.Err() == nil && acked.Load() < n {
-				b, err := cons.Fetch(r.cfg.Batch, jetstream.FetchMaxWait(100*time.Millisecond))
-				if err != nil {
-					continue
+				b := next
+				next = nil
+				if b == nil {
+					var err error
+					if b, err = cons.Fetch(r.cfg.Batch, jetstream.FetchMaxWait(100*time.Millisecond)); err != nil {
+						continue
+					}
 				}
+				msgs = msgs[:0]
 				for m := range b.Messages() {
+					msgs = append(msgs, m)
+				}
+				if len(msgs) == r.cfg.Batch {
+					next, _ = cons.FetchNoWait(r.cfg.Batch)
+				}
+				for _, m := range msgs {
 					_, _ = consumers.StreamSeq(m.Reply()) // aupd reads each stream sequence so
 					_ = m.Ack()
 					acked.Add(1)
