@@ -14,7 +14,7 @@ import (
 // that runs the scripts; INFO cpu) and by this process (the in-process
 // NATS server when there is one, aupd, and the tool itself), and the
 // machine's CPU time by /proc/stat: all of it, and what the hypervisor
-// took for other guests (steal), which on a shared virtual machine moves
+// took for other guests (steal), which on a shared virtual machine slows
 // every figure of a phase.
 type cpuMark struct {
 	redis, self  time.Duration
