@@ -154,92 +154,102 @@ func NewVerdicts(o VerdictOptions) (*Verdicts, error) {
 	return v, nil
 }
 
-// Run fetches and applies batches with o.Workers concurrent loops, so that
-// fetching, the Redis round trip and acking of different batches overlap.
-// While a backlog lasts, each loop also requests its next batch (what is
-// there, without waiting) before it handles the one in hand, so up to
-// 2 * Workers * Batch messages are in flight, within the consumer's
-// max_ack_pending. When ctx is cancelled it stops fetching, finishes and
-// acks the batches in hand and requested, and returns.
+// Run fetches and applies batches with o.Workers concurrent loops (Pull),
+// so that fetching, the Redis round trip and acking of different batches
+// overlap; up to 2 * Workers * Batch messages are in flight, within the
+// consumer's max_ack_pending. When ctx is cancelled it stops fetching,
+// finishes and acks the batches in hand and requested, and returns.
 func (v *Verdicts) Run(ctx context.Context) error {
+	p := Pull{Consumer: v.o.Consumer, Batch: v.o.Batch, MaxWait: v.o.MaxWait,
+		Handle: func(msgs []jetstream.Msg) { v.finish(ctx, msgs) },
+		Failed: func(err error) bool {
+			v.warn.Warn("fetch", "err", err)
+			return sleep(ctx, v.o.RetryMin)
+		},
+		Ended: func(err error) { v.log.Debug("fetch ended", "err", err) },
+	}
+	if idle, ok := v.o.Processor.(interface{ Idle(context.Context) }); ok {
+		p.Idle = func() { idle.Idle(ctx) }
+	}
 	var wg sync.WaitGroup
-	errc := make(chan error, v.o.Workers)
 	for range v.o.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := v.loop(ctx); err != nil {
-				errc <- err
-			}
-		}()
+		wg.Go(func() { p.Run(ctx) })
 	}
 	wg.Wait()
-	close(errc)
-	return <-errc
+	return nil
 }
 
-func (v *Verdicts) loop(ctx context.Context) error {
-	var next jetstream.MessageBatch // requested ahead while a backlog lasts (the last batch came full)
+// Pull is the verdict consumer's fetch loop, shared with aupload's
+// JetStream ceiling so that the ceiling fetches as aupd does. While
+// batches come full (a backlog), the next one is requested before the one
+// in hand is handled, so that the server delivers it meanwhile; that
+// request takes what is there without the long poll's wait, so the last
+// partial batch of a backlog goes on at once.
+type Pull struct {
+	Consumer jetstream.Consumer
+	Batch    int
+	MaxWait  time.Duration // how long a fetch waits to fill its batch
+	// Handle gets every batch that is not empty, also once ctx is
+	// cancelled: a batch in hand or requested ahead is finished, not left
+	// to be redelivered after the ack wait.
+	Handle func(msgs []jetstream.Msg)
+	Idle   func()           // optional: after a fetch that brought nothing
+	Failed func(error) bool // optional: a fetch request failed; false stops the loop (nil: try again)
+	Ended  func(error)      // optional: a fetch ended early on an error other than a timeout
+}
+
+// Run pulls until ctx is cancelled.
+func (p *Pull) Run(ctx context.Context) {
+	var next jetstream.MessageBatch // requested ahead
 	for ctx.Err() == nil {
 		batch := next
 		next = nil
 		if batch == nil {
 			var err error
-			batch, err = v.o.Consumer.Fetch(v.o.Batch, jetstream.FetchMaxWait(v.o.MaxWait))
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				v.warn.Warn("fetch", "err", err)
-				if !sleep(ctx, v.o.RetryMin) {
-					return nil
+			if batch, err = p.Consumer.Fetch(p.Batch, jetstream.FetchMaxWait(p.MaxWait)); err != nil {
+				if ctx.Err() != nil || (p.Failed != nil && !p.Failed(err)) {
+					return
 				}
 				continue
 			}
 		}
-		msgs := v.collect(ctx, batch)
+		msgs := p.collect(ctx, batch)
 		if len(msgs) == 0 {
-			if idle, ok := v.o.Processor.(interface{ Idle(context.Context) }); ok {
-				idle.Idle(ctx)
+			if p.Idle != nil {
+				p.Idle()
 			}
 			continue
 		}
-		if len(msgs) == v.o.Batch && ctx.Err() == nil {
-			// what is there now, without the long poll's wait: at the end
-			// of a backlog the last partial batch goes on at once
-			next, _ = v.o.Consumer.FetchNoWait(v.o.Batch) // on error, the next turn fetches again
+		if len(msgs) == p.Batch && ctx.Err() == nil {
+			next, _ = p.Consumer.FetchNoWait(p.Batch) // on error, the next turn fetches again
 		}
-		v.finish(ctx, msgs)
+		p.Handle(msgs)
 	}
 	if next != nil {
-		// stopping: the batch requested ahead is handled too, not left to
-		// be redelivered after the ack wait
-		v.finish(ctx, v.collect(ctx, next))
+		if msgs := p.collect(ctx, next); len(msgs) > 0 {
+			p.Handle(msgs)
+		}
 	}
-	return nil
+}
+
+// collect waits for the messages of a fetch.
+func (p *Pull) collect(ctx context.Context, batch jetstream.MessageBatch) []jetstream.Msg {
+	msgs := make([]jetstream.Msg, 0, p.Batch)
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil && p.Ended != nil {
+		p.Ended(err)
+	}
+	return msgs
 }
 
 // finish handles a batch in hand, even when ctx is cancelled now, within
 // the drain timeout.
 func (v *Verdicts) finish(ctx context.Context, msgs []jetstream.Msg) {
-	if len(msgs) == 0 {
-		return
-	}
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.o.DrainTimeout)
 	defer cancel()
 	v.Handle(hctx, msgs)
-}
-
-// collect waits for the messages of a fetch.
-func (v *Verdicts) collect(ctx context.Context, batch jetstream.MessageBatch) []jetstream.Msg {
-	msgs := make([]jetstream.Msg, 0, v.o.Batch)
-	for m := range batch.Messages() {
-		msgs = append(msgs, m)
-	}
-	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-		v.log.Debug("fetch ended", "err", err)
-	}
-	return msgs
 }
 
 // Handle applies one fetched batch and acks, naks or terminates every

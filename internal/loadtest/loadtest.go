@@ -331,45 +331,32 @@ func (r *runner) jetstreamAlone(ctx context.Context, evs []Event) error {
 		return err
 	}
 	var acked atomic.Int64
+	var last atomic.Int64 // when the last event was acked (UnixNano)
 	n := int64(len(evs))
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	cpu0 := r.cpuNow(ctx)
 	start := time.Now()
-	var wg sync.WaitGroup
-	for range r.cfg.Workers {
-		// The fetch pattern of aupd's consumer (consumers.Verdicts): while
-		// batches come full, the next one is requested, without waiting,
-		// before this one is acked.
-		wg.Go(func() {
-			var next jetstream.MessageBatch
-			msgs := make([]jetstream.Msg, 0, r.cfg.Batch)
-			for cctx.Err() == nil && acked.Load() < n {
-				b := next
-				next = nil
-				if b == nil {
-					var err error
-					if b, err = cons.Fetch(r.cfg.Batch, jetstream.FetchMaxWait(100*time.Millisecond)); err != nil {
-						continue
-					}
-				}
-				msgs = msgs[:0]
-				for m := range b.Messages() {
-					msgs = append(msgs, m)
-				}
-				if len(msgs) == r.cfg.Batch {
-					next, _ = cons.FetchNoWait(r.cfg.Batch)
-				}
-				for _, m := range msgs {
-					_, _ = consumers.StreamSeq(m.Reply()) // aupd reads each stream sequence so
-					_ = m.Ack()
-					acked.Add(1)
+	// aupd's own fetch loop, with nothing but the acks in it; it stops at
+	// the last ack, whose time ends the measurement (the loops' fetches
+	// still waiting then are not the server's work)
+	pull := consumers.Pull{Consumer: cons, Batch: r.cfg.Batch, MaxWait: cfg.Consumer.MaxWait,
+		Handle: func(msgs []jetstream.Msg) {
+			for _, m := range msgs {
+				_, _ = consumers.StreamSeq(m.Reply()) // aupd reads each stream sequence so
+				_ = m.Ack()
+				if acked.Add(1) == n {
+					last.Store(time.Now().UnixNano())
+					cancel()
 				}
 			}
-		})
+		}}
+	var wg sync.WaitGroup
+	for range r.cfg.Workers {
+		wg.Go(func() { pull.Run(cctx) })
 	}
 	wg.Wait()
-	el := time.Since(start)
+	el := time.Duration(last.Load() - start.UnixNano())
 	if acked.Load() < n {
 		return fmt.Errorf("acked %d of %d within %s", acked.Load(), n, r.cfg.Timeout)
 	}
