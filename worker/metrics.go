@@ -16,6 +16,7 @@ type metrics struct {
 	batchSeconds prometheus.Histogram
 	redisErrors  prometheus.Counter
 	published    prometheus.Counter
+	statsDropped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,8 +47,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "aupd_account_events_published_total",
 			Help: "Account events published from the outbox.",
 		}),
+		statsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aupd_stats_dropped_total",
+			Help: "Statistics-only events left out of the per-account hourly statistics because too many waited while Redis did not take them.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.events, m.crossings, m.batchSize, m.batchSeconds, m.redisErrors, m.published} {
+	for _, c := range []prometheus.Collector{m.events, m.crossings, m.batchSize, m.batchSeconds, m.redisErrors, m.published, m.statsDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

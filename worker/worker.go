@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,7 @@ type Store interface {
 	Ingest(ctx context.Context, batches []store.Batch, p store.IngestParams) ([]store.Result, error)
 	Settle(ctx context.Context, done []store.Settled) error
 	MarkOutbox(ctx context.Context, accounts ...string) error
+	NewStats(bound int) *store.Stats
 }
 
 // Publisher publishes account events: all of them asynchronously, then it
@@ -107,7 +109,19 @@ type Worker struct {
 
 	mu   sync.Mutex
 	near map[string]int64 // near-threshold hints for the next round trip
+
+	// statistics-only events, written about once a second (see
+	// store.Stats): lastFlush in Unix ns, flushing while one runs
+	stats     *store.Stats
+	lastFlush atomic.Int64
+	flushing  atomic.Bool
+	flushes   sync.WaitGroup
 }
+
+// statsEvery is how often the statistics-only events gathered are
+// written; they are also written when a fetch brings nothing and when the
+// worker closes.
+const statsEvery = time.Second
 
 // New returns a worker.
 func New(opts Options) (*Worker, error) {
@@ -119,7 +133,9 @@ func New(opts Options) (*Worker, error) {
 		return nil, err
 	}
 	log := opts.Logger.With("component", "worker")
-	return &Worker{opts: opts, log: log, metrics: m, warn: ratelog.New(log, 10*time.Second)}, nil
+	w := &Worker{opts: opts, log: log, metrics: m, warn: ratelog.New(log, 10*time.Second), stats: opts.Store.NewStats(0)}
+	w.lastFlush.Store(time.Now().UnixNano())
+	return w, nil
 }
 
 // ErrTransient marks a failure that a redelivery can cure.
@@ -183,13 +199,14 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 	defer func() {
 		w.metrics.flush(&t)
 		w.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+		w.flushStatsIfDue()
 	}()
 	if len(batches) == 0 {
 		return errs
 	}
 
 	params := store.IngestParams{
-		Window: p.Window, Skew: p.FutureSkew, Near: w.takeNear(),
+		Window: p.Window, Skew: p.FutureSkew, Near: w.takeNear(), Stats: w.stats,
 	}
 	if w.opts.Now != nil {
 		params.Now = w.opts.Now()
@@ -311,10 +328,12 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 	return errs
 }
 
-// Idle writes the near-threshold hints gathered so far, which otherwise
-// ride along with the next batch's round trip; the consumer calls it when
-// a fetch brings nothing.
+// Idle writes the near-threshold hints and the statistics gathered so
+// far, which otherwise ride along with the next batch's round trip or
+// wait for the next flush; the consumer calls it when a fetch brings
+// nothing.
 func (w *Worker) Idle(ctx context.Context) {
+	w.flushStats(ctx)
 	near := w.takeNear()
 	if len(near) == 0 {
 		return
@@ -327,6 +346,41 @@ func (w *Worker) Idle(ctx context.Context) {
 	if _, err := w.opts.Store.Ingest(ctx, nil, params); err != nil {
 		w.putNear(near)
 		w.warn.Warn("write near-threshold hints", "err", err)
+	}
+}
+
+// Close writes the statistics gathered, after any flush under way; call
+// it once no batch is being processed.
+func (w *Worker) Close(ctx context.Context) {
+	w.flushes.Wait()
+	w.flushStats(ctx)
+}
+
+// flushStatsIfDue starts a flush of the statistics in the background once
+// statsEvery has passed since the last, unless one is under way.
+func (w *Worker) flushStatsIfDue() {
+	if time.Now().UnixNano()-w.lastFlush.Load() < int64(statsEvery) || !w.flushing.CompareAndSwap(false, true) {
+		return
+	}
+	w.flushes.Go(func() {
+		defer w.flushing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		w.flushStats(ctx)
+	})
+}
+
+// flushStats writes the statistics gathered; what Redis did not take
+// stays for the next flush.
+func (w *Worker) flushStats(ctx context.Context) {
+	w.lastFlush.Store(time.Now().UnixNano())
+	err := w.stats.Flush(ctx)
+	if n := w.stats.Dropped(); n > 0 {
+		w.metrics.statsDropped.Add(float64(n))
+	}
+	if err != nil {
+		w.metrics.redisErrors.Inc()
+		w.warn.Warn("write statistics", "err", err)
 	}
 }
 

@@ -329,7 +329,14 @@ func (a *App) run(ctx context.Context) (err error) {
 	var g run.Group
 	{
 		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		g.Add(func() error { return vc.Run(cctx) }, func(error) { cancel() })
+		g.Add(func() error {
+			err := vc.Run(cctx)
+			// the statistics-only events of the last second
+			fctx, stop := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer stop()
+			w.Close(fctx)
+			return err
+		}, func(error) { cancel() })
 	}
 	{
 		nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))

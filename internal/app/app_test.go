@@ -20,6 +20,7 @@ import (
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/rules"
 )
 
 type harness struct {
@@ -308,8 +309,25 @@ func endToEnd(t *testing.T, natsURL string) {
 		}
 	}
 
-	// A restart resumes where it stopped and counts nothing twice.
+	// Statistics-only events reach the account's hourly statistics
+	// without a batch of their own: the worker writes them once a second
+	// and when the consumer is idle.
+	hamField := fmt.Sprintf("%d.%d", rules.KindOf(rules.Outbound, rules.Ham), now.UnixMilli()/3600000)
+	hams := func() string {
+		rdb, _ := testutil.Redis(t)
+		v, _ := rdb.HGet(context.Background(), store.AccountKey(h.cfg.Redis.Prefix, "alice@example.com", "t"), hamField).Result()
+		return v
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return hams() == "1" }, "alice's ham in her statistics")
+
+	// A restart resumes where it stopped and counts nothing twice; a stop
+	// writes the statistics it holds.
+	h.publish("aup.verdict.outbound", verdict("alice-ham-2", "outbound", "alice@example.com", "ham", now), "")
+	h.drained()
 	h.stop()
+	if v := hams(); v != "2" {
+		t.Errorf("alice's ham statistics after a stop: %q, want 2", v)
+	}
 	h.run()
 	h.publish("aup.verdict.outbound", verdict("bob-new", "outbound", "bob@example.com", "spam", time.Now()), "")
 	h.drained()

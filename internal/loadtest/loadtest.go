@@ -259,14 +259,38 @@ func (r *runner) redisAlone(ctx context.Context, evs []Event) error {
 	var lat []time.Duration
 	var mu sync.Mutex
 	var calls, failed atomic.Int64
+	// statistics-only events are gathered and written once a second, as
+	// the worker does, and at the end
+	params := ingestParams(window)
+	params.Stats = st.NewStats(0)
+	var statsErr atomic.Pointer[error]
+	flush := func() {
+		if err := params.Stats.Flush(ctx); err != nil {
+			statsErr.Store(&err)
+		}
+	}
 	cpu0 := r.cpuNow(ctx)
 	start := time.Now()
+	stop := make(chan struct{})
+	var flusher sync.WaitGroup
+	flusher.Go(func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				flush()
+			case <-stop:
+				return
+			}
+		}
+	})
 	var wg sync.WaitGroup
 	for range r.cfg.Workers {
 		wg.Go(func() {
 			for bs := range work {
 				t := time.Now()
-				res, err := st.Ingest(ctx, bs, ingestParams(window))
+				res, err := st.Ingest(ctx, bs, params)
 				d := time.Since(t)
 				calls.Add(int64(len(bs)))
 				if err != nil {
@@ -284,10 +308,16 @@ func (r *runner) redisAlone(ctx context.Context, evs []Event) error {
 		})
 	}
 	wg.Wait()
+	close(stop)
+	flusher.Wait()
+	flush()
 	el := time.Since(start)
 	cpu1 := r.cpuNow(ctx)
 	if f := failed.Load(); f > 0 {
 		return fmt.Errorf("%d script calls failed", f)
+	}
+	if err := statsErr.Load(); err != nil {
+		return fmt.Errorf("write statistics: %w", *err)
 	}
 	r.ceilA = float64(len(evs)) / el.Seconds()
 	r.add("a", "events/s", "%.0f  (%d events in %s, %d concurrent callers)", r.ceilA, len(evs), el.Round(time.Millisecond), r.cfg.Workers)

@@ -8,7 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
 
@@ -100,6 +100,10 @@ type IngestParams struct {
 	// Near are hints for the near-threshold index (account -> time in ms),
 	// written in the same round trip.
 	Near map[string]int64
+	// Stats gathers the statistics-only events of the accounts that did
+	// not fail, to be written by its Flush; nil: Ingest writes them before
+	// it returns, in a second round trip.
+	Stats *Stats
 }
 
 // rebaseAfter bounds how old a window's score base may grow: scores are
@@ -115,8 +119,10 @@ func rebaseAfter(window, skew time.Duration) int64 {
 // account is atomic and costs a fixed number of commands whatever its
 // number of events; accounts are grouped into script calls (many per call
 // on a standalone Redis, one slot per call on a Cluster) so that the
-// per-call overhead is paid per group, not per account. Results are in
-// the order of batches; a failed account sets its result's Err.
+// per-call overhead is paid per group, not per account. An account with
+// statistics-only events alone costs no command: its events go to
+// p.Stats. Results are in the order of batches; a failed account sets its
+// result's Err.
 func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]Result, error) {
 	results := make([]Result, len(batches))
 	if len(batches) == 0 && len(p.Near) == 0 {
@@ -130,9 +136,54 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	}
 	clock := nowMS
 	if clock == 0 {
-		clock = time.Now().UnixMilli() // only for statistics buckets and late statistics
+		clock = time.Now().UnixMilli() // only for which statistics-only events are late
 	}
 	lo := clock - p.Window.Milliseconds()
+	// Accounts with counting events go to the script, and so does an
+	// empty batch, which reads the count; the others have statistics
+	// only, which are gathered in p.Stats.
+	var counting []Batch
+	var at []int // index in batches of each of counting
+	for i := range batches {
+		items := batches[i].Items
+		if len(items) == 0 || slices.ContainsFunc(items, func(it Item) bool { return it.Counting }) {
+			counting = append(counting, batches[i])
+			at = append(at, i)
+			continue
+		}
+		results[i] = Result{Count: -1}
+		results[i].Outcomes, _ = outcomesOf("", batches[i].Items, lo)
+	}
+	if len(counting) > 0 || len(p.Near) > 0 {
+		res, err := s.ingestCounting(ctx, counting, p, nowMS, lo)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range at {
+			results[i] = res[j]
+		}
+	}
+	stats := p.Stats
+	if stats == nil {
+		stats = s.NewStats(0)
+	}
+	for i := range batches {
+		if results[i].Err == nil {
+			stats.add(&batches[i], lo, nowMS)
+		}
+	}
+	if p.Stats == nil {
+		if err := stats.Flush(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return results, nil
+}
+
+// ingestCounting runs the script for batches, which all have counting
+// events, and writes p.Near in the same round trip.
+func (s *Store) ingestCounting(ctx context.Context, batches []Batch, p IngestParams, nowMS, lo int64) ([]Result, error) {
+	results := make([]Result, len(batches))
 	groups := s.groupBySlot(batches)
 	ids := newIDSource(time.Now())
 	keys := make([][]string, len(groups))
@@ -144,7 +195,7 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	ends := make([]int, len(batches))
 	for _, idx := range groups {
 		for _, i := range idx {
-			buf = packBatch(buf, &batches[i], ids, p.NewID, lo)
+			buf = packBatch(buf, &batches[i], ids, p.NewID)
 			ends[i] = len(buf)
 		}
 	}
@@ -163,6 +214,15 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	var extra func(redis.Pipeliner)
 	if len(p.Near) > 0 {
 		extra = func(pipe redis.Pipeliner) { s.writeNear(ctx, pipe, p.Near, lo) }
+	}
+	if len(groups) == 0 {
+		// hints only
+		pipe := s.rdb.Pipeline()
+		extra(pipe)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, wrap("write near-threshold hints", err)
+		}
+		return results, nil
 	}
 	cmds, err := s.evalAll(ctx, ingestScript, keys, args, extra)
 	if err != nil {
@@ -250,15 +310,14 @@ func appendFingerprint4(buf []byte, fp string) []byte {
 }
 
 // packBatch appends an account's batch in the script's packed form (see
-// ingest.lua): a fixed header, 25 bytes per counting event, the
-// statistics buckets, then the strings only a crossing reads.
-func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string, lo int64) []byte {
+// ingest.lua): a fixed header, 25 bytes per counting event, then the
+// strings only a crossing reads.
+func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string) []byte {
 	be := binary.BigEndian
 	action := byte(1)
 	if b.Action != rules.ActionSuspend {
 		action = 2
 	}
-	buckets := hourBuckets(b.Items, lo)
 	n := 0
 	for _, it := range b.Items {
 		if it.Counting {
@@ -268,7 +327,6 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string, lo int6
 	buf = be.AppendUint32(buf, uint32(b.Threshold))
 	buf = be.AppendUint32(buf, uint32(b.Cap))
 	buf = append(buf, action)
-	buf = be.AppendUint32(buf, uint32(len(buckets)))
 	buf = be.AppendUint32(buf, uint32(n))
 	for _, it := range b.Items {
 		if !it.Counting {
@@ -286,17 +344,6 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string, lo int6
 			buf = append(buf, 0, 0, 0, 0)
 		}
 	}
-	for _, bk := range buckets {
-		// field "<kind>.<hour>", after its length
-		at := len(buf)
-		buf = strconv.AppendInt(append(strconv.AppendInt(append(buf, 0, 0), int64(bk.kind), 10), '.'), bk.hour, 10)
-		be.PutUint16(buf[at:], uint16(len(buf)-at-2))
-		// the increment as text, after its length: a number would be
-		// formatted again inside Redis
-		at = len(buf)
-		buf = strconv.AppendInt(append(buf, 0), int64(bk.n), 10)
-		buf[at] = byte(len(buf) - at - 1)
-	}
 	if newID != nil {
 		id := newID()
 		buf = be.AppendUint16(buf, uint16(len(id)))
@@ -310,36 +357,6 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string, lo int6
 		buf = append(buf, str...)
 	}
 	return buf
-}
-
-type hourBucket struct {
-	kind rules.Kind
-	hour int64
-	n    int
-}
-
-// hourBuckets folds the statistics-only items into hourly buckets, one
-// per (kind, hour), in the order they first appear.
-func hourBuckets(items []Item, lo int64) []hourBucket {
-	var out []hourBucket
-	for _, it := range items {
-		if it.Counting || ms(it.Time) <= lo {
-			continue
-		}
-		h := ms(it.Time) / hourMS
-		found := false
-		for i := range out {
-			if out[i].kind == it.Kind && out[i].hour == h {
-				out[i].n++
-				found = true
-				break
-			}
-		}
-		if !found {
-			out = append(out, hourBucket{it.Kind, h, 1})
-		}
-	}
-	return out
 }
 
 const hourMS = int64(time.Hour / time.Millisecond)

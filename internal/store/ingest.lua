@@ -7,26 +7,23 @@
 -- events it has: one HMGET of the state, the window trim, ZCARD, ZMSCORE
 -- of the ids (or, for a single event, ZADD NX, which learns whether it is
 -- new and adds it at once), one ZADD, and writes only where something
--- changed. An account with statistics-only events alone costs one HINCRBY
--- per statistics bucket, and reads neither its state nor its window.
+-- changed. Statistics-only events do not come here (stats.lua).
 --
 -- KEYS: 1 per account, its state HASH <prefix>:{<account>}:s; its other
 --       keys share the name but for the last letter (w window ZSET,
---       t statistics HASH, h history LIST, o outbox LIST, x v1 statistics
---       ZSET), and so its Cluster slot
+--       h history LIST, o outbox LIST, x v1 statistics ZSET), and so its
+--       Cluster slot
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME): one clock for every
 --         process, so that skewed hosts cannot count a trimmed id twice
 -- ARGV[2] window (ms)   ARGV[3] future skew (ms)
 -- ARGV[4] rebase the window's scores after (ms)   ARGV[5] number of accounts
 -- ARGV[5+a] account a's batch, packed big-endian (one string: Lua makes
 --   one string for it, and numbers unpack without parsing text):
---   threshold I4, cap I4, action B (1 suspend, 2 report), statistics
---   buckets I4, counting events I4;
+--   threshold I4, cap I4, action B (1 suspend, 2 report), counting
+--   events I4 (at least 1);
 --   per counting event 25 bytes: member c6 (id hash), time i8 (ms, signed),
 --   kind B (direction*4+verdict), stream sequence I6 (0: no sample),
 --   fingerprint c4;
---   per statistics bucket: field I2+c0 ("<kind>.<hour>", hour = ms /
---   3600000), increment B+c0 (decimal text: see bound_arg);
 --   then, read only on a crossing: id for a new suspension or report,
 --   company, account, each I2+c0
 --
@@ -35,14 +32,14 @@
 -- the score within 32 bits so that the set stays in Redis's compact
 -- encoding. It holds at most cap members, the newest by event time: the
 -- stored count is exactly min(real count, cap), and cap > threshold keeps
--- every decision exact. Statistics-only events are hourly counters.
+-- every decision exact.
 --
 -- An address that only appears in verdicts has no record: its state and
 -- window carry a TTL and expire once past the window plus the skew. A
 -- crossing (or any change through apply.lua) makes the record durable.
 --
 -- Returns, per account, one integer or string when nothing is to be
--- published (see reply; count -1: not read, for statistics only); else
+-- published (see reply); else
 -- {outcomes, count, capped, crossing, id, pending outbox entries}; or
 -- {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
@@ -154,47 +151,6 @@ local function sample_slot(ns, fp)
   return dup
 end
 
--- The statistics buckets of a batch, at position tp of its packed form:
--- a list of field, increment (2 per bucket), and the position after.
-local function read_buckets(b, tp, nstats)
-  local sf = {}
-  for j = 1, nstats do
-    local fj, inc, nq = unpack_('>I2c0Bc0', b, tp) -- c0 takes the length before it
-    sf[2 * j - 1], sf[2 * j] = fj, inc
-    tp = nq
-  end
-  return sf, tp
-end
-
--- Add a batch's buckets to the statistics HASH, one HINCRBY each: field
--- "<kind>.<hour>" counts the events of a kind in an hour (ms / 3600000).
--- The first event of a field also sets the expiry, 26 hours past the
--- current one; the first of the current hour also drops the fields older
--- than a day, so that the hash holds at most a day of hours per kind.
--- (earlier builds wrote "<kind>.<hour mod 24>" = "<hour>:<count>" and an
--- expiry field _e; they go the same way.)
-local function write_stats(stats, sf, nstats)
-  local cur = mfloor(now / HOUR)
-  local fresh, prune = false, false
-  for j = 1, nstats do
-    local f, inc = sf[2 * j - 1], sf[2 * j]
-    if rcall('HINCRBY', stats, f, inc) == tonumber(inc) then
-      fresh = true
-      if not prune and tonumber(string.match(f, '%.(%d+)$')) == cur then prune = true end
-    end
-  end
-  if not fresh then return end
-  rcall('PEXPIRE', stats, sformat('%d', (cur + 26) * HOUR - now))
-  if not prune then return end
-  local all, old = rcall('HGETALL', stats), {}
-  for i = 1, #all, 2 do
-    local f, v = all[i], all[i + 1]
-    local h = string.match(v, '^(%d+):') or string.match(f, '%.(%d+)$')
-    if not h or tonumber(h) <= cur - 26 then old[#old + 1] = f end
-  end
-  if #old > 0 then rcall('HDEL', stats, unpack(old)) end
-end
-
 -- The lists a crossing writes must be lists: fail before any write.
 local function check_lists(kb)
   for _, key in ipairs({kb .. 'h', kb .. 'o'}) do
@@ -216,20 +172,14 @@ end
 -- one account: its state key and its packed batch
 local function one(st, b)
   local kb = ssub(st, 1, -2) -- the account's key name but for the last letter
-  local threshold, cap, act, nstats, n, pos = unpack_('>I4I4BI4I4', b)
-  if n == 0 and nstats > 0 then
-    -- Statistics only: the window and the state are not read, and the
-    -- count is not known (-1).
-    write_stats(kb .. 't', (read_buckets(b, pos, nstats)), nstats)
-    return 0 -- see reply below: count -1, no outcome
-  end
+  local threshold, cap, act, n, pos = unpack_('>I4I4BI4', b)
   local win = kb .. 'w'
   for j = 1, n do
     EM[j], ET[j], EK[j], ES[j] = unpack_('>c6i8BI6', b, pos)
     EF[j] = pos + 21
     pos = pos + 25
   end
-  local sp = pos -- statistics buckets, then the crossing's strings
+  local tp = pos -- the crossing's strings
 
   -- The state the hot path needs, in one HMGET; a crossing reads the rest.
   local hv = rcall('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob')
@@ -242,10 +192,6 @@ local function one(st, b)
   local wlo = floor > lo and floor or lo -- counting events at or before wlo do not count
   local base = nil -- the window's score base; wb is in hours, to stay short
   if wb then base = tonumber(wb) * HOUR end
-
-  local sf
-  local tp = sp -- the crossing's strings
-  if nstats > 0 then sf, tp = read_buckets(b, sp, nstats) end
 
   -- The window as it is. Rewrite it when its base is too old for compact
   -- scores (or absent: a new account, or a window written by aupd v1,
@@ -495,8 +441,6 @@ local function one(st, b)
     if we == 0 then we = mceil((now + window + skew) / HOUR) end
     rcall('PEXPIRE', st, sformat('%d', we * HOUR - now))
   end
-
-  if nstats > 0 then write_stats(kb .. 't', sf, nstats) end
 
   if crossing or ob then
     return {outs, total, capped and 1 or 0, crossing and action or '', id, rcall('LRANGE', kb .. 'o', 0, 99)}

@@ -1,0 +1,56 @@
+-- Add statistics-only events (ham, kinds that do not count) to the
+-- accounts' statistics hashes: approximate hourly buckets that decide
+-- nothing. aupd gathers them in memory and writes them about once a
+-- second (store.Stats), so that an account costs one call per flush
+-- rather than one per batch.
+--
+-- KEYS: 1 per account, its statistics HASH <prefix>:{<account>}:t
+-- ARGV[1] now in ms, or 0 to read Redis's clock (TIME)
+-- ARGV[2] number of accounts
+-- then per account: its number of buckets, then field, increment pairs:
+--   field "<kind>.<hour>" (hour = ms / 3600000), increment as text
+--
+-- A field's first increment also sets the hash's expiry, 26 hours past
+-- the current hour; the first of the current hour also drops the fields
+-- older than a day, so that the hash holds at most a day of hours per
+-- kind. (Earlier builds wrote "<kind>.<hour mod 24>" = "<hour>:<count>"
+-- and an expiry field _e; they go the same way.) An account's error
+-- (a key of the wrong type) skips that account only.
+-- Returns the number of accounts that failed.
+local rcall, mfloor, tonumber, sformat, smatch = redis.call, math.floor, tonumber, string.format, string.match
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = rcall('TIME')
+  now = tonumber(t[1]) * 1000 + mfloor(tonumber(t[2]) / 1000)
+end
+local HOUR = 3600000
+local cur = mfloor(now / HOUR)
+
+local function add(stats, i, n)
+  local fresh, prune = false, false
+  for j = i, i + 2 * n - 2, 2 do
+    local f, inc = ARGV[j], ARGV[j + 1]
+    if rcall('HINCRBY', stats, f, inc) == tonumber(inc) then
+      fresh = true
+      if not prune and tonumber(smatch(f, '%.(%d+)$')) == cur then prune = true end
+    end
+  end
+  if not fresh then return end
+  rcall('PEXPIRE', stats, sformat('%d', (cur + 26) * HOUR - now))
+  if not prune then return end
+  local all, old = rcall('HGETALL', stats), {}
+  for k = 1, #all, 2 do
+    local f, v = all[k], all[k + 1]
+    local h = smatch(v, '^(%d+):') or smatch(f, '%.(%d+)$')
+    if not h or tonumber(h) <= cur - 26 then old[#old + 1] = f end
+  end
+  if #old > 0 then rcall('HDEL', stats, unpack(old)) end
+end
+
+local failed, i = 0, 3
+for a = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[i])
+  if not pcall(add, KEYS[a], i + 1, n) then failed = failed + 1 end
+  i = i + 1 + 2 * n
+end
+return failed
