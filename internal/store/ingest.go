@@ -167,11 +167,7 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	if stats == nil {
 		stats = s.NewStats(0)
 	}
-	for i := range batches {
-		if results[i].Err == nil {
-			stats.add(&batches[i], lo, nowMS)
-		}
-	}
+	stats.add(batches, results, lo, nowMS)
 	if p.Stats == nil {
 		if err := stats.Flush(ctx); err != nil {
 			return nil, err

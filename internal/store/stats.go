@@ -45,8 +45,9 @@ type statKey struct {
 }
 
 // DefaultStatsBound is the number of buckets a Stats holds at most while
-// Redis does not take them (about 100 bytes each).
-const DefaultStatsBound = 1 << 20
+// Redis does not take them (about 100 bytes each): ten seconds of
+// statistics-only events at 26,000 a second, each of an account of its own.
+const DefaultStatsBound = 1 << 18
 
 // NewStats returns an empty buffer whose flushes write to s; it holds at
 // most bound buckets (0: DefaultStatsBound).
@@ -57,15 +58,21 @@ func (s *Store) NewStats(bound int) *Stats {
 	return &Stats{s: s, max: bound, buckets: map[statKey]int{}}
 }
 
-// add folds the statistics-only items of batch b (those after lo, ms)
-// into the buffer; now is the Ingest's clock (0: Redis's).
-func (st *Stats) add(b *Batch, lo, now int64) {
+// add folds the statistics-only items (those after lo, ms) of the
+// batches whose results have no error into the buffer; now is the
+// Ingest's clock (0: Redis's).
+func (st *Stats) add(batches []Batch, results []Result, lo, now int64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.now = now
-	for _, it := range b.Items {
-		if t := ms(it.Time); !it.Counting && t > lo {
-			st.put(statKey{b.Account, it.Kind, t / hourMS}, 1)
+	for i := range batches {
+		if results[i].Err != nil {
+			continue
+		}
+		for _, it := range batches[i].Items {
+			if t := ms(it.Time); !it.Counting && t > lo {
+				st.put(statKey{batches[i].Account, it.Kind, t / hourMS}, 1)
+			}
 		}
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -71,12 +72,14 @@ func TestStatsKeptWhenRedisFails(t *testing.T) {
 	ctx := context.Background()
 	down := New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}), prefix)
 	st := down.NewStats(2)
-	b := func(account string, items ...Item) *Batch { return &Batch{Account: account, Items: items} }
 	lo := t0.Add(-day).UnixMilli()
 	now := t0.UnixMilli()
-	st.add(b("a@example.com", hamItem("1", t0), hamItem("2", t0)), lo, now)
-	st.add(b("b@example.com", hamItem("3", t0)), lo, now)
-	st.add(b("c@example.com", hamItem("4", t0), hamItem("5", t0)), lo, now) // over the bound
+	st.add([]Batch{
+		{Account: "a@example.com", Items: []Item{hamItem("1", t0), hamItem("2", t0)}},
+		{Account: "b@example.com", Items: []Item{hamItem("3", t0)}},
+		{Account: "c@example.com", Items: []Item{hamItem("4", t0), hamItem("5", t0)}}, // over the bound
+		{Account: "d@example.com", Items: []Item{hamItem("6", t0)}},                   // failed: not added
+	}, []Result{{}, {}, {}, {Err: errors.New("failed")}}, lo, now)
 	if n := st.Dropped(); n != 2 {
 		t.Fatalf("dropped %d, want c's 2 events", n)
 	}
