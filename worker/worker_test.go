@@ -1,0 +1,80 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/rules"
+)
+
+// noPublish fails the test if the worker publishes: the batches here
+// cross no threshold.
+type noPublish struct{ t *testing.T }
+
+func (p noPublish) PublishAccountEvents(context.Context, []*events.AccountEvent, [][]byte) []error {
+	p.t.Error("an account event was published")
+	return nil
+}
+
+// TestStatisticsWrittenAtClose: statistics-only events wait in the worker
+// until a flush (a second after the last, an idle fetch, or Close), and
+// Close writes what is held; the counting events of the same batches are
+// in Redis at once.
+func TestStatisticsWrittenAtClose(t *testing.T) {
+	rdb, prefix := testutil.Redis(t)
+	ctx := context.Background()
+	st := store.New(rdb, prefix)
+	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Options{
+		Store: st, Directory: dir, Publisher: noPublish{t},
+		Policy: func() Policy {
+			return Policy{Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50,
+				Directions: rules.Directions, Verdicts: []rules.Verdict{rules.Spam}}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// no background flush during the test: the last one was "just now"
+	w.lastFlush.Store(time.Now().Add(time.Hour).UnixNano())
+	now := time.Now()
+	verdict := func(id, verdict string) Event {
+		v := &events.Verdict{ID: id, Time: now, Direction: rules.Outbound, Account: "alice@example.com", Verdict: rules.Verdict(verdict), Source: "rspamd"}
+		return Event{Verdict: v}
+	}
+	for i := range 3 {
+		errs := w.Process(ctx, []Event{verdict(fmt.Sprint("ham-", i), "ham"), verdict(fmt.Sprint("spam-", i), "spam")})
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	counts := func() *store.Counts {
+		c, err := st.Counts(ctx, "alice@example.com", store.CountQuery{Window: 24 * time.Hour, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := counts()
+	if c.Counting.Total != 3 {
+		t.Fatalf("counting %d, want the 3 spam at once", c.Counting.Total)
+	}
+	if c.Other.Total != 0 {
+		t.Fatalf("statistics %d before any flush, want 0 (gathered, not yet written)", c.Other.Total)
+	}
+	w.Close(ctx)
+	if c := counts(); c.Other.Total != 3 || c.Other.ByVerdict[rules.Outbound][rules.Ham] != 3 {
+		t.Fatalf("statistics after Close %+v, want the 3 ham", c.Other)
+	}
+}
