@@ -55,7 +55,7 @@ func main() {
 	seconds := flag.Int("seconds", 300, "bound on each phase's wait, in seconds")
 	flag.StringVar(&c.RedisAddr, "redis", "127.0.0.1:6379", "Redis address (keys under a random prefix, deleted at the end)")
 	flag.StringVar(&c.NATSURL, "nats", "", "NATS server with JetStream and no aupd streams on it (default: an in-process server)")
-	flag.StringVar(&c.Phases, "phases", "abcd", "phases to run: a Redis alone, b JetStream alone, c end to end, d memory")
+	flag.StringVar(&c.Phases, "phases", "abcd", "phases to run: a Redis alone, b JetStream alone, c end to end, d memory (with b and c, the ceiling is measured again after c)")
 	flag.IntVar(&c.MemAccts, "mem-accounts", 1000, "accounts per memory measurement")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the end-to-end phase to `file`")
 	flag.Uint64Var(&c.Seed, "seed", 1, "seed of the generated events")

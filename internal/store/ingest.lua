@@ -20,7 +20,7 @@
 -- ARGV[5+a] account a's batch, packed big-endian (one string: Lua makes
 --   one string for it, and numbers unpack without parsing text):
 --   threshold I4, cap I4, action B (1 suspend, 2 report), counting
---   events I4 (at least 1);
+--   events I4 (0: an empty batch, which reads the count);
 --   per counting event 25 bytes: member c6 (id hash), time i8 (ms, signed),
 --   kind B (direction*4+verdict), stream sequence I6 (0: no sample),
 --   fingerprint c4;
