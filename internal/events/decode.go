@@ -2,6 +2,7 @@ package events
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"math/bits"
 	"slices"
@@ -127,11 +128,19 @@ func (d *decoder) skipString() ([]byte, bool, error) {
 	start := d.pos
 	escaped := false
 	for d.pos < len(d.data) {
-		c := d.data[d.pos]
-		if !stringSpecial[c] {
-			d.pos++
-			continue
+		// the plain run, in locals: the loop then keeps them in registers
+		data, i := d.data, d.pos
+		for i+8 <= len(data) && !anySpecial(binary.LittleEndian.Uint64(data[i:])) {
+			i += 8
 		}
+		for i < len(data) && !stringSpecial[data[i]] {
+			i++
+		}
+		d.pos = i
+		if i == len(data) {
+			break
+		}
+		c := data[i]
 		switch {
 		case c == '"':
 			raw := d.data[start:d.pos]
@@ -177,6 +186,14 @@ var stringSpecial = func() (t [256]bool) {
 	t['"'], t['\\'] = true, true
 	return t
 }()
+
+// anySpecial reports whether any of the 8 bytes in x is a stringSpecial
+// one: below 0x20, '"' or '\\' (the zero-byte test of each, at once).
+func anySpecial(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	q, b := x^(ones*'"'), x^(ones*'\\')
+	return ((x-ones*0x20)&^x|(q-ones)&^q|(b-ones)&^b)&highs != 0
+}
 
 func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'

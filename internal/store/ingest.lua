@@ -44,7 +44,9 @@
 -- {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
 -- window or before the last reinstatement), k counted at the cap.
--- Globals cost a table lookup each time: the hot path uses locals. Tables
+-- Globals cost a table lookup each time: the hot path uses locals. The
+-- state's numbers are read by arithmetic (wb * HOUR, we_s + 0), which
+-- converts the text once; tonumber converts it twice. Tables
 -- cost more than commands here, so the hot path makes few: per-event
 -- values live in arrays reused from one account to the next.
 local KEYS, ARGV, tonumber, pcall, type, tostring = KEYS, ARGV, tonumber, pcall, type, tostring
@@ -59,12 +61,13 @@ local window, skew, rebase_after = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumbe
 local HOUR = 3600000
 -- Redis 7.0 turns a number argument of redis.call into text with "%.17g",
 -- which costs about as much as a whole ZCARD: integers go as text made
--- with "%d" (about half that), and the trims' bounds, which most accounts
--- of a call share, are made once.
-local BOUND = {}
-local function bound_arg(n)
-  local s = BOUND[n]
-  if not s then s = sformat('%d', n); BOUND[n] = s end
+-- with "%d" (about half that), and those that most accounts of a call
+-- share (the trims' bounds, the expiry hours and times left: now is the
+-- call's) are made once.
+local TEXT = {}
+local function shared_text(n)
+  local s = TEXT[n]
+  if not s then s = sformat('%d', n); TEXT[n] = s end
   return s
 end
 local SMP = '>I4c4I6' -- a sample: time (s), fingerprint, stream sequence
@@ -188,10 +191,10 @@ local function one(st, b)
   local v1 = created and not wb and rcall('HEXISTS', st, 'smp:1') == 1
 
   local lo = now - window -- events at or before lo are outside the window
-  local floor = floor_s and tonumber(floor_s) or 0
+  local floor = floor_s and floor_s + 0 or 0
   local wlo = floor > lo and floor or lo -- counting events at or before wlo do not count
   local base = nil -- the window's score base; wb is in hours, to stay short
-  if wb then base = tonumber(wb) * HOUR end
+  if wb then base = wb * HOUR end
 
   -- The window as it is. Rewrite it when its base is too old for compact
   -- scores (or absent: a new account, or a window written by aupd v1,
@@ -227,7 +230,7 @@ local function one(st, b)
     -- them changes nothing a later step or reader sees, even when this
     -- account's part fails after it. The count is then ZCARD.
     bound = (wlo - base) * 16 + 15
-    rcall('ZREMRANGEBYSCORE', win, '-inf', bound_arg(bound))
+    rcall('ZREMRANGEBYSCORE', win, '-inf', shared_text(bound))
     count = rcall('ZCARD', win)
     if n == 1 then
       -- One event: ZADD NX both learns whether its id is new and adds
@@ -344,7 +347,7 @@ local function one(st, b)
     for m, v in pairs(kept) do z[#z + 1] = sformat('%d', (v[1] - base) * 16 + v[2]); z[#z + 1] = m end
     for _, j in ipairs(add) do z[#z + 1] = sformat('%d', (ET[j] - base) * 16 + EK[j]); z[#z + 1] = EM[j] end
     zadd(win, z)
-    if #z > 0 then hset[#hset + 1] = 'wb'; hset[#hset + 1] = sformat('%d', base / HOUR) end
+    if #z > 0 then hset[#hset + 1] = 'wb'; hset[#hset + 1] = shared_text(base / HOUR) end
     if v1 then rcall('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
   elseif base then
     if added1 then
@@ -428,18 +431,18 @@ local function one(st, b)
   -- rounded up to the hour so that it changes about once an hour (PEXPIRE
   -- by the time left: PEXPIREAT by Redis's clock, and right when tests pin
   -- the clock).
-  local we_old = we_s and tonumber(we_s) or 0
+  local we_old = we_s and we_s + 0 or 0
   local we = we_old
   if maxt > 0 then we = mmax(we, mceil((maxt + window + skew) / HOUR)) end
-  if we > we_old then hset[#hset + 1] = 'we'; hset[#hset + 1] = sformat('%d', we) end
+  if we > we_old then hset[#hset + 1] = 'we'; hset[#hset + 1] = shared_text(we) end
   if #hset > 0 then rcall('HSET', st, unpack(hset)) end
-  if we > we_old or (rewrite and nkept + nadd > 0) then rcall('PEXPIRE', win, sformat('%d', we * HOUR - now)) end
+  if we > we_old or (rewrite and nkept + nadd > 0) then rcall('PEXPIRE', win, shared_text(we * HOUR - now)) end
   if crossing then
     rcall('PERSIST', st)
   elseif not durable and #hset > 0 and (we > we_old or we_old == 0) then
     -- a new state, or a later expiry: else the TTL it has is right
     if we == 0 then we = mceil((now + window + skew) / HOUR) end
-    rcall('PEXPIRE', st, sformat('%d', we * HOUR - now))
+    rcall('PEXPIRE', st, shared_text(we * HOUR - now))
   end
 
   if crossing or ob then

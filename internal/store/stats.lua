@@ -30,9 +30,10 @@ local function add(stats, i, n)
   local fresh, prune = false, false
   for j = i, i + 2 * n - 2, 2 do
     local f, inc = ARGV[j], ARGV[j + 1]
-    if rcall('HINCRBY', stats, f, inc) == tonumber(inc) then
+    -- (text + 0 converts once; tonumber twice)
+    if rcall('HINCRBY', stats, f, inc) == inc + 0 then
       fresh = true
-      if not prune and tonumber(smatch(f, '%.(%d+)$')) == cur then prune = true end
+      if not prune and smatch(f, '%.(%d+)$') + 0 == cur then prune = true end
     end
   end
   if not fresh then return end
