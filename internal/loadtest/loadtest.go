@@ -150,12 +150,14 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.Rounds > 1 {
 			c, b = fmt.Sprintf("c%d", i), fmt.Sprintf("b'%d", i)
 		}
-		round := evs
-		if i > 1 {
-			round = Generate(cfg.Events, cfg.Accounts, cfg.Seed+uint64(2*i), fmt.Sprintf("e%d", i), time.Now())
-		}
 		phases = append(phases,
-			phase{"c", c, c + ". End to end (aupd in-process via app.Run)", func(ctx context.Context) error { return r.endToEnd(ctx, round, i, c) }},
+			phase{"c", c, c + ". End to end (aupd in-process via app.Run)", func(ctx context.Context) error {
+				round := evs
+				if i > 1 { // made when the round starts, so that no round's events wait in memory through the others
+					round = Generate(cfg.Events, cfg.Accounts, cfg.Seed+uint64(2*i), fmt.Sprintf("e%d", i), time.Now())
+				}
+				return r.endToEnd(ctx, round, i, c)
+			}},
 			phase{"bc", b, b + ". JetStream consume+ack alone again, after that end-to-end round", func(ctx context.Context) error { return r.ceilingAgain(ctx, evs, b) }})
 	}
 	phases = append(phases, phase{"d", "d", "d. Redis memory per account", func(ctx context.Context) error { return r.memory(ctx) }})
