@@ -58,7 +58,7 @@ func main() {
 	flag.StringVar(&c.Phases, "phases", "abcd", "phases to run: a Redis alone, b JetStream alone, c end to end, d memory (with b and c, the ceiling is measured again after each round of c)")
 	flag.IntVar(&c.Rounds, "rounds", 3, "rounds of the end-to-end phase, each with fresh events and keys; the ratios' verdict is on their median")
 	flag.IntVar(&c.MemAccts, "mem-accounts", 1000, "accounts per memory measurement")
-	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the end-to-end phase to `file`")
+	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the end-to-end phase's first round to `file`")
 	flag.Uint64Var(&c.Seed, "seed", 1, "seed of the generated events")
 	verbose := flag.Bool("v", false, "log aupd's warnings to stderr")
 	flag.Parse()

@@ -50,7 +50,7 @@ type Config struct {
 	Phases     string // any of "abcd"
 	Rounds     int    // rounds of phase c, each followed by a ceiling measure when b runs too
 	MemAccts   int    // accounts per memory measurement
-	CPUProfile string // file for a CPU profile of the end-to-end phase
+	CPUProfile string // file for a CPU profile of the end-to-end phase's first round
 	Seed       uint64
 	Out        io.Writer
 	Log        *slog.Logger
@@ -551,7 +551,7 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event, round int, label str
 	}
 	r.add(label, "backlog published", "%d events in %s (%.0f events/s)", len(evs), pub.Round(time.Millisecond), float64(len(evs))/pub.Seconds())
 
-	if r.cfg.CPUProfile != "" {
+	if r.cfg.CPUProfile != "" && round == 1 {
 		f, err := os.Create(r.cfg.CPUProfile)
 		if err != nil {
 			return err
