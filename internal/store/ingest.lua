@@ -50,7 +50,7 @@
 -- cost more than commands here, so the hot path makes few: per-event
 -- values live in arrays reused from one account to the next.
 local KEYS, ARGV, tonumber, pcall, type, tostring = KEYS, ARGV, tonumber, pcall, type, tostring
-local rcall, mfloor, mceil, mmax, mmin = redis.call, math.floor, math.ceil, math.max, math.min
+local rcall, mfloor, mceil, mmin = redis.call, math.floor, math.ceil, math.min
 local unpack_, ssub, sformat = struct.unpack, string.sub, string.format
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -71,6 +71,7 @@ local function shared_text(n)
   return s
 end
 local SMP = '>I4c4I6' -- a sample: time (s), fingerprint, stream sequence
+local SMPN = {SMP, SMP .. 'I4c4I6', SMP .. 'I4c4I6I4c4I6'} -- one to three, packed in one call
 
 -- RFC 3339 in UTC with milliseconds (days from civil, Hinnant).
 local function iso(ms)
@@ -95,6 +96,7 @@ local function fail(msg) error({err = msg}) end
 -- The events of the account being worked on, reused from one account to
 -- the next (entries past n are stale and never read).
 local EM, ET, EK, ES, EF = {}, {}, {}, {}, {} -- member, time, kind, sequence, fingerprint offset
+-- ADD and HSET are filled up to a count (nadd, nh) rather than cleared.
 local ADD, OUT, HSET = {}, {}, {} -- new events' indexes, outcome letters, HSET arguments
 -- ZADD of score/member pairs, in parts: Lua passes at most 8000 values to
 -- a call.
@@ -103,7 +105,6 @@ local function zadd(key, z)
     rcall('ZADD', key, unpack(z, i, mmin(i + 3999, #z)))
   end
 end
-local function clear(t) for i = #t, 1, -1 do t[i] = nil end end
 
 -- Evidence samples: up to three in field smp, 14 bytes each, read into
 -- SMT/SMF/SMQ (time in s, fingerprint, stream sequence; entries past the
@@ -258,7 +259,7 @@ local function one(st, b)
 
   -- Decide each event: ADD holds the indexes of the new ones.
   local add, out, seen = ADD, OUT, nil
-  clear(add)
+  local nadd = 0
   local outs
   for j = 1, n do
     local m, t = EM[j], ET[j]
@@ -272,15 +273,15 @@ local function one(st, b)
         seen = seen or {}
         seen[m] = true
       end
-      add[#add + 1] = j
-      if count + #add > cap then r = 'k' else r = 'c' end
+      nadd = nadd + 1
+      add[nadd] = j
+      if count + nadd > cap then r = 'k' else r = 'c' end
       if t > maxt then maxt = t end
     end
     if n == 1 then outs = r else out[j] = r end
   end
   if n > 1 then outs = table.concat(out, '', 1, n) end
   outs = outs or ''
-  local nadd = #add
   local total = mmin(count + nadd, cap)
   local capped = count + nadd > cap -- events were dropped: the real count is higher
 
@@ -289,7 +290,8 @@ local function one(st, b)
   local ns, smp_changed = nil, false -- ns: the samples read (nil: not read)
   if v1 then ns, smp_changed = read_samples(st, smp_s, v1, wlo) end
   if not frozen and not samples_final(smp_s, wlo) then
-    for _, j in ipairs(add) do
+    for k = 1, nadd do
+      local j = add[k]
       if ES[j] > 0 then
         if not ns then ns, smp_changed = read_samples(st, smp_s, v1, wlo) end
         local fp = ssub(b, EF[j], EF[j] + 3)
@@ -327,7 +329,7 @@ local function one(st, b)
       end
     end
     if not added1 then
-      for _, j in ipairs(add) do all[#all + 1] = {ET[j], EK[j]} end
+      for k = 1, nadd do local j = add[k]; all[#all + 1] = {ET[j], EK[j]} end
     end
     table.sort(all, function(a, c) return a[1] > c[1] end)
     counts = {0, 0, 0}
@@ -339,15 +341,14 @@ local function one(st, b)
   end
 
   -------------------------------------------------------------- writes --
-  local hset = HSET
-  clear(hset)
+  local hset, nh = HSET, 0
   if rewrite then
     if base or created then rcall('DEL', win, kb .. 'x') else rcall('DEL', win) end
     local z = {}
     for m, v in pairs(kept) do z[#z + 1] = sformat('%d', (v[1] - base) * 16 + v[2]); z[#z + 1] = m end
-    for _, j in ipairs(add) do z[#z + 1] = sformat('%d', (ET[j] - base) * 16 + EK[j]); z[#z + 1] = EM[j] end
+    for k = 1, nadd do local j = add[k]; z[#z + 1] = sformat('%d', (ET[j] - base) * 16 + EK[j]); z[#z + 1] = EM[j] end
     zadd(win, z)
-    if #z > 0 then hset[#hset + 1] = 'wb'; hset[#hset + 1] = shared_text(base / HOUR) end
+    if #z > 0 then hset[nh + 1], hset[nh + 2], nh = 'wb', shared_text(base / HOUR), nh + 2 end
     if v1 then rcall('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
   elseif base then
     if added1 then
@@ -357,7 +358,7 @@ local function one(st, b)
       rcall('ZADD', win, sformat('%d', (ET[j] - base) * 16 + EK[j]), EM[j])
     elseif nadd > 1 then
       local z = {}
-      for _, j in ipairs(add) do z[#z + 1] = sformat('%d', (ET[j] - base) * 16 + EK[j]); z[#z + 1] = EM[j] end
+      for k = 1, nadd do local j = add[k]; z[#z + 1] = sformat('%d', (ET[j] - base) * 16 + EK[j]); z[#z + 1] = EM[j] end
       zadd(win, z)
     end
   end
@@ -367,9 +368,8 @@ local function one(st, b)
 
   if smp_changed then
     if ns > 0 then
-      local packed = struct.pack(SMP, SMT[1], SMF[1], SMQ[1])
-      for i = 2, ns do packed = packed .. struct.pack(SMP, SMT[i], SMF[i], SMQ[i]) end
-      hset[#hset + 1] = 'smp'; hset[#hset + 1] = packed
+      local packed = struct.pack(SMPN[mmin(ns, 3)], SMT[1], SMF[1], SMQ[1], SMT[2], SMF[2], SMQ[2], SMT[3], SMF[3], SMQ[3])
+      hset[nh + 1], hset[nh + 2], nh = 'smp', packed, nh + 2
     else
       rcall('HDEL', st, 'smp')
     end
@@ -392,8 +392,8 @@ local function one(st, b)
       local on = x['sus:' .. s]
       if on then old[#old + 1] = q(s) end
       if action == 'suspend' and not on and (s == 'send' or s == 'webmail_send') then
-        hset[#hset + 1] = 'sus:' .. s
-        hset[#hset + 1] = '{"id":' .. q(id) .. ',"reason":"aup_violation","actor":"aupd","at":' .. q(nowstr) .. '}'
+        hset[nh + 1], hset[nh + 2], nh = 'sus:' .. s,
+          '{"id":' .. q(id) .. ',"reason":"aup_violation","actor":"aupd","at":' .. q(nowstr) .. '}', nh + 2
         on = true
       end
       if on then new[#new + 1] = q(s) end
@@ -413,10 +413,10 @@ local function one(st, b)
     local co = x.company or company
     for _, kv in ipairs({{action == 'suspend' and 'aup' or 'report', id}, {'last_aup', sus},
         {'ver', tonumber(x.ver or '0') + 1}, {'ob', 1}}) do
-      hset[#hset + 1] = kv[1]; hset[#hset + 1] = kv[2]
+      hset[nh + 1], hset[nh + 2], nh = kv[1], kv[2], nh + 2
     end
-    if not durable then hset[#hset + 1] = 'created'; hset[#hset + 1] = now end
-    if not x.company and company ~= '' then hset[#hset + 1] = 'company'; hset[#hset + 1] = company end
+    if not durable then hset[nh + 1], hset[nh + 2], nh = 'created', now, nh + 2 end
+    if not x.company and company ~= '' then hset[nh + 1], hset[nh + 2], nh = 'company', company, nh + 2 end
     rcall('RPUSH', outbox, '{"crossing":{"type":' .. q(etype) .. ',"time":' .. q(nowstr) ..
       ',"account":' .. q(account) .. ',"company":' .. q(co) .. ',"status":' .. q(x.status or 'active') ..
       ',"old":[' .. table.concat(old, ',') .. '],"new":[' .. table.concat(new, ',') .. '],"suspension":' .. sus .. '}}')
@@ -433,13 +433,16 @@ local function one(st, b)
   -- the clock).
   local we_old = we_s and we_s + 0 or 0
   local we = we_old
-  if maxt > 0 then we = mmax(we, mceil((maxt + window + skew) / HOUR)) end
-  if we > we_old then hset[#hset + 1] = 'we'; hset[#hset + 1] = shared_text(we) end
-  if #hset > 0 then rcall('HSET', st, unpack(hset)) end
+  if maxt > 0 then
+    local e = mceil((maxt + window + skew) / HOUR)
+    if e > we then we = e end
+  end
+  if we > we_old then hset[nh + 1], hset[nh + 2], nh = 'we', shared_text(we), nh + 2 end
+  if nh > 0 then rcall('HSET', st, unpack(hset, 1, nh)) end
   if we > we_old or (rewrite and nkept + nadd > 0) then rcall('PEXPIRE', win, shared_text(we * HOUR - now)) end
   if crossing then
     rcall('PERSIST', st)
-  elseif not durable and #hset > 0 and (we > we_old or we_old == 0) then
+  elseif not durable and nh > 0 and (we > we_old or we_old == 0) then
     -- a new state, or a later expiry: else the TTL it has is right
     if we == 0 then we = mceil((now + window + skew) / HOUR) end
     rcall('PEXPIRE', st, shared_text(we * HOUR - now))
