@@ -908,7 +908,8 @@ func (r *runner) ceilingAgain(ctx context.Context, evs []Event, label string) er
 	return nil
 }
 
-// median of xs (the mean of the middle two when even); xs is sorted.
+// median of xs (the mean of the middle two when even); it sorts xs in
+// place.
 func median(xs []float64) float64 {
 	slices.Sort(xs)
 	n := len(xs)

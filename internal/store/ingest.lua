@@ -46,9 +46,10 @@
 -- window or before the last reinstatement), k counted at the cap.
 -- Globals cost a table lookup each time: the hot path uses locals. The
 -- state's numbers are read by arithmetic (wb * HOUR, we_s + 0), which
--- converts the text once; tonumber converts it twice. Tables
--- cost more than commands here, so the hot path makes few: per-event
--- values live in arrays reused from one account to the next.
+-- converts the text once where tonumber converts it twice; a malformed
+-- one fails the account's part. Tables cost more than commands here, so
+-- the hot path makes few: per-event values live in arrays reused from one
+-- account to the next, filled up to a count rather than cleared.
 local KEYS, ARGV, tonumber, pcall, type, tostring = KEYS, ARGV, tonumber, pcall, type, tostring
 local rcall, mfloor, mceil, mmin = redis.call, math.floor, math.ceil, math.min
 local unpack_, ssub, sformat = struct.unpack, string.sub, string.format
