@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -188,6 +189,8 @@ func NATSServerOn(t testing.TB, port int, dir string) *server.Server {
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
 	}
+	log := &serverLog{t: t}
+	ns.SetLogger(log, false, false)
 	go ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats server did not start")
@@ -195,9 +198,42 @@ func NATSServerOn(t testing.TB, port int, dir string) *server.Server {
 	t.Cleanup(func() {
 		ns.Shutdown()
 		ns.WaitForShutdown()
+		log.close()
 	})
 	return ns
 }
+
+// serverLog passes an in-process server's warnings and errors to the test's
+// log, so that a failed request shows the server's own reason (the API
+// answers "error creating store for stream" and logs the cause). Notices,
+// debug and trace lines are dropped. Nothing is logged once the server has
+// shut down, since the test may have ended by then.
+type serverLog struct {
+	mu     sync.Mutex
+	t      testing.TB
+	closed bool
+}
+
+func (l *serverLog) logf(level, format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.t.Logf("nats-server %s: %s", level, fmt.Sprintf(format, v...))
+	}
+}
+
+func (l *serverLog) close() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+}
+
+func (l *serverLog) Noticef(string, ...any)         {}
+func (l *serverLog) Debugf(string, ...any)          {}
+func (l *serverLog) Tracef(string, ...any)          {}
+func (l *serverLog) Warnf(format string, v ...any)  { l.logf("warning", format, v...) }
+func (l *serverLog) Errorf(format string, v ...any) { l.logf("error", format, v...) }
+func (l *serverLog) Fatalf(format string, v ...any) { l.logf("fatal", format, v...) }
 
 // NATS connects to ns and closes the connection when the test ends.
 func NATS(t testing.TB, url string) *nats.Conn {
