@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -20,5 +21,28 @@ func BenchmarkParseVerdict(b *testing.B) {
 		if _, err := ParseVerdict("aup.verdict.outbound", data, now, 5*time.Minute); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkFingerprint fingerprints a counting event's message, as the
+// worker does for each one: the load tool's short message, and one whose
+// body is past the 4 KiB the fingerprint reads.
+func BenchmarkFingerprint(b *testing.B) {
+	now := time.Now()
+	for _, size := range []int{64, 16 << 10} {
+		body := strings.Repeat("Hello, see https://example.net/5f1c0a9e2b7d4c31 ", size/48+1)[:size]
+		raw := "From: user000123@example.com\r\nSubject: WIN a FREE cruise today!!!\r\n\r\n" + body
+		data := fmt.Appendf(nil, `{"id":"e-1","time":%q,"direction":"outbound","account":"user000123@example.com","verdict":"spam",`+
+			`"message":{"subject":"WIN a FREE cruise today!!!","raw":%q}}`, now.Add(-time.Minute).UTC().Format(time.RFC3339Nano), raw)
+		v, err := ParseVerdict("aup.verdict.outbound", data, now, 5*time.Minute)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("body=%d", size), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				v.Fingerprint()
+			}
+		})
 	}
 }

@@ -1,7 +1,9 @@
 package events
 
 import (
+	"bytes"
 	"encoding/json"
+	"hash/crc32"
 	"reflect"
 	"strings"
 	"testing"
@@ -141,6 +143,19 @@ func FuzzParseVerdict(f *testing.F) {
 	})
 }
 
+// TestUpdateLower: the table loop and the fallback give CRC-32C of the
+// lower-cased text, from any starting value.
+func TestUpdateLower(t *testing.T) {
+	for _, s := range []string{"", "a", "Cheap MEDS @ 50% [OFF]", "Günstig", "ABC Ärger xyz", strings.Repeat("Zz{@`", 40), "\xff\xfeA"} {
+		for _, crc := range []uint32{0, 0xdeadbeef} {
+			want := crc32.Update(crc, crc32.MakeTable(crc32.Castagnoli), bytes.ToLower([]byte(s)))
+			if got := updateLower(crc, []byte(s)); got != want {
+				t.Errorf("updateLower(%08x, %q) = %08x, want %08x", crc, s, got, want)
+			}
+		}
+	}
+}
+
 // TestFingerprint: copies of one campaign (other recipients, other
 // Message-IDs) fingerprint alike, other content differs, and it needs no
 // decode of the message.
@@ -157,13 +172,32 @@ func TestFingerprint(t *testing.T) {
 	a := ev("Cheap meds", "To: x@example.net\r\nMessage-ID: <1@a>", "Buy now")
 	b := ev(" cheap MEDS ", "To: y@example.org\r\nMessage-ID: <2@a>", "Buy now")
 	c := ev("Cheap meds", "To: x@example.net", "Something else")
-	if a.Fingerprint() == "" || a.Fingerprint() != b.Fingerprint() || a.Fingerprint() == c.Fingerprint() {
-		t.Fatalf("fingerprints %q %q %q", a.Fingerprint(), b.Fingerprint(), c.Fingerprint())
+	if a.Fingerprint() == 0 || a.Fingerprint() != b.Fingerprint() || a.Fingerprint() == c.Fingerprint() {
+		t.Fatalf("fingerprints %08x %08x %08x", a.Fingerprint(), b.Fingerprint(), c.Fingerprint())
 	}
 	if a.Message != nil {
 		t.Fatal("Fingerprint decoded the message")
 	}
-	if (&Verdict{}).Fingerprint() != "" {
+	if (&Verdict{}).Fingerprint() != 0 {
 		t.Fatal("a fingerprint without a message")
+	}
+	// A built event fingerprints as its parsed copy does.
+	built := &Verdict{Message: &Message{Subject: "Cheap meds", Raw: "To: z@example.com\r\n\r\nBuy now"}}
+	if built.Fingerprint() != a.Fingerprint() {
+		t.Errorf("built event %08x, parsed %08x", built.Fingerprint(), a.Fingerprint())
+	}
+	// Past the ASCII fast path: a subject with non-ASCII letters
+	// fingerprints as its lower case.
+	long := strings.Repeat("Viagra Günstig ", 10)
+	if f, g := ev(long, "", "x").Fingerprint(), ev(strings.ToLower(long), "", "x").Fingerprint(); f != g {
+		t.Errorf("subject %q: %08x, its lower case %08x", long, f, g)
+	}
+	// Only the first 4 KiB of the body count.
+	head := strings.Repeat("b", fingerprintBody)
+	if ev("s", "", head+"tail one").Fingerprint() != ev("s", "", head+"tail two").Fingerprint() {
+		t.Error("a body's end past 4 KiB changed its fingerprint")
+	}
+	if ev("s", "", head[1:]+"1").Fingerprint() == ev("s", "", head[1:]+"2").Fingerprint() {
+		t.Error("a body's last counted byte did not change its fingerprint")
 	}
 }

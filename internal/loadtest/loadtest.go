@@ -242,7 +242,7 @@ func storeBatches(evs []Event, batch int, pol rules.Policy, maxTracked int) [][]
 			}
 			it := store.Item{ID: e.ID, Time: e.Time, Kind: rules.KindOf(e.Direction, e.Verdict), Counting: pol.Counts(e.Direction, e.Verdict, true)}
 			if it.Counting {
-				it.Seq, it.Fingerprint = uint64(lo+i+1), fmt.Sprintf("%08x", e.Time.UnixNano()%7)
+				it.Seq, it.Fingerprint = uint64(lo+i+1), uint32(e.Time.UnixNano()%7)+1
 			}
 			bs[j].Items = append(bs[j].Items, it)
 		}
@@ -846,7 +846,7 @@ func MemoryBatch(account string, n int, now time.Time, pol rules.Policy, maxTrac
 		b.Items = append(b.Items, store.Item{
 			ID: fmt.Sprintf("%s-%d-%x", account, i, now.UnixNano()), Time: now.Add(-time.Duration(i) * time.Minute),
 			Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true,
-			Fingerprint: fmt.Sprintf("%08x", i%5), Seq: uint64(1_000_000 + i),
+			Fingerprint: uint32(i%5) + 1, Seq: uint64(1_000_000 + i),
 		})
 	}
 	return b

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"slices"
 	"strings"
 	"time"
@@ -57,9 +56,10 @@ type Item struct {
 	Time     time.Time
 	Kind     rules.Kind
 	Counting bool // whether the policy counts it toward the threshold
-	// Fingerprint of the message content and stream sequence of the event,
-	// offered as an evidence sample. Seq 0: no sample.
-	Fingerprint string
+	// Fingerprint of the message content (events.Verdict.Fingerprint) and
+	// stream sequence of the event, offered as an evidence sample. Seq 0:
+	// no sample.
+	Fingerprint uint32
 	Seq         uint64
 }
 
@@ -297,14 +297,6 @@ func (s *Store) groupBySlot(batches []Batch) [][]int {
 	return groups
 }
 
-// appendFingerprint4 appends the 4 bytes a sample keeps of a fingerprint
-// (FNV-1a): enough to tell the messages of three samples apart.
-func appendFingerprint4(buf []byte, fp string) []byte {
-	h := fnv.New32a()
-	h.Write([]byte(fp))
-	return binary.BigEndian.AppendUint32(buf, h.Sum32())
-}
-
 // packBatch appends an account's batch in the script's packed form (see
 // ingest.lua): a fixed header, 25 bytes per counting event, then the
 // strings only a crossing reads.
@@ -334,11 +326,11 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string) []byte 
 		var seq [8]byte
 		be.PutUint64(seq[:], it.Seq&(1<<48-1))
 		buf = append(buf, seq[2:]...)
+		var fp uint32 // the sample's fingerprint, enough to tell three messages apart
 		if it.Seq != 0 {
-			buf = appendFingerprint4(buf, it.Fingerprint)
-		} else {
-			buf = append(buf, 0, 0, 0, 0)
+			fp = it.Fingerprint
 		}
+		buf = be.AppendUint32(buf, fp)
 	}
 	if newID != nil {
 		id := newID()

@@ -41,7 +41,7 @@ func benchBatch(r *rand.Rand, tag string, n, m int, now time.Time) []Batch {
 		}
 		it := Item{ID: fmt.Sprintf("%s-%d", tag, i), Time: now.Add(-time.Duration(r.Int64N(int64(2 * time.Hour)))), Kind: rules.KindOf(dir, v), Counting: v != rules.Ham}
 		if it.Counting {
-			it.Seq, it.Fingerprint = uint64(i+1), fmt.Sprintf("%016x", r.IntN(4))
+			it.Seq, it.Fingerprint = uint64(i+1), uint32(r.IntN(4))+1
 		}
 		bs[j].Items = append(bs[j].Items, it)
 	}
@@ -162,7 +162,7 @@ func fillOn(tb testing.TB, rdb *redis.Client, prefix string, k, n int) (*redis.C
 			b.Items = append(b.Items, Item{
 				ID: fmt.Sprintf("%s-%d", accounts[a], i), Time: now.Add(-time.Duration(i) * time.Minute),
 				Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true,
-				Fingerprint: fmt.Sprintf("%08x", i%5), Seq: uint64(1_000_000 + i),
+				Fingerprint: uint32(i%5) + 1, Seq: uint64(1_000_000 + i),
 			})
 		}
 		bs = append(bs, b)
@@ -230,7 +230,7 @@ func TestHotAccountBounded(t *testing.T) {
 		for i := range 50 {
 			n := round*50 + i
 			b.Items = append(b.Items, Item{ID: fmt.Sprint("hot-", n), Time: now.Add(-time.Duration(n) * time.Second),
-				Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true, Fingerprint: fmt.Sprint(n % 7), Seq: uint64(n + 1)})
+				Kind: rules.KindOf(rules.Outbound, rules.Spam), Counting: true, Fingerprint: uint32(n%7) + 1, Seq: uint64(n + 1)})
 		}
 		res, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, NewID: func() string { return NewID(now) }})
 		if err != nil || res[0].Err != nil {

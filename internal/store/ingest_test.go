@@ -276,7 +276,7 @@ func TestIngestSamplesPreferDifferentMessages(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	var items []Item
-	for i, fp := range []string{"aaaa", "aaaa", "aaaa", "bbbb", "aaaa", "cccc"} {
+	for i, fp := range []uint32{0xaaaa, 0xaaaa, 0xaaaa, 0xbbbb, 0xaaaa, 0xcccc} {
 		it := spam(fmt.Sprint(i), t0.Add(time.Duration(i)*time.Second))
 		it.Fingerprint, it.Seq = fp, uint64(100+i)
 		items = append(items, it)
@@ -290,7 +290,7 @@ func TestIngestSamplesPreferDifferentMessages(t *testing.T) {
 	for _, q := range a.LastAUP.Samples {
 		got[q] = true
 	}
-	// One of the "aaaa" copies, plus bbbb (103) and cccc (105).
+	// One of the 0xaaaa copies, plus bbbb (103) and cccc (105).
 	if len(got) != 3 || !got[103] || !got[105] || !(got[100] || got[101] || got[102] || got[104]) {
 		t.Fatalf("samples %v", a.LastAUP.Samples)
 	}
@@ -365,19 +365,19 @@ func TestIngestHugeBatchOfOneAccount(t *testing.T) {
 func TestIngestSamplesAcrossBatches(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
-	ev := func(id, fp string, at time.Time, seq uint64) Item {
+	ev := func(id string, fp uint32, at time.Time, seq uint64) Item {
 		it := spam(id, at)
 		it.Fingerprint, it.Seq = fp, seq
 		return it
 	}
-	ingest(t, s, t0, 5, ev("a", "aaaa", t0.Add(-23*time.Hour-50*time.Minute), 100), ev("b", "bbbb", t0.Add(-time.Hour), 101), ev("c", "cccc", t0.Add(-time.Hour), 102))
-	ingest(t, s, t0, 5, ev("d", "dddd", t0.Add(-30*time.Minute), 103))
+	ingest(t, s, t0, 5, ev("a", 0xaaaa, t0.Add(-23*time.Hour-50*time.Minute), 100), ev("b", 0xbbbb, t0.Add(-time.Hour), 101), ev("c", 0xcccc, t0.Add(-time.Hour), 102))
+	ingest(t, s, t0, 5, ev("d", 0xdddd, t0.Add(-30*time.Minute), 103))
 	// 15 minutes later a's event has left the window: e takes its place.
 	later := t0.Add(15 * time.Minute)
-	if r := ingest(t, s, later, 5, ev("e", "eeee", later, 104)); r.Count != 4 {
+	if r := ingest(t, s, later, 5, ev("e", 0xeeee, later, 104)); r.Count != 4 {
 		t.Fatalf("count %d, want 4 (a left the window)", r.Count)
 	}
-	r := ingest(t, s, later, 5, ev("f", "bbbb", later, 105), ev("g", "bbbb", later, 106))
+	r := ingest(t, s, later, 5, ev("f", 0xbbbb, later, 105), ev("g", 0xbbbb, later, 106))
 	if r.Crossing != rules.ActionSuspend {
 		t.Fatalf("no suspension: %+v", r)
 	}
