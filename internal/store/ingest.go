@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -124,9 +125,8 @@ func rebaseAfter(window, skew time.Duration) int64 {
 // p.Stats. Results are in the order of batches; a failed account sets its
 // result's Err.
 func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]Result, error) {
-	results := make([]Result, len(batches))
 	if len(batches) == 0 && len(p.Near) == 0 {
-		return results, nil
+		return []Result{}, nil
 	}
 	var nowMS int64
 	if !p.Now.IsZero() {
@@ -142,25 +142,41 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	// Accounts with counting events go to the script, and so does an
 	// empty batch, which reads the count; the others have statistics
 	// only, which are gathered in p.Stats.
-	var counting []Batch
-	var at []int // index in batches of each of counting
+	at := make([]int, 0, len(batches)) // the batches that go to the script
 	for i := range batches {
-		items := batches[i].Items
-		if len(items) == 0 || slices.ContainsFunc(items, func(it Item) bool { return it.Counting }) {
-			counting = append(counting, batches[i])
+		if items := batches[i].Items; len(items) == 0 || slices.ContainsFunc(items, func(it Item) bool { return it.Counting }) {
 			at = append(at, i)
-			continue
 		}
-		results[i] = Result{Count: -1}
-		results[i].Outcomes, _ = outcomesOf("", batches[i].Items, lo)
 	}
-	if len(counting) > 0 || len(p.Near) > 0 {
-		res, err := s.ingestCounting(ctx, counting, p, nowMS, lo)
+	var results []Result
+	if len(at) == len(batches) {
+		// The usual batch: every account goes to the script, with no copy.
+		res, err := s.ingestCounting(ctx, batches, p, nowMS, lo)
 		if err != nil {
 			return nil, err
 		}
-		for j, i := range at {
-			results[i] = res[j]
+		results = res
+	} else {
+		results = make([]Result, len(batches))
+		counting := make([]Batch, len(at))
+		k := 0
+		for i := range batches {
+			if k < len(at) && at[k] == i {
+				counting[k] = batches[i]
+				k++
+				continue
+			}
+			results[i] = Result{Count: -1}
+			results[i].Outcomes, _ = outcomesOf("", batches[i].Items, lo)
+		}
+		if len(counting) > 0 || len(p.Near) > 0 {
+			res, err := s.ingestCounting(ctx, counting, p, nowMS, lo)
+			if err != nil {
+				return nil, err
+			}
+			for j, i := range at {
+				results[i] = res[j]
+			}
 		}
 	}
 	stats := p.Stats
@@ -176,6 +192,13 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	return results, nil
 }
 
+// packBufs keeps ingestCounting's packed-batch buffers between calls, up
+// to maxPooledPack bytes each (a batch of 500 events packs into about 20
+// KB).
+var packBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledPack = 1 << 20
+
 // ingestCounting runs the script for batches, which all have counting
 // events, and writes p.Near in the same round trip.
 func (s *Store) ingestCounting(ctx context.Context, batches []Batch, p IngestParams, nowMS, lo int64) ([]Result, error) {
@@ -186,8 +209,17 @@ func (s *Store) ingestCounting(ctx context.Context, batches []Batch, p IngestPar
 	args := make([][]any, len(groups))
 	// Every account's packed batch goes into one buffer, passed as
 	// subslices (go-redis writes []byte arguments as they are): no copy
-	// per account. The buffer only grows before the slicing starts.
-	var buf []byte
+	// per account. The buffer only grows before the slicing starts, and
+	// it is kept for the next call once the pipeline has been written and
+	// answered (nothing of it is referenced after evalAll returns).
+	bp := packBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	defer func() {
+		if cap(buf) <= maxPooledPack {
+			*bp = buf[:0]
+			packBufs.Put(bp)
+		}
+	}()
 	ends := make([]int, len(batches))
 	for _, idx := range groups {
 		for _, i := range idx {
