@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/metrics"
 	"strconv"
 	"syscall"
 	"time"
@@ -15,11 +16,25 @@ import (
 // NATS server when there is one, aupd, and the tool itself), and the
 // machine's CPU time by /proc/stat: all of it, and what the hypervisor
 // took for other guests (steal), which on a shared virtual machine slows
-// every figure of a phase.
+// every figure of a phase. It also holds what this process has allocated
+// on the heap, in bytes and objects (runtime/metrics, which stops
+// nothing).
 type cpuMark struct {
 	redis, self  time.Duration
 	ok           bool
 	steal, total uint64 // /proc/stat ticks; total 0: not known
+	allocB       uint64
+	allocN       uint64
+}
+
+// heapAllocs reads the bytes and objects this process has allocated.
+func heapAllocs() (bytes, objects uint64) {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/allocs:objects"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 || s[1].Value.Kind() != metrics.KindUint64 {
+		return 0, 0
+	}
+	return s[0].Value.Uint64(), s[1].Value.Uint64()
 }
 
 func (r *runner) cpuNow(ctx context.Context) cpuMark {
@@ -44,6 +59,7 @@ func (r *runner) cpuNow(ctx context.Context) cpuMark {
 	m.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	m.ok = true
 	m.steal, m.total = machineTicks()
+	m.allocB, m.allocN = heapAllocs()
 	return m
 }
 
@@ -83,6 +99,10 @@ func cpuPerEvent(from, to cpuMark, n int) string {
 	out := fmt.Sprintf("Redis main thread %.1f µs, this process %.1f µs", us(to.redis-from.redis), us(to.self-from.self))
 	if from.total > 0 && to.total > from.total {
 		out += fmt.Sprintf("; hypervisor steal %.0f%% of the machine's CPU time", 100*float64(to.steal-from.steal)/float64(to.total-from.total))
+	}
+	if to.allocN > from.allocN {
+		out += fmt.Sprintf("; this process allocated %.0f B in %.1f objects an event",
+			float64(to.allocB-from.allocB)/float64(n), float64(to.allocN-from.allocN)/float64(n))
 	}
 	return out
 }
