@@ -140,6 +140,12 @@ func FuzzParseVerdict(f *testing.F) {
 		if want.ID != v.ID || !want.Time.Equal(v.Time) || strings.ToLower(want.Account) != v.Account || want.Verdict != v.Verdict || want.Source != v.Source {
 			t.Fatalf("decoded %+v, encoding/json %+v", v, want)
 		}
+		// The worker fingerprints every counting event: from the JSON text
+		// as it came, whatever it holds, decoding nothing.
+		v.Fingerprint()
+		if v.Message != nil {
+			t.Fatal("Fingerprint decoded the message")
+		}
 	})
 }
 
