@@ -142,14 +142,18 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	// Accounts with counting events go to the script, and so does an
 	// empty batch, which reads the count; the others have statistics
 	// only, which are gathered in p.Stats.
-	at := make([]int, 0, len(batches)) // the batches that go to the script
+	toScript := func(b *Batch) bool {
+		return len(b.Items) == 0 || slices.ContainsFunc(b.Items, func(it Item) bool { return it.Counting })
+	}
+	all := true
 	for i := range batches {
-		if items := batches[i].Items; len(items) == 0 || slices.ContainsFunc(items, func(it Item) bool { return it.Counting }) {
-			at = append(at, i)
+		if !toScript(&batches[i]) {
+			all = false
+			break
 		}
 	}
 	var results []Result
-	if len(at) == len(batches) {
+	if all {
 		// The usual batch: every account goes to the script, with no copy.
 		res, err := s.ingestCounting(ctx, batches, p, nowMS, lo)
 		if err != nil {
@@ -158,12 +162,12 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 		results = res
 	} else {
 		results = make([]Result, len(batches))
-		counting := make([]Batch, len(at))
-		k := 0
+		counting := make([]Batch, 0, len(batches))
+		at := make([]int, 0, len(batches)) // index in batches of each of counting
 		for i := range batches {
-			if k < len(at) && at[k] == i {
-				counting[k] = batches[i]
-				k++
+			if toScript(&batches[i]) {
+				counting = append(counting, batches[i])
+				at = append(at, i)
 				continue
 			}
 			results[i] = Result{Count: -1}
