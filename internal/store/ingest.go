@@ -145,15 +145,14 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	toScript := func(b *Batch) bool {
 		return len(b.Items) == 0 || slices.ContainsFunc(b.Items, func(it Item) bool { return it.Counting })
 	}
-	all := true
+	n := 0 // how many go to the script
 	for i := range batches {
-		if !toScript(&batches[i]) {
-			all = false
-			break
+		if toScript(&batches[i]) {
+			n++
 		}
 	}
 	var results []Result
-	if all {
+	if n == len(batches) {
 		// The usual batch: every account goes to the script, with no copy.
 		res, err := s.ingestCounting(ctx, batches, p, nowMS, lo)
 		if err != nil {
@@ -162,8 +161,8 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 		results = res
 	} else {
 		results = make([]Result, len(batches))
-		counting := make([]Batch, 0, len(batches))
-		at := make([]int, 0, len(batches)) // index in batches of each of counting
+		counting := make([]Batch, 0, n)
+		at := make([]int, 0, n) // index in batches of each of counting
 		for i := range batches {
 			if toScript(&batches[i]) {
 				counting = append(counting, batches[i])
