@@ -101,7 +101,7 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: OK\n---\n", args[0])
+	fmt.Fprintf(stdout, "%s: OK\n# %s\n---\n", args[0], cfg.OutsideCompanies(len(cfg.Companies)))
 	cfg.NATS.URL = config.RedactURL(cfg.NATS.URL)
 	enc := yaml.NewEncoder(stdout)
 	enc.SetIndent(2)

@@ -48,3 +48,36 @@ func TestCheckConfigMasksNATSCredentials(t *testing.T) {
 		t.Errorf("check-config printed:\n%s", out.String())
 	}
 }
+
+// check-config says how accounts outside every company are treated, and
+// where their notices go.
+func TestCheckConfigSaysHowAccountsOutsideCompaniesAreTreated(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"no companies", "notifier: {eml_dir: n, fallback_abuse_contact: abuse@provider.test}\n",
+			[]string{"# no companies: every AUP notice goes to notifier.fallback_abuse_contact (abuse@provider.test)", "enforced by Postfix, Dovecot and webmail"}},
+		{"companies", "notifier: {eml_dir: n, fallback_abuse_contact: abuse@provider.test}\ncompanies: [{id: acme, domains: [acme.test], abuse_contact: abuse@acme.test}]\n",
+			[]string{"# an account whose domain is in no company is governed like any other", "notices go to notifier.fallback_abuse_contact (abuse@provider.test)"}},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out, errb bytes.Buffer
+		if code := run([]string{"check-config", path}, &out, &errb); code != 0 {
+			t.Fatalf("%s: check-config: %d %s", tc.name, code, errb.String())
+		}
+		head, _, _ := strings.Cut(out.String(), "\n---\n")
+		for _, w := range tc.want {
+			if !strings.Contains(head, w) {
+				t.Errorf("%s: check-config's head lacks %q:\n%s", tc.name, w, head)
+			}
+		}
+		if tc.name == "companies" && strings.Contains(head, "no companies") {
+			t.Errorf("companies: check-config says there are none:\n%s", head)
+		}
+	}
+}

@@ -20,14 +20,18 @@ type accounts struct {
 	pub   store.Publisher
 }
 
-// Lookup implements postfix.Accounts and dovecot.Accounts.
+// Lookup implements postfix.Accounts and dovecot.Accounts. aupd governs
+// an address whose domain belongs to a company, and any address it holds
+// a record of, whatever its domain: a suspension aupd made for an account
+// outside every company (notified to the fallback contact) is enforced
+// like any other.
 func (a accounts) Lookup(ctx context.Context, account string) (rules.AccountView, bool, error) {
 	_, local := a.dir.ByAccount(account)
 	acct, err := a.store.Account(ctx, account)
 	if err != nil {
 		return rules.AccountView{}, local, err
 	}
-	return acct.View(), local, nil
+	return acct.View(), local || acct.Exists, nil
 }
 
 // Lockout implements lockout.Locker: the status change of a known account

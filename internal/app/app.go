@@ -449,6 +449,11 @@ func (a *App) run(ctx context.Context) (err error) {
 	a.log.Info("aupd running", "http", info.HTTPAddr, "nats", config.RedactURL(url), "stream", cfg.NATS.Verdicts.Name,
 		"postfix_policy", info.PostfixAddr, "dovecot_policy", info.DovecotAddr,
 		"threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(a.dir.All()))
+	if n := len(a.dir.All()); n == 0 {
+		a.log.Warn(cfg.OutsideCompanies(n))
+	} else {
+		a.log.Info(cfg.OutsideCompanies(n))
+	}
 	if a.opts.OnReady != nil {
 		a.opts.OnReady(info)
 	}

@@ -459,3 +459,20 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// OutsideCompanies says how aupd treats an account whose domain is in no
+// company (the configured ones; companies added over the API are counted
+// by the caller in n). Start-up logs it and check-config prints it, so
+// that an operator without a company list knows that suspensions still
+// hold and where their notices go.
+func (c *Config) OutsideCompanies(n int) string {
+	s := "an account whose domain is in no company is governed like any other once aupd holds a record of it: " +
+		"its outbound spam and complaints count toward a suspension (its inbound verdicts are statistics only), " +
+		"and every suspension and status aupd holds for it is enforced by Postfix, Dovecot and webmail; " +
+		"its notices go to notifier.fallback_abuse_contact (" + c.Notifier.FallbackAbuseContact + ")"
+	if n == 0 {
+		return "no companies: every AUP notice goes to notifier.fallback_abuse_contact (" + c.Notifier.FallbackAbuseContact +
+			"), and failed logins count toward a lockout only for accounts aupd holds a record of; " + s
+	}
+	return s
+}

@@ -38,9 +38,10 @@ import (
 // Accounts looks up an account's state; see postfix.Accounts, which has the
 // same method, so one store implements both.
 type Accounts interface {
-	// Lookup returns the state of account (normalized). local reports
-	// whether the address's domain belongs to a company of this provider.
-	Lookup(ctx context.Context, account string) (view rules.AccountView, local bool, err error)
+	// Lookup returns the state of account (normalized). governed reports
+	// whether aupd governs the address: its domain belongs to a company of
+	// this provider, or aupd holds a record of it.
+	Lookup(ctx context.Context, account string) (view rules.AccountView, governed bool, err error)
 }
 
 // Failures counts failed logins; *lockout.Counter implements it.
@@ -332,11 +333,11 @@ func (h *Handler) Allow(ctx context.Context, req Request) (Response, string, err
 		// Not an address: not an account of aupd; Dovecot's passdb decides.
 		return Response{}, ResultAllow, nil
 	}
-	view, local, err := h.accounts.Lookup(ctx, acct)
+	view, governed, err := h.accounts.Lookup(ctx, acct)
 	if err != nil {
 		return Response{}, "", fmt.Errorf("look up %s: %w", acct, err)
 	}
-	if !local {
+	if !governed {
 		return Response{}, ResultAllow, nil
 	}
 	d := rules.Decide(view, AccessFor(req.Protocol), h.now())
@@ -372,13 +373,13 @@ func (h *Handler) Report(ctx context.Context, req Request) (Response, string, er
 		}
 		return Response{}, ResultReportSuccess, nil
 	}
-	// Count only accounts of this provider, so that guessing at names
-	// that are not ours fills no keys.
-	view, local, err := h.accounts.Lookup(ctx, acct)
+	// Count only accounts aupd governs, so that guessing at names that
+	// are not ours fills no keys.
+	view, governed, err := h.accounts.Lookup(ctx, acct)
 	if err != nil {
 		return Response{}, "", fmt.Errorf("look up %s: %w", acct, err)
 	}
-	if !local {
+	if !governed {
 		return Response{}, ResultReportIgnored, nil
 	}
 	// Failures during a lockout do not count again (and do not extend it).

@@ -45,6 +45,8 @@ func newFakeStore() *fakeStore {
 		"fwd@example.test":       {Type: rules.TypeForward},
 		"lockedout@example.test": {Type: rules.TypeMailbox, Status: rules.StatusLockout, LockoutUntil: t0.Add(time.Hour)},
 		"wasout@example.test":    {Type: rules.TypeMailbox, Status: rules.StatusLockout, LockoutUntil: t0.Add(-time.Second)},
+		// A record outside every company's domains: governed all the same.
+		"locked@nocompany.test": {Type: rules.TypeMailbox, Status: rules.StatusLocked},
 	}}
 }
 
@@ -54,7 +56,8 @@ func (f *fakeStore) Lookup(_ context.Context, acct string) (rules.AccountView, b
 	if f.err != nil {
 		return rules.AccountView{}, false, f.err
 	}
-	return f.views[acct], strings.HasSuffix(acct, "@example.test"), nil
+	v, known := f.views[acct]
+	return v, strings.HasSuffix(acct, "@example.test") || known, nil
 }
 
 func (f *fakeStore) Lockout(_ context.Context, acct string, until time.Time, _ string) error {
@@ -162,6 +165,7 @@ func TestAllow(t *testing.T) {
 		{"lockedout@example.test", "smtp", -1, ""},
 		{"wasout@example.test", "imap", 0, ""},
 		{"someone@elsewhere.test", "imap", 0, ""},
+		{"locked@nocompany.test", "imap", -1, messages[rules.CodeLocked]},
 		{"not-an-address", "imap", 0, ""},
 		{"locked@example.test", "managesieve", -1, messages[rules.CodeLocked]},
 	}

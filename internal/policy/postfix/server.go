@@ -31,11 +31,13 @@ import (
 // store.
 type Accounts interface {
 	// Lookup returns the state of account (a normalized, lower-case
-	// address). local reports whether the address's domain belongs to a
-	// company of this provider; when it is false the view is ignored. An
-	// unknown mailbox in a local domain is answered with local true and a
-	// zero view (active), so that Postfix's own recipient checks decide.
-	Lookup(ctx context.Context, account string) (view rules.AccountView, local bool, err error)
+	// address). governed reports whether aupd governs the address: its
+	// domain belongs to a company of this provider, or aupd holds a record
+	// of it (a suspension or a status), whatever its domain. When it is
+	// false the view is ignored. An unknown mailbox in a company's domain
+	// is answered with governed true and a zero view (active), so that
+	// Postfix's own recipient checks decide.
+	Lookup(ctx context.Context, account string) (view rules.AccountView, governed bool, err error)
 }
 
 // The result label values of aupd_policy_requests_total for this server.
@@ -302,12 +304,12 @@ func (s *Server) Decide(ctx context.Context, req Request) (action, result string
 			// is nothing to check.
 			s.log.Debug("sasl_username is not an address", "sasl_username", clip(user), "err", err)
 		} else {
-			view, local, err := s.accounts.Lookup(ctx, acct)
+			view, governed, err := s.accounts.Lookup(ctx, acct)
 			if err != nil {
 				s.log.Error("look up sender", "account", acct, "queue_id", req[attrQueueID], "err", err)
 				return s.cfg.ErrorAction, ResultError
 			}
-			if local {
+			if governed {
 				if d := rules.Decide(view, rules.SendSMTP, now); d.Result != rules.Allow {
 					s.log.Info("submission refused", "account", acct, "code", d.Code,
 						"queue_id", req[attrQueueID], "client", req[attrClientAddress])
@@ -343,7 +345,7 @@ func (s *Server) Decide(ctx context.Context, req Request) (action, result string
 // judged as the stricter of the address as written and the address without
 // its extension, so that "erin+tag" cannot reach a closed "erin" while a
 // mailbox whose name really contains the delimiter keeps its own state.
-// Addresses that are not local, or not addresses, are allowed (Postfix
+// Addresses aupd does not govern, or not addresses, are allowed (Postfix
 // decides). acct is the normalized address, for logs.
 func (s *Server) recipient(ctx context.Context, address string, now time.Time) (d rules.Decision, acct string, err error) {
 	d = rules.Decision{Result: rules.Allow}
@@ -352,12 +354,15 @@ func (s *Server) recipient(ctx context.Context, address string, now time.Time) (
 		return d, "", nil
 	}
 	for _, a := range s.recipientForms(acct) {
-		view, local, err := s.accounts.Lookup(ctx, a)
+		view, governed, err := s.accounts.Lookup(ctx, a)
 		if err != nil {
 			return d, a, err
 		}
-		if !local {
-			return d, acct, nil
+		if !governed {
+			// Another form may still be governed: a record of
+			// "erin" outside every company's domains, asked about
+			// as "erin+tag".
+			continue
 		}
 		if got := rules.Decide(view, rules.Receive, now); severity(got) > severity(d) {
 			d = got

@@ -19,7 +19,8 @@ import (
 	"github.com/aupd/aupd/rules"
 )
 
-// fakeAccounts is an in-memory Accounts. Domains in local are local.
+// fakeAccounts is an in-memory Accounts. It governs the domains in local
+// and every address it holds a view of, as the store does.
 type fakeAccounts struct {
 	mu    sync.Mutex
 	local map[string]bool
@@ -50,7 +51,8 @@ func (f *fakeAccounts) Lookup(_ context.Context, acct string) (rules.AccountView
 		return rules.AccountView{}, false, f.err
 	}
 	dom := acct[strings.LastIndexByte(acct, '@')+1:]
-	return f.views[acct], f.local[dom], nil
+	v, known := f.views[acct]
+	return v, f.local[dom] || known, nil
 }
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -78,6 +80,10 @@ func standardAccounts() *fakeAccounts {
 	f.set("lockedout@example.test", rules.AccountView{Type: rules.TypeMailbox, Status: rules.StatusLockout, LockoutUntil: t0.Add(time.Hour)})
 	f.set("expired@example.test", rules.AccountView{Type: rules.TypeMailbox, Status: rules.StatusLockout, LockoutUntil: t0.Add(-time.Second)})
 	f.set("fwd@example.test", rules.AccountView{Type: rules.TypeForward, Suspended: []rules.Service{rules.ServiceReceive}})
+	// Records of accounts whose domain is in no company: aupd suspended
+	// or closed them, so they are governed all the same.
+	f.set("nosend@nocompany.test", rules.AccountView{Type: rules.TypeMailbox, Suspended: []rules.Service{rules.ServiceSend}})
+	f.set("closed@nocompany.test", rules.AccountView{Type: rules.TypeMailbox, Status: rules.StatusClosed})
 	return f
 }
 
@@ -119,6 +125,14 @@ func TestDecide(t *testing.T) {
 		{"submission to closed local", rcpt("active@example.test", "closed@example.test"), d.ClosedAction, ResultClosed},
 		{"sasl name not an address", rcpt("alice", "active@example.test"), "DUNNO", ResultDunno},
 		{"foreign sasl user", rcpt("nosend@elsewhere.test", "x@elsewhere.test"), "DUNNO", ResultDunno},
+		// A domain outside every company changes who is notified, never
+		// whether a suspension holds.
+		{"submission by send suspended outside every company", rcpt("nosend@nocompany.test", "x@elsewhere.test"), d.SendSuspendedAction, ResultSendSuspended},
+		{"end of message, send suspended outside every company",
+			Request{"request": "smtpd_access_policy", "protocol_state": "END-OF-MESSAGE", "sasl_username": "NoSend@NoCompany.test"},
+			d.SendSuspendedAction, ResultSendSuspended},
+		{"inbound to closed outside every company", rcpt("", "closed+x@nocompany.test"), d.ClosedAction, ResultClosed},
+		{"unknown address outside every company", rcpt("someone@nocompany.test", "other@nocompany.test"), "DUNNO", ResultDunno},
 		{"end of message, send suspended",
 			Request{"request": "smtpd_access_policy", "protocol_state": "END-OF-MESSAGE", "sasl_username": "nosend@example.test"},
 			d.SendSuspendedAction, ResultSendSuspended},
