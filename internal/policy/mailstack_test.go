@@ -64,13 +64,27 @@ type mailstack struct {
 	prefix                              string
 	dir                                 string // the mail servers' files
 	httpAddr                            string // aupd's HTTP listener (/metrics)
+	natsURL                             string // aupd's NATS server
 	smtp, submission, smtps, imap, pop3 string
+	// stopAupd stops aupd, for the outage tests; the mail servers go on.
+	stopAupd func()
+}
+
+// stackOptions vary the mail stack from the one TestMailstack uses.
+type stackOptions struct {
+	// noCompanies runs aupd with an empty company list, as the README's
+	// "Try it" does and as a provider that relies on
+	// notifier.fallback_abuse_contact would.
+	noCompanies bool
+	// ownRedis gives aupd a redis-server of its own, which the test may
+	// shut down (ms.rdb).
+	ownRedis bool
 }
 
 // users of the private Dovecot; all have the same password. The p* ones
 // are probed with wrong passwords; popper and crash take session locks.
 var users = []string{"active", "nosend", "closed", "maint", "norecv", "suspended", "locked", "victim",
-	"plocked", "pclosed", "psuspended", "pmaint", "popper", "crash"}
+	"plocked", "pclosed", "psuspended", "pmaint", "popper", "crash", "spammer"}
 
 // aliases of the private Postfix (virtual_alias_maps).
 var aliases = map[string]string{"alias-closed": "closed", "alias-norecv": "norecv", "alias-maint": "maint"}
@@ -79,6 +93,11 @@ var aliases = map[string]string{"alias-closed": "closed", "alias-norecv": "norec
 const sessionLease = 3
 
 func startMailstack(t *testing.T) *mailstack {
+	t.Helper()
+	return startMailstackWith(t, stackOptions{})
+}
+
+func startMailstackWith(t *testing.T, opt stackOptions) *mailstack {
 	t.Helper()
 	mode := os.Getenv("AUPD_MAILSTACK")
 	skip := func(format string, args ...any) {
@@ -112,6 +131,10 @@ func startMailstack(t *testing.T) *mailstack {
 
 	// aupd, in-process: the whole of it, with both policy servers.
 	rdb, prefix := testutil.Redis(t)
+	if opt.ownRedis {
+		rdb = redis.NewClient(&redis.Options{Addr: testutil.PrivateRedisServer(t)})
+		t.Cleanup(func() { rdb.Close() })
+	}
 	ns := testutil.NATSServer(t, "")
 	level := slog.LevelInfo
 	if os.Getenv("AUPD_MAILSTACK_LOGS") == "debug" {
@@ -124,7 +147,7 @@ func startMailstack(t *testing.T) *mailstack {
 	cfg.DataDir = t.TempDir()
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	cfg.NATS.URL = ns.ClientURL()
-	cfg.Redis.Addrs = []string{testutil.RedisAddr()}
+	cfg.Redis.Addrs = []string{rdb.Options().Addr}
 	cfg.Redis.Prefix = prefix
 	cfg.Redis.Autostart = false
 	cfg.Notifier.EMLDir = t.TempDir()
@@ -138,11 +161,14 @@ func startMailstack(t *testing.T) *mailstack {
 	cfg.Sessions.MinLease = time.Second
 	cfg.Policy.Dovecot.APIKey = dovecot.Secret(apiKey)
 	cfg.Policy.Lockout = lcfg
-	cfg.Companies = []companies.Company{{ID: "test", Domains: []string{domain}}}
+	cfg.AUP.Threshold = threshold
+	if !opt.noCompanies {
+		cfg.Companies = []companies.Company{{ID: "test", Domains: []string{domain}}}
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	info := runAupd(t, cfg, log)
+	info, stopAupd := runAupd(t, cfg, log)
 
 	lcfg.KeyPrefix = prefix
 	ctr, err := lockout.New(rdb, lcfg, noLocker{t}, lockout.Options{})
@@ -164,7 +190,7 @@ func startMailstack(t *testing.T) *mailstack {
 	}
 	ports := freePorts(t, 5)
 	ms := &mailstack{st: store.New(rdb, prefix), counter: ctr, locks: locks, rdb: rdb, prefix: prefix,
-		dir: dir, httpAddr: info.HTTPAddr,
+		dir: dir, httpAddr: info.HTTPAddr, natsURL: ns.ClientURL(), stopAupd: stopAupd,
 		smtp: ports[0], submission: ports[1], imap: ports[2], pop3: ports[3], smtps: ports[4]}
 	var pairs, aliasPairs []string
 	for _, u := range users {
@@ -218,8 +244,9 @@ func startMailstack(t *testing.T) *mailstack {
 	return ms
 }
 
-// runAupd runs aupd until the test ends and returns where it listens.
-func runAupd(t *testing.T, cfg *config.Config, log *slog.Logger) app.Info {
+// runAupd runs aupd until the test ends, or until stop is called, and
+// returns where it listens.
+func runAupd(t *testing.T, cfg *config.Config, log *slog.Logger) (info app.Info, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan app.Info, 1)
@@ -227,7 +254,6 @@ func runAupd(t *testing.T, cfg *config.Config, log *slog.Logger) app.Info {
 	go func() {
 		done <- app.Run(ctx, app.Options{Config: cfg, Logger: log, OnReady: func(i app.Info) { ready <- i }})
 	}()
-	var info app.Info
 	select {
 	case info = <-ready:
 	case err := <-done:
@@ -238,16 +264,17 @@ func runAupd(t *testing.T, cfg *config.Config, log *slog.Logger) app.Info {
 		<-done
 		t.Fatal("aupd did not start")
 	}
-	t.Cleanup(func() {
+	stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("aupd: %v", err)
 		}
 	})
+	t.Cleanup(stop)
 	if info.PostfixAddr == "" || info.DovecotAddr == "" {
 		t.Fatalf("aupd runs without a policy server: %+v", info)
 	}
-	return info
+	return info, stop
 }
 
 // noLocker is the Locker of the test's read-only counter: aupd's own
