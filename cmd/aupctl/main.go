@@ -110,7 +110,7 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if cmd.setupExit != 0 {
 		setupExit = cmd.setupExit
 	}
-	if err := g.resolve(fs, x, os.Getenv); err != nil {
+	if err := g.resolve(fs, x, os.Getenv, cmd.offline); err != nil {
 		fmt.Fprintf(stderr, "aupctl: %v\n", err)
 		return setupExit
 	}
@@ -211,7 +211,8 @@ type command struct {
 	minArgs, maxArgs int
 	// flags defines the command's own flags (with their help text).
 	flags func(fs *flag.FlagSet) *flags
-	// offline commands need no server (hash-token, version, completion).
+	// offline commands need no server, settings or token (hash-token,
+	// version, completion).
 	offline bool
 	// setupExit is the exit code when the settings cannot be read (config
 	// or token file, server URL); 0 means exitUsage. ingest-arf answers

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -312,5 +313,64 @@ func TestHashToken(t *testing.T) {
 	}
 	if tok == "" || hash != api.HashToken(tok) {
 		t.Fatalf("generated %q", out.String())
+	}
+}
+
+// TestOfflineCommandsNeedNoTokenFile: AUPCTL_TOKEN_FILE names a file that
+// does not exist yet while the first token is made (docs/aupctl.md). The
+// offline commands work; the token they make goes into the file; a
+// command that talks to aupd still says that the file is missing.
+func TestOfflineCommandsNeedNoTokenFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "aupctl-token")
+	t.Setenv("AUPCTL_TOKEN_FILE", file)
+	t.Setenv("AUPCTL_CONFIG", "")
+	t.Setenv("AUPCTL_TOKEN", "")
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir()) // no settings file of this machine's user
+
+	var out, errb bytes.Buffer
+	ctl := func(stdin io.Reader, args ...string) int {
+		out.Reset()
+		errb.Reset()
+		return runIn(args, stdin, &out, &errb)
+	}
+	if code := ctl(nil, "--server", "http://127.0.0.1:1", "status", "a@example.com"); code != exitUsage || !strings.Contains(errb.String(), "token file") {
+		t.Fatalf("status with a missing token file: exit %d, %q", code, errb.String())
+	}
+	for _, args := range [][]string{{"version"}, {"completion", "bash"}, {"hash-token", "--stdin"}} {
+		if code := ctl(strings.NewReader("abc\n"), args...); code != 0 {
+			t.Fatalf("%s with a missing token file: exit %d, %q", args, code, errb.String())
+		}
+	}
+
+	// The first token, as docs/aupctl.md makes it.
+	if code := ctl(nil, "hash-token"); code != 0 {
+		t.Fatalf("hash-token with a missing token file: exit %d, %q", code, errb.String())
+	}
+	var tok, hash string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, "token: "); ok {
+			tok = v
+		}
+		if v, ok := strings.CutPrefix(l, "hash:  "); ok {
+			hash = v
+		}
+	}
+	if tok == "" || hash != api.HashToken(tok) {
+		t.Fatalf("generated %q", out.String())
+	}
+	if err := os.WriteFile(file, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if code := ctl(f, "hash-token", "--stdin"); code != 0 || strings.TrimSpace(out.String()) != hash {
+		t.Fatalf("hash of the token file: exit %d, %q, want %s", code, out.String(), hash)
+	}
+	// Now the file is read: the request fails at the unreachable server.
+	if code := ctl(nil, "--server", "http://127.0.0.1:1", "status", "a@example.com"); code != exitError {
+		t.Fatalf("status with the token file: exit %d, %q", code, errb.String())
 	}
 }

@@ -61,8 +61,15 @@ type settings struct {
 }
 
 // resolve settles the server, token and timeout: a flag, then the
-// environment, then the config file, then the default.
-func (g *globals) resolve(fs *flag.FlagSet, x *cli, getenv func(string) string) error {
+// environment, then the config file, then the default. An offline command
+// (hash-token, version, completion) talks to no server: it reads neither
+// the config file nor the token file, which may not exist yet (hash-token
+// makes the token that goes into it).
+func (g *globals) resolve(fs *flag.FlagSet, x *cli, getenv func(string) string, offline bool) error {
+	if offline {
+		x.json, x.timeout = *g.json, *g.timeout
+		return nil
+	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var cfg settings

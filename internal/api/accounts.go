@@ -541,7 +541,9 @@ type DecideRequest struct {
 	Access  rules.Access `json:"access"`
 }
 
-// DecideResponse is the answer for webmail (or any enforcement point).
+// DecideResponse is the answer for webmail (or any enforcement point),
+// which asks only once the user's password is verified: an answer given
+// before would tell an account's state to anyone who types its address.
 // When Masked is set the user must be shown Message only, which reads
 // exactly like a failed login: a lockout gives an intruder no hint.
 type DecideResponse struct {

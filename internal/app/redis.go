@@ -26,6 +26,15 @@ func newRedis(c config.Redis) (redis.UniversalClient, error) {
 		DB:         c.DB,
 		// Redis 7.0 and later; RESP2 keeps script replies simple.
 		Protocol: 2,
+		// A caller's deadline bounds its command: each socket read and
+		// write gets the earlier of it and the read/write timeout (5 s);
+		// the wait for a pool connection (up to 6 s) and the backoff
+		// between retries end with it too, and a command whose deadline
+		// passed is not retried. Without this go-redis gave the socket
+		// only the 5 s timeout, so a Redis that stopped answering held a
+		// policy lookup for 5 s whatever its lookup_timeout. A context
+		// without a deadline is bounded by the 5 s timeout, as before.
+		ContextTimeoutEnabled: true,
 	}
 	if c.TLS.Enabled() {
 		tc, err := tlsConfig(c.TLS)

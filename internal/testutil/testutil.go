@@ -81,6 +81,16 @@ func PrivateRedisServer(t testing.TB, args ...string) string {
 // PrivateRedisServerOn is PrivateRedisServer on a given port.
 func PrivateRedisServerOn(t testing.TB, port int, args ...string) string {
 	t.Helper()
+	addr, _ := PrivateRedisProcess(t, port, args...)
+	return addr
+}
+
+// PrivateRedisProcess is PrivateRedisServerOn that also returns the
+// redis-server process, for a test that signals it (SIGSTOP to make Redis
+// hang without closing its connections, which the shared Redis must
+// never be made to do).
+func PrivateRedisProcess(t testing.TB, port int, args ...string) (string, *os.Process) {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server not found (scripts/test installs it): %v", err)
@@ -95,7 +105,7 @@ func PrivateRedisServerOn(t testing.TB, port int, args ...string) string {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
 	Eventually(t, 10*time.Second, func() bool { return rdb.Ping(context.Background()).Err() == nil }, "private redis-server did not start")
-	return addr
+	return addr, cmd.Process
 }
 
 // RedisPair starts a private master and a replica of it, and returns
