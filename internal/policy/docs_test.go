@@ -60,6 +60,7 @@ func TestDocsConfigBlocksAreTheDeployFiles(t *testing.T) {
 	files := map[string]string{
 		"postfix/main.cf":             read("postfix/main.cf"),
 		"postfix/master.cf":           read("postfix/master.cf"),
+		"postfix/aupd_domains":        read("postfix/aupd_domains"),
 		"dovecot/conf.d/95-aupd.conf": read("dovecot/conf.d/95-aupd.conf"),
 	}
 	lines := func(s string) map[string]bool {
