@@ -98,7 +98,7 @@ func TestSystemdUnit(t *testing.T) {
 				t.Logf("systemd-analyze security --offline unavailable: %v", err)
 				return
 			}
-			m := regexp.MustCompile(`Overall exposure level for `+regexp.QuoteMeta(u.name)+`.service: ([0-9.]+)`).FindStringSubmatch(string(out))
+			m := regexp.MustCompile(`Overall exposure level for ` + regexp.QuoteMeta(u.name) + `.service: ([0-9.]+)`).FindStringSubmatch(string(out))
 			if m == nil {
 				t.Fatalf("no exposure level in:\n%s", out)
 			}
