@@ -147,6 +147,8 @@ func startMailstack(t testing.TB, extraEnv ...string) *mailstack {
 	lockToken := testutil.RandomHex(16)
 	cfg.Auth.Tokens = []api.TokenConfig{{Name: "dovecot-postlogin", Role: api.RoleViewer, Hash: api.HashToken(lockToken)}}
 	cfg.Sessions.MinLease = time.Second
+	// The benchmark holds a thousand IMAP sessions of one mailbox.
+	cfg.Sessions.MaxHolders = 5000
 	cfg.Policy.Dovecot.APIKey = dovecot.Secret(apiKey)
 	cfg.Policy.Lockout = lcfg
 	cfg.Companies = []companies.Company{{ID: "test", Domains: []string{domain}}}

@@ -39,10 +39,9 @@ type Config struct {
 	// start to re-adopt or release the locks of its previous run.
 	StateFile string `yaml:"state_file"`
 	// Lease is the lease of every lock; within aupd's session_locks
-	// min_lease and max_lease. Default 10m.
+	// min_lease and max_lease. Default 20m.
 	Lease time.Duration `yaml:"lease"`
-	// RenewEvery is how often a lock is renewed. Default a third of the
-	// lease.
+	// RenewEvery is how often a lock is renewed. Default half the lease.
 	RenewEvery time.Duration `yaml:"renew_every"`
 	// RequestTimeout bounds one request to aupd. Default 5s.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
@@ -86,7 +85,7 @@ func Defaults() Config {
 		TokenFile:      "/etc/aupd/sessiond.token",
 		Socket:         "/run/aupd-sessiond/agent.sock",
 		StateFile:      "/var/lib/aupd-sessiond/locks",
-		Lease:          10 * time.Minute,
+		Lease:          20 * time.Minute,
 		RequestTimeout: 5 * time.Second,
 		OnError:        "allow",
 		LoginTimeout:   10 * time.Second,
@@ -113,7 +112,7 @@ func (c Config) withDefaults() Config {
 	set(&c.StateFile, d.StateFile)
 	set(&c.OnError, d.OnError)
 	setD(&c.Lease, d.Lease)
-	setD(&c.RenewEvery, c.Lease/3)
+	setD(&c.RenewEvery, c.Lease/2)
 	setD(&c.RequestTimeout, d.RequestTimeout)
 	setD(&c.LoginTimeout, d.LoginTimeout)
 	setD(&c.Keepalive.Idle, d.Keepalive.Idle)

@@ -41,14 +41,14 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Lease != 10*time.Minute || cfg.RenewEvery != 200*time.Second || cfg.OnError != "allow" || cfg.Keepalive.VanishBound() != 2*time.Minute {
+	if cfg.Lease != 20*time.Minute || cfg.RenewEvery != 10*time.Minute || cfg.OnError != "allow" || cfg.Keepalive.VanishBound() != 2*time.Minute {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	cfg, err = LoadConfig(write("aupd_url: http://aupd:9390\nlease: 5m\non_error: refuse\nkeepalive:\n  idle: 30s\n  user_timeout: 0s\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Lease != 5*time.Minute || cfg.RenewEvery != 100*time.Second || cfg.OnError != "refuse" ||
+	if cfg.Lease != 5*time.Minute || cfg.RenewEvery != 150*time.Second || cfg.OnError != "refuse" ||
 		cfg.Keepalive.Idle != 30*time.Second || *cfg.Keepalive.UserTimeout != 0 {
 		t.Errorf("settings: %+v", cfg)
 	}
