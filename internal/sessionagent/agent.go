@@ -266,7 +266,12 @@ func (a *Agent) ended(fd int) {
 	}
 	delete(a.sessions, fd)
 	heap.Remove(&a.due, s.idx)
-	unix.Close(fd) // and out of the epoll set
+	// Out of the epoll set first: closing fd alone would leave it there
+	// while another descriptor of the same pidfd is open (the login
+	// program's, until it execs), and its events would then name a
+	// number that a new session may have been given.
+	_ = unix.EpollCtl(a.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	unix.Close(fd)
 	s.fd = -1
 	if err := a.jr.remove(s.ID, a.liveLocked); err != nil {
 		a.log.Error("state file", "err", err)
@@ -458,6 +463,7 @@ func (a *Agent) closeSessions() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for fd := range a.sessions {
+		_ = unix.EpollCtl(a.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		unix.Close(fd)
 	}
 	clear(a.sessions)
