@@ -49,49 +49,63 @@ func TestComposeIsPinnedAndLocal(t *testing.T) {
 	}
 }
 
-// TestSystemdUnit checks deploy/systemd/aupd.service with systemd-analyze
-// verify (any warning fails) and its hardening with systemd-analyze
-// security.
+// TestSystemdUnit checks the systemd units (aupd, and the aupd-sessiond
+// agent of Dovecot hosts) with systemd-analyze verify (any warning fails)
+// and their hardening with systemd-analyze security.
 func TestSystemdUnit(t *testing.T) {
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		t.Skip("systemd-analyze is not installed (apt-get install systemd): the unit is not verified")
 	}
-	unit, err := os.ReadFile("systemd/aupd.service")
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(unit)
-	for _, want := range []string{"User=aupd", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes", "ProtectSystem=strict", "KillSignal=SIGTERM"} {
-		if !strings.Contains(text, want) {
-			t.Errorf("the unit lacks %s", want)
-		}
-	}
-	// verify checks that the binary exists: point it at an executable of
-	// the same name in a temporary directory.
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "aupd")
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "aupd.service")
-	if err := os.WriteFile(path, []byte(strings.ReplaceAll(text, "/usr/local/bin/aupd", bin)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
-	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
-		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
-	}
-	out, err = exec.Command("systemd-analyze", "security", "--offline=yes", path).CombinedOutput()
-	if err != nil {
-		t.Logf("systemd-analyze security --offline unavailable: %v", err)
-		return
-	}
-	m := regexp.MustCompile(`Overall exposure level for aupd.service: ([0-9.]+)`).FindStringSubmatch(string(out))
-	if m == nil {
-		t.Fatalf("no exposure level in:\n%s", out)
-	}
-	if level, _ := strconv.ParseFloat(m[1], 64); level > 2 {
-		t.Errorf("exposure level %s, want at most 2 (hardening lost?)", m[1])
+	for _, u := range []struct {
+		name, bin string
+		want      []string
+		// exposure is the most systemd-analyze security may say.
+		exposure float64
+	}{
+		{"aupd", "/usr/local/bin/aupd", []string{"User=aupd", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
+			"ProtectSystem=strict", "KillSignal=SIGTERM"}, 2},
+		{"aupd-sessiond", "/usr/local/bin/aupd-sessiond", []string{"CapabilityBoundingSet=\n", "NoNewPrivileges=yes",
+			"ProtectSystem=strict", "StateDirectory=aupd-sessiond", "RuntimeDirectory=aupd-sessiond", "Restart=always"}, 2},
+	} {
+		t.Run(u.name, func(t *testing.T) {
+			unit, err := os.ReadFile("systemd/" + u.name + ".service")
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := string(unit)
+			for _, want := range u.want {
+				if !strings.Contains(text, want) {
+					t.Errorf("the unit lacks %q", want)
+				}
+			}
+			// verify checks that the binary exists: point it at an
+			// executable of the same name in a temporary directory.
+			dir := t.TempDir()
+			bin := filepath.Join(dir, u.name)
+			if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, u.name+".service")
+			if err := os.WriteFile(path, []byte(strings.ReplaceAll(text, u.bin, bin)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
+			if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+				t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+			}
+			out, err = exec.Command("systemd-analyze", "security", "--offline=yes", path).CombinedOutput()
+			if err != nil {
+				t.Logf("systemd-analyze security --offline unavailable: %v", err)
+				return
+			}
+			m := regexp.MustCompile(`Overall exposure level for ` + regexp.QuoteMeta(u.name) + `.service: ([0-9.]+)`).FindStringSubmatch(string(out))
+			if m == nil {
+				t.Fatalf("no exposure level in:\n%s", out)
+			}
+			if level, _ := strconv.ParseFloat(m[1], 64); level > u.exposure {
+				t.Errorf("exposure level %s, want at most %.1f (hardening lost?)", m[1], u.exposure)
+			}
+		})
 	}
 	if _, err := os.Stat("systemd/aupd.sysusers"); err != nil {
 		t.Error(err)

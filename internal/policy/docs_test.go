@@ -58,10 +58,11 @@ func TestDocsConfigBlocksAreTheDeployFiles(t *testing.T) {
 		return string(b)
 	}
 	files := map[string]string{
-		"postfix/main.cf":             read("postfix/main.cf"),
-		"postfix/master.cf":           read("postfix/master.cf"),
-		"postfix/aupd_domains":        read("postfix/aupd_domains"),
-		"dovecot/conf.d/95-aupd.conf": read("dovecot/conf.d/95-aupd.conf"),
+		"postfix/main.cf":                         read("postfix/main.cf"),
+		"postfix/master.cf":                       read("postfix/master.cf"),
+		"dovecot/conf.d/95-aupd.conf":             read("dovecot/conf.d/95-aupd.conf"),
+		"dovecot/conf.d/96-aupd-sessionlock.conf": read("dovecot/conf.d/96-aupd-sessionlock.conf"),
+		"postfix/aupd_domains":                    read("postfix/aupd_domains"),
 	}
 	lines := func(s string) map[string]bool {
 		m := map[string]bool{}

@@ -29,6 +29,7 @@ import (
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/internal/sessionagent"
 	"github.com/aupd/aupd/internal/sessionlock"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/internal/testutil"
@@ -79,6 +80,8 @@ type stackOptions struct {
 	// ownRedis gives aupd a redis-server of its own, which the test may
 	// shut down (ms.rdb).
 	ownRedis bool
+	// env is added to scripts/mailstack's environment.
+	env []string
 }
 
 // users of the private Dovecot; all have the same password. The p* ones
@@ -89,15 +92,25 @@ var users = []string{"active", "nosend", "closed", "maint", "norecv", "suspended
 // aliases of the private Postfix (virtual_alias_maps).
 var aliases = map[string]string{"alias-closed": "closed", "alias-norecv": "norecv", "alias-maint": "maint"}
 
-// sessionLease is the lease the post-login script takes in the test (s).
-const sessionLease = 3
+// The session lock agent's settings in the test: a lease short enough to
+// see one expire, renewed every second, and keepalive settings that end a
+// vanished client's connection within seconds.
+const (
+	sessionLease = 3
+	sessionRenew = 1
+)
 
-func startMailstack(t *testing.T) *mailstack {
+var testKeepalive = func() sessionagent.Keepalive {
+	ut := 3 * time.Second
+	return sessionagent.Keepalive{Idle: time.Second, Interval: time.Second, Count: 2, UserTimeout: &ut}
+}()
+
+func startMailstack(t testing.TB, extraEnv ...string) *mailstack {
 	t.Helper()
-	return startMailstackWith(t, stackOptions{})
+	return startMailstackWith(t, stackOptions{env: extraEnv})
 }
 
-func startMailstackWith(t *testing.T, opt stackOptions) *mailstack {
+func startMailstackWith(t testing.TB, opt stackOptions) *mailstack {
 	t.Helper()
 	mode := os.Getenv("AUPD_MAILSTACK")
 	skip := func(format string, args ...any) {
@@ -159,6 +172,8 @@ func startMailstackWith(t *testing.T, opt stackOptions) *mailstack {
 	lockToken := testutil.RandomHex(16)
 	cfg.Auth.Tokens = []api.TokenConfig{{Name: "dovecot-postlogin", Role: api.RoleViewer, Hash: api.HashToken(lockToken)}}
 	cfg.Sessions.MinLease = time.Second
+	// The benchmark holds a thousand IMAP sessions of one mailbox.
+	cfg.Sessions.MaxHolders = 5000
 	cfg.Policy.Dovecot.APIKey = dovecot.Secret(apiKey)
 	cfg.Policy.Lockout = lcfg
 	cfg.AUP.Threshold = threshold
@@ -208,14 +223,18 @@ func startMailstackWith(t *testing.T, opt stackOptions) *mailstack {
 		"MS_SESSIONLOCK_URL=http://"+info.HTTPAddr,
 		"MS_SESSIONLOCK_TOKEN="+lockToken,
 		"MS_SESSIONLOCK_LEASE="+strconv.Itoa(sessionLease),
+		"MS_SESSIONLOCK_RENEW="+strconv.Itoa(sessionRenew),
+		fmt.Sprintf("MS_SESSIONLOCK_KEEPALIVE=%d %d %d %d", testKeepalive.Idle/time.Second, testKeepalive.Interval/time.Second,
+			testKeepalive.Count, *testKeepalive.UserTimeout/time.Second),
 		"MS_AUTH_POLICY_URL=http://"+info.DovecotAddr+"/",
 		"MS_AUTH_POLICY_KEY="+apiKey,
 		"MS_DOMAINS="+domain,
 		"MS_USERS="+strings.Join(pairs, " "),
 	)
+	env = append(env, opt.env...)
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("AUPD_MAILSTACK_LOGS") != "" {
-			for _, f := range []string{"postfix/maillog", "dovecot/dovecot.log", "dovecot/postlogin.log"} {
+			for _, f := range []string{"postfix/maillog", "dovecot/dovecot.log", "dovecot/sessiond.log"} {
 				if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
 					t.Logf("%s:\n%s", f, tail(b, 6000))
 				}
@@ -246,7 +265,7 @@ func startMailstackWith(t *testing.T, opt stackOptions) *mailstack {
 
 // runAupd runs aupd until the test ends, or until stop is called, and
 // returns where it listens.
-func runAupd(t *testing.T, cfg *config.Config, log *slog.Logger) (info app.Info, stop func()) {
+func runAupd(t testing.TB, cfg *config.Config, log *slog.Logger) (info app.Info, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan app.Info, 1)
@@ -279,7 +298,7 @@ func runAupd(t *testing.T, cfg *config.Config, log *slog.Logger) (info app.Info,
 
 // noLocker is the Locker of the test's read-only counter: aupd's own
 // counter locks accounts out, never the test's.
-type noLocker struct{ t *testing.T }
+type noLocker struct{ t testing.TB }
 
 func (l noLocker) Lockout(context.Context, string, time.Time, string) error {
 	l.t.Error("the test's lockout counter was asked to lock an account out")
@@ -288,7 +307,7 @@ func (l noLocker) Lockout(context.Context, string, time.Time, string) error {
 
 // postfixRequests returns how many Postfix policy requests aupd has
 // answered, from its metrics.
-func (ms *mailstack) postfixRequests(t *testing.T) float64 {
+func (ms *mailstack) postfixRequests(t testing.TB) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + ms.httpAddr + "/metrics")
 	if err != nil {
@@ -719,10 +738,13 @@ func TestMailstack(t *testing.T) {
 			if r := imapOnce(t, ms.imap, acct, password); !strings.Contains(r, "[IN-USE] Mailbox locked") {
 				t.Errorf("IMAP while POP3 holds the mailbox: %q", r)
 			}
-			// The POP3 session ends: its lease is released.
-			_ = held.PrintfLine("QUIT")
+			// The POP3 session ends (QUIT): its lock is released within a
+			// second.
+			ms.released(t, acct, "POP3 QUIT", releaseNormal, 0, func() {
+				_ = held.PrintfLine("QUIT")
+				_, _ = held.ReadLine()
+			})
 			held.Close()
-			ms.waitLocks(t, acct, 0)
 			// IMAP holds it: another IMAP session shares it, POP3 waits.
 			i1, r := imapOpen(t, ms.imap, acct, password)
 			if !strings.HasPrefix(r, "OK") {
@@ -736,47 +758,97 @@ func TestMailstack(t *testing.T) {
 			if r := pop3Once(t, ms.pop3, acct, password); r != inUsePOP3 {
 				t.Errorf("POP3 while IMAP holds the mailbox: %q; want %q", r, inUsePOP3)
 			}
-			// The lease is renewed while the session lives, beyond its
+			// The lease is renewed while the sessions live, beyond its
 			// first term.
-			time.Sleep(time.Duration(sessionLease)*time.Second + time.Second)
-			ms.waitLocks(t, acct, 2)
+			lks := ms.waitLocks(t, acct, 2)
+			waitFor(t, "the leases renewed past their first term", func() bool {
+				now, err := ms.locks.List(ctx, acct)
+				return err == nil && len(now) == 2 && now[0].ExpiresAt.After(lks[1].ExpiresAt.Add(time.Second))
+			})
+			// One logs out, the other's client just closes its end: both
+			// released within a second.
+			ms.released(t, acct, "IMAP LOGOUT", releaseNormal, 1, func() {
+				_ = i1.PrintfLine("a2 LOGOUT")
+				for {
+					if l, err := i1.ReadLine(); err != nil || strings.HasPrefix(l, "a2 ") {
+						break
+					}
+				}
+			})
 			i1.Close()
-			i2.Close()
-			ms.waitLocks(t, acct, 0)
+			// The client dies: its socket closes (FIN), no LOGOUT.
+			ms.released(t, acct, "a killed IMAP client", releaseNormal, 0, func() { i2.Close() })
 			if r := pop3Once(t, ms.pop3, acct, password); !strings.HasPrefix(r, "+OK") {
 				t.Errorf("POP3 once the IMAP sessions ended: %q", r)
 			}
+			ms.waitLocks(t, acct, 0)
+
+			// A client that vanishes without a FIN or RST (its socket
+			// closed in TCP repair mode): the keepalive the post-login
+			// program set ends the connection within its bound.
+			c, r := pop3Open(t, ms.pop3, acct, password)
+			if !strings.HasPrefix(r, "+OK") {
+				t.Fatalf("POP3 session: %q", r)
+			}
+			ms.waitLocks(t, acct, 1)
+			ms.released(t, acct, "a vanished POP3 client", testKeepalive.VanishBound()+releaseNormal, 0, func() { vanish(t, c) })
+
+			// Webmail (the API) shares the mailbox like IMAP.
+			wm, err := ms.locks.Acquire(ctx, acct, sessionlock.Webmail, 30*time.Second, "webmail test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := pop3Once(t, ms.pop3, acct, password); r != inUsePOP3 {
+				t.Errorf("POP3 while webmail holds the mailbox: %q; want %q", r, inUsePOP3)
+			}
+			if r := imapOnce(t, ms.imap, acct, password); !strings.HasPrefix(r, "OK") {
+				t.Errorf("IMAP while webmail holds the mailbox: %q", r)
+			}
+			ms.waitLocks(t, acct, 1)
+			if _, err := ms.locks.Release(ctx, acct, wm.ID); err != nil {
+				t.Fatal(err)
+			}
 		})
-		t.Run("a crashed session's lease expires", func(t *testing.T) {
-			t.Parallel()
+		// Not parallel: while the agent is down, every login is let in
+		// without a lock (on_error: allow), which the other subtests
+		// must not see. The parallel ones wait until this one is done.
+		t.Run("the agent crashes and restarts", func(t *testing.T) {
 			acct := "crash@" + domain
 			held, r := pop3Open(t, ms.pop3, acct, password)
 			if !strings.HasPrefix(r, "+OK") {
 				t.Fatalf("POP3 session: %q", r)
 			}
+			first := ms.waitLocks(t, acct, 1)[0]
+			// Killed (kill -9), the agent renews nothing: the lease
+			// expires by itself although the session lives.
+			ms.killAgent(t)
+			waitFor(t, "the lease to expire", func() bool { return time.Now().After(first.ExpiresAt) })
+			ms.waitLocks(t, acct, 0)
+			// Restarted, it finds the session in its state file and takes
+			// its lock again.
+			ms.startAgent(t)
 			ms.waitLocks(t, acct, 1)
-			// The watcher dies with the session (kill -9): nobody
-			// releases the lease.
-			ms.killWatchers(t, acct)
+			if r := imapOnce(t, ms.imap, acct, password); !inUse(r) {
+				t.Errorf("IMAP while the adopted POP3 session holds the mailbox: %q", r)
+			}
+			// Killed again, and the session ends while it is down: the
+			// next start releases the lock at once.
+			ms.killAgent(t)
+			_ = held.PrintfLine("QUIT")
+			_, _ = held.ReadLine()
 			held.Close()
-			lks, err := ms.locks.List(ctx, acct)
-			if err != nil || len(lks) != 1 {
-				t.Fatalf("locks after the crash: %v %v", lks, err)
-			}
-			if r := pop3Once(t, ms.pop3, acct, password); r != "-ERR [IN-USE] Mailbox locked" {
-				t.Errorf("POP3 while the crashed session's lease lasts: %q", r)
-			}
-			// It expires by itself.
-			waitFor(t, "the lease to expire", func() bool { return time.Now().After(lks[0].ExpiresAt) })
+			ms.waitLocks(t, acct, 1)
+			ms.released(t, acct, "a session that ended while the agent was down, once it restarts", releaseNormal+time.Second, 0,
+				func() { ms.startAgent(t) })
 			if r := pop3Once(t, ms.pop3, acct, password); !strings.HasPrefix(r, "+OK") {
-				t.Errorf("POP3 after the lease expired: %q", r)
+				t.Errorf("POP3 after the restart: %q", r)
 			}
 		})
 	})
 }
 
 // waitMaillog waits until one line of Postfix's log has all of parts.
-func (ms *mailstack) waitMaillog(t *testing.T, parts ...string) {
+func (ms *mailstack) waitMaillog(t testing.TB, parts ...string) {
 	t.Helper()
 	var last string
 	waitFor(t, fmt.Sprintf("maillog %q", parts), func() bool {
@@ -802,7 +874,7 @@ func (ms *mailstack) waitMaillog(t *testing.T, parts ...string) {
 }
 
 // sendmail injects a message locally, as a shell user's sendmail does.
-func (ms *mailstack) sendmail(t *testing.T, from, to string) {
+func (ms *mailstack) sendmail(t testing.TB, from, to string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -814,7 +886,7 @@ func (ms *mailstack) sendmail(t *testing.T, from, to string) {
 }
 
 // waitLocks waits until aupd holds n session locks on acct.
-func (ms *mailstack) waitLocks(t *testing.T, acct string, n int) {
+func (ms *mailstack) waitLocks(t testing.TB, acct string, n int) []sessionlock.Lock {
 	t.Helper()
 	var got []sessionlock.Lock
 	waitFor(t, fmt.Sprintf("%d session locks on %s", n, acct), func() bool {
@@ -825,36 +897,143 @@ func (ms *mailstack) waitLocks(t *testing.T, acct string, n int) {
 		got = lks
 		return len(lks) == n
 	}, func() string { return fmt.Sprintf("%+v", got) })
+	return got
 }
 
-// killWatchers kills (SIGKILL) the post-login watchers of this mail stack
-// that hold a lock of acct, found by their command line.
-func (ms *mailstack) killWatchers(t *testing.T, acct string) {
+// releaseNormal is the documented bound on the release of a session that
+// ends (docs/dovecot.md): a second.
+const releaseNormal = time.Second
+
+// released runs end, which ends one of acct's sessions, and checks that
+// its lock is gone within bound, leaving left locks.
+func (ms *mailstack) released(t testing.TB, acct, what string, bound time.Duration, left int, end func()) {
 	t.Helper()
-	script := filepath.Join(ms.dir, "dovecot/bin/aupd-postlogin")
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	killed := 0
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte(script)) {
-			continue
+	start := time.Now()
+	end()
+	var took time.Duration
+	for {
+		lks, err := ms.locks.List(context.Background(), acct)
+		if err != nil {
+			t.Fatal(err)
 		}
-		env, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "environ"))
-		if !bytes.Contains(env, []byte("USER="+acct+"\x00")) {
-			continue
+		took = time.Since(start)
+		if len(lks) == left {
+			break
 		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if pid > 0 && syscall.Kill(pid, syscall.SIGKILL) == nil {
-			killed++
+		if took > bound+30*time.Second {
+			t.Fatalf("%s: the lock is still held after %s: %+v", what, took, lks)
 		}
+		time.Sleep(10 * time.Millisecond) // poll interval
 	}
-	if killed == 0 {
-		t.Fatalf("no post-login watcher of %s found", acct)
+	t.Logf("%s: released in %s (bound %s)", what, took.Round(time.Millisecond), bound)
+	if took > bound {
+		t.Errorf("%s: released in %s; the documented bound is %s", what, took.Round(time.Millisecond), bound)
 	}
+}
+
+// vanish makes the client end of c disappear without a FIN or RST: the
+// socket is put in TCP repair mode (root only), in which close sends
+// nothing.
+func vanish(t testing.TB, c *textproto.Conn) {
+	t.Helper()
+	conn := textConns.take(t, c)
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpRepair, 1)
+	}); err != nil || serr != nil {
+		t.Fatalf("TCP_REPAIR: %v %v", err, serr)
+	}
+	conn.Close()
+}
+
+// tcpRepair is TCP_REPAIR (linux/tcp.h).
+const tcpRepair = 19
+
+// textConns remembers the connection under each textproto.Conn, for vanish.
+var textConns = &connMap{m: map[*textproto.Conn]net.Conn{}}
+
+type connMap struct {
+	mu sync.Mutex
+	m  map[*textproto.Conn]net.Conn
+}
+
+func (cm *connMap) put(tc *textproto.Conn, c net.Conn) {
+	cm.mu.Lock()
+	cm.m[tc] = c
+	cm.mu.Unlock()
+}
+
+func (cm *connMap) take(t testing.TB, tc *textproto.Conn) net.Conn {
+	t.Helper()
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	c, ok := cm.m[tc]
+	if !ok {
+		t.Fatal("no connection under this textproto.Conn")
+	}
+	delete(cm.m, tc)
+	return c
+}
+
+// killAgent kills (SIGKILL) the session lock agent of the mail stack.
+func (ms *mailstack) killAgent(t testing.TB) {
+	t.Helper()
+	pid := ms.agentPID(t)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the agent (%d): %v", pid, err)
+	}
+	waitFor(t, "the agent to die", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err != nil || bytes.Contains(b, []byte(") Z "))
+	})
+}
+
+// startAgent starts the agent again, as scripts/mailstack does.
+func (ms *mailstack) startAgent(t testing.TB) {
+	t.Helper()
+	dv := filepath.Join(ms.dir, "dovecot")
+	sock := filepath.Join(dv, "sessiond/agent.sock")
+	_ = os.Remove(sock)
+	logf, err := os.OpenFile(filepath.Join(dv, "sessiond.log"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(filepath.Join(dv, "bin/aupd-sessiond"), "agent", "-debug", "-config", filepath.Join(dv, "sessiond.yml"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait() }() // reaped when it exits (mailstack stop)
+	if err := os.WriteFile(filepath.Join(dv, "sessiond.pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the agent's socket", func() bool {
+		fi, err := os.Stat(sock)
+		return err == nil && fi.Mode()&os.ModeSocket != 0
+	})
+}
+
+func (ms *mailstack) agentPID(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(ms.dir, "dovecot/sessiond.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }
 
 // swaks sends one message, without AUTH (port 25).
-func swaks(t *testing.T, addr, from, to string, auth bool) (string, error) {
+func swaks(t testing.TB, addr, from, to string, auth bool) (string, error) {
 	t.Helper()
 	if auth {
 		return swaksTLS(t, addr, "--tls", from, to, password)
@@ -863,7 +1042,7 @@ func swaks(t *testing.T, addr, from, to string, auth bool) (string, error) {
 }
 
 // swaksPassword authenticates as from (PLAIN) without TLS.
-func swaksPassword(t *testing.T, addr, from, to, pw string) (string, error) {
+func swaksPassword(t testing.TB, addr, from, to, pw string) (string, error) {
 	t.Helper()
 	return runSwaks(t, "--server", addr, "--from", from, "--to", to,
 		"--auth", "PLAIN", "--auth-user", from, "--auth-password", pw)
@@ -871,13 +1050,13 @@ func swaksPassword(t *testing.T, addr, from, to, pw string) (string, error) {
 
 // swaksTLS authenticates as from (PLAIN) over TLS: mode is --tls
 // (STARTTLS), --tlsc (TLS on connect) or --tls-optional.
-func swaksTLS(t *testing.T, addr, mode, from, to, pw string) (string, error) {
+func swaksTLS(t testing.TB, addr, mode, from, to, pw string) (string, error) {
 	t.Helper()
 	return runSwaks(t, "--server", addr, mode, "--from", from, "--to", to,
 		"--auth", "PLAIN", "--auth-user", from, "--auth-password", pw)
 }
 
-func runSwaks(t *testing.T, args ...string) (string, error) {
+func runSwaks(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -891,8 +1070,8 @@ func inUse(reply string) bool { return strings.Contains(reply, "[IN-USE] Mailbox
 
 // retryInUse repeats a login refused by a session lock for a moment:
 // the tests that are not about session locks log in to one mailbox one
-// session after the other, and the post-login script releases a lease
-// within about a second of a session's end.
+// session after the other, and the agent releases a lock within a second
+// of a session's end.
 func retryInUse(login func() string) string {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -906,7 +1085,7 @@ func retryInUse(login func() string) string {
 
 // imapLogin logs in and out and returns the tagged reply to LOGIN without
 // its tag.
-func imapLogin(t *testing.T, addr, user, pw string) string {
+func imapLogin(t testing.TB, addr, user, pw string) string {
 	t.Helper()
 	defer func(start time.Time) { t.Logf("imap login %s took %s", user, time.Since(start)) }(time.Now())
 	return retryInUse(func() string { return imapOnce(t, addr, user, pw) })
@@ -914,7 +1093,7 @@ func imapLogin(t *testing.T, addr, user, pw string) string {
 
 // imapOnce logs in once and out; a refusal by the session lock (an
 // untagged BYE) is returned as it is.
-func imapOnce(t *testing.T, addr, user, pw string) string {
+func imapOnce(t testing.TB, addr, user, pw string) string {
 	t.Helper()
 	c, r := imapOpen(t, addr, user, pw)
 	defer c.Close()
@@ -926,7 +1105,7 @@ func imapOnce(t *testing.T, addr, user, pw string) string {
 
 // imapOpen logs in and returns the open session with the reply to LOGIN
 // (without its tag and capabilities), or the BYE that ended it.
-func imapOpen(t *testing.T, addr, user, pw string) (*textproto.Conn, string) {
+func imapOpen(t testing.TB, addr, user, pw string) (*textproto.Conn, string) {
 	t.Helper()
 	c := dialText(t, addr)
 	if _, err := c.ReadLine(); err != nil {
@@ -954,14 +1133,14 @@ func imapOpen(t *testing.T, addr, user, pw string) (*textproto.Conn, string) {
 }
 
 // pop3Login logs in with USER/PASS and returns the reply to PASS.
-func pop3Login(t *testing.T, addr, user, pw string) string {
+func pop3Login(t testing.TB, addr, user, pw string) string {
 	t.Helper()
 	defer func(start time.Time) { t.Logf("pop3 login %s took %s", user, time.Since(start)) }(time.Now())
 	return retryInUse(func() string { return pop3Once(t, addr, user, pw) })
 }
 
 // pop3Once logs in once and quits.
-func pop3Once(t *testing.T, addr, user, pw string) string {
+func pop3Once(t testing.TB, addr, user, pw string) string {
 	t.Helper()
 	c, line := pop3Open(t, addr, user, pw)
 	defer c.Close()
@@ -973,7 +1152,7 @@ func pop3Once(t *testing.T, addr, user, pw string) string {
 }
 
 // pop3Open logs in and returns the open session and the reply to PASS.
-func pop3Open(t *testing.T, addr, user, pw string) (*textproto.Conn, string) {
+func pop3Open(t testing.TB, addr, user, pw string) (*textproto.Conn, string) {
 	t.Helper()
 	c := dialText(t, addr)
 	if _, err := c.ReadLine(); err != nil {
@@ -1010,13 +1189,13 @@ var sourceIP = func() func() string {
 	}
 }()
 
-func dialText(t *testing.T, addr string) *textproto.Conn {
+func dialText(t testing.TB, addr string) *textproto.Conn {
 	t.Helper()
 	return dialTextFrom(t, addr, sourceIP())
 }
 
 // dialTextFrom connects from the loopback address ip.
-func dialTextFrom(t *testing.T, addr, ip string) *textproto.Conn {
+func dialTextFrom(t testing.TB, addr, ip string) *textproto.Conn {
 	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 	conn, err := d.Dial("tcp", addr)
@@ -1024,11 +1203,13 @@ func dialTextFrom(t *testing.T, addr, ip string) *textproto.Conn {
 		t.Fatal(err)
 	}
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	return textproto.NewConn(conn)
+	tc := textproto.NewConn(conn)
+	textConns.put(tc, conn)
+	return tc
 }
 
 // waitGreeting polls addr until it greets with prefix.
-func waitGreeting(t *testing.T, addr, prefix string) {
+func waitGreeting(t testing.TB, addr, prefix string) {
 	t.Helper()
 	var last error
 	waitFor(t, addr+" greeting", func() bool {
@@ -1049,7 +1230,7 @@ func waitGreeting(t *testing.T, addr, prefix string) {
 }
 
 // waitFor polls cond until it holds, failing the test after 30s.
-func waitFor(t *testing.T, what string, cond func() bool, detail ...func() string) {
+func waitFor(t testing.TB, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -1064,7 +1245,7 @@ func waitFor(t *testing.T, what string, cond func() bool, detail ...func() strin
 	}
 }
 
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -1074,7 +1255,7 @@ func listen(t *testing.T) net.Listener {
 }
 
 // freePorts returns n loopback addresses that were free a moment ago.
-func freePorts(t *testing.T, n int) []string {
+func freePorts(t testing.TB, n int) []string {
 	t.Helper()
 	var lns []net.Listener
 	var addrs []string
@@ -1102,7 +1283,7 @@ func tail(b []byte, n int) string {
 }
 
 // must fails the test if a store operation failed.
-func must(t *testing.T) func(*store.Op, error) {
+func must(t testing.TB) func(*store.Op, error) {
 	t.Helper()
 	return func(_ *store.Op, err error) {
 		t.Helper()
@@ -1113,7 +1294,7 @@ func must(t *testing.T) func(*store.Op, error) {
 }
 
 // testWriter sends log lines to the test log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
