@@ -95,8 +95,9 @@ func TestIngestARFPipe(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "accepted complaint against somespammer@example.net") {
 		t.Fatalf("ingest-arf: %d %q %q", code, out, errs)
 	}
-	// Postfix delivers the same report again: stored once, counted once.
-	if code, out, _ := pipe(server, tokenFile, report); code != 0 || !strings.Contains(out, "duplicate") {
+	// Postfix delivers the same report again, with a Message-ID of its
+	// own as it adds to a report without one: stored once, counted once.
+	if code, out, _ := pipe(server, tokenFile, append([]byte("Message-Id: <20261201.A1@mx.example.net>\n"), report...)); code != 0 || !strings.Contains(out, "duplicate") {
 		t.Fatalf("again: %d %q", code, out)
 	}
 	testutil.Eventually(t, 20*time.Second, func() bool {
@@ -104,9 +105,9 @@ func TestIngestARFPipe(t *testing.T) {
 		return err == nil && n == 1
 	}, "the complaint was not counted")
 
-	// A second report about the same sender, then: what would threshold 1
-	// have done? (The live threshold, 50, did nothing.)
-	second := bytes.Replace(report, []byte("Subject: FW: Earn money"), []byte("Message-ID: <second-report@example.com>\nSubject: FW: Earn money"), 1)
+	// Another recipient's complaint about the same message, then: what
+	// would threshold 1 have done? (The live threshold, 50, did nothing.)
+	second := bytes.Replace(report, []byte("Version: 1\n"), []byte("Version: 1\nOriginal-Rcpt-To: <another@example.com>\n"), 1)
 	if code, out, errs := pipe(server, tokenFile, second); code != 0 || !strings.Contains(out, "accepted") {
 		t.Fatalf("second report: %d %q %q", code, out, errs)
 	}

@@ -23,6 +23,7 @@ import (
 	"mime/quotedprintable"
 	"net/mail"
 	"net/textproto"
+	"slices"
 	"strings"
 	"time"
 )
@@ -65,7 +66,8 @@ func AsError(err error) (*Error, bool) {
 
 // Report is one parsed feedback report.
 type Report struct {
-	// MessageID is the report's own Message-ID, when it has one.
+	// MessageID is the report's own Message-ID, when it has one. It
+	// does not name the complaint (see ID).
 	MessageID string
 	// Date is the report's Date header, when it parses.
 	Date time.Time
@@ -85,8 +87,7 @@ type Report struct {
 	OriginalHeader mail.Header
 	// HeadersOnly is true when only the original's header was attached.
 	HeadersOnly bool
-	// fingerprint of the machine-readable parts, for reports without a
-	// Message-ID.
+	// fingerprint names the complaint (see ID).
 	fingerprint [sha256.Size]byte
 }
 
@@ -181,13 +182,7 @@ func Parse(data []byte) (*Report, error) {
 		return nil, refuse(ReasonNoOriginal, "the original message does not parse: %v", err)
 	}
 	r.OriginalHeader = om.Header
-	h := sha256.New()
-	h.Write(fields)
-	h.Write([]byte{0})
-	h.Write([]byte(oneLine(om.Header.Get("Message-Id"))))
-	h.Write([]byte{0})
-	h.Write([]byte(oneLine(om.Header.Get("From"))))
-	copy(r.fingerprint[:], h.Sum(nil))
+	r.fingerprint = fingerprint(r.FeedbackType, r.Fields, om.Header)
 	return r, nil
 }
 
@@ -272,18 +267,60 @@ func (r *Report) Senders() []string {
 	return out
 }
 
-// ID is stable across re-deliveries of the same report: from the
-// report's Message-ID, or, without one, from its feedback fields and the
-// original's Message-ID and From.
+// ID names the complaint, not the delivery of the report: one complaint
+// per original message, per complaining recipient, per feedback type.
+// It is derived from the report's content only, never from the report's
+// own Message-ID (Postfix adds a fresh one to a report that has none, so
+// every re-delivery would look new), so a report delivered again, over
+// HTTP or through the Postfix pipe, has the same id and counts once,
+// while two recipients complaining about one message count twice.
+//
+//   - the original message: its Message-ID; without one, its From, To,
+//     Date and Subject with the report's Original-Mail-From,
+//     Arrival-Date (or Received-Date) and Source-IP;
+//   - the complaining recipient: Original-Rcpt-To (every one, in any
+//     order); without it, the original's To;
+//   - Feedback-Type.
 func (r *Report) ID() string {
+	return "arf-" + hex.EncodeToString(r.fingerprint[:16])
+}
+
+// fingerprint hashes what names a complaint (see ID).
+func fingerprint(feedbackType string, fields textproto.MIMEHeader, orig mail.Header) [sha256.Size]byte {
 	h := sha256.New()
-	if r.MessageID != "" {
-		h.Write([]byte("mid\x00" + r.MessageID))
-	} else {
-		h.Write([]byte("fields\x00"))
-		h.Write(r.fingerprint[:])
+	put := func(k, v string) {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+		h.Write([]byte(v))
+		h.Write([]byte{0})
 	}
-	return "arf-" + hex.EncodeToString(h.Sum(nil)[:16])
+	put("v", "2")
+	put("type", feedbackType)
+	if mid := oneLine(orig.Get("Message-Id")); mid != "" {
+		put("mid", strings.Trim(mid, "<>"))
+	} else {
+		for _, k := range []string{"From", "To", "Date", "Subject"} {
+			put(k, oneLine(orig.Get(k)))
+		}
+		for _, k := range []string{"Original-Mail-From", "Arrival-Date", "Received-Date", "Source-Ip"} {
+			put(k, strings.ToLower(oneLine(fields.Get(k))))
+		}
+	}
+	var rcpts []string
+	for _, v := range fields.Values("Original-Rcpt-To") {
+		if a := strings.ToLower(strings.Trim(oneLine(v), "<> ")); a != "" {
+			rcpts = append(rcpts, a)
+		}
+	}
+	if len(rcpts) == 0 {
+		put("to", strings.ToLower(oneLine(orig.Get("To"))))
+	} else {
+		slices.Sort(rcpts)
+		put("rcpt", strings.Join(slices.Compact(rcpts), ","))
+	}
+	var sum [sha256.Size]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
 }
 
 // Time is when the complained-of message arrived (Arrival-Date), else the

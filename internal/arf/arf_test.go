@@ -190,6 +190,66 @@ func TestDistinctReportsDistinctIDs(t *testing.T) {
 	}
 }
 
+// TestIDNamesTheComplaint: the id comes from the report's content, never
+// from its own Message-ID, which Postfix adds afresh on each delivery of
+// a report without one (the RFC's examples have none).
+func TestIDNamesTheComplaint(t *testing.T) {
+	b1 := mustRead("testdata/rfc5965-b1.eml")
+	id := func(t *testing.T, s string) string {
+		t.Helper()
+		r, err := arf.Parse([]byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ID()
+	}
+	base := id(t, b1)
+	withOuter := func(mid string) string {
+		return "Received: by mx.example.com (Postfix, from userid 0); Tue, 1 Dec 2026 08:30:00 +0000\n" +
+			"Message-Id: <" + mid + "@mx.example.com>\n" + b1
+	}
+	for _, tc := range []struct {
+		name string
+		s    string
+		same bool
+	}{
+		{"postfix adds a Message-ID", withOuter("20261201083000.A1"), true},
+		{"another delivery, another Message-ID", withOuter("20261201083500.B2"), true},
+		{"CRLF line endings", strings.ReplaceAll(b1, "\n", "\r\n"), true},
+		{"a recipient named", strings.Replace(b1, "Version: 1\n", "Version: 1\nOriginal-Rcpt-To: <a@example.com>\n", 1), false},
+		{"another feedback type", strings.Replace(b1, "Feedback-Type: abuse", "Feedback-Type: fraud", 1), false},
+		{"another original", strings.Replace(b1, "Message-ID: 8787KJKJ", "Message-ID: 9999KJKJ", 1), false},
+		{"the original's Subject does not count beside its Message-ID", strings.Replace(b1, "Subject: Earn money", "Subject: Earn more money", 1), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := id(t, tc.s); (got == base) != tc.same {
+				t.Fatalf("id %s, base %s, want same=%v", got, base, tc.same)
+			}
+		})
+	}
+	// Two recipients complaining about one message: two complaints, in
+	// whatever order a report lists its Original-Rcpt-To.
+	rcpt := func(to ...string) string {
+		var f string
+		for _, a := range to {
+			f += "Original-Rcpt-To: " + a + "\n"
+		}
+		return strings.Replace(b1, "Version: 1\n", "Version: 1\n"+f, 1)
+	}
+	a, b, ab, ba := id(t, rcpt("<a@example.com>")), id(t, rcpt("b@example.com")), id(t, rcpt("a@example.com", "B@example.com")), id(t, rcpt("b@example.com", "a@example.com"))
+	if a == b || ab != ba || ab == a {
+		t.Fatalf("recipients: a %s b %s ab %s ba %s", a, b, ab, ba)
+	}
+	// An original without a Message-ID is named by its From, To, Date and
+	// Subject.
+	noMID := strings.Replace(b1, "Message-ID: 8787KJKJ3K4J3K4J3K4J3.mail@example.net\n", "", 1)
+	n1, n2 := id(t, noMID), id(t, "Message-Id: <x@mx.example.com>\n"+noMID)
+	n3 := id(t, strings.Replace(noMID, "Subject: Earn money", "Subject: Earn more money", 1))
+	if n1 != n2 || n1 == n3 || n1 == base {
+		t.Fatalf("no Message-ID: %s %s %s (base %s)", n1, n2, n3, base)
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	for _, tc := range cases {
 		f.Add([]byte(tc.report))
