@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,17 +78,8 @@ func TestIngestARFPipe(t *testing.T) {
 		t.Fatalf("fbl.master.cf argv: %q", argv)
 	}
 	pipe := func(server, tokFile string, stdin []byte) (int, string, string) {
-		args := append([]string{}, argv[1:]...)
-		for i := 0; i+1 < len(args); i++ {
-			switch args[i] {
-			case "--server":
-				args[i+1] = server
-			case "--token-file":
-				args[i+1] = tokFile
-			}
-		}
 		var out, errb bytes.Buffer
-		code := runIn(args, bytes.NewReader(stdin), &out, &errb)
+		code := runIn(pipeArgs(argv, server, tokFile), bytes.NewReader(stdin), &out, &errb)
 		return code, out.String(), errb.String()
 	}
 	server := "http://" + info.HTTPAddr
@@ -130,20 +122,81 @@ func TestIngestARFPipe(t *testing.T) {
 		t.Fatalf("replay with a publisher token: %d", code)
 	}
 
-	// Refused reports bounce with the reason (65); a bad token is 77; aupd
-	// unreachable is 75, so that Postfix retries.
+	// Only a report that can never be counted is refused for good (65,
+	// Postfix bounces it). Whatever the provider can fix is 75: Postfix
+	// keeps the report queued and retries.
 	if code, _, errs := pipe(server, tokenFile, []byte("From: a@example.net\nSubject: hi\n\nnot a report\n")); code != exDataErr || !strings.Contains(errs, "not_arf") {
 		t.Fatalf("not ARF: %d %q", code, errs)
 	}
 	bad := filepath.Join(t.TempDir(), "bad.token")
 	_ = os.WriteFile(bad, []byte("nope"), 0o600)
-	if code, _, errs := pipe(server, bad, report); code != exNoPerm {
-		t.Fatalf("bad token: %d %q", code, errs)
+	unreadable := filepath.Join(t.TempDir(), "unreadable.token")
+	_ = os.Mkdir(unreadable, 0o700) // a directory: reading it fails, even as root
+	for _, tc := range []struct{ name, server, tokenFile string }{
+		{"token refused (401)", server, bad},
+		{"token file missing", server, filepath.Join(t.TempDir(), "missing")},
+		{"token file unreadable", server, unreadable},
+		{"aupd unreachable", "http://127.0.0.1:1", tokenFile},
+		{"wrong path behind a proxy (404)", server + "/aupd", tokenFile},
+		{"not a URL", "::", tokenFile},
+	} {
+		if code, _, errs := pipe(tc.server, tc.tokenFile, report); code != exTempFail {
+			t.Errorf("%s: exit %d, want %d (%q)", tc.name, code, exTempFail, errs)
+		}
 	}
-	if code, _, errs := pipe("http://127.0.0.1:1", tokenFile, report); code != exTempFail {
-		t.Fatalf("unreachable: %d %q", code, errs)
+	var abuseFile = filepath.Join(t.TempDir(), "abuse.token")
+	_ = os.WriteFile(abuseFile, []byte(abuseToken), 0o600)
+	if code, _, errs := pipe(server, abuseFile, report); code != exTempFail {
+		t.Errorf("a token of another role (403): exit %d (%q)", code, errs)
 	}
-	if code, _, _ := pipe(server, filepath.Join(t.TempDir(), "missing"), report); code != exConfig {
-		t.Fatalf("missing token file: %d", code)
+
+	// A report larger than the limit, and one cut short, are counted from
+	// what they carry; aupctl reads the rest of a long one, so that
+	// Postfix sees the message taken.
+	third := bytes.Replace(report, []byte("Version: 1\n"), []byte("Version: 1\nOriginal-Rcpt-To: <third@example.com>\n"), 1)
+	third = bytes.Replace(third, []byte("Spam Spam Spam\n"), bytes.Repeat([]byte("Spam Spam Spam\n"), 20<<20/15), 1)
+	stdin := &countingReader{r: bytes.NewReader(third)}
+	var out2, err2 bytes.Buffer
+	if code := runIn(pipeArgs(argv, server, tokenFile), stdin, &out2, &err2); code != 0 || !strings.Contains(out2.String(), "accepted") {
+		t.Fatalf("20 MiB report: %d %q %q", code, out2.String(), err2.String())
 	}
+	if stdin.n != int64(len(third)) {
+		t.Fatalf("aupctl read %d of the report's %d bytes", stdin.n, len(third))
+	}
+	fourth := bytes.Replace(report, []byte("Version: 1\n"), []byte("Version: 1\nOriginal-Rcpt-To: <fourth@example.com>\n"), 1)
+	fourth = fourth[:bytes.Index(fourth, []byte("Spam Spam Spam"))+5]
+	if code, out, errs := pipe(server, tokenFile, fourth); code != 0 || !strings.Contains(out, "accepted") {
+		t.Fatalf("truncated report: %d %q %q", code, out, errs)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
+		return err == nil && n == 4
+	}, "the long and the cut reports were not counted")
+}
+
+// pipeArgs are the arguments of the documented master.cf line, with a
+// test's server and token file in place of the example's.
+func pipeArgs(argv []string, server, tokFile string) []string {
+	args := append([]string{}, argv[1:]...)
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "--server":
+			args[i+1] = server
+		case "--token-file":
+			args[i+1] = tokFile
+		}
+	}
+	return args
+}
+
+// countingReader counts what was read from it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }

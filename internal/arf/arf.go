@@ -87,15 +87,37 @@ type Report struct {
 	OriginalHeader mail.Header
 	// HeadersOnly is true when only the original's header was attached.
 	HeadersOnly bool
+	// Truncated is true when the report was cut short (or longer than
+	// MaxReport) inside the original's body: Original is shorter.
+	Truncated bool
 	// fingerprint names the complaint (see ID).
 	fingerprint [sha256.Size]byte
 }
 
-// Parse parses one report.
+// Parse parses one report. A report larger than MaxReport is parsed from
+// its first MaxReport bytes; a report cut short (by that limit, or by
+// whoever sent it) is taken from what it carries when its feedback fields
+// and the original's header are complete: the feedback-report part ended,
+// and the original's header reached the blank line after it. Truncated
+// then says so; only the original's body, the sample, is shorter.
 func Parse(data []byte) (*Report, error) {
-	if len(data) > MaxReport {
-		return nil, refuse(ReasonTooLarge, "the report is %d bytes, the limit is %d", len(data), MaxReport)
+	oversized := len(data) > MaxReport
+	if oversized {
+		data = data[:MaxReport]
 	}
+	r, err := parse(data)
+	if err != nil && oversized {
+		if e, ok := AsError(err); ok {
+			return nil, refuse(ReasonTooLarge, "the report is larger than %d bytes, and its first %d bytes do not hold a complete feedback report (%s: %s)", MaxReport, MaxReport, e.Reason, e.Detail)
+		}
+	}
+	if r != nil && oversized {
+		r.Truncated = true
+	}
+	return r, err
+}
+
+func parse(data []byte) (*Report, error) {
 	msg, err := mail.ReadMessage(bytes.NewReader(data))
 	if err != nil {
 		return nil, refuse(ReasonNotARF, "not an email message: %v", err)
@@ -132,7 +154,7 @@ func Parse(data []byte) (*Report, error) {
 			return nil, refuse(ReasonNotARF, "bad MIME structure: %v", err)
 		}
 		pt, _, _ := mime.ParseMediaType(p.Header.Get("Content-Type"))
-		body, err := decodePart(p)
+		body, cut, err := decodePart(p)
 		if err != nil {
 			return nil, refuse(ReasonNotARF, "part %d (%s): %v", n+1, clip(pt, 40), err)
 		}
@@ -141,12 +163,22 @@ func Parse(data []byte) (*Report, error) {
 			if haveFields {
 				return nil, refuse(ReasonNotARF, "two message/feedback-report parts")
 			}
+			if cut {
+				return nil, refuse(ReasonNotARF, "the report is cut short inside its feedback-report part")
+			}
 			haveFields, fields = true, body
 		case "message/rfc822", "text/rfc822-headers":
 			if r.Original == nil {
+				if cut && (pt == "text/rfc822-headers" || !headerEnded(body)) {
+					return nil, refuse(ReasonNoOriginal, "the report is cut short inside the original message's header")
+				}
 				r.Original = body
 				r.HeadersOnly = pt == "text/rfc822-headers"
 			}
+		}
+		if cut {
+			r.Truncated = true
+			break // nothing follows a cut part
 		}
 	}
 	if !haveFields {
@@ -187,16 +219,36 @@ func Parse(data []byte) (*Report, error) {
 }
 
 // decodePart reads a part, undoing base64 and quoted-printable transfer
-// encodings (some feedback loops encode even message/rfc822 parts).
-func decodePart(p *multipart.Part) ([]byte, error) {
-	var rd io.Reader = io.LimitReader(p, MaxReport)
+// encodings (some feedback loops encode even message/rfc822 parts). cut
+// says the report ended inside the part: body is what it held, decoded
+// as far as it goes.
+func decodePart(p *multipart.Part) (body []byte, cut bool, err error) {
+	raw, err := io.ReadAll(io.LimitReader(p, MaxReport))
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		cut, err = true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var rd io.Reader = bytes.NewReader(raw)
 	switch strings.ToLower(strings.TrimSpace(p.Header.Get("Content-Transfer-Encoding"))) {
 	case "base64":
 		rd = base64.NewDecoder(base64.StdEncoding, &stripSpace{r: rd})
 	case "quoted-printable":
 		rd = quotedprintable.NewReader(rd)
+	default:
+		return raw, cut, nil
 	}
-	return io.ReadAll(rd)
+	body, err = io.ReadAll(rd)
+	if err != nil && cut {
+		err = nil // the last, cut quantum or escape
+	}
+	return body, cut, err
+}
+
+// headerEnded says a message's header reached the blank line after it.
+func headerEnded(msg []byte) bool {
+	return bytes.Contains(msg, []byte("\n\n")) || bytes.Contains(msg, []byte("\n\r\n"))
 }
 
 // stripSpace drops line breaks and spaces, which base64 bodies carry.

@@ -250,6 +250,71 @@ func TestIDNamesTheComplaint(t *testing.T) {
 	}
 }
 
+// TestTruncatedAndOversized: a report cut short, or larger than
+// MaxReport, is counted from what it carries when its feedback fields and
+// the original's header are complete, and refused when they are not.
+func TestTruncatedAndOversized(t *testing.T) {
+	b1 := mustRead("testdata/rfc5965-b1.eml")
+	full, err := arf.Parse([]byte(b1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(s string) int {
+		i := strings.Index(b1, s)
+		if i < 0 {
+			t.Fatalf("%q not in the report", s)
+		}
+		return i
+	}
+	big := strings.Replace(b1, "Spam Spam Spam\n", strings.Repeat("Spam Spam Spam\n", 20<<20/15), 1)
+	if len(big) < 20<<20 {
+		t.Fatalf("big report is %d bytes", len(big))
+	}
+	b64 := report("From: fbl@isp.example\nContent-Type: multipart/report; report-type=feedback-report; boundary=XX", "XX", []string{
+		"Content-Type: message/feedback-report\n\nFeedback-Type: abuse\nVersion: 1\n",
+		"Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n" + wrap(base64.StdEncoding.EncodeToString([]byte(original+strings.Repeat("more text ", 400))), 60),
+	}, "\r\n")
+	for _, tc := range []struct {
+		name   string
+		data   string
+		reason string // "" accepted
+	}{
+		{"cut inside the original's body", b1[:at("Spam Spam Spam")+20], ""},
+		{"cut just after the original's header", b1[:at("Spam Spam Spam")+2], ""},
+		{"20 MiB, over the limit", big, ""},
+		{"base64 original cut mid-line", b64[:len(b64)-1500], ""},
+		{"cut inside the original's header", b1[:at("Subject: Earn money")], arf.ReasonNoOriginal},
+		{"cut inside the feedback fields", b1[:at("Version: 1")], arf.ReasonNotARF},
+		{"20 MiB, cut inside the original's header", b1[:at("Subject: Earn money")] + strings.Repeat("X-Pad: "+strings.Repeat("x", 70)+"\n", 20<<20/78), arf.ReasonTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := arf.Parse([]byte(tc.data))
+			if tc.reason != "" {
+				e, ok := arf.AsError(err)
+				if !ok || e.Reason != tc.reason {
+					t.Fatalf("got %v; want refusal %s", err, tc.reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !r.Truncated || r.FeedbackType != "abuse" || len(r.Senders()) == 0 {
+				t.Fatalf("report: truncated %v type %q senders %v", r.Truncated, r.FeedbackType, r.Senders())
+			}
+			if len(r.Original) > arf.MaxReport {
+				t.Fatalf("original of %d bytes", len(r.Original))
+			}
+			if strings.Contains(tc.data, "somespammer") && r.ID() != full.ID() {
+				t.Fatalf("id %s, the whole report's %s", r.ID(), full.ID())
+			}
+		})
+	}
+	if full.Truncated {
+		t.Fatal("the whole report says it is truncated")
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	for _, tc := range cases {
 		f.Add([]byte(tc.report))
