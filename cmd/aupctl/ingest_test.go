@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/app"
@@ -23,49 +26,12 @@ import (
 // in-process aupd, and checks the complaint is counted once, and the
 // exit codes Postfix acts on.
 func TestIngestARFPipe(t *testing.T) {
-	rdb, prefix := testutil.Redis(t)
-	ns := testutil.NATSServer(t, "")
-	const token = "fbl-publisher-token-0123456789"
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.NATS.URL = ns.ClientURL()
-	cfg.NATS.Consumer.MaxWait = 50 * time.Millisecond
-	cfg.Redis.Addrs = []string{testutil.RedisAddr()}
-	cfg.Redis.Prefix = prefix
-	cfg.Redis.Autostart = false
-	cfg.Notifier.EMLDir = t.TempDir()
-	cfg.Policy.Postfix.Listen = ""
-	cfg.Policy.Dovecot.Listen = ""
-	cfg.Companies = []companies.Company{{ID: "net", Domains: []string{"example.net"}}}
-	const abuseToken = "abuse-desk-token-0123456789"
-	cfg.Auth.Tokens = []api.TokenConfig{{Name: "fbl", Hash: api.HashToken(token), Role: api.RolePublisher},
-		{Name: "desk", Hash: api.HashToken(abuseToken), Role: api.RoleAbuse}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan app.Info, 1)
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx, app.Options{Config: cfg, OnReady: func(i app.Info) { ready <- i }}) }()
-	var info app.Info
-	select {
-	case info = <-ready:
-	case err := <-done:
-		t.Fatalf("aupd: %v", err)
-	}
-	t.Cleanup(func() { cancel(); <-done })
-
+	a := startARFAupd(t)
+	rdb, prefix, token, abuseToken, report := a.rdb, a.prefix, a.token, a.abuseToken, a.report
 	tokenFile := filepath.Join(t.TempDir(), "publisher.token")
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	report, err := os.ReadFile("../../internal/arf/testdata/rfc5965-b1.eml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The RFC's example is from 2005, far outside the window: date it now.
-	report = bytes.Replace(report, []byte("Date: Thu, 8 Mar 2005 17:40:36 EDT"), []byte("Date: "+time.Now().UTC().Format(time.RFC1123Z)), 1)
 	// The documented master.cf line, with this test's server and token
 	// file in place of the example's.
 	mcf, err := os.ReadFile("../../deploy/postfix/fbl.master.cf")
@@ -82,7 +48,7 @@ func TestIngestARFPipe(t *testing.T) {
 		code := runIn(pipeArgs(argv, server, tokFile), bytes.NewReader(stdin), &out, &errb)
 		return code, out.String(), errb.String()
 	}
-	server := "http://" + info.HTTPAddr
+	server := a.server
 	code, out, errs := pipe(server, tokenFile, report)
 	if code != 0 || !strings.Contains(out, "accepted complaint against somespammer@example.net") {
 		t.Fatalf("ingest-arf: %d %q %q", code, out, errs)
@@ -128,6 +94,7 @@ func TestIngestARFPipe(t *testing.T) {
 	if code, _, errs := pipe(server, tokenFile, []byte("From: a@example.net\nSubject: hi\n\nnot a report\n")); code != exDataErr || !strings.Contains(errs, "not_arf") {
 		t.Fatalf("not ARF: %d %q", code, errs)
 	}
+	a.wantMetrics(t, `aupd_ingest_refusals_total{reason="not_arf",source="arf"} 1`)
 	bad := filepath.Join(t.TempDir(), "bad.token")
 	_ = os.WriteFile(bad, []byte("nope"), 0o600)
 	unreadable := filepath.Join(t.TempDir(), "unreadable.token")
@@ -199,4 +166,76 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// arfAupd is a whole in-process aupd taking feedback reports, and the
+// RFC 5965 example report dated now.
+type arfAupd struct {
+	server, token, abuseToken string
+	rdb                       *redis.Client
+	prefix                    string
+	report                    []byte
+}
+
+func startARFAupd(t *testing.T) *arfAupd {
+	t.Helper()
+	rdb, prefix := testutil.Redis(t)
+	ns := testutil.NATSServer(t, "")
+	const token = "fbl-publisher-token-0123456789"
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.NATS.URL = ns.ClientURL()
+	cfg.NATS.Consumer.MaxWait = 50 * time.Millisecond
+	cfg.Redis.Addrs = []string{testutil.RedisAddr()}
+	cfg.Redis.Prefix = prefix
+	cfg.Redis.Autostart = false
+	cfg.Notifier.EMLDir = t.TempDir()
+	cfg.Policy.Postfix.Listen = ""
+	cfg.Policy.Dovecot.Listen = ""
+	cfg.Companies = []companies.Company{{ID: "net", Domains: []string{"example.net"}}}
+	const abuseToken = "abuse-desk-token-0123456789"
+	cfg.Auth.Tokens = []api.TokenConfig{{Name: "fbl", Hash: api.HashToken(token), Role: api.RolePublisher},
+		{Name: "desk", Hash: api.HashToken(abuseToken), Role: api.RoleAbuse}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan app.Info, 1)
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx, app.Options{Config: cfg, OnReady: func(i app.Info) { ready <- i }}) }()
+	var info app.Info
+	select {
+	case info = <-ready:
+	case err := <-done:
+		t.Fatalf("aupd: %v", err)
+	}
+	t.Cleanup(func() { cancel(); <-done })
+
+	report, err := os.ReadFile("../../internal/arf/testdata/rfc5965-b1.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The RFC's example is from 2005, far outside the window: date it now.
+	report = bytes.Replace(report, []byte("Date: Thu, 8 Mar 2005 17:40:36 EDT"), []byte("Date: "+time.Now().UTC().Format(time.RFC1123Z)), 1)
+	return &arfAupd{server: "http://" + info.HTTPAddr, token: token, abuseToken: abuseToken, rdb: rdb, prefix: prefix, report: report}
+}
+
+// wantMetrics checks lines of aupd's /metrics.
+func (a *arfAupd) wantMetrics(t *testing.T, lines ...string) {
+	t.Helper()
+	resp, err := http.Get(a.server + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range lines {
+		if !strings.Contains(string(b), l+"\n") {
+			t.Errorf("metrics lack %s", l)
+		}
+	}
 }
