@@ -135,10 +135,35 @@ func TestIngestARFPipe(t *testing.T) {
 	if code, out, errs := pipe(server, tokenFile, fourth); code != 0 || !strings.Contains(out, "accepted") {
 		t.Fatalf("truncated report: %d %q %q", code, out, errs)
 	}
+
+	// Over HTTP alike: the report the pipe took is a duplicate, and a
+	// 20 MiB body, longer than http.ingest_max_bytes, is counted from what
+	// it carries.
+	post := func(body []byte) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", server+"/api/v1/ingest/arf", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "message/rfc822")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, body := post(report); st != 202 || !strings.Contains(body, `"duplicates": 1`) {
+		t.Fatalf("the pipe's report over HTTP: %d %s", st, body)
+	}
+	fifth := bytes.Replace(third, []byte("<third@example.com>"), []byte("<fifth@example.com>"), 1)
+	if st, body := post(fifth); st != 202 || !strings.Contains(body, `"accepted": 1`) {
+		t.Fatalf("20 MiB over HTTP: %d %s", st, body)
+	}
 	testutil.Eventually(t, 20*time.Second, func() bool {
 		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
-		return err == nil && n == 4
+		return err == nil && n == 5
 	}, "the long and the cut reports were not counted")
+	a.wantMetrics(t, `aupd_ingest_events_total{result="accepted",source="arf"} 5`)
 }
 
 // pipeArgs are the arguments of the documented master.cf line, with a
