@@ -16,13 +16,15 @@ import (
 )
 
 // Exit codes of ingest-arf, from sysexits.h, as a Postfix pipe(8)
-// transport reads them: 75 makes Postfix retry later, other failures
-// bounce the report with aupctl's message.
+// transport reads them: 75 makes Postfix keep the report queued and retry
+// later, 65 bounces it with aupctl's message. Feedback reports usually
+// have a null sender, so a bounce reaches nobody: only a report that can
+// never be counted is permanent. Everything the provider can fix (token,
+// token file, command line, --server, aupd down or failing) is 75, and
+// the report waits in Postfix's queue until it is fixed.
 const (
-	exDataErr  = 65 // the report was refused (not ARF, no local account)
-	exTempFail = 75 // aupd unreachable or could not store it: retry
-	exNoPerm   = 77 // the token was refused
-	exConfig   = 78 // bad command line or token file
+	exDataErr  = 65 // the report was refused (not ARF, no local account, ...)
+	exTempFail = 75 // anything else: retry
 )
 
 // exitCodeError ends aupctl with a given exit code.
@@ -34,11 +36,12 @@ type exitCodeError struct {
 func (e *exitCodeError) Error() string { return e.msg }
 
 func addIngestCommands(commands map[string]command) {
-	commands["ingest-arf"] = command{group: "verdicts", args: "[--token-file FILE] < REPORT", setupExit: exConfig,
+	commands["ingest-arf"] = command{group: "verdicts", args: "[--token-file FILE] < REPORT", setupExit: exTempFail,
 		summary: "post one feedback-loop (ARF) report read from stdin",
-		help: "Meant for a Postfix pipe transport (deploy/postfix/fbl.master.cf). Exits with sysexits codes: 0 accepted, " +
-			"65 refused (not ARF, no local account), 75 aupd unreachable (Postfix retries), 77 token refused, " +
-			"78 bad command line or token file. See docs/feedback-loops.md.",
+		help: "Meant for a Postfix pipe transport (deploy/postfix/fbl.master.cf). Exits with sysexits codes: 0 accepted " +
+			"(or a duplicate), 65 refused for good (not ARF, not a complaint, no local account: Postfix bounces it), " +
+			"75 anything else (token refused or unreadable, bad command line, aupd unreachable, 404, 5xx, timeout: " +
+			"Postfix keeps the report queued and retries). See docs/feedback-loops.md.",
 		flags: noFlags, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error { return ingestARFCmd(ctx, x, "") }}
 	var threshold int
 	var company string
@@ -61,37 +64,37 @@ func ingestARFCmd(ctx context.Context, x *cli, tokenFile string) error {
 	if path := tokenFile; path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return &exitCodeError{exConfig, fmt.Sprintf("token file: %v", err)}
+			return &exitCodeError{exTempFail, fmt.Sprintf("token file (the report stays queued): %v", err)}
 		}
 		c, err := client.New(x.server, strings.TrimSpace(string(b)), nil)
 		if err != nil {
-			return &exitCodeError{exConfig, err.Error()}
+			return &exitCodeError{exTempFail, err.Error() + " (the report stays queued)"}
 		}
 		x.c = c
 	}
-	report, err := io.ReadAll(io.LimitReader(x.stdin, arf.MaxReport+1))
+	// At most arf.MaxReport bytes are sent: aupd counts a longer report
+	// from what its first bytes carry. The rest is read and dropped, so
+	// that Postfix sees the whole message taken.
+	report, err := io.ReadAll(io.LimitReader(x.stdin, arf.MaxReport))
+	if err == nil {
+		_, err = io.Copy(io.Discard, x.stdin)
+	}
 	if err != nil {
 		return &exitCodeError{exTempFail, fmt.Sprintf("read the report: %v", err)}
-	}
-	if len(report) > arf.MaxReport {
-		return &exitCodeError{exDataErr, fmt.Sprintf("refused: the report is larger than %d bytes", arf.MaxReport)}
 	}
 	a, raw, err := x.c.IngestARF(ctx, report)
 	if x.json && raw != nil {
 		fmt.Fprintln(x.stdout, strings.TrimSpace(string(raw)))
 	}
 	if err != nil {
-		st := client.StatusOf(err)
-		switch {
-		case st == 422 && a != nil && len(a.Results) > 0:
+		// Only aupd's refusal of the report itself is permanent; a 404
+		// (a wrong --server path), 401/403 (a rotated token) and the rest
+		// are cured on this side.
+		if a != nil && client.StatusOf(err) == 422 && len(a.Results) > 0 {
 			r := a.Results[0]
 			return &exitCodeError{exDataErr, fmt.Sprintf("refused (%s): %s", r.Reason, r.Detail)}
-		case st == 401 || st == 403:
-			return &exitCodeError{exNoPerm, err.Error()}
-		case st >= 400 && st < 500 && st != 408 && st != 429:
-			return &exitCodeError{exDataErr, err.Error()}
 		}
-		return &exitCodeError{exTempFail, fmt.Sprintf("not stored, retry later: %v", err)}
+		return &exitCodeError{exTempFail, fmt.Sprintf("not stored, the report stays queued: %v", err)}
 	}
 	if !x.json {
 		for _, r := range a.Results {

@@ -434,6 +434,14 @@ func orDash(s string) string {
 	return s
 }
 
+// ofThreshold is " of N" for a known threshold.
+func ofThreshold(n int) string {
+	if n <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" of %d", n)
+}
+
 func statusShow(ctx context.Context, x *cli, args []string, _ *flags) error {
 	a, raw, err := x.c.Account(ctx, args[0])
 	if err != nil {
@@ -445,6 +453,14 @@ func statusShow(ctx context.Context, x *cli, args []string, _ *flags) error {
 	}
 	w := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "Account:\t%s\n", a.Address)
+	if !a.Exists {
+		// Seen only in verdicts: counting, but no record and no licence.
+		line := "not provisioned"
+		if c := a.Counts; c != nil {
+			line += fmt.Sprintf("; %d%s counted", c.Counting.Total, ofThreshold(a.Threshold))
+		}
+		fmt.Fprintf(w, "Record:\tnone, %s\n", line)
+	}
 	fmt.Fprintf(w, "Type:\t%s\n", a.Type)
 	fmt.Fprintf(w, "Company:\t%s\n", orDash(a.Company))
 	st := string(a.Status)
@@ -472,7 +488,7 @@ func statusShow(ctx context.Context, x *cli, args []string, _ *flags) error {
 			}
 			return ""
 		}
-		fmt.Fprintf(w, "Counting (since %s):\t%s%d (outbound %d, inbound %d, complaint %d)\n", fmtTime(c.WindowStart), atLeast(c.Counting.AtLeast), c.Counting.Total,
+		fmt.Fprintf(w, "Counting (since %s):\t%s%d%s (outbound %d, inbound %d, complaint %d)\n", fmtTime(c.WindowStart), atLeast(c.Counting.AtLeast), c.Counting.Total, ofThreshold(a.Threshold),
 			c.Counting.ByDirection[rules.Outbound], c.Counting.ByDirection[rules.Inbound], c.Counting.ByDirection[rules.Complaint])
 		for _, d := range rules.Directions {
 			var parts []string

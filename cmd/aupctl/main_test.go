@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -74,6 +75,7 @@ func start(t *testing.T) *harness {
 	ev := map[string][]byte{}
 	h, err := api.New(api.Options{
 		Store: s, Companies: dir, Publisher: jsPublisher{js}, Notices: notices{ev}, Cap: 100,
+		Threshold: func(string) int { return 10 },
 		Auth: api.AuthConfig{Tokens: []api.TokenConfig{
 			{Name: "ops-admin", Hash: api.HashToken(adminToken), Role: api.RoleAdmin},
 			{Name: "dashboard", Hash: api.HashToken(viewToken), Role: api.RoleViewer},
@@ -254,6 +256,36 @@ func TestEvidenceDecideCompanies(t *testing.T) {
 	h.want(exitNotFound, viewToken, "company", "nope")
 	h.want(0, adminToken, "set", "fwd@example.com", "--type", "forward", "--reason", "alias")
 	h.want(exitConflict, adminToken, "suspend", "fwd@example.com", "--service", "send", "--reason", "x")
+}
+
+// TestStatusUnprovisioned: an address aupd counts verdicts for but holds
+// no record of is shown with its counts and threshold, and stays without
+// a record; an address never seen is not found.
+func TestStatusUnprovisioned(t *testing.T) {
+	h := start(t)
+	now := time.Now()
+	var items []store.Item
+	for i := range 7 {
+		dir := rules.Outbound
+		if i >= 5 {
+			dir = rules.Complaint
+		}
+		items = append(items, store.Item{ID: fmt.Sprint("v", i), Time: now, Kind: rules.KindOf(dir, rules.Spam), Counting: true})
+	}
+	res, err := h.store.Ingest(context.Background(), []store.Batch{{Account: "seven@example.com", Company: "acme", Threshold: 10, Cap: 100, Action: rules.ActionSuspend, Items: items}}, store.IngestParams{Window: 24 * time.Hour, Skew: 5 * time.Minute, Now: now, NewID: func() string { return store.NewID(now) }})
+	if err != nil || res[0].Err != nil || res[0].ID != "" {
+		t.Fatal(err, res)
+	}
+	out := h.want(0, viewToken, "status", "seven@example.com")
+	for _, s := range []string{"not provisioned; 7 of 10 counted", "7 of 10 (outbound 5, inbound 0, complaint 2)", "acme\n"} {
+		if !strings.Contains(out, s) {
+			t.Fatalf("status lacks %q:\n%s", s, out)
+		}
+	}
+	if a, err := h.store.Account(context.Background(), "seven@example.com"); err != nil || a.Exists {
+		t.Fatalf("status made a record: %+v %v", a, err)
+	}
+	h.want(exitNotFound, viewToken, "status", "never@example.com")
 }
 
 func TestExitCodes(t *testing.T) {

@@ -32,8 +32,11 @@ type Account struct {
 	Suspensions  []Suspension      `json:"suspensions"`
 	Created      *time.Time        `json:"created,omitempty"`
 	Version      int64             `json:"version"`
-	// Counts and LastSuspension are given when reading one account.
+	// Counts, Threshold and LastSuspension are given when reading one
+	// account. An address aupd holds counts for but no record of (seen
+	// only in verdicts, never provisioned) reads with exists false.
 	Counts         *store.Counts   `json:"counts,omitempty"`
+	Threshold      int             `json:"threshold,omitempty"`
 	LastSuspension *LastSuspension `json:"last_suspension,omitempty"`
 }
 
@@ -112,14 +115,27 @@ func (s *server) getAccount(w http.ResponseWriter, r *http.Request, p *principal
 		s.failErr(w, r, err)
 		return
 	}
-	if !a.Exists {
+	// An address without a record may still be counting (verdicts make
+	// no record): it is shown with its counts, as the desk shows it, and
+	// reading it creates nothing. Only an address with neither is missing.
+	counts, err := s.store.Counts(ctx, addr, store.CountQuery{Window: s.opts.Window, Cap: s.opts.CapOf(addr), Floor: a.Floor, Now: s.opts.Now()})
+	if err != nil {
+		s.failErr(w, r, err)
+		return
+	}
+	if !a.Exists && counts.Counting.Total == 0 && counts.Other.Total == 0 {
 		s.fail(w, r, errNoAccount())
 		return
 	}
 	out := s.accountJSON(a)
-	if out.Counts, err = s.store.Counts(ctx, addr, store.CountQuery{Window: s.opts.Window, Cap: s.opts.CapOf(addr), Floor: a.Floor, Now: s.opts.Now()}); err != nil {
-		s.failErr(w, r, err)
-		return
+	out.Counts = counts
+	if !a.Exists && a.Company == "" {
+		if c, ok := s.dir.ByAccount(addr); ok {
+			out.Company = c.ID
+		}
+	}
+	if s.opts.Threshold != nil {
+		out.Threshold = s.opts.Threshold(addr)
 	}
 	if a.LastAUP != nil {
 		ls := &LastSuspension{AUPSuspension: a.LastAUP, InForce: a.AUP != "" && a.AUP == a.LastAUP.ID}

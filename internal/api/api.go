@@ -66,6 +66,9 @@ type Options struct {
 	// max(aup.max_tracked, threshold + 1) with its company's threshold)
 	// and overrides Cap.
 	CapOf func(account string) int
+	// Threshold, when set, gives an account's AUP threshold now (its
+	// company's or the provider's); reading one account shows it.
+	Threshold func(account string) int
 	// MaxBodyBytes bounds request bodies (default 64 KiB).
 	MaxBodyBytes int64
 	// Ingest takes verdicts over HTTP (the /api/v1/ingest/ endpoints) and

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -548,6 +549,62 @@ func TestAccountCountsLastSuspensionEvidence(t *testing.T) {
 	}
 	if !slices.Equal(types, []string{"suspended", "reinstated"}) {
 		t.Fatalf("events %v", types)
+	}
+}
+
+// TestUnprovisionedCountingAddress: an address aupd counts verdicts for
+// but holds no record of (never provisioned) is shown with its counts and
+// threshold, not as missing; reading it creates neither a record nor a
+// licence. A company-scoped token gets a missing account's 404, byte for
+// byte, for such an address of another company.
+func TestUnprovisionedCountingAddress(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	now := e.clock.now()
+	count := func(addr, company string, n int, dir rules.Direction) {
+		t.Helper()
+		var items []store.Item
+		for i := range n {
+			items = append(items, store.Item{ID: fmt.Sprint(addr, dir, i), Time: now.Add(-time.Duration(i) * time.Second), Kind: rules.KindOf(dir, rules.Spam), Counting: true})
+		}
+		res, err := e.store.Ingest(ctx, []store.Batch{{Account: addr, Company: company, Threshold: 10, Cap: testCap, Action: rules.ActionSuspend, Items: items}}, store.IngestParams{Window: 24 * time.Hour, Skew: 5 * time.Minute, Now: now, NewID: func() string { return store.NewID(now) }})
+		if err != nil || res[0].Err != nil || res[0].ID != "" {
+			t.Fatal(err, res)
+		}
+	}
+	seven, theirs := "seven@acme.example", "seven@globex.example"
+	count(seven, "acme", 5, rules.Outbound)
+	count(seven, "acme", 2, rules.Complaint)
+	count(theirs, "globex", 1, rules.Outbound)
+	var before store.Licences
+	e.must(200, "GET", "/api/v1/companies/acme/licences", tokAdmin, nil).json(t, &before)
+
+	for _, tok := range []string{tokViewer, tokAcmeAbuse} {
+		var a Account
+		e.must(200, "GET", "/api/v1/accounts/"+seven, tok, nil).json(t, &a)
+		if a.Exists || a.Provisioned || a.Licensed || a.Company != "acme" || a.Threshold != 10 || a.Counts == nil ||
+			a.Counts.Counting.Total != 7 || a.Counts.Counting.ByDirection[rules.Outbound] != 5 || a.Counts.Counting.ByDirection[rules.Complaint] != 2 {
+			t.Fatalf("%s: %+v", tok, a)
+		}
+	}
+	if a, err := e.store.Account(ctx, seven); err != nil || a.Exists {
+		t.Fatalf("reading made a record: %+v %v", a, err)
+	}
+	var after store.Licences
+	e.must(200, "GET", "/api/v1/companies/acme/licences", tokAdmin, nil).json(t, &after)
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("licences %+v, before %+v", after, before)
+	}
+	// Never seen: missing. Another company's counting address: missing
+	// too, for a scoped token, in the same bytes.
+	missing := e.must(404, "GET", "/api/v1/accounts/nobody@acme.example", tokAcmeAbuse, nil)
+	if r := e.must(404, "GET", "/api/v1/accounts/"+theirs, tokAcmeAbuse, nil); !bytes.Equal(r.body, missing.body) {
+		t.Fatalf("another company's counting address: %s, a missing one's %s", r.body, missing.body)
+	}
+	var g Account
+	e.must(200, "GET", "/api/v1/accounts/"+theirs, tokViewer, nil).json(t, &g)
+	if g.Exists || g.Threshold != 1 || g.Counts.Counting.Total != 1 {
+		t.Fatalf("globex address for the provider: %+v", g)
 	}
 }
 

@@ -130,6 +130,12 @@ func newEnv(t testing.TB) *env {
 	h, err := New(Options{
 		Store: s, Companies: dir, Publisher: jsPublisher{js}, Notices: notices, Auth: testAuth(),
 		Metrics: reg, Now: clk.now, Window: 24 * time.Hour, Cap: testCap,
+		Threshold: func(account string) int {
+			if c, ok := dir.ByAccount(account); ok && c.Threshold != nil {
+				return *c.Threshold
+			}
+			return 10
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

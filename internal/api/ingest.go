@@ -255,14 +255,13 @@ func (s *server) ingestARF(w http.ResponseWriter, r *http.Request, p *principal)
 		return
 	}
 	defer cancel()
-	body, cut, ok := s.readBody(w, r)
+	// A report longer than the body limit is counted from what it
+	// carries (arf.Parse), as a cut one is.
+	body, _, ok := s.readBody(w, r)
 	if !ok {
 		return
 	}
 	v, err := ingest.ARF(body, s.local(p), s.opts.Now())
-	if cut {
-		err = &ingest.RefusedError{Reason: "too_large", Detail: "the report is larger than the body limit"}
-	}
 	var re *ingest.RefusedError
 	if errors.As(err, &re) {
 		res := ingest.Refused(re.Reason, re.Detail)

@@ -298,6 +298,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		Store: a.store, Companies: a.dir, Publisher: pub, Notices: notices{ntf.Store()},
 		Tokens: a.tokens, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
 		Window: cfg.AUP.Window, CapOf: a.capOf, Ingest: ing, Replay: rep,
+		Threshold: a.threshold,
 	})
 	if err != nil {
 		return err

@@ -260,6 +260,9 @@ func TestIngestVerdictsOverHTTP(t *testing.T) {
 		`aupd_ingest_events_total{result="accepted",source="rspamd"} 1`,
 		`aupd_ingest_events_total{result="refused",source="rspamd"} 3`,
 		`aupd_ingest_events_total{result="refused",source="arf"} 1`,
+		`aupd_ingest_refusals_total{reason="not_arf",source="arf"} 1`,
+		`aupd_ingest_refusals_total{reason="no_local_account",source="rspamd"} 1`,
+		`aupd_ingest_refusals_total{reason="not_rspamd",source="rspamd"} 1`,
 	} {
 		if !strings.Contains(m, line) {
 			t.Errorf("metrics lack %s", line)

@@ -23,6 +23,7 @@ import (
 	"mime/quotedprintable"
 	"net/mail"
 	"net/textproto"
+	"slices"
 	"strings"
 	"time"
 )
@@ -65,7 +66,8 @@ func AsError(err error) (*Error, bool) {
 
 // Report is one parsed feedback report.
 type Report struct {
-	// MessageID is the report's own Message-ID, when it has one.
+	// MessageID is the report's own Message-ID, when it has one. It
+	// does not name the complaint (see ID).
 	MessageID string
 	// Date is the report's Date header, when it parses.
 	Date time.Time
@@ -85,16 +87,37 @@ type Report struct {
 	OriginalHeader mail.Header
 	// HeadersOnly is true when only the original's header was attached.
 	HeadersOnly bool
-	// fingerprint of the machine-readable parts, for reports without a
-	// Message-ID.
+	// Truncated is true when the report was cut short (or longer than
+	// MaxReport) inside the original's body: Original is shorter.
+	Truncated bool
+	// fingerprint names the complaint (see ID).
 	fingerprint [sha256.Size]byte
 }
 
-// Parse parses one report.
+// Parse parses one report. A report larger than MaxReport is parsed from
+// its first MaxReport bytes; a report cut short (by that limit, or by
+// whoever sent it) is taken from what it carries when its feedback fields
+// and the original's header are complete: the feedback-report part ended,
+// and the original's header reached the blank line after it. Truncated
+// then says so; only the original's body, the sample, is shorter.
 func Parse(data []byte) (*Report, error) {
-	if len(data) > MaxReport {
-		return nil, refuse(ReasonTooLarge, "the report is %d bytes, the limit is %d", len(data), MaxReport)
+	oversized := len(data) > MaxReport
+	if oversized {
+		data = data[:MaxReport]
 	}
+	r, err := parse(data)
+	if err != nil && oversized {
+		if e, ok := AsError(err); ok {
+			return nil, refuse(ReasonTooLarge, "the report is larger than %d bytes, and its first %d bytes do not hold a complete feedback report (%s: %s)", MaxReport, MaxReport, e.Reason, e.Detail)
+		}
+	}
+	if r != nil && oversized {
+		r.Truncated = true
+	}
+	return r, err
+}
+
+func parse(data []byte) (*Report, error) {
 	msg, err := mail.ReadMessage(bytes.NewReader(data))
 	if err != nil {
 		return nil, refuse(ReasonNotARF, "not an email message: %v", err)
@@ -131,7 +154,7 @@ func Parse(data []byte) (*Report, error) {
 			return nil, refuse(ReasonNotARF, "bad MIME structure: %v", err)
 		}
 		pt, _, _ := mime.ParseMediaType(p.Header.Get("Content-Type"))
-		body, err := decodePart(p)
+		body, cut, err := decodePart(p)
 		if err != nil {
 			return nil, refuse(ReasonNotARF, "part %d (%s): %v", n+1, clip(pt, 40), err)
 		}
@@ -140,12 +163,22 @@ func Parse(data []byte) (*Report, error) {
 			if haveFields {
 				return nil, refuse(ReasonNotARF, "two message/feedback-report parts")
 			}
+			if cut {
+				return nil, refuse(ReasonNotARF, "the report is cut short inside its feedback-report part")
+			}
 			haveFields, fields = true, body
 		case "message/rfc822", "text/rfc822-headers":
 			if r.Original == nil {
+				if cut && (pt == "text/rfc822-headers" || !headerEnded(body)) {
+					return nil, refuse(ReasonNoOriginal, "the report is cut short inside the original message's header")
+				}
 				r.Original = body
 				r.HeadersOnly = pt == "text/rfc822-headers"
 			}
+		}
+		if cut {
+			r.Truncated = true
+			break // nothing follows a cut part
 		}
 	}
 	if !haveFields {
@@ -181,27 +214,41 @@ func Parse(data []byte) (*Report, error) {
 		return nil, refuse(ReasonNoOriginal, "the original message does not parse: %v", err)
 	}
 	r.OriginalHeader = om.Header
-	h := sha256.New()
-	h.Write(fields)
-	h.Write([]byte{0})
-	h.Write([]byte(oneLine(om.Header.Get("Message-Id"))))
-	h.Write([]byte{0})
-	h.Write([]byte(oneLine(om.Header.Get("From"))))
-	copy(r.fingerprint[:], h.Sum(nil))
+	r.fingerprint = fingerprint(r.FeedbackType, r.Fields, om.Header)
 	return r, nil
 }
 
 // decodePart reads a part, undoing base64 and quoted-printable transfer
-// encodings (some feedback loops encode even message/rfc822 parts).
-func decodePart(p *multipart.Part) ([]byte, error) {
-	var rd io.Reader = io.LimitReader(p, MaxReport)
+// encodings (some feedback loops encode even message/rfc822 parts). cut
+// says the report ended inside the part: body is what it held, decoded
+// as far as it goes.
+func decodePart(p *multipart.Part) (body []byte, cut bool, err error) {
+	raw, err := io.ReadAll(io.LimitReader(p, MaxReport))
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		cut, err = true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var rd io.Reader = bytes.NewReader(raw)
 	switch strings.ToLower(strings.TrimSpace(p.Header.Get("Content-Transfer-Encoding"))) {
 	case "base64":
 		rd = base64.NewDecoder(base64.StdEncoding, &stripSpace{r: rd})
 	case "quoted-printable":
 		rd = quotedprintable.NewReader(rd)
+	default:
+		return raw, cut, nil
 	}
-	return io.ReadAll(rd)
+	body, err = io.ReadAll(rd)
+	if err != nil && cut {
+		err = nil // the last, cut quantum or escape
+	}
+	return body, cut, err
+}
+
+// headerEnded says a message's header reached the blank line after it.
+func headerEnded(msg []byte) bool {
+	return bytes.Contains(msg, []byte("\n\n")) || bytes.Contains(msg, []byte("\n\r\n"))
 }
 
 // stripSpace drops line breaks and spaces, which base64 bodies carry.
@@ -272,18 +319,60 @@ func (r *Report) Senders() []string {
 	return out
 }
 
-// ID is stable across re-deliveries of the same report: from the
-// report's Message-ID, or, without one, from its feedback fields and the
-// original's Message-ID and From.
+// ID names the complaint, not the delivery of the report: one complaint
+// per original message, per complaining recipient, per feedback type.
+// It is derived from the report's content only, never from the report's
+// own Message-ID (Postfix adds a fresh one to a report that has none, so
+// every re-delivery would look new), so a report delivered again, over
+// HTTP or through the Postfix pipe, has the same id and counts once,
+// while two recipients complaining about one message count twice.
+//
+//   - the original message: its Message-ID; without one, its From, To,
+//     Date and Subject with the report's Original-Mail-From,
+//     Arrival-Date (or Received-Date) and Source-IP;
+//   - the complaining recipient: Original-Rcpt-To (every one, in any
+//     order); without it, the original's To;
+//   - Feedback-Type.
 func (r *Report) ID() string {
+	return "arf-" + hex.EncodeToString(r.fingerprint[:16])
+}
+
+// fingerprint hashes what names a complaint (see ID).
+func fingerprint(feedbackType string, fields textproto.MIMEHeader, orig mail.Header) [sha256.Size]byte {
 	h := sha256.New()
-	if r.MessageID != "" {
-		h.Write([]byte("mid\x00" + r.MessageID))
-	} else {
-		h.Write([]byte("fields\x00"))
-		h.Write(r.fingerprint[:])
+	put := func(k, v string) {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+		h.Write([]byte(v))
+		h.Write([]byte{0})
 	}
-	return "arf-" + hex.EncodeToString(h.Sum(nil)[:16])
+	put("v", "2")
+	put("type", feedbackType)
+	if mid := oneLine(orig.Get("Message-Id")); mid != "" {
+		put("mid", strings.Trim(mid, "<>"))
+	} else {
+		for _, k := range []string{"From", "To", "Date", "Subject"} {
+			put(k, oneLine(orig.Get(k)))
+		}
+		for _, k := range []string{"Original-Mail-From", "Arrival-Date", "Received-Date", "Source-Ip"} {
+			put(k, strings.ToLower(oneLine(fields.Get(k))))
+		}
+	}
+	var rcpts []string
+	for _, v := range fields.Values("Original-Rcpt-To") {
+		if a := strings.ToLower(strings.Trim(oneLine(v), "<> ")); a != "" {
+			rcpts = append(rcpts, a)
+		}
+	}
+	if len(rcpts) == 0 {
+		put("to", strings.ToLower(oneLine(orig.Get("To"))))
+	} else {
+		slices.Sort(rcpts)
+		put("rcpt", strings.Join(slices.Compact(rcpts), ","))
+	}
+	var sum [sha256.Size]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
 }
 
 // Time is when the complained-of message arrived (Arrival-Date), else the

@@ -190,6 +190,131 @@ func TestDistinctReportsDistinctIDs(t *testing.T) {
 	}
 }
 
+// TestIDNamesTheComplaint: the id comes from the report's content, never
+// from its own Message-ID, which Postfix adds afresh on each delivery of
+// a report without one (the RFC's examples have none).
+func TestIDNamesTheComplaint(t *testing.T) {
+	b1 := mustRead("testdata/rfc5965-b1.eml")
+	id := func(t *testing.T, s string) string {
+		t.Helper()
+		r, err := arf.Parse([]byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ID()
+	}
+	base := id(t, b1)
+	withOuter := func(mid string) string {
+		return "Received: by mx.example.com (Postfix, from userid 0); Tue, 1 Dec 2026 08:30:00 +0000\n" +
+			"Message-Id: <" + mid + "@mx.example.com>\n" + b1
+	}
+	for _, tc := range []struct {
+		name string
+		s    string
+		same bool
+	}{
+		{"postfix adds a Message-ID", withOuter("20261201083000.A1"), true},
+		{"another delivery, another Message-ID", withOuter("20261201083500.B2"), true},
+		{"CRLF line endings", strings.ReplaceAll(b1, "\n", "\r\n"), true},
+		{"a recipient named", strings.Replace(b1, "Version: 1\n", "Version: 1\nOriginal-Rcpt-To: <a@example.com>\n", 1), false},
+		{"another feedback type", strings.Replace(b1, "Feedback-Type: abuse", "Feedback-Type: fraud", 1), false},
+		{"another original", strings.Replace(b1, "Message-ID: 8787KJKJ", "Message-ID: 9999KJKJ", 1), false},
+		{"the original's Subject does not count beside its Message-ID", strings.Replace(b1, "Subject: Earn money", "Subject: Earn more money", 1), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := id(t, tc.s); (got == base) != tc.same {
+				t.Fatalf("id %s, base %s, want same=%v", got, base, tc.same)
+			}
+		})
+	}
+	// Two recipients complaining about one message: two complaints, in
+	// whatever order a report lists its Original-Rcpt-To.
+	rcpt := func(to ...string) string {
+		var f string
+		for _, a := range to {
+			f += "Original-Rcpt-To: " + a + "\n"
+		}
+		return strings.Replace(b1, "Version: 1\n", "Version: 1\n"+f, 1)
+	}
+	a, b, ab, ba := id(t, rcpt("<a@example.com>")), id(t, rcpt("b@example.com")), id(t, rcpt("a@example.com", "B@example.com")), id(t, rcpt("b@example.com", "a@example.com"))
+	if a == b || ab != ba || ab == a {
+		t.Fatalf("recipients: a %s b %s ab %s ba %s", a, b, ab, ba)
+	}
+	// An original without a Message-ID is named by its From, To, Date and
+	// Subject.
+	noMID := strings.Replace(b1, "Message-ID: 8787KJKJ3K4J3K4J3K4J3.mail@example.net\n", "", 1)
+	n1, n2 := id(t, noMID), id(t, "Message-Id: <x@mx.example.com>\n"+noMID)
+	n3 := id(t, strings.Replace(noMID, "Subject: Earn money", "Subject: Earn more money", 1))
+	if n1 != n2 || n1 == n3 || n1 == base {
+		t.Fatalf("no Message-ID: %s %s %s (base %s)", n1, n2, n3, base)
+	}
+}
+
+// TestTruncatedAndOversized: a report cut short, or larger than
+// MaxReport, is counted from what it carries when its feedback fields and
+// the original's header are complete, and refused when they are not.
+func TestTruncatedAndOversized(t *testing.T) {
+	b1 := mustRead("testdata/rfc5965-b1.eml")
+	full, err := arf.Parse([]byte(b1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(s string) int {
+		i := strings.Index(b1, s)
+		if i < 0 {
+			t.Fatalf("%q not in the report", s)
+		}
+		return i
+	}
+	big := strings.Replace(b1, "Spam Spam Spam\n", strings.Repeat("Spam Spam Spam\n", 20<<20/15), 1)
+	if len(big) < 20<<20 {
+		t.Fatalf("big report is %d bytes", len(big))
+	}
+	b64 := report("From: fbl@isp.example\nContent-Type: multipart/report; report-type=feedback-report; boundary=XX", "XX", []string{
+		"Content-Type: message/feedback-report\n\nFeedback-Type: abuse\nVersion: 1\n",
+		"Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n" + wrap(base64.StdEncoding.EncodeToString([]byte(original+strings.Repeat("more text ", 400))), 60),
+	}, "\r\n")
+	for _, tc := range []struct {
+		name   string
+		data   string
+		reason string // "" accepted
+	}{
+		{"cut inside the original's body", b1[:at("Spam Spam Spam")+20], ""},
+		{"cut just after the original's header", b1[:at("Spam Spam Spam")+2], ""},
+		{"20 MiB, over the limit", big, ""},
+		{"base64 original cut mid-line", b64[:len(b64)-1500], ""},
+		{"cut inside the original's header", b1[:at("Subject: Earn money")], arf.ReasonNoOriginal},
+		{"cut inside the feedback fields", b1[:at("Version: 1")], arf.ReasonNotARF},
+		{"20 MiB, cut inside the original's header", b1[:at("Subject: Earn money")] + strings.Repeat("X-Pad: "+strings.Repeat("x", 70)+"\n", 20<<20/78), arf.ReasonTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := arf.Parse([]byte(tc.data))
+			if tc.reason != "" {
+				e, ok := arf.AsError(err)
+				if !ok || e.Reason != tc.reason {
+					t.Fatalf("got %v; want refusal %s", err, tc.reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !r.Truncated || r.FeedbackType != "abuse" || len(r.Senders()) == 0 {
+				t.Fatalf("report: truncated %v type %q senders %v", r.Truncated, r.FeedbackType, r.Senders())
+			}
+			if len(r.Original) > arf.MaxReport {
+				t.Fatalf("original of %d bytes", len(r.Original))
+			}
+			if strings.Contains(tc.data, "somespammer") && r.ID() != full.ID() {
+				t.Fatalf("id %s, the whole report's %s", r.ID(), full.ID())
+			}
+		})
+	}
+	if full.Truncated {
+		t.Fatal("the whole report says it is truncated")
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	for _, tc := range cases {
 		f.Add([]byte(tc.report))

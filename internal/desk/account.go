@@ -30,6 +30,9 @@ type accountView struct {
 	Liftable    []string
 	Unsuspended []string
 	Threshold   int
+	// NoRecord: aupd counts verdicts for the address but holds no record
+	// of it (never provisioned, seen only in verdicts).
+	NoRecord    bool
 	Counts      []countRow
 	Counting    int
 	AtLeast     bool
@@ -114,7 +117,7 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 	}
 	v := &accountView{
 		Address: addr, Company: a.Company, CompanyName: a.Company, Status: a.View().EffectiveStatus(now),
-		StatusInfo: a.StatusInfo, Threshold: d.opts.Threshold(addr),
+		StatusInfo: a.StatusInfo, Threshold: d.opts.Threshold(addr), NoRecord: !a.Exists,
 	}
 	if a.Company == "" {
 		if co, ok := d.dir.ByAccount(addr); ok {

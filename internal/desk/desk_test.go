@@ -361,7 +361,7 @@ func TestNearThreshold(t *testing.T) {
 	if p.code != 200 {
 		t.Fatalf("page of %s: %d", near, p.code)
 	}
-	has(t, p, "2 counted against a threshold of 3", "Company: Acme Ltd", "Nothing is suspended.")
+	has(t, p, "2 counted against a threshold of 3", "Company: Acme Ltd", "Nothing is suspended.", "not provisioned; 2 of 3 counted")
 	missing, foreignPage := b.get("/desk/accounts/nobody@example.com"), b.get("/desk/accounts/"+foreign)
 	if foreignPage.code != 404 || foreignPage.body != missing.body {
 		t.Errorf("foreign near account: %d", foreignPage.code)
@@ -370,6 +370,9 @@ func TestNearThreshold(t *testing.T) {
 	p = b.post("/desk/accounts/"+near+"/lock", url.Values{"csrf": {csrf(t, p)}, "reason": {"suspicious"}})
 	if p.code != http.StatusSeeOther {
 		t.Fatalf("lock: %d\n%s", p.code, p.body)
+	}
+	if p := b.get("/desk/accounts/" + near); p.code != 200 || strings.Contains(p.body, "not provisioned") {
+		t.Errorf("page after lock (a record now): %d", p.code)
 	}
 	if a := w.account(near); a["status"] != "locked" || a["company"] != "acme" {
 		t.Errorf("after lock: %v %v", a["status"], a["company"])

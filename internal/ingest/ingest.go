@@ -86,6 +86,9 @@ type Ingester struct {
 	o      Options
 	log    *slog.Logger
 	events *prometheus.CounterVec
+	// refusals counts the permanent refusals by reason: a bounded set
+	// (the Reason* constants, arf.Reason*, the dead-letter reasons).
+	refusals *prometheus.CounterVec
 }
 
 // New returns an Ingester.
@@ -98,10 +101,16 @@ func New(o Options) (*Ingester, error) {
 			Name: "aupd_ingest_events_total",
 			Help: "Events offered over HTTP, by source (verdicts, rspamd, arf) and result (accepted, duplicate, invalid, refused, unavailable).",
 		}, []string{"source", "result"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aupd_ingest_refusals_total",
+			Help: "Events and reports offered over HTTP and refused for good (results refused and invalid), by source and reason.",
+		}, []string{"source", "reason"}),
 	}
 	if o.Registerer != nil {
-		if err := o.Registerer.Register(in.events); err != nil {
-			return nil, fmt.Errorf("ingest: register metrics: %w", err)
+		for _, c := range []prometheus.Collector{in.events, in.refusals} {
+			if err := o.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("ingest: register metrics: %w", err)
+			}
 		}
 	}
 	return in, nil
@@ -170,6 +179,9 @@ func Refused(reason, detail string) Result {
 func (in *Ingester) Count(source string, rs ...Result) {
 	for _, r := range rs {
 		in.events.WithLabelValues(source, r.Result).Inc()
+		if r.Result == ResultRefused || r.Result == ResultInvalid {
+			in.refusals.WithLabelValues(source, r.Reason).Inc()
+		}
 	}
 }
 
