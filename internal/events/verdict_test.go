@@ -37,6 +37,10 @@ func TestParseVerdict(t *testing.T) {
 		{"unknown verdict", "aup.verdict.outbound", strings.Replace(good, `"spam"`, `"bacon"`, 1), ReasonInvalidField, "verdict"},
 		{"direction vs subject", "aup.verdict.inbound", good, ReasonDirectionClash, "direction"},
 		{"unknown subject", "aup.verdict.sideways", good, ReasonUnknownSubject, ""},
+		{"redacted local part", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"xxxxxxx@example.com"`, 1), ReasonRedacted, "account"},
+		{"redacted in capitals", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"XXX@example.com"`, 1), ReasonRedacted, "account"},
+		{"redacted by name", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"Redacted@example.com"`, 1), ReasonRedacted, "account"},
+		{"redacted by stars", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"*****@example.com"`, 1), ReasonRedacted, "account"},
 		{"display name", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"Alice <a@example.com>"`, 1), ReasonInvalidField, "account"},
 		{"header injection in account", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"a@example.com\r\nBcc: x@evil.test"`, 1), ReasonInvalidField, "account"},
 		{"id too long", "aup.verdict.outbound", strings.Replace(good, `"e1"`, `"`+strings.Repeat("x", 129)+`"`, 1), ReasonInvalidField, "id"},
@@ -160,6 +164,19 @@ func TestParseVerdictSkipsDeepUnknown(t *testing.T) {
 		_, err := ParseVerdict("aup.verdict.outbound", []byte(data), now, 5*time.Minute)
 		if ie, ok := AsInvalid(err); !ok || ie.Reason != ReasonInvalidJSON || json.Valid([]byte(data)) {
 			t.Errorf("%.60q...: %v (valid per encoding/json: %v)", bad, err, json.Valid([]byte(data)))
+		}
+	}
+}
+
+func TestRedacted(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"xxxxxxx@example.com": true, "XXX@example.com": true, "xXx@example.com": true, "***@example.com": true,
+		"redacted@example.com": true, "REDACTED@example.com": true,
+		"xx@example.com": false, "x@example.com": false, "max@example.com": false, "xxx.x@example.com": false,
+		"x*x@example.com": false, "xxxy@example.com": false, "alice@xxxxx.com": false, "redacted2@example.com": false, "": false,
+	} {
+		if got := Redacted(addr); got != want {
+			t.Errorf("Redacted(%q) = %v, want %v", addr, got, want)
 		}
 	}
 }
