@@ -278,3 +278,18 @@ func TestIngestARFOutOfScope(t *testing.T) {
 		t.Errorf("stored %d", js.stored())
 	}
 }
+
+// TestIngestRspamdRedacted: a scan whose sender is a redacted address is
+// answered 200 (a refusal must not make rspamd defer mail), as invalid
+// with reason redacted_account, and stores nothing.
+func TestIngestRspamdRedacted(t *testing.T) {
+	srv, js := newIngestServer(t, 0)
+	h := http.Header{"Content-Type": {"message/rfc822"}, "X-Rspamd-Action": {"reject"}, "X-Rspamd-Qid": {"Q1"},
+		"X-Rspamd-From": {"xxxxxxx@globex.example"}, "X-Rspamd-Rcpt": {`["bob@example.net"]`}}
+	r := post(t, srv, "/api/v1/ingest/rspamd", tokPublisher, h, strings.NewReader("Subject: s\r\nMessage-ID: <r1@x>\r\n\r\nbody\r\n"))
+	var a ingestAnswerT
+	r.json(t, &a)
+	if r.status != 200 || len(a.Results) != 1 || a.Results[0].Result != "invalid" || a.Results[0].Reason != "redacted_account" || js.stored() != 0 {
+		t.Fatalf("%d %s; stored %d", r.status, r.body, js.stored())
+	}
+}
