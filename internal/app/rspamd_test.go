@@ -243,7 +243,7 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nBig spam.\r\n" +
 		"--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n")
 	line := strings.Repeat("QUJD", 19) + "\r\n"
-	for big.Len() < api.DefaultIngestMaxBytes+4<<20 {
+	for big.Len() < api.DefaultIngestMaxBytes+24<<20 {
 		big.WriteString(line)
 	}
 	big.WriteString("--b1--\r\n")
