@@ -264,14 +264,27 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if !strings.Contains(res, "PHISHING") || !strings.Contains(res, "Action: no action") {
 		t.Fatalf("the phish did not get PHISHING at no action: %s", res)
 	}
+	// The same phish from outside (no authentication): exported by the
+	// inbound rule, as statistics about the outside sender.
+	inPhish := strings.NewReplacer("service@globex.test", "service@paypal-alerts.example", "phish-1@", "phish-2@",
+		"Tue, 01 Dec 2026 08:04:00 +0000", time.Now().Format(time.RFC1123Z)).Replace(phish)
+	res = scan(inPhish, "-F", "service@paypal-alerts.example", "-r", "carol@example.net", "-i", "203.0.113.9",
+		"--hostname", "mail.paypal-alerts.example", "--helo", "mail.paypal-alerts.example", "--header", "Queue-Id: 4QPH2")
+	// Unauthenticated mail scores a few points more (no DNS here): below
+	// the spam actions all the same.
+	if !strings.Contains(res, "PHISHING") || !strings.Contains(res, "Action: no action") && !strings.Contains(res, "Action: greylist") {
+		t.Fatalf("the inbound phish did not get PHISHING below the spam actions: %s", res)
+	}
 	testutil.Eventually(t, 90*time.Second, func() bool {
-		return h.count("big@globex.test") == 1 && h.count("service@globex.test") == 1
-	}, "aupd did not count the big message and the phish once: big %d phish %d", h.count("big@globex.test"), h.count("service@globex.test"))
+		return h.count("big@globex.test") == 1 && h.count("service@globex.test") == 1 &&
+			strings.Contains(h.metrics(), `aupd_events_total{direction="inbound",outcome="external",verdict="phish"} 1`)
+	}, "aupd did not count the big message and the phish once, or the inbound phish: big %d phish %d %s", h.count("big@globex.test"), h.count("service@globex.test"),
+		grepLines(h.metrics(), `direction="inbound"`))
 	h.drained()
 	if n := h.count("big@globex.test"); n != 1 {
 		t.Fatalf("the big message, scanned three times, counted %d times", n)
 	}
-	var bigIDs, phishes int
+	var bigIDs, phishes, inPhishes int
 	for _, m := range h.streamMsgs(h.cfg.NATS.Verdicts.Name) {
 		var v struct{ Account, Verdict string }
 		if err := jsonUnmarshal(m.Data, &v); err != nil {
@@ -285,10 +298,15 @@ func TestRspamdMetadataExporter(t *testing.T) {
 				t.Errorf("the phish was stored as %s", v.Verdict)
 			}
 			phishes++
+		case "service@paypal-alerts.example":
+			if v.Verdict != "phish" {
+				t.Errorf("the inbound phish was stored as %s", v.Verdict)
+			}
+			inPhishes++
 		}
 	}
-	if bigIDs != 1 || phishes != 1 {
-		t.Errorf("stored %d events of the big message (want 1: six posts, one id) and %d of the phish", bigIDs, phishes)
+	if bigIDs != 1 || phishes != 1 || inPhishes != 1 {
+		t.Errorf("stored %d events of the big message (want 1: six posts, one id), %d of the phish, %d of the inbound phish", bigIDs, phishes, inPhishes)
 	}
 	if l := logs.String(); strings.Contains(l, "deferring message") || strings.Contains(l, "Connection reset") {
 		t.Errorf("rspamd deferred a message or saw a reset:\n%s", grepLines(l, "defer")+grepLines(l, "reset"))
