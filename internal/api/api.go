@@ -183,7 +183,7 @@ func (s *server) routeTable() []route {
 		{"DELETE /api/v1/companies/{id}", RoleAdmin, s.deleteCompany},
 		{"GET /api/v1/companies/{id}/licences", RoleViewer, s.licences},
 		{"POST /api/v1/ingest/verdicts", RolePublisher, s.ingestVerdicts},
-		{"POST /api/v1/ingest/rspamd", RolePublisher, s.ingestRspamd},
+		{rspamdRoute, RolePublisher, s.ingestRspamd},
 		{"POST /api/v1/ingest/arf", RolePublisher, s.ingestARF},
 		{"GET /api/v1/replay", RoleAbuse, s.replay},
 	}
@@ -206,7 +206,13 @@ func (s *server) routes() {
 				}
 			}
 			if r.Body != nil {
-				r.Body = http.MaxBytesReader(w, r.Body, s.bodyLimit(rt.role))
+				limit := s.bodyLimit(rt.role)
+				if rt.pattern == rspamdRoute {
+					// rspamd's post is read to its end, past the ingest
+					// limit (ingestRspamd).
+					limit = max(limit, MaxRspamdBody)
+				}
+				r.Body = http.MaxBytesReader(w, r.Body, limit)
 			}
 			rt.h(w, r, p)
 		})

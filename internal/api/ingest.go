@@ -3,11 +3,13 @@ package api
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"io"
 	"mime"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/aupd/aupd/internal/events"
@@ -84,19 +86,66 @@ func (s *server) ingestStart(w http.ResponseWriter, r *http.Request) (context.Co
 	return ctx, cancel, true
 }
 
-// readBody reads the whole body; cut says it was longer than the limit
-// (what was read is returned).
+// rspamdRoute is the route of rspamd's metadata_exporter.
+const rspamdRoute = "POST /api/v1/ingest/rspamd"
+
+// MaxRspamdBody bounds what is read of rspamd's post: aupd keeps the
+// ingest limit's worth (the start of the message) and reads and discards
+// the rest, so that rspamd is never cut off mid-request (it would defer
+// the message and count a failure). Only a post past this bound, or
+// slower than the ingest timeout, is cut.
+const MaxRspamdBody = 512 << 20
+
+// readBody reads the whole body, decoding Content-Encoding gzip; cut says
+// it (decoded) was longer than the ingest limit (what fits is returned).
+// Another encoding answers 415.
 func (s *server) readBody(w http.ResponseWriter, r *http.Request) (body []byte, cut bool, ok bool) {
-	body, err := io.ReadAll(r.Body)
+	return s.readBodyDrain(w, r, false)
+}
+
+// readBodyDrain is readBody; with drain, it reads and discards what is
+// past the limit to the end of the request (bounded by the route's body
+// bound and the read deadline) before it returns.
+func (s *server) readBodyDrain(w http.ResponseWriter, r *http.Request, drain bool) (body []byte, cut bool, ok bool) {
+	limit, _ := s.ingestLimits()
+	var src io.Reader = r.Body
+	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			s.fail(w, r, errf(http.StatusBadRequest, "bad_body", "Content-Encoding gzip, but the body is not gzip: %v", err))
+			return nil, false, false
+		}
+		defer zr.Close()
+		src = zr
+	default:
+		s.fail(w, r, errf(http.StatusUnsupportedMediaType, "unsupported_encoding", "Content-Encoding %q is not supported: send the body as is or gzip", enc))
+		return nil, false, false
+	}
+	// The decoded size is bounded as the plain one: a zip bomb is cut at
+	// the limit, never inflated further.
+	body, err := io.ReadAll(io.LimitReader(src, limit+1))
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
-		return body, true, true
+		cut = true
 	case err != nil:
 		s.fail(w, r, errf(http.StatusBadRequest, "bad_body", "reading the body: %v", err))
 		return nil, false, false
 	}
-	return body, false, true
+	if int64(len(body)) > limit {
+		body, cut = body[:limit], true
+	}
+	if drain {
+		if n, err := io.Copy(io.Discard, r.Body); err != nil {
+			s.log.Warn("request body not read to its end", "path", r.URL.Path, "discarded", n, "err", err)
+		}
+	}
+	return body, cut, true
 }
 
 // allowFor limits a company-scoped publisher to its company's accounts.
@@ -170,15 +219,17 @@ func (s *server) ingestVerdicts(w http.ResponseWriter, r *http.Request, p *princ
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var inputs []ingest.Input
+	var lines []int // NDJSON: the line number of each input
 	switch ct {
 	case "application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines":
 		sc := bufio.NewScanner(bytes.NewReader(body))
 		sc.Buffer(make([]byte, 64<<10), events.MaxPayload+2)
-		for sc.Scan() {
+		for n := 1; sc.Scan(); n++ {
 			line := bytes.TrimSpace(sc.Bytes())
 			if len(line) == 0 {
 				continue
 			}
+			lines = append(lines, n)
 			if len(inputs) == MaxIngestEvents {
 				s.fail(w, r, errf(http.StatusRequestEntityTooLarge, "too_many_events", "at most %d events per request", MaxIngestEvents))
 				return
@@ -200,7 +251,11 @@ func (s *server) ingestVerdicts(w http.ResponseWriter, r *http.Request, p *princ
 		s.fail(w, r, errf(http.StatusBadRequest, "no_events", "the body holds no event"))
 		return
 	}
-	s.answerIngest(w, r, s.opts.Ingest.Publish(ctx, ingest.SourceVerdicts, inputs, s.allowFor(p)), http.StatusAccepted, http.StatusUnprocessableEntity)
+	results := s.opts.Ingest.Publish(ctx, ingest.SourceVerdicts, inputs, s.allowFor(p))
+	for i := range lines {
+		results[i].Line = lines[i]
+	}
+	s.answerIngest(w, r, results, http.StatusAccepted, http.StatusUnprocessableEntity)
 }
 
 // ingestRspamd takes what rspamd's metadata_exporter posts. It answers
@@ -215,7 +270,11 @@ func (s *server) ingestRspamd(w http.ResponseWriter, r *http.Request, p *princip
 		return
 	}
 	defer cancel()
-	body, _, ok := s.readBody(w, r) // a message cut at the limit only shortens its sample
+	// The whole post is read, what is past the limit discarded: a message
+	// cut at the limit only shortens its sample, and rspamd, never cut off,
+	// does not defer the message (which its MTA would retry, scan and
+	// post again).
+	body, _, ok := s.readBodyDrain(w, r, true)
 	if !ok {
 		return
 	}
@@ -262,6 +321,12 @@ func (s *server) ingestARF(w http.ResponseWriter, r *http.Request, p *principal)
 		return
 	}
 	v, err := ingest.ARF(body, s.local(p), s.opts.Now())
+	if re := (*ingest.RefusedError)(nil); p.company != "" && errors.As(err, &re) && re.Reason == ingest.ReasonNoAccount {
+		// Not this token's company's sender: is it another company's?
+		if _, err2 := ingest.ARF(body, s.local(&principal{}), s.opts.Now()); err2 == nil {
+			err = &ingest.RefusedError{Reason: ingest.ReasonOutOfScope, Detail: "the original's sender is another company's account; this token may only report its own company's"}
+		}
+	}
 	var re *ingest.RefusedError
 	if errors.As(err, &re) {
 		res := ingest.Refused(re.Reason, re.Detail)

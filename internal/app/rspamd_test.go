@@ -11,10 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/testutil"
 )
 
@@ -63,6 +65,17 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if c == string(conf) || strings.Contains(c, "CHANGE-ME") {
 		t.Fatal("the documented config no longer has the SET lines the test fills in")
 	}
+	// One rule of the test's own besides the documented ones: big@globex.test's
+	// mail is also posted whole (the default formatter), deferred on any
+	// failure, so that aupd gets a post larger than its body limit.
+	whole := "rules {\n  AUPD_TEST_WHOLE {\n    backend = \"http\";\n    url = \"http://" + h.info.HTTPAddr + "/api/v1/ingest/rspamd\";\n" +
+		"    user = \"rspamd\";\n    password = \"" + tokPublisher + "\";\n    formatter = \"default\";\n    meta_headers = true;\n" +
+		"    mime_type = \"message/rfc822\";\n    selector = \"aupd_test_big\";\n    defer = true;\n    timeout = 60s;\n  }\n"
+	bigSel := "custom_select {\n  aupd_test_big = <<EOD\nreturn function(task)\n  return task:get_user() == 'big@globex.test'\nend\nEOD;\n"
+	if !strings.Contains(c, "rules {\n") || !strings.Contains(c, "custom_select {\n") {
+		t.Fatal("the documented config no longer has the blocks the test adds to")
+	}
+	c = strings.Replace(strings.Replace(c, "rules {\n", whole, 1), "custom_select {\n", bigSel, 1)
 
 	dir, err := os.MkdirTemp("", "aupd-rspamd-")
 	if err != nil {
@@ -97,7 +110,7 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		t.Fatalf("rspamadm configtest with the documented config: %v\n%s", err, tail(out, 3000))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs bytes.Buffer
+	var logs lockedBuffer // rspamd writes it while the test reads it
 	cmd := exec.CommandContext(ctx, rspamdBin, append([]string{"-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf"}, vars...)...)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	// rspamd forks its workers: stop the whole process group, or they
@@ -218,6 +231,86 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if !strings.Contains(m, `aupd_ingest_events_total{result="accepted",source="rspamd"} 3`) {
 		t.Errorf("metrics: %s", grepLines(m, "aupd_ingest_events_total"))
 	}
+
+	// A message larger than aupd's body limit, scanned three times (the
+	// MTA retrying it with three queue ids and trace headers): aupd reads
+	// each post to its end, rspamd never defers the message (any failed
+	// post of the deferring rules would make it "soft reject"), and the
+	// message counts once.
+	var big strings.Builder
+	big.WriteString("From: Big <big@globex.test>\r\nTo: bob@example.net\r\nSubject: Files " + gtube + "\r\n" +
+		"Message-ID: <big-1@globex.test>\r\nDate: Tue, 01 Dec 2026 08:03:00 +0000\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nBig spam.\r\n" +
+		"--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	line := strings.Repeat("QUJD", 19) + "\r\n"
+	for big.Len() < api.DefaultIngestMaxBytes+24<<20 {
+		big.WriteString(line)
+	}
+	big.WriteString("--b1--\r\n")
+	for i, qid := range []string{"4QBIG1", "4QBIG2", "4QBIG3"} {
+		msg := fmt.Sprintf("Received: from client by mx.globex.test with ESMTPSA id %s; attempt %d\r\n", qid, i) + big.String()
+		res := scan(msg, "-u", "big@globex.test", "-F", "big@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: "+qid)
+		if !strings.Contains(res, "Action: reject") || strings.Contains(res, "soft reject") {
+			t.Fatalf("scan %d of the big message: %s", i+1, tail([]byte(res), 2000))
+		}
+	}
+	// A phish at stock scores: the PHISHING symbol below "add header" is
+	// still exported, as phish.
+	phish := "From: PayPal <service@globex.test>\r\nTo: carol@example.net\r\nSubject: Your account is limited\r\n" +
+		"Message-ID: <phish-1@globex.test>\r\nDate: Tue, 01 Dec 2026 08:04:00 +0000\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Dear customer, please confirm your details:</p>" +
+		"<p><a href=\"http://paypal.com.secure-login.example.org/signin\">https://www.paypal.com/signin</a></p></body></html>\r\n"
+	res = scan(phish, "-u", "service@globex.test", "-F", "service@globex.test", "-r", "carol@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QPH1")
+	if !strings.Contains(res, "PHISHING") || !strings.Contains(res, "Action: no action") {
+		t.Fatalf("the phish did not get PHISHING at no action: %s", res)
+	}
+	// The same phish from outside (no authentication): exported by the
+	// inbound rule, as statistics about the outside sender.
+	inPhish := strings.NewReplacer("service@globex.test", "service@paypal-alerts.example", "phish-1@", "phish-2@",
+		"Tue, 01 Dec 2026 08:04:00 +0000", time.Now().Format(time.RFC1123Z)).Replace(phish)
+	res = scan(inPhish, "-F", "service@paypal-alerts.example", "-r", "carol@example.net", "-i", "203.0.113.9",
+		"--hostname", "mail.paypal-alerts.example", "--helo", "mail.paypal-alerts.example", "--header", "Queue-Id: 4QPH2")
+	// Unauthenticated mail scores a few points more (no DNS here): below
+	// the spam actions all the same.
+	if !strings.Contains(res, "PHISHING") || !strings.Contains(res, "Action: no action") && !strings.Contains(res, "Action: greylist") {
+		t.Fatalf("the inbound phish did not get PHISHING below the spam actions: %s", res)
+	}
+	testutil.Eventually(t, 90*time.Second, func() bool {
+		return h.count("big@globex.test") == 1 && h.count("service@globex.test") == 1 &&
+			strings.Contains(h.metrics(), `aupd_events_total{direction="inbound",outcome="external",verdict="phish"} 1`)
+	}, "aupd did not count the big message and the phish once, or the inbound phish: big %d phish %d %s", h.count("big@globex.test"), h.count("service@globex.test"),
+		grepLines(h.metrics(), `direction="inbound"`))
+	h.drained()
+	if n := h.count("big@globex.test"); n != 1 {
+		t.Fatalf("the big message, scanned three times, counted %d times", n)
+	}
+	var bigIDs, phishes, inPhishes int
+	for _, m := range h.streamMsgs(h.cfg.NATS.Verdicts.Name) {
+		var v struct{ Account, Verdict string }
+		if err := jsonUnmarshal(m.Data, &v); err != nil {
+			t.Fatal(err)
+		}
+		switch v.Account {
+		case "big@globex.test":
+			bigIDs++
+		case "service@globex.test":
+			if v.Verdict != "phish" {
+				t.Errorf("the phish was stored as %s", v.Verdict)
+			}
+			phishes++
+		case "service@paypal-alerts.example":
+			if v.Verdict != "phish" {
+				t.Errorf("the inbound phish was stored as %s", v.Verdict)
+			}
+			inPhishes++
+		}
+	}
+	if bigIDs != 1 || phishes != 1 || inPhishes != 1 {
+		t.Errorf("stored %d events of the big message (want 1: six posts, one id), %d of the phish, %d of the inbound phish", bigIDs, phishes, inPhishes)
+	}
+	if l := logs.String(); strings.Contains(l, "deferring message") || strings.Contains(l, "Connection reset") {
+		t.Errorf("rspamd deferred a message or saw a reset:\n%s", grepLines(l, "defer")+grepLines(l, "reset"))
+	}
 }
 
 // ensureRspamd finds rspamd and rspamc, installing Debian's rspamd with
@@ -256,6 +349,27 @@ func ensureRspamd(t *testing.T, skip func(string, ...any)) (string, string) {
 	}
 	return d, c
 }
+
+// lockedBuffer is a bytes.Buffer that a process's output can be copied
+// into while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.b.Bytes())
+}
+
+func (l *lockedBuffer) String() string { return string(l.Bytes()) }
 
 func freeLoopbackPorts(t *testing.T, n int) []string {
 	t.Helper()

@@ -244,80 +244,127 @@ func (d *decoder) literal(lit string) error {
 	return nil
 }
 
-// maxDepth bounds nesting in the values aupd skips.
-const maxDepth = 64
-
 // skip moves past any value, checking its syntax, and returns its JSON
-// kind for error messages.
-func (d *decoder) skip(depth int) (string, error) {
-	if depth > maxDepth {
-		return "", d.syntaxError("nested too deep")
+// kind for error messages. It skips values nested to any depth (an
+// unknown field is ignored however deep it is; MaxPayload bounds it):
+// the containers it is in are a stack of bits, one per level (1: an
+// object), kept in an array on the stack for the first 512 levels and
+// grown on the heap only past them.
+func (d *decoder) skip() (string, error) {
+	var small [8]uint64
+	stack := small[:]
+	depth := 0
+	inObject := func() bool { return stack[(depth-1)/64]&(1<<((depth-1)%64)) != 0 }
+	push := func(object bool) {
+		if depth/64 == len(stack) {
+			stack = append(stack, 0)
+		}
+		w, b := depth/64, uint64(1)<<(depth%64)
+		if object {
+			stack[w] |= b
+		} else {
+			stack[w] &^= b
+		}
+		depth++
 	}
-	switch c := d.peek(); {
-	case c == '"':
-		_, _, err := d.skipString()
-		return "string", err
-	case c == '{':
+	// key reads an object member's key and its ':'.
+	key := func() error {
+		d.ws()
+		if _, _, err := d.skipString(); err != nil {
+			return err
+		}
+		if d.peek() != ':' {
+			return d.syntaxError("expected ':'")
+		}
 		d.pos++
-		if d.peek() == '}' {
-			d.pos++
-			return "object", nil
+		return nil
+	}
+	kind := ""
+	for {
+		// A value.
+		c := d.peek()
+		if kind == "" {
+			switch {
+			case c == '"':
+				kind = "string"
+			case c == '{':
+				kind = "object"
+			case c == '[':
+				kind = "array"
+			case c == 't' || c == 'f':
+				kind = "bool"
+			case c == 'n':
+				kind = "null"
+			case c == '-' || c >= '0' && c <= '9':
+				kind = "number"
+			}
 		}
+		var err error
+		switch {
+		case c == '"':
+			_, _, err = d.skipString()
+		case c == '{':
+			d.pos++
+			if d.peek() == '}' {
+				d.pos++
+				break
+			}
+			push(true)
+			if err := key(); err != nil {
+				return "", err
+			}
+			continue
+		case c == '[':
+			d.pos++
+			if d.peek() == ']' {
+				d.pos++
+				break
+			}
+			push(false)
+			continue
+		case c == 't':
+			err = d.literal("true")
+		case c == 'f':
+			err = d.literal("false")
+		case c == 'n':
+			err = d.literal("null")
+		case c == '-' || c >= '0' && c <= '9':
+			_, err = d.number()
+		case c == 0:
+			return "", d.syntaxError("unexpected end")
+		default:
+			return "", d.syntaxError("unexpected character")
+		}
+		if err != nil {
+			return "", err
+		}
+		// After a value: close the containers it ends, or go on to the
+		// next member or element.
 		for {
-			d.ws()
-			if _, _, err := d.skipString(); err != nil {
-				return "", err
+			if depth == 0 {
+				return kind, nil
 			}
-			if d.peek() != ':' {
-				return "", d.syntaxError("expected ':'")
-			}
-			d.pos++
-			if _, err := d.skip(depth + 1); err != nil {
-				return "", err
-			}
-			switch d.peek() {
-			case ',':
+			c := d.peek()
+			if c == ',' {
 				d.pos++
-			case '}':
-				d.pos++
-				return "object", nil
-			default:
-				return "", d.syntaxError("expected ',' or '}'")
+				if inObject() {
+					if err := key(); err != nil {
+						return "", err
+					}
+				}
+				break
 			}
-		}
-	case c == '[':
-		d.pos++
-		if d.peek() == ']' {
-			d.pos++
-			return "array", nil
-		}
-		for {
-			if _, err := d.skip(depth + 1); err != nil {
-				return "", err
-			}
-			switch d.peek() {
-			case ',':
-				d.pos++
-			case ']':
-				d.pos++
-				return "array", nil
-			default:
+			if inObject() {
+				if c != '}' {
+					return "", d.syntaxError("expected ',' or '}'")
+				}
+			} else if c != ']' {
 				return "", d.syntaxError("expected ',' or ']'")
 			}
+			d.pos++
+			depth--
 		}
-	case c == 't':
-		return "bool", d.literal("true")
-	case c == 'f':
-		return "bool", d.literal("false")
-	case c == 'n':
-		return "null", d.literal("null")
-	case c == '-' || c >= '0' && c <= '9':
-		_, err := d.number()
-		return "number", err
-	case c == 0:
-		return "", d.syntaxError("unexpected end")
 	}
-	return "", d.syntaxError("unexpected character")
 }
 
 // members calls fn for each member of the object at the position, with
@@ -367,7 +414,7 @@ func (d *decoder) stringField(field string) ([]byte, bool, error) {
 	case 'n':
 		return nil, false, d.literal("null")
 	}
-	kind, err := d.skip(0)
+	kind, err := d.skip()
 	if err != nil {
 		return nil, false, err
 	}
@@ -408,7 +455,7 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 			if l, clash := otherCase(key, topKeys); clash {
 				_ = note(invalid(ReasonInvalidField, l, "key %q must be spelled %q", clip(string(key), 40), l))
 			}
-			_, err := d.skip(0)
+			_, err := d.skip()
 			return err
 		}
 		if seen&bit != 0 {
@@ -432,7 +479,7 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 				v.Score = &f
 				return nil
 			}
-			kind, err := d.skip(0)
+			kind, err := d.skip()
 			if err != nil {
 				return err
 			}
@@ -443,7 +490,7 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 				return d.literal("null")
 			}
 			if d.peek() != '{' {
-				kind, err := d.skip(0)
+				kind, err := d.skip()
 				if err != nil {
 					return err
 				}
@@ -517,7 +564,7 @@ func (d *decoder) checkMessage(v *Verdict, note func(error) error) error {
 			if l, clash := otherCase(kb, messageKeys); clash {
 				_ = note(invalid(ReasonInvalidField, "message."+l, "key %q must be spelled %q", clip(string(kb), 40), l))
 			}
-			_, err := d.skip(1)
+			_, err := d.skip()
 			return err
 		}
 		key, list := messageKeys[i], messageKeys[i] == "to"
@@ -530,7 +577,7 @@ func (d *decoder) checkMessage(v *Verdict, note func(error) error) error {
 			want = "array"
 		}
 		start := d.pos
-		kind, err := d.skip(1)
+		kind, err := d.skip()
 		if err != nil {
 			return err
 		}
@@ -553,7 +600,7 @@ func (d *decoder) checkMessage(v *Verdict, note func(error) error) error {
 			// every element a string
 			e := &decoder{data: d.data[:d.pos], pos: start + 1}
 			for e.peek() != ']' {
-				if k, _ := e.skip(1); k != "string" {
+				if k, _ := e.skip(); k != "string" {
 					return note(invalid(ReasonInvalidField, "message."+key, "expected array of strings, got JSON %s in it", k))
 				}
 				if e.peek() == ',' {

@@ -66,6 +66,9 @@ const (
 	ReasonDirectionClash  = "direction_mismatch"
 	ReasonTimeInFuture    = "time_in_future"
 	ReasonUnsupportedType = "not_an_object"
+	// ReasonRedacted: the account's local part is a redaction placeholder
+	// (Redacted), not a mailbox.
+	ReasonRedacted = "redacted_account"
 )
 
 // InvalidError says why an event is invalid. It is permanent: the event is
@@ -234,6 +237,9 @@ func (v *Verdict) validate(subjectDir rules.Direction, now time.Time, skew time.
 	if err != nil {
 		return invalid(ReasonInvalidField, "account", "%v", err)
 	}
+	if Redacted(acct) {
+		return invalid(ReasonRedacted, "account", "%q is a redacted address (its local part hides the mailbox), not an account", clip(acct, 80))
+	}
 	v.Account = acct
 	if v.Time.IsZero() || v.Time.Year() < 2000 {
 		return invalid(ReasonInvalidField, "time", "timestamp %s is not plausible", v.Time.Format(time.RFC3339))
@@ -266,6 +272,34 @@ func NormalizeAccount(s string) (string, error) {
 		return "", errors.New("domain is not a host name")
 	}
 	return strings.ToLower(s), nil
+}
+
+// Redacted reports whether an address's local part is a redaction
+// placeholder, as feedback loops and some filters write instead of the
+// mailbox: three or more of one character among x, X and * (such as
+// "xxxxxxx"), or "redacted" in any case. Such an address names no
+// account, so a verdict about it cannot count against one.
+func Redacted(addr string) bool {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return false
+	}
+	local := addr[:at]
+	if strings.EqualFold(local, "redacted") {
+		return true
+	}
+	if len(local) < 3 {
+		return false
+	}
+	for i := 0; i < len(local); i++ {
+		switch c := local[i]; {
+		case c != 'x' && c != 'X' && c != '*':
+			return false
+		case c == '*' && local[0] != '*', c != '*' && local[0] == '*':
+			return false
+		}
+	}
+	return true
 }
 
 // NormalizeDomain checks a domain name and returns it in lower case.

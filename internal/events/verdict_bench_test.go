@@ -46,3 +46,19 @@ func BenchmarkFingerprint(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkParseVerdictUnknownField decodes an event with an unknown
+// field of a few nested levels, which the decoder skips.
+func BenchmarkParseVerdictUnknownField(b *testing.B) {
+	now := time.Now()
+	data := fmt.Appendf(nil, `{"id":"e-00012345-9c2f71d0a4b86e13","time":%q,"direction":"outbound","account":"user000123@example.com","verdict":"spam","score":9.5,"source":"rspamd",`+
+		`"x_filter":{"symbols":[{"name":"BAYES_SPAM","score":5.1,"options":["99.9%%"]},{"name":"R_SPF_FAIL","score":1,"options":[]}],"ip":"192.0.2.1","flags":[true,false,null]}}`,
+		now.Add(-time.Minute).UTC().Format(time.RFC3339Nano))
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseVerdict("aup.verdict.outbound", data, now, 5*time.Minute); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

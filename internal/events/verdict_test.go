@@ -37,6 +37,10 @@ func TestParseVerdict(t *testing.T) {
 		{"unknown verdict", "aup.verdict.outbound", strings.Replace(good, `"spam"`, `"bacon"`, 1), ReasonInvalidField, "verdict"},
 		{"direction vs subject", "aup.verdict.inbound", good, ReasonDirectionClash, "direction"},
 		{"unknown subject", "aup.verdict.sideways", good, ReasonUnknownSubject, ""},
+		{"redacted local part", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"xxxxxxx@example.com"`, 1), ReasonRedacted, "account"},
+		{"redacted in capitals", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"XXX@example.com"`, 1), ReasonRedacted, "account"},
+		{"redacted by name", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"Redacted@example.com"`, 1), ReasonRedacted, "account"},
+		{"redacted by stars", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"*****@example.com"`, 1), ReasonRedacted, "account"},
 		{"display name", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"Alice <a@example.com>"`, 1), ReasonInvalidField, "account"},
 		{"header injection in account", "aup.verdict.outbound", strings.Replace(good, `"Alice@Example.COM"`, `"a@example.com\r\nBcc: x@evil.test"`, 1), ReasonInvalidField, "account"},
 		{"id too long", "aup.verdict.outbound", strings.Replace(good, `"e1"`, `"`+strings.Repeat("x", 129)+`"`, 1), ReasonInvalidField, "id"},
@@ -55,7 +59,10 @@ func TestParseVerdict(t *testing.T) {
 		{"unquoted key", "aup.verdict.outbound", `{id:"x"}`, ReasonInvalidJSON, ""},
 		{"bad escape", "aup.verdict.outbound", strings.Replace(good, `"e1"`, `"e\x1"`, 1), ReasonInvalidJSON, ""},
 		{"control character", "aup.verdict.outbound", strings.Replace(good, `"e1"`, "\"e\x01\"", 1), ReasonInvalidJSON, ""},
-		{"deep nesting", "aup.verdict.outbound", strings.Replace(good, `{"x":1}`, strings.Repeat("[", 100)+strings.Repeat("]", 100), 1), ReasonInvalidJSON, ""},
+		{"deep nesting unclosed", "aup.verdict.outbound", strings.Replace(good, `{"x":1}`, strings.Repeat("[", 100)+strings.Repeat("]", 99), 1), ReasonInvalidJSON, ""},
+		{"deep nesting mismatched", "aup.verdict.outbound", strings.Replace(good, `{"x":1}`, strings.Repeat(`[{"a":`, 100)+"1"+strings.Repeat("]}", 100), 1), ReasonInvalidJSON, ""},
+		{"deep object missing a colon", "aup.verdict.outbound", strings.Replace(good, `{"x":1}`, strings.Repeat(`{"a":`, 70)+`{"b" 1}`+strings.Repeat("}", 70), 1), ReasonInvalidJSON, ""},
+		{"deep trailing comma", "aup.verdict.outbound", strings.Replace(good, `{"x":1}`, strings.Repeat("[", 70)+"1,"+strings.Repeat("]", 70), 1), ReasonInvalidJSON, ""},
 		{"leading zero", "aup.verdict.outbound", strings.Replace(good, `9.5`, `09.5`, 1), ReasonInvalidJSON, ""},
 	}
 	for _, tt := range tests {
@@ -92,6 +99,84 @@ func TestParseVerdictMatchesEncodingJSON(t *testing.T) {
 		v.subject, v.raw = nil, nil // the spans Fingerprint reads
 		if !reflect.DeepEqual(v, &want) {
 			t.Fatalf("decoded\n%+v\nwant\n%+v", v, &want)
+		}
+	}
+}
+
+// TestParseVerdictSkipsDeepUnknown checks that an unknown field is
+// ignored however deeply it nests (docs/events.md: unknown fields are
+// ignored), at the top level and in message, and that the skipped value
+// is still checked against encoding/json's idea of valid JSON.
+func TestParseVerdictSkipsDeepUnknown(t *testing.T) {
+	now := time.Date(2026, 11, 21, 11, 30, 0, 0, time.UTC)
+	nest := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			if i%2 == 0 {
+				b.WriteString(`{"k":[1,"s",`)
+			} else {
+				b.WriteString(`[true,null,{"a":{}},`)
+			}
+		}
+		b.WriteString(`-1.5e3`)
+		for i := n - 1; i >= 0; i-- {
+			if i%2 == 0 {
+				b.WriteString(`]}`)
+			} else {
+				b.WriteString(`]`)
+			}
+		}
+		return b.String()
+	}
+	for _, depth := range []int{1, 63, 64, 65, 66, 600, 5000} {
+		for _, where := range []string{"top", "message"} {
+			data := strings.Replace(good, `{"x":1}`, nest(depth), 1)
+			if where == "message" {
+				data = strings.Replace(good, `"subject":"s"`, `"unknown":`+nest(depth)+`,"subject":"s"`, 1)
+			}
+			if !json.Valid([]byte(data)) {
+				t.Fatalf("depth %d: the test's JSON is invalid", depth)
+			}
+			v, err := ParseVerdict("aup.verdict.outbound", []byte(data), now, 5*time.Minute)
+			if err != nil {
+				t.Errorf("depth %d in %s: %v", depth, where, err)
+				continue
+			}
+			if v.ID != "e1" || v.Account != "alice@example.com" {
+				t.Errorf("depth %d in %s: decoded id %q account %q", depth, where, v.ID, v.Account)
+			}
+		}
+	}
+	// Deeper than encoding/json goes, up to the size limit.
+	deep := strings.Replace(good, `{"x":1}`, strings.Repeat("[", 400000)+strings.Repeat("]", 400000), 1)
+	if _, err := ParseVerdict("aup.verdict.outbound", []byte(deep), now, 5*time.Minute); err != nil {
+		t.Errorf("400000 levels: %v", err)
+	}
+	// Broken at depth: refused as invalid_json, never accepted.
+	for _, bad := range []string{
+		strings.Repeat("[", 70) + strings.Repeat("]", 69),
+		strings.Repeat(`{"a":`, 70) + "1" + strings.Repeat("]", 70),
+		strings.Repeat("[", 70) + "1 2" + strings.Repeat("]", 70),
+		strings.Repeat("[", 70) + strings.Repeat("]", 71),
+		strings.Repeat(`{"a":`, 70) + `{1:2}` + strings.Repeat("}", 70),
+	} {
+		data := strings.Replace(good, `{"x":1}`, bad, 1)
+		_, err := ParseVerdict("aup.verdict.outbound", []byte(data), now, 5*time.Minute)
+		if ie, ok := AsInvalid(err); !ok || ie.Reason != ReasonInvalidJSON || json.Valid([]byte(data)) {
+			t.Errorf("%.60q...: %v (valid per encoding/json: %v)", bad, err, json.Valid([]byte(data)))
+		}
+	}
+}
+
+func TestRedacted(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"xxxxxxx@example.com": true, "XXX@example.com": true, "xXx@example.com": true, "***@example.com": true,
+		"redacted@example.com": true, "REDACTED@example.com": true,
+		"xx@example.com": false, "x@example.com": false, "max@example.com": false, "xxx.x@example.com": false,
+		"x*x@example.com": false, "xxxy@example.com": false, "alice@xxxxx.com": false, "redacted2@example.com": false, "": false,
+	} {
+		if got := Redacted(addr); got != want {
+			t.Errorf("Redacted(%q) = %v, want %v", addr, got, want)
 		}
 	}
 }
@@ -135,6 +220,11 @@ func FuzzParseVerdict(f *testing.F) {
 		// What the one-pass decoder accepts, encoding/json decodes alike.
 		var want Verdict
 		if err := json.Unmarshal(data, &want); err != nil {
+			if strings.Contains(err.Error(), "exceeded max depth") {
+				// encoding/json stops at 10000 levels; unknown fields
+				// are skipped at any depth.
+				return
+			}
 			t.Fatalf("accepted what encoding/json refuses (%v): %q", err, data)
 		}
 		if want.ID != v.ID || !want.Time.Equal(v.Time) || strings.ToLower(want.Account) != v.Account || want.Verdict != v.Verdict || want.Source != v.Source {

@@ -165,6 +165,9 @@ type Result struct {
 	Reason string `json:"reason,omitempty"`
 	Field  string `json:"field,omitempty"`
 	Detail string `json:"detail,omitempty"`
+	// Line is the line of an NDJSON batch the event was on (from 1;
+	// blank lines count but make no result).
+	Line int `json:"line,omitempty"`
 }
 
 // OK reports whether the event is stored (now or before).

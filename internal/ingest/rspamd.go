@@ -12,6 +12,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -223,8 +224,8 @@ func stringList(raw json.RawMessage) []string {
 
 // VerdictOf is the verdict rspamd's action and symbols give: a virus
 // symbol (CLAM_VIRUS, ESET_VIRUS, ... but not a *_FAIL of the scanner)
-// gives virus, a phishing symbol (PHISHING, PHISHED_*) phish, the spam
-// actions (reject, add header, rewrite subject) spam, anything else ham.
+// gives virus, a phishing symbol (PhishSymbol) phish, the spam actions
+// (reject, add header, rewrite subject) spam, anything else ham.
 func (r *Rspamd) VerdictOf() rules.Verdict {
 	phish := false
 	for _, s := range r.Symbols {
@@ -232,7 +233,7 @@ func (r *Rspamd) VerdictOf() rules.Verdict {
 		switch {
 		case strings.Contains(u, "VIRUS") && !strings.HasSuffix(u, "_FAIL") && !strings.HasSuffix(u, "_ENCRYPTED"):
 			return rules.Virus
-		case u == "PHISHING" || strings.HasPrefix(u, "PHISHED_"):
+		case PhishSymbol(u):
 			phish = true
 		}
 	}
@@ -244,6 +245,22 @@ func (r *Rspamd) VerdictOf() rules.Verdict {
 		return rules.Spam
 	}
 	return rules.Ham
+}
+
+// PhishSymbols are the phishing symbols rspamd ships (its phishing
+// module, the Spamhaus DBL, Vade, and the composites of them) besides
+// PHISHED_*: deploy/rspamd's exporter selects the same ones.
+var PhishSymbols = []string{"PHISHING", "DBL_PHISH", "DBL_ABUSE_PHISH", "HACKED_WP_PHISHING", "PHISH_EMOTION", "VADE_PHISHING"}
+
+// PhishSymbol reports whether an rspamd symbol (in upper case) says
+// phishing: one of PhishSymbols, or PHISHED_* (PHISHED_OPENPHISH,
+// PHISHED_PHISHTANK, PHISHED_GENERIC_SERVICE, ...) but not
+// PHISHED_WHITELISTED, which says the opposite.
+func PhishSymbol(u string) bool {
+	if strings.HasPrefix(u, "PHISHED_") {
+		return u != "PHISHED_WHITELISTED"
+	}
+	return slices.Contains(PhishSymbols, u)
 }
 
 // Refusal reasons of the rspamd and ARF endpoints.
@@ -270,8 +287,8 @@ func (e *RefusedError) Error() string { return e.Reason + ": " + e.Detail }
 //     counts only when it is a local account (local-to-local mail): the
 //     recipients of spam are never held responsible for it;
 //
-// the id is stable across rspamd's retries (queue id, Message-ID and the
-// account, or the message itself when both are missing), time is now.
+// the id is the same for every scan of the same message (Rspamd.id), time
+// is now.
 func (r *Rspamd) Verdicts(now time.Time) ([]*events.Verdict, error) {
 	var msg *events.Message
 	if len(r.Message) > 0 {
@@ -336,22 +353,69 @@ func (r *Rspamd) Verdicts(now time.Time) ([]*events.Verdict, error) {
 	for _, acct := range accounts {
 		v := base
 		v.Account = acct
-		v.ID = r.id(acct)
+		v.ID = r.id(acct, msg.Subject)
 		out = append(out, &v)
 	}
 	return out, nil
 }
 
-func (r *Rspamd) id(account string) string {
+// id is the verdict's idempotency key. For the same message it is the
+// same on every scan, so that a message the MTA retries (each attempt
+// with a new queue id, and with new trace headers) counts once; and it
+// differs between messages that share a Message-ID but not their
+// recipients or content, so that a sender who reuses one Message-ID still
+// counts once per message. It hashes:
+//
+//   - the account, the envelope sender and the envelope recipients
+//     (lower case, sorted, without repeats);
+//   - the Message-ID and the Subject;
+//   - the start of the body (after the header; its first idBodyBytes
+//     bytes as posted), which the MTA's retries do not change while they
+//     do change the header (Received, the queue id).
+//
+// A message without a Message-ID cannot be told from a new copy of it,
+// so its id adds the queue id: each delivery attempt counts, as it did
+// before (MTAs give submitted mail a Message-ID, so this is mail from
+// outside, or a sender that omits one). Without a queue id either, the
+// content alone decides.
+func (r *Rspamd) id(account, subject string) string {
 	h := sha256.New()
-	if r.QueueID == "" && r.MessageID == "" {
-		h.Write([]byte("message\x00"))
-		h.Write(r.Message)
+	field := func(s string) {
+		h.Write([]byte(s))
 		h.Write([]byte{0})
-		h.Write([]byte(r.Subject + "\x00" + r.From + "\x00" + strings.Join(r.Rcpt, ",")))
-	} else {
-		h.Write([]byte("qid\x00" + r.QueueID + "\x00" + r.MessageID))
 	}
-	h.Write([]byte("\x00" + account))
+	field("rspamd-v2")
+	field(account)
+	field(strings.ToLower(strings.Trim(strings.TrimSpace(r.From), "<>")))
+	rcpt := make([]string, 0, len(r.Rcpt))
+	for _, a := range r.Rcpt {
+		rcpt = append(rcpt, strings.ToLower(strings.Trim(strings.TrimSpace(a), "<>")))
+	}
+	slices.Sort(rcpt)
+	for _, a := range slices.Compact(rcpt) {
+		field(a)
+	}
+	field("")
+	field(strings.Trim(strings.TrimSpace(r.MessageID), "<>"))
+	if r.MessageID == "" {
+		field(r.QueueID)
+	}
+	field(subject)
+	h.Write(bodyStart(r.Message))
 	return "rspamd-" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// idBodyBytes is how much of the body the id hashes.
+const idBodyBytes = 64 << 10
+
+// bodyStart is the start of a message's body: what follows the first
+// empty line (the whole text when it has none), at most idBodyBytes.
+func bodyStart(raw []byte) []byte {
+	body := raw
+	if i := bytes.Index(raw, []byte("\r\n\r\n")); i >= 0 {
+		body = raw[i+4:]
+	} else if i := bytes.Index(raw, []byte("\n\n")); i >= 0 {
+		body = raw[i+2:]
+	}
+	return body[:min(len(body), idBodyBytes)]
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
 )
 
 func TestRspamdForms(t *testing.T) {
@@ -99,6 +100,73 @@ func TestRspamdForms(t *testing.T) {
 	r, _ = ReadRspamd(http.Header{"Content-Type": {"application/json"}}, []byte(`{"user":"unknown","action":"reject","from":"","rcpt":["carol@globex.test"]}`))
 	if _, err := r.Verdicts(now); err == nil || err.(*RefusedError).Reason != ReasonNoAccount {
 		t.Fatalf("a bounce (no envelope sender): %v", err)
+	}
+}
+
+// TestRspamdID: every scan of the same message has the same id, whatever
+// its queue id and trace headers (the MTA retries it); messages that share
+// a Message-ID but not their recipients or content do not.
+func TestRspamdID(t *testing.T) {
+	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	const big = "Subject: Offer\r\nMessage-ID: <m1@globex.test>\r\n\r\nCheap meds\r\n"
+	id := func(qid, received, rcpt, msg string) string {
+		t.Helper()
+		h := http.Header{"Content-Type": {"message/rfc822"}, "X-Rspamd-Action": {"reject"}, "X-Rspamd-User": {"alice@globex.test"},
+			"X-Rspamd-Qid": {qid}, "X-Rspamd-From": {"alice@globex.test"}, "X-Rspamd-Rcpt": {rcpt}}
+		r, err := ReadRspamd(h, []byte(received+msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs, err := r.Verdicts(now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vs[0].ID
+	}
+	const rcpt = `["bob@example.net","carol@example.net"]`
+	first := id("Q1", "Received: from a by mx id Q1\r\n", rcpt, big)
+	for _, tc := range []struct {
+		name, qid, received, rcpt, msg string
+		same                           bool
+	}{
+		{"a retry: new queue id and trace header", "Q2", "Received: from a by mx id Q2; Tue, 1 Dec\r\n", rcpt, big, true},
+		{"recipients in another order and case", "Q3", "", `["Carol@Example.NET","bob@example.net","bob@example.net"]`, big, true},
+		{"the same Message-ID to other recipients", "Q4", "", `["dave@example.net"]`, big, false},
+		{"the same Message-ID, another body", "Q5", "", rcpt, strings.Replace(big, "Cheap meds", "Cheap pills", 1), false},
+		{"the same Message-ID, another subject", "Q6", "", rcpt, strings.Replace(big, "Offer", "Offer 2", 1), false},
+	} {
+		if got := id(tc.qid, tc.received, tc.rcpt, tc.msg); (got == first) != tc.same {
+			t.Errorf("%s: id %s, first %s, want same %v", tc.name, got, first, tc.same)
+		}
+	}
+	// Without a Message-ID a retry cannot be told from a new copy: each
+	// queue id counts.
+	noID := strings.Replace(big, "Message-ID: <m1@globex.test>\r\n", "", 1)
+	if a, b := id("Q1", "", rcpt, noID), id("Q2", "", rcpt, noID); a == b || a != id("Q1", "Received: x\r\n", rcpt, noID) {
+		t.Errorf("without a Message-ID: ids %s %s", a, b)
+	}
+}
+
+func TestPhishSymbol(t *testing.T) {
+	for sym, want := range map[string]rules.Verdict{
+		"PHISHING": rules.Phish, "PHISHED_OPENPHISH": rules.Phish, "PHISHED_PHISHTANK": rules.Phish, "PHISHED_GENERIC_SERVICE": rules.Phish,
+		"DBL_PHISH": rules.Phish, "DBL_ABUSE_PHISH": rules.Phish, "HACKED_WP_PHISHING": rules.Phish, "VADE_PHISHING": rules.Phish,
+		"phishing": rules.Phish, "PHISHED_WHITELISTED": rules.Ham, "BAYES_HAM": rules.Ham, "CLAM_VIRUS": rules.Virus,
+	} {
+		r := &Rspamd{Action: "no action", Symbols: []string{sym, "R_SPF_ALLOW"}}
+		if got := r.VerdictOf(); got != want {
+			t.Errorf("%s at no action: %s, want %s", sym, got, want)
+		}
+	}
+	// The shipped exporter selects what VerdictOf calls phish.
+	conf, err := os.ReadFile("../../deploy/rspamd/local.d/metadata_exporter.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range append([]string{"PHISHED_", "PHISHED_WHITELISTED"}, PhishSymbols...) {
+		if !strings.Contains(string(conf), "'"+s+"'") {
+			t.Errorf("deploy/rspamd/local.d/metadata_exporter.conf does not name %s", s)
+		}
 	}
 }
 
