@@ -161,15 +161,17 @@ func (a *App) run(ctx context.Context) (err error) {
 	// NATS: the configured servers, or the embedded one.
 	url := cfg.NATS.URL
 	if url == "" {
-		var ns *server.Server
-		ns, err = startEmbedded(cfg)
+		var (
+			ns     *server.Server
+			nsOpts *server.Options
+		)
+		ns, nsOpts, err = startEmbedded(cfg)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-		}()
+		// Runs after the run group has drained aupd's consumers and
+		// a.nc is closed (defers run last first).
+		defer stopEmbedded(ns, nsOpts, 30*time.Second, a.log.With("component", "nats"))
 		url = ns.ClientURL()
 		a.log.Info("embedded NATS server with JetStream", "url", url)
 	}
