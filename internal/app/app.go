@@ -243,6 +243,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		Batch: cfg.NATS.Consumer.Batch, MaxWait: cfg.NATS.Consumer.MaxWait, Workers: cfg.NATS.Consumer.Workers,
 		RetryMin: cfg.NATS.Consumer.RetryMin, RetryMax: cfg.NATS.Consumer.RetryMax,
 		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
+		Probe:         func(ctx context.Context) error { return pingRedis(ctx, a.rdb) },
 		MaxDeadLetter: int(min(a.nc.MaxPayload(), int64(events.MaxPayload))),
 		FutureSkew:    func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
 		Logger:        a.log, Registerer: a.reg, Now: a.opts.Now,
