@@ -108,6 +108,7 @@ func Run(ctx context.Context, opts Options) error {
 		opts.Registry = prometheus.NewRegistry()
 	}
 	a := &App{opts: opts, log: opts.Logger, reg: opts.Registry, pinned: pinned}
+	defer installRedisLog(opts.Logger)()
 	a.cfg.Store(opts.Config)
 	a.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "aupd_config_reloads_total",
@@ -177,7 +178,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	}
 	a.log.Info("connecting to NATS", "url", config.RedactURL(url))
 	if err := a.waitFor(ctx, "nats", func(context.Context) error {
-		nc, err := connect(cfg.NATS, url, "aupd")
+		nc, err := connect(cfg.NATS, url, "aupd", a.log.With("component", "nats"))
 		a.nc = nc
 		return err
 	}); err != nil {

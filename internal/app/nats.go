@@ -146,13 +146,13 @@ func waitStored(ns *server.Server, timeout time.Duration) (uint64, error) {
 }
 
 // connect opens the NATS connection from the config.
-func connect(cfg config.NATS, url, name string) (*nats.Conn, error) {
-	opts := []nats.Option{
+func connect(cfg config.NATS, url, name string, log *slog.Logger) (*nats.Conn, error) {
+	opts := append(natsLogOptions(log),
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.RetryOnFailedConnect(false),
-	}
+	)
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
 	}
