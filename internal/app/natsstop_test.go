@@ -137,7 +137,7 @@ func TestStopKeepsWhatNATSReceived(t *testing.T) {
 	cancel, done = runAupd()
 	defer func() { cancel(); <-done }()
 	h := &harness{t: t, cfg: cfg, js: testutil.JetStream(t, url)}
-	h.drained()
+	h.drainedWithin(10 * time.Minute) // 2n events; slow under -race on a busy machine
 
 	stored := storedIDs(t, h.js, cfg.NATS.Verdicts.Name)
 	var coreStored, jsStored int
