@@ -23,7 +23,9 @@ const redisLogEvery = 10 * time.Second
 // package variable, so it is installed once per process (installRedisLog)
 // and forwards to the logger of the aupd that runs now: the last Run that
 // started, while it runs (tests run several one after another).
-type redisLog struct{ to atomic.Pointer[ratelog.Limiter] }
+type redisLog struct {
+	to atomic.Pointer[ratelog.Limiter]
+}
 
 var (
 	redisLogger     redisLog
