@@ -73,6 +73,18 @@ func captureStderr(t *testing.T) func() string {
 	return restore
 }
 
+// dumpOnFailure shows aupd's warnings and errors when the test failed.
+func dumpOnFailure(t *testing.T, logs *logBuffer) {
+	if !t.Failed() {
+		return
+	}
+	for line := range strings.SplitSeq(logs.String(), "\n") {
+		if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
+			t.Log(line)
+		}
+	}
+}
+
 // runLogged runs aupd with cfg, logging JSON at level info into logs,
 // until the test ends.
 func runLogged(t *testing.T, cfg *Options) {
@@ -101,6 +113,7 @@ func TestRedisOutageLogsJSON(t *testing.T) {
 	addr, proc := testutil.PrivateRedisProcess(t, port)
 	cfg := outageConfig(t, port)
 	var logs logBuffer
+	t.Cleanup(func() { dumpOnFailure(t, &logs) })
 	stderr := captureStderr(t)
 	runLogged(t, &Options{Config: cfg, Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 	js := testutil.JetStream(t, cfg.NATS.URL)
