@@ -84,7 +84,8 @@ type VerdictOptions struct {
 	// events are nak'ed with RetryMin only and every fetch loop waits,
 	// probing every ProbeEvery, until the probe succeeds. Counting then
 	// resumes at once: no backoff built up during an outage outlives it,
-	// and an outage adds one delivery per event, not one per retry.
+	// and an outage adds a few deliveries per event (at most one per
+	// fetch loop), not one per retry.
 	Probe      func(context.Context) error
 	ProbeEvery time.Duration
 	// DrainTimeout bounds how long the batch in hand may take after the
