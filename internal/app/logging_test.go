@@ -181,4 +181,22 @@ func TestNATSDisconnectAndReconnectLogged(t *testing.T) {
 	if d, r := lines("nats disconnected; reconnecting"), lines("nats reconnected"); d != 1 || r != 1 {
 		t.Errorf("%d disconnect and %d reconnect lines, want 1 each:\n%s", d, r, logs.String())
 	}
+
+	// Counting goes on at once: an event published now is counted within
+	// a few seconds.
+	back := time.Now()
+	js := testutil.JetStream(t, ns.ClientURL())
+	if _, err := js.Publish(context.Background(), "aup.verdict.outbound", verdict("after-nats", "outbound", "n@example.org", "spam", back)); err != nil {
+		t.Fatal(err)
+	}
+	rdb, _ := testutil.Redis(t)
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		n, _ := rdb.ZCard(context.Background(), store.AccountKey(prefix, "n@example.org", "w")).Result()
+		return n == 1
+	}, "not counted after NATS came back")
+	took := time.Since(back)
+	t.Logf("counted %s after NATS was back and the event published", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("counted %s after NATS came back; want within a few seconds", took.Round(time.Millisecond))
+	}
 }
