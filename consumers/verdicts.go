@@ -78,6 +78,16 @@ type VerdictOptions struct {
 	// longer payloads are cut, with HeaderTruncated.
 	MaxDeadLetter int
 	FutureSkew    func() time.Duration
+	// Probe, when set, tells whether the store is reachable (a Redis
+	// ping). After a batch with transient failures the consumer probes
+	// once: when the probe fails too, the store is down, so the failed
+	// events are nak'ed with RetryMin only and every fetch loop waits,
+	// probing every ProbeEvery, until the probe succeeds. Counting then
+	// resumes at once: no backoff built up during an outage outlives it,
+	// and an outage adds a few deliveries per event (at most one per
+	// fetch loop), not one per retry.
+	Probe      func(context.Context) error
+	ProbeEvery time.Duration
 	// DrainTimeout bounds how long the batch in hand may take after the
 	// context is cancelled.
 	DrainTimeout time.Duration
@@ -98,6 +108,9 @@ func (o *VerdictOptions) validate() error {
 	}
 	if o.FutureSkew == nil {
 		o.FutureSkew = func() time.Duration { return 5 * time.Minute }
+	}
+	if o.ProbeEvery <= 0 {
+		o.ProbeEvery = 500 * time.Millisecond
 	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 20 * time.Second
@@ -122,6 +135,9 @@ type Verdicts struct {
 	dead    *prometheus.CounterVec
 	retries prometheus.Counter
 	fetched prometheus.Counter
+	// probing is held by the fetch loop that waits for the store to come
+	// back; the others queue on it and then probe once themselves.
+	probing sync.Mutex
 }
 
 // NewVerdicts returns the verdict consumer.
@@ -249,12 +265,45 @@ func (p *Pull) collect(ctx context.Context, batch jetstream.MessageBatch) []jets
 func (v *Verdicts) finish(ctx context.Context, msgs []jetstream.Msg) {
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.o.DrainTimeout)
 	defer cancel()
-	v.Handle(hctx, msgs)
+	if down := v.handle(hctx, msgs); down {
+		v.awaitStore(ctx)
+	}
 }
 
 // Handle applies one fetched batch and acks, naks or terminates every
 // message of it.
 func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
+	v.handle(ctx, msgs)
+}
+
+// storeDown probes the store after a transient failure: true when it does
+// not answer.
+func (v *Verdicts) storeDown(ctx context.Context) bool {
+	if v.o.Probe == nil {
+		return false
+	}
+	pctx, cancel := context.WithTimeout(ctx, max(v.o.ProbeEvery, time.Second))
+	defer cancel()
+	return v.o.Probe(pctx) != nil
+}
+
+// awaitStore returns once the probe succeeds or ctx ends. One fetch loop
+// probes at a time; the others wait for it, so that an outage costs one
+// probe per interval and no fetches.
+func (v *Verdicts) awaitStore(ctx context.Context) {
+	v.probing.Lock()
+	defer v.probing.Unlock()
+	for v.storeDown(ctx) {
+		v.warn.Warn("store unreachable: fetching paused until it answers")
+		if !sleep(ctx, v.o.ProbeEvery) {
+			return
+		}
+	}
+}
+
+// handle is Handle; it reports whether events failed because the store
+// is down.
+func (v *Verdicts) handle(ctx context.Context, msgs []jetstream.Msg) (down bool) {
 	v.fetched.Add(float64(len(msgs)))
 	now := v.o.Now()
 	skew := v.o.FutureSkew()
@@ -284,6 +333,9 @@ func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
 	}
 	if len(evs) > 0 {
 		errs := v.o.Processor.Process(ctx, evs)
+		if slices.ContainsFunc(errs, func(err error) bool { return err != nil && !store.IsPermanent(err) }) {
+			down = v.storeDown(ctx)
+		}
 		for i, m := range valid {
 			err := errs[i]
 			switch {
@@ -293,6 +345,10 @@ func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
 				dead = append(dead, deadLetter{msg: m, reason: ReasonProcessingFailed, detail: err.Error()})
 			case v.lastDelivery(m):
 				dead = append(dead, deadLetter{msg: m, reason: ReasonMaxDeliveries, detail: err.Error()})
+			case down:
+				// redelivered as soon as the store is back (awaitStore)
+				v.retries.Inc()
+				_ = m.NakWithDelay(v.o.RetryMin)
 			default:
 				v.retries.Inc()
 				_ = m.NakWithDelay(v.backoff(m))
@@ -300,6 +356,7 @@ func (v *Verdicts) Handle(ctx context.Context, msgs []jetstream.Msg) {
 		}
 	}
 	v.deadLetters(ctx, dead)
+	return down
 }
 
 // StreamSeq reads the stream sequence from a JetStream message's reply

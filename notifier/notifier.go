@@ -132,10 +132,13 @@ type Notifier struct {
 	samples SampleSource
 	dir     Directory
 	log     *slog.Logger
-	now     func() time.Time
-	links   LinkFunc
-	repl    Barrier
-	owner   string
+	// warn holds back the warnings an outage repeats for every notice
+	// and retry (SMTP or Redis away): one line per warnEvery each.
+	warn  *ratelog.Limiter
+	now   func() time.Time
+	links LinkFunc
+	repl  Barrier
+	owner string
 	// unrecorded holds notices delivered whose delivery could not be
 	// recorded yet (key -> reply): their redelivery records it instead of
 	// sending again.
@@ -144,6 +147,9 @@ type Notifier struct {
 	tick       time.Duration
 	m          *metrics
 }
+
+// warnEvery is how often one repeated warning of the notifier is logged.
+const warnEvery = 30 * time.Second
 
 type metrics struct {
 	notices  *prometheus.CounterVec
@@ -215,6 +221,7 @@ func New(cfg Config, opts Options) (*Notifier, error) {
 		n.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	n.log = n.log.With("component", "notifier")
+	n.warn = ratelog.New(n.log, warnEvery)
 	if n.now == nil {
 		n.now = time.Now
 	}
@@ -333,7 +340,7 @@ func (n *Notifier) Handle(ctx context.Context, msg jetstream.Msg) {
 			// Acked once replicas hold the outcome: a failover must not
 			// bring back a notice that looks unsent.
 			if err := n.repl.Wait(ctx, ev.Account); err != nil {
-				n.log.Warn("notice outcome not replicated yet; will check again", "account", ev.Account, "suspension", ev.Suspension.ID, "err", err)
+				n.warn.Warn("notice outcome not replicated yet; will check again", "account", ev.Account, "suspension", ev.Suspension.ID, "err", err)
 				_ = msg.NakWithDelay(n.cfg.RetryMin)
 				return
 			}
@@ -352,7 +359,7 @@ func (n *Notifier) process(ctx context.Context, msg jetstream.Msg, ev *events.Ac
 	if reply, ok := n.unrecorded.Load(key); ok {
 		// Delivered by this process before; only the record is missing.
 		if _, err := n.store.finish(ctx, key, n.owner, "sent", n.now(), reply.(string), n.cfg.Retention); err != nil {
-			log.Warn("record delivered notice", "err", err)
+			n.warn.Warn("record delivered notice", "account", ev.Account, "suspension", ev.Suspension.ID, "err", err)
 			return n.cfg.RetryMin, false
 		}
 		n.unrecorded.Delete(key)
@@ -361,16 +368,16 @@ func (n *Notifier) process(ctx context.Context, msg jetstream.Msg, ev *events.Ac
 	}
 	c, err := n.store.claim(ctx, key, n.owner, n.now(), n.lease)
 	if err != nil {
-		log.Warn("claim notice", "err", err)
+		n.warn.Warn("claim notice", "account", ev.Account, "suspension", ev.Suspension.ID, "err", err)
 		return n.cfg.RetryMin, false
 	}
 	if c.status == "missing" {
 		if err := n.prepare(ctx, key, ev, log); err != nil {
-			log.Warn("prepare notice", "err", err)
+			n.warn.Warn("prepare notice", "account", ev.Account, "suspension", ev.Suspension.ID, "err", err)
 			return n.cfg.RetryMin, false
 		}
 		if c, err = n.store.claim(ctx, key, n.owner, n.now(), n.lease); err != nil {
-			log.Warn("claim notice", "err", err)
+			n.warn.Warn("claim notice", "account", ev.Account, "suspension", ev.Suspension.ID, "err", err)
 			return n.cfg.RetryMin, false
 		}
 	}
@@ -524,11 +531,11 @@ func (n *Notifier) attempt(ctx context.Context, msg jetstream.Msg, key string, c
 	}
 	st, err := n.store.finish(ctx, key, n.owner, "retry", now, cleanLine(sendErr.Error(), 1000), n.cfg.Retention)
 	if err != nil {
-		log.Warn("record notice retry", "err", err)
+		n.warn.Warn("record notice retry", "account", h["account"], "suspension", h["suspension_id"], "err", err)
 	}
 	n.m.notices.WithLabelValues(resultRetry).Inc()
 	delay := n.backoff(c.attempts)
-	log.Warn("abuse notice not sent, will retry", "err", sendErr, "retry_in", delay, "state", st)
+	n.warn.Warn("abuse notice not sent, will retry", "account", h["account"], "suspension", h["suspension_id"], "err", sendErr, "retry_in", delay, "state", st)
 	return delay, false
 }
 

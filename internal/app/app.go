@@ -108,6 +108,7 @@ func Run(ctx context.Context, opts Options) error {
 		opts.Registry = prometheus.NewRegistry()
 	}
 	a := &App{opts: opts, log: opts.Logger, reg: opts.Registry, pinned: pinned}
+	defer installRedisLog(opts.Logger)()
 	a.cfg.Store(opts.Config)
 	a.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "aupd_config_reloads_total",
@@ -161,21 +162,23 @@ func (a *App) run(ctx context.Context) (err error) {
 	// NATS: the configured servers, or the embedded one.
 	url := cfg.NATS.URL
 	if url == "" {
-		var ns *server.Server
-		ns, err = startEmbedded(cfg)
+		var (
+			ns     *server.Server
+			nsOpts *server.Options
+		)
+		ns, nsOpts, err = startEmbedded(cfg)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-		}()
+		// Runs after the run group has drained aupd's consumers and
+		// a.nc is closed (defers run last first).
+		defer stopEmbedded(ns, nsOpts, 30*time.Second, a.log.With("component", "nats"))
 		url = ns.ClientURL()
 		a.log.Info("embedded NATS server with JetStream", "url", url)
 	}
 	a.log.Info("connecting to NATS", "url", config.RedactURL(url))
 	if err := a.waitFor(ctx, "nats", func(context.Context) error {
-		nc, err := connect(cfg.NATS, url, "aupd")
+		nc, err := connect(cfg.NATS, url, "aupd", a.log.With("component", "nats"))
 		a.nc = nc
 		return err
 	}); err != nil {
@@ -241,6 +244,7 @@ func (a *App) run(ctx context.Context) (err error) {
 		Batch: cfg.NATS.Consumer.Batch, MaxWait: cfg.NATS.Consumer.MaxWait, Workers: cfg.NATS.Consumer.Workers,
 		RetryMin: cfg.NATS.Consumer.RetryMin, RetryMax: cfg.NATS.Consumer.RetryMax,
 		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
+		Probe:         func(ctx context.Context) error { return pingRedis(ctx, a.rdb) },
 		MaxDeadLetter: int(min(a.nc.MaxPayload(), int64(events.MaxPayload))),
 		FutureSkew:    func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
 		Logger:        a.log, Registerer: a.reg, Now: a.opts.Now,

@@ -119,7 +119,13 @@ func (h *harness) publish(subject string, data []byte, msgID string) {
 // unacknowledged.
 func (h *harness) drained() {
 	h.t.Helper()
-	testutil.Eventually(h.t, 30*time.Second, func() bool {
+	h.drainedWithin(30 * time.Second)
+}
+
+// drainedWithin is drained with a timeout of its own, for a large backlog.
+func (h *harness) drainedWithin(timeout time.Duration) {
+	h.t.Helper()
+	testutil.Eventually(h.t, timeout, func() bool {
 		ctx := context.Background()
 		st, err := h.js.Stream(ctx, h.cfg.NATS.Verdicts.Name)
 		if err != nil {

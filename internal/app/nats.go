@@ -25,18 +25,19 @@ import (
 )
 
 // startEmbedded starts the embedded NATS server with JetStream, on the
-// configured loopback address, storing under the data directory.
-func startEmbedded(cfg *config.Config) (*server.Server, error) {
+// configured loopback address, storing under the data directory. The
+// options it returns are the server's, for stopEmbedded.
+func startEmbedded(cfg *config.Config) (*server.Server, *server.Options, error) {
 	host, portStr, err := net.SplitHostPort(cfg.NATS.Embedded.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("nats.embedded.listen: %w", err)
+		return nil, nil, fmt.Errorf("nats.embedded.listen: %w", err)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil {
-		return nil, fmt.Errorf("nats.embedded.listen: port %q", portStr)
+		return nil, nil, fmt.Errorf("nats.embedded.listen: port %q", portStr)
 	}
 	if probe, err := net.Listen("tcp", cfg.NATS.Embedded.Listen); err != nil {
-		return nil, fmt.Errorf("embedded nats cannot listen on %s: %w (set nats.embedded.listen to a free address, or nats.url / %s to use a running server)", cfg.NATS.Embedded.Listen, err, config.EnvNATSURL)
+		return nil, nil, fmt.Errorf("embedded nats cannot listen on %s: %w (set nats.embedded.listen to a free address, or nats.url / %s to use a running server)", cfg.NATS.Embedded.Listen, err, config.EnvNATSURL)
 	} else {
 		probe.Close()
 	}
@@ -45,31 +46,113 @@ func startEmbedded(cfg *config.Config) (*server.Server, error) {
 		dir = filepath.Join(cfg.DataDir, "nats")
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("nats store dir: %w", err)
+		return nil, nil, fmt.Errorf("nats store dir: %w", err)
 	}
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "aupd-embedded", Host: host, Port: port,
-		JetStream: true, StoreDir: dir, NoSigs: true, MaxPayload: 8 << 20,
-	})
+	opts := embeddedOptions(host, port, dir)
+	ns, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("embedded nats: %w", err)
+		return nil, nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(15 * time.Second) {
 		ns.Shutdown()
-		return nil, fmt.Errorf("embedded nats on %s did not start (is the port taken? set nats.url to use a running server)", cfg.NATS.Embedded.Listen)
+		return nil, nil, fmt.Errorf("embedded nats on %s did not start (is the port taken? set nats.url to use a running server)", cfg.NATS.Embedded.Listen)
 	}
-	return ns, nil
+	return ns, opts, nil
+}
+
+// embeddedOptions are the embedded server's options; stopEmbedded reloads
+// them with one change.
+func embeddedOptions(host string, port int, dir string) *server.Options {
+	return &server.Options{
+		ServerName: "aupd-embedded", Host: host, Port: port,
+		JetStream: true, StoreDir: dir, NoSigs: true, MaxPayload: 8 << 20,
+	}
+}
+
+// stopEmbedded stops the embedded server without losing what it has
+// received. Server.Shutdown stops JetStream first and drops the messages
+// a stream has received but not yet stored (a core-NATS publisher's flush
+// had succeeded for them), so the stop goes in the order of a lame duck,
+// but with a store step between:
+//
+//  1. refuse new connections and close the publishers' ones (a reload
+//     with max_connections below zero: nats-server then accepts no
+//     client), so that nothing more comes in;
+//  2. wait until every stream's state has stopped changing, that is
+//     until JetStream has stored what it had received, bounded by
+//     timeout;
+//  3. shut the server down.
+//
+// aupd's own consumers and connection are done before this is called.
+func stopEmbedded(ns *server.Server, opts *server.Options, timeout time.Duration, log *slog.Logger) {
+	refuse := opts.Clone()
+	refuse.MaxConn = -1
+	if err := ns.ReloadOptions(refuse); err != nil {
+		log.Warn("embedded nats: refuse new clients before the stop", "err", err)
+	}
+	if n, err := waitStored(ns, timeout); err != nil {
+		log.Warn("embedded nats: JetStream still storing at the stop", "err", err, "stored", n)
+	} else {
+		log.Info("embedded nats: JetStream stored what it received", "messages", n)
+	}
+	ns.Shutdown()
+	ns.WaitForShutdown()
+}
+
+// storeQuiet is how long every stream's state must stay unchanged for
+// JetStream to count as having stored its input. A stream stores tens of
+// thousands of messages a second, so a backlog never pauses this long.
+const storeQuiet = time.Second
+
+// waitStored waits until the state of every stream stays the same for
+// storeQuiet, and returns the number of messages stored.
+func waitStored(ns *server.Server, timeout time.Duration) (uint64, error) {
+	deadline := time.Now().Add(timeout)
+	state := func() (string, uint64, error) {
+		jsi, err := ns.Jsz(&server.JSzOptions{Accounts: true, Streams: true})
+		if err != nil {
+			return "", 0, err
+		}
+		var b strings.Builder
+		var n uint64
+		for _, acc := range jsi.AccountDetails {
+			for _, st := range acc.Streams {
+				fmt.Fprintf(&b, "%s/%s:%d:%d;", acc.Name, st.Name, st.State.LastSeq, st.State.Msgs)
+				n += st.State.Msgs
+			}
+		}
+		return b.String(), n, nil
+	}
+	last, n, err := state()
+	if err != nil {
+		return 0, err
+	}
+	since := time.Now()
+	for time.Since(since) < storeQuiet {
+		if time.Now().After(deadline) {
+			return n, fmt.Errorf("streams still growing after %s", timeout)
+		}
+		time.Sleep(storeQuiet / 10)
+		cur, m, err := state()
+		if err != nil {
+			return n, err
+		}
+		if cur != last {
+			last, n, since = cur, m, time.Now()
+		}
+	}
+	return n, nil
 }
 
 // connect opens the NATS connection from the config.
-func connect(cfg config.NATS, url, name string) (*nats.Conn, error) {
-	opts := []nats.Option{
+func connect(cfg config.NATS, url, name string, log *slog.Logger) (*nats.Conn, error) {
+	opts := append(natsLogOptions(log),
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.RetryOnFailedConnect(false),
-	}
+	)
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
 	}

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"regexp"
@@ -178,7 +179,7 @@ func (h *harness) reloads() float64 {
 var sighup = syscall.SIGHUP
 
 func TestConnectErrorHidesNATSCredentials(t *testing.T) {
-	_, err := connect(config.NATS{}, "nats://svc:hunter2@127.0.0.1:1,nats://tok3nvalue@127.0.0.1:2", "test")
+	_, err := connect(config.NATS{}, "nats://svc:hunter2@127.0.0.1:1,nats://tok3nvalue@127.0.0.1:2", "test", slog.New(slog.DiscardHandler))
 	if err == nil {
 		t.Fatal("connected to a closed port")
 	}
