@@ -327,9 +327,11 @@ func (r *Report) Senders() []string {
 // HTTP or through the Postfix pipe, has the same id and counts once,
 // while two recipients complaining about one message count twice.
 //
-//   - the original message: its Message-ID; without one, its From, To,
-//     Date and Subject with the report's Original-Mail-From,
-//     Arrival-Date (or Received-Date) and Source-IP;
+//   - the original's sender: its From and the report's
+//     Original-Mail-From;
+//   - the original message: its Message-ID; without one, its To, Date
+//     and Subject with the report's Arrival-Date (or Received-Date) and
+//     Source-IP;
 //   - the complaining recipient: Original-Rcpt-To (every one, in any
 //     order); without it, the original's To;
 //   - Feedback-Type.
@@ -348,13 +350,17 @@ func fingerprint(feedbackType string, fields textproto.MIMEHeader, orig mail.Hea
 	}
 	put("v", "2")
 	put("type", feedbackType)
+	// The sender the complaint counts against: one Message-ID reused by
+	// messages of two accounts makes two complaints.
+	put("from", strings.ToLower(oneLine(orig.Get("From"))))
+	put("mail-from", strings.ToLower(oneLine(fields.Get("Original-Mail-From"))))
 	if mid := oneLine(orig.Get("Message-Id")); mid != "" {
 		put("mid", strings.Trim(mid, "<>"))
 	} else {
-		for _, k := range []string{"From", "To", "Date", "Subject"} {
+		for _, k := range []string{"To", "Date", "Subject"} {
 			put(k, oneLine(orig.Get(k)))
 		}
-		for _, k := range []string{"Original-Mail-From", "Arrival-Date", "Received-Date", "Source-Ip"} {
+		for _, k := range []string{"Arrival-Date", "Received-Date", "Source-Ip"} {
 			put(k, strings.ToLower(oneLine(fields.Get(k))))
 		}
 	}
