@@ -58,7 +58,7 @@ func TestCheckConfigSaysHowAccountsOutsideCompaniesAreTreated(t *testing.T) {
 		want       []string
 	}{
 		{"no companies", "notifier: {eml_dir: n, fallback_abuse_contact: abuse@provider.test}\n",
-			[]string{"# no companies: every AUP notice goes to notifier.fallback_abuse_contact (abuse@provider.test)", "enforced by Postfix, Dovecot and webmail"}},
+			[]string{"# no companies, so every account is outside every company", "notices go to notifier.fallback_abuse_contact (abuse@provider.test)", "enforced by Postfix, Dovecot and webmail"}},
 		{"companies", "notifier: {eml_dir: n, fallback_abuse_contact: abuse@provider.test}\ncompanies: [{id: acme, domains: [acme.test], abuse_contact: abuse@acme.test}]\n",
 			[]string{"# an account whose domain is in no company is governed like any other", "notices go to notifier.fallback_abuse_contact (abuse@provider.test)"}},
 	} {

@@ -59,6 +59,9 @@ func natsLogOptions(log *slog.Logger) []nats.Option {
 	errs := ratelog.New(log, time.Minute)
 	return []nats.Option{
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if nc.IsClosed() {
+				return // aupd closed it: ClosedHandler says so
+			}
 			log.Warn("nats disconnected; reconnecting", "err", err, "url", nc.ConnectedUrlRedacted())
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

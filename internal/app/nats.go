@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -114,15 +115,17 @@ func waitStored(ns *server.Server, timeout time.Duration) (uint64, error) {
 		if err != nil {
 			return "", 0, err
 		}
-		var b strings.Builder
+		var parts []string
 		var n uint64
 		for _, acc := range jsi.AccountDetails {
 			for _, st := range acc.Streams {
-				fmt.Fprintf(&b, "%s/%s:%d:%d;", acc.Name, st.Name, st.State.LastSeq, st.State.Msgs)
+				parts = append(parts, fmt.Sprintf("%s/%s:%d:%d", acc.Name, st.Name, st.State.LastSeq, st.State.Msgs))
 				n += st.State.Msgs
 			}
 		}
-		return b.String(), n, nil
+		// Jsz lists accounts and streams in no fixed order.
+		slices.Sort(parts)
+		return strings.Join(parts, ";"), n, nil
 	}
 	last, n, err := state()
 	if err != nil {

@@ -468,11 +468,11 @@ func (c *Config) Validate() error {
 func (c *Config) OutsideCompanies(n int) string {
 	s := "an account whose domain is in no company is governed like any other once aupd holds a record of it: " +
 		"its outbound spam and complaints count toward a suspension (its inbound verdicts are statistics only), " +
-		"and every suspension and status aupd holds for it is enforced by Postfix, Dovecot and webmail; " +
-		"its notices go to notifier.fallback_abuse_contact (" + c.Notifier.FallbackAbuseContact + ")"
+		"every suspension and status aupd holds for it is enforced by Postfix, Dovecot and webmail, " +
+		"failed logins count toward its lockout once it has a record, " +
+		"and its notices go to notifier.fallback_abuse_contact (" + c.Notifier.FallbackAbuseContact + ")"
 	if n == 0 {
-		return "no companies: every AUP notice goes to notifier.fallback_abuse_contact (" + c.Notifier.FallbackAbuseContact +
-			"), and failed logins count toward a lockout only for accounts aupd holds a record of; " + s
+		return "no companies, so every account is outside every company: " + s
 	}
 	return s
 }
