@@ -702,6 +702,7 @@ func noticeLine(n any) string {
 		Attempts  int    `json:"attempts"`
 		SentAt    string `json:"sent_at"`
 		LastError string `json:"last_error"`
+		Note      string `json:"recipient_note"`
 	}
 	if json.Unmarshal(b, &d) != nil || d.State == "" {
 		return string(b)
@@ -716,6 +717,9 @@ func noticeLine(n any) string {
 	}
 	if d.LastError != "" {
 		line += ", last error: " + d.LastError
+	}
+	if d.Note != "" && d.Note != d.LastError {
+		line += " (" + d.Note + ")"
 	}
 	return line
 }

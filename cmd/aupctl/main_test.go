@@ -406,3 +406,17 @@ func TestOfflineCommandsNeedNoTokenFile(t *testing.T) {
 		t.Fatalf("status with the token file: exit %d, %q", code, errb.String())
 	}
 }
+
+// TestNoticeLineSaysWhereAndWhy: status says where a redirected notice
+// went and why, and does not repeat a reason that is the error already.
+func TestNoticeLineSaysWhereAndWhy(t *testing.T) {
+	note := "notice sent to the provider's fallback contact because the company's abuse contact is this mailbox"
+	got := noticeLine(map[string]any{"state": "sent", "recipient": "fallback@provider.test", "attempts": 1, "recipient_reason": "contact_is_account", "recipient_note": note})
+	if want := "sent to fallback@provider.test, 1 attempt(s) (" + note + ")"; got != want {
+		t.Errorf("noticeLine = %q, want %q", got, want)
+	}
+	got = noticeLine(map[string]any{"state": "failed", "attempts": 0, "last_error": "notice not sent: x", "recipient_note": "notice not sent: x"})
+	if want := "failed, 0 attempt(s), last error: notice not sent: x"; got != want {
+		t.Errorf("noticeLine = %q, want %q", got, want)
+	}
+}

@@ -2,6 +2,7 @@ package desk_test
 
 import (
 	"fmt"
+	"html"
 	"net"
 	"net/http"
 	"net/url"
@@ -710,4 +711,24 @@ func TestHostileEvidence(t *testing.T) {
 	if n := strings.Count(p.body, "<pre"); n != strings.Count(p.body, "</pre>") {
 		t.Errorf("%d <pre> but %d </pre>: the evidence broke out", n, strings.Count(p.body, "</pre>"))
 	}
+}
+
+// TestNoticeRedirectedFromItsMailbox: when the company's abuse contact is
+// the suspended mailbox, the notice goes to the provider's fallback
+// contact, and the account page and the API say so and why.
+func TestNoticeRedirectedFromItsMailbox(t *testing.T) {
+	w := newWorld(t, nil)
+	acct := "abuse@example.com" // acme's abuse contact
+	sus := w.overThreshold(acct, 5, plain, plainRaw)
+	w.notice(acct, sus)
+	note := "notice sent to the provider&#39;s fallback contact because the company&#39;s abuse contact is this mailbox"
+	n := w.account(acct)["last_suspension"].(map[string]any)["notice"].(map[string]any)
+	if n["recipient"] != w.cfg.Notifier.FallbackAbuseContact || n["recipient_reason"] != "contact_is_account" ||
+		n["recipient_note"] != html.UnescapeString(note) {
+		t.Errorf("the API's notice state: %v", n)
+	}
+	b := w.browser()
+	b.signIn(tokAbuse)
+	p := b.get("/desk/accounts/" + acct)
+	has(t, p, "state-sent", "to "+w.cfg.Notifier.FallbackAbuseContact, note)
 }
