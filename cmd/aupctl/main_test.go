@@ -420,3 +420,28 @@ func TestNoticeLineSaysWhereAndWhy(t *testing.T) {
 		t.Errorf("noticeLine = %q, want %q", got, want)
 	}
 }
+
+// TestNote: aupctl note adds a case note that history shows with its
+// author; the text is required, a viewer is refused, and an address aupd
+// holds no record of gets none.
+func TestNote(t *testing.T) {
+	h := start(t)
+	bob := "bob@example.com"
+	h.want(0, adminToken, "lock", bob, "--reason", "suspected compromise")
+	out := h.want(0, adminToken, "note", bob, "--text", "called the user,\nnew password set")
+	if !strings.Contains(out, bob+": note added by ops-admin") {
+		t.Fatalf("note: %q", out)
+	}
+	out = h.want(0, adminToken, "history", bob)
+	if !strings.Contains(out, "note") || !strings.Contains(out, "called the user, new password set") {
+		t.Fatalf("history lacks the note:\n%s", out)
+	}
+	h.want(exitUsage, adminToken, "note", bob)
+	h.want(exitUsage, adminToken, "note", bob, "--text", strings.Repeat("x", 1001))
+	h.want(exitRefused, viewToken, "note", bob, "--text", "x")
+	h.want(exitNotFound, adminToken, "note", "nobody@example.com", "--text", "x")
+	out = h.want(0, adminToken, "--json", "history", bob)
+	if n := strings.Count(out, `"action": "note"`) + strings.Count(out, `"action":"note"`); n != 1 {
+		t.Fatalf("%d notes in the history, want 1:\n%s", n, out)
+	}
+}
