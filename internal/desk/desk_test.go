@@ -732,3 +732,65 @@ func TestNoticeRedirectedFromItsMailbox(t *testing.T) {
 	p := b.get("/desk/accounts/" + acct)
 	has(t, p, "state-sent", "to "+w.cfg.Notifier.FallbackAbuseContact, note)
 }
+
+// TestCaseNotes: the account page's note form adds a note to the history
+// with its author, shown escaped; it needs the CSRF token and role abuse,
+// keeps to the session's company, refuses a note too long, and gives an
+// address without a record neither a note nor a record.
+func TestCaseNotes(t *testing.T) {
+	w := newWorld(t, nil)
+	mine, theirs := "nina@example.com", "omar@globex.test"
+	for _, a := range []string{mine, theirs} {
+		if code, body := w.api("POST", "/api/v1/accounts/"+a+"/lock", tokRoot, map[string]any{"reason": "set up"}); code != 200 {
+			t.Fatalf("lock %s: %d %v", a, code, body)
+		}
+	}
+	b := w.browser()
+	tok := b.signIn(tokAcmeAbuse)
+	p := b.get("/desk/accounts/" + mine)
+	has(t, p, `action="/desk/accounts/`+mine+`/note"`, `name="text"`, "Add a note")
+
+	form := func(text string) url.Values { return url.Values{"csrf": {tok}, "text": {text}} }
+	if p = b.post("/desk/accounts/"+mine+"/note", url.Values{"text": {"no csrf"}}); p.code != http.StatusForbidden {
+		t.Errorf("note without CSRF: %d", p.code)
+	}
+	if p = b.post("/desk/accounts/"+mine+"/note", form(strings.Repeat("x", 1001))); p.code != http.StatusBadRequest {
+		t.Errorf("note too long: %d", p.code)
+	} else {
+		has(t, p, "Note not added: the note is longer than 1000 characters.")
+	}
+	if p = b.post("/desk/accounts/"+theirs+"/note", form("x")); p.code != http.StatusNotFound {
+		t.Errorf("note on another company's account: %d", p.code)
+	}
+	if p = b.post("/desk/accounts/nobody@example.com/note", form("x")); p.code != http.StatusNotFound {
+		t.Errorf("note on an address without a record: %d", p.code)
+	}
+	if code, _ := w.api("GET", "/api/v1/accounts/nobody@example.com", tokRoot, nil); code != http.StatusNotFound {
+		t.Errorf("a note created a record: GET answers %d", code)
+	}
+	v := w.browser()
+	vtok := v.signIn(tokAcmeViewer)
+	lacks(t, v.get("/desk/accounts/"+mine), "/note\"")
+	if p = v.post("/desk/accounts/"+mine+"/note", url.Values{"csrf": {vtok}, "text": {"x"}}); p.code != http.StatusForbidden {
+		t.Errorf("viewer adds a note: %d", p.code)
+	}
+	for _, a := range []string{mine, theirs} {
+		if code, h := w.api("GET", "/api/v1/accounts/"+a+"/history", tokRoot, nil); code != 200 || strings.Contains(fmt.Sprint(h), "action:note") {
+			t.Fatalf("a refused note was written on %s: %d %v", a, code, h)
+		}
+	}
+
+	p = b.post("/desk/accounts/"+mine+"/note", form("called the user, <b>new</b> password set"))
+	if p.code != http.StatusSeeOther || p.location() != "/desk/accounts/"+mine+"?done=note" {
+		t.Fatalf("note: %d %q", p.code, p.location())
+	}
+	p = b.get(p.location())
+	has(t, p, "Note added to the history.", "<strong>note</strong>", "by acme-abuse via desk, reason abuse_contact",
+		"“called the user, &lt;b&gt;new&lt;/b&gt; password set”")
+	lacks(t, p, "<b>new</b>")
+	_, h := w.api("GET", "/api/v1/accounts/"+mine+"/history", tokRoot, nil)
+	e := h["entries"].([]any)[0].(map[string]any)
+	if e["action"] != "note" || e["actor"] != "acme-abuse" || e["via"] != "desk" || e["note"] != "called the user, <b>new</b> password set" {
+		t.Errorf("history entry %v", e)
+	}
+}
