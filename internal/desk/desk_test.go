@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -793,4 +795,35 @@ func TestCaseNotes(t *testing.T) {
 	if e["action"] != "note" || e["actor"] != "acme-abuse" || e["via"] != "desk" || e["note"] != "called the user, <b>new</b> password set" {
 		t.Errorf("history entry %v", e)
 	}
+}
+
+// TestNoticeNotSentToItsMailbox: when the company's abuse contact and the
+// fallback contact are both the suspended mailbox, no notice is written,
+// and the overview and the account page say why.
+func TestNoticeNotSentToItsMailbox(t *testing.T) {
+	acct := "abuse@example.com"
+	w := newWorld(t, func(c *config.Config) { c.Notifier.FallbackAbuseContact = "Abuse+Desk@Example.com" })
+	sus := w.overThreshold(acct, 5, plain, plainRaw)
+	var n map[string]any
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		ls, _ := w.account(acct)["last_suspension"].(map[string]any)
+		n, _ = ls["notice"].(map[string]any)
+		return n != nil && n["state"] == "failed"
+	}, "the notice of %s was not recorded as failed", sus)
+	if n["recipient_reason"] != "fallback_is_account" || n["recipient"] != nil && n["recipient"] != "" {
+		t.Errorf("notice state %v", n)
+	}
+	files, err := os.ReadDir(w.emlDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if noticeFile(f.Name()) {
+			t.Errorf("a notice was written: %s", f.Name())
+		}
+	}
+	b := w.browser()
+	b.signIn(tokRoot)
+	has(t, b.get("/desk/"), "Notices that failed <span class=\"count\">1</span>", `<span class="muted">not sent</span>`, "fallback contact is this mailbox")
+	has(t, b.get("/desk/accounts/"+acct), "state-failed", "notice not sent: the provider&#39;s fallback contact is this mailbox")
 }
