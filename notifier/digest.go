@@ -82,7 +82,7 @@ This digest is sent once a day by aupd. Reply to reach the abuse desk.
 // company without a usable abuse contact of its own gets none: the
 // fallback contact is for notices, not for every company's digest.
 func (n *Notifier) SendDigest(ctx context.Context, d Digest) error {
-	rcpt, why := n.r.recipient(d.Company, true)
+	rcpt, why := n.r.recipient(d.Company, true, "")
 	if why != "" {
 		return fmt.Errorf("digest for %s: %s", d.CompanyID, why)
 	}

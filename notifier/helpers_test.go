@@ -422,17 +422,23 @@ func (e *env) delivery(n *Notifier, account, id string) Delivery {
 // counter returns the value of aupd_notices_total{result}.
 func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
 	t.Helper()
+	return labelled(t, reg, "aupd_notices_total", "result", result)
+}
+
+// labelled returns the value of the counter name{label="value"}.
+func labelled(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "aupd_notices_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == result {
+				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()
 				}
 			}

@@ -152,8 +152,9 @@ type Notifier struct {
 const warnEvery = 30 * time.Second
 
 type metrics struct {
-	notices  *prometheus.CounterVec
-	sendTime prometheus.Histogram
+	notices   *prometheus.CounterVec
+	redirects *prometheus.CounterVec
+	sendTime  prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -162,6 +163,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "aupd_notices_total",
 			Help: "Abuse notice delivery attempts by result: sent, failed (permanently), retry (temporary failure).",
 		}, []string{"result"}),
+		redirects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aupd_notice_redirects_total",
+			Help: "Abuse notices not addressed to the company's abuse contact, by reason: sent to the fallback contact instead, or (fallback_is_account) not sent because the fallback is the suspended mailbox.",
+		}, []string{"reason"}),
 		sendTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "aupd_notice_send_seconds",
 			Help:    "Time of one attempt to send an abuse notice.",
@@ -171,8 +176,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{resultSent, resultFailed, resultRetry} {
 		m.notices.WithLabelValues(r)
 	}
+	for _, r := range recipientReasons {
+		m.redirects.WithLabelValues(r)
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.notices, m.sendTime} {
+		for _, c := range []prometheus.Collector{m.notices, m.redirects, m.sendTime} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register metrics: %w", err)
 			}
@@ -406,9 +414,6 @@ func (n *Notifier) prepare(ctx context.Context, key string, ev *events.AccountEv
 	if n.dir != nil && ev.Company != "" {
 		comp, ok = n.dir.Company(ev.Company)
 	}
-	if _, why := n.r.recipient(comp, ok); why != "" {
-		log.Info("abuse notice goes to the fallback contact", "company", ev.Company, "why", why)
-	}
 	now := n.now()
 	fields := map[string]any{
 		"event_id": ev.ID, "account": ev.Account, "company": ev.Company,
@@ -435,11 +440,37 @@ func (n *Notifier) prepare(ctx context.Context, key string, ev *events.AccountEv
 		}
 		return nil
 	}
-	fields["state"] = StatePending
 	fields["recipient"], fields["sender"] = rn.recipient, rn.sender
+	fields["recipient_reason"] = rn.reason
 	fields["message_id"], fields["subject"] = rn.messageID, rn.subject
-	fields["message"], fields["evidence"] = rn.message, rn.evidence
-	_, err = n.store.create(ctx, key, n.cfg.GiveUpAfter+n.cfg.Retention, fields)
+	fields["evidence"] = rn.evidence
+	if rn.recipient == "" {
+		// Nobody may receive it: the fallback is the suspended mailbox.
+		// Recorded as failed, with the evidence for the abuse desk, and
+		// never sent (there is no message to send).
+		note := RecipientNote(rn.reason)
+		fields["state"], fields["last_error"], fields["failed_at"] = StateFailed, note, now.UnixMilli()
+		created, err := n.store.create(ctx, key, n.cfg.Retention, fields)
+		if err != nil {
+			return err
+		}
+		if created {
+			n.m.redirects.WithLabelValues(rn.reason).Inc()
+			n.failed(ctx, ev.Account, ev.Suspension.ID, "", 0, errors.New(note), log.With("company", ev.Company, "why", rn.reason))
+		}
+		return nil
+	}
+	fields["state"] = StatePending
+	fields["message"] = rn.message
+	created, err := n.store.create(ctx, key, n.cfg.GiveUpAfter+n.cfg.Retention, fields)
+	if err == nil && created && rn.reason != "" {
+		n.m.redirects.WithLabelValues(rn.reason).Inc()
+		if rn.reason == ReasonContactIsAccount {
+			log.Warn("abuse notice goes to the fallback contact: the company's abuse contact is the suspended mailbox", "company", ev.Company, "why", rn.reason, "recipient", rn.recipient)
+		} else {
+			log.Info("abuse notice goes to the fallback contact", "company", ev.Company, "why", rn.reason, "recipient", rn.recipient)
+		}
+	}
 	return err
 }
 

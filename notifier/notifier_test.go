@@ -412,3 +412,112 @@ func atoi(t *testing.T, s string) int {
 	}
 	return n
 }
+
+// TestNoticeNeverGoesToItsMailbox: a notice is never delivered to the
+// suspended mailbox, which whoever stole its password can read. A
+// company whose abuse contact is the account (exactly, in another case,
+// or as a +tag extension) gets its notice at the fallback contact, and
+// the redirect is recorded; when the fallback is the account as well,
+// nothing is sent, and the notice is recorded as failed with the reason.
+func TestNoticeNeverGoesToItsMailbox(t *testing.T) {
+	e := newEnv(t)
+	e.dir["self"] = Company{Name: "Self Ltd", AbuseContact: "Abuse <ABUSE@self.example>"}
+	e.dir["tagged"] = Company{Name: "Tagged Ltd", AbuseContact: "abuse+aup@tagged.example"}
+	srv := startSMTP(t, smtpOpts{})
+	reg := prometheus.NewRegistry()
+	cfg := testConfig(srv.port(t))
+	n := e.start(cfg, reg)
+
+	self := testSuspension("abuse@self.example", "self", time.Now(), nil)
+	tagged := testSuspension("Abuse@Tagged.example", "tagged", time.Now(), nil)
+	tagged.Account = "abuse@tagged.example"
+	fallback := testSuspension("fallback-abuse@provider.test", "unknown", time.Now(), nil)
+	fallbackTag := testSuspension("fallback-abuse@provider.test", "example", time.Now(), nil)
+	// The company's contact is fine here: a notice about the fallback
+	// mailbox goes to the company, not to the fallback.
+	fallbackTag.Company = "example"
+	for _, ev := range []*events.AccountEvent{self, tagged, fallback, fallbackTag} {
+		e.publishEvent(ev)
+	}
+	waitFor(t, waitLong, "four notices settled", func() bool {
+		return e.delivery(n, self.Account, self.Suspension.ID).State == StateSent &&
+			e.delivery(n, tagged.Account, tagged.Suspension.ID).State == StateSent &&
+			e.delivery(n, fallback.Account, fallback.Suspension.ID).State == StateFailed &&
+			e.delivery(n, fallbackTag.Account, fallbackTag.Suspension.ID).State == StateSent
+	})
+	waitFor(t, waitLong, "consumer settled", func() bool { return e.settled(cfg.Durable) })
+
+	msgs := srv.messages()
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages delivered, want 3", len(msgs))
+	}
+	var toFallback, toCompany int
+	for _, m := range msgs {
+		for _, rcpt := range m.to {
+			switch strings.ToLower(rcpt) {
+			case "fallback-abuse@provider.test":
+				toFallback++
+			case "abuse@example.com":
+				toCompany++
+			default:
+				t.Errorf("a notice went to %q", rcpt)
+			}
+		}
+	}
+	if toFallback != 2 || toCompany != 1 {
+		t.Errorf("%d notices to the fallback, %d to the company, want 2 and 1", toFallback, toCompany)
+	}
+	for _, ev := range []*events.AccountEvent{self, tagged} {
+		d := e.delivery(n, ev.Account, ev.Suspension.ID)
+		if d.Recipient != "fallback-abuse@provider.test" || d.RecipientReason != ReasonContactIsAccount ||
+			d.RecipientNote != "notice sent to the provider's fallback contact because the company's abuse contact is this mailbox" {
+			t.Errorf("%s: recipient %q reason %q note %q", ev.Account, d.Recipient, d.RecipientReason, d.RecipientNote)
+		}
+	}
+	d := e.delivery(n, fallback.Account, fallback.Suspension.ID)
+	if d.Recipient != "" || d.RecipientReason != ReasonFallbackIsAccount || !strings.Contains(d.LastError, "fallback contact is this mailbox") || d.Attempts != 0 {
+		t.Errorf("fallback = account: %+v", d)
+	}
+	if ev, err := n.Store().Evidence(context.Background(), fallback.Account, fallback.Suspension.ID); err != nil || len(ev) == 0 {
+		t.Errorf("evidence of the unsent notice: %d bytes, %v", len(ev), err)
+	}
+	failed, err := n.Store().Failed(context.Background(), 10)
+	if err != nil || len(failed) != 1 || failed[0].SuspensionID != fallback.Suspension.ID {
+		t.Errorf("failed list %+v, %v", failed, err)
+	}
+	if d := e.delivery(n, fallbackTag.Account, fallbackTag.Suspension.ID); d.Recipient != "abuse@example.com" || d.RecipientReason != "" || d.RecipientNote != "" {
+		t.Errorf("notice about the fallback mailbox to its company: %+v", d)
+	}
+	if got := labelled(t, reg, "aupd_notice_redirects_total", "reason", ReasonContactIsAccount); got != 2 {
+		t.Errorf("redirects{contact_is_account} = %v, want 2", got)
+	}
+	if got := labelled(t, reg, "aupd_notice_redirects_total", "reason", ReasonFallbackIsAccount); got != 1 {
+		t.Errorf("redirects{fallback_is_account} = %v, want 1", got)
+	}
+	if got := counter(t, reg, "failed"); got != 1 {
+		t.Errorf("failed counter %v, want 1", got)
+	}
+}
+
+func TestSameMailbox(t *testing.T) {
+	for _, tc := range []struct {
+		contact, account string
+		want             bool
+	}{
+		{"abuse@acme.example", "abuse@acme.example", true},
+		{"ABUSE@Acme.Example", "abuse@acme.example", true},
+		{"Abuse Team <abuse@acme.example>", "abuse@acme.example", true},
+		{"abuse+x@acme.example", "abuse@acme.example", true},
+		{"abuse@acme.example", "abuse+x@acme.example", true},
+		{"abuse@acme.example.", "abuse@acme.example", true},
+		{"abuse@acme.example", "abuse2@acme.example", false},
+		{"abuse@acme.example", "abuse@other.example", false},
+		{"+x@acme.example", "@acme.example", false},
+		{"", "", false},
+		{"abuse@acme.example", "", false},
+	} {
+		if got := SameMailbox(tc.contact, tc.account); got != tc.want {
+			t.Errorf("SameMailbox(%q, %q) = %v, want %v", tc.contact, tc.account, got, tc.want)
+		}
+	}
+}

@@ -207,7 +207,8 @@ type notice struct {
 
 // rendered is a notice ready to send: the whole message and its parts.
 type rendered struct {
-	recipient string // envelope recipient, addr-spec
+	recipient string // envelope recipient, addr-spec; "" when it must not be sent
+	reason    string // why the fallback was used, or it is not sent; "" for the company's contact
 	sender    string // envelope sender, addr-spec
 	messageID string
 	subject   string
@@ -250,21 +251,99 @@ func newRenderer(cfg Config) (*renderer, error) {
 	return r, nil
 }
 
+// Why a notice did not go to the company's abuse contact, as recorded in
+// Delivery.RecipientReason. The values are bounded: they are also the
+// label of aupd_notice_redirects_total.
+const (
+	ReasonCompanyUnknown   = "company_unknown"    // the mailbox's company is not known
+	ReasonNoContact        = "no_contact"         // the company has no abuse contact
+	ReasonUnusableContact  = "unusable_contact"   // the company's abuse contact is not a usable address
+	ReasonContactIsAccount = "contact_is_account" // the company's abuse contact is the suspended mailbox
+	// ReasonFallbackIsAccount: the notice would have gone to the fallback
+	// contact, which is the suspended mailbox itself; it was not sent.
+	ReasonFallbackIsAccount = "fallback_is_account"
+)
+
+var recipientReasons = []string{ReasonCompanyUnknown, ReasonNoContact, ReasonUnusableContact, ReasonContactIsAccount, ReasonFallbackIsAccount}
+
+// RecipientNote says in one sentence where a notice went and why, for a
+// Delivery.RecipientReason; "" for "" (the company's abuse contact).
+func RecipientNote(reason string) string {
+	const fb = "notice sent to the provider's fallback contact because "
+	switch reason {
+	case "":
+		return ""
+	case ReasonCompanyUnknown:
+		return fb + "the mailbox's company is unknown"
+	case ReasonNoContact:
+		return fb + "the company has no abuse contact"
+	case ReasonUnusableContact:
+		return fb + "the company's abuse contact is not a usable address"
+	case ReasonContactIsAccount:
+		return fb + "the company's abuse contact is this mailbox"
+	case ReasonFallbackIsAccount:
+		return "notice not sent: the provider's fallback contact is this mailbox, and a notice never goes to the mailbox it is about (whoever took it over would read the reinstate link); forward the evidence to the account's owner another way"
+	}
+	return "notice recipient: " + reason
+}
+
+// SameMailbox reports whether the address contact reaches the mailbox
+// account: the same address ignoring case, also when either names a
+// +tag extension of the other's mailbox (abuse+x@acme.example reaches
+// abuse@acme.example). A display name in contact is allowed.
+func SameMailbox(contact, account string) bool {
+	if a, err := mail.ParseAddress(contact); err == nil {
+		contact = a.Address
+	}
+	c, ok1 := mailboxBase(contact)
+	a, ok2 := mailboxBase(account)
+	return ok1 && ok2 && c == a
+}
+
+// mailboxBase is an address in lower case without its +tag extension
+// and without a trailing dot on the domain.
+func mailboxBase(addr string) (string, bool) {
+	addr = strings.ToLower(strings.TrimSpace(addr))
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || at == len(addr)-1 {
+		return "", false
+	}
+	local, domain := addr[:at], strings.TrimSuffix(addr[at+1:], ".")
+	if i := strings.IndexByte(local, '+'); i > 0 {
+		local = local[:i]
+	}
+	return local + "@" + domain, true
+}
+
 // recipient picks the company's abuse contact, or the fallback when the
-// company has none or an unusable one. The second result says why the
-// fallback was used ("" when it was not).
-func (r *renderer) recipient(c Company, ok bool) (*mail.Address, string) {
+// company has none or an unusable one, or when the contact is the
+// suspended account itself: a notice never goes to the mailbox it is
+// about, whose reader may be whoever stole its password. The second
+// result says why the fallback was used ("" when it was not). When the
+// fallback is the account as well, the address is nil and the reason
+// ReasonFallbackIsAccount: the notice must not be sent.
+func (r *renderer) recipient(c Company, ok bool, account string) (*mail.Address, string) {
+	why := ""
 	switch {
 	case !ok:
-		return r.fallback, "company unknown"
+		why = ReasonCompanyUnknown
 	case strings.TrimSpace(c.AbuseContact) == "":
-		return r.fallback, "company has no abuse contact"
+		why = ReasonNoContact
+	default:
+		a, err := parseAddress(c.AbuseContact)
+		switch {
+		case err != nil:
+			why = ReasonUnusableContact
+		case SameMailbox(a.Address, account):
+			why = ReasonContactIsAccount
+		default:
+			return a, ""
+		}
 	}
-	a, err := parseAddress(c.AbuseContact)
-	if err != nil {
-		return r.fallback, "company abuse contact is not a usable address"
+	if SameMailbox(r.fallback.Address, account) {
+		return nil, ReasonFallbackIsAccount
 	}
-	return a, ""
+	return r.fallback, why
 }
 
 // newMessageID returns the Message-ID (without brackets) of a suspension's
@@ -290,7 +369,7 @@ var errRender = errors.New("render notice")
 // render builds the notice. It is deterministic given n (the Message-ID,
 // boundary and time are inputs), which the golden tests rely on.
 func (r *renderer) render(n notice) (*rendered, error) {
-	rcpt, _ := r.recipient(n.company, n.companyOK)
+	rcpt, why := r.recipient(n.company, n.companyOK, n.event.Account)
 	data := r.data(n)
 	evidence := r.evidence(n, data)
 
@@ -315,7 +394,12 @@ func (r *renderer) render(n notice) (*rendered, error) {
 	m := gomail.NewMsg(gomail.WithNoDefaultUserAgent(), gomail.WithBoundary(boundary),
 		gomail.WithCharset(gomail.CharsetUTF8), gomail.WithEncoding(gomail.EncodingQP))
 	m.FromMailAddress(r.from)
-	m.ToMailAddress(rcpt)
+	if rcpt != nil {
+		m.ToMailAddress(rcpt)
+	} else {
+		// Never sent (ReasonFallbackIsAccount); rendered for the record.
+		m.SetGenHeader("To", "undisclosed-recipients:;")
+	}
 	if r.replyTo != nil {
 		m.ReplyToMailAddress(r.replyTo)
 	}
@@ -335,14 +419,18 @@ func (r *renderer) render(n notice) (*rendered, error) {
 	if _, err := m.WriteTo(&out); err != nil {
 		return nil, fmt.Errorf("%w: write message: %v", errRender, err)
 	}
-	return &rendered{
-		recipient: rcpt.Address,
+	out2 := &rendered{
+		reason:    why,
 		sender:    r.from.Address,
 		messageID: "<" + n.messageID + ">",
 		subject:   subject,
 		message:   out.Bytes(),
 		evidence:  evidence,
-	}, nil
+	}
+	if rcpt != nil {
+		out2.recipient = rcpt.Address
+	}
+	return out2, nil
 }
 
 // data builds the template data from the event, cleaning every field.

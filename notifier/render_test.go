@@ -190,7 +190,13 @@ func FuzzRenderNotice(f *testing.F) {
 		if err != nil {
 			t.Fatalf("render: %v", err)
 		}
-		wantRcpt, _ := r.recipient(n.company, true)
+		wantRcpt, _ := r.recipient(n.company, true, account)
+		if wantRcpt == nil {
+			if rn.recipient != "" {
+				t.Fatalf("notice about the fallback contact itself addressed to %q", rn.recipient)
+			}
+			return
+		}
 		p := checkNotice(t, rn.message, rn.evidence, wantRcpt.Address)
 		if !strings.HasPrefix(p.header.Get("Subject"), "[AUP] ") && !strings.HasPrefix(rn.subject, "[AUP] ") {
 			t.Errorf("subject %q has no tag", p.header.Get("Subject"))

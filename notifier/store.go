@@ -65,21 +65,26 @@ func (s *Store) failedKey() string { return s.prefix + ":notices:failed" }
 
 // Delivery is the delivery state of one notice, for the admin API.
 type Delivery struct {
-	Account      string    `json:"account"`
-	SuspensionID string    `json:"suspension_id"`
-	EventID      string    `json:"event_id"`
-	State        string    `json:"state"`
-	Recipient    string    `json:"recipient"`
-	MessageID    string    `json:"message_id"`
-	Subject      string    `json:"subject"`
-	Attempts     int       `json:"attempts"`
-	CreatedAt    time.Time `json:"created_at"`
-	FirstAttempt time.Time `json:"first_attempt,omitzero"`
-	LastAttempt  time.Time `json:"last_attempt,omitzero"`
-	LastError    string    `json:"last_error,omitempty"`
-	SentAt       time.Time `json:"sent_at,omitzero"`
-	SMTPReply    string    `json:"smtp_reply,omitempty"`
-	FailedAt     time.Time `json:"failed_at,omitzero"`
+	Account      string `json:"account"`
+	SuspensionID string `json:"suspension_id"`
+	EventID      string `json:"event_id"`
+	State        string `json:"state"`
+	Recipient    string `json:"recipient"`
+	// RecipientReason says why the notice did not go to the company's
+	// abuse contact (Reason* constants); "" when it did. RecipientNote
+	// says the same in a sentence, for people.
+	RecipientReason string    `json:"recipient_reason,omitempty"`
+	RecipientNote   string    `json:"recipient_note,omitempty"`
+	MessageID       string    `json:"message_id"`
+	Subject         string    `json:"subject"`
+	Attempts        int       `json:"attempts"`
+	CreatedAt       time.Time `json:"created_at"`
+	FirstAttempt    time.Time `json:"first_attempt,omitzero"`
+	LastAttempt     time.Time `json:"last_attempt,omitzero"`
+	LastError       string    `json:"last_error,omitempty"`
+	SentAt          time.Time `json:"sent_at,omitzero"`
+	SMTPReply       string    `json:"smtp_reply,omitempty"`
+	FailedAt        time.Time `json:"failed_at,omitzero"`
 }
 
 // Delivery returns the delivery state of the notice of one suspension.
@@ -101,7 +106,8 @@ func (s *Store) Delivery(ctx context.Context, account, suspensionID string) (Del
 	attempts, _ := strconv.Atoi(h["attempts"])
 	return Delivery{
 		Account: h["account"], SuspensionID: h["suspension_id"], EventID: h["event_id"],
-		State: h["state"], Recipient: h["recipient"], MessageID: h["message_id"], Subject: h["subject"],
+		State: h["state"], Recipient: h["recipient"],
+		RecipientReason: h["recipient_reason"], RecipientNote: RecipientNote(h["recipient_reason"]), MessageID: h["message_id"], Subject: h["subject"],
 		Attempts: attempts, CreatedAt: ms("created_at"), FirstAttempt: ms("first_attempt"),
 		LastAttempt: ms("last_attempt"), LastError: h["last_error"], SentAt: ms("sent_at"),
 		SMTPReply: h["smtp_reply"], FailedAt: ms("failed_at"),

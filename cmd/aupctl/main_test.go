@@ -406,3 +406,42 @@ func TestOfflineCommandsNeedNoTokenFile(t *testing.T) {
 		t.Fatalf("status with the token file: exit %d, %q", code, errb.String())
 	}
 }
+
+// TestNoticeLineSaysWhereAndWhy: status says where a redirected notice
+// went and why, and does not repeat a reason that is the error already.
+func TestNoticeLineSaysWhereAndWhy(t *testing.T) {
+	note := "notice sent to the provider's fallback contact because the company's abuse contact is this mailbox"
+	got := noticeLine(map[string]any{"state": "sent", "recipient": "fallback@provider.test", "attempts": 1, "recipient_reason": "contact_is_account", "recipient_note": note})
+	if want := "sent to fallback@provider.test, 1 attempt(s) (" + note + ")"; got != want {
+		t.Errorf("noticeLine = %q, want %q", got, want)
+	}
+	got = noticeLine(map[string]any{"state": "failed", "attempts": 0, "last_error": "notice not sent: x", "recipient_note": "notice not sent: x"})
+	if want := "failed, 0 attempt(s), last error: notice not sent: x"; got != want {
+		t.Errorf("noticeLine = %q, want %q", got, want)
+	}
+}
+
+// TestNote: aupctl note adds a case note that history shows with its
+// author; the text is required, a viewer is refused, and an address aupd
+// holds no record of gets none.
+func TestNote(t *testing.T) {
+	h := start(t)
+	bob := "bob@example.com"
+	h.want(0, adminToken, "lock", bob, "--reason", "suspected compromise")
+	out := h.want(0, adminToken, "note", bob, "--text", "called the user,\nnew password set")
+	if !strings.Contains(out, bob+": note added by ops-admin") {
+		t.Fatalf("note: %q", out)
+	}
+	out = h.want(0, adminToken, "history", bob)
+	if !strings.Contains(out, "note") || !strings.Contains(out, "called the user, new password set") {
+		t.Fatalf("history lacks the note:\n%s", out)
+	}
+	h.want(exitUsage, adminToken, "note", bob)
+	h.want(exitUsage, adminToken, "note", bob, "--text", strings.Repeat("x", 1001))
+	h.want(exitRefused, viewToken, "note", bob, "--text", "x")
+	h.want(exitNotFound, adminToken, "note", "nobody@example.com", "--text", "x")
+	out = h.want(0, adminToken, "--json", "history", bob)
+	if n := strings.Count(out, `"action": "note"`) + strings.Count(out, `"action":"note"`); n != 1 {
+		t.Fatalf("%d notes in the history, want 1:\n%s", n, out)
+	}
+}

@@ -101,7 +101,11 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: OK\n# %s\n---\n", args[0], cfg.OutsideCompanies(len(cfg.Companies)))
+	fmt.Fprintf(stdout, "%s: OK\n# %s\n", args[0], cfg.OutsideCompanies(len(cfg.Companies)))
+	for _, w := range cfg.NoticeWarnings() {
+		fmt.Fprintf(stdout, "# warning: %s\n", w)
+	}
+	fmt.Fprintln(stdout, "---")
 	cfg.NATS.URL = config.RedactURL(cfg.NATS.URL)
 	enc := yaml.NewEncoder(stdout)
 	enc.SetIndent(2)

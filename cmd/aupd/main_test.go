@@ -81,3 +81,44 @@ func TestCheckConfigSaysHowAccountsOutsideCompaniesAreTreated(t *testing.T) {
 		}
 	}
 }
+
+// check-config warns about a company's abuse contact in the company's own
+// domains and a fallback contact in a company's domain: mailboxes aupd may
+// suspend, whose notices must not go to them.
+func TestCheckConfigWarnsAboutContactsInCompanyDomains(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, yaml string
+		want, not  []string
+	}{
+		{"own domain", "notifier: {eml_dir: n, fallback_abuse_contact: abuse@provider.test}\ncompanies: [{id: acme, domains: [acme.test, ACME2.test], abuse_contact: Abuse@Acme2.test}]\n",
+			[]string{"# warning: company acme: abuse_contact Abuse@Acme2.test is in the company's own domain acme2.test"}, []string{"fallback_abuse_contact abuse@provider.test is in"}},
+		{"fallback in a company", "notifier: {eml_dir: n, fallback_abuse_contact: 'Desk <desk@acme.test>'}\ncompanies: [{id: acme, domains: [acme.test], abuse_contact: abuse@elsewhere.test}]\n",
+			[]string{"# warning: notifier.fallback_abuse_contact Desk <desk@acme.test> is in domain acme.test of company acme"}, []string{"company acme: abuse_contact"}},
+		{"clean", "notifier: {eml_dir: n, fallback_abuse_contact: abuse@provider.test}\ncompanies: [{id: acme, domains: [acme.test], abuse_contact: abuse@elsewhere.test}]\n",
+			nil, []string{"# warning"}},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out, errb bytes.Buffer
+		if code := run([]string{"check-config", path}, &out, &errb); code != 0 {
+			t.Fatalf("%s: check-config: %d %s", tc.name, code, errb.String())
+		}
+		head, _, ok := strings.Cut(out.String(), "\n---\n")
+		if !ok {
+			t.Fatalf("%s: no YAML document after the comments:\n%s", tc.name, out.String())
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(head, w) {
+				t.Errorf("%s: check-config's head lacks %q:\n%s", tc.name, w, head)
+			}
+		}
+		for _, w := range tc.not {
+			if strings.Contains(head, w) {
+				t.Errorf("%s: check-config's head has %q:\n%s", tc.name, w, head)
+			}
+		}
+	}
+}

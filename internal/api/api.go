@@ -175,6 +175,7 @@ func (s *server) routeTable() []route {
 		{"POST /api/v1/accounts/{account}/close", RoleAdmin, s.status(actionClose)},
 		{"POST /api/v1/accounts/{account}/activate", RoleAdmin, s.status(actionActivate)},
 		{"GET /api/v1/accounts/{account}/history", RoleViewer, s.history},
+		{"POST /api/v1/accounts/{account}/notes", RoleAbuse, s.addNote},
 		{"GET /api/v1/accounts/{account}/suspensions/{id}/evidence.txt", RoleViewer, s.evidence},
 		{"POST /api/v1/decide", RoleViewer, s.decide},
 		{"GET /api/v1/companies", RoleViewer, s.listCompanies},

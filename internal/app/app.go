@@ -459,6 +459,9 @@ func (a *App) run(ctx context.Context) (err error) {
 	} else {
 		a.log.Info(cfg.OutsideCompanies(n))
 	}
+	for _, w := range cfg.NoticeWarnings() {
+		a.log.Warn(w)
+	}
 	if a.opts.OnReady != nil {
 		a.opts.OnReady(info)
 	}

@@ -165,6 +165,13 @@ func (c *Client) Delete(ctx context.Context, addr, reason string) ([]byte, error
 	return c.do(ctx, "DELETE", accountPath(addr), nil, api.ChangeRequest{Reason: reason}, nil)
 }
 
+// Note adds a case note to an account's history.
+func (c *Client) Note(ctx context.Context, addr, text string) (*api.NoteResponse, []byte, error) {
+	var nr api.NoteResponse
+	raw, err := c.do(ctx, "POST", accountPath(addr, "notes"), nil, api.NoteRequest{Text: text}, &nr)
+	return &nr, raw, err
+}
+
 // History reads a page of an account's history.
 func (c *Client) History(ctx context.Context, addr string, offset, limit int) (*api.HistoryPage, []byte, error) {
 	var h api.HistoryPage

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/mail"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -475,4 +477,46 @@ func (c *Config) OutsideCompanies(n int) string {
 		return "no companies, so every account is outside every company: " + s
 	}
 	return s
+}
+
+// NoticeWarnings lists what in the configuration may send an abuse notice
+// to the very mailbox it is about: a company's abuse contact in one of the
+// company's own domains (a mailbox aupd may suspend; its notice would
+// then go to the fallback contact instead), and a fallback contact in a
+// company's domain (a mailbox aupd may suspend too; a notice about it
+// would then be sent to nobody). The notifier never sends a notice to its
+// own mailbox; these warn before that happens. check-config prints them
+// and start-up logs them. Companies added over the API are not checked.
+func (c *Config) NoticeWarnings() []string {
+	var out []string
+	domainOf := func(addr string) string {
+		if a, err := mail.ParseAddress(addr); err == nil {
+			addr = a.Address
+		}
+		i := strings.LastIndexByte(addr, '@')
+		if i < 0 {
+			return ""
+		}
+		return strings.TrimSuffix(strings.ToLower(addr[i+1:]), ".")
+	}
+	inDomains := func(domains []string, d string) bool {
+		return d != "" && slices.ContainsFunc(domains, func(x string) bool { return strings.EqualFold(strings.TrimSuffix(x, "."), d) })
+	}
+	for _, co := range c.Companies {
+		if co.AbuseContact == "" {
+			continue
+		}
+		if d := domainOf(co.AbuseContact); inDomains(co.Domains, d) {
+			out = append(out, fmt.Sprintf("company %s: abuse_contact %s is in the company's own domain %s: if aupd suspends that mailbox, its notice goes to notifier.fallback_abuse_contact instead (a notice never goes to the mailbox it is about); prefer a contact outside the company's mail", co.ID, co.AbuseContact, d))
+		}
+	}
+	if fb := c.Notifier.FallbackAbuseContact; fb != "" {
+		d := domainOf(fb)
+		for _, co := range c.Companies {
+			if inDomains(co.Domains, d) {
+				out = append(out, fmt.Sprintf("notifier.fallback_abuse_contact %s is in domain %s of company %s: if aupd suspends that mailbox, its notice cannot go to the fallback and is not sent at all; use a provider address outside every company's domains", fb, d, co.ID))
+			}
+		}
+	}
+	return out
 }

@@ -241,6 +241,7 @@ var flashes = map[string]string{
 	"lock":        "Locked.",
 	"unlock":      "Unlocked.",
 	"end-lockout": "The lockout has ended.",
+	"note":        "Note added to the history.",
 	"unchanged":   "Nothing changed: the account already was so.",
 }
 
@@ -330,7 +331,7 @@ func services(r *http.Request, required bool) ([]rules.Service, error) {
 // API does.
 func (d *Desk) act(w http.ResponseWriter, r *http.Request, s *session) {
 	action := r.PathValue("action")
-	if !slices.Contains([]string{"reinstate", "suspend", "lock", "unlock", "end-lockout"}, action) {
+	if !slices.Contains([]string{"reinstate", "suspend", "lock", "unlock", "end-lockout", "note"}, action) {
 		d.fail(w, r, s, http.StatusNotFound, "No such page", "There is no page at this address.")
 		return
 	}
@@ -384,6 +385,20 @@ func (d *Desk) act(w http.ResponseWriter, r *http.Request, s *session) {
 
 // do runs the action for a desk session.
 func (d *Desk) do(r *http.Request, s *session, addr, action string) (*store.Op, error) {
+	if action == "note" {
+		// A case note: its text is the note, it needs no reason, and an
+		// account without a record gets none (ErrNotFound).
+		text, err := store.CheckNote(r.PostFormValue("text"))
+		if err != nil {
+			msg := strings.TrimPrefix(err.Error(), store.ErrInvalid.Error()+": ")
+			return nil, &actionError{http.StatusBadRequest, "Note not added: " + msg + "."}
+		}
+		by := store.Actor{Name: s.name, Reason: api.DefaultCode(s.company), Note: text, Scope: s.company, Via: store.ViaDesk}
+		if _, err := d.st.AddNote(r.Context(), addr, by); err != nil {
+			return nil, err
+		}
+		return &store.Op{Changed: true}, nil
+	}
 	note, err := reason(r)
 	if err != nil {
 		return nil, err

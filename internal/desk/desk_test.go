@@ -2,9 +2,11 @@ package desk_test
 
 import (
 	"fmt"
+	"html"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -710,4 +713,117 @@ func TestHostileEvidence(t *testing.T) {
 	if n := strings.Count(p.body, "<pre"); n != strings.Count(p.body, "</pre>") {
 		t.Errorf("%d <pre> but %d </pre>: the evidence broke out", n, strings.Count(p.body, "</pre>"))
 	}
+}
+
+// TestNoticeRedirectedFromItsMailbox: when the company's abuse contact is
+// the suspended mailbox, the notice goes to the provider's fallback
+// contact, and the account page and the API say so and why.
+func TestNoticeRedirectedFromItsMailbox(t *testing.T) {
+	w := newWorld(t, nil)
+	acct := "abuse@example.com" // acme's abuse contact
+	sus := w.overThreshold(acct, 5, plain, plainRaw)
+	w.notice(acct, sus)
+	note := "notice sent to the provider&#39;s fallback contact because the company&#39;s abuse contact is this mailbox"
+	n := w.account(acct)["last_suspension"].(map[string]any)["notice"].(map[string]any)
+	if n["recipient"] != w.cfg.Notifier.FallbackAbuseContact || n["recipient_reason"] != "contact_is_account" ||
+		n["recipient_note"] != html.UnescapeString(note) {
+		t.Errorf("the API's notice state: %v", n)
+	}
+	b := w.browser()
+	b.signIn(tokAbuse)
+	p := b.get("/desk/accounts/" + acct)
+	has(t, p, "state-sent", "to "+w.cfg.Notifier.FallbackAbuseContact, note)
+}
+
+// TestCaseNotes: the account page's note form adds a note to the history
+// with its author, shown escaped; it needs the CSRF token and role abuse,
+// keeps to the session's company, refuses a note too long, and gives an
+// address without a record neither a note nor a record.
+func TestCaseNotes(t *testing.T) {
+	w := newWorld(t, nil)
+	mine, theirs := "nina@example.com", "omar@globex.test"
+	for _, a := range []string{mine, theirs} {
+		if code, body := w.api("POST", "/api/v1/accounts/"+a+"/lock", tokRoot, map[string]any{"reason": "set up"}); code != 200 {
+			t.Fatalf("lock %s: %d %v", a, code, body)
+		}
+	}
+	b := w.browser()
+	tok := b.signIn(tokAcmeAbuse)
+	p := b.get("/desk/accounts/" + mine)
+	has(t, p, `action="/desk/accounts/`+mine+`/note"`, `name="text"`, "Add a note")
+
+	form := func(text string) url.Values { return url.Values{"csrf": {tok}, "text": {text}} }
+	if p = b.post("/desk/accounts/"+mine+"/note", url.Values{"text": {"no csrf"}}); p.code != http.StatusForbidden {
+		t.Errorf("note without CSRF: %d", p.code)
+	}
+	if p = b.post("/desk/accounts/"+mine+"/note", form(strings.Repeat("x", 1001))); p.code != http.StatusBadRequest {
+		t.Errorf("note too long: %d", p.code)
+	} else {
+		has(t, p, "Note not added: the note is longer than 1000 characters.")
+	}
+	if p = b.post("/desk/accounts/"+theirs+"/note", form("x")); p.code != http.StatusNotFound {
+		t.Errorf("note on another company's account: %d", p.code)
+	}
+	if p = b.post("/desk/accounts/nobody@example.com/note", form("x")); p.code != http.StatusNotFound {
+		t.Errorf("note on an address without a record: %d", p.code)
+	}
+	if code, _ := w.api("GET", "/api/v1/accounts/nobody@example.com", tokRoot, nil); code != http.StatusNotFound {
+		t.Errorf("a note created a record: GET answers %d", code)
+	}
+	v := w.browser()
+	vtok := v.signIn(tokAcmeViewer)
+	lacks(t, v.get("/desk/accounts/"+mine), "/note\"")
+	if p = v.post("/desk/accounts/"+mine+"/note", url.Values{"csrf": {vtok}, "text": {"x"}}); p.code != http.StatusForbidden {
+		t.Errorf("viewer adds a note: %d", p.code)
+	}
+	for _, a := range []string{mine, theirs} {
+		if code, h := w.api("GET", "/api/v1/accounts/"+a+"/history", tokRoot, nil); code != 200 || strings.Contains(fmt.Sprint(h), "action:note") {
+			t.Fatalf("a refused note was written on %s: %d %v", a, code, h)
+		}
+	}
+
+	p = b.post("/desk/accounts/"+mine+"/note", form("called the user, <b>new</b> password set"))
+	if p.code != http.StatusSeeOther || p.location() != "/desk/accounts/"+mine+"?done=note" {
+		t.Fatalf("note: %d %q", p.code, p.location())
+	}
+	p = b.get(p.location())
+	has(t, p, "Note added to the history.", "<strong>note</strong>", "by acme-abuse via desk, reason abuse_contact",
+		"“called the user, &lt;b&gt;new&lt;/b&gt; password set”")
+	lacks(t, p, "<b>new</b>")
+	_, h := w.api("GET", "/api/v1/accounts/"+mine+"/history", tokRoot, nil)
+	e := h["entries"].([]any)[0].(map[string]any)
+	if e["action"] != "note" || e["actor"] != "acme-abuse" || e["via"] != "desk" || e["note"] != "called the user, <b>new</b> password set" {
+		t.Errorf("history entry %v", e)
+	}
+}
+
+// TestNoticeNotSentToItsMailbox: when the company's abuse contact and the
+// fallback contact are both the suspended mailbox, no notice is written,
+// and the overview and the account page say why.
+func TestNoticeNotSentToItsMailbox(t *testing.T) {
+	acct := "abuse@example.com"
+	w := newWorld(t, func(c *config.Config) { c.Notifier.FallbackAbuseContact = "Abuse+Desk@Example.com" })
+	sus := w.overThreshold(acct, 5, plain, plainRaw)
+	var n map[string]any
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		ls, _ := w.account(acct)["last_suspension"].(map[string]any)
+		n, _ = ls["notice"].(map[string]any)
+		return n != nil && n["state"] == "failed"
+	}, "the notice of %s was not recorded as failed", sus)
+	if n["recipient_reason"] != "fallback_is_account" || n["recipient"] != nil && n["recipient"] != "" {
+		t.Errorf("notice state %v", n)
+	}
+	files, err := os.ReadDir(w.emlDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if noticeFile(f.Name()) {
+			t.Errorf("a notice was written: %s", f.Name())
+		}
+	}
+	b := w.browser()
+	b.signIn(tokRoot)
+	has(t, b.get("/desk/"), "Notices that failed <span class=\"count\">1</span>", `<span class="muted">not sent</span>`, "fallback contact is this mailbox")
+	has(t, b.get("/desk/accounts/"+acct), "state-failed", "notice not sent: the provider&#39;s fallback contact is this mailbox")
 }

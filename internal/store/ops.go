@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/rules"
@@ -228,4 +231,49 @@ func (s *Store) Delete(ctx context.Context, address string, by Actor) (*Op, erro
 			Events:  []events.AccountEvent{ev},
 		}, nil
 	})
+}
+
+// MaxNote is the longest case note, in characters.
+const MaxNote = 1000
+
+// AddNote adds a case note to an account's history: an entry with action
+// "note", the author (by.Name), the door (by.Via) and the text (by.Note),
+// which it returns. It changes no state and publishes no event. An
+// address aupd holds no record of gets no note and no record:
+// ErrNotFound.
+func (s *Store) AddNote(ctx context.Context, address string, by Actor) (HistoryEntry, error) {
+	var e HistoryEntry
+	_, err := s.op(ctx, address, func(a *Account, now time.Time) (*Change, error) {
+		if !a.Exists {
+			return nil, ErrNotFound
+		}
+		e = HistoryEntry{Time: now, Actor: by.Name, Action: "note", Reason: by.Reason, Note: by.Note, Via: by.Via}
+		return &Change{History: []HistoryEntry{e}}, nil
+	})
+	if err != nil {
+		return HistoryEntry{}, err
+	}
+	return e, nil
+}
+
+// CheckNote returns a case note's text as stored: trimmed, line ends as
+// "\n". It refuses an empty note, one longer than MaxNote characters and
+// one with control characters other than newlines and tabs (a note is
+// plain text; every page shows it escaped).
+func CheckNote(text string) (string, error) {
+	text = strings.TrimSpace(strings.ReplaceAll(text, "\r\n", "\n"))
+	switch {
+	case text == "":
+		return "", fmt.Errorf("%w: the note is empty", ErrInvalid)
+	case !utf8.ValidString(text):
+		return "", fmt.Errorf("%w: the note is not UTF-8", ErrInvalid)
+	case utf8.RuneCountInString(text) > MaxNote:
+		return "", fmt.Errorf("%w: the note is longer than %d characters", ErrInvalid, MaxNote)
+	}
+	for _, r := range text {
+		if r != '\n' && r != '\t' && (unicode.IsControl(r) || r == '\u2028' || r == '\u2029') {
+			return "", fmt.Errorf("%w: the note has a control character (%U); write plain text", ErrInvalid, r)
+		}
+	}
+	return text, nil
 }
