@@ -317,7 +317,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	guarded := api.GuardTokens(a.tokens, api.RoleViewer, sessionlock.NewHandler(locks, a.log))
+	guarded := api.GuardTokens(a.tokens, api.PermSessionLock, sessionlock.NewHandler(locks, a.log))
 	for _, route := range sessionlock.Routes() {
 		mux.Handle(route, guarded)
 	}

@@ -21,7 +21,7 @@ func (a *App) routes(tokens *api.Tokens) *http.ServeMux {
 	mux.HandleFunc("GET /readyz", a.readyz)
 	// Reloading needs an admin token (without a company scope), like any
 	// other change of aupd's behaviour; the tokens are the reloaded ones.
-	mux.Handle("POST /-/reload", api.GuardTokens(tokens, api.RoleAdmin, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("POST /-/reload", api.GuardTokens(tokens, api.PermControl, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.reload(); err != nil {
 			writeJSON(w, http.StatusInternalServerError, map[string]any{"error": map[string]string{"code": "reload_failed", "message": err.Error()}})
 			return
