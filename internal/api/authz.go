@@ -15,9 +15,11 @@ const (
 	// replays a threshold (the API and the desk's actions).
 	PermAct Permission = "act"
 	// PermManage sets maintenance, closes, activates, deletes and sets up
-	// accounts and changes companies (a company-scoped admin is held to
-	// its own company by the handlers).
+	// accounts (a company-scoped admin: its company's accounts).
 	PermManage Permission = "manage"
+	// PermCompanies changes and deletes companies: thresholds and domains
+	// are the provider's to set, so an admin token without a company scope.
+	PermCompanies Permission = "companies"
 	// PermPublish publishes verdicts (the /api/v1/ingest/ routes).
 	PermPublish Permission = "publish"
 	// PermSessionLock takes, renews, lists and releases mailbox session
@@ -30,7 +32,7 @@ const (
 
 // Permissions lists every permission, in the order of the docs' table.
 func Permissions() []Permission {
-	return []Permission{PermRead, PermAct, PermManage, PermPublish, PermSessionLock, PermControl}
+	return []Permission{PermRead, PermAct, PermManage, PermCompanies, PermPublish, PermSessionLock, PermControl}
 }
 
 // Allowed reports whether a token of role, limited to company ("" for
@@ -51,7 +53,7 @@ func Allowed(role Role, company string, p Permission) bool {
 		return role == RolePublisher
 	case PermSessionLock:
 		return role.rank() >= RoleViewer.rank() && company == ""
-	case PermControl:
+	case PermCompanies, PermControl:
 		return role == RoleAdmin && company == ""
 	}
 	return false
@@ -75,8 +77,26 @@ func (p Permission) needs() string {
 		return "role publisher"
 	case PermSessionLock:
 		return "role viewer, abuse or admin without a company scope"
-	case PermControl:
+	case PermCompanies, PermControl:
 		return "role admin without a company scope"
 	}
 	return "a permission no token has"
+}
+
+// Route is one endpoint of the HTTP listener and the permission it needs;
+// Perm "" is public (or, for the desk's links, opened by a signed link).
+type Route struct {
+	Pattern string
+	Perm    Permission
+}
+
+// Routes returns the admin API's routes and what each needs: the table
+// the API itself serves from.
+func Routes() []Route {
+	s := &server{}
+	var out []Route
+	for _, rt := range s.routeTable() {
+		out = append(out, Route{Pattern: rt.pattern, Perm: rt.perm})
+	}
+	return out
 }
