@@ -197,7 +197,9 @@ func (s *server) routes() {
 			if rt.perm != "" {
 				var e *apiError
 				if p, e = s.auth.authenticateFor(r, rt.perm); e != nil {
-					w.Header().Set("WWW-Authenticate", `Bearer realm="aupd"`)
+					if e.status == http.StatusUnauthorized {
+						w.Header().Set("WWW-Authenticate", `Bearer realm="aupd"`)
+					}
 					s.fail(w, r, e)
 					return
 				}

@@ -122,6 +122,7 @@ type principal struct {
 // once (a reload), requests in flight keep the set they started with.
 type authenticator struct {
 	tokens atomic.Pointer[[]authToken]
+	limit  atomic.Pointer[FailureLimit]
 }
 
 type authToken struct {
@@ -168,8 +169,17 @@ func (a *authenticator) authenticate(r *http.Request) (*principal, *apiError) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 		return nil, errf(http.StatusUnauthorized, "unauthenticated", "the Authorization header must be: Bearer <token>")
 	}
+	lim := a.limit.Load()
+	if lim != nil {
+		if e := lim.blocked(r.Context(), r); e != nil {
+			return nil, e
+		}
+	}
 	found, ok := a.find(tok)
 	if !ok {
+		if lim != nil {
+			lim.fail(r.Context(), r)
+		}
 		return nil, errf(http.StatusUnauthorized, "invalid_token", "the bearer token is not valid")
 	}
 	return found, nil

@@ -26,6 +26,7 @@ func GuardTokens(t *Tokens, perm Permission, next http.Handler) http.Handler {
 			if e.status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="aupd"`)
 			}
+			setRetryAfter(w, e)
 			writeJSON(w, e.status, map[string]*apiError{"error": e})
 			return
 		}

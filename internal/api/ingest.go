@@ -66,7 +66,9 @@ func (s *server) bodyLimit(perm Permission) int64 {
 func (a *authenticator) authenticateFor(r *http.Request, perm Permission) (*principal, *apiError) {
 	if perm == PermPublish {
 		if _, pw, ok := r.BasicAuth(); ok {
-			return a.authenticate(&http.Request{Header: http.Header{"Authorization": {"Bearer " + pw}}})
+			r2 := r.Clone(r.Context()) // its address and X-Forwarded-For count failures
+			r2.Header.Set("Authorization", "Bearer "+pw)
+			return a.authenticate(r2)
 		}
 	}
 	return a.authenticate(r)

@@ -60,6 +60,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	for _, m := range matrixTokens {
 		cfg.Auth.Tokens = append(cfg.Auth.Tokens, api.TokenConfig{Name: m.name, Hash: api.HashToken(m.secret), Role: m.role, Company: m.company})
 	}
+	cfg.HTTP.AuthFailures = 1000 // the matrix sends a wrong token to every route
 	cfg.Desk.Enabled = true
 	cfg.Desk.PublicURL = "https://aupd.provider.test/desk/"
 	cfg.Desk.LinkKey = "test-link-key-0123456789-0123456789-abcdef"
@@ -239,5 +240,66 @@ func TestPermissionTableDoc(t *testing.T) {
 			return
 		}
 		t.Errorf("docs/api.md's permission table is not the code's; run go test ./internal/app -run TestPermissionTableDoc -update-docs\ngot:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestAuthFailureLimit: wrong tokens are limited per client on the API,
+// the session locks and /-/reload: past http.auth_failures the client gets
+// 429 with Retry-After, even with a right token. X-Forwarded-For counts
+// only from a trusted proxy; behind one, two clients are limited apart.
+func TestAuthFailureLimit(t *testing.T) {
+	ns := testutil.NATSServer(t, "")
+	run := func(trusted []string) func(path, token, xff string) answer {
+		_, prefix := testutil.Redis(t)
+		cfg := testConfig(t, ns.ClientURL(), prefix)
+		cfg.HTTP.AuthFailures = 3
+		cfg.HTTP.TrustedProxies = trusted
+		cfg.Auth.Tokens = []api.TokenConfig{{Name: "viewer", Hash: api.HashToken("right-token"), Role: api.RoleViewer}}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		h := start(t, cfg)
+		return func(path, token, xff string) answer {
+			req, _ := http.NewRequest("GET", "http://"+h.info.HTTPAddr+path, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			if xff != "" {
+				req.Header.Set("X-Forwarded-For", xff)
+			}
+			return h.do(req)
+		}
+	}
+	const accounts, locks = "/api/v1/accounts", "/api/v1/accounts/alice@example.com/session-locks"
+
+	// No trusted proxy: the peer's address counts, X-Forwarded-For is
+	// ignored.
+	get := run(nil)
+	for i := range 3 {
+		if a := get(accounts, "wrong", fmt.Sprintf("203.0.113.%d", i)); a.status != http.StatusUnauthorized {
+			t.Fatalf("wrong token %d: %d", i, a.status)
+		}
+	}
+	for _, path := range []string{accounts, locks} {
+		a := get(path, "wrong", "203.0.113.99")
+		if a.status != http.StatusTooManyRequests || a.header.Get("Retry-After") == "" {
+			t.Errorf("%s, 4th wrong token: %d, Retry-After %q", path, a.status, a.header.Get("Retry-After"))
+		}
+		if a = get(path, "right-token", "198.51.100.1"); a.status != http.StatusTooManyRequests {
+			t.Errorf("%s, right token over the limit, a forged X-Forwarded-For: %d", path, a.status)
+		}
+	}
+
+	// Behind a trusted proxy (the test's own address), each forwarded
+	// client has its own count.
+	get = run([]string{"127.0.0.1/32", "::1/128"})
+	for i := range 4 {
+		if a := get(accounts, "wrong", "203.0.113.1"); i == 3 && a.status != http.StatusTooManyRequests {
+			t.Fatalf("client A's 4th wrong token: %d", a.status)
+		}
+	}
+	if a := get(accounts, "right-token", "203.0.113.2"); a.status != http.StatusOK {
+		t.Errorf("client B behind the same proxy: %d\n%s", a.status, a.body)
+	}
+	if a := get(accounts, "right-token", "203.0.113.1"); a.status != http.StatusTooManyRequests {
+		t.Errorf("client A with the right token: %d", a.status)
 	}
 }

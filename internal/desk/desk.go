@@ -42,6 +42,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/notifier"
@@ -93,6 +94,9 @@ type Options struct {
 	Logger  *slog.Logger          // nil: discard
 	Metrics prometheus.Registerer // nil: no metrics
 	Now     func() time.Time      // nil: time.Now
+	// Clients finds a client's address for the sign-in limit
+	// (http.trusted_proxies); nil: the peer's, X-Forwarded-For ignored.
+	Clients *clientaddr.Resolver
 }
 
 func (o *Options) validate() error {

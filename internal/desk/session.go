@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -144,10 +143,7 @@ func (e *errLimited) Error() string { return "too many sign-in attempts" }
 
 // allowSignIn counts a sign-in attempt of the client's address.
 func (d *Desk) allowSignIn(ctx context.Context, r *http.Request) error {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
+	host := d.opts.Clients.Addr(r)
 	res, err := limitScript.Run(ctx, d.rdb, []string{d.prefix + ":desk:signin:" + host}, d.cfg.SignInWindow.Milliseconds()).Int64Slice()
 	if err != nil {
 		return fmt.Errorf("count sign-in attempt: %w", err)
