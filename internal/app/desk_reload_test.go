@@ -38,7 +38,7 @@ nats: {url: %s, consumer: {max_wait: 50ms}}
 redis: {addrs: [%q], prefix: %s, autostart: false}
 notifier: {eml_dir: %s}
 policy: {postfix: {listen: ""}, dovecot: {listen: ""}}
-desk: {enabled: true, public_url: "https://aupd.provider.test", link_key: "test-link-key-0123456789-0123456789-abcdef"}
+desk: {enabled: true, public_url: "https://aupd.provider.test/desk", link_key: "test-link-key-0123456789-0123456789-abcdef"}
 auth: {tokens: [%s]}
 `, dir, ns.ClientURL(), testutil.RedisAddr(), prefix, dir+"/notices", tokens)
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
