@@ -347,6 +347,7 @@ func (c *Config) applyEnv(get func(string) string) error {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	c.checkPlaceholders(bad)
 	if c.DataDir == "" {
 		bad("data_dir: must not be empty")
 	}
