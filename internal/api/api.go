@@ -151,42 +151,43 @@ func New(opts Options) (http.Handler, error) {
 	return s, nil
 }
 
-// route is one endpoint and the least role it needs; "" is public.
+// route is one endpoint and the permission it needs (Allowed); "" is
+// public.
 type route struct {
 	pattern string
-	role    Role
+	perm    Permission
 	h       func(w http.ResponseWriter, r *http.Request, p *principal)
 }
 
 func (s *server) routeTable() []route {
 	return []route{
 		{"GET /api/v1/openapi.yaml", "", s.openAPI},
-		{"GET /api/v1/accounts", RoleViewer, s.listAccounts},
-		{"GET /api/v1/accounts/{account}", RoleViewer, s.getAccount},
-		{"PUT /api/v1/accounts/{account}", RoleAdmin, s.putAccount},
-		{RouteProvision, RoleAdmin, s.provision},
-		{"DELETE /api/v1/accounts/{account}", RoleAdmin, s.deleteAccount},
-		{"POST /api/v1/accounts/{account}/suspend", RoleAbuse, s.services(true, s.store.Suspend)},
-		{"POST /api/v1/accounts/{account}/reinstate", RoleAbuse, s.services(false, s.store.Reinstate)},
-		{"POST /api/v1/accounts/{account}/lock", RoleAbuse, s.status(actionLock)},
-		{"POST /api/v1/accounts/{account}/unlock", RoleAbuse, s.status(actionUnlock)},
-		{"POST /api/v1/accounts/{account}/end-lockout", RoleAbuse, s.status(actionEndLockout)},
-		{"POST /api/v1/accounts/{account}/maintenance", RoleAdmin, s.status(actionMaintenance)},
-		{"POST /api/v1/accounts/{account}/close", RoleAdmin, s.status(actionClose)},
-		{"POST /api/v1/accounts/{account}/activate", RoleAdmin, s.status(actionActivate)},
-		{"GET /api/v1/accounts/{account}/history", RoleViewer, s.history},
-		{"POST /api/v1/accounts/{account}/notes", RoleAbuse, s.addNote},
-		{"GET /api/v1/accounts/{account}/suspensions/{id}/evidence.txt", RoleViewer, s.evidence},
-		{"POST /api/v1/decide", RoleViewer, s.decide},
-		{"GET /api/v1/companies", RoleViewer, s.listCompanies},
-		{"GET /api/v1/companies/{id}", RoleViewer, s.getCompany},
-		{"PUT /api/v1/companies/{id}", RoleAdmin, s.putCompany},
-		{"DELETE /api/v1/companies/{id}", RoleAdmin, s.deleteCompany},
-		{"GET /api/v1/companies/{id}/licences", RoleViewer, s.licences},
-		{"POST /api/v1/ingest/verdicts", RolePublisher, s.ingestVerdicts},
-		{rspamdRoute, RolePublisher, s.ingestRspamd},
-		{"POST /api/v1/ingest/arf", RolePublisher, s.ingestARF},
-		{"GET /api/v1/replay", RoleAbuse, s.replay},
+		{"GET /api/v1/accounts", PermRead, s.listAccounts},
+		{"GET /api/v1/accounts/{account}", PermRead, s.getAccount},
+		{"PUT /api/v1/accounts/{account}", PermManage, s.putAccount},
+		{RouteProvision, PermManage, s.provision},
+		{"DELETE /api/v1/accounts/{account}", PermManage, s.deleteAccount},
+		{"POST /api/v1/accounts/{account}/suspend", PermAct, s.services(true, s.store.Suspend)},
+		{"POST /api/v1/accounts/{account}/reinstate", PermAct, s.services(false, s.store.Reinstate)},
+		{"POST /api/v1/accounts/{account}/lock", PermAct, s.status(actionLock)},
+		{"POST /api/v1/accounts/{account}/unlock", PermAct, s.status(actionUnlock)},
+		{"POST /api/v1/accounts/{account}/end-lockout", PermAct, s.status(actionEndLockout)},
+		{"POST /api/v1/accounts/{account}/maintenance", PermManage, s.status(actionMaintenance)},
+		{"POST /api/v1/accounts/{account}/close", PermManage, s.status(actionClose)},
+		{"POST /api/v1/accounts/{account}/activate", PermManage, s.status(actionActivate)},
+		{"GET /api/v1/accounts/{account}/history", PermRead, s.history},
+		{"POST /api/v1/accounts/{account}/notes", PermAct, s.addNote},
+		{"GET /api/v1/accounts/{account}/suspensions/{id}/evidence.txt", PermRead, s.evidence},
+		{"POST /api/v1/decide", PermRead, s.decide},
+		{"GET /api/v1/companies", PermRead, s.listCompanies},
+		{"GET /api/v1/companies/{id}", PermRead, s.getCompany},
+		{"PUT /api/v1/companies/{id}", PermCompanies, s.putCompany},
+		{"DELETE /api/v1/companies/{id}", PermCompanies, s.deleteCompany},
+		{"GET /api/v1/companies/{id}/licences", PermRead, s.licences},
+		{"POST /api/v1/ingest/verdicts", PermPublish, s.ingestVerdicts},
+		{rspamdRoute, PermPublish, s.ingestRspamd},
+		{"POST /api/v1/ingest/arf", PermPublish, s.ingestARF},
+		{"GET /api/v1/replay", PermAct, s.replay},
 	}
 }
 
@@ -194,20 +195,22 @@ func (s *server) routes() {
 	for _, rt := range s.routeTable() {
 		s.mux.HandleFunc(rt.pattern, func(w http.ResponseWriter, r *http.Request) {
 			var p *principal
-			if rt.role != "" {
+			if rt.perm != "" {
 				var e *apiError
-				if p, e = s.auth.authenticateFor(r, rt.role); e != nil {
-					w.Header().Set("WWW-Authenticate", `Bearer realm="aupd"`)
+				if p, e = s.auth.authenticateFor(r, rt.perm); e != nil {
+					if e.status == http.StatusUnauthorized {
+						w.Header().Set("WWW-Authenticate", `Bearer realm="aupd"`)
+					}
 					s.fail(w, r, e)
 					return
 				}
-				if !p.can(rt.role) {
-					s.fail(w, r, errf(http.StatusForbidden, "forbidden", "token %s has role %s; this needs role %s", p.name, p.role, rt.role))
+				if !p.allowed(rt.perm) {
+					s.fail(w, r, errf(http.StatusForbidden, "forbidden", "token %s has role %s; this needs %s", p.name, p.role, rt.perm.needs()))
 					return
 				}
 			}
 			if r.Body != nil {
-				limit := s.bodyLimit(rt.role)
+				limit := s.bodyLimit(rt.perm)
 				if rt.pattern == rspamdRoute {
 					// rspamd's post is read to its end, past the ingest
 					// limit (ingestRspamd).

@@ -118,22 +118,17 @@ type principal struct {
 	company string
 }
 
-func (p *principal) can(r Role) bool {
-	if r == RolePublisher || p.role == RolePublisher {
-		return p.role == r // publishing is a role of its own
-	}
-	return p.role.rank() >= r.rank()
-}
-
 // authenticator holds the decoded token hashes; set replaces them at
 // once (a reload), requests in flight keep the set they started with.
 type authenticator struct {
 	tokens atomic.Pointer[[]authToken]
+	limit  atomic.Pointer[FailureLimit]
 }
 
 type authToken struct {
-	sum [sha256.Size]byte
-	p   principal
+	sum  [sha256.Size]byte
+	hash string // the configured hash, lower case
+	p    principal
 }
 
 func newAuthenticator(c AuthConfig) (*authenticator, error) {
@@ -154,6 +149,7 @@ func (a *authenticator) set(c AuthConfig) error {
 		b, _ := hex.DecodeString(strings.TrimPrefix(strings.ToLower(t.Hash), "sha256:"))
 		var at authToken
 		copy(at.sum[:], b)
+		at.hash = "sha256:" + hex.EncodeToString(b)
 		at.p = principal{name: t.Name, role: t.Role, company: t.Company}
 		tokens = append(tokens, at)
 	}
@@ -173,8 +169,17 @@ func (a *authenticator) authenticate(r *http.Request) (*principal, *apiError) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 		return nil, errf(http.StatusUnauthorized, "unauthenticated", "the Authorization header must be: Bearer <token>")
 	}
+	lim := a.limit.Load()
+	if lim != nil {
+		if e := lim.blocked(r.Context(), r); e != nil {
+			return nil, e
+		}
+	}
 	found, ok := a.find(tok)
 	if !ok {
+		if lim != nil {
+			lim.fail(r.Context(), r)
+		}
 		return nil, errf(http.StatusUnauthorized, "invalid_token", "the bearer token is not valid")
 	}
 	return found, nil
@@ -183,13 +188,31 @@ func (a *authenticator) authenticate(r *http.Request) (*principal, *apiError) {
 // find compares the token's hash with every configured hash in constant
 // time and does not stop at a match.
 func (a *authenticator) find(tok string) (*principal, bool) {
+	at, ok := a.findToken(tok)
+	if !ok {
+		return nil, false
+	}
+	return &at.p, true
+}
+
+func (a *authenticator) findToken(tok string) (*authToken, bool) {
 	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	var found *principal
+	var found *authToken
 	tokens := *a.tokens.Load()
 	for i := range tokens {
 		if subtle.ConstantTimeCompare(sum[:], tokens[i].sum[:]) == 1 {
-			found = &tokens[i].p
+			found = &tokens[i]
 		}
 	}
 	return found, found != nil
+}
+
+// Fingerprint identifies the secret of the token t was made from (its
+// configured hash), for a session to remember which secret opened it: a
+// new secret for the same name (a rotation), or a token removed and added
+// back with a new secret, has another fingerprint. It is a hash of the
+// configured hash, so it tells no more about the token than the config.
+func (t TokenConfig) Fingerprint() string {
+	sum := sha256.Sum256([]byte("aupd session fingerprint\x00" + strings.ToLower(t.Hash)))
+	return hex.EncodeToString(sum[:16])
 }

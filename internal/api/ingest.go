@@ -52,21 +52,23 @@ func (s *server) ingestLimits() (int64, time.Duration) {
 
 // bodyLimit is the request body bound of a route: ingest bodies carry
 // messages and batches.
-func (s *server) bodyLimit(role Role) int64 {
-	if role == RolePublisher {
+func (s *server) bodyLimit(perm Permission) int64 {
+	if perm == PermPublish {
 		n, _ := s.ingestLimits()
 		return n
 	}
 	return s.opts.MaxBodyBytes
 }
 
-// authenticateFor authenticates a request for a route of role. Publishers
+// authenticateFor authenticates a request for a route that needs perm. Publishers
 // may also send their token as the password of HTTP Basic
 // authentication, the only credentials rspamd's HTTP client sends.
-func (a *authenticator) authenticateFor(r *http.Request, role Role) (*principal, *apiError) {
-	if role == RolePublisher {
+func (a *authenticator) authenticateFor(r *http.Request, perm Permission) (*principal, *apiError) {
+	if perm == PermPublish {
 		if _, pw, ok := r.BasicAuth(); ok {
-			return a.authenticate(&http.Request{Header: http.Header{"Authorization": {"Bearer " + pw}}})
+			r2 := r.Clone(r.Context()) // its address and X-Forwarded-For count failures
+			r2.Header.Set("Authorization", "Bearer "+pw)
+			return a.authenticate(r2)
 		}
 	}
 	return a.authenticate(r)

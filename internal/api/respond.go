@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/store"
@@ -15,8 +16,9 @@ import (
 // apiError is an error answer: {"error":{"code":...,"message":...}}.
 type apiError struct {
 	status  int
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	retry   time.Duration // Retry-After of a 429
+	Code    string        `json:"code"`
+	Message string        `json:"message"`
 }
 
 func (e *apiError) Error() string { return e.Message }
@@ -40,6 +42,7 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, e *apiError) {
 		s.log.Error("admin api request", "method", r.Method, "path", r.URL.Path, "err", e.Message)
 		e = errf(e.status, e.Code, "internal error; see the aupd log")
 	}
+	setRetryAfter(w, e)
 	writeJSON(w, e.status, map[string]*apiError{"error": e})
 }
 

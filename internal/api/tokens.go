@@ -20,21 +20,25 @@ func (t *Tokens) Set(c AuthConfig) error { return t.a.set(c) }
 
 // Verify finds the token a user presented, among the current tokens.
 func (t *Tokens) Verify(token string) (TokenConfig, bool) {
-	p, ok := t.a.find(token)
+	at, ok := t.a.findToken(token)
 	if !ok {
 		return TokenConfig{}, false
 	}
-	return TokenConfig{Name: p.name, Role: p.role, Company: p.company}, true
+	return at.config(), true
 }
 
 // Named returns the current token of that name, if any: a session made
-// with a token ends when the token is removed or its role or company
-// changes.
+// with a token ends when the token is removed, gets another secret
+// (TokenConfig.Fingerprint), or its role or company changes.
 func (t *Tokens) Named(name string) (TokenConfig, bool) {
 	for _, at := range *t.a.tokens.Load() {
 		if at.p.name == name {
-			return TokenConfig{Name: at.p.name, Role: at.p.role, Company: at.p.company}, true
+			return at.config(), true
 		}
 	}
 	return TokenConfig{}, false
+}
+
+func (at *authToken) config() TokenConfig {
+	return TokenConfig{Name: at.p.name, Hash: at.hash, Role: at.p.role, Company: at.p.company}
 }

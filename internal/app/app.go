@@ -19,6 +19,7 @@ import (
 
 	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/buildinfo"
+	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
@@ -80,6 +81,7 @@ type App struct {
 	store   *store.Store
 	dir     *companies.Directory
 	tokens  *api.Tokens
+	clients *clientaddr.Resolver // http.trusted_proxies
 	ready   atomic.Bool
 	reloads *prometheus.CounterVec
 	// waiting says what start-up waits for (a string), for /readyz.
@@ -293,6 +295,12 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	a.clients, err = clientaddr.New(cfg.HTTP.TrustedProxies)
+	if err != nil {
+		return err
+	}
+	a.tokens.SetFailureLimit(&api.FailureLimit{Redis: a.rdb, Prefix: cfg.Redis.Prefix,
+		Max: cfg.HTTP.AuthFailures, Window: cfg.HTTP.AuthFailureWindow, Client: a.clients})
 	mux := a.routes(a.tokens)
 	ing, rep, err := a.ingestAndReplay(cfg)
 	if err != nil {
@@ -317,7 +325,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	guarded := api.GuardTokens(a.tokens, api.RoleViewer, sessionlock.NewHandler(locks, a.log))
+	guarded := api.GuardTokens(a.tokens, api.PermSessionLock, sessionlock.NewHandler(locks, a.log))
 	for _, route := range sessionlock.Routes() {
 		mux.Handle(route, guarded)
 	}

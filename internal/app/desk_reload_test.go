@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"regexp"
-	"strings"
 	"testing"
 
 	"github.com/aupd/aupd/internal/api"
@@ -18,17 +17,20 @@ import (
 )
 
 // TestReloadRevokesDeskTokens: a token taken out of the config by a reload
-// signs in to the desk no more, and the sessions it opened end.
+// signs in to the desk no more, and the sessions it opened end; so do the
+// sessions of a token given a new secret (a rotation), and those of a
+// token removed and added back with a new secret.
 func TestReloadRevokesDeskTokens(t *testing.T) {
 	ns := testutil.NATSServer(t, "")
 	rdb, prefix := testutil.Redis(t)
 	dir := t.TempDir()
 	path := dir + "/aupd.yml"
 	const abuseToken = "desk-abuse-token-for-reload"
-	write := func(withAbuse bool) {
+	// write configures the token desk-abuse with that secret, none when "".
+	write := func(abuseSecret string) {
 		tokens := fmt.Sprintf(`{name: reloader, role: admin, hash: %q}`, api.HashToken("reload-test-token"))
-		if withAbuse {
-			tokens += fmt.Sprintf(`, {name: desk-abuse, role: abuse, hash: %q}`, api.HashToken(abuseToken))
+		if abuseSecret != "" {
+			tokens += fmt.Sprintf(`, {name: desk-abuse, role: abuse, hash: %q}`, api.HashToken(abuseSecret))
 		}
 		text := fmt.Sprintf(`data_dir: %s
 http: {listen: "127.0.0.1:0"}
@@ -36,14 +38,14 @@ nats: {url: %s, consumer: {max_wait: 50ms}}
 redis: {addrs: [%q], prefix: %s, autostart: false}
 notifier: {eml_dir: %s}
 policy: {postfix: {listen: ""}, dovecot: {listen: ""}}
-desk: {enabled: true, public_url: "https://aupd.provider.test", link_key: "test-link-key-0123456789-0123456789-abcdef"}
+desk: {enabled: true, public_url: "https://aupd.provider.test/desk", link_key: "test-link-key-0123456789-0123456789-abcdef"}
 auth: {tokens: [%s]}
 `, dir, ns.ClientURL(), testutil.RedisAddr(), prefix, dir+"/notices", tokens)
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(true)
+	write(abuseToken)
 	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +66,7 @@ auth: {tokens: [%s]}
 		return resp.StatusCode, string(b)
 	}
 	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`)
-	signIn := func() int {
+	signIn := func(abuseToken string) int {
 		_, body := get("/desk/sign-in")
 		m := csrf.FindStringSubmatch(body)
 		if m == nil {
@@ -77,24 +79,51 @@ auth: {tokens: [%s]}
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	if code := signIn(); code != http.StatusSeeOther {
+	reload := func(abuseSecret string) {
+		t.Helper()
+		write(abuseSecret)
+		req, _ := http.NewRequest(http.MethodPost, base+"/-/reload", nil)
+		req.Header.Set("Authorization", "Bearer reload-test-token")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("reload: %v %v", err, resp)
+		}
+		resp.Body.Close()
+	}
+	signedOut := func(what string) {
+		t.Helper()
+		if code, _ := get("/desk/"); code != http.StatusSeeOther {
+			t.Fatalf("%s: the overview answers %d, not the way to sign-in", what, code)
+		}
+	}
+	if code := signIn(abuseToken); code != http.StatusSeeOther {
 		t.Fatalf("sign-in with a configured token: %d", code)
 	}
 	if code, _ := get("/desk/"); code != http.StatusOK {
 		t.Fatalf("overview: %d", code)
 	}
-	write(false)
-	req, _ := http.NewRequest(http.MethodPost, base+"/-/reload", nil)
-	req.Header.Set("Authorization", "Bearer reload-test-token")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("reload: %v %v", err, resp)
+
+	// Rotation: the same name, role and scope, a new secret.
+	const rotated = "desk-abuse-token-rotated"
+	reload(rotated)
+	signedOut("after a rotation, the session of the old secret")
+	if code := signIn(abuseToken); code == http.StatusSeeOther {
+		t.Fatalf("the old secret signed in after a rotation")
 	}
-	resp.Body.Close()
-	if code, body := get("/desk/"); code == http.StatusOK && !strings.Contains(body, "sign-in") {
-		t.Fatalf("the revoked token's session still opens the overview")
+	if code := signIn(rotated); code != http.StatusSeeOther {
+		t.Fatalf("sign-in with the new secret: %d", code)
 	}
-	if code := signIn(); code == http.StatusSeeOther {
+	if code, _ := get("/desk/"); code != http.StatusOK {
+		t.Fatalf("overview with the new secret: %d", code)
+	}
+
+	// Removed, then added back with another secret: the old session stays
+	// ended.
+	reload("")
+	signedOut("the session of a removed token")
+	if code := signIn(rotated); code == http.StatusSeeOther {
 		t.Fatalf("a revoked token signed in")
 	}
+	reload("desk-abuse-token-third")
+	signedOut("the session of a token removed and added back with a new secret")
 }

@@ -9,25 +9,66 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/desk"
+	"github.com/aupd/aupd/internal/sessionlock"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// controlRoute is one of the listener's own endpoints and what it needs
+// (api.Allowed); Perm "" is public.
+type controlRoute struct {
+	api.Route
+	h http.Handler
+}
+
+// controlRoutes are the listener's own endpoints. Reloading needs an admin
+// token without a company scope (api.PermControl), like any other change
+// of aupd's behaviour; the tokens are the reloaded ones.
+func (a *App) controlRoutes(metrics http.Handler) []controlRoute {
+	return []controlRoute{
+		{api.Route{Pattern: "GET /metrics"}, metrics},
+		{api.Route{Pattern: "GET /healthz"}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		})},
+		{api.Route{Pattern: "GET /readyz"}, http.HandlerFunc(a.readyz)},
+		{api.Route{Pattern: "POST /-/reload", Perm: api.PermControl}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := a.reload(); err != nil {
+				writeJSON(w, http.StatusInternalServerError, map[string]any{"error": map[string]string{"code": "reload_failed", "message": err.Error()}})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
+		})},
+	}
+}
+
+// ListenerRoutes is every route of the HTTP listener and the permission
+// it needs: the control endpoints, the admin API, the session locks and
+// the abuse desk (when enabled). docs/api.md's permission table is made
+// from it (TestPermissionTableDoc).
+func ListenerRoutes() []api.Route {
+	var out []api.Route
+	for _, rt := range (&App{}).controlRoutes(nil) {
+		out = append(out, rt.Route)
+	}
+	out = append(out, api.Routes()...)
+	for _, p := range sessionlock.Routes() {
+		out = append(out, api.Route{Pattern: p, Perm: api.PermSessionLock})
+	}
+	for _, rt := range desk.Routes() {
+		out = append(out, api.Route{Pattern: rt.Pattern, Perm: rt.Perm})
+	}
+	return out
+}
+
 func (a *App) routes(tokens *api.Tokens) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", a.metricsHandler())
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", a.readyz)
-	// Reloading needs an admin token (without a company scope), like any
-	// other change of aupd's behaviour; the tokens are the reloaded ones.
-	mux.Handle("POST /-/reload", api.GuardTokens(tokens, api.RoleAdmin, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := a.reload(); err != nil {
-			writeJSON(w, http.StatusInternalServerError, map[string]any{"error": map[string]string{"code": "reload_failed", "message": err.Error()}})
-			return
+	for _, rt := range a.controlRoutes(a.metricsHandler()) {
+		h := rt.h
+		if rt.Perm != "" {
+			h = api.GuardTokens(tokens, rt.Perm, h)
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
-	})))
+		mux.Handle(rt.Pattern, h)
+	}
 	return mux
 }
 

@@ -35,7 +35,7 @@ func runningRegistry(t *testing.T) *prometheus.Registry {
 	cfg.Jobs.Digest.Enabled = true
 	// every optional component on, so that all its metrics register
 	cfg.Desk.Enabled = true
-	cfg.Desk.PublicURL = "https://aupd.provider.test"
+	cfg.Desk.PublicURL = "https://aupd.provider.test/desk"
 	cfg.Desk.LinkKey = "test-link-key-0123456789-0123456789-abcdef"
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/jobs"
 	"github.com/aupd/aupd/internal/policy/dovecot"
@@ -69,6 +70,16 @@ type Log struct {
 // admin API.
 type HTTP struct {
 	Listen string `yaml:"listen"`
+	// TrustedProxies are the addresses (CIDRs) of reverse proxies whose
+	// X-Forwarded-For gives the client's address. Empty: it is never
+	// believed, and every client behind a proxy has the proxy's address.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// AuthFailures failed authentications (wrong tokens) per client
+	// address and AuthFailureWindow are allowed on the admin API, the
+	// session locks and /-/reload; more answer 429 until the window has
+	// passed.
+	AuthFailures      int           `yaml:"auth_failures"`
+	AuthFailureWindow time.Duration `yaml:"auth_failure_window"`
 }
 
 // TLS configures a TLS client.
@@ -176,7 +187,7 @@ func Default() *Config {
 	return &Config{
 		DataDir: "data",
 		Log:     Log{Level: "info", Format: "text"},
-		HTTP:    HTTP{Listen: "127.0.0.1:9390"},
+		HTTP:    HTTP{Listen: "127.0.0.1:9390", AuthFailures: 10, AuthFailureWindow: 10 * time.Minute},
 		NATS: NATS{
 			Embedded: Embedded{Listen: "127.0.0.1:4223"},
 			Verdicts: Stream{Name: "AUP_VERDICTS", MaxAge: 72 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
@@ -338,6 +349,7 @@ func (c *Config) applyEnv(get func(string) string) error {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	c.checkPlaceholders(bad)
 	if c.DataDir == "" {
 		bad("data_dir: must not be empty")
 	}
@@ -351,6 +363,12 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.Listen == "" {
 		bad("http.listen: must not be empty")
+	}
+	if _, err := clientaddr.New(c.HTTP.TrustedProxies); err != nil {
+		bad("http.trusted_proxies: %v", err)
+	}
+	if c.HTTP.AuthFailures < 1 || c.HTTP.AuthFailureWindow < time.Second {
+		bad("http.auth_failures must be at least 1 and http.auth_failure_window at least 1s")
 	}
 	for name, s := range map[string]Stream{"verdict_stream": c.NATS.Verdicts, "account_stream": c.NATS.Accounts, "dead_letter_stream": c.NATS.Dead} {
 		if s.Name == "" || strings.ContainsAny(s.Name, ". *>") {

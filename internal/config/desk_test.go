@@ -42,3 +42,19 @@ func TestDeskSection(t *testing.T) {
 		t.Error("unknown desk key accepted")
 	}
 }
+
+// TestPlaceholderSecrets: check-config refuses a secret left at an
+// example's placeholder, as deploy/kubernetes/secret.yaml ships them.
+func TestPlaceholderSecrets(t *testing.T) {
+	c := Default()
+	c.Policy.Dovecot.APIKey = "change-me"
+	c.Redis.Password = "CHANGE-ME-redis"
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "policy.dovecot.api_key: an example's placeholder") || !strings.Contains(err.Error(), "redis.password") {
+		t.Fatalf("placeholders taken: %v", err)
+	}
+	c.Policy.Dovecot.APIKey, c.Redis.Password = "k7Qx9-real-key-2f8a", "r3al-redis-pw-91c"
+	if err := c.Validate(); err != nil && strings.Contains(err.Error(), "placeholder") {
+		t.Fatalf("real secrets refused: %v", err)
+	}
+}

@@ -62,6 +62,10 @@ func (c Config) Validate() error {
 			bad("public_url: %q is not an http(s) URL", c.PublicURL)
 		case u.RawQuery != "" || u.Fragment != "":
 			bad("public_url: must have no query or fragment")
+		case strings.TrimSuffix(u.Path, "/") != "/desk":
+			// The desk's pages, cookies and redirects are under /desk/:
+			// links to another path answer 404.
+			bad("public_url: %q must end in /desk (the desk's path, e.g. https://aupd.provider.example/desk)", c.PublicURL)
 		}
 		if !c.Enabled {
 			bad("public_url: set, but the desk is not enabled (enabled: true)")

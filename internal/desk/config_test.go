@@ -21,6 +21,8 @@ func TestConfigValidate(t *testing.T) {
 		{"links while off", func(c *Config) { c.PublicURL, c.LinkKey = "https://aupd.example/desk", key }, "not enabled"},
 		{"not a URL", func(c *Config) { c.Enabled, c.PublicURL, c.LinkKey = true, "aupd.example/desk", key }, "not an http(s) URL"},
 		{"query", func(c *Config) { c.Enabled, c.PublicURL, c.LinkKey = true, "https://aupd.example/desk?x=1", key }, "no query"},
+		{"no desk path", func(c *Config) { c.Enabled, c.PublicURL, c.LinkKey = true, "http://aupd.example:9390", key }, "must end in /desk"},
+		{"another path", func(c *Config) { c.Enabled, c.PublicURL, c.LinkKey = true, "https://aupd.example/abuse", key }, "must end in /desk"},
 		{"link ttl", func(c *Config) { c.LinkTTL = time.Minute }, "link_ttl"},
 		{"session ttl", func(c *Config) { c.SessionTTL = 30 * 24 * time.Hour }, "session_ttl"},
 		{"attempts", func(c *Config) { c.SignInAttempts = 0 }, "sign_in_attempts"},

@@ -42,6 +42,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/notifier"
@@ -93,6 +94,9 @@ type Options struct {
 	Logger  *slog.Logger          // nil: discard
 	Metrics prometheus.Registerer // nil: no metrics
 	Now     func() time.Time      // nil: time.Now
+	// Clients finds a client's address for the sign-in limit
+	// (http.trusted_proxies); nil: the peer's, X-Forwarded-For ignored.
+	Clients *clientaddr.Resolver
 }
 
 func (o *Options) validate() error {
@@ -189,19 +193,39 @@ func New(opts Options) (*Desk, error) {
 // Links returns the link signer, nil when links are off.
 func (d *Desk) Links() *Links { return d.links }
 
-func (d *Desk) routes() {
+// Route is one desk page and what its session's token needs
+// (api.Allowed); Perm "" is open without a session (the sign-in form, the
+// style sheet, and the signed links, which carry their own rights).
+type Route struct {
+	Pattern string
+	Perm    api.Permission
+	h       http.HandlerFunc
+}
+
+// Routes returns the desk's routes and what each needs.
+func Routes() []Route { return (&Desk{}).routeTable() }
+
+func (d *Desk) routeTable() []Route {
 	assets, _ := fs.Sub(assetFS, "assets")
-	d.mux.Handle("GET /desk/assets/", http.StripPrefix("/desk/assets/", http.FileServerFS(assets)))
-	d.mux.HandleFunc("GET /desk/{$}", d.signedIn(d.overview))
-	d.mux.HandleFunc("GET /desk/sign-in", d.signInPage)
-	d.mux.HandleFunc("POST /desk/sign-in", d.signIn)
-	d.mux.HandleFunc("POST /desk/sign-out", d.signedIn(d.signOut))
-	d.mux.HandleFunc("GET /desk/search", d.signedIn(d.search))
-	d.mux.HandleFunc("GET /desk/accounts/{account}", d.signedIn(d.accountPage))
-	d.mux.HandleFunc("GET /desk/accounts/{account}/suspensions/{id}/evidence.txt", d.signedIn(d.evidenceFile))
-	d.mux.HandleFunc("POST /desk/accounts/{account}/{action}", d.signedIn(d.act))
-	d.mux.HandleFunc("GET /desk/l/{token}", d.linkPage)
-	d.mux.HandleFunc("POST /desk/l/{token}/reinstate", d.linkReinstate)
+	return []Route{
+		{"GET /desk/assets/", "", http.StripPrefix("/desk/assets/", http.FileServerFS(assets)).ServeHTTP},
+		{"GET /desk/{$}", api.PermRead, d.signedIn(api.PermRead, d.overview)},
+		{"GET /desk/sign-in", "", d.signInPage},
+		{"POST /desk/sign-in", "", d.signIn},
+		{"POST /desk/sign-out", api.PermRead, d.signedIn(api.PermRead, d.signOut)},
+		{"GET /desk/search", api.PermRead, d.signedIn(api.PermRead, d.search)},
+		{"GET /desk/accounts/{account}", api.PermRead, d.signedIn(api.PermRead, d.accountPage)},
+		{"GET /desk/accounts/{account}/suspensions/{id}/evidence.txt", api.PermRead, d.signedIn(api.PermRead, d.evidenceFile)},
+		{"POST /desk/accounts/{account}/{action}", api.PermAct, d.signedIn(api.PermRead, d.act)},
+		{"GET /desk/l/{token}", "", d.linkPage},
+		{"POST /desk/l/{token}/reinstate", "", d.linkReinstate},
+	}
+}
+
+func (d *Desk) routes() {
+	for _, rt := range d.routeTable() {
+		d.mux.HandleFunc(rt.Pattern, rt.h)
+	}
 	d.mux.HandleFunc("/desk/", func(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, nil, http.StatusNotFound, "No such page", "There is no page at this address.")
 	})
@@ -227,15 +251,18 @@ func (d *Desk) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // signedIn runs h with the request's session, or sends the browser to
-// the sign-in page.
-func (d *Desk) signedIn(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+// the sign-in page. A session whose token may not do perm never reaches h
+// (the actions, which need api.PermAct, check it in act after the
+// account's scope and the CSRF token, to answer a viewer's form with a
+// page that says why).
+func (d *Desk) signedIn(perm api.Permission, h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, err := d.session(r)
 		if err != nil {
 			d.internal(w, r, nil, err)
 			return
 		}
-		if s == nil {
+		if s == nil || !api.Allowed(s.role, s.company, perm) {
 			if r.Method == http.MethodGet {
 				http.Redirect(w, r, "/desk/sign-in", http.StatusSeeOther)
 				return

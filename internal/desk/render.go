@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -63,7 +64,7 @@ func (d *Desk) base(s *session, title string) base {
 }
 
 // Role checks for the templates.
-func (s *session) CanAct() bool { return s != nil && s.role.Can("abuse") }
+func (s *session) CanAct() bool { return s != nil && api.Allowed(s.role, s.company, api.PermAct) }
 
 // Name, Role and Company show who is signed in.
 func (s *session) Name() string    { return s.name }

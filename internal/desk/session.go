@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -40,7 +39,10 @@ const (
 	preCookie     = "aupd_desk_signin" // the sign-in form's CSRF token
 )
 
-// session is a signed-in desk user: the token's name, role and company.
+// session is a signed-in desk user: the token's name, role and company,
+// and the fingerprint of the token's secret (api.TokenConfig.Fingerprint),
+// so that a new secret for the token, or its removal, ends the session at
+// the next reload.
 type session struct {
 	id      string
 	name    string
@@ -66,7 +68,7 @@ func (d *Desk) sessionKey(id string) string {
 func (d *Desk) newSession(ctx context.Context, t api.TokenConfig, now time.Time) (*session, error) {
 	s := &session{id: randomToken(), name: t.Name, role: t.Role, company: t.Company, csrf: randomToken(), created: now}
 	key := d.sessionKey(s.id)
-	if err := d.rdb.HSet(ctx, key, "name", s.name, "role", string(s.role), "company", s.company, "csrf", s.csrf, "created", now.UnixMilli()).Err(); err != nil {
+	if err := d.rdb.HSet(ctx, key, "name", s.name, "role", string(s.role), "company", s.company, "token", t.Fingerprint(), "csrf", s.csrf, "created", now.UnixMilli()).Err(); err != nil {
 		return nil, fmt.Errorf("create desk session: %w", err)
 	}
 	if err := d.rdb.PExpire(ctx, key, d.cfg.SessionTTL).Err(); err != nil {
@@ -91,9 +93,12 @@ func (d *Desk) session(r *http.Request) (*session, error) {
 	if h["name"] == "" || !role.Valid() || h["csrf"] == "" {
 		return nil, nil
 	}
-	// A token taken out of the config, or given another role or company,
-	// ends its sessions.
-	if t, ok := d.tokens.Named(h["name"]); !ok || t.Role != role || t.Company != h["company"] {
+	// A token taken out of the config, given another secret, role or
+	// company, or no longer allowed to read, ends its sessions (at the
+	// reload that changes it). A session from before fingerprints has
+	// none and ends too.
+	t, ok := d.tokens.Named(h["name"])
+	if !ok || t.Role != role || t.Company != h["company"] || !equal(h["token"], t.Fingerprint()) || !t.Allowed(api.PermRead) {
 		return nil, nil
 	}
 	return &session{id: c.Value, name: h["name"], role: role, company: h["company"], csrf: h["csrf"]}, nil
@@ -138,10 +143,7 @@ func (e *errLimited) Error() string { return "too many sign-in attempts" }
 
 // allowSignIn counts a sign-in attempt of the client's address.
 func (d *Desk) allowSignIn(ctx context.Context, r *http.Request) error {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
+	host := d.opts.Clients.Addr(r)
 	res, err := limitScript.Run(ctx, d.rdb, []string{d.prefix + ":desk:signin:" + host}, d.cfg.SignInWindow.Milliseconds()).Int64Slice()
 	if err != nil {
 		return fmt.Errorf("count sign-in attempt: %w", err)

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/aupd/aupd/internal/api"
 )
 
 type signInPage struct {
@@ -52,7 +54,14 @@ func (d *Desk) signIn(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, nil, http.StatusForbidden, "Form expired", "The sign-in form is out of date or was not sent from this desk. Open the sign-in page again.")
 		return
 	}
+	// A token that may not read (a publisher's) gets the answer of a
+	// wrong token: the desk only shows, and a publisher's token must open
+	// nothing here.
 	t, ok := d.tokens.Verify(strings.TrimSpace(r.PostFormValue("token")))
+	if ok && !t.Allowed(api.PermRead) {
+		d.log.Info("desk sign-in refused: the token may not read", "token", t.Name, "role", t.Role, "remote", r.RemoteAddr)
+		ok = false
+	}
 	if !ok {
 		d.signIns.WithLabelValues("invalid").Inc()
 		d.log.Info("desk sign-in with an invalid token", "remote", r.RemoteAddr)

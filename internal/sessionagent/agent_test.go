@@ -44,7 +44,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	guarded := api.GuardTokens(tokens, api.RoleViewer, sessionlock.NewHandler(locks, nil))
+	guarded := api.GuardTokens(tokens, api.PermSessionLock, sessionlock.NewHandler(locks, nil))
 	for _, r := range sessionlock.Routes() {
 		mux.Handle(r, guarded)
 	}
