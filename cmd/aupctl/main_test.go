@@ -334,18 +334,7 @@ func TestHashToken(t *testing.T) {
 	if code := runIn([]string{"hash-token"}, nil, &out, &errb); code != 0 {
 		t.Fatal(code)
 	}
-	var tok, hash string
-	for _, l := range strings.Split(out.String(), "\n") {
-		if v, ok := strings.CutPrefix(l, "token: "); ok {
-			tok = v
-		}
-		if v, ok := strings.CutPrefix(l, "hash:  "); ok {
-			hash = v
-		}
-	}
-	if tok == "" || hash != api.HashToken(tok) {
-		t.Fatalf("generated %q", out.String())
-	}
+	generatedToken(t, out.String())
 }
 
 // TestOfflineCommandsNeedNoTokenFile: AUPCTL_TOKEN_FILE names a file that
@@ -378,18 +367,7 @@ func TestOfflineCommandsNeedNoTokenFile(t *testing.T) {
 	if code := ctl(nil, "hash-token"); code != 0 {
 		t.Fatalf("hash-token with a missing token file: exit %d, %q", code, errb.String())
 	}
-	var tok, hash string
-	for _, l := range strings.Split(out.String(), "\n") {
-		if v, ok := strings.CutPrefix(l, "token: "); ok {
-			tok = v
-		}
-		if v, ok := strings.CutPrefix(l, "hash:  "); ok {
-			hash = v
-		}
-	}
-	if tok == "" || hash != api.HashToken(tok) {
-		t.Fatalf("generated %q", out.String())
-	}
+	tok := generatedToken(t, out.String())
 	if err := os.WriteFile(file, []byte(tok+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -398,8 +376,8 @@ func TestOfflineCommandsNeedNoTokenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if code := ctl(f, "hash-token", "--stdin"); code != 0 || strings.TrimSpace(out.String()) != hash {
-		t.Fatalf("hash of the token file: exit %d, %q, want %s", code, out.String(), hash)
+	if code := ctl(f, "hash-token", "--stdin"); code != 0 || strings.TrimSpace(out.String()) != api.HashToken(tok) {
+		t.Fatalf("hash of the token file: exit %d, %q, want %s", code, out.String(), api.HashToken(tok))
 	}
 	// Now the file is read: the request fails at the unreachable server.
 	if code := ctl(nil, "--server", "http://127.0.0.1:1", "status", "a@example.com"); code != exitError {
@@ -444,4 +422,23 @@ func TestNote(t *testing.T) {
 	if n := strings.Count(out, `"action": "note"`) + strings.Count(out, `"action":"note"`); n != 1 {
 		t.Fatalf("%d notes in the history, want 1:\n%s", n, out)
 	}
+}
+
+// generatedToken reads hash-token's output and checks that its hash is
+// the token's.
+func generatedToken(t *testing.T, out string) string {
+	t.Helper()
+	var tok, hash string
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "token: "); ok {
+			tok = v
+		}
+		if v, ok := strings.CutPrefix(l, "hash:  "); ok {
+			hash = v
+		}
+	}
+	if tok == "" || hash != api.HashToken(tok) {
+		t.Fatalf("generated %q", out)
+	}
+	return tok
 }
