@@ -159,12 +159,12 @@ type Options struct {
 
 // Runner runs jobs on their schedules.
 type Runner struct {
-	opts    Options
-	log     *slog.Logger
-	cron    *cron.Cron
+	opts Options
+	log  *slog.Logger
+	cron *cron.Cron
 	// base is the context of every run: Run cancels it at shutdown.
-	base context.Context
-	stop context.CancelFunc
+	base    context.Context
+	stop    context.CancelFunc
 	runs    *prometheus.CounterVec
 	seconds *prometheus.HistogramVec
 	last    *prometheus.GaugeVec
