@@ -62,9 +62,9 @@ func TestSystemdUnit(t *testing.T) {
 		// exposure is the most systemd-analyze security may say.
 		exposure float64
 	}{
-		{"aupd", "/usr/local/bin/aupd", []string{"User=aupd", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
-			"ProtectSystem=strict", "KillSignal=SIGTERM"}, 2},
-		{"aupd-sessiond", "/usr/local/bin/aupd-sessiond", []string{"CapabilityBoundingSet=\n", "NoNewPrivileges=yes",
+		{"aupd", "/usr/bin/aupd", []string{"User=aupd", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
+			"ProtectSystem=strict", "KillSignal=SIGTERM", "ReadWritePaths=-/var/spool/postfix/aupd\n"}, 2},
+		{"aupd-sessiond", "/usr/bin/aupd-sessiond", []string{"CapabilityBoundingSet=\n", "NoNewPrivileges=yes",
 			"ProtectSystem=strict", "StateDirectory=aupd-sessiond", "RuntimeDirectory=aupd-sessiond", "Restart=always"}, 2},
 	} {
 		t.Run(u.name, func(t *testing.T) {
