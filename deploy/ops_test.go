@@ -33,7 +33,8 @@ func TestComposeIsPinnedAndLocal(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &c); err != nil {
 		t.Fatal(err)
 	}
-	pinned := regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?$`)
+	// A version tag, and a digest when one is known (image:tag@sha256:...).
+	pinned := regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$`)
 	for name, s := range c.Services {
 		if s.Image != "" && !pinned.MatchString(s.Image) {
 			t.Errorf("service %s: image %q is not pinned to a version", name, s.Image)
