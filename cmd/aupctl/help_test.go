@@ -162,8 +162,10 @@ func TestReadyAndVersion(t *testing.T) {
 	if code, out, _ := runCtl(t, "--server", srv.URL, "ready"); code != exitDenied || !strings.Contains(out, "connection refused") {
 		t.Errorf("not ready: %d %q", code, out)
 	}
-	if code, out, _ := runCtl(t, "version"); code != 0 || !strings.HasPrefix(out, "aupctl version ") {
-		t.Errorf("version: %d %q", code, out)
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}, {"--server", "http://127.0.0.1:1", "--version"}} {
+		if code, out, _ := runCtl(t, args...); code != 0 || !strings.HasPrefix(out, "aupctl version ") || !strings.Contains(out, ", revision ") {
+			t.Errorf("%v: %d %q", args, code, out)
+		}
 	}
 }
 

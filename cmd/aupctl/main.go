@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/buildinfo"
 	"github.com/aupd/aupd/internal/client"
 	"github.com/aupd/aupd/rules"
 )
@@ -65,6 +66,10 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		a := args[i]
 		if a == "-h" || a == "--help" {
 			fmt.Fprint(stdout, usage(table))
+			return exitOK
+		}
+		if a == "--version" || a == "-version" {
+			fmt.Fprintln(stdout, "aupctl", buildinfo.Read())
 			return exitOK
 		}
 		if !strings.HasPrefix(a, "-") {

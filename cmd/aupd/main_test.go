@@ -10,7 +10,7 @@ import (
 
 func TestStrayArgumentsNeverStartTheDaemon(t *testing.T) {
 	for _, args := range [][]string{
-		{"check-confg", "aupd.yml"}, {"serve"}, {"-config", "aupd.yml", "extra"}, {"run", "now"}, {"version", "extra"},
+		{"check-confg", "aupd.yml"}, {"serve"}, {"-config", "aupd.yml", "extra"}, {"run", "now"}, {"version", "extra"}, {"--version", "extra"},
 	} {
 		var out, errb bytes.Buffer
 		// A daemon would block here; an error returns at once.
@@ -25,8 +25,11 @@ func TestStrayArgumentsNeverStartTheDaemon(t *testing.T) {
 
 func TestVersionAndHelp(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "aupd version ") || !strings.Contains(out.String(), "revision ") {
-		t.Errorf("aupd version: %d %q %q", code, out.String(), errb.String())
+	for _, arg := range []string{"version", "--version", "-version"} {
+		out.Reset()
+		if code := run([]string{arg}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "aupd version ") || !strings.Contains(out.String(), ", revision ") {
+			t.Errorf("aupd %s: %d %q %q", arg, code, out.String(), errb.String())
+		}
 	}
 	out.Reset()
 	if code := run([]string{"help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "check-config FILE") {

@@ -102,7 +102,7 @@ func Run(ctx context.Context, opts Options) error {
 	a.reloads.WithLabelValues("ok")
 	a.reloads.WithLabelValues("error")
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		buildinfo.Collector(buildinfo.Read()), a.reloads)
+		buildInfoCollector(buildinfo.Read()), a.reloads)
 	return a.run(ctx)
 }
 
