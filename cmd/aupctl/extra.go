@@ -128,6 +128,11 @@ func (x *cli) printReady(a *readyAnswer) error {
 }
 
 func versionCmd(_ context.Context, x *cli, _ []string, _ *flags) error {
-	fmt.Fprintln(x.stdout, "aupctl", buildinfo.Read())
+	in := buildinfo.Read()
+	if x.json {
+		return x.printJSON(map[string]any{"program": "aupctl", "version": in.Version, "revision": in.Revision,
+			"build_date": in.BuildDate, "go_version": in.GoVersion, "modified": in.Modified})
+	}
+	fmt.Fprintln(x.stdout, "aupctl", in)
 	return nil
 }

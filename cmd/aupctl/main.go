@@ -200,7 +200,7 @@ type flags struct {
 	typ       *string
 	suspended *bool
 	limit     *int
-	output    *string
+	out       *string
 	stdin     *bool
 	text      *string
 	wait      *time.Duration
@@ -273,8 +273,8 @@ func commandTable() map[string]command {
 			return &flags{text: fs.String("text", "", "the note (required): plain text, at most 1,000 characters")}
 		}, run: noteCmd,
 			help: "Adds a note (\"called the user, new password set\") to the account's history, with your token's name as its author. It changes nothing else. Needs role abuse; an account aupd holds no record of gets no note (exit 3)."},
-		"evidence": {group: "account", args: "ADDRESS SUSPENSION-ID [-o FILE]", summary: "download the evidence.txt of a suspension", minArgs: 2, maxArgs: 2, flags: func(fs *flag.FlagSet) *flags {
-			return &flags{output: fs.String("o", "", "write to FILE instead of standard output")}
+		"evidence": {group: "account", args: "ADDRESS SUSPENSION-ID [--out FILE]", summary: "download the evidence.txt of a suspension", minArgs: 2, maxArgs: 2, flags: func(fs *flag.FlagSet) *flags {
+			return &flags{out: fs.String("out", "", "write to FILE instead of standard output")}
 		}, run: evidenceCmd},
 		"decide": {group: "account", args: "ADDRESS ACCESS", summary: "what aupd answers for an access; exit 6 on deny", minArgs: 2, maxArgs: 2, flags: noFlags, run: decideCmd,
 			help: "ACCESS is login_imap, login_pop3, login_webmail, login_smtp, send_smtp, send_webmail or receive. Exits 0 when the answer is allow, 6 when it is deny."},
@@ -328,6 +328,17 @@ func parseServices(s string) ([]rules.Service, error) {
 }
 
 // printRaw prints the server's JSON as it came.
+// printJSON prints what aupctl makes itself (not the server's answer) as
+// JSON, for -o json.
+func (x *cli) printJSON(v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	x.printRaw(b)
+	return nil
+}
+
 func (x *cli) printRaw(raw []byte) {
 	_, _ = x.stdout.Write(raw)
 	if len(raw) > 0 && raw[len(raw)-1] != '\n' {
@@ -580,14 +591,14 @@ func evidenceCmd(ctx context.Context, x *cli, args []string, f *flags) error {
 	if err != nil {
 		return err
 	}
-	if *f.output == "" || *f.output == "-" {
+	if *f.out == "" || *f.out == "-" {
 		_, err = x.stdout.Write(data)
 		return err
 	}
-	if err := os.WriteFile(*f.output, data, 0o600); err != nil {
+	if err := os.WriteFile(*f.out, data, 0o600); err != nil {
 		return fmt.Errorf("write evidence: %w", err)
 	}
-	fmt.Fprintf(x.stderr, "wrote %d bytes to %s\n", len(data), *f.output)
+	fmt.Fprintf(x.stderr, "wrote %d bytes to %s\n", len(data), *f.out)
 	return nil
 }
 
@@ -719,10 +730,18 @@ func hashTokenCmd(_ context.Context, x *cli, _ []string, f *flags) error {
 		if tok == "" {
 			return &usageError{"no token on stdin"}
 		}
+		if x.json {
+			return x.printJSON(map[string]string{"hash": api.HashToken(tok)})
+		}
 		fmt.Fprintln(x.stdout, api.HashToken(tok))
 		return nil
 	}
 	tok := api.NewToken()
+	if x.json {
+		err := x.printJSON(map[string]string{"token": tok, "hash": api.HashToken(tok)})
+		fmt.Fprintln(x.stderr, "Give the token to its user; put only the hash in aupd's config (auth.tokens[].hash).")
+		return err
+	}
 	fmt.Fprintf(x.stdout, "token: %s\nhash:  %s\n", tok, api.HashToken(tok))
 	fmt.Fprintln(x.stderr, "Give the token to its user; put only the hash in aupd's config (auth.tokens[].hash).")
 	return nil
