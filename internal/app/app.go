@@ -82,6 +82,7 @@ type App struct {
 	dir     *companies.Directory
 	tokens  *api.Tokens
 	clients *clientaddr.Resolver // http.trusted_proxies
+	desk    *desk.Desk           // nil: the desk is off
 	ready   atomic.Bool
 	reloads *prometheus.CounterVec
 	// waiting says what start-up waits for (a string), for /readyz.
@@ -295,6 +296,9 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := a.recordTokens(sctx, cfg); err != nil {
+		return err
+	}
 	a.clients, err = clientaddr.New(cfg.HTTP.TrustedProxies)
 	if err != nil {
 		return err
@@ -438,6 +442,10 @@ func (a *App) run(ctx context.Context) (err error) {
 		jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		g.Add(func() error { return runner.Run(jctx) }, func(error) { cancel() })
 	}
+	if a.desk != nil {
+		dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		g.Add(func() error { return a.desk.Run(dctx) }, func(error) { cancel() })
+	}
 	{
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
@@ -516,11 +524,27 @@ func (a *App) reloadConfig() error {
 	if err != nil {
 		return err
 	}
+	if err := cfg.Auth.Validate(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Before the new tokens take effect: a reload that cannot record them
+	// changes nothing.
+	if err := a.recordTokens(ctx, cfg); err != nil {
+		return err
+	}
 	if err := a.tokens.Set(cfg.Auth); err != nil {
 		return err
 	}
 	if err := a.dir.SetStatic(cfg.Companies); err != nil {
 		return err
+	}
+	if a.desk != nil {
+		// End for good the sessions of contacts the reload removed.
+		if err := a.desk.Sweep(ctx); err != nil {
+			a.log.Warn("sweep desk sessions after the reload", "err", err)
+		}
 	}
 	a.cfg.Store(cfg)
 	a.log.Info("config reloaded", "threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(cfg.Companies), "tokens", len(cfg.Auth.Tokens))

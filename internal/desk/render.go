@@ -15,7 +15,7 @@ import (
 )
 
 // page files; each is parsed with layout.html.
-var pageNames = []string{"overview", "account", "search", "signin", "error"}
+var pageNames = []string{"overview", "account", "search", "signin", "error", "signin_sent", "signin_link", "sessions"}
 
 func templateFuncs() template.FuncMap {
 	return template.FuncMap{
