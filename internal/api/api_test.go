@@ -666,7 +666,7 @@ func TestCompaniesWithoutRestart(t *testing.T) {
 	body := map[string]any{
 		"name": "Initech", "domains": []string{"Initech.example"}, "abuse_contact": "Abuse@initech.example",
 		"desk_contacts": []string{"Alice@Initech.example", "alice@initech.example", "bob@initech.example"},
-		"threshold": 50, "lockout": map[string]any{"max_failures": 5, "window": "10m", "duration": "30m"}, "reason": "new customer",
+		"threshold":     50, "lockout": map[string]any{"max_failures": 5, "window": "10m", "duration": "30m"}, "reason": "new customer",
 	}
 	var c Company
 	e.must(201, "PUT", "/api/v1/companies/initech", tokAdmin, body).json(t, &c)

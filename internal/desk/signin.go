@@ -142,7 +142,9 @@ type signInLinkPage struct {
 	Path    string
 }
 
-func (d *Desk) signInUsedKey(lk *SignInLink) string { return d.prefix + ":desk:signin-used:" + lk.nonce }
+func (d *Desk) signInUsedKey(lk *SignInLink) string {
+	return d.prefix + ":desk:signin-used:" + lk.nonce
+}
 
 // signInLink checks the sign-in link of the path and answers for a bad,
 // expired or used one, or one whose address may no longer sign in for its

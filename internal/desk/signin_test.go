@@ -467,7 +467,6 @@ func TestFormTooLargeAndAssets(t *testing.T) {
 	}
 }
 
-
 // TestAskLinkIsRateLimited: asking for links counts toward the sign-in
 // limit of the client's address, as tokens tried do; past it the answer
 // is 429 and nothing is queued.
