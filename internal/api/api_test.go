@@ -665,9 +665,9 @@ func TestCompaniesWithoutRestart(t *testing.T) {
 	e := newEnv(t)
 	body := map[string]any{
 		"name": "Initech", "domains": []string{"Initech.example"}, "abuse_contact": "Abuse@initech.example",
-		"desk_contacts": []string{"Alice@Initech.example", "alice@initech.example", "bob@initech.example"},
-		"threshold":     50, "lockout": map[string]any{"max_failures": 5, "window": "10m", "duration": "30m"}, "reason": "new customer",
+		"threshold": 50, "lockout": map[string]any{"max_failures": 5, "window": "10m", "duration": "30m"}, "reason": "new customer",
 	}
+	body["desk_contacts"] = []string{"Alice@Initech.example", "alice@initech.example", "bob@initech.example"}
 	var c Company
 	e.must(201, "PUT", "/api/v1/companies/initech", tokAdmin, body).json(t, &c)
 	if c.Domains[0] != "initech.example" || c.AbuseContact != "abuse@initech.example" || *c.Threshold != 50 || c.Lockout.Duration != "30m0s" || c.Source != "api" ||
