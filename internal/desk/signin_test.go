@@ -1,12 +1,17 @@
 package desk_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/config"
@@ -513,5 +518,65 @@ func TestNoSignInLinksWithoutPublicURL(t *testing.T) {
 	}
 	if n := len(srv.Mail()); n != 0 {
 		t.Errorf("%d mails", n)
+	}
+}
+
+// TestTokenMarks: desk.RecordTokens, which aupd runs at start-up and on
+// each reload, marks the tokens removed or changed since the last record,
+// and a session made before the mark is refused even if the token comes
+// back with the same secret. The session here is one the index does not
+// hold (as an older aupd made them), so only the mark can end it.
+func TestTokenMarks(t *testing.T) {
+	w := newWorld(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: testutil.RedisAddr()})
+	defer rdb.Close()
+	key := func(id string) string {
+		sum := sha256.Sum256([]byte(id))
+		return w.cfg.Redis.Prefix + ":desk:session:" + hex.EncodeToString(sum[:])
+	}
+	id := "an-old-session-id-0123456789"
+	fp := api.TokenConfig{Hash: api.HashToken(tokAcmeAbuse)}.Fingerprint()
+	if err := rdb.HSet(t.Context(), key(id), "name", "acme-abuse", "role", "abuse", "company", "acme", "token", fp, "csrf", "x",
+		"created", w.clk.now().UnixMilli()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := w.browser()
+	b.c.Jar.SetCookies(u2(t, w), []*http.Cookie{{Name: "aupd_desk", Value: id, Path: "/desk/"}})
+	if p := b.get("/desk/"); p.code != http.StatusOK {
+		t.Fatalf("the old session: %d", p.code)
+	}
+	// Nothing changed: nothing marked.
+	if n, err := desk.RecordTokens(t.Context(), rdb, w.cfg.Redis.Prefix, w.cfg.Auth, w.clk.now()); err != nil || n != 0 {
+		t.Fatalf("record the same tokens: %d %v", n, err)
+	}
+	if p := b.get("/desk/"); p.code != http.StatusOK {
+		t.Fatalf("the old session after recording the same tokens: %d", p.code)
+	}
+	// Removed (as another aupd's reload would), then back with the same
+	// secret.
+	without := w.cfg.Auth
+	without.Tokens = slices.DeleteFunc(slices.Clone(without.Tokens), func(t api.TokenConfig) bool { return t.Name == "acme-abuse" })
+	w.clk.add(time.Millisecond)
+	if n, err := desk.RecordTokens(t.Context(), rdb, w.cfg.Redis.Prefix, without, w.clk.now()); err != nil || n != 1 {
+		t.Fatalf("record without acme-abuse: %d %v", n, err)
+	}
+	if n, err := desk.RecordTokens(t.Context(), rdb, w.cfg.Redis.Prefix, w.cfg.Auth, w.clk.now()); err != nil || n != 0 {
+		t.Fatalf("record with acme-abuse again: %d %v", n, err)
+	}
+	if p := b.get("/desk/"); p.code != http.StatusSeeOther {
+		t.Errorf("a session from before the token's removal: %d", p.code)
+	}
+	w.clk.add(time.Millisecond)
+	w.browser().signIn(tokAcmeAbuse) // a new sign-in works
+	// A changed role marks the token too.
+	changed := w.cfg.Auth
+	changed.Tokens = slices.Clone(changed.Tokens)
+	for i := range changed.Tokens {
+		if changed.Tokens[i].Name == "acme-viewer" {
+			changed.Tokens[i].Role = api.RoleAbuse
+		}
+	}
+	if n, err := desk.RecordTokens(t.Context(), rdb, w.cfg.Redis.Prefix, changed, w.clk.now()); err != nil || n != 1 {
+		t.Errorf("record a changed role: %d %v", n, err)
 	}
 }
