@@ -283,7 +283,7 @@ func (d *Desk) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	defer func() {
 		if v := recover(); v != nil {
-			d.log.Error("panic serving desk page", "path", r.URL.Path, "err", v)
+			d.log.Error("panic serving desk page", "path", logPath(r), "err", v)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 		}
 	}()
@@ -337,7 +337,7 @@ func (d *Desk) signedIn(perm api.Permission, h func(http.ResponseWriter, *http.R
 }
 
 func (d *Desk) internal(w http.ResponseWriter, r *http.Request, s *session, err error) {
-	d.log.Error("desk request", "method", r.Method, "path", r.URL.Path, "err", err)
+	d.log.Error("desk request", "method", r.Method, "path", logPath(r), "err", err)
 	d.fail(w, r, s, http.StatusInternalServerError, "Something went wrong", "The desk could not do that just now; try again. The aupd log has the details.")
 }
 
@@ -350,4 +350,20 @@ func (d *Desk) fail(w http.ResponseWriter, r *http.Request, s *session, status i
 // outside the session's company: the two are the same, byte for byte.
 func (d *Desk) notFound(w http.ResponseWriter, r *http.Request, s *session) {
 	d.fail(w, r, s, http.StatusNotFound, "No such account", "There is no account with this address.")
+}
+
+// logPath is the request's path as logged: the secret part of a link (a
+// sign-in link's or a notice's) is left out.
+func logPath(r *http.Request) string {
+	p := r.URL.Path
+	for _, door := range []string{"/desk/sign-in/link/", "/desk/l/"} {
+		if rest, ok := strings.CutPrefix(p, door); ok && rest != "" {
+			tail := ""
+			if i := strings.IndexByte(rest, '/'); i >= 0 {
+				tail = rest[i:]
+			}
+			return door + "<link>" + tail
+		}
+	}
+	return p
 }

@@ -1,6 +1,7 @@
 package desk
 
 import (
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +110,21 @@ func TestSafeNext(t *testing.T) {
 	} {
 		if got := safeNext(in); got != want {
 			t.Errorf("safeNext(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestLogPath: a link's secret part never reaches the log.
+func TestLogPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/desk/sign-in/link/abc.def": "/desk/sign-in/link/<link>",
+		"/desk/l/abc.def/reinstate":  "/desk/l/<link>/reinstate",
+		"/desk/accounts/a@b.c":       "/desk/accounts/a@b.c",
+		"/desk/sign-in/link":         "/desk/sign-in/link",
+	} {
+		r := httptest.NewRequest("GET", in, nil)
+		if got := logPath(r); got != want {
+			t.Errorf("logPath(%s) = %s, want %s", in, got, want)
 		}
 	}
 }
