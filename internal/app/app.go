@@ -296,9 +296,7 @@ func (a *App) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := a.recordTokens(sctx, cfg); err != nil {
-		return err
-	}
+	a.recordTokens(sctx, cfg)
 	a.clients, err = clientaddr.New(cfg.HTTP.TrustedProxies)
 	if err != nil {
 		return err
@@ -529,11 +527,7 @@ func (a *App) reloadConfig() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// Before the new tokens take effect: a reload that cannot record them
-	// changes nothing.
-	if err := a.recordTokens(ctx, cfg); err != nil {
-		return err
-	}
+	a.recordTokens(ctx, cfg) // before the new tokens take effect
 	if err := a.tokens.Set(cfg.Auth); err != nil {
 		return err
 	}
