@@ -198,6 +198,7 @@ type flags struct {
 	output    *string
 	stdin     *bool
 	text      *string
+	wait      *time.Duration
 }
 
 // command is one entry of the command table: everything aupctl --help,
@@ -282,7 +283,10 @@ func commandTable() map[string]command {
 		"hash-token": {group: "other", args: "[--stdin]", summary: "make a new API token and its config hash (or hash one read from stdin)", offline: true, flags: func(fs *flag.FlagSet) *flags {
 			return &flags{stdin: fs.Bool("stdin", false, "hash the token read from standard input")}
 		}, run: hashTokenCmd},
-		"ready":   {group: "other", args: "", summary: "ask aupd's /readyz; exit 0 when ready, 6 when not (needs no token)", flags: noFlags, run: readyCmd},
+		"ready": {group: "other", args: "[--wait D]", summary: "ask aupd's /readyz; exit 0 when ready, 6 when not (needs no token)", flags: func(fs *flag.FlagSet) *flags {
+			return &flags{wait: fs.Duration("wait", 0, "ask again until aupd is ready or D has passed, saying on stderr what it waits for (0: ask once)")}
+		}, run: readyCmd,
+			help: "With --wait D, asks every 250 ms until aupd is ready (exit 0) or D has passed; then exits as one ask would: 6 when aupd answers not ready, 1 when it does not answer. --timeout bounds each request, not the wait."},
 		"version": {group: "other", args: "", summary: "print aupctl's version and VCS revision", offline: true, flags: noFlags, run: versionCmd},
 		"completion": {group: "other", args: "bash|zsh|fish", summary: "print a shell completion script", minArgs: 1, maxArgs: 1, offline: true, flags: noFlags, run: completionCmd,
 			help: "Load it in your shell: source <(aupctl completion bash), aupctl completion zsh > \"${fpath[1]}/_aupctl\", or aupctl completion fish > ~/.config/fish/completions/aupctl.fish."},
