@@ -108,6 +108,9 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.NoticeWarnings() {
 		fmt.Fprintf(stdout, "# warning: %s\n", w)
 	}
+	for _, n := range cfg.Desk.Notes() {
+		fmt.Fprintf(stdout, "# note: %s\n", n)
+	}
 	fmt.Fprintln(stdout, "---")
 	cfg.NATS.URL = config.RedactURL(cfg.NATS.URL)
 	enc := yaml.NewEncoder(stdout)

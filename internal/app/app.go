@@ -23,6 +23,7 @@ import (
 	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
 )
@@ -65,6 +66,7 @@ type App struct {
 	dir     *companies.Directory
 	tokens  *api.Tokens
 	clients *clientaddr.Resolver // http.trusted_proxies
+	desk    *desk.Desk           // nil: the desk is off
 	ready   atomic.Bool
 	reloads *prometheus.CounterVec
 	// waiting says what start-up waits for (a string), for /readyz.
@@ -154,6 +156,9 @@ func (a *App) run(ctx context.Context) error {
 	}
 	early.handOver(&g)
 	addContext(&g, ctx, runner.Run)
+	if a.desk != nil {
+		addContext(&g, ctx, a.desk.Run) // sign-in link mail and session sweeps
+	}
 	a.addReload(&g)
 
 	early.serve(mux)
@@ -205,11 +210,23 @@ func (a *App) reloadConfig() error {
 	if err != nil {
 		return err
 	}
+	if err := cfg.Auth.Validate(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a.recordTokens(ctx, cfg) // before the new tokens take effect
 	if err := a.tokens.Set(cfg.Auth); err != nil {
 		return err
 	}
 	if err := a.dir.SetStatic(cfg.Companies); err != nil {
 		return err
+	}
+	if a.desk != nil {
+		// End for good the sessions of contacts the reload removed.
+		if err := a.desk.Sweep(ctx); err != nil {
+			a.log.Warn("sweep desk sessions after the reload", "err", err)
+		}
 	}
 	a.cfg.Store(cfg)
 	a.log.Info("config reloaded", "threshold", cfg.AUP.Threshold, "mode", cfg.AUP.Mode, "companies", len(cfg.Companies), "tokens", len(cfg.Auth.Tokens))

@@ -266,6 +266,9 @@ func (a *App) buildRoutes(cfg *config.Config, pub jsPublisher, ntf *notifier.Not
 	if a.tokens, err = api.NewTokens(cfg.Auth); err != nil {
 		return nil, err
 	}
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	a.recordTokens(rctx, cfg)
+	cancel()
 	if a.clients, err = clientaddr.New(cfg.HTTP.TrustedProxies); err != nil {
 		return nil, err
 	}
