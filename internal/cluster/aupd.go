@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -138,10 +139,30 @@ func (a *Aupd) StartReady(ctx context.Context, timeout time.Duration) error {
 }
 
 // BuildAupd builds the aupd binary into dir and returns its path. It must
-// run inside the module (go run ./cmd/aupload, or a test of the module).
+// run inside the product module (a test of it) or the harness's module
+// in tools/ (go -C tools run ./cmd/aupload, or a test there), which
+// replaces the product with this checkout. The build runs in the
+// product module's directory, so that the aupd it gives is the one the
+// product's own go.mod selects, whatever the harness's module requires.
 func BuildAupd(ctx context.Context, dir string) (string, error) {
-	bin := filepath.Join(dir, "aupd")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/aupd/aupd/cmd/aupd")
+	out, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/aupd/aupd").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("find the aupd module: go list: %w\n%s", err, ee.Stderr)
+		}
+		return "", fmt.Errorf("find the aupd module: go list: %w", err)
+	}
+	root := strings.TrimSpace(string(out))
+	if root == "" {
+		return "", fmt.Errorf("find the aupd module: go list gave no directory")
+	}
+	bin, err := filepath.Abs(filepath.Join(dir, "aupd"))
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/aupd")
+	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build aupd: %w\n%s", err, out)

@@ -5,8 +5,15 @@
 // (the binary built once) pointed at both, and an SMTP sink that records
 // every notice and can be taken down. Every process has handles to kill,
 // restart, stop and continue it, and helpers find the JetStream stream
-// leader and the Redis master of a slot and fail a master over. The fault
-// campaign (internal/campaign) and `aupload cluster` use it.
+// leader and the Redis master of a slot and fail a master over.
+//
+// It is test support, like internal/testutil: the product's tests use it
+// (the store on a real Redis Cluster through a failover), and so does
+// the harness in tools/ (the fault campaign, the scaling figures and
+// `aupload cluster`), which is why it stays in the product module. No
+// binary of the product imports it: scripts/check-release fails if one
+// does, or if one links go-smtp, which only this package, the tests and
+// internal/testutil use.
 package cluster
 
 import (

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aupd/aupd/internal/campaign"
+	"github.com/aupd/aupd/tools/campaign"
 )
 
 // The long form's faults, and the short form's (what CI runs as

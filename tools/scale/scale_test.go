@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/config"
-	"github.com/aupd/aupd/internal/loadtest"
 	"github.com/aupd/aupd/rules"
+	"github.com/aupd/aupd/tools/loadtest"
 )
 
 // TestMeasureOneProcess runs a tiny measurement on the real cluster (one

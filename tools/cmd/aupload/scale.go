@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aupd/aupd/internal/scale"
+	"github.com/aupd/aupd/tools/scale"
 )
 
 // scaleCmd is `aupload scale`: the scaling figures on a loopback cluster

@@ -3,12 +3,17 @@
 // Redis script alone, JetStream consume+ack alone), and the Redis memory
 // an account takes.
 //
+// It is part of the harness's module, tools/, and runs from the
+// repository root with go -C tools, which makes tools/ its working
+// directory: a relative path given to it (-cpuprofile, -dir) is under
+// tools/.
+//
 // By default it starts its own NATS server with JetStream in a temporary
 // directory and uses the local Redis under a random key prefix that it
 // deletes at the end, so it touches no other data:
 //
-//	go run ./cmd/aupload
-//	go run ./cmd/aupload -events 500000 -accounts 50000 -cpuprofile cpu.out
+//	go -C tools run ./cmd/aupload
+//	go -C tools run ./cmd/aupload -events 500000 -accounts 50000 -cpuprofile /tmp/aupload.prof
 //
 // -nats URL uses a running server instead; it must hold no aupd streams
 // (aupload creates and deletes AUP_VERDICTS, AUP_ACCOUNTS and
@@ -16,9 +21,9 @@
 //
 // Three subcommands run on a loopback cluster (docs/scaling.md):
 //
-//	go run ./cmd/aupload cluster     # 3 NATS nodes, a Redis Cluster, aupd processes, an SMTP sink; Ctrl-C tears down
-//	go run ./cmd/aupload campaign    # the fault campaign on that cluster; exit 0 only when nothing is lost or doubled
-//	go run ./cmd/aupload scale       # events/s and CPU per event with 1, 2 and 3 aupd processes, for the capacity model
+//	go -C tools run ./cmd/aupload cluster     # 3 NATS nodes, a Redis Cluster, aupd processes, an SMTP sink; Ctrl-C tears down
+//	go -C tools run ./cmd/aupload campaign    # the fault campaign on that cluster; exit 0 only when nothing is lost or doubled
+//	go -C tools run ./cmd/aupload scale       # events/s and CPU per event with 1, 2 and 3 aupd processes, for the capacity model
 package main
 
 import (
@@ -32,7 +37,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/config"
-	"github.com/aupd/aupd/internal/loadtest"
+	"github.com/aupd/aupd/tools/loadtest"
 )
 
 func main() {

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/events"
-	"github.com/aupd/aupd/internal/loadtest"
 	"github.com/aupd/aupd/rules"
+	"github.com/aupd/aupd/tools/loadtest"
 )
 
 // Plan is the campaign's load, a pure function of its parameters and seed:

@@ -8,7 +8,8 @@
 // every account's count against the distinct ids published for it, the
 // dead letters against the invalid events, one suspension event per
 // crossing and one notice per suspension, and prints one table. Run it
-// with `go run ./cmd/aupload campaign` (docs/scaling.md).
+// from the repository root with scripts/campaign, or
+// `go -C tools run ./cmd/aupload campaign` (docs/scaling.md).
 package campaign
 
 import (

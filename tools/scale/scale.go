@@ -7,8 +7,9 @@
 // ceiling that implies). On one machine every process shares the same
 // cores, so events/s does not grow with processes as it would on separate
 // hosts; the CPU per event of each component is the figure a capacity
-// model is built from (docs/scaling.md, "Scaling figures and a capacity model"). Run it with
-// `go run ./cmd/aupload scale`.
+// model is built from (docs/scaling.md, "Scaling figures and a capacity
+// model"). Run it from the repository root with
+// `go -C tools run ./cmd/aupload scale`.
 package scale
 
 import (
@@ -31,9 +32,9 @@ import (
 
 	"github.com/aupd/aupd/internal/cluster"
 	"github.com/aupd/aupd/internal/config"
-	"github.com/aupd/aupd/internal/loadtest"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
+	"github.com/aupd/aupd/tools/loadtest"
 )
 
 // prefix is the Redis key prefix internal/cluster gives aupd.
