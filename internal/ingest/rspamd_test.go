@@ -3,6 +3,7 @@ package ingest
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -176,12 +177,15 @@ func TestSchemaMatchesContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	type prop struct {
+		Type       string
+		MaxLength  int `json:"maxLength"`
+		Enum       []string
+		Properties map[string]prop
+	}
 	var s struct {
 		Required   []string
-		Properties map[string]struct {
-			MaxLength int `json:"maxLength"`
-			Enum      []string
-		}
+		Properties map[string]prop
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
@@ -189,5 +193,19 @@ func TestSchemaMatchesContract(t *testing.T) {
 	if strings.Join(s.Required, ",") != "id,time,direction,account,verdict" || s.Properties["id"].MaxLength != events.MaxIDLen ||
 		s.Properties["account"].MaxLength != events.MaxAccount || len(s.Properties["verdict"].Enum) != 4 || len(s.Properties["direction"].Enum) != 3 {
 		t.Fatalf("schema: %+v", s)
+	}
+	// The optional sender: an object of three strings, with the decoder's
+	// bounds.
+	sender := s.Properties["sender"]
+	if sender.Type != "object" || len(sender.Properties) != 3 || sender.Properties["ip"].Type != "string" ||
+		sender.Properties["login"].MaxLength != events.MaxLogin || sender.Properties["helo"].MaxLength != events.MaxHelo {
+		t.Fatalf("schema's sender: %+v", sender)
+	}
+	for _, key := range []string{"ip", "login", "helo"} {
+		data := fmt.Sprintf(`{"id":"x","time":"2026-11-21T11:00:00Z","direction":"outbound","account":"a@example.com","verdict":"spam","sender":{%q:5}}`, key)
+		_, err := events.ParseVerdict("aup.verdict.outbound", []byte(data), time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC), time.Minute)
+		if ie, ok := events.AsInvalid(err); !ok || ie.Field != "sender."+key {
+			t.Errorf("sender.%s of the wrong type: %v", key, err)
+		}
 	}
 }
