@@ -400,7 +400,11 @@ func (a *App) run(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
-		dh, err := dovecot.New(dc, accts, ctr, dovecot.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now})
+		dopts := dovecot.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now}
+		if keep, ret := dc.RecentLoginLimits(); keep > 0 {
+			dopts.Logins = logins{store: a.store, dir: a.dir, lim: store.LoginLimits{Keep: keep, Retention: ret}}
+		}
+		dh, err := dovecot.New(dc, accts, ctr, dopts)
 		if err != nil {
 			return err
 		}
