@@ -86,7 +86,8 @@ func splitMessage(text string) ([]headerField, string) {
 	for rest != "" {
 		line, after, _ := strings.Cut(rest, "\n")
 		if line == "" {
-			return fields, after
+			rest = after
+			break
 		}
 		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
 			f := &fields[len(fields)-1]
