@@ -787,7 +787,7 @@ func TestCaseNotes(t *testing.T) {
 		t.Fatalf("note: %d %q", p.code, p.location())
 	}
 	p = b.get(p.location())
-	has(t, p, "Note added to the history.", "<strong>note</strong>", "by acme-abuse via desk, reason abuse_contact",
+	has(t, p, "Note added to the history.", "<strong>note</strong>", "by acme-abuse via desk, reason the company&#39;s abuse contact&#39;s decision <code>abuse_contact</code>",
 		"“called the user, &lt;b&gt;new&lt;/b&gt; password set”")
 	lacks(t, p, "<b>new</b>")
 	_, h := w.api("GET", "/api/v1/accounts/"+mine+"/history", tokRoot, nil)
