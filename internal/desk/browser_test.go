@@ -277,7 +277,7 @@ func TestBrowser(t *testing.T) {
 	if badge := text(t, ctx, "p.sub .status"); badge != "sending suspended" {
 		t.Errorf("first badge %q", badge)
 	}
-	noteWidth, err := chromedp.Run(ctx, chromedp.Evaluate[float64](`document.querySelector('td[data-label="Note"]').getBoundingClientRect().width`))
+	noteWidth, err := chromedp.Run(ctx, chromedp.Evaluate[float64](`[...document.querySelectorAll('td[data-label="Note"]')].find(e => e.textContent.trim() != "").getBoundingClientRect().width`))
 	if err != nil {
 		t.Fatal(err)
 	}
