@@ -23,13 +23,23 @@ import (
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/jsutil"
 	"github.com/aupd/aupd/internal/ratelog"
-	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/worker"
 )
 
 // Processor applies a batch of valid events (the worker).
+//
+// An event's error is permanent, and the event goes to the dead letters
+// at once, when the error (or one it wraps) has a method Permanent() bool
+// that returns true (store.PermanentError has). Any other error is
+// transient: the event is redelivered.
 type Processor interface {
 	Process(ctx context.Context, evs []worker.Event) []error
+}
+
+// permanent reports whether a Processor's error is permanent.
+func permanent(err error) bool {
+	var p interface{ Permanent() bool }
+	return errors.As(err, &p) && p.Permanent()
 }
 
 // Headers of a dead letter. The payload is the original event, byte for
@@ -333,7 +343,7 @@ func (v *Verdicts) handle(ctx context.Context, msgs []jetstream.Msg) (down bool)
 	}
 	if len(evs) > 0 {
 		errs := v.o.Processor.Process(ctx, evs)
-		if slices.ContainsFunc(errs, func(err error) bool { return err != nil && !store.IsPermanent(err) }) {
+		if slices.ContainsFunc(errs, func(err error) bool { return err != nil && !permanent(err) }) {
 			down = v.storeDown(ctx)
 		}
 		for i, m := range valid {
@@ -341,7 +351,7 @@ func (v *Verdicts) handle(ctx context.Context, msgs []jetstream.Msg) (down bool)
 			switch {
 			case err == nil:
 				_ = m.Ack() // a lost ack is a redelivery, and a redelivery counts nothing
-			case store.IsPermanent(err):
+			case permanent(err):
 				dead = append(dead, deadLetter{msg: m, reason: ReasonProcessingFailed, detail: err.Error()})
 			case v.lastDelivery(m):
 				dead = append(dead, deadLetter{msg: m, reason: ReasonMaxDeliveries, detail: err.Error()})

@@ -33,7 +33,8 @@ func TestComposeIsPinnedAndLocal(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &c); err != nil {
 		t.Fatal(err)
 	}
-	pinned := regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?$`)
+	// A version tag, and a digest when one is known (image:tag@sha256:...).
+	pinned := regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$`)
 	for name, s := range c.Services {
 		if s.Image != "" && !pinned.MatchString(s.Image) {
 			t.Errorf("service %s: image %q is not pinned to a version", name, s.Image)
@@ -62,9 +63,9 @@ func TestSystemdUnit(t *testing.T) {
 		// exposure is the most systemd-analyze security may say.
 		exposure float64
 	}{
-		{"aupd", "/usr/local/bin/aupd", []string{"User=aupd", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
-			"ProtectSystem=strict", "KillSignal=SIGTERM"}, 2},
-		{"aupd-sessiond", "/usr/local/bin/aupd-sessiond", []string{"CapabilityBoundingSet=\n", "NoNewPrivileges=yes",
+		{"aupd", "/usr/bin/aupd", []string{"User=aupd", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
+			"ProtectSystem=strict", "KillSignal=SIGTERM", "ReadWritePaths=-/var/spool/postfix/aupd\n"}, 2},
+		{"aupd-sessiond", "/usr/bin/aupd-sessiond", []string{"CapabilityBoundingSet=\n", "NoNewPrivileges=yes",
 			"ProtectSystem=strict", "StateDirectory=aupd-sessiond", "RuntimeDirectory=aupd-sessiond", "Restart=always"}, 2},
 	} {
 		t.Run(u.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/mail"
 	"strconv"
 	"text/template"
 	"time"
@@ -119,6 +120,35 @@ func (n *Notifier) SendDigest(ctx context.Context, d Digest) error {
 	if tag := n.cfg.SubjectTag; tag != "" {
 		subject = tag + " " + subject
 	}
+	if err := n.sendPlain(ctx, rcpt, subject, body.String(), DigestHeaderValue, "aup-digest"); err != nil {
+		return fmt.Errorf("digest for %s: %w", d.CompanyID, err)
+	}
+	return nil
+}
+
+// Values of NoticeHeader on the other mail aupd sends.
+const (
+	// SignInHeaderValue marks the abuse desk's sign-in link mail.
+	SignInHeaderValue = "aup-desk-sign-in"
+)
+
+// SendText sends a plain-text message of aupd's own (not a notice: no
+// evidence, no retries) to one address through the notifier's transport
+// (SMTP, or an .eml file), with the notifier's From and Reply-To. kind is
+// the value of the X-Aupd-Notice header (SignInHeaderValue, ...), so that
+// mail rules can tell it apart. The subject and body are cleaned of
+// control characters.
+func (n *Notifier) SendText(ctx context.Context, to, subject, body, kind string) error {
+	rcpt, err := parseAddress(to)
+	if err != nil {
+		return fmt.Errorf("send to %q: %w", cleanLine(to, 320), err)
+	}
+	return n.sendPlain(ctx, rcpt, subject, body, cleanLine(kind, 64), fileSafe(cleanLine(kind, 32)))
+}
+
+// sendPlain builds and sends one text/plain message; the Message-ID
+// starts with midPrefix.
+func (n *Notifier) sendPlain(ctx context.Context, rcpt *mail.Address, subject, body, kind, midPrefix string) error {
 	m := gomail.NewMsg(gomail.WithNoDefaultUserAgent(), gomail.WithCharset(gomail.CharsetUTF8), gomail.WithEncoding(gomail.EncodingQP))
 	m.FromMailAddress(n.r.from)
 	m.ToMailAddress(rcpt)
@@ -128,19 +158,19 @@ func (n *Notifier) SendDigest(ctx context.Context, d Digest) error {
 	m.Subject(cleanLine(subject, maxSubject))
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
-	m.SetMessageIDWithValue(fmt.Sprintf("aup-digest.%s.%s@%s", strconv.FormatInt(n.now().Unix(), 36), hex.EncodeToString(rnd[:]), n.r.midDomain))
+	m.SetMessageIDWithValue(fmt.Sprintf("%s.%s.%s@%s", midPrefix, strconv.FormatInt(n.now().Unix(), 36), hex.EncodeToString(rnd[:]), n.r.midDomain))
 	m.SetDateWithValue(n.now())
 	m.SetGenHeader("Auto-Submitted", "auto-generated")
 	m.SetGenHeader("X-Auto-Response-Suppress", "All")
-	m.SetGenHeader(NoticeHeader, DigestHeaderValue)
+	m.SetGenHeader(NoticeHeader, kind)
 	m.SetUserAgent("aupd")
-	m.SetBodyString(gomail.TypeTextPlain, cleanText(body.String(), maxBody))
+	m.SetBodyString(gomail.TypeTextPlain, cleanText(body, maxBody))
 	var out bytes.Buffer
 	if _, err := m.WriteTo(&out); err != nil {
-		return fmt.Errorf("write digest: %w", err)
+		return fmt.Errorf("write message: %w", err)
 	}
 	if _, err := n.tr.send(ctx, n.r.from.Address, rcpt.Address, out.Bytes(), nil); err != nil {
-		return fmt.Errorf("send digest to %s: %w", rcpt.Address, err)
+		return fmt.Errorf("send to %s: %w", rcpt.Address, err)
 	}
 	return nil
 }

@@ -19,7 +19,7 @@ func completionCmd(_ context.Context, x *cli, args []string, _ *flags) error {
 		fs.VisitAll(func(f *flag.Flag) { out = append(out, "--"+f.Name) })
 		return out
 	}
-	globalFlags := []string{"--server", "--token", "--token-file", "--config", "--json", "--timeout", "--help"}
+	globalFlags := []string{"--server", "--token", "--token-file", "--config", "--output", "--json", "--timeout", "--help"}
 	switch args[0] {
 	case "bash":
 		var cases strings.Builder
@@ -33,7 +33,7 @@ _aupctl() {
   cmd=""
   for ((i = 1; i < COMP_CWORD; i++)); do
     case "${COMP_WORDS[i]}" in
-      --server|--token|--token-file|--config|--timeout) ((i++)) ;;
+      --server|--token|--token-file|--config|--timeout|--output|-o) ((i++)) ;;
       -*) ;;
       *) cmd="${COMP_WORDS[i]}"; break ;;
     esac

@@ -184,7 +184,7 @@ maximal_backoff_time = 2h
 	}
 	pipe := strings.Join(fbl, "\n")
 	for _, r := range [][2]string{
-		{"/usr/local/bin/aupctl", aupctl}, {"http://127.0.0.1:9390", server},
+		{"/usr/bin/aupctl", aupctl}, {"http://127.0.0.1:9390", server},
 		{"/etc/aupd/publisher.token", tokenFile}, {"user=aupd", "user=nobody"},
 	} {
 		if !strings.Contains(pipe, r[0]) {

@@ -30,7 +30,7 @@ const exitCodes = `Exit codes:
 // usage is aupctl --help, made from the command table.
 func usage(table map[string]command) string {
 	var b strings.Builder
-	b.WriteString("aupctl: manage aupd accounts over the admin API.\n\nUsage:\n  aupctl [global flags] COMMAND [ARGS] [flags]\n  aupctl COMMAND --help      the command's arguments and flags\n")
+	b.WriteString("aupctl: manage aupd accounts over the admin API.\n\nUsage:\n  aupctl [global flags] COMMAND [ARGS] [flags]\n  aupctl COMMAND --help      the command's arguments and flags\n  aupctl --version           the version (as aupctl version)\n")
 	names := sortedNames(table)
 	for _, g := range groups {
 		fmt.Fprintf(&b, "\n%s:\n", g.title)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -161,7 +162,66 @@ func TestReadyAndVersion(t *testing.T) {
 	if code, out, _ := runCtl(t, "--server", srv.URL, "ready"); code != exitDenied || !strings.Contains(out, "connection refused") {
 		t.Errorf("not ready: %d %q", code, out)
 	}
-	if code, out, _ := runCtl(t, "version"); code != 0 || !strings.HasPrefix(out, "aupctl version ") {
-		t.Errorf("version: %d %q", code, out)
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}, {"--server", "http://127.0.0.1:1", "--version"}} {
+		if code, out, _ := runCtl(t, args...); code != 0 || !strings.HasPrefix(out, "aupctl version ") || !strings.Contains(out, ", revision ") {
+			t.Errorf("%v: %d %q", args, code, out)
+		}
+	}
+}
+
+// TestReadyWait starts with an aupd that is not ready, then becomes
+// ready: ready --wait ends 0 once it is, saying on stderr once per change
+// what it waits for, even when the wait is longer than --timeout; it ends
+// 6 when the time is up on a not-ready answer, 1 when nothing answers.
+func TestReadyWait(t *testing.T) {
+	var mu sync.Mutex
+	asked, readyAt := 0, 4 // ready from the fourth request on
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked++
+		n := asked
+		mu.Unlock()
+		switch {
+		case n < 3:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"aupd":"starting","waiting_for":"redis"}`))
+		case n < readyAt:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"aupd":"starting","waiting_for":"nats"}`))
+		default:
+			_, _ = w.Write([]byte(`{"nats":"ok","redis":"ok"}`))
+		}
+	}))
+	defer srv.Close()
+
+	code, out, errs := runCtl(t, "--server", srv.URL, "--timeout", "100ms", "ready", "--wait", "30s")
+	if code != 0 || out != "nats: ok\nredis: ok\n" {
+		t.Errorf("ready --wait: exit %d, stdout %q", code, out)
+	}
+	if want := "aupctl ready: waiting: aupd: starting; waiting_for: redis\naupctl ready: waiting: aupd: starting; waiting_for: nats\n"; errs != want {
+		t.Errorf("ready --wait: stderr\n%q\nwant\n%q", errs, want)
+	}
+	if asked != readyAt {
+		t.Errorf("asked %d times, want %d", asked, readyAt)
+	}
+
+	mu.Lock()
+	asked, readyAt = 0, 1<<30 // never ready
+	mu.Unlock()
+	code, out, errs = runCtl(t, "--server", srv.URL, "ready", "--wait", "600ms")
+	if code != exitDenied || !strings.Contains(out, "aupd: starting") || strings.Count(errs, "waiting:") != 2 {
+		t.Errorf("ready --wait, never ready: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if asked < 2 {
+		t.Errorf("never ready: asked %d times in 600ms", asked)
+	}
+
+	srv.Close()
+	code, _, errs = runCtl(t, "--server", srv.URL, "ready", "--wait", "300ms")
+	if code != exitError || strings.Count(errs, "waiting:") != 1 || !strings.Contains(errs, "aupctl ready: readyz:") {
+		t.Errorf("ready --wait, nothing listening: exit %d, stderr %q", code, errs)
+	}
+	if code, _, _ := runCtl(t, "--server", srv.URL, "ready", "--wait", "-1s"); code != exitUsage {
+		t.Errorf("ready --wait -1s: exit %d", code)
 	}
 }

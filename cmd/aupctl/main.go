@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/buildinfo"
 	"github.com/aupd/aupd/internal/client"
 	"github.com/aupd/aupd/rules"
 )
@@ -65,6 +66,10 @@ func runIn(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		a := args[i]
 		if a == "-h" || a == "--help" {
 			fmt.Fprint(stdout, usage(table))
+			return exitOK
+		}
+		if a == "--version" || a == "-version" {
+			fmt.Fprintln(stdout, "aupctl", buildinfo.Read())
 			return exitOK
 		}
 		if !strings.HasPrefix(a, "-") {
@@ -195,9 +200,10 @@ type flags struct {
 	typ       *string
 	suspended *bool
 	limit     *int
-	output    *string
+	out       *string
 	stdin     *bool
 	text      *string
+	wait      *time.Duration
 }
 
 // command is one entry of the command table: everything aupctl --help,
@@ -267,8 +273,8 @@ func commandTable() map[string]command {
 			return &flags{text: fs.String("text", "", "the note (required): plain text, at most 1,000 characters")}
 		}, run: noteCmd,
 			help: "Adds a note (\"called the user, new password set\") to the account's history, with your token's name as its author. It changes nothing else. Needs role abuse; an account aupd holds no record of gets no note (exit 3)."},
-		"evidence": {group: "account", args: "ADDRESS SUSPENSION-ID [-o FILE]", summary: "download the evidence.txt of a suspension", minArgs: 2, maxArgs: 2, flags: func(fs *flag.FlagSet) *flags {
-			return &flags{output: fs.String("o", "", "write to FILE instead of standard output")}
+		"evidence": {group: "account", args: "ADDRESS SUSPENSION-ID [--out FILE]", summary: "download the evidence.txt of a suspension", minArgs: 2, maxArgs: 2, flags: func(fs *flag.FlagSet) *flags {
+			return &flags{out: fs.String("out", "", "write to FILE instead of standard output")}
 		}, run: evidenceCmd},
 		"decide": {group: "account", args: "ADDRESS ACCESS", summary: "what aupd answers for an access; exit 6 on deny", minArgs: 2, maxArgs: 2, flags: noFlags, run: decideCmd,
 			help: "ACCESS is login_imap, login_pop3, login_webmail, login_smtp, send_smtp, send_webmail or receive. Exits 0 when the answer is allow, 6 when it is deny."},
@@ -282,7 +288,10 @@ func commandTable() map[string]command {
 		"hash-token": {group: "other", args: "[--stdin]", summary: "make a new API token and its config hash (or hash one read from stdin)", offline: true, flags: func(fs *flag.FlagSet) *flags {
 			return &flags{stdin: fs.Bool("stdin", false, "hash the token read from standard input")}
 		}, run: hashTokenCmd},
-		"ready":   {group: "other", args: "", summary: "ask aupd's /readyz; exit 0 when ready, 6 when not (needs no token)", flags: noFlags, run: readyCmd},
+		"ready": {group: "other", args: "[--wait D]", summary: "ask aupd's /readyz; exit 0 when ready, 6 when not (needs no token)", flags: func(fs *flag.FlagSet) *flags {
+			return &flags{wait: fs.Duration("wait", 0, "ask again until aupd is ready or D has passed, saying on stderr what it waits for (0: ask once)")}
+		}, run: readyCmd,
+			help: "With --wait D, asks every 250 ms until aupd is ready (exit 0) or D has passed; then exits as one ask would: 6 when aupd answers not ready, 1 when it does not answer. --timeout bounds each request, not the wait."},
 		"version": {group: "other", args: "", summary: "print aupctl's version and VCS revision", offline: true, flags: noFlags, run: versionCmd},
 		"completion": {group: "other", args: "bash|zsh|fish", summary: "print a shell completion script", minArgs: 1, maxArgs: 1, offline: true, flags: noFlags, run: completionCmd,
 			help: "Load it in your shell: source <(aupctl completion bash), aupctl completion zsh > \"${fpath[1]}/_aupctl\", or aupctl completion fish > ~/.config/fish/completions/aupctl.fish."},
@@ -319,6 +328,17 @@ func parseServices(s string) ([]rules.Service, error) {
 }
 
 // printRaw prints the server's JSON as it came.
+// printJSON prints what aupctl makes itself (not the server's answer) as
+// JSON, for -o json.
+func (x *cli) printJSON(v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	x.printRaw(b)
+	return nil
+}
+
 func (x *cli) printRaw(raw []byte) {
 	_, _ = x.stdout.Write(raw)
 	if len(raw) > 0 && raw[len(raw)-1] != '\n' {
@@ -586,14 +606,14 @@ func evidenceCmd(ctx context.Context, x *cli, args []string, f *flags) error {
 	if err != nil {
 		return err
 	}
-	if *f.output == "" || *f.output == "-" {
+	if *f.out == "" || *f.out == "-" {
 		_, err = x.stdout.Write(data)
 		return err
 	}
-	if err := os.WriteFile(*f.output, data, 0o600); err != nil {
+	if err := os.WriteFile(*f.out, data, 0o600); err != nil {
 		return fmt.Errorf("write evidence: %w", err)
 	}
-	fmt.Fprintf(x.stderr, "wrote %d bytes to %s\n", len(data), *f.output)
+	fmt.Fprintf(x.stderr, "wrote %d bytes to %s\n", len(data), *f.out)
 	return nil
 }
 
@@ -725,10 +745,18 @@ func hashTokenCmd(_ context.Context, x *cli, _ []string, f *flags) error {
 		if tok == "" {
 			return &usageError{"no token on stdin"}
 		}
+		if x.json {
+			return x.printJSON(map[string]string{"hash": api.HashToken(tok)})
+		}
 		fmt.Fprintln(x.stdout, api.HashToken(tok))
 		return nil
 	}
 	tok := api.NewToken()
+	if x.json {
+		err := x.printJSON(map[string]string{"token": tok, "hash": api.HashToken(tok)})
+		fmt.Fprintln(x.stderr, "Give the token to its user; put only the hash in aupd's config (auth.tokens[].hash).")
+		return err
+	}
 	fmt.Fprintf(x.stdout, "token: %s\nhash:  %s\n", tok, api.HashToken(tok))
 	fmt.Fprintln(x.stderr, "Give the token to its user; put only the hash in aupd's config (auth.tokens[].hash).")
 	return nil

@@ -232,7 +232,7 @@ func TestEvidenceDecideCompanies(t *testing.T) {
 		t.Fatalf("evidence: %q", out)
 	}
 	file := filepath.Join(t.TempDir(), "evidence.txt")
-	h.want(0, viewToken, "evidence", "bob@example.com", res[0].ID, "-o", file)
+	h.want(0, viewToken, "evidence", "bob@example.com", res[0].ID, "--out", file)
 	if b, _ := os.ReadFile(file); string(b) != "evidence body\n" {
 		t.Fatalf("evidence file: %q", b)
 	}
@@ -471,4 +471,38 @@ func TestStatusShowsSigns(t *testing.T) {
 	if err := json.Unmarshal([]byte(h.want(0, viewToken, "--json", "status", bob)), &a); err != nil || len(a.Senders) != 1 || len(a.Logins) != 1 {
 		t.Fatalf("status --json: %v %+v %+v", err, a.Senders, a.Logins)
 	}
+}
+
+// TestOutputJSON: -o json (and --output json, --json) makes every
+// command that prints a result print one JSON document, and -o table
+// keeps the tables; anything else is a usage error.
+func TestOutputJSON(t *testing.T) {
+	h := start(t)
+	alice := "alice@example.com"
+	h.want(0, adminToken, "set", alice, "--reason", "provision")
+	h.want(0, adminToken, "suspend", alice, "--service", "send", "--reason", "spam run")
+	for _, args := range [][]string{
+		{"status", alice}, {"history", alice}, {"list"}, {"companies"}, {"company", "acme"},
+		{"licences", "acme"}, {"decide", alice, "login_imap"}, {"note", alice, "--text", "called the user"},
+		{"reinstate", alice, "--service", "send", "--reason", "password changed"},
+		{"lock", alice, "--reason", "compromised"}, {"version"}, {"hash-token"},
+	} {
+		for _, flagv := range [][]string{{"-o", "json"}, {"--output=json"}, {"--json"}} {
+			code, out, errs := h.ctl(adminToken, append(append([]string{}, flagv...), args...)...)
+			if code != 0 {
+				t.Fatalf("aupctl %v %v: exit %d: %s", flagv, args, code, errs)
+			}
+			if !json.Valid([]byte(out)) {
+				t.Errorf("aupctl %v %v printed no JSON:\n%s", flagv, args, out)
+			}
+			if args[0] == "reinstate" || args[0] == "lock" || args[0] == "note" {
+				break // a change: once is enough
+			}
+		}
+	}
+	if out := h.want(0, adminToken, "-o", "table", "status", alice); json.Valid([]byte(out)) || !strings.Contains(out, "Account:") {
+		t.Errorf("-o table printed:\n%s", out)
+	}
+	h.want(2, adminToken, "-o", "yaml", "status", alice)
+	h.want(2, adminToken, "--json", "-o", "table", "status", alice)
 }

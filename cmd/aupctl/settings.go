@@ -16,13 +16,15 @@ const globalHelp = `  --server URL        aupd admin API (env AUPCTL_SERVER, con
   --token TOKEN       bearer token (env AUPCTL_TOKEN; prefer a file: argv is visible to ps)
   --token-file FILE   read the token from FILE (env AUPCTL_TOKEN_FILE, config token_file)
   --config FILE       settings file (env AUPCTL_CONFIG; default ~/.config/aupctl/config.yml if present)
-  --json              print the server's JSON instead of tables
+  -o, --output FORMAT table (default) or json: the server's JSON as it answered
+  --json              the same as -o json
   --timeout D         request timeout (default 30s)
 `
 
 // globals are the global flags as parsed.
 type globals struct {
 	server, token, tokenFile, config *string
+	output, outputLong               *string
 	json                             *bool
 	timeout                          *time.Duration
 }
@@ -31,8 +33,28 @@ func addGlobalFlags(fs *flag.FlagSet) *globals {
 	return &globals{
 		server: fs.String("server", "", ""), token: fs.String("token", "", ""),
 		tokenFile: fs.String("token-file", "", ""), config: fs.String("config", "", ""),
+		output: fs.String("o", "", ""), outputLong: fs.String("output", "", ""),
 		json: fs.Bool("json", false, ""), timeout: fs.Duration("timeout", 30*time.Second, ""),
 	}
+}
+
+// format settles -o, --output and --json, then the config file's output:
+// true for json.
+func (g *globals) format(fileOutput string) (bool, error) {
+	v := firstOf(*g.output, *g.outputLong)
+	if *g.json {
+		if v != "" && v != "json" {
+			return false, &usageError{fmt.Sprintf("--json and -o %s disagree", v)}
+		}
+		v = "json"
+	}
+	switch firstOf(v, fileOutput, "table") {
+	case "table":
+		return false, nil
+	case "json":
+		return true, nil
+	}
+	return false, &usageError{fmt.Sprintf("output %q: use table or json", firstOf(v, fileOutput))}
 }
 
 // globalTakesValue reports whether a global flag takes the next argument
@@ -43,7 +65,7 @@ func globalTakesValue(arg string) bool {
 		return false
 	}
 	switch name {
-	case "server", "token", "token-file", "config", "timeout":
+	case "server", "token", "token-file", "config", "timeout", "o", "output":
 		return true
 	}
 	return false
@@ -53,11 +75,13 @@ func globalTakesValue(arg string) bool {
 //
 //	server: https://aupd.internal:9390
 //	token_file: ~/.config/aupctl/token
+//	output: json
 type settings struct {
 	Server    string        `yaml:"server"`
 	Token     string        `yaml:"token"`
 	TokenFile string        `yaml:"token_file"`
 	Timeout   time.Duration `yaml:"timeout"`
+	Output    string        `yaml:"output"` // table or json
 }
 
 // resolve settles the server, token and timeout: a flag, then the
@@ -67,8 +91,10 @@ type settings struct {
 // makes the token that goes into it).
 func (g *globals) resolve(fs *flag.FlagSet, x *cli, getenv func(string) string, offline bool) error {
 	if offline {
-		x.json, x.timeout = *g.json, *g.timeout
-		return nil
+		var err error
+		x.json, err = g.format("")
+		x.timeout = *g.timeout
+		return err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -99,7 +125,10 @@ func (g *globals) resolve(fs *flag.FlagSet, x *cli, getenv func(string) string, 
 		}
 	}
 	x.server = firstOf(*g.server, getenv("AUPCTL_SERVER"), cfg.Server, defaultServer)
-	x.json = *g.json
+	var err error
+	if x.json, err = g.format(cfg.Output); err != nil {
+		return err
+	}
 	x.timeout = *g.timeout
 	if !set["timeout"] && cfg.Timeout > 0 {
 		x.timeout = cfg.Timeout

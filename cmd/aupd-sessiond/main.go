@@ -33,7 +33,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 const usage = `usage: aupd-sessiond agent [-config FILE]                    run the agent
        aupd-sessiond login [-config FILE] imap|pop3 NEXT...   Dovecot post-login program
        aupd-sessiond check-config [FILE]                     validate the settings and print them
-       aupd-sessiond version                                 print the version and VCS revision
+       aupd-sessiond version                                 print the version, revision and build date
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -51,7 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	path := fs.String("config", def, "settings file (YAML)")
 	debug := fs.Bool("debug", false, "log every lock taken and released")
 	switch cmd {
-	case "version":
+	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "aupd-sessiond", buildinfo.Read())
 		return 0
 	case "help", "-h", "-help", "--help":

@@ -4,7 +4,7 @@
 //
 //	aupd [run] [-config FILE]    run (embedded NATS when no nats.url is set)
 //	aupd check-config FILE       validate a config file and print it, secrets hidden
-//	aupd version                 print the module version and VCS revision
+//	aupd version                 print the version, VCS revision and build date (also --version)
 //	aupd help                    print the usage
 //
 // Anything else is an error: a typo never starts the daemon.
@@ -33,11 +33,14 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 const usage = `usage: aupd [run] [-config FILE]   run aupd
        aupd check-config FILE       validate a config file and print it, secrets hidden
-       aupd version                 print the version and VCS revision
+       aupd version                 print the version, revision and build date (also --version)
        aupd help                    print this help
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		args = append([]string{"version"}, args[1:]...) // as aupctl --version
+	}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		switch args[0] {
 		case "check-config":
@@ -104,6 +107,9 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "%s: OK\n# %s\n", args[0], cfg.OutsideCompanies(len(cfg.Companies)))
 	for _, w := range cfg.NoticeWarnings() {
 		fmt.Fprintf(stdout, "# warning: %s\n", w)
+	}
+	for _, n := range cfg.Desk.Notes() {
+		fmt.Fprintf(stdout, "# note: %s\n", n)
 	}
 	fmt.Fprintln(stdout, "---")
 	cfg.NATS.URL = config.RedactURL(cfg.NATS.URL)

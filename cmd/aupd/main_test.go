@@ -10,7 +10,7 @@ import (
 
 func TestStrayArgumentsNeverStartTheDaemon(t *testing.T) {
 	for _, args := range [][]string{
-		{"check-confg", "aupd.yml"}, {"serve"}, {"-config", "aupd.yml", "extra"}, {"run", "now"}, {"version", "extra"},
+		{"check-confg", "aupd.yml"}, {"serve"}, {"-config", "aupd.yml", "extra"}, {"run", "now"}, {"version", "extra"}, {"--version", "extra"},
 	} {
 		var out, errb bytes.Buffer
 		// A daemon would block here; an error returns at once.
@@ -25,8 +25,11 @@ func TestStrayArgumentsNeverStartTheDaemon(t *testing.T) {
 
 func TestVersionAndHelp(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "aupd version ") || !strings.Contains(out.String(), "revision ") {
-		t.Errorf("aupd version: %d %q %q", code, out.String(), errb.String())
+	for _, arg := range []string{"version", "--version", "-version"} {
+		out.Reset()
+		if code := run([]string{arg}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "aupd version ") || !strings.Contains(out.String(), ", revision ") {
+			t.Errorf("aupd %s: %d %q %q", arg, code, out.String(), errb.String())
+		}
 	}
 	out.Reset()
 	if code := run([]string{"help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "check-config FILE") {
@@ -120,5 +123,45 @@ func TestCheckConfigWarnsAboutContactsInCompanyDomains(t *testing.T) {
 				t.Errorf("%s: check-config's head has %q:\n%s", tc.name, w, head)
 			}
 		}
+	}
+}
+
+// check-config notes once that a desk without public_url and link_key
+// offers no sign-in link by mail, and prints desk_contacts as given
+// after checking them.
+func TestCheckConfigNotesDeskWithoutLinks(t *testing.T) {
+	dir := t.TempDir()
+	key := strings.Repeat("k", 40)
+	for _, tc := range []struct {
+		name, yaml string
+		notes      int
+	}{
+		{"tokens only", "notifier: {eml_dir: n}\ndesk: {enabled: true}\n", 1},
+		{"links", "notifier: {eml_dir: n}\ndesk: {enabled: true, public_url: https://aupd.test/desk, link_key: " + key + "}\ncompanies: [{id: acme, domains: [acme.test], desk_contacts: [Alice@Partner.test]}]\n", 0},
+		{"off", "notifier: {eml_dir: n}\n", 0},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out, errb bytes.Buffer
+		if code := run([]string{"check-config", path}, &out, &errb); code != 0 {
+			t.Fatalf("%s: check-config: %d %s", tc.name, code, errb.String())
+		}
+		head, body, _ := strings.Cut(out.String(), "\n---\n")
+		if n := strings.Count(head, "# note: desk: public_url and link_key are not both set"); n != tc.notes {
+			t.Errorf("%s: %d notes, want %d:\n%s", tc.name, n, tc.notes, head)
+		}
+		if tc.name == "links" && !strings.Contains(body, "desk_contacts:") {
+			t.Errorf("links: no desk_contacts in the config printed:\n%s", body)
+		}
+	}
+	path := filepath.Join(dir, "bad.yml")
+	if err := os.WriteFile(path, []byte("notifier: {eml_dir: n}\ncompanies: [{id: acme, domains: [acme.test], desk_contacts: [not-an-address]}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"check-config", path}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "desk_contacts") {
+		t.Errorf("a bad desk contact: %d %s", code, errb.String())
 	}
 }

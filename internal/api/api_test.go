@@ -667,9 +667,11 @@ func TestCompaniesWithoutRestart(t *testing.T) {
 		"name": "Initech", "domains": []string{"Initech.example"}, "abuse_contact": "Abuse@initech.example",
 		"threshold": 50, "lockout": map[string]any{"max_failures": 5, "window": "10m", "duration": "30m"}, "reason": "new customer",
 	}
+	body["desk_contacts"] = []string{"Alice@Initech.example", "alice@initech.example", "bob@initech.example"}
 	var c Company
 	e.must(201, "PUT", "/api/v1/companies/initech", tokAdmin, body).json(t, &c)
-	if c.Domains[0] != "initech.example" || c.AbuseContact != "abuse@initech.example" || *c.Threshold != 50 || c.Lockout.Duration != "30m0s" || c.Source != "api" {
+	if c.Domains[0] != "initech.example" || c.AbuseContact != "abuse@initech.example" || *c.Threshold != 50 || c.Lockout.Duration != "30m0s" || c.Source != "api" ||
+		!slices.Equal(c.DeskContacts, []string{"alice@initech.example", "bob@initech.example"}) {
 		t.Fatalf("put: %+v", c)
 	}
 	body["threshold"] = 75
@@ -698,6 +700,7 @@ func TestCompaniesWithoutRestart(t *testing.T) {
 	e.must(409, "PUT", "/api/v1/companies/acme", tokAdmin, map[string]any{"domains": []string{"acme.example"}, "reason": "x"})
 	e.must(409, "PUT", "/api/v1/companies/thief", tokAdmin, map[string]any{"domains": []string{"acme.example"}, "reason": "x"})
 	e.must(400, "PUT", "/api/v1/companies/bad", tokAdmin, map[string]any{"domains": []string{"not a domain"}, "reason": "x"})
+	e.must(400, "PUT", "/api/v1/companies/bad", tokAdmin, map[string]any{"domains": []string{"b.example"}, "desk_contacts": []string{"not an address"}, "reason": "x"})
 	e.must(400, "PUT", "/api/v1/companies/Bad%20Id", tokAdmin, map[string]any{"domains": []string{"b.example"}, "reason": "x"})
 	e.must(400, "PUT", "/api/v1/companies/bad", tokAdmin, map[string]any{"domains": []string{"b.example"}, "lockout": map[string]any{"window": "soon"}, "reason": "x"})
 	e.must(400, "PUT", "/api/v1/companies/bad", tokAdmin, map[string]any{"id": "other", "domains": []string{"b.example"}, "reason": "x"})

@@ -16,6 +16,9 @@ type Company struct {
 	Name         string   `json:"name,omitempty"`
 	Domains      []string `json:"domains"`
 	AbuseContact string   `json:"abuse_contact,omitempty"`
+	// DeskContacts may ask the abuse desk for a sign-in link for the
+	// company, besides AbuseContact.
+	DeskContacts []string `json:"desk_contacts,omitempty"`
 	Threshold    *int     `json:"threshold,omitempty"`
 	Allowlist    []string `json:"allowlist,omitempty"`
 	Lockout      *Lockout `json:"lockout,omitempty"`
@@ -31,7 +34,7 @@ type Lockout struct {
 }
 
 func companyJSON(c *companies.Company) *Company {
-	out := &Company{ID: c.ID, Name: c.Name, Domains: c.Domains, AbuseContact: c.AbuseContact, Threshold: c.Threshold, Allowlist: c.Allowlist, Source: c.Source}
+	out := &Company{ID: c.ID, Name: c.Name, Domains: c.Domains, AbuseContact: c.AbuseContact, DeskContacts: c.DeskContacts, Threshold: c.Threshold, Allowlist: c.Allowlist, Source: c.Source}
 	if out.Domains == nil {
 		out.Domains = []string{}
 	}
@@ -61,7 +64,7 @@ func (req *CompanyRequest) company(id string) (companies.Company, *apiError) {
 	if req.Source != "" {
 		return companies.Company{}, errf(http.StatusBadRequest, "invalid", "source is set by aupd")
 	}
-	c := companies.Company{ID: id, Name: req.Name, Domains: slices.Clone(req.Domains), AbuseContact: req.AbuseContact, Threshold: req.Threshold, Allowlist: slices.Clone(req.Allowlist)}
+	c := companies.Company{ID: id, Name: req.Name, Domains: slices.Clone(req.Domains), AbuseContact: req.AbuseContact, DeskContacts: slices.Clone(req.DeskContacts), Threshold: req.Threshold, Allowlist: slices.Clone(req.Allowlist)}
 	if l := req.Lockout; l != nil {
 		c.Lockout = &companies.Lockout{MaxFailures: l.MaxFailures}
 		for _, f := range []struct {

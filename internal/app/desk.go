@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/aupd/aupd/internal/config"
@@ -9,7 +10,9 @@ import (
 	"github.com/aupd/aupd/notifier"
 )
 
-// mountDesk serves the abuse desk under /desk/ when it is enabled.
+// mountDesk serves the abuse desk under /desk/ when it is enabled; its
+// sign-in links go out through the notifier's transport. The run group
+// runs a.desk.Run.
 func (a *App) mountDesk(mux *http.ServeMux, cfg *config.Config, pub store.Publisher, ntf *notifier.Notifier) error {
 	if !cfg.Desk.Enabled {
 		return nil
@@ -18,13 +21,34 @@ func (a *App) mountDesk(mux *http.ServeMux, cfg *config.Config, pub store.Publis
 		Config: cfg.Desk, Store: a.store, Companies: a.dir, Publisher: pub, Notices: ntf.Store(),
 		Trends: a.store, Tokens: a.tokens, Redis: a.rdb, Prefix: cfg.Redis.Prefix, Threshold: a.threshold,
 		Window: cfg.AUP.Window, CapOf: a.capOf, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
-		Clients: a.clients,
+		Clients: a.clients, Mailer: ntf,
 	})
 	if err != nil {
 		return err
 	}
+	for _, n := range cfg.Desk.Notes() {
+		a.log.Info(n)
+	}
+	a.desk = d
 	mux.Handle("/desk/", d)
 	return nil
+}
+
+// recordTokens ends the desk sessions of the tokens removed or changed
+// since the last start or reload of any aupd on this Redis
+// (desk.RecordTokens). A Redis that refuses the write stops neither the
+// start nor the reload (a revoked token must leave at once): those
+// sessions still end at the reload, only a token that comes back later
+// could find its old sessions again, which the log says.
+func (a *App) recordTokens(ctx context.Context, cfg *config.Config) {
+	n, err := desk.RecordTokens(ctx, a.rdb, cfg.Redis.Prefix, cfg.Auth, a.opts.Now())
+	if err != nil {
+		a.log.Warn("desk: the token set could not be recorded; a token removed now and added back later with the same secret would find its old desk sessions", "err", err)
+		return
+	}
+	if n > 0 {
+		a.log.Info("desk sessions of removed or changed tokens ended", "tokens", n)
+	}
 }
 
 // threshold is an account's AUP threshold now: its company's override or

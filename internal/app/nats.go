@@ -38,7 +38,7 @@ func startEmbedded(cfg *config.Config) (*server.Server, *server.Options, error) 
 		return nil, nil, fmt.Errorf("nats.embedded.listen: port %q", portStr)
 	}
 	if probe, err := net.Listen("tcp", cfg.NATS.Embedded.Listen); err != nil {
-		return nil, nil, fmt.Errorf("embedded nats cannot listen on %s: %w (set nats.embedded.listen to a free address, or nats.url / %s to use a running server)", cfg.NATS.Embedded.Listen, err, config.EnvNATSURL)
+		return nil, nil, fmt.Errorf("embedded nats cannot listen on %s: %w (set nats.embedded.listen / %s to a free address, or nats.url / %s to use a running server)", cfg.NATS.Embedded.Listen, err, config.EnvNATSEmbeddedListen, config.EnvNATSURL)
 	} else {
 		probe.Close()
 	}

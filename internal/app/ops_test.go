@@ -52,7 +52,7 @@ func TestStateGaugesFromTheStart(t *testing.T) {
 	if v := metricValue(m, "aupd_ready"); v != "1" {
 		t.Errorf("aupd_ready = %q, want 1", v)
 	}
-	if !regexp.MustCompile(`(?m)^aupd_build_info\{goversion="go[^"]+",revision="[^"]+",version="[^"]+"\} 1$`).MatchString(m) {
+	if !regexp.MustCompile(`(?m)^aupd_build_info\{build_date="[^"]*",goversion="go[^"]+",revision="[^"]+",version="[^"]+"\} 1$`).MatchString(m) {
 		t.Error("aupd_build_info missing")
 	}
 

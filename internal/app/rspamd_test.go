@@ -318,7 +318,9 @@ func TestRspamdMetadataExporter(t *testing.T) {
 }
 
 // ensureRspamd finds rspamd and rspamc, installing Debian's rspamd with
-// apt-get when they are missing.
+// apt-get when they are missing (waiting for the package manager's lock,
+// as scripts/ensure-services does, rather than failing while another
+// process holds it).
 func ensureRspamd(t *testing.T, skip func(string, ...any)) (string, string) {
 	t.Helper()
 	d, err1 := exec.LookPath("rspamd")
@@ -334,13 +336,13 @@ func ensureRspamd(t *testing.T, skip func(string, ...any)) (string, string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", "rspamd")
+	cmd := exec.CommandContext(ctx, "apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", "rspamd")
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		upd := exec.CommandContext(ctx, "apt-get", "update")
+		upd := exec.CommandContext(ctx, "apt-get", "-o", "DPkg::Lock::Timeout=600", "update")
 		_ = upd.Run()
-		cmd = exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", "rspamd")
+		cmd = exec.CommandContext(ctx, "apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", "rspamd")
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		if out, err = cmd.CombinedOutput(); err != nil {
 			skip("cannot install rspamd (%v):\n%s", err, tail(out, 2000))

@@ -1,33 +1,60 @@
 package buildinfo
 
 import (
+	"runtime/debug"
 	"testing"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
-func TestBuildInfoMetric(t *testing.T) {
-	in := Read()
-	if in.GoVersion == "" || in.Version == "" {
-		t.Fatalf("empty build info: %+v", in)
+func TestRead(t *testing.T) {
+	vcs := &debug.BuildInfo{
+		GoVersion: "go1.26.8",
+		Main:      debug.Module{Path: "github.com/aupd/aupd", Version: "(devel)"},
+		Settings: []debug.BuildSetting{
+			{Key: "vcs", Value: "git"},
+			{Key: "vcs.revision", Value: "6f9eef8aaaa"},
+			{Key: "vcs.time", Value: "2026-12-06T20:00:00Z"},
+			{Key: "vcs.modified", Value: "true"},
+		},
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(Collector(in))
-	mfs, err := reg.Gather()
-	if err != nil || len(mfs) != 1 || len(mfs[0].GetMetric()) != 1 {
-		t.Fatalf("gather: %v %v", mfs, err)
+	installed := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/aupd/aupd", Version: "v0.3.0"}}
+	for _, tc := range []struct {
+		name string
+		s    stamp
+		bi   *debug.BuildInfo
+		want Info
+	}{
+		{"stamped release build", stamp{"v0.3.0", "6f9eef8bbbb", "2026-12-06T21:00:00Z"}, vcs,
+			Info{Version: "v0.3.0", Revision: "6f9eef8bbbb", BuildDate: "2026-12-06T21:00:00Z", GoVersion: "go1.26.8"}},
+		{"go build in a work tree", stamp{}, vcs,
+			Info{Version: "(devel)", Revision: "6f9eef8aaaa", Time: "2026-12-06T20:00:00Z", Modified: true, GoVersion: "go1.26.8"}},
+		{"go install module@version", stamp{}, installed,
+			Info{Version: "v0.3.0", Revision: "unknown", GoVersion: "go1.26.8"}},
+		{"only the version stamped", stamp{version: "v0.3.0"}, vcs,
+			Info{Version: "v0.3.0", Revision: "6f9eef8aaaa", Time: "2026-12-06T20:00:00Z", Modified: true, GoVersion: "go1.26.8"}},
+		{"nothing recorded", stamp{}, &debug.BuildInfo{GoVersion: "go1.26.8"},
+			Info{Version: "unknown", Revision: "unknown", GoVersion: "go1.26.8"}},
+	} {
+		if got := read(tc.s, tc.bi); got != tc.want {
+			t.Errorf("%s:\n got %+v\nwant %+v", tc.name, got, tc.want)
+		}
 	}
-	m := mfs[0].GetMetric()[0]
-	labels := map[string]string{}
-	for _, l := range m.GetLabel() {
-		labels[l.GetName()] = l.GetValue()
+	if in := Read(); in.Version == "" || in.Revision == "" || in.GoVersion == "" {
+		t.Errorf("Read() = %+v", in)
 	}
-	if mfs[0].GetName() != "aupd_build_info" || m.GetGauge().GetValue() != 1 ||
-		labels["version"] != in.Version || labels["revision"] != in.Revision || labels["goversion"] != in.GoVersion {
-		t.Errorf("aupd_build_info = %v", m)
-	}
-	s := Info{Version: "v1.2.3", Revision: "abc", Modified: true, GoVersion: "go1.26"}.String()
-	if s != "version v1.2.3, revision abc+modified, go1.26" {
-		t.Errorf("String() = %q", s)
+}
+
+func TestString(t *testing.T) {
+	for _, tc := range []struct {
+		in   Info
+		want string
+	}{
+		{Info{Version: "v0.3.0", Revision: "abc", BuildDate: "2026-12-06T21:00:00Z", GoVersion: "go1.26.8"},
+			"version v0.3.0, revision abc, built 2026-12-06T21:00:00Z, go1.26.8"},
+		{Info{Version: "(devel)", Revision: "abc", Time: "2026-12-06T20:00:00Z", Modified: true, GoVersion: "go1.26.8"},
+			"version (devel), revision abc+modified, committed 2026-12-06T20:00:00Z, go1.26.8"},
+	} {
+		if got := tc.in.String(); got != tc.want {
+			t.Errorf("String() = %q, want %q", got, tc.want)
+		}
 	}
 }

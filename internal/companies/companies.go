@@ -28,6 +28,10 @@ type Company struct {
 	Name         string   `yaml:"name" json:"name,omitempty"`
 	Domains      []string `yaml:"domains" json:"domains"`
 	AbuseContact string   `yaml:"abuse_contact" json:"abuse_contact,omitempty"`
+	// DeskContacts are more addresses that may ask the abuse desk for a
+	// sign-in link for this company, besides AbuseContact (the company's
+	// abuse team by name).
+	DeskContacts []string `yaml:"desk_contacts" json:"desk_contacts,omitempty"`
 	// Threshold overrides the provider's AUP threshold when set.
 	Threshold *int `yaml:"threshold" json:"threshold,omitempty"`
 	// Allowlist holds accounts never suspended automatically.
@@ -73,6 +77,24 @@ func (c *Company) Normalize() error {
 		}
 		c.AbuseContact = a
 	}
+	if len(c.DeskContacts) > MaxDeskContacts {
+		return fmt.Errorf("company %s: desk_contacts: %d addresses, at most %d", c.ID, len(c.DeskContacts), MaxDeskContacts)
+	}
+	seen := map[string]bool{}
+	contacts := c.DeskContacts[:0:0]
+	for _, a := range c.DeskContacts {
+		n, err := events.NormalizeAccount(strings.TrimSpace(a))
+		if err != nil {
+			return fmt.Errorf("company %s: desk_contacts: %q: %w", c.ID, a, err)
+		}
+		if !seen[n] {
+			seen[n] = true
+			contacts = append(contacts, n)
+		}
+	}
+	if c.DeskContacts != nil {
+		c.DeskContacts = contacts
+	}
 	if c.Threshold != nil && *c.Threshold < 1 {
 		return fmt.Errorf("company %s: threshold %d: must be at least 1 (a count exceeding it suspends)", c.ID, *c.Threshold)
 	}
@@ -87,6 +109,28 @@ func (c *Company) Normalize() error {
 		return fmt.Errorf("company %s: lockout values must not be negative", c.ID)
 	}
 	return nil
+}
+
+// MaxDeskContacts is the most desk_contacts a company may list.
+const MaxDeskContacts = 100
+
+// MaySignIn reports whether addr (lower case) may ask the abuse desk for
+// a sign-in link for this company: it is the company's abuse contact or
+// one of its desk contacts.
+func (c *Company) MaySignIn(addr string) bool {
+	return addr != "" && (addr == c.AbuseContact || slices.Contains(c.DeskContacts, addr))
+}
+
+// SignInCompanies returns the companies for which addr (lower case) may
+// ask the abuse desk for a sign-in link, sorted by id.
+func (d *Directory) SignInCompanies(addr string) []Company {
+	var out []Company
+	for _, c := range d.All() {
+		if c.MaySignIn(addr) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // Allowlisted reports whether account is on the company's allowlist.

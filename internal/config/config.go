@@ -304,6 +304,11 @@ const (
 	EnvSMTPPassword  = "AUPD_SMTP_PASSWORD"
 	EnvDovecotAPIKey = "AUPD_DOVECOT_API_KEY"
 	EnvDeskLinkKey   = "AUPD_DESK_LINK_KEY"
+	// The other listeners, so that a second aupd on one host (a trial
+	// beside a running one) moves every port without a file.
+	EnvNATSEmbeddedListen = "AUPD_NATS_EMBEDDED_LISTEN"
+	EnvPostfixListen      = "AUPD_POSTFIX_LISTEN"
+	EnvDovecotListen      = "AUPD_DOVECOT_LISTEN"
 )
 
 // applyEnv applies the environment overrides; each may instead name a
@@ -338,6 +343,9 @@ func (c *Config) applyEnv(get func(string) string) error {
 	setSecret(&c.Redis.Password, EnvRedisPassword)
 	set(&c.Redis.Username, EnvRedisUsername)
 	set(&c.HTTP.Listen, EnvHTTPListen)
+	set(&c.NATS.Embedded.Listen, EnvNATSEmbeddedListen)
+	set(&c.Policy.Postfix.Listen, EnvPostfixListen)
+	set(&c.Policy.Dovecot.Listen, EnvDovecotListen)
 	set(&c.DataDir, EnvDataDir)
 	setSecret(&c.Notifier.SMTP.Password, EnvSMTPPassword)
 	setSecret(&c.Policy.Dovecot.APIKey, EnvDovecotAPIKey)

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -45,12 +46,19 @@ func TestEnvironmentOverridesAndSecretsStayHidden(t *testing.T) {
 	t.Setenv(EnvRedisAddrs, "r1:6379,r2:6379,r3:6379")
 	t.Setenv(EnvRedisPassword, "hunter2")
 	t.Setenv(EnvSMTPPassword, "smtp-secret")
+	t.Setenv(EnvHTTPListen, "127.0.0.1:19390")
+	t.Setenv(EnvNATSEmbeddedListen, "127.0.0.1:14223")
+	t.Setenv(EnvPostfixListen, "127.0.0.1:20040")
+	t.Setenv(EnvDovecotListen, "127.0.0.1:20041")
 	cfg, err := Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.NATS.URL != "nats://a:4222,nats://b:4222" || len(cfg.Redis.Addrs) != 3 || string(cfg.Redis.Password) != "hunter2" {
 		t.Fatalf("environment not applied: %s %v", cfg.NATS.URL, cfg.Redis.Addrs)
+	}
+	if l := []string{cfg.HTTP.Listen, cfg.NATS.Embedded.Listen, cfg.Policy.Postfix.Listen, cfg.Policy.Dovecot.Listen}; !slices.Equal(l, []string{"127.0.0.1:19390", "127.0.0.1:14223", "127.0.0.1:20040", "127.0.0.1:20041"}) {
+		t.Errorf("listeners not moved by the environment: %v", l)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "notices")); err != nil {
 		t.Errorf("eml_dir not created: %v", err)

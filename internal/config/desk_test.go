@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/aupd/aupd/internal/api"
 )
 
 // TestDeskSection: the desk is off by default; its link key comes from
@@ -56,5 +58,22 @@ func TestPlaceholderSecrets(t *testing.T) {
 	c.Policy.Dovecot.APIKey, c.Redis.Password = "k7Qx9-real-key-2f8a", "r3al-redis-pw-91c"
 	if err := c.Validate(); err != nil && strings.Contains(err.Error(), "placeholder") {
 		t.Fatalf("real secrets refused: %v", err)
+	}
+}
+
+// TestExampleTokenHashesRefused: a token whose hash is that of a token the
+// repository's examples shipped is everyone's token, and a value with the
+// marker anywhere ("example-dovecot-key-change-me") is a placeholder.
+func TestExampleTokenHashesRefused(t *testing.T) {
+	c := Default()
+	c.Auth.Tokens = []api.TokenConfig{
+		{Name: "ops", Role: api.RoleAdmin, Hash: api.HashToken("example-admin-token-change-me")},
+		{Name: "mine", Role: api.RoleAdmin, Hash: api.HashToken(api.NewToken())},
+	}
+	c.Policy.Dovecot.APIKey = "example-dovecot-key-change-me"
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "auth.tokens[0] (ops): the hash of an example's token") ||
+		strings.Contains(err.Error(), "(mine)") || !strings.Contains(err.Error(), "policy.dovecot.api_key") {
+		t.Fatalf("got %v", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -294,5 +295,81 @@ func TestBrowser(t *testing.T) {
 	shoot(t, ctx, dir, "desk-account-signs.png")
 	if d := dialogs(); len(d) != 0 {
 		t.Errorf("script from the evidence ran: dialogs %q", d)
+	}
+}
+
+// TestBrowserSignInLink: in a real chromium, an abuse contact opens an
+// account's page, is sent to sign in, asks for a link by mail, opens the
+// link from the mail the SMTP server received, presses "Sign in" and
+// lands on the page first asked for, signed in in their own name.
+func TestBrowserSignInLink(t *testing.T) {
+	path := chromium(t)
+	dir := screenshotDir(t)
+	w, srv := newMailWorld(t, withAlice)
+	acct := "pat@example.com"
+	if code, body := w.api("POST", "/api/v1/accounts/"+acct+"/lock", tokRoot, map[string]any{"reason": "password leaked"}); code != 200 {
+		t.Fatalf("lock: %d %v", code, body)
+	}
+	ctx, dialogs := newChrome(t, path)
+
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(w.base+"/desk/accounts/"+acct),
+		chromedp.WaitVisible(chromedp.ID("address")),
+	); err != nil {
+		t.Fatalf("open the account page without a session: %v", err)
+	}
+	shoot(t, ctx, dir, "desk-sign-in.png")
+	if err := chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.ID("address"), "Alice@Partner.test"),
+		chromedp.Click(chromedp.CSS(`form[action="/desk/sign-in/link"] button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`p.flash`)),
+	); err != nil {
+		t.Fatalf("ask for a link: %v", err)
+	}
+	if msg := text(t, ctx, "p.flash"); !strings.Contains(msg, "If that address may sign in, a link is on its way") {
+		t.Errorf("after asking: %q", msg)
+	}
+	var link string
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		_, paths := signInMails(t, srv, alice)
+		if len(paths) == 1 {
+			link = paths[0]
+		}
+		return link != ""
+	}, "no sign-in link mailed to %s", alice)
+
+	if err := chromedp.Do(ctx, chromedp.Navigate(w.base+link), chromedp.WaitVisible(chromedp.ID("sign-in"))); err != nil {
+		t.Fatalf("open the link: %v", err)
+	}
+	if p := text(t, ctx, "main form"); !strings.Contains(p, "Sign in as "+alice+" for Acme Ltd") {
+		t.Errorf("link page: %q", p)
+	}
+	shoot(t, ctx, dir, "desk-sign-in-link.png")
+	if err := chromedp.Do(ctx,
+		chromedp.Click(chromedp.ID("sign-in")),
+		chromedp.WaitVisible(chromedp.ID("h-history")),
+	); err != nil {
+		t.Fatalf("sign in: %v", err)
+	}
+	loc, err := chromedp.Run(ctx, chromedp.Location())
+	if err != nil || loc != w.base+"/desk/accounts/"+acct {
+		t.Errorf("landed on %q (%v), want the account page", loc, err)
+	}
+	if who := text(t, ctx, "header .who"); !strings.Contains(who, alice) || !strings.Contains(who, "abuse, acme") {
+		t.Errorf("header %q", who)
+	}
+	shoot(t, ctx, dir, "desk-signed-in-by-link.png")
+	if err := chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`header nav a[href="/desk/sessions"]`)),
+		chromedp.WaitVisible(chromedp.ID("h-everywhere")),
+	); err != nil {
+		t.Fatalf("sessions page: %v", err)
+	}
+	if rows := text(t, ctx, "table.sessions tbody"); !strings.Contains(rows, alice) || !strings.Contains(rows, "mailed link") {
+		t.Errorf("sessions %q", rows)
+	}
+	shoot(t, ctx, dir, "desk-sessions.png")
+	if d := dialogs(); len(d) != 0 {
+		t.Errorf("dialogs %q", d)
 	}
 }

@@ -35,16 +35,28 @@ type Config struct {
 	// SignInWindow; more answer 429 until the window has passed.
 	SignInAttempts int           `yaml:"sign_in_attempts"`
 	SignInWindow   time.Duration `yaml:"sign_in_window"`
+	// SignInLinkTTL is how long a sign-in link mailed to an abuse contact
+	// works (once). Links by mail need public_url and link_key.
+	SignInLinkTTL time.Duration `yaml:"sign_in_link_ttl"`
+	// SignInMails links are mailed at most per address and
+	// SignInMailWindow; more asks are answered as usual and send nothing.
+	SignInMails      int           `yaml:"sign_in_mails"`
+	SignInMailWindow time.Duration `yaml:"sign_in_mail_window"`
 }
 
 // Defaults returns the desk's defaults: off, links valid for 7 days,
-// sessions of 8 hours, 10 sign-ins per 10 minutes per address.
+// sessions of 8 hours, 10 sign-ins per 10 minutes per client address,
+// sign-in links valid for 15 minutes, 3 of them per 15 minutes per
+// address.
 func Defaults() Config {
 	return Config{
-		LinkTTL:        7 * 24 * time.Hour,
-		SessionTTL:     8 * time.Hour,
-		SignInAttempts: 10,
-		SignInWindow:   10 * time.Minute,
+		LinkTTL:          7 * 24 * time.Hour,
+		SessionTTL:       8 * time.Hour,
+		SignInAttempts:   10,
+		SignInWindow:     10 * time.Minute,
+		SignInLinkTTL:    15 * time.Minute,
+		SignInMails:      3,
+		SignInMailWindow: 15 * time.Minute,
 	}
 }
 
@@ -86,7 +98,28 @@ func (c Config) Validate() error {
 	if c.SignInAttempts < 1 || c.SignInWindow < time.Second {
 		bad("sign_in_attempts, sign_in_window: need at least 1 attempt per 1s")
 	}
+	if c.SignInLinkTTL < time.Minute || c.SignInLinkTTL > 24*time.Hour {
+		bad("sign_in_link_ttl: %s is not 1m to 24h", c.SignInLinkTTL)
+	}
+	if c.SignInMails < 1 || c.SignInMailWindow < time.Minute {
+		bad("sign_in_mails, sign_in_mail_window: need at least 1 mail per 1m")
+	}
 	return errors.Join(errs...)
+}
+
+// MailsSignInLinks reports whether abuse contacts can ask for a sign-in
+// link by mail: the desk is on, with public_url and link_key.
+func (c Config) MailsSignInLinks() bool {
+	return c.Enabled && c.PublicURL != "" && len(c.LinkKey) >= MinKeyLength
+}
+
+// Notes says what the desk's settings leave out, for check-config and
+// start-up: a desk without public_url or link_key offers API tokens only.
+func (c Config) Notes() []string {
+	if c.Enabled && !c.MailsSignInLinks() {
+		return []string{"desk: public_url and link_key are not both set, so abuse contacts cannot ask for a sign-in link by mail; the sign-in page offers API tokens only"}
+	}
+	return nil
 }
 
 // secure reports whether the desk is reached over TLS as configured.

@@ -26,6 +26,9 @@ func TestConfigValidate(t *testing.T) {
 		{"link ttl", func(c *Config) { c.LinkTTL = time.Minute }, "link_ttl"},
 		{"session ttl", func(c *Config) { c.SessionTTL = 30 * 24 * time.Hour }, "session_ttl"},
 		{"attempts", func(c *Config) { c.SignInAttempts = 0 }, "sign_in_attempts"},
+		{"sign-in link ttl", func(c *Config) { c.SignInLinkTTL = 30 * time.Second }, "sign_in_link_ttl"},
+		{"sign-in link ttl too long", func(c *Config) { c.SignInLinkTTL = 48 * time.Hour }, "sign_in_link_ttl"},
+		{"sign-in mails", func(c *Config) { c.SignInMails = 0 }, "sign_in_mails"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Defaults()
@@ -41,6 +44,18 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if Defaults().Enabled {
 		t.Error("the desk is on by default")
+	}
+	on := Defaults()
+	on.Enabled = true
+	if on.MailsSignInLinks() || len(on.Notes()) != 1 || !strings.Contains(on.Notes()[0], "API tokens only") {
+		t.Errorf("a desk without links: mails %v, notes %q", on.MailsSignInLinks(), on.Notes())
+	}
+	on.PublicURL, on.LinkKey = "https://aupd.example/desk", key
+	if !on.MailsSignInLinks() || len(on.Notes()) != 0 {
+		t.Errorf("a desk with links: mails %v, notes %q", on.MailsSignInLinks(), on.Notes())
+	}
+	if off := Defaults(); len(off.Notes()) != 0 {
+		t.Errorf("a desk that is off: notes %q", off.Notes())
 	}
 }
 

@@ -10,15 +10,23 @@
 // all, so that nothing taken from an event (a subject, a message text)
 // can run even if it escaped the template's escaping.
 //
-// Two doors lead in:
+// Three doors lead in:
 //
-//   - sign-in with an API token pasted once, which creates a session in
-//     Redis (an HttpOnly, SameSite=Strict cookie, Secure behind TLS) with
-//     the token's role and company scope; attempts are limited per
-//     client address;
+//   - a sign-in link mailed to a company's abuse contact (or one of its
+//     desk_contacts) who asked for it on the sign-in page: it works once,
+//     for a few minutes, and creates a session in that person's name with
+//     role abuse for that company;
+//   - sign-in with an API token pasted once (the provider's staff,
+//     scripts), which creates a session with the token's role and company
+//     scope;
 //   - the signed link of an abuse notice (Links), which shows that
 //     account without a token and reinstates the suspension it is bound
 //     to once; afterwards it shows the account read-only.
+//
+// Sessions live in Redis behind an HttpOnly, SameSite=Strict cookie
+// (Secure behind TLS); sign-in attempts are limited per client address,
+// and mailed links per address too. The sessions page lists a company's
+// sessions and signs them all out.
 //
 // The rules are the API's: a token limited to a company sees that
 // company's accounts only, and another company's account answers exactly
@@ -37,6 +45,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -97,6 +107,14 @@ type Options struct {
 	// Clients finds a client's address for the sign-in limit
 	// (http.trusted_proxies); nil: the peer's, X-Forwarded-For ignored.
 	Clients *clientaddr.Resolver
+	// Mailer sends the sign-in links (the notifier); nil, or a config
+	// without public_url and link_key: no sign-in by mail.
+	Mailer Mailer
+}
+
+// Mailer sends aupd's own plain-text mail (notifier.Notifier.SendText).
+type Mailer interface {
+	SendText(ctx context.Context, to, subject, body, kind string) error
 }
 
 func (o *Options) validate() error {
@@ -153,6 +171,9 @@ type Desk struct {
 	tokens  *api.Tokens // the current tokens, reloaded with the config
 	signIns *prometheus.CounterVec
 	actions *prometheus.CounterVec
+	// mails are the sign-in links asked for, waiting for Run's senders.
+	mails     chan linkRequest
+	linkMails *prometheus.CounterVec
 }
 
 // New returns the desk. Mount it at /desk/ on the HTTP listener.
@@ -170,13 +191,20 @@ func New(opts Options) (*Desk, error) {
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aupd_desk_actions_total", Help: "Abuse desk changes by action and door (desk, link) that changed an account.",
 		}, []string{"action", "via"}),
+		linkMails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aupd_desk_sign_in_links_total", Help: "Sign-in links asked for on the abuse desk by result: sent, unknown (not a contact: nothing sent), limited (too many for the address), dropped (queue full or shutting down), failed (not delivered).",
+		}, []string{"result"}),
+		mails: make(chan linkRequest, mailQueue),
 	}
 	d.tokens = opts.Tokens
 	for _, r := range []string{"ok", "invalid", "limited"} {
 		d.signIns.WithLabelValues(r)
 	}
+	for _, r := range linkResults {
+		d.linkMails.WithLabelValues(r)
+	}
 	if opts.Metrics != nil {
-		for _, c := range []prometheus.Collector{d.signIns, d.actions} {
+		for _, c := range []prometheus.Collector{d.signIns, d.actions, d.linkMails} {
 			if err := opts.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("desk: register metrics: %w", err)
 			}
@@ -207,11 +235,21 @@ func Routes() []Route { return (&Desk{}).routeTable() }
 
 func (d *Desk) routeTable() []Route {
 	assets, _ := fs.Sub(assetFS, "assets")
+	files := http.StripPrefix("/desk/assets/", http.FileServerFS(assets))
 	return []Route{
-		{"GET /desk/assets/", "", http.StripPrefix("/desk/assets/", http.FileServerFS(assets)).ServeHTTP},
+		{"GET /desk/assets/", "", func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/") { // a directory: no listing
+				d.fail(w, r, nil, http.StatusNotFound, "No such page", "There is no page at this address.")
+				return
+			}
+			files.ServeHTTP(w, r)
+		}},
 		{"GET /desk/{$}", api.PermRead, d.signedIn(api.PermRead, d.overview)},
 		{"GET /desk/sign-in", "", d.signInPage},
 		{"POST /desk/sign-in", "", d.signIn},
+		{"POST /desk/sign-in/link", "", d.askLink},
+		{"GET /desk/sign-in/link/{token}", "", d.signInLinkPage},
+		{"POST /desk/sign-in/link/{token}", "", d.signInWithLink},
 		{"POST /desk/sign-out", api.PermRead, d.signedIn(api.PermRead, d.signOut)},
 		{"GET /desk/search", api.PermRead, d.signedIn(api.PermRead, d.search)},
 		{"GET /desk/accounts/{account}", api.PermRead, d.signedIn(api.PermRead, d.accountPage)},
@@ -219,6 +257,9 @@ func (d *Desk) routeTable() []Route {
 		{"POST /desk/accounts/{account}/{action}", api.PermAct, d.signedIn(api.PermRead, d.act)},
 		{"GET /desk/l/{token}", "", d.linkPage},
 		{"POST /desk/l/{token}/reinstate", "", d.linkReinstate},
+		{"GET /desk/sessions", api.PermRead, d.signedIn(api.PermRead, d.sessionsPage)},
+		// Last: it may end the session that posts it.
+		{"POST /desk/sessions/sign-out", api.PermAct, d.signedIn(api.PermRead, d.signOutAll)},
 	}
 }
 
@@ -242,13 +283,29 @@ func (d *Desk) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	defer func() {
 		if v := recover(); v != nil {
-			d.log.Error("panic serving desk page", "path", r.URL.Path, "err", v)
+			d.log.Error("panic serving desk page", "path", logPath(r), "err", v)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 		}
 	}()
-	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+	if r.Method == http.MethodPost {
+		// Read the form here, so that one too large is told so, rather than
+		// answered as a form without its CSRF token.
+		if err := r.ParseForm(); err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				d.fail(w, r, nil, http.StatusRequestEntityTooLarge, "Form too large", "The form sent is larger than the desk accepts (64 KiB). Shorten the text and try again.")
+				return
+			}
+			d.fail(w, r, nil, http.StatusBadRequest, "Bad form", "The form could not be read. Reload the page and try again.")
+			return
+		}
+	}
 	d.mux.ServeHTTP(w, r)
 }
+
+// maxForm is the largest request body the desk reads.
+const maxForm = 64 << 10
 
 // signedIn runs h with the request's session, or sends the browser to
 // the sign-in page. A session whose token may not do perm never reaches h
@@ -264,7 +321,12 @@ func (d *Desk) signedIn(perm api.Permission, h func(http.ResponseWriter, *http.R
 		}
 		if s == nil || !api.Allowed(s.role, s.company, perm) {
 			if r.Method == http.MethodGet {
-				http.Redirect(w, r, "/desk/sign-in", http.StatusSeeOther)
+				// Back to this page after sign-in.
+				to := "/desk/sign-in"
+				if next := safeNext(r.URL.RequestURI()); next != "/desk/" {
+					to += "?next=" + url.QueryEscape(next)
+				}
+				http.Redirect(w, r, to, http.StatusSeeOther)
 				return
 			}
 			d.fail(w, r, nil, http.StatusUnauthorized, "Signed out", "Your session has ended. Sign in again.")
@@ -275,7 +337,7 @@ func (d *Desk) signedIn(perm api.Permission, h func(http.ResponseWriter, *http.R
 }
 
 func (d *Desk) internal(w http.ResponseWriter, r *http.Request, s *session, err error) {
-	d.log.Error("desk request", "method", r.Method, "path", r.URL.Path, "err", err)
+	d.log.Error("desk request", "method", r.Method, "path", logPath(r), "err", err)
 	d.fail(w, r, s, http.StatusInternalServerError, "Something went wrong", "The desk could not do that just now; try again. The aupd log has the details.")
 }
 
@@ -288,4 +350,20 @@ func (d *Desk) fail(w http.ResponseWriter, r *http.Request, s *session, status i
 // outside the session's company: the two are the same, byte for byte.
 func (d *Desk) notFound(w http.ResponseWriter, r *http.Request, s *session) {
 	d.fail(w, r, s, http.StatusNotFound, "No such account", "There is no account with this address.")
+}
+
+// logPath is the request's path as logged: the secret part of a link (a
+// sign-in link's or a notice's) is left out.
+func logPath(r *http.Request) string {
+	p := r.URL.Path
+	for _, door := range []string{"/desk/sign-in/link/", "/desk/l/"} {
+		if rest, ok := strings.CutPrefix(p, door); ok && rest != "" {
+			tail := ""
+			if i := strings.IndexByte(rest, '/'); i >= 0 {
+				tail = rest[i:]
+			}
+			return door + "<link>" + tail
+		}
+	}
+	return p
 }

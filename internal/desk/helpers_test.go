@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"mime/multipart"
 	"mime/quotedprintable"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/mail"
@@ -16,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +71,25 @@ type world struct {
 	st     *store.Store
 	clk    *clock
 	emlDir string
+	logs   *logBuffer // what aupd logged
+}
+
+// logBuffer keeps what aupd logs, for tests that read it.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 func newWorld(t *testing.T, mod func(*config.Config)) *world {
@@ -107,7 +129,7 @@ func newWorld(t *testing.T, mod func(*config.Config)) *world {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, cfg: cfg, clk: &clock{}, emlDir: cfg.Notifier.EMLDir, st: store.New(rdb, prefix)}
+	w := &world{t: t, cfg: cfg, clk: &clock{}, emlDir: cfg.Notifier.EMLDir, st: store.New(rdb, prefix), logs: &logBuffer{}}
 	nc := testutil.NATS(t, ns.ClientURL())
 	w.js, _ = jetstream.New(nc)
 
@@ -115,7 +137,8 @@ func newWorld(t *testing.T, mod func(*config.Config)) *world {
 	ready := make(chan app.Info, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- app.Run(ctx, app.Options{Config: cfg, Now: w.clk.now, OnReady: func(i app.Info) { ready <- i }})
+		done <- app.Run(ctx, app.Options{Config: cfg, Now: w.clk.now, OnReady: func(i app.Info) { ready <- i },
+			Logger: slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	}()
 	select {
 	case info := <-ready:
@@ -419,4 +442,127 @@ func (b *browser) signIn(token string) string {
 		b.t.Fatalf("overview after sign-in: %d", p.code)
 	}
 	return csrf(b.t, p)
+}
+
+// newMailWorld is a world whose mail (notices and sign-in links) goes to
+// a real SMTP server in the test.
+func newMailWorld(t *testing.T, mod func(*config.Config)) (*world, *testutil.SMTPServer) {
+	t.Helper()
+	srv := testutil.StartSMTP(t)
+	host, port, _ := net.SplitHostPort(srv.Addr)
+	w := newWorld(t, func(c *config.Config) {
+		c.Notifier.EMLDir = ""
+		c.Notifier.SMTP.Host = host
+		c.Notifier.SMTP.Port, _ = strconv.Atoi(port)
+		c.Notifier.SMTP.TLS = "none"
+		c.Notifier.From = "Abuse Desk <abuse-desk@provider.test>"
+		if mod != nil {
+			mod(c)
+		}
+	})
+	return w, srv
+}
+
+// metric reads one sample of aupd's /metrics, such as
+// `aupd_desk_sign_in_links_total{result="sent"}`.
+func (w *world) metric(sample string) float64 {
+	w.t.Helper()
+	resp, err := http.Get(w.base + "/metrics")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				w.t.Fatalf("metric %s: %q", sample, line)
+			}
+			return f
+		}
+	}
+	w.t.Fatalf("no metric %s", sample)
+	return 0
+}
+
+// linksAsked waits until the desk has handled n sign-in link asks, mailed
+// or not.
+func (w *world) linksAsked(n int) {
+	w.t.Helper()
+	testutil.Eventually(w.t, 20*time.Second, func() bool {
+		var sum float64
+		for _, r := range []string{"sent", "unknown", "limited", "dropped", "failed"} {
+			sum += w.metric(`aupd_desk_sign_in_links_total{result="` + r + `"}`)
+		}
+		return sum >= float64(n)
+	}, "the desk did not handle %d sign-in link asks", n)
+}
+
+// mailText is the decoded text of a plain-text mail.
+func mailText(t *testing.T, raw []byte) (*mail.Message, string) {
+	t.Helper()
+	msg, err := mail.ReadMessage(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r io.Reader = msg.Body
+	if strings.EqualFold(msg.Header.Get("Content-Transfer-Encoding"), "quoted-printable") {
+		r = quotedprintable.NewReader(r)
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg, strings.ReplaceAll(string(b), "\r\n", "\n")
+}
+
+var signInLinkPattern = regexp.MustCompile(regexp.QuoteMeta(publicURL) + `/sign-in/link/[A-Za-z0-9_.-]+`)
+
+// signInMails returns the sign-in link mails the SMTP server received for
+// to: their text and the path of their first link.
+func signInMails(t *testing.T, srv *testutil.SMTPServer, to string) (texts, paths []string) {
+	t.Helper()
+	for _, m := range srv.Mail() {
+		if len(m.To) != 1 || m.To[0] != to {
+			continue
+		}
+		msg, text := mailText(t, m.Data)
+		if msg.Header.Get("X-Aupd-Notice") != "aup-desk-sign-in" {
+			continue
+		}
+		texts = append(texts, text)
+		paths = append(paths, strings.TrimPrefix(signInLinkPattern.FindString(text), "http://desk.test"))
+	}
+	return texts, paths
+}
+
+// askLink asks for a sign-in link on the sign-in page, with the page to
+// land on (next, "" for none), and returns the answer.
+func (b *browser) askLink(addr, next string) page {
+	b.t.Helper()
+	path := "/desk/sign-in"
+	if next != "" {
+		path += "?next=" + url.QueryEscape(next)
+	}
+	p := b.get(path)
+	if p.code != 200 {
+		b.t.Fatalf("sign-in page: %d", p.code)
+	}
+	form := url.Values{"csrf": {csrf(b.t, p)}, "address": {addr}}
+	if next != "" {
+		form.Set("next", next)
+	}
+	return b.post("/desk/sign-in/link", form)
+}
+
+// useLink opens a sign-in link and presses its button; it returns the
+// answer to the button.
+func (b *browser) useLink(path string) page {
+	b.t.Helper()
+	p := b.get(path)
+	if p.code != 200 {
+		b.t.Fatalf("sign-in link %s: %d\n%s", path, p.code, p.body)
+	}
+	return b.post(path, url.Values{"csrf": {csrf(b.t, p)}})
 }

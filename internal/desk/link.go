@@ -27,9 +27,10 @@ var (
 
 // Links signs and checks desk links.
 type Links struct {
-	key  []byte
-	base string // public URL without a trailing slash
-	ttl  time.Duration
+	key       []byte
+	base      string // public URL without a trailing slash
+	ttl       time.Duration
+	signInTTL time.Duration
 }
 
 // NewLinks returns the signer of cfg; nil when cfg has no public URL.
@@ -37,7 +38,11 @@ func NewLinks(cfg Config) *Links {
 	if cfg.PublicURL == "" || len(cfg.LinkKey) < MinKeyLength {
 		return nil
 	}
-	return &Links{key: []byte(cfg.LinkKey), base: strings.TrimRight(cfg.PublicURL, "/"), ttl: cfg.LinkTTL}
+	l := &Links{key: []byte(cfg.LinkKey), base: strings.TrimRight(cfg.PublicURL, "/"), ttl: cfg.LinkTTL, signInTTL: cfg.SignInLinkTTL}
+	if l.signInTTL <= 0 {
+		l.signInTTL = Defaults().SignInLinkTTL
+	}
+	return l
 }
 
 // Link is what a valid link says.

@@ -15,7 +15,7 @@ import (
 )
 
 // page files; each is parsed with layout.html.
-var pageNames = []string{"overview", "account", "search", "signin", "error"}
+var pageNames = []string{"overview", "account", "search", "signin", "error", "signin_sent", "signin_link", "sessions"}
 
 func templateFuncs() template.FuncMap {
 	return template.FuncMap{
@@ -81,7 +81,7 @@ type errorPage struct {
 func (d *Desk) render(w http.ResponseWriter, r *http.Request, status int, name string, data any) {
 	var buf bytes.Buffer
 	if err := d.pages[name].Execute(&buf, data); err != nil {
-		d.log.Error("render desk page", "page", name, "path", r.URL.Path, "err", err)
+		d.log.Error("render desk page", "page", name, "path", logPath(r), "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}

@@ -150,13 +150,21 @@ type Options struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Now        func() time.Time
+	// StopWait bounds how long Run waits, once its context is done, for
+	// running jobs to see their cancelled context and return; default
+	// 5s, so that shutdown ends well inside a service manager's stop
+	// timeout (systemd's TimeoutStopSec, Kubernetes' grace period).
+	StopWait time.Duration
 }
 
 // Runner runs jobs on their schedules.
 type Runner struct {
-	opts    Options
-	log     *slog.Logger
-	cron    *cron.Cron
+	opts Options
+	log  *slog.Logger
+	cron *cron.Cron
+	// base is the context of every run: Run cancels it at shutdown.
+	base    context.Context
+	stop    context.CancelFunc
 	runs    *prometheus.CounterVec
 	seconds *prometheus.HistogramVec
 	last    *prometheus.GaugeVec
@@ -176,21 +184,25 @@ func New(opts Options, jobs []Job) (*Runner, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Minute
 	}
+	if opts.StopWait <= 0 {
+		opts.StopWait = 5 * time.Second
+	}
 	r := &Runner{
 		opts: opts, log: opts.Logger.With("component", "jobs"),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aupd_job_runs_total",
-			Help: "Runs of scheduled jobs by job and result: ok, error, skipped (another process took the tick).",
-		}, []string{"job", "result"}),
+			Help: "Runs of scheduled jobs by name and result: ok, error, skipped (another process took the tick).",
+		}, []string{"name", "result"}),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "aupd_job_duration_seconds", Help: "Duration of scheduled job runs.",
 			Buckets: []float64{.01, .05, .25, 1, 5, 30, 120, 600},
-		}, []string{"job"}),
+		}, []string{"name"}),
 		last: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "aupd_job_last_success_timestamp_seconds", Help: "Unix time of the last successful run of each scheduled job in this process.",
-		}, []string{"job"}),
+		}, []string{"name"}),
 	}
 	clog := cronLogger{r.log}
+	r.base, r.stop = context.WithCancel(context.Background())
 	r.cron = cron.New(cron.WithParser(parser), cron.WithLogger(clog), cron.WithChain(cron.Recover(clog)))
 	for _, j := range jobs {
 		if j.Schedule == "" {
@@ -206,7 +218,7 @@ func New(opts Options, jobs []Job) (*Runner, error) {
 		for _, res := range []string{"ok", "error", "skipped"} {
 			r.runs.WithLabelValues(j.Name, res)
 		}
-		r.cron.Schedule(s, cron.FuncJob(func() { r.runOnce(context.Background(), j, s) }))
+		r.cron.Schedule(s, cron.FuncJob(func() { _, _ = r.runOnce(r.base, j, s) }))
 	}
 	if opts.Registerer != nil {
 		for _, c := range []prometheus.Collector{r.runs, r.seconds, r.last} {
@@ -218,11 +230,23 @@ func New(opts Options, jobs []Job) (*Runner, error) {
 	return r, nil
 }
 
-// Run runs the schedule until ctx is done, then waits for running jobs.
+// Run runs the schedule until ctx is done. Then it starts no more runs,
+// cancels the context of those running, and waits for them up to
+// StopWait: a job stopped there is as if the process had stopped (each
+// job resumes at its next tick), which beats being killed by the service
+// manager mid-write.
 func (r *Runner) Run(ctx context.Context) error {
 	r.cron.Start()
 	<-ctx.Done()
-	<-r.cron.Stop().Done()
+	done := r.cron.Stop().Done()
+	r.stop()
+	t := time.NewTimer(r.opts.StopWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		r.log.Warn("shutdown: a scheduled job did not stop in time; leaving it", "waited", r.opts.StopWait)
+	}
 	return nil
 }
 

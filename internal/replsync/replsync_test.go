@@ -35,10 +35,8 @@ func TestWaitReportsAStalledReplica(t *testing.T) {
 	ctx := context.Background()
 	master, replica := testutil.RedisPair(t)
 	b := replsync.New(master, "t", 1, 300*time.Millisecond)
-	// The replica stays connected but applies nothing for 1.5 s.
-	slept := make(chan error, 1)
-	go func() { slept <- replica.Do(ctx, "DEBUG", "SLEEP", "1.5").Err() }()
-	time.Sleep(100 * time.Millisecond)
+	// The replica stays connected but applies nothing until resumed.
+	resume := testutil.Freeze(t, replica)
 	if err := master.Set(ctx, "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -47,9 +45,7 @@ func TestWaitReportsAStalledReplica(t *testing.T) {
 	if !errors.As(err, &short) || short.Got != 0 || short.Replicas != 1 {
 		t.Fatalf("Wait during a stalled replica = %v, want a ShortError with 0 of 1", err)
 	}
-	if err := <-slept; err != nil {
-		t.Fatal(err)
-	}
+	resume()
 	// Once the replica catches up, the same writes are covered.
 	b = replsync.New(master, "t", 1, 3*time.Second)
 	if err := b.Wait(ctx, "acct"); err != nil {

@@ -35,7 +35,10 @@ func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
 func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
 
 // placeholders are values that examples ship in place of a secret.
-var placeholders = []string{"change-me", "changeme", "change_me", "secret", "password", "replace-me", "example", "xxx", "todo"}
+var placeholders = []string{"secret", "password", "example", "xxx", "todo"}
+
+// markers make any value a placeholder, wherever they stand in it.
+var markers = []string{"change-me", "changeme", "change_me", "replace-me", "replaceme", "replace_me"}
 
 // Placeholder reports whether s is a value that examples ship in place of
 // a secret ("change-me", "CHANGE-ME-...", "secret", "password", ...) or
@@ -50,9 +53,33 @@ func (s Secret) Placeholder() bool {
 		return true
 	}
 	for _, p := range placeholders {
-		if v == p || strings.HasPrefix(v, "change-me") || strings.HasPrefix(v, "changeme") {
+		if v == p {
+			return true
+		}
+	}
+	// "example-dovecot-key-change-me", "CHANGE-ME-redis": an example's
+	// value wherever the marker stands.
+	for _, m := range markers {
+		if word(v, m) {
 			return true
 		}
 	}
 	return false
+}
+
+// word reports whether m stands in v as a word of its own: not preceded
+// or followed by a letter or digit ("exchange-meter" holds no "change-me").
+func word(v, m string) bool {
+	alnum := func(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
+	for i := 0; ; {
+		j := strings.Index(v[i:], m)
+		if j < 0 {
+			return false
+		}
+		at, end := i+j, i+j+len(m)
+		if (at == 0 || !alnum(v[at-1])) && (end == len(v) || !alnum(v[end])) {
+			return true
+		}
+		i = at + 1
+	}
 }

@@ -478,6 +478,10 @@ type PermanentError struct{ Err error }
 func (e *PermanentError) Error() string { return e.Err.Error() }
 func (e *PermanentError) Unwrap() error { return e.Err }
 
+// Permanent says so to those that must not import the store (the
+// verdict consumer).
+func (e *PermanentError) Permanent() bool { return true }
+
 // Permanent marks err as permanent.
 func Permanent(err error) error { return &PermanentError{Err: err} }
 

@@ -25,9 +25,7 @@ func TestIngestWaitsForTheReplica(t *testing.T) {
 		Items: []Item{spam("a", t0), spam("b", t0), spam("c", t0)}}
 	p := IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return NewID(t0) }}
 
-	slept := make(chan error, 1)
-	go func() { slept <- replica.Do(ctx, "DEBUG", "SLEEP", "1.5").Err() }()
-	time.Sleep(100 * time.Millisecond)
+	resume := testutil.Freeze(t, replica) // applies nothing until resumed
 	res, err := s.Ingest(ctx, []Batch{b}, p)
 	if err != nil {
 		t.Fatal(err)
@@ -39,9 +37,7 @@ func TestIngestWaitsForTheReplica(t *testing.T) {
 	if res[0].Crossing != "" || len(res[0].Pending) != 0 {
 		t.Fatalf("an unconfirmed crossing was handed out to publish: %+v", res[0])
 	}
-	if err := <-slept; err != nil {
-		t.Fatal(err)
-	}
+	resume()
 
 	// Redelivered until the replica, catching up, confirms.
 	for range 20 {

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -124,6 +125,39 @@ func RedisPair(t testing.TB) (master, replica *redis.Client) {
 		return err == nil && strings.Contains(info, "master_link_status:up")
 	}, "replica did not sync")
 	return master, replica
+}
+
+// Freeze stops a private Redis server's process (SIGSTOP) and returns
+// what resumes it. Unlike a DEBUG SLEEP sent beside the test's own
+// commands, nothing races: once Freeze returns, the server answers
+// nothing and applies nothing it is sent until resumed. It is resumed
+// when the test ends if the test did not.
+func Freeze(t testing.TB, c *redis.Client) (resume func()) {
+	t.Helper()
+	info, err := c.Info(context.Background(), "server").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(infoField(info, "process_id")))
+	if err != nil {
+		t.Fatalf("redis process_id: %v", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { _ = syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	return resume
+}
+
+func infoField(info, name string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // DebianNATS starts the machine's nats-server binary (Debian's 2.9.10,
