@@ -17,6 +17,8 @@ type metrics struct {
 	redisErrors  prometheus.Counter
 	published    prometheus.Counter
 	statsDropped prometheus.Counter
+	// senders of counted messages not tallied
+	sendersDropped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -51,8 +53,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "aupd_stats_dropped_total",
 			Help: "Statistics-only events left out of the per-account hourly statistics because too many waited while Redis did not take them.",
 		}),
+		sendersDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aupd_sender_tally_dropped_total",
+			Help: "Counted events whose sender was left out of the account's sender tally: too many waited between flushes, more than the tally keeps arrived at once, or Redis did not take a flush (never retried).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.events, m.crossings, m.batchSize, m.batchSeconds, m.redisErrors, m.published, m.statsDropped} {
+	for _, c := range []prometheus.Collector{m.events, m.crossings, m.batchSize, m.batchSeconds, m.redisErrors, m.published, m.statsDropped, m.sendersDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -37,6 +37,7 @@ type Store interface {
 	Settle(ctx context.Context, done []store.Settled) error
 	MarkOutbox(ctx context.Context, accounts ...string) error
 	NewStats(bound int) *store.Stats
+	NewSenders(bound int) *store.Senders
 }
 
 // Publisher publishes account events: all of them asynchronously, then it
@@ -110,9 +111,11 @@ type Worker struct {
 	mu   sync.Mutex
 	near map[string]int64 // near-threshold hints for the next round trip
 
-	// statistics-only events, written about once a second (see
-	// store.Stats): lastFlush in Unix ns, flushing while one runs
+	// statistics-only events, and the senders of counted ones, written
+	// about once a second (see store.Stats, store.Senders): lastFlush in
+	// Unix ns, flushing while one runs
 	stats     *store.Stats
+	senders   *store.Senders
 	lastFlush atomic.Int64
 	flushing  atomic.Bool
 	flushes   sync.WaitGroup
@@ -133,7 +136,8 @@ func New(opts Options) (*Worker, error) {
 		return nil, err
 	}
 	log := opts.Logger.With("component", "worker")
-	w := &Worker{opts: opts, log: log, metrics: m, warn: ratelog.New(log, 10*time.Second), stats: opts.Store.NewStats(0)}
+	w := &Worker{opts: opts, log: log, metrics: m, warn: ratelog.New(log, 10*time.Second),
+		stats: opts.Store.NewStats(0), senders: opts.Store.NewSenders(0)}
 	w.lastFlush.Store(time.Now().UnixNano())
 	return w, nil
 }
@@ -253,8 +257,14 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 			}
 			continue
 		}
-		for k := range accts[j].evs {
-			t.add(b.Items[k].Kind, outcomeIndex(r.Outcomes[k]))
+		for k, i := range accts[j].evs {
+			o := r.Outcomes[k]
+			t.add(b.Items[k].Kind, outcomeIndex(o))
+			// The sender of a message counted now (not a duplicate of
+			// one counted before): a hint for the account page.
+			if s := evs[i].Verdict.Sender; s != nil && (o == store.Counted || o == store.AtCap) {
+				w.senders.Add(b.Account, s.IP, s.Login, evs[i].Verdict.Time)
+			}
 		}
 		if r.Crossing != "" {
 			w.metrics.crossings.WithLabelValues(string(r.Crossing)).Inc()
@@ -370,8 +380,9 @@ func (w *Worker) flushStatsIfDue() {
 	})
 }
 
-// flushStats writes the statistics gathered; what Redis did not take
-// stays for the next flush.
+// flushStats writes the statistics and the sender tallies gathered; the
+// statistics Redis did not take stay for the next flush, the tallies are
+// dropped (store.Senders).
 func (w *Worker) flushStats(ctx context.Context) {
 	w.lastFlush.Store(time.Now().UnixNano())
 	err := w.stats.Flush(ctx)
@@ -381,6 +392,19 @@ func (w *Worker) flushStats(ctx context.Context) {
 	if err != nil {
 		w.metrics.redisErrors.Inc()
 		w.warn.Warn("write statistics", "err", err)
+	}
+	p := w.opts.Policy()
+	var now time.Time
+	if w.opts.Now != nil {
+		now = w.opts.Now()
+	}
+	err = w.senders.Flush(ctx, p.Window+p.FutureSkew, now)
+	if n := w.senders.Dropped(); n > 0 {
+		w.metrics.sendersDropped.Add(float64(n))
+	}
+	if err != nil {
+		w.metrics.redisErrors.Inc()
+		w.warn.Warn("write sender tallies", "err", err)
 	}
 }
 

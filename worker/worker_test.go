@@ -78,3 +78,65 @@ func TestStatisticsWrittenAtClose(t *testing.T) {
 		t.Fatalf("statistics after Close %+v, want the 3 ham", c.Other)
 	}
 }
+
+// TestSenderTally: the senders of events counted now go to the account's
+// sender tally at the next flush; those of statistics-only events and of
+// redelivered ones (duplicates) do not, and events without a sender
+// leave nothing to write.
+func TestSenderTally(t *testing.T) {
+	rdb, prefix := testutil.Redis(t)
+	ctx := context.Background()
+	st := store.New(rdb, prefix)
+	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := Policy{Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50,
+		Directions: rules.Directions, Verdicts: []rules.Verdict{rules.Spam}}
+	w, err := New(Options{Store: st, Directory: dir, Publisher: noPublish{t}, Policy: func() Policy { return pol }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.lastFlush.Store(time.Now().Add(time.Hour).UnixNano()) // no background flush
+	now := time.Now().Truncate(time.Second)
+	ev := func(id, verdict string, sender *events.Sender) Event {
+		return Event{Verdict: &events.Verdict{ID: id, Time: now, Direction: rules.Outbound, Account: "alice@example.com",
+			Verdict: rules.Verdict(verdict), Sender: sender}}
+	}
+	process := func(evs ...Event) {
+		t.Helper()
+		for _, err := range w.Process(ctx, evs) {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Without senders: nothing held.
+	process(ev("plain-1", "spam", nil), ev("plain-2", "ham", nil))
+	if n := w.senders.Len(); n != 0 {
+		t.Fatalf("%d sender entries held for events without a sender", n)
+	}
+	thief := &events.Sender{IP: "203.0.113.9", Login: "alice@example.com"}
+	batch := []Event{ev("s-1", "spam", thief), ev("s-2", "spam", thief), ev("h-1", "ham", &events.Sender{IP: "192.0.2.1"})}
+	process(batch...)
+	process(batch...) // redelivered: duplicates, and ham again
+	process(ev("s-3", "spam", &events.Sender{IP: "198.51.100.7"}))
+	w.Close(ctx)
+	got, err := st.Senders(ctx, "alice@example.com", now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("senders %+v, want the two of counted events", got)
+	}
+	bySender := map[string]int{}
+	for _, s := range got {
+		bySender[s.IP+" "+s.Login] = s.Count
+		if !s.Last.Equal(now.UTC()) {
+			t.Errorf("%+v: last seen %s, want the event's time %s", s, s.Last, now.UTC())
+		}
+	}
+	if bySender["203.0.113.9 alice@example.com"] != 2 || bySender["198.51.100.7 "] != 1 {
+		t.Fatalf("tally %v, want 2 and 1", bySender)
+	}
+}

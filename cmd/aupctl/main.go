@@ -528,6 +528,21 @@ func statusShow(ctx context.Context, x *cli, args []string, _ *flags) error {
 		}
 		fmt.Fprintf(w, "Not counting:\t%s%d\n", atLeast(c.Other.AtLeast), c.Other.Total)
 	}
+	// Signs of a compromise: who sent the counted messages, recent logins.
+	for i, snd := range a.Senders {
+		label := ""
+		if i == 0 {
+			label = "Sent by:"
+		}
+		fmt.Fprintf(w, "%s\t%s login %s: at least %d, last %s\n", label, orDash(snd.IP), orDash(snd.Login), snd.Count, fmtTime(snd.Last))
+	}
+	for i, l := range a.Logins {
+		label := ""
+		if i == 0 {
+			label = "Recent logins:"
+		}
+		fmt.Fprintf(w, "%s\t%s %s from %s: %d, last %s\n", label, l.Result, orDash(l.Protocol), orDash(l.IP), l.Count, fmtTime(l.Last))
+	}
 	if ls := a.LastSuspension; ls != nil {
 		inForce := "lifted"
 		if ls.InForce {

@@ -443,6 +443,36 @@ func generatedToken(t *testing.T, out string) string {
 	return tok
 }
 
+// TestStatusShowsSigns: status lists who sent the counted messages and
+// the recent logins, which the API gives with one account.
+func TestStatusShowsSigns(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	bob := "bob@example.com"
+	h.want(0, adminToken, "lock", bob, "--reason", "suspected compromise")
+	now := time.Now()
+	snd := h.store.NewSenders(0)
+	snd.Add(bob, "203.0.113.9", "bob@example.com", now.Add(-time.Hour))
+	snd.Add(bob, "203.0.113.9", "bob@example.com", now.Add(-time.Minute))
+	if err := snd.Flush(ctx, 24*time.Hour, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	lim := store.LoginLimits{Keep: 20, Retention: 7 * 24 * time.Hour}
+	if _, err := h.store.RecordLogin(ctx, bob, store.LoginReport{Time: now, Result: store.LoginFailed, Protocol: "imap", IP: "198.51.100.4"}, false, lim); err != nil {
+		t.Fatal(err)
+	}
+	out := h.want(0, viewToken, "status", bob)
+	for _, s := range []string{"Sent by:", "203.0.113.9 login bob@example.com: at least 2", "Recent logins:", "failed imap from 198.51.100.4: 1"} {
+		if !strings.Contains(out, s) {
+			t.Fatalf("status lacks %q:\n%s", s, out)
+		}
+	}
+	var a api.Account
+	if err := json.Unmarshal([]byte(h.want(0, viewToken, "--json", "status", bob)), &a); err != nil || len(a.Senders) != 1 || len(a.Logins) != 1 {
+		t.Fatalf("status --json: %v %+v %+v", err, a.Senders, a.Logins)
+	}
+}
+
 // TestOutputJSON: -o json (and --output json, --json) makes every
 // command that prints a result print one JSON document, and -o table
 // keeps the tables; anything else is a usage error.

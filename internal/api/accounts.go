@@ -38,6 +38,13 @@ type Account struct {
 	Counts         *store.Counts   `json:"counts,omitempty"`
 	Threshold      int             `json:"threshold,omitempty"`
 	LastSuspension *LastSuspension `json:"last_suspension,omitempty"`
+	// Senders and Logins are signs of a compromise, given when reading
+	// one account: the senders (client address, login) of the messages
+	// counted in the window, from the verdict events' sender field, and
+	// the recent logins from Dovecot's reports. Hints, at least what they
+	// say; absent when there are none.
+	Senders []store.Sender `json:"senders,omitempty"`
+	Logins  []store.Login  `json:"logins,omitempty"`
 }
 
 // Suspension is one suspended service.
@@ -129,6 +136,18 @@ func (s *server) getAccount(w http.ResponseWriter, r *http.Request, p *principal
 	}
 	out := s.accountJSON(a)
 	out.Counts = counts
+	since := counts.WindowStart
+	if a.Floor.After(since) {
+		since = a.Floor // counted before the last reinstatement: no longer counting
+	}
+	if out.Senders, err = s.store.Senders(ctx, addr, since); err != nil {
+		s.failErr(w, r, err)
+		return
+	}
+	if out.Logins, err = s.store.Logins(ctx, addr, time.Time{}); err != nil {
+		s.failErr(w, r, err)
+		return
+	}
 	if !a.Exists && a.Company == "" {
 		if c, ok := s.dir.ByAccount(addr); ok {
 			out.Company = c.ID

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/notifier"
@@ -62,6 +63,23 @@ func (a accounts) LockoutPolicy(_ context.Context, account string) (lockout.Poli
 		return lockout.Policy{}, nil
 	}
 	return lockout.Policy{Threshold: c.Lockout.MaxFailures, Window: c.Lockout.Window, Duration: c.Lockout.Duration}, nil
+}
+
+// logins records the logins of Dovecot's reports (dovecot.Logins) in the
+// accounts' recent logins. A verified login may start an account's record
+// when its domain belongs to a company; any other login is added only to
+// an account that has a record already (store.RecordLogin), so that
+// guesses at names that are not mailboxes create nothing.
+type logins struct {
+	store *store.Store
+	dir   *companies.Directory
+	lim   store.LoginLimits
+}
+
+func (l logins) RecordLogin(ctx context.Context, account string, in dovecot.Login) (bool, error) {
+	_, local := l.dir.ByAccount(account)
+	r := store.LoginReport{Time: in.Time, Result: in.Result, Protocol: in.Protocol, IP: in.Remote}
+	return l.store.RecordLogin(ctx, account, r, local, l.lim)
 }
 
 // notices adapts the notifier's store to the admin API.

@@ -191,8 +191,10 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		t.Fatalf("the recipient of spam was counted %d times", n)
 	}
 
-	// The events as stored: direction, account, verdict, id, sample.
-	type seen struct{ subject, account, verdict, id, raw, source string }
+	// The events as stored: direction, account, verdict, id, sample, and
+	// the sender rspamd saw (rspamc -i, -u): the client's address, and
+	// the login of an authenticated sender.
+	type seen struct{ subject, account, verdict, id, raw, source, ip, login string }
 	var got []seen
 	for _, m := range h.streamMsgs(h.cfg.NATS.Verdicts.Name) {
 		var v struct {
@@ -201,6 +203,7 @@ func TestRspamdMetadataExporter(t *testing.T) {
 			Message                                 struct {
 				Subject, Raw string
 			}
+			Sender struct{ IP, Login string }
 		}
 		if err := jsonUnmarshal(m.Data, &v); err != nil {
 			t.Fatal(err)
@@ -208,20 +211,21 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		if v.Score == nil || *v.Score < 15 || !strings.HasPrefix(v.Source, "rspamd") || m.Header.Get("Nats-Msg-Id") != v.ID {
 			t.Errorf("event %s: score %v source %q msg-id %q", m.Subject, v.Score, v.Source, m.Header.Get("Nats-Msg-Id"))
 		}
-		got = append(got, seen{m.Subject, v.Account, v.Verdict, v.ID, v.Message.Raw, v.Source})
+		got = append(got, seen{m.Subject, v.Account, v.Verdict, v.ID, v.Message.Raw, v.Source, v.Sender.IP, v.Sender.Login})
 	}
 	if len(got) != 3 {
 		t.Fatalf("stored %d events, want 3: %+v", len(got), got)
 	}
 	if g := got[0]; g.subject != "aup.verdict.outbound" || g.account != "alice@globex.test" || g.verdict != "spam" ||
-		!strings.Contains(g.raw, "Cheap meds") || !strings.HasPrefix(g.id, "rspamd-") {
+		!strings.Contains(g.raw, "Cheap meds") || !strings.HasPrefix(g.id, "rspamd-") || g.ip != "192.0.2.10" || g.login != "alice@globex.test" {
 		t.Errorf("outbound event: %+v", g)
 	}
 	if g := got[1]; g.subject != "aup.verdict.inbound" || g.account != "spam@outside.example" || g.verdict != "spam" ||
-		!strings.Contains(g.raw, "You have won") {
+		!strings.Contains(g.raw, "You have won") || g.ip != "203.0.113.7" || g.login != "" {
 		t.Errorf("inbound event: %+v", g)
 	}
-	if g := got[2]; g.subject != "aup.verdict.inbound" || g.account != "bob@example.com" || !strings.Contains(g.raw, "Local spam") {
+	if g := got[2]; g.subject != "aup.verdict.inbound" || g.account != "bob@example.com" || !strings.Contains(g.raw, "Local spam") ||
+		g.ip != "192.0.2.20" || g.login != "" {
 		t.Errorf("local-to-local event: %+v", g)
 	}
 	m := h.metrics()

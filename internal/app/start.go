@@ -358,7 +358,11 @@ func (a *App) addPolicyServers(g *run.Group, ctx context.Context, cfg *config.Co
 		if err != nil {
 			return err
 		}
-		dh, err := dovecot.New(dc, accts, ctr, dovecot.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now})
+		dopts := dovecot.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now}
+		if keep, ret := dc.RecentLoginLimits(); keep > 0 {
+			dopts.Logins = logins{store: accts.store, dir: accts.dir, lim: store.LoginLimits{Keep: keep, Retention: ret}}
+		}
+		dh, err := dovecot.New(dc, accts, ctr, dopts)
 		if err != nil {
 			return err
 		}

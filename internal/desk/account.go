@@ -22,6 +22,7 @@ type accountView struct {
 	Company      string
 	CompanyName  string
 	Status       rules.Status
+	Badges       []statusBadge
 	StatusInfo   *store.StatusInfo
 	LockoutUntil time.Time
 	Suspensions  []suspensionView
@@ -39,6 +40,7 @@ type accountView struct {
 	WindowStart time.Time
 	History     []store.HistoryEntry
 	Evidence    []evidenceView
+	Signs       *signsView
 	AUP         *aupView
 	CanLock     bool
 	CanUnlock   bool
@@ -60,7 +62,8 @@ type countRow struct {
 
 type evidenceView struct {
 	ID     string
-	Text   string
+	Text   string       // evidence.txt as kept
+	Doc    *evidenceDoc // the same as messages; nil: shown as Text
 	Notice *notifier.Delivery
 }
 
@@ -130,6 +133,7 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 	if v.Status == rules.StatusLockout {
 		v.LockoutUntil = a.LockoutUntil
 	}
+	v.Badges = badges(v.Status, a.Suspensions)
 	for _, svc := range rules.Services {
 		sus, ok := a.Suspensions[svc]
 		if !ok {
@@ -183,6 +187,13 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 			v.Evidence = append(v.Evidence, *ev)
 		}
 	}
+	since := c.WindowStart
+	if a.Floor.After(since) {
+		since = a.Floor
+	}
+	if v.Signs, err = d.signs(ctx, v, c, since); err != nil {
+		return nil, err
+	}
 	if a.LastAUP != nil {
 		v.AUP = &aupView{AUPSuspension: a.LastAUP, InForce: a.AUP != "" && a.AUP == a.LastAUP.ID}
 		if v.AUP.Notice, err = d.delivery(ctx, addr, a.LastAUP.ID); err != nil {
@@ -228,7 +239,7 @@ func (d *Desk) evidence(ctx context.Context, addr, id string) (*evidenceView, er
 	if err != nil {
 		return nil, err
 	}
-	return &evidenceView{ID: id, Text: string(b), Notice: n}, nil
+	return &evidenceView{ID: id, Text: string(b), Doc: parseEvidence(string(b)), Notice: n}, nil
 }
 
 func accountPath(addr string) string { return "/desk/accounts/" + url.PathEscape(addr) }

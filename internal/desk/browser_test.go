@@ -181,6 +181,9 @@ func TestBrowser(t *testing.T) {
 	}
 	w.waitNear("rita@example.com", "sam@globex.test")
 	_, link := w.notice(victim, sus)
+	// And one that looks stolen, with every sign and a long note.
+	stolen := "pia@example.com"
+	w.compromise(stolen)
 
 	ctx, dialogs := newChrome(t, path)
 
@@ -191,8 +194,8 @@ func TestBrowser(t *testing.T) {
 	if title, err := chromedp.Run(ctx, chromedp.Title()); err != nil || !strings.Contains(title, victim) {
 		t.Errorf("title %q: %v", title, err)
 	}
-	evidence := text(t, ctx, "pre.evidence-text")
-	for _, want := range []string{"AUP suspension evidence", "Your parcel is waiting", `<script>alert("xss")</script>`, "<img src=x onerror=alert("} {
+	evidence := text(t, ctx, "article.evidence")
+	for _, want := range []string{"Sample 1: Your parcel is waiting", "Your parcel is waiting", `<script>alert("xss")</script>`, "<img src=x onerror=alert("} {
 		if !strings.Contains(evidence, want) {
 			t.Errorf("evidence on the page lacks %q:\n%s", want, evidence)
 		}
@@ -251,22 +254,45 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("history %+v", h)
 	}
 
-	// The account page on a phone-sized screen.
-	if err := chromedp.Do(ctx,
-		chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
-		chromedp.Navigate(w.base+"/desk/accounts/"+victim),
-		chromedp.WaitVisible(chromedp.ID("h-history")),
-	); err != nil {
-		t.Fatalf("phone view: %v", err)
+	// The account page on a phone-sized screen, of an account with
+	// everything on it: suspensions with a long note, the signs of a
+	// compromise, the evidence as messages. Nothing scrolls sideways,
+	// and the note reads as lines of words, not a letter per line.
+	for _, acct := range []string{victim, stolen} {
+		if err := chromedp.Do(ctx,
+			chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
+			chromedp.Navigate(w.base+"/desk/accounts/"+acct),
+			chromedp.WaitVisible(chromedp.ID("h-history")),
+		); err != nil {
+			t.Fatalf("phone view: %v", err)
+		}
+		overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if overflow {
+			wide, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`[...document.querySelectorAll("body *")].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5).map(e => e.tagName + "." + e.className).join(", ")`))
+			t.Errorf("%s: the account page scrolls sideways on a phone (wider: %s)", acct, wide)
+		}
 	}
-	overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`))
+	if badge := text(t, ctx, "p.sub .status"); badge != "sending suspended" {
+		t.Errorf("first badge %q", badge)
+	}
+	noteWidth, err := chromedp.Run(ctx, chromedp.Evaluate[float64](`[...document.querySelectorAll('td[data-label="Note"]')].find(e => e.textContent.trim() != "").getBoundingClientRect().width`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if overflow {
-		t.Errorf("the account page scrolls sideways on a phone")
+	if noteWidth < 250 {
+		t.Errorf("the suspension's note is %.0f px wide on a 390 px screen", noteWidth)
+	}
+	if signs := text(t, ctx, "section.signs"); !strings.Contains(signs, "someone may have guessed the password") || !strings.Contains(signs, "203.0.113.9") {
+		t.Errorf("signs of a compromise on the phone: %q", signs)
 	}
 	shoot(t, ctx, dir, "desk-account-phone.png")
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 900), chromedp.Navigate(w.base+"/desk/accounts/"+stolen), chromedp.WaitVisible(chromedp.ID("h-signs"))); err != nil {
+		t.Fatal(err)
+	}
+	shoot(t, ctx, dir, "desk-account-signs.png")
 	if d := dialogs(); len(d) != 0 {
 		t.Errorf("script from the evidence ran: dialogs %q", d)
 	}

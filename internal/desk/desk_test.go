@@ -230,7 +230,7 @@ func TestPagesAndActions(t *testing.T) {
 		t.Errorf("the API counts %v outbound", counted)
 	}
 	has(t, p, "Suspensions", "aup_violation", "Rolling counts", fmt.Sprintf("<td>outbound</td><td>%v</td>", counted), "against a threshold of 3",
-		"Evidence", "Suspension <code>"+sus+"</code>", "AUP suspension evidence", "Cheap watches", "History",
+		"Evidence", "Suspension <code>"+sus+"</code>", `aria-label="Sample 1"`, "Sample 1: Cheap watches", "History",
 		"Download evidence.txt", "state-sent")
 	ev := b.get("/desk/accounts/" + acct + "/suspensions/" + sus + "/evidence.txt")
 	if ev.code != 200 || !strings.Contains(ev.body, "Sample 1 of 3") || !strings.HasPrefix(ev.hdr.Get("Content-Type"), "text/plain") {
@@ -600,7 +600,7 @@ func TestSignedLink(t *testing.T) {
 	if p.code != 200 {
 		t.Fatalf("link: %d\n%s", p.code, p.body)
 	}
-	has(t, p, "From your abuse notice", "AUP suspension evidence", "Cheap watches", `action="`+link+`/reinstate"`, "Reinstate sending (send, webmail_send)")
+	has(t, p, "From your abuse notice", "Sample 1: Cheap watches", `action="`+link+`/reinstate"`, "Reinstate sending (send, webmail_send)")
 	lacks(t, p, "Signed in as", "Download evidence.txt")
 	form := csrf(t, p)
 
@@ -686,7 +686,7 @@ func TestSignedLink(t *testing.T) {
 		t.Errorf("expired link: %d", p.code)
 	}
 	has(t, p, "This link expired on")
-	lacks(t, p, "AUP suspension evidence")
+	lacks(t, p, "Sample 1:", "Cheap watches")
 	if p = b.post(link2+"/reinstate", url.Values{"csrf": {form2}, "reason": {"late"}}); p.code != http.StatusGone {
 		t.Errorf("expired link posts: %d", p.code)
 	}
@@ -791,7 +791,7 @@ func TestCaseNotes(t *testing.T) {
 		t.Fatalf("note: %d %q", p.code, p.location())
 	}
 	p = b.get(p.location())
-	has(t, p, "Note added to the history.", "<strong>note</strong>", "by acme-abuse via desk, reason abuse_contact",
+	has(t, p, "Note added to the history.", "<strong>note</strong>", "by acme-abuse via desk, reason the company&#39;s abuse contact&#39;s decision <code>abuse_contact</code>",
 		"“called the user, &lt;b&gt;new&lt;/b&gt; password set”")
 	lacks(t, p, "<b>new</b>")
 	_, h := w.api("GET", "/api/v1/accounts/"+mine+"/history", tokRoot, nil)

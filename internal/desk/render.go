@@ -25,10 +25,12 @@ func templateFuncs() template.FuncMap {
 			}
 			return t.UTC().Format("2006-01-02 15:04 UTC")
 		},
-		"iso":      func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-		"join":     strings.Join,
-		"path":     url.PathEscape,
-		"describe": describeService,
+		"iso":       func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+		"join":      strings.Join,
+		"path":      url.PathEscape,
+		"describe":  describeService,
+		"reason":    reasonText,
+		"susReason": suspensionReason,
 	}
 }
 

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"math/bits"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +31,7 @@ const (
 	fScore
 	fSource
 	fMessage
+	fSender
 )
 
 // topField is the bit of a top-level key of the contract (0: not one).
@@ -49,6 +53,8 @@ func topField(key []byte) int {
 		return fSource
 	case "message":
 		return fMessage
+	case "sender":
+		return fSender
 	}
 	return 0
 }
@@ -70,8 +76,11 @@ func otherCase(k []byte, keys []string) (string, bool) {
 // The keys of the contract: top-level ones in the order of their bits,
 // and the optional ones of message (of which "to" is a list of strings).
 var (
-	topKeys     = []string{"id", "time", "direction", "account", "verdict", "score", "source", "message"}
+	topKeys     = []string{"id", "time", "direction", "account", "verdict", "score", "source", "message", "sender"}
 	messageKeys = []string{"message_id", "from", "to", "subject", "date", "raw"}
+	senderKeys  = []string{"ip", "login", "helo"}
+	// the sender's keys as error messages name them
+	senderFields = []string{"sender.ip", "sender.login", "sender.helo"}
 )
 
 type decoder struct {
@@ -501,6 +510,18 @@ func decodeVerdict(data []byte) (*Verdict, error) {
 			}
 			v.msg = data[start:d.pos]
 			return nil
+		case fSender:
+			if d.peek() == 'n' {
+				return d.literal("null")
+			}
+			if d.peek() != '{' {
+				kind, err := d.skip()
+				if err != nil {
+					return err
+				}
+				return note(invalid(ReasonInvalidField, "sender", "expected object, got JSON %s", kind))
+			}
+			return d.sender(v, note)
 		}
 		s, present, err := d.stringField(fieldName(bit))
 		if err != nil {
@@ -610,4 +631,71 @@ func (d *decoder) checkMessage(v *Verdict, note func(error) error) error {
 		}
 		return nil
 	})
+}
+
+// sender decodes the sender object: its known fields are strings (or
+// null), checked as they are read; the others are skipped.
+func (d *decoder) sender(v *Verdict, note func(error) error) error {
+	var s Sender
+	var seen uint
+	err := d.members(func(kb []byte) error {
+		i := slices.Index(senderKeys, string(kb))
+		if i < 0 {
+			if l, clash := otherCase(kb, senderKeys); clash {
+				_ = note(invalid(ReasonInvalidField, "sender."+l, "key %q must be spelled %q", clip(string(kb), 40), l))
+			}
+			_, err := d.skip()
+			return err
+		}
+		field := senderFields[i]
+		if seen&(1<<i) != 0 {
+			_ = note(invalid(ReasonInvalidField, field, "appears more than once"))
+		}
+		seen |= 1 << i
+		b, present, err := d.stringField(field)
+		if err != nil || !present {
+			return note(err)
+		}
+		switch i {
+		case 0:
+			text := string(b)
+			ip, err := netip.ParseAddr(text)
+			if err != nil || ip.Zone() != "" {
+				return note(invalid(ReasonInvalidField, field, "%q is not an IP address", clip(text, 60)))
+			}
+			// IPv4 parses only in its one form; IPv6 has several.
+			if s.IP = text; !ip.Is4() {
+				s.IP = ip.Unmap().String()
+			}
+		case 1:
+			if err := senderText(b, MaxLogin); err != nil {
+				return note(invalid(ReasonInvalidField, field, "%v", err))
+			}
+			s.Login = string(b)
+		case 2:
+			if err := senderText(b, MaxHelo); err != nil {
+				return note(invalid(ReasonInvalidField, field, "%v", err))
+			}
+			s.Helo = string(b)
+		}
+		return nil
+	})
+	if err == nil && s != (Sender{}) {
+		v.Sender = &s
+	}
+	return err
+}
+
+// senderText checks a login or HELO name: at most max bytes, no control
+// characters.
+func senderText(b []byte, max int) error {
+	if len(b) > max {
+		return fmt.Errorf("longer than %d bytes", max)
+	}
+	for _, c := range b {
+		if c < 0x20 || c == 0x7f {
+			return errors.New("holds a control character")
+		}
+	}
+	return nil
 }

@@ -38,6 +38,7 @@ type Verdict struct {
 	Score     *float64        `json:"score,omitempty"`
 	Source    string          `json:"source,omitempty"`
 	Message   *Message        `json:"message,omitempty"`
+	Sender    *Sender         `json:"sender,omitempty"`
 
 	msg []byte // the undecoded message, until Msg
 	// the JSON text of message.subject and message.raw, for Fingerprint
@@ -53,6 +54,22 @@ type Message struct {
 	Date      string   `json:"date,omitempty"`
 	Raw       string   `json:"raw,omitempty"`
 }
+
+// Sender is the client that submitted the judged message, as the
+// publisher saw it: its address, the login it authenticated with
+// (outbound mail), and the name it gave in HELO/EHLO. Every field is
+// optional; nil when the event names none.
+type Sender struct {
+	IP    string `json:"ip,omitempty"` // canonical form (netip.Addr.String, IPv4-mapped addresses as IPv4)
+	Login string `json:"login,omitempty"`
+	Helo  string `json:"helo,omitempty"`
+}
+
+// Limits of the sender's text fields, in bytes.
+const (
+	MaxLogin = 254
+	MaxHelo  = 255
+)
 
 // Reason codes of an invalid event. They are stable: they appear in the
 // dead-letter header Aup-Reason and in the metric label "reason".

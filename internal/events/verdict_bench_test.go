@@ -24,6 +24,24 @@ func BenchmarkParseVerdict(b *testing.B) {
 	}
 }
 
+// BenchmarkParseVerdictSender is BenchmarkParseVerdict's event with a
+// sender, as deploy/rspamd's exporter sends it for outbound mail.
+func BenchmarkParseVerdictSender(b *testing.B) {
+	now := time.Now()
+	raw := "From: user000123@example.com\r\nSubject: WIN a FREE cruise today!!!\r\n\r\nHello, see https://example.net/5f1c0a9e2b7d4c31\r\n"
+	data := fmt.Appendf(nil, `{"id":"e-00012345-9c2f71d0a4b86e13","time":%q,"direction":"outbound","account":"user000123@example.com","verdict":"spam","score":9.5,"source":"rspamd",`+
+		`"sender":{"ip":"203.0.113.9","login":"user000123@example.com"},`+
+		`"message":{"message_id":"<7a3e91c0d2f84b65@mx.example.com>","subject":"WIN a FREE cruise today!!!","from":"user000123@example.com","to":["x@example.net"],"raw":%q}}`,
+		now.Add(-time.Minute).UTC().Format(time.RFC3339Nano), raw)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseVerdict("aup.verdict.outbound", data, now, 5*time.Minute); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkFingerprint fingerprints a counting event's message, as the
 // worker does for each one: the load tool's short message, and one whose
 // body is past the 4 KiB the fingerprint reads.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"hash/crc32"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -64,6 +65,22 @@ func TestParseVerdict(t *testing.T) {
 		{"deep object missing a colon", "aup.verdict.outbound", strings.Replace(good, `{"x":1}`, strings.Repeat(`{"a":`, 70)+`{"b" 1}`+strings.Repeat("}", 70), 1), ReasonInvalidJSON, ""},
 		{"deep trailing comma", "aup.verdict.outbound", strings.Replace(good, `{"x":1}`, strings.Repeat("[", 70)+"1,"+strings.Repeat("]", 70), 1), ReasonInvalidJSON, ""},
 		{"leading zero", "aup.verdict.outbound", strings.Replace(good, `9.5`, `09.5`, 1), ReasonInvalidJSON, ""},
+		{"sender not an object", "aup.verdict.outbound", withSender(`"203.0.113.9"`), ReasonInvalidField, "sender"},
+		{"sender.ip a number", "aup.verdict.outbound", withSender(`{"ip":3405803785}`), ReasonInvalidField, "sender.ip"},
+		{"sender.ip not an address", "aup.verdict.outbound", withSender(`{"ip":"203.0.113.999"}`), ReasonInvalidField, "sender.ip"},
+		{"sender.ip a host name", "aup.verdict.outbound", withSender(`{"ip":"mail.example.net"}`), ReasonInvalidField, "sender.ip"},
+		{"sender.ip with a port", "aup.verdict.outbound", withSender(`{"ip":"203.0.113.9:587"}`), ReasonInvalidField, "sender.ip"},
+		{"sender.ip in brackets", "aup.verdict.outbound", withSender(`{"ip":"[2001:db8::1]"}`), ReasonInvalidField, "sender.ip"},
+		{"sender.ip with a zone", "aup.verdict.outbound", withSender(`{"ip":"fe80::1%eth0"}`), ReasonInvalidField, "sender.ip"},
+		{"sender.login a list", "aup.verdict.outbound", withSender(`{"login":["alice"]}`), ReasonInvalidField, "sender.login"},
+		{"sender.login too long", "aup.verdict.outbound", withSender(`{"login":"` + strings.Repeat("a", MaxLogin+1) + `"}`), ReasonInvalidField, "sender.login"},
+		{"sender.login with a line break", "aup.verdict.outbound", withSender(`{"login":"alice\r\nBcc: x"}`), ReasonInvalidField, "sender.login"},
+		{"sender.helo an object", "aup.verdict.outbound", withSender(`{"helo":{}}`), ReasonInvalidField, "sender.helo"},
+		{"sender.helo too long", "aup.verdict.outbound", withSender(`{"helo":"` + strings.Repeat("h", MaxHelo+1) + `"}`), ReasonInvalidField, "sender.helo"},
+		{"sender key in another case", "aup.verdict.outbound", withSender(`{"IP":"203.0.113.9"}`), ReasonInvalidField, "sender.ip"},
+		{"sender key twice", "aup.verdict.outbound", withSender(`{"ip":"203.0.113.9","ip":"192.0.2.1"}`), ReasonInvalidField, "sender.ip"},
+		{"sender twice", "aup.verdict.outbound", strings.Replace(withSender(`{"ip":"203.0.113.9"}`), `"source":"f1"`, `"sender":{}`, 1), ReasonInvalidField, "sender"},
+		{"sender syntax", "aup.verdict.outbound", withSender(`{"ip":"203.0.113.9",}`), ReasonInvalidJSON, ""},
 	}
 	for _, tt := range tests {
 		_, err := ParseVerdict(tt.subject, []byte(tt.data), now, 5*time.Minute)
@@ -78,6 +95,47 @@ func TestParseVerdict(t *testing.T) {
 	}
 }
 
+// withSender is good with a sender field of the given JSON text.
+func withSender(sender string) string {
+	return strings.Replace(good, `"score":9.5`, `"score":9.5,"sender":`+sender, 1)
+}
+
+// TestParseVerdictSender decodes the optional sender: its fields,
+// addresses in canonical form, null and empty objects as no sender, and
+// unknown keys in it ignored.
+func TestParseVerdictSender(t *testing.T) {
+	tests := []struct {
+		sender string
+		want   *Sender
+	}{
+		{`{"ip":"203.0.113.9","login":"alice@example.com","helo":"[192.0.2.7]"}`, &Sender{IP: "203.0.113.9", Login: "alice@example.com", Helo: "[192.0.2.7]"}},
+		{`{"ip":"2001:DB8:0:0::1"}`, &Sender{IP: "2001:db8::1"}},
+		{`{"ip":"::ffff:198.51.100.4"}`, &Sender{IP: "198.51.100.4"}},
+		{`{"login":"Alice","future":[1,{"x":null}]}`, &Sender{Login: "Alice"}},
+		{`{"login":"\u00e9lo\"d"}`, &Sender{Login: "élo\"d"}},
+		{`{"ip":null,"login":null,"helo":null}`, nil},
+		{`{}`, nil},
+		{`null`, nil},
+	}
+	for _, tt := range tests {
+		v, err := ParseVerdict("aup.verdict.outbound", []byte(withSender(tt.sender)), now, 5*time.Minute)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.sender, err)
+		}
+		if !reflect.DeepEqual(v.Sender, tt.want) {
+			t.Errorf("%s: sender %+v, want %+v", tt.sender, v.Sender, tt.want)
+		}
+	}
+	// No sender: nil, and none in the event's JSON encoding.
+	v, err := ParseVerdict("aup.verdict.outbound", []byte(good), now, 5*time.Minute)
+	if err != nil || v.Sender != nil {
+		t.Fatalf("sender %+v err %v", v.Sender, err)
+	}
+	if b, _ := json.Marshal(v); bytes.Contains(b, []byte("sender")) {
+		t.Fatalf("encoded %s", b)
+	}
+}
+
 // TestParseVerdictMatchesEncodingJSON: what the one-pass decoder accepts
 // decodes exactly as encoding/json decodes it, escapes and all.
 func TestParseVerdictMatchesEncodingJSON(t *testing.T) {
@@ -85,6 +143,7 @@ func TestParseVerdictMatchesEncodingJSON(t *testing.T) {
 		good,
 		`{"id":"\u00e9t\u00e9-1","time":"2026-11-21T11:00:00.123456789+01:00","direction":"outbound","account":"a.b+c@example.com","verdict":"phish","score":-1e2,"message":null,"source":null}`,
 		`  {"verdict":"ham","account":"x@y.example","direction":"outbound","time":"2026-11-21T11:00:00Z","id":"\"q\"\\/","extra":[1,{"a":[true,false,null]}]}  `,
+		withSender(`{"ip":"2001:db8::7","login":"al\u0069ce","helo":"client.example.net","x":1}`),
 	} {
 		v, err := ParseVerdict("aup.verdict.outbound", []byte(data), now, 5*time.Minute)
 		if err != nil {
@@ -196,6 +255,7 @@ func FuzzParseVerdict(f *testing.F) {
 	f.Add("aup.verdict.inbound", []byte(`{"id":"x","time":"2026-11-21T11:00:00Z","direction":"inbound","account":"a@b.c","verdict":"ham"}`))
 	f.Add("aup.verdict.complaint", []byte(`{}`))
 	f.Add("aup.verdict.outbound", []byte("{\"id\":\"\xff\"}"))
+	f.Add("aup.verdict.outbound", []byte(withSender(`{"ip":"::ffff:192.0.2.1","login":"a","helo":"h"}`)))
 	f.Fuzz(func(t *testing.T, subject string, data []byte) {
 		v, err := ParseVerdict(subject, data, now, 5*time.Minute)
 		if err != nil {
@@ -229,6 +289,19 @@ func FuzzParseVerdict(f *testing.F) {
 		}
 		if want.ID != v.ID || !want.Time.Equal(v.Time) || strings.ToLower(want.Account) != v.Account || want.Verdict != v.Verdict || want.Source != v.Source {
 			t.Fatalf("decoded %+v, encoding/json %+v", v, want)
+		}
+		// A sender: an address that parses, in canonical form, and text
+		// within its bounds without control characters.
+		if s := v.Sender; s != nil {
+			if *s == (Sender{}) {
+				t.Fatal("an empty sender is not nil")
+			}
+			if ip, err := netip.ParseAddr(s.IP); s.IP != "" && (err != nil || ip.String() != s.IP || ip.Is4In6()) {
+				t.Fatalf("accepted sender ip %q", s.IP)
+			}
+			if len(s.Login) > MaxLogin || len(s.Helo) > MaxHelo || strings.ContainsAny(s.Login+s.Helo, "\r\n\x00") {
+				t.Fatalf("accepted sender %+v", s)
+			}
 		}
 		// The worker fingerprints every counting event: from the JSON text
 		// as it came, whatever it holds, decoding nothing.

@@ -12,6 +12,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ import (
 // message, from any of the forms it posts (ReadRspamd).
 type Rspamd struct {
 	User      string   // the authenticated user; "" when the sender did not authenticate
+	IP        string   // the client's address (task:get_from_ip()); "" when rspamd had none
 	QueueID   string   // the MTA's queue id
 	Action    string   // reject, add header, rewrite subject, soft reject, greylist, no action
 	Score     *float64 // the metric score
@@ -75,6 +77,7 @@ func ReadRspamd(h http.Header, body []byte) (*Rspamd, error) {
 // rspamdMeta is the metadata object of the json formatters.
 type rspamdMeta struct {
 	User      string          `json:"user"`
+	IP        string          `json:"ip"`
 	QID       string          `json:"qid"`
 	Action    string          `json:"action"`
 	Score     json.RawMessage `json:"score"`
@@ -98,7 +101,7 @@ func rspamdJSON(body []byte) (*Rspamd, error) {
 	if m.Action == "" {
 		return nil, fmt.Errorf("%w: no action in the metadata", ErrNotRspamd)
 	}
-	r := &Rspamd{User: known(m.User), QueueID: known(m.QID), Action: m.Action, From: known(m.From),
+	r := &Rspamd{User: known(m.User), IP: known(m.IP), QueueID: known(m.QID), Action: m.Action, From: known(m.From),
 		MessageID: known(m.MessageID), Subject: known(m.Subject), Server: known(m.Server)}
 	r.Score = number(m.Score)
 	r.Symbols = symbolNames(m.Symbols)
@@ -153,7 +156,7 @@ func rspamdMultipart(body []byte, boundary string) (*Rspamd, error) {
 
 func rspamdHeaders(h http.Header, body []byte) (*Rspamd, error) {
 	get := func(k string) string { return known(decodeHeader(h.Get(rspamdHeaderPx + k))) }
-	r := &Rspamd{User: get("User"), QueueID: get("Qid"), Action: get("Action"), From: get("From"),
+	r := &Rspamd{User: get("User"), IP: get("Ip"), QueueID: get("Qid"), Action: get("Action"), From: get("From"),
 		Subject: get("Subject"), Server: get("Rspamd_server"), Message: body}
 	r.Score = number(json.RawMessage(h.Get(rspamdHeaderPx + "Score")))
 	r.Symbols = symbolNames(json.RawMessage(h.Get(rspamdHeaderPx + "Symbols")))
@@ -316,7 +319,7 @@ func (r *Rspamd) Verdicts(now time.Time) ([]*events.Verdict, error) {
 			}
 		}
 	}
-	base := events.Verdict{Time: now.UTC(), Verdict: r.VerdictOf(), Score: r.Score, Source: "rspamd", Message: msg}
+	base := events.Verdict{Time: now.UTC(), Verdict: r.VerdictOf(), Score: r.Score, Source: "rspamd", Message: msg, Sender: r.sender()}
 	if s := oneLine(r.Server); s != "" {
 		base.Source = cutUTF8([]byte("rspamd@"+s), 128)
 	}
@@ -357,6 +360,24 @@ func (r *Rspamd) Verdicts(now time.Time) ([]*events.Verdict, error) {
 		out = append(out, &v)
 	}
 	return out, nil
+}
+
+// sender is the client rspamd saw: its address, and the login for an
+// authenticated sender; nil when it knows neither. An address that does
+// not parse, or a login the contract would refuse, is left out rather
+// than refuse the verdict.
+func (r *Rspamd) sender() *events.Sender {
+	var s events.Sender
+	if ip, err := netip.ParseAddr(r.IP); err == nil && ip.Zone() == "" {
+		s.IP = ip.Unmap().String()
+	}
+	if login := oneLine(r.User); login == r.User && len(login) <= events.MaxLogin {
+		s.Login = login
+	}
+	if s == (events.Sender{}) {
+		return nil
+	}
+	return &s
 }
 
 // id is the verdict's idempotency key. For the same message it is the

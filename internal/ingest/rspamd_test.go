@@ -3,8 +3,10 @@ package ingest
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -27,25 +29,28 @@ func TestRspamdForms(t *testing.T) {
 		account string
 		verdict string
 		sample  string
+		sender  *events.Sender
 	}{
-		{"json_with_message", http.Header{"Content-Type": {"application/json"}}, jsonBody, "outbound", "alice@globex.test", "virus", "Cheap meds"},
+		{"json_with_message", http.Header{"Content-Type": {"application/json"}}, jsonBody, "outbound", "alice@globex.test", "virus", "Cheap meds",
+			&events.Sender{IP: "192.0.2.1", Login: "Alice@globex.test"}},
 		{"json, inbound phish", http.Header{"Content-Type": {"application/json"}},
 			`{"user":"unknown","qid":"Q2","action":"no action","score":1,"from":"carol@globex.test","rcpt":["x@elsewhere.example","dave@globex.test"],"symbols":[{"name":"PHISHED_OPENPHISH"}],"message_id":"m2"}`,
-			"inbound", "carol@globex.test", "phish", ""},
+			"inbound", "carol@globex.test", "phish", "", nil},
 		{"json, inbound from outside: against the sender, never the recipient", http.Header{"Content-Type": {"application/json"}},
-			`{"user":"unknown","qid":"Q6","action":"reject","score":15,"from":"spammer@outside.example","rcpt":["carol@globex.test"],"symbols":[],"message_id":"m6"}`,
-			"inbound", "spammer@outside.example", "spam", ""},
+			`{"user":"unknown","ip":"::ffff:203.0.113.7","qid":"Q6","action":"reject","score":15,"from":"spammer@outside.example","rcpt":["carol@globex.test"],"symbols":[],"message_id":"m6"}`,
+			"inbound", "spammer@outside.example", "spam", "", &events.Sender{IP: "203.0.113.7"}},
 		{"default with meta headers", http.Header{"Content-Type": {"message/rfc822"}, "X-Rspamd-Action": {"reject"}, "X-Rspamd-User": {"alice@globex.test"},
-			"X-Rspamd-Qid": {"Q3"}, "X-Rspamd-Score": {"16.2"}, "X-Rspamd-Rcpt": {`["bob@example.net"]`}, "X-Rspamd-Symbols": {`[{"name":"GTUBE"}]`}},
-			msg, "outbound", "alice@globex.test", "spam", "Cheap meds"},
+			"X-Rspamd-Qid": {"Q3"}, "X-Rspamd-Score": {"16.2"}, "X-Rspamd-Rcpt": {`["bob@example.net"]`}, "X-Rspamd-Symbols": {`[{"name":"GTUBE"}]`},
+			"X-Rspamd-Ip": {"2001:DB8::5"}},
+			msg, "outbound", "alice@globex.test", "spam", "Cheap meds", &events.Sender{IP: "2001:db8::5", Login: "alice@globex.test"}},
 		{"login without a domain", http.Header{"Content-Type": {"application/json"}},
-			`{"user":"Alice","qid":"Q5","action":"reject","score":20,"from":"alice@globex.test","rcpt":["bob@example.net"],"symbols":[]}`,
-			"outbound", "alice@globex.test", "spam", ""},
+			`{"user":"Alice","ip":"unknown","qid":"Q5","action":"reject","score":20,"from":"alice@globex.test","rcpt":["bob@example.net"],"symbols":[]}`,
+			"outbound", "alice@globex.test", "spam", "", &events.Sender{Login: "Alice"}},
 		{"multipart", http.Header{"Content-Type": {`multipart/form-data; boundary="bb"`}},
 			"--bb\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n" +
 				`{"user":"unknown","qid":"Q4","action":"rewrite subject","score":9,"from":"carol@globex.test","rcpt":["dave@globex.test"],"symbols":[]}` +
 				"\r\n--bb\r\nContent-Disposition: form-data; name=\"message\"; filename=\"message.eml\"\r\nContent-Type: message/rfc822\r\n\r\n" + msg + "\r\n--bb--\r\n",
-			"inbound", "carol@globex.test", "spam", "Cheap meds"},
+			"inbound", "carol@globex.test", "spam", "Cheap meds", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := ReadRspamd(tc.header, []byte(tc.body))
@@ -60,10 +65,18 @@ func TestRspamdForms(t *testing.T) {
 			if string(v.Direction) != tc.dir || v.Account != tc.account || string(v.Verdict) != tc.verdict || !strings.Contains(v.Message.Raw, tc.sample) {
 				t.Fatalf("%+v", v)
 			}
-			// It is a valid contract event, and its id is stable.
+			if !reflect.DeepEqual(v.Sender, tc.sender) {
+				t.Fatalf("sender %+v, want %+v", v.Sender, tc.sender)
+			}
+			// It is a valid contract event, sender and all, and its id is
+			// stable.
 			in, _ := EventInput(v)
-			if _, err := events.ParseVerdict(in.Subject, in.Data, now, time.Minute); err != nil {
+			parsed, err := events.ParseVerdict(in.Subject, in.Data, now, time.Minute)
+			if err != nil {
 				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(parsed.Sender, tc.sender) {
+				t.Fatalf("sender as published %+v, want %+v", parsed.Sender, tc.sender)
 			}
 			r2, _ := ReadRspamd(tc.header, []byte(tc.body))
 			vs2, _ := r2.Verdicts(now.Add(time.Minute))
@@ -176,12 +189,15 @@ func TestSchemaMatchesContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	type prop struct {
+		Type       string
+		MaxLength  int `json:"maxLength"`
+		Enum       []string
+		Properties map[string]prop
+	}
 	var s struct {
 		Required   []string
-		Properties map[string]struct {
-			MaxLength int `json:"maxLength"`
-			Enum      []string
-		}
+		Properties map[string]prop
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
@@ -189,5 +205,19 @@ func TestSchemaMatchesContract(t *testing.T) {
 	if strings.Join(s.Required, ",") != "id,time,direction,account,verdict" || s.Properties["id"].MaxLength != events.MaxIDLen ||
 		s.Properties["account"].MaxLength != events.MaxAccount || len(s.Properties["verdict"].Enum) != 4 || len(s.Properties["direction"].Enum) != 3 {
 		t.Fatalf("schema: %+v", s)
+	}
+	// The optional sender: an object of three strings, with the decoder's
+	// bounds.
+	sender := s.Properties["sender"]
+	if sender.Type != "object" || len(sender.Properties) != 3 || sender.Properties["ip"].Type != "string" ||
+		sender.Properties["login"].MaxLength != events.MaxLogin || sender.Properties["helo"].MaxLength != events.MaxHelo {
+		t.Fatalf("schema's sender: %+v", sender)
+	}
+	for _, key := range []string{"ip", "login", "helo"} {
+		data := fmt.Sprintf(`{"id":"x","time":"2026-11-21T11:00:00Z","direction":"outbound","account":"a@example.com","verdict":"spam","sender":{%q:5}}`, key)
+		_, err := events.ParseVerdict("aup.verdict.outbound", []byte(data), time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC), time.Minute)
+		if ie, ok := events.AsInvalid(err); !ok || ie.Field != "sender."+key {
+			t.Errorf("sender.%s of the wrong type: %v", key, err)
+		}
 	}
 }

@@ -279,7 +279,8 @@ func (s *Store) apply(ctx context.Context, address string, version int64, ch *Ch
 		}
 	}
 	keys := []string{s.key(address, sufState), s.key(address, sufWindow), s.key(address, sufStats),
-		s.key(address, sufHistory), s.key(address, sufOutbox), s.key(address, sufLegacy)}
+		s.key(address, sufHistory), s.key(address, sufOutbox), s.key(address, sufLegacy),
+		s.key(address, sufSenders), s.key(address, sufLogins)}
 	res, err := applyScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return false, wrap("apply account change", err)

@@ -2,6 +2,8 @@
 --
 -- KEYS[1] state HASH  KEYS[2] window ZSET  KEYS[3] statistics HASH
 -- KEYS[4] history LIST  KEYS[5] outbox LIST  KEYS[6] v1 statistics ZSET
+-- KEYS[7] sender tally HASH  KEYS[8] recent logins LIST (deleted with
+--         the account)
 -- ARGV[1] expected version  ARGV[2] now (ms), or 0 for Redis's TIME, which
 --         then sets the reinstatement floor: one clock for every process
 -- ARGV[3] (unused)
@@ -50,7 +52,7 @@ for _ = 1, ne do
   redis.call('RPUSH', outbox, ARGV[i]); i = i + 1
 end
 if string.find(flags, 'x', 1, true) then
-  redis.call('DEL', st, win, stats, legacy)
+  redis.call('DEL', st, win, stats, legacy, KEYS[7], KEYS[8])
   redis.call('EXPIRE', hist, tonumber(ARGV[5]))
   return {1, 0}
 end

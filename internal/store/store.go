@@ -85,12 +85,14 @@ func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
 
 // Key suffixes of an account's keys.
 const (
-	sufState   = "s" // HASH: status, type, company, suspensions, AUP state
-	sufWindow  = "w" // ZSET: counting events of the rolling window
-	sufStats   = "t" // HASH: statistics-only events, hourly buckets (approximate)
-	sufHistory = "h" // LIST: history entries, newest first
-	sufOutbox  = "o" // LIST: account events not yet published
-	sufLegacy  = "x" // ZSET of aupd v1 (statistics per event): removed on migration
+	sufState   = "s"  // HASH: status, type, company, suspensions, AUP state
+	sufWindow  = "w"  // ZSET: counting events of the rolling window
+	sufStats   = "t"  // HASH: statistics-only events, hourly buckets (approximate)
+	sufHistory = "h"  // LIST: history entries, newest first
+	sufOutbox  = "o"  // LIST: account events not yet published
+	sufLegacy  = "x"  // ZSET of aupd v1 (statistics per event): removed on migration
+	sufSenders = "f"  // HASH: senders of counted messages, "<ip>\t<login>" = "<count>:<first>:<last>" (senders.go)
+	sufLogins  = "li" // LIST: recent logins from Dovecot's reports (logins.go)
 )
 
 // scriptNow is the clock argument of a script: the pinned clock, or 0 for

@@ -32,6 +32,7 @@ import (
 
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/internal/ratelog"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -49,6 +50,33 @@ type Failures interface {
 	Failure(ctx context.Context, account, pwhash, detail string) (lockout.Outcome, error)
 	Success(ctx context.Context, account string) error
 }
+
+// Logins keeps a short record of the recent logins of the accounts aupd
+// governs, for the abuse desk; app's adapter over store.RecordLogin
+// implements it.
+type Logins interface {
+	// RecordLogin records one login and reports whether it did. A login
+	// whose password was verified (LoginOK, LoginRefused) of an account
+	// aupd governs may start an account's record; a failed one is only
+	// added to an account that has a record already, so that guesses at
+	// names that are not mailboxes fill nothing.
+	RecordLogin(ctx context.Context, account string, l Login) (bool, error)
+}
+
+// Login is one authentication Dovecot reported.
+type Login struct {
+	Time     time.Time
+	Result   string // LoginOK, LoginFailed or LoginRefused
+	Protocol string // Dovecot's service: imap, pop3, submission, ...
+	Remote   string // the client's address
+}
+
+// The results of a Login (store.LoginOK and the others).
+const (
+	LoginOK      = "ok"
+	LoginFailed  = "failed"
+	LoginRefused = "refused"
+)
 
 // Secret is a configuration value that never prints.
 type Secret = secret.Secret
@@ -69,15 +97,24 @@ type Config struct {
 	LookupTimeout time.Duration `yaml:"lookup_timeout"`
 	// MaxBodyBytes bounds a request body.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// RecentLogins is how many entries of a governed account's recent
+	// logins (one per result, protocol and client address) are kept for
+	// the abuse desk, from the reports; 0 keeps none.
+	RecentLogins int `yaml:"recent_logins"`
+	// RecentLoginsRetention is how long an entry stays after its last
+	// login.
+	RecentLoginsRetention time.Duration `yaml:"recent_logins_retention"`
 }
 
 // Defaults returns the default configuration.
 func Defaults() Config {
 	return Config{
-		Listen:        "127.0.0.1:10041",
-		APIHeader:     "X-API-Key",
-		LookupTimeout: 2 * time.Second,
-		MaxBodyBytes:  64 << 10,
+		Listen:                "127.0.0.1:10041",
+		APIHeader:             "X-API-Key",
+		LookupTimeout:         2 * time.Second,
+		MaxBodyBytes:          64 << 10,
+		RecentLogins:          20,
+		RecentLoginsRetention: 7 * 24 * time.Hour,
 	}
 }
 
@@ -95,7 +132,17 @@ func (c Config) withDefaults() Config {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = d.MaxBodyBytes
 	}
+	if c.RecentLoginsRetention == 0 {
+		c.RecentLoginsRetention = d.RecentLoginsRetention
+	}
 	return c
+}
+
+// RecentLoginLimits are the recent logins' bounds, defaults applied:
+// entries kept (0: none) and how long one stays.
+func (c Config) RecentLoginLimits() (int, time.Duration) {
+	c = c.withDefaults()
+	return c.RecentLogins, c.RecentLoginsRetention
 }
 
 // Validate reports the first invalid setting, after defaults are applied.
@@ -110,6 +157,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("dovecot policy: api_header %q is not a header name", c.APIHeader)
 	case strings.ContainsAny(string(c.APIKey), "\r\n"):
 		return errors.New("dovecot policy: api_key must be one line")
+	case c.RecentLogins < 0 || c.RecentLogins > 100:
+		return fmt.Errorf("dovecot policy: recent_logins must be 0 to 100, got %d", c.RecentLogins)
+	case c.RecentLoginsRetention < time.Hour:
+		return fmt.Errorf("dovecot policy: recent_logins_retention must be at least 1h, got %s", c.RecentLoginsRetention)
 	case c.APIKey == "" && !loopbackListen(c.Listen):
 		return fmt.Errorf("dovecot policy: api_key is required when listen (%s) is not a loopback address", c.Listen)
 	}
@@ -135,6 +186,8 @@ type Options struct {
 	Logger     *slog.Logger          // nil: discard
 	Registerer prometheus.Registerer // nil: no metrics
 	Now        func() time.Time      // nil: time.Now
+	// Logins records the logins of the reports; nil: none are.
+	Logins Logins
 }
 
 // Handler serves Dovecot's auth policy requests. It is safe for concurrent
@@ -143,7 +196,9 @@ type Handler struct {
 	cfg      Config
 	accounts Accounts
 	failures Failures
+	logins   Logins
 	log      *slog.Logger
+	warn     *ratelog.Limiter
 	now      func() time.Time
 	metrics  *metrics
 }
@@ -184,8 +239,9 @@ func New(cfg Config, accounts Accounts, failures Failures, opts Options) (*Handl
 	if err != nil {
 		return nil, fmt.Errorf("dovecot policy: %w", err)
 	}
-	return &Handler{cfg: cfg, accounts: accounts, failures: failures,
-		log: log.With("component", "policy.dovecot"), now: now, metrics: m}, nil
+	log = log.With("component", "policy.dovecot")
+	return &Handler{cfg: cfg, accounts: accounts, failures: failures, logins: opts.Logins,
+		log: log, warn: ratelog.New(log, 10*time.Second), now: now, metrics: m}, nil
 }
 
 // Request is the JSON body Dovecot sends, built from
@@ -358,43 +414,85 @@ func (h *Handler) Allow(ctx context.Context, req Request) (Response, string, err
 
 // Report handles command=report: the outcome of an authentication. A
 // failure the policy did not cause counts toward the lockout; a success
-// resets the count.
+// resets the count. Then the login goes to the account's recent logins
+// (Options.Logins), which changes nothing of the answer: a failure to
+// record it is logged and counted, never returned.
 func (h *Handler) Report(ctx context.Context, req Request) (Response, string, error) {
-	if h.failures == nil || req.Success == nil {
+	acct, ok := req.account()
+	if req.Success == nil || !ok {
 		return Response{}, ResultReportIgnored, nil
 	}
-	acct, ok := req.account()
-	if !ok || (req.PolicyReject != nil && *req.PolicyReject) {
-		return Response{}, ResultReportIgnored, nil
+	result, err := h.count(ctx, req, acct)
+	if err != nil {
+		return Response{}, "", err
+	}
+	h.record(ctx, req, acct)
+	return Response{}, result, nil
+}
+
+// recordTimeout bounds the recording of one login, within the request's
+// own bound.
+const recordTimeout = 500 * time.Millisecond
+
+// record adds the login of a report to the account's recent logins.
+func (h *Handler) record(ctx context.Context, req Request, acct string) {
+	if h.logins == nil || h.cfg.RecentLogins == 0 {
+		return
+	}
+	l := Login{Time: h.now(), Result: LoginFailed, Protocol: req.Protocol, Remote: req.Remote}
+	switch {
+	case req.PolicyReject != nil && *req.PolicyReject:
+		l.Result = LoginRefused // the password was right (check_after_auth), the policy said no
+	case *req.Success:
+		l.Result = LoginOK
+	}
+	ctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	defer cancel()
+	ok, err := h.logins.RecordLogin(ctx, acct, l)
+	switch {
+	case err != nil:
+		h.metrics.logins.WithLabelValues(loginError).Inc()
+		h.warn.Warn("record login; the answer is unchanged", "err", err)
+	case ok:
+		h.metrics.logins.WithLabelValues(loginRecorded).Inc()
+	default:
+		h.metrics.logins.WithLabelValues(loginNotGoverned).Inc()
+	}
+}
+
+// count applies a report to the lockout's failure count.
+func (h *Handler) count(ctx context.Context, req Request, acct string) (string, error) {
+	if h.failures == nil || (req.PolicyReject != nil && *req.PolicyReject) {
+		return ResultReportIgnored, nil
 	}
 	if *req.Success {
 		if err := h.failures.Success(ctx, acct); err != nil {
-			return Response{}, "", err
+			return "", err
 		}
-		return Response{}, ResultReportSuccess, nil
+		return ResultReportSuccess, nil
 	}
 	// Count only accounts aupd governs, so that guessing at names that
 	// are not ours fills no keys.
 	view, governed, err := h.accounts.Lookup(ctx, acct)
 	if err != nil {
-		return Response{}, "", fmt.Errorf("look up %s: %w", acct, err)
+		return "", fmt.Errorf("look up %s: %w", acct, err)
 	}
 	if !governed {
-		return Response{}, ResultReportIgnored, nil
+		return ResultReportIgnored, nil
 	}
 	// Failures during a lockout do not count again (and do not extend it).
 	if view.EffectiveStatus(h.now()) == rules.StatusLockout {
-		return Response{}, ResultReportIgnored, nil
+		return ResultReportIgnored, nil
 	}
 	detail := strings.TrimSpace(req.Protocol + " from " + req.Remote)
 	out, err := h.failures.Failure(ctx, acct, req.PWHash, detail)
 	if err != nil {
-		return Response{}, "", err
+		return "", err
 	}
 	if out.LockedOut {
-		return Response{}, ResultLockedOut, nil
+		return ResultLockedOut, nil
 	}
-	return Response{}, ResultReportFailure, nil
+	return ResultReportFailure, nil
 }
 
 // optBool renders an optional boolean for logs.

@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -89,6 +90,12 @@ func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unloc
 
 func newEnv(t testing.TB, cfg Config, lcfg lockout.Config) *env {
 	t.Helper()
+	return newEnvWith(t, cfg, lcfg, nil)
+}
+
+// newEnvWith is newEnv with the logins of the reports recorded by logins.
+func newEnvWith(t testing.TB, cfg Config, lcfg lockout.Config, logins Logins) *env {
+	t.Helper()
 	rdb, prefix := testRedis(t)
 	store := newFakeStore()
 	clk := &clock{t: t0}
@@ -100,7 +107,7 @@ func newEnv(t testing.TB, cfg Config, lcfg lockout.Config) *env {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	h, err := New(cfg, store, ctr, Options{Now: clk.now, Registerer: reg})
+	h, err := New(cfg, store, ctr, Options{Now: clk.now, Registerer: reg, Logins: logins})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,5 +397,95 @@ func TestFailuresDuringLockoutDoNotCount(t *testing.T) {
 	}
 	if len(e.store.lockouts) != 1 {
 		t.Errorf("lockouts %v; want wasout locked out again", e.store.lockouts)
+	}
+}
+
+// storeLogins is the app's adapter (dovecot.Logins over store.RecordLogin)
+// with the fake store's rule of governance: the domain example.test.
+type storeLogins struct{ s *store.Store }
+
+func (l storeLogins) RecordLogin(ctx context.Context, account string, in Login) (bool, error) {
+	r := store.LoginReport{Time: in.Time, Result: in.Result, Protocol: in.Protocol, IP: in.Remote}
+	return l.s.RecordLogin(ctx, account, r, strings.HasSuffix(account, "@example.test"), store.LoginLimits{Keep: 20, Retention: 7 * 24 * time.Hour})
+}
+
+// TestReportRecordsLogins: reports go to the accounts' recent logins: a
+// verified login of a governed account starts the record, failures are
+// added to it, and nothing is recorded for names that are not governed or
+// have no record. The answers are the same with and without recording,
+// and whatever was recorded.
+func TestReportRecordsLogins(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	st := store.New(rdb, prefix)
+	withLogins := newEnvWith(t, Config{RecentLogins: 20}, lockout.Config{Threshold: 100}, storeLogins{st})
+	without := newEnv(t, Config{}, lockout.Config{Threshold: 100})
+	ctx := context.Background()
+	reports := []map[string]any{
+		reportReq("active@example.test", "imap", "", true, false),
+		reportReq("active@example.test", "imap", "h1", false, false),
+		reportReq("active@example.test", "pop3", "h2", false, false),
+		reportReq("locked@example.test", "imap", "", false, true),    // right password, refused by the policy
+		reportReq("guess@example.test", "imap", "h3", false, false),  // a guessed name: no record
+		reportReq("someone@elsewhere.test", "imap", "", true, false), // not governed
+	}
+	for _, body := range reports {
+		c1, _, a1 := withLogins.post(t, "report", body)
+		c2, _, a2 := without.post(t, "report", body)
+		if c1 != http.StatusOK || c1 != c2 || a1 != a2 {
+			t.Fatalf("%v: answered %d %q with recording, %d %q without", body, c1, a1, c2, a2)
+		}
+	}
+	got, err := st.Logins(ctx, "active@example.test", t0.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].Result != store.LoginFailed || got[0].Protocol != "pop3" || got[0].IP != "192.0.2.9" ||
+		got[2].Result != store.LoginOK || got[2].Protocol != "imap" {
+		t.Fatalf("active's recent logins %+v", got)
+	}
+	// A verified but refused login of a governed account starts one.
+	if got, _ := st.Logins(ctx, "locked@example.test", t0.Add(-time.Hour)); len(got) != 1 || got[0].Result != store.LoginRefused {
+		t.Fatalf("refused login recorded as %+v", got)
+	}
+	for _, acct := range []string{"guess@example.test", "someone@elsewhere.test"} {
+		if n := rdb.Exists(ctx, store.AccountKey(prefix, acct, "li")).Val(); n != 0 {
+			t.Errorf("%s: a record of recent logins was created", acct)
+		}
+	}
+	if got := counter(t, withLogins.reg, "aupd_dovecot_logins_recorded_total", "recorded"); got != 4 {
+		t.Errorf("recorded %v, want 4", got)
+	}
+	if got := counter(t, withLogins.reg, "aupd_dovecot_logins_recorded_total", "not_recorded"); got != 2 {
+		t.Errorf("not recorded %v, want 2", got)
+	}
+}
+
+// TestReportRecordingFailureKeepsAnswers: when Redis does not take the
+// record, every report is answered exactly as without recording, the
+// lockout still counts, and the failure is counted.
+func TestReportRecordingFailureKeepsAnswers(t *testing.T) {
+	dead := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), MaxRetries: -1})
+	t.Cleanup(func() { dead.Close() })
+	e := newEnvWith(t, Config{RecentLogins: 20}, lockout.Config{Threshold: 2, Window: time.Hour, Duration: time.Hour}, storeLogins{store.New(dead, "x")})
+	ref := newEnv(t, Config{}, lockout.Config{Threshold: 2, Window: time.Hour, Duration: time.Hour})
+	for _, body := range []map[string]any{
+		reportReq("active@example.test", "imap", "", true, false),
+		reportReq("active@example.test", "imap", "h1", false, false),
+		reportReq("active@example.test", "imap", "h2", false, false), // locks out
+	} {
+		c1, _, a1 := e.post(t, "report", body)
+		c2, _, a2 := ref.post(t, "report", body)
+		if c1 != http.StatusOK || c1 != c2 || a1 != a2 {
+			t.Fatalf("%v: answered %d %q while recording failed, %d %q without recording", body, c1, a1, c2, a2)
+		}
+	}
+	if len(e.store.lockouts) != 1 {
+		t.Fatalf("lockouts %v: the failed recording stopped the count", e.store.lockouts)
+	}
+	if got := counter(t, e.reg, "aupd_dovecot_logins_recorded_total", "error"); got != 3 {
+		t.Errorf("errors %v, want 3", got)
+	}
+	if got := counter(t, e.reg, "aupd_policy_requests_total", "dovecot", ResultLockedOut); got != 1 {
+		t.Errorf("locked_out %v", got)
 	}
 }

@@ -12,7 +12,15 @@ const serverName = "dovecot"
 type metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	logins   *prometheus.CounterVec
 }
+
+// The result label values of aupd_dovecot_logins_recorded_total.
+const (
+	loginRecorded    = "recorded"
+	loginNotGoverned = "not_recorded" // no record to add a failed login to, or not governed
+	loginError       = "error"
+)
 
 // newMetrics registers the policy metrics on reg. The request counter and
 // the latency histogram are shared with the Postfix policy server (label
@@ -28,11 +36,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to answer one policy request, by server.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"server"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aupd_dovecot_logins_recorded_total",
+			Help: "Logins from Dovecot's reports offered to the accounts' recent logins, by result: recorded, not_recorded (no record to add to), error (Redis; the answer is unchanged).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{loginRecorded, loginNotGoverned, loginError} {
+		m.logins.WithLabelValues(r)
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var err error
+	if m.logins, err = register(reg, m.logins); err != nil {
+		return nil, err
+	}
 	if m.requests, err = register(reg, m.requests); err != nil {
 		return nil, err
 	}
