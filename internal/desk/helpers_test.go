@@ -499,24 +499,6 @@ func (w *world) linksAsked(n int) {
 	}, "the desk did not handle %d sign-in link asks", n)
 }
 
-// mailText is the decoded text of a plain-text mail.
-func mailText(t *testing.T, raw []byte) (*mail.Message, string) {
-	t.Helper()
-	msg, err := mail.ReadMessage(bytes.NewReader(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r io.Reader = msg.Body
-	if strings.EqualFold(msg.Header.Get("Content-Transfer-Encoding"), "quoted-printable") {
-		r = quotedprintable.NewReader(r)
-	}
-	b, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return msg, strings.ReplaceAll(string(b), "\r\n", "\n")
-}
-
 var signInLinkPattern = regexp.MustCompile(regexp.QuoteMeta(publicURL) + `/sign-in/link/[A-Za-z0-9_.-]+`)
 
 // signInMails returns the sign-in link mails the SMTP server received for
@@ -527,7 +509,7 @@ func signInMails(t *testing.T, srv *testutil.SMTPServer, to string) (texts, path
 		if len(m.To) != 1 || m.To[0] != to {
 			continue
 		}
-		msg, text := mailText(t, m.Data)
+		msg, text := testutil.MailText(t, m.Data)
 		if msg.Header.Get("X-Aupd-Notice") != "aup-desk-sign-in" {
 			continue
 		}

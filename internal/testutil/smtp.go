@@ -3,7 +3,10 @@ package testutil
 import (
 	"bytes"
 	"io"
+	"mime/quotedprintable"
 	"net"
+	"net/mail"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -82,3 +85,21 @@ func (ss *smtpSession) Data(r io.Reader) error {
 }
 func (ss *smtpSession) Reset()        { ss.m = Mail{} }
 func (ss *smtpSession) Logout() error { return nil }
+
+// mailText is the decoded text of a plain-text mail.
+func MailText(t testing.TB, raw []byte) (*mail.Message, string) {
+	t.Helper()
+	msg, err := mail.ReadMessage(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r io.Reader = msg.Body
+	if strings.EqualFold(msg.Header.Get("Content-Transfer-Encoding"), "quoted-printable") {
+		r = quotedprintable.NewReader(r)
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg, strings.ReplaceAll(string(b), "\r\n", "\n")
+}
