@@ -171,14 +171,14 @@ func (a *authenticator) authenticate(r *http.Request) (*principal, *apiError) {
 	}
 	lim := a.limit.Load()
 	if lim != nil {
-		if e := lim.blocked(r.Context(), r); e != nil {
+		if e := blocked(r.Context(), lim, r); e != nil {
 			return nil, e
 		}
 	}
 	found, ok := a.find(tok)
 	if !ok {
 		if lim != nil {
-			lim.fail(r.Context(), r)
+			lim.Fail(r.Context(), r)
 		}
 		return nil, errf(http.StatusUnauthorized, "invalid_token", "the bearer token is not valid")
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/aupd/aupd/consumers"
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/authlimit"
 	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
@@ -358,7 +359,9 @@ func (a *App) addPolicyServers(g *run.Group, ctx context.Context, cfg *config.Co
 		if err != nil {
 			return err
 		}
-		dopts := dovecot.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now}
+		dopts := dovecot.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now,
+			// Dovecot connects itself: its peer address is the client's.
+			Limit: &authlimit.Limit{Redis: a.rdb, Prefix: cfg.Redis.Prefix, Max: cfg.HTTP.AuthFailures, Window: cfg.HTTP.AuthFailureWindow}}
 		if keep, ret := dc.RecentLoginLimits(); keep > 0 {
 			dopts.Logins = logins{store: accts.store, dir: accts.dir, lim: store.LoginLimits{Keep: keep, Retention: ret}}
 		}

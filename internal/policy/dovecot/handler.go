@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/aupd/aupd/internal/authlimit"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/ratelog"
@@ -188,6 +190,9 @@ type Options struct {
 	Now        func() time.Time      // nil: time.Now
 	// Logins records the logins of the reports; nil: none are.
 	Logins Logins
+	// Limit limits wrong API keys per client address, counted with the
+	// other doors' failures (authlimit); nil: no limit.
+	Limit *authlimit.Limit
 }
 
 // Handler serves Dovecot's auth policy requests. It is safe for concurrent
@@ -197,6 +202,7 @@ type Handler struct {
 	accounts Accounts
 	failures Failures
 	logins   Logins
+	limit    *authlimit.Limit
 	log      *slog.Logger
 	warn     *ratelog.Limiter
 	now      func() time.Time
@@ -214,6 +220,7 @@ const (
 	ResultLockedOut     = "locked_out" // this report locked the account out
 	ResultError         = "error"
 	ResultUnauthorized  = "unauthorized"
+	ResultLimited       = "limited" // too many wrong API keys from the client
 	ResultBadRequest    = "bad_request"
 )
 
@@ -240,7 +247,7 @@ func New(cfg Config, accounts Accounts, failures Failures, opts Options) (*Handl
 		return nil, fmt.Errorf("dovecot policy: %w", err)
 	}
 	log = log.With("component", "policy.dovecot")
-	return &Handler{cfg: cfg, accounts: accounts, failures: failures, logins: opts.Logins,
+	return &Handler{cfg: cfg, accounts: accounts, failures: failures, logins: opts.Logins, limit: opts.Limit,
 		log: log, warn: ratelog.New(log, 10*time.Second), now: now, metrics: m}, nil
 }
 
@@ -304,8 +311,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) string {
 	if h.cfg.APIKey != "" {
+		// A client over the limit learns nothing of its guess, right or
+		// wrong. Dovecot never sends a wrong key: only a client guessing
+		// (or one sharing Dovecot's address with one) is held back.
+		if h.limit != nil {
+			if retry, blocked := h.limit.Blocked(r.Context(), r); blocked {
+				w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds()+0.999)))
+				httpError(w, http.StatusTooManyRequests, "too many wrong API keys from this address; try again later")
+				return ResultLimited
+			}
+		}
 		got := r.Header.Get(h.cfg.APIHeader)
 		if subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(h.cfg.APIKey)) != 1 {
+			if h.limit != nil {
+				h.limit.Fail(r.Context(), r)
+			}
 			httpError(w, http.StatusUnauthorized, "missing or wrong API key")
 			return ResultUnauthorized
 		}

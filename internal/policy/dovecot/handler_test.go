@@ -12,14 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aupd/aupd/internal/testutil"
-
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aupd/aupd/internal/authlimit"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -487,5 +487,42 @@ func TestReportRecordingFailureKeepsAnswers(t *testing.T) {
 	}
 	if got := counter(t, e.reg, "aupd_policy_requests_total", "dovecot", ResultLockedOut); got != 1 {
 		t.Errorf("locked_out %v", got)
+	}
+}
+
+// TestAPIKeyGuessesLimited: wrong API keys count per client address, in
+// the counters the API's tokens use; past the limit the client gets 429
+// whatever it sends, the right key too, while another client goes on.
+func TestAPIKeyGuessesLimited(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	lim := &authlimit.Limit{Redis: rdb, Prefix: prefix, Max: 3, Window: time.Minute}
+	reg := prometheus.NewRegistry()
+	h, err := New(Config{APIKey: "s3cret"}, newFakeStore(), nil, Options{Registerer: reg, Limit: lim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := func(remote, key string) *httptest.ResponseRecorder {
+		b, _ := json.Marshal(allowReq("a@example.test", "imap", ""))
+		r := httptest.NewRequest(http.MethodPost, "/?command=allow", strings.NewReader(string(b)))
+		r.RemoteAddr = remote + ":40000"
+		r.Header.Set("X-API-Key", key)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	for i := range 3 {
+		if w := post("198.51.100.5", fmt.Sprintf("guess-%d", i)); w.Code != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d", i, w.Code)
+		}
+	}
+	w := post("198.51.100.5", "s3cret")
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("the right key past the limit: %d %q, want 429 with Retry-After", w.Code, w.Header().Get("Retry-After"))
+	}
+	if w := post("198.51.100.6", "s3cret"); w.Code != http.StatusOK {
+		t.Fatalf("another client: %d", w.Code)
+	}
+	if got := counter(t, reg, "aupd_policy_requests_total", "dovecot", ResultLimited); got != 1 {
+		t.Errorf("limited metric %v", got)
 	}
 }
