@@ -18,6 +18,10 @@ type FailureLimit = authlimit.Limit
 // SetFailureLimit limits failed authentications; nil: no limit.
 func (t *Tokens) SetFailureLimit(l *FailureLimit) { t.a.limit.Store(l) }
 
+// FailureLimit returns the limit SetFailureLimit set, for the other doors
+// to count with; nil: none.
+func (t *Tokens) FailureLimit() *FailureLimit { return t.a.limit.Load() }
+
 // blocked answers 429 when the client is over the limit.
 func blocked(ctx context.Context, l *FailureLimit, r *http.Request) *apiError {
 	retry, ok := l.Blocked(ctx, r)

@@ -21,7 +21,7 @@ func (a *App) mountDesk(mux *http.ServeMux, cfg *config.Config, pub store.Publis
 		Config: cfg.Desk, Store: a.store, Companies: a.dir, Publisher: pub, Notices: ntf.Store(),
 		Trends: a.store, Tokens: a.tokens, Redis: a.rdb, Prefix: cfg.Redis.Prefix, Threshold: a.threshold,
 		Window: cfg.AUP.Window, CapOf: a.capOf, Logger: a.log, Metrics: a.reg, Now: a.opts.Now,
-		Clients: a.clients, Mailer: ntf,
+		Clients: a.clients, Mailer: ntf, Limit: a.tokens.FailureLimit(),
 	})
 	if err != nil {
 		return err

@@ -52,6 +52,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/authlimit"
 	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/store"
@@ -107,6 +108,11 @@ type Options struct {
 	// Clients finds a client's address for the sign-in limit
 	// (http.trusted_proxies); nil: the peer's, X-Forwarded-For ignored.
 	Clients *clientaddr.Resolver
+	// Limit counts a forged or mangled link (a signature that does not
+	// hold) as a failed authentication of its client, with the API's
+	// wrong tokens, and refuses links to a client over the limit (429);
+	// nil: no limit.
+	Limit *authlimit.Limit
 	// Mailer sends the sign-in links (the notifier); nil, or a config
 	// without public_url and link_key: no sign-in by mail.
 	Mailer Mailer

@@ -831,3 +831,39 @@ func TestNoticeNotSentToItsMailbox(t *testing.T) {
 	has(t, b.get("/desk/"), "Notices that failed <span class=\"count\">1</span>", `<span class="muted">not sent</span>`, "fallback contact is this mailbox")
 	has(t, b.get("/desk/accounts/"+acct), "state-failed", "notice not sent: the provider&#39;s fallback contact is this mailbox")
 }
+
+// TestForgedLinksLimited: a link whose signature does not hold counts as a
+// failed authentication of its client, with the API's wrong tokens; past
+// http.auth_failures the client gets 429 even for a real link.
+func TestForgedLinksLimited(t *testing.T) {
+	w := newWorld(t, func(c *config.Config) { c.HTTP.AuthFailures = 3 })
+	acct := "olga@example.com"
+	sus := w.overThreshold(acct, 4, plain, plainRaw)
+	_, link := w.notice(acct, sus)
+	b := w.browser()
+	forged := link[:len(link)-4] + "AAAA"
+	if forged == link {
+		forged = link[:len(link)-4] + "BBBB"
+	}
+	if p := b.get(forged); p.code != 404 {
+		t.Fatalf("a forged link: %d", p.code)
+	}
+	if p := b.get("/desk/sign-in/link/not.a.link"); p.code != 404 {
+		t.Fatalf("a forged sign-in link: %d", p.code)
+	}
+	// The third failure is a wrong API token.
+	req, _ := http.NewRequest("GET", w.base+"/api/v1/accounts/"+acct, nil)
+	req.Header.Set("Authorization", "Bearer wrong-token-0123456789")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("wrong token: %d", resp.StatusCode)
+	}
+	p := b.get(link)
+	if p.code != 429 || p.hdr.Get("Retry-After") == "" {
+		t.Fatalf("the real link after 3 failures: %d (Retry-After %q), want 429", p.code, p.hdr.Get("Retry-After"))
+	}
+}

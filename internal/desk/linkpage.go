@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
@@ -35,7 +36,11 @@ func (d *Desk) usedKey(lk *Link) string {
 
 // link checks the link of the path and answers for a bad one.
 func (d *Desk) link(w http.ResponseWriter, r *http.Request) (*Link, bool) {
+	if d.linkLimited(w, r) {
+		return nil, false
+	}
 	lk, err := d.links.Parse(r.PathValue("token"), d.now())
+	d.linkFailed(r, err)
 	switch {
 	case errors.Is(err, ErrLinkExpired):
 		d.fail(w, r, nil, http.StatusGone, "Link expired",
@@ -46,6 +51,28 @@ func (d *Desk) link(w http.ResponseWriter, r *http.Request) (*Link, bool) {
 		return nil, false
 	}
 	return lk, true
+}
+
+// linkLimited answers 429 to a client over the limit of failed
+// authentications: a link's signature is a secret it may not guess at.
+func (d *Desk) linkLimited(w http.ResponseWriter, r *http.Request) bool {
+	if d.opts.Limit == nil {
+		return false
+	}
+	retry, blocked := d.opts.Limit.Blocked(r.Context(), r)
+	if blocked {
+		w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds()+0.999)))
+		d.fail(w, r, nil, http.StatusTooManyRequests, "Too many attempts", "Too many invalid links or tokens from your address. Wait a few minutes and try again.")
+	}
+	return blocked
+}
+
+// linkFailed counts a link whose signature does not hold (not one that
+// expired or was used: those were real).
+func (d *Desk) linkFailed(r *http.Request, err error) {
+	if d.opts.Limit != nil && errors.Is(err, ErrLinkInvalid) {
+		d.opts.Limit.Fail(r.Context(), r)
+	}
 }
 
 // linkScope is the company a link acts for: the account's company, or a

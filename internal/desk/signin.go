@@ -151,7 +151,11 @@ func (d *Desk) signInUsedKey(lk *SignInLink) string {
 // company.
 func (d *Desk) signInLink(w http.ResponseWriter, r *http.Request) (*SignInLink, string, bool) {
 	again := " Ask for a new link on the sign-in page."
+	if d.linkLimited(w, r) {
+		return nil, "", false
+	}
 	lk, err := d.links.ParseSignIn(r.PathValue("token"), d.now())
+	d.linkFailed(r, err)
 	switch {
 	case errors.Is(err, ErrLinkExpired):
 		d.fail(w, r, nil, http.StatusGone, "Link expired", "This sign-in link expired at "+lk.Expires.Format("2006-01-02 15:04 UTC")+"."+again)
