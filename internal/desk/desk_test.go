@@ -215,7 +215,7 @@ func TestPagesAndActions(t *testing.T) {
 		t.Errorf("exact search: %d %q", p.code, p.location())
 	}
 	p = b.get("/desk/search?q=dave")
-	has(t, p, `href="/desk/accounts/`+acct+`"`)
+	has(t, p, `href="/desk/accounts/`+acct+`"`, `<span class="status status-suspended">sending suspended</span>`)
 	p = b.get("/desk/search?q=nobody-here")
 	has(t, p, "No account matches")
 

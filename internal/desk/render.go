@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -31,6 +32,7 @@ func templateFuncs() template.FuncMap {
 		"describe":  describeService,
 		"reason":    reasonText,
 		"susReason": suspensionReason,
+		"badges":    func(a *store.Account) []statusBadge { return badges(a.Status, a.Suspensions) },
 	}
 }
 
