@@ -223,7 +223,7 @@ func validMessageIDDomain(d string) bool {
 		return false
 	}
 	for _, c := range []byte(d) {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '-' && c != '.' {
 			return false
 		}
 	}

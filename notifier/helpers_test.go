@@ -504,7 +504,7 @@ func parseNotice(raw []byte) (*parsedNotice, error) {
 	mr := multipart.NewReader(m.Body, params["boundary"])
 	for i := 0; ; i++ {
 		part, err := mr.NextRawPart()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

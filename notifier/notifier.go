@@ -52,7 +52,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	mrand "math/rand/v2"
 	"os"
@@ -195,7 +194,7 @@ const (
 	resultRetry  = "retry"
 )
 
-// New checks cfg and returns a Notifier. cfg should have had Defaults
+// New checks cfg and returns a Notifier. Cfg should have had Defaults
 // applied and Validate called; New validates again.
 func New(cfg Config, opts Options) (*Notifier, error) {
 	if err := cfg.Validate(); err != nil {
@@ -226,7 +225,7 @@ func New(cfg Config, opts Options) (*Notifier, error) {
 		samples: opts.Samples, dir: opts.Directory, log: opts.Logger, now: opts.Now, owner: opts.Owner, m: m, links: opts.Links, repl: opts.Replicated,
 	}
 	if n.log == nil {
-		n.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+		n.log = slog.New(slog.DiscardHandler)
 	}
 	n.log = n.log.With("component", "notifier")
 	n.warn = ratelog.New(n.log, warnEvery)

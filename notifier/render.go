@@ -375,7 +375,7 @@ func (r *renderer) render(n notice) (*rendered, error) {
 
 	var subj bytes.Buffer
 	if err := r.tpl.subject.Execute(&subj, data); err != nil {
-		return nil, fmt.Errorf("%w: subject template: %v", errRender, err)
+		return nil, fmt.Errorf("%w: subject template: %w", errRender, err)
 	}
 	subject := cleanLine(subj.String(), maxSubject)
 	if tag := r.cfg.SubjectTag; tag != "" {
@@ -383,7 +383,7 @@ func (r *renderer) render(n notice) (*rendered, error) {
 	}
 	var body bytes.Buffer
 	if err := r.tpl.body.Execute(&body, data); err != nil {
-		return nil, fmt.Errorf("%w: body template: %v", errRender, err)
+		return nil, fmt.Errorf("%w: body template: %w", errRender, err)
 	}
 	bodyText := cleanText(body.String(), maxBody)
 
@@ -413,11 +413,11 @@ func (r *renderer) render(n notice) (*rendered, error) {
 	m.SetBodyString(gomail.TypeTextPlain, bodyText)
 	if err := m.AttachReader(EvidenceName, bytes.NewReader(evidence),
 		gomail.WithFileContentType("text/plain; charset=utf-8")); err != nil {
-		return nil, fmt.Errorf("%w: attach evidence: %v", errRender, err)
+		return nil, fmt.Errorf("%w: attach evidence: %w", errRender, err)
 	}
 	var out bytes.Buffer
 	if _, err := m.WriteTo(&out); err != nil {
-		return nil, fmt.Errorf("%w: write message: %v", errRender, err)
+		return nil, fmt.Errorf("%w: write message: %w", errRender, err)
 	}
 	out2 := &rendered{
 		reason:    why,

@@ -147,17 +147,17 @@ func (a *App) run(ctx context.Context) error {
 	}
 
 	var g run.Group
-	addShutdown(&g, ctx, a.log)
-	a.addPipeline(&g, ctx, p)
-	addContext(&g, ctx, ntf.Run)
+	addShutdown(ctx, &g, a.log)
+	a.addPipeline(ctx, &g, p)
+	addContext(ctx, &g, ntf.Run)
 	info := Info{HTTPAddr: early.addr(), NATSURL: url}
-	if err := a.addPolicyServers(&g, ctx, cfg, accounts{store: a.store, dir: a.dir, pub: p.pub}, &info); err != nil {
+	if err := a.addPolicyServers(ctx, &g, cfg, accounts{store: a.store, dir: a.dir, pub: p.pub}, &info); err != nil {
 		return err
 	}
 	early.handOver(&g)
-	addContext(&g, ctx, runner.Run)
+	addContext(ctx, &g, runner.Run)
 	if a.desk != nil {
-		addContext(&g, ctx, a.desk.Run) // sign-in link mail and session sweeps
+		addContext(ctx, &g, a.desk.Run) // sign-in link mail and session sweeps
 	}
 	a.addReload(&g)
 

@@ -112,7 +112,7 @@ func TestLastDeliveryIsDeadLettered(t *testing.T) {
 	// Writable again, a fresh event counts: the worker kept running.
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
-	if err := rdb.SlaveOf(context.Background(), "NO", "ONE").Err(); err != nil {
+	if err := rdb.ReplicaOf(context.Background(), "NO", "ONE").Err(); err != nil {
 		t.Fatal(err)
 	}
 	h.publish("aup.verdict.outbound", verdict("ok", "outbound", "erin@example.com", "spam", time.Now()), "")

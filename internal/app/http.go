@@ -8,10 +8,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/sessionlock"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // controlRoute is one of the listener's own endpoints and what it needs
@@ -43,7 +44,7 @@ func (a *App) controlRoutes(metrics http.Handler) []controlRoute {
 
 // ListenerRoutes is every route of the HTTP listener and the permission
 // it needs: the control endpoints, the admin API, the session locks and
-// the abuse desk (when enabled). docs/api.md's permission table is made
+// the abuse desk (when enabled). Docs/api.md's permission table is made
 // from it (TestPermissionTableDoc).
 func ListenerRoutes() []api.Route {
 	var out []api.Route

@@ -37,11 +37,11 @@ func startEmbedded(cfg *config.Config) (*server.Server, *server.Options, error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("nats.embedded.listen: port %q", portStr)
 	}
-	if probe, err := net.Listen("tcp", cfg.NATS.Embedded.Listen); err != nil {
+	probe, err := net.Listen("tcp", cfg.NATS.Embedded.Listen)
+	if err != nil {
 		return nil, nil, fmt.Errorf("embedded nats cannot listen on %s: %w (set nats.embedded.listen / %s to a free address, or nats.url / %s to use a running server)", cfg.NATS.Embedded.Listen, err, config.EnvNATSEmbeddedListen, config.EnvNATSURL)
-	} else {
-		probe.Close()
 	}
+	probe.Close()
 	dir := cfg.NATS.Embedded.StoreDir
 	if dir == "" {
 		dir = filepath.Join(cfg.DataDir, "nats")

@@ -83,7 +83,7 @@ func ensureRedis(ctx context.Context, cfg *config.Config, rdb redis.UniversalCli
 	}
 	bin, lookErr := exec.LookPath("redis-server")
 	if lookErr != nil {
-		return nil, fmt.Errorf("redis at %s does not answer (%v) and redis-server is not installed: install it (apt-get install redis-server) or set redis.addrs / %s to a running Redis", addr, err, config.EnvRedisAddrs)
+		return nil, fmt.Errorf("redis at %s does not answer (%w) and redis-server is not installed: install it (apt-get install redis-server) or set redis.addrs / %s to a running Redis", addr, err, config.EnvRedisAddrs)
 	}
 	dir, absErr := filepath.Abs(filepath.Join(cfg.DataDir, "redis"))
 	if absErr != nil {
@@ -120,8 +120,8 @@ func (l *localRedis) stop() {
 		return
 	}
 	_ = l.cmd.Process.Signal(os.Interrupt)
-	done := make(chan error, 1)
-	go func() { done <- l.cmd.Wait() }()
+	done := make(chan struct{})
+	go func() { _ = l.cmd.Wait(); close(done) }() // how it exits does not matter
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):

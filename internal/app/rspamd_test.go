@@ -27,7 +27,7 @@ import (
 // user and then as inbound mail to a local account, and checks what aupd
 // counted.
 //
-// rspamd stops processing (task flag "skip", which metadata_exporter
+// Rspamd stops processing (task flag "skip", which metadata_exporter
 // honours) when the GTUBE pattern is in a text part, so the test message
 // carries the GTUBE string in its Subject, and the private instance scores
 // it with a multimap rule of the test's own: a real scan, a real reject.
@@ -338,13 +338,12 @@ func ensureRspamd(t *testing.T, skip func(string, ...any)) (string, string) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", "rspamd")
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
+	if err := cmd.Run(); err != nil {
 		upd := exec.CommandContext(ctx, "apt-get", "-o", "DPkg::Lock::Timeout=600", "update")
 		_ = upd.Run()
 		cmd = exec.CommandContext(ctx, "apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", "rspamd")
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err = cmd.CombinedOutput(); err != nil {
+		if out, err := cmd.CombinedOutput(); err != nil {
 			skip("cannot install rspamd (%v):\n%s", err, tail(out, 2000))
 		}
 	}

@@ -68,7 +68,9 @@ func (a *App) listenHTTP(cfg *config.Config, td *teardown) (*earlyHTTP, error) {
 	td.add(func() {
 		if !e.handed {
 			_ = e.srv.Close()
-			<-e.errc
+			if err := <-e.errc; !errors.Is(err, http.ErrServerClosed) {
+				a.log.Warn("http listener", "err", err)
+			}
 		}
 	})
 	a.waiting.Store("redis")
@@ -309,7 +311,7 @@ func (a *App) buildRoutes(cfg *config.Config, pub jsPublisher, ntf *notifier.Not
 // addShutdown is the actor that ends the group when ctx ends (SIGTERM and
 // SIGINT in cmd/aupd): shutdown does not depend on any other actor
 // watching ctx.
-func addShutdown(g *run.Group, ctx context.Context, log *slog.Logger) {
+func addShutdown(ctx context.Context, g *run.Group, log *slog.Logger) {
 	stop := make(chan struct{})
 	g.Add(func() error {
 		select {
@@ -324,15 +326,15 @@ func addShutdown(g *run.Group, ctx context.Context, log *slog.Logger) {
 // addContext runs fn as an actor on a context of its own, which the
 // group's interrupt cancels: each actor drains on its own schedule
 // rather than all at once when ctx ends.
-func addContext(g *run.Group, ctx context.Context, fn func(context.Context) error) {
+func addContext(ctx context.Context, g *run.Group, fn func(context.Context) error) {
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	g.Add(func() error { return fn(actx) }, func(error) { cancel() })
 }
 
 // addPipeline runs the verdict consumer; when it has stopped, the worker
 // writes the statistics-only events of its last second.
-func (a *App) addPipeline(g *run.Group, ctx context.Context, p *pipeline) {
-	addContext(g, ctx, func(cctx context.Context) error {
+func (a *App) addPipeline(ctx context.Context, g *run.Group, p *pipeline) {
+	addContext(ctx, g, func(cctx context.Context) error {
 		err := p.consumer.Run(cctx)
 		fctx, stop := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer stop()
@@ -344,13 +346,13 @@ func (a *App) addPipeline(g *run.Group, ctx context.Context, p *pipeline) {
 // addPolicyServers runs the Postfix policy server (and its transport map)
 // and the Dovecot auth policy server that the config turns on, and says
 // in info where they listen.
-func (a *App) addPolicyServers(g *run.Group, ctx context.Context, cfg *config.Config, accts accounts, info *Info) error {
+func (a *App) addPolicyServers(ctx context.Context, g *run.Group, cfg *config.Config, accts accounts, info *Info) error {
 	if pc := cfg.Policy.Postfix; pc.Listen != "" || pc.UnixSocket != "" {
 		serve, err := a.postfixServer(pc, accts, info)
 		if err != nil {
 			return err
 		}
-		addContext(g, ctx, serve)
+		addContext(ctx, g, serve)
 	}
 	if dc := cfg.Policy.Dovecot; dc.Listen != "" {
 		lcfg := cfg.Policy.Lockout

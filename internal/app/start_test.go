@@ -15,11 +15,11 @@ import (
 func TestShutdownActorEndsTheGroup(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	var g run.Group
-	addShutdown(&g, ctx, slog.New(slog.DiscardHandler))
+	addShutdown(ctx, &g, slog.New(slog.DiscardHandler))
 	stop := make(chan struct{})
 	g.Add(func() error { <-stop; return nil }, func(error) { close(stop) }) // watches no context
 	saw := make(chan error, 1)
-	addContext(&g, ctx, func(actx context.Context) error { <-actx.Done(); saw <- actx.Err(); return nil })
+	addContext(ctx, &g, func(actx context.Context) error { <-actx.Done(); saw <- actx.Err(); return nil })
 	var td teardown
 	var order []int
 	td.add(func() { order = append(order, 1) })

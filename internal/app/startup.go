@@ -21,16 +21,16 @@ import (
 
 // Backoff of the start-up retries.
 const (
-	startupRetryMin = 250 * time.Millisecond
-	startupRetryMax = 10 * time.Second
+	startupBackoffFirst = 250 * time.Millisecond
+	startupBackoffLast  = 10 * time.Second
 )
 
 // waitFor calls fn until it succeeds or ctx ends, with a backoff from
-// startupRetryMin doubling to startupRetryMax. It logs the first failure
+// startupBackoffFirst doubling to startupBackoffLast. It logs the first failure
 // and then at most one line per 30 s, and tells the start-up handler what
 // it waits for.
 func (a *App) waitFor(ctx context.Context, what string, fn func(context.Context) error) error {
-	d := startupRetryMin
+	d := startupBackoffFirst
 	var lastLog time.Time
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -54,7 +54,7 @@ func (a *App) waitFor(ctx context.Context, what string, fn func(context.Context)
 			return fmt.Errorf("start-up stopped while waiting for %s: %w", what, err)
 		case <-t.C:
 		}
-		d = min(2*d, startupRetryMax)
+		d = min(2*d, startupBackoffLast)
 	}
 }
 

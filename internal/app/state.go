@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -227,7 +228,7 @@ func (s *stateCollector) suspendedByReason(ctx context.Context) (map[string]int,
 	for i, a := range members {
 		cmds[i] = pipe.HGetAll(ctx, store.AccountKey(s.prefix, a, "s"))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
 	}
 	for _, c := range cmds {
@@ -271,7 +272,7 @@ func (s *stateCollector) inLockout(ctx context.Context, now time.Time) (int, err
 	for i, a := range members {
 		cmds[i] = pipe.HMGet(ctx, store.AccountKey(s.prefix, a, "s"), "status", "lockout_until")
 	}
-	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return 0, err
 	}
 	n := int(total) - len(members)

@@ -2,6 +2,7 @@ package arf_test
 
 import (
 	"encoding/base64"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -152,7 +153,8 @@ func TestReports(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			v, err := ingest.ARF([]byte(tc.report), local, now)
 			if tc.reason != "" {
-				re, ok := err.(*ingest.RefusedError)
+				re := &ingest.RefusedError{}
+				ok := errors.As(err, &re)
 				if !ok || re.Reason != tc.reason || re.Detail == "" {
 					t.Fatalf("got %v, %v; want refusal %s", v, err, tc.reason)
 				}

@@ -196,7 +196,7 @@ func poll(ctx context.Context, timeout, interval time.Duration, cond func(contex
 		select {
 		case <-ctx.Done():
 			if last != nil {
-				return fmt.Errorf("%w after %s: %v", errTimeout, timeout, last)
+				return fmt.Errorf("%w after %s: %w", errTimeout, timeout, last)
 			}
 			return fmt.Errorf("%w after %s", errTimeout, timeout)
 		case <-t.C:

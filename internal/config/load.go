@@ -226,7 +226,7 @@ func checkNumbers(n *yaml.Node, t reflect.Type, path string) []error {
 		}
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		if n.Kind == yaml.ScalarNode && !(n.Tag == "!!int" && wholeNumber.MatchString(n.Value)) {
+		if n.Kind == yaml.ScalarNode && (n.Tag != "!!int" || !wholeNumber.MatchString(n.Value)) {
 			errs = append(errs, fmt.Errorf("line %d: %s: %q is not a whole number", n.Line, path, n.Value))
 		}
 	}
@@ -250,7 +250,7 @@ func decodeFile(data []byte, cfg *Config) (*document, error) {
 }
 
 // settle applies what depends on which keys the file sets: the notice
-// transport, the Redis autostart rule and relative paths. dir is the
+// transport, the Redis autostart rule and relative paths. Dir is the
 // config file's directory ("" for none). It returns the problems found.
 func (c *Config) settle(doc *document, dir string, getenv func(string) string) []error {
 	var errs []error

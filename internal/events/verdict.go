@@ -128,7 +128,7 @@ func DirectionOfSubject(subject string) (rules.Direction, error) {
 var required = []string{"id", "time", "direction", "account", "verdict"}
 
 // ParseVerdict decodes and validates one verdict event that arrived on
-// subject, in one pass. now and skew bound how far in the future its time
+// subject, in one pass. Now and skew bound how far in the future its time
 // may be. The account is returned in lower case. Unknown fields are
 // ignored, so that publishers can add optional fields; the contract's keys
 // must be spelled exactly and appear once. The message is checked but
@@ -337,7 +337,7 @@ func validDomain(d string) bool {
 		}
 		for i := 0; i < len(label); i++ {
 			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '-' {
 				return false
 			}
 		}
@@ -367,14 +367,6 @@ var atext = func() (t [256]bool) {
 	}
 	return t
 }()
-
-func jsonDetail(err error) string {
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		return fmt.Sprintf("%s at byte %d", se.Error(), se.Offset)
-	}
-	return err.Error()
-}
 
 func clip(s string, n int) string {
 	if len(s) <= n {

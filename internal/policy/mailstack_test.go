@@ -1222,7 +1222,7 @@ func waitGreeting(t testing.TB, addr, prefix string) {
 		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 		line, err := bufio.NewReader(conn).ReadString('\n')
 		if err != nil || !strings.HasPrefix(line, prefix) {
-			last = fmt.Errorf("greeting %q, %v", line, err)
+			last = fmt.Errorf("greeting %q, %w", line, err)
 			return false
 		}
 		return true

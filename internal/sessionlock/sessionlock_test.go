@@ -218,7 +218,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// --- HTTP API ---
+// --- HTTP API ---.
 
 type apiClient struct {
 	t   *testing.T

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -46,7 +47,8 @@ func Chromium(t *testing.T) string {
 	out, err := exec.CommandContext(ctx, script).Output()
 	if err != nil {
 		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
+		ee := &exec.ExitError{}
+		if errors.As(err, &ee) {
 			stderr = string(ee.Stderr)
 		}
 		skip("no chromium (install it with apt-get install chromium): %v %s", err, stderr)

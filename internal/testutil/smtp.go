@@ -93,7 +93,7 @@ func MailText(t testing.TB, raw []byte) (*mail.Message, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r io.Reader = msg.Body
+	r := msg.Body
 	if strings.EqualFold(msg.Header.Get("Content-Transfer-Encoding"), "quoted-printable") {
 		r = quotedprintable.NewReader(r)
 	}
