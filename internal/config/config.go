@@ -378,7 +378,13 @@ func (c *Config) Validate() error {
 	if c.HTTP.AuthFailures < 1 || c.HTTP.AuthFailureWindow < time.Second {
 		bad("http.auth_failures must be at least 1 and http.auth_failure_window at least 1s")
 	}
-	for name, s := range map[string]Stream{"verdict_stream": c.NATS.Verdicts, "account_stream": c.NATS.Accounts, "dead_letter_stream": c.NATS.Dead} {
+	// Slices, not maps, here and below: the joined error reads in the
+	// same order on every run.
+	for _, ns := range []struct {
+		name string
+		s    Stream
+	}{{"verdict_stream", c.NATS.Verdicts}, {"account_stream", c.NATS.Accounts}, {"dead_letter_stream", c.NATS.Dead}} {
+		name, s := ns.name, ns.s
 		if s.Name == "" || strings.ContainsAny(s.Name, ". *>") {
 			bad("nats.%s.name: %q is not a stream name", name, s.Name)
 		}
@@ -467,12 +473,15 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.Notifier.Stream = c.NATS.Accounts.Name
-	for name, v := range map[string]interface{ Validate() error }{
-		"notifier": c.Notifier, "auth": c.Auth, "session_locks": c.Sessions, "policy.lockout": c.Policy.Lockout, "jobs": c.Jobs,
-		"desk": c.Desk,
+	for _, sec := range []struct {
+		name string
+		v    interface{ Validate() error }
+	}{
+		{"notifier", c.Notifier}, {"auth", c.Auth}, {"session_locks", c.Sessions}, {"policy.lockout", c.Policy.Lockout}, {"jobs", c.Jobs},
+		{"desk", c.Desk},
 	} {
-		if err := v.Validate(); err != nil {
-			errs = append(errs, prefixed(name, err)...)
+		if err := sec.v.Validate(); err != nil {
+			errs = append(errs, prefixed(sec.name, err)...)
 		}
 	}
 	if c.Policy.Postfix.Listen != "" || c.Policy.Postfix.UnixSocket != "" {

@@ -77,3 +77,26 @@ func TestExampleTokenHashesRefused(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestValidateOrderIsStable: the joined error of a config with many
+// problems reads the same on every run.
+func TestValidateOrderIsStable(t *testing.T) {
+	bad := func() string {
+		c := Default()
+		c.NATS.Verdicts.Name, c.NATS.Accounts.Name, c.NATS.Dead.Name = "a.b", "c d", "e*"
+		c.Jobs.Retention, c.Jobs.OutboxSweep = "nope", "never"
+		c.Redis.Password, c.Desk.LinkKey = "change-me", "secret"
+		c.Notifier.From = "not an address"
+		err := c.Validate()
+		if err == nil {
+			t.Fatal("no error")
+		}
+		return err.Error()
+	}
+	first := bad()
+	for range 20 {
+		if again := bad(); again != first {
+			t.Fatalf("the error changed between runs:\n%s\n---\n%s", first, again)
+		}
+	}
+}

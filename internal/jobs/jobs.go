@@ -57,7 +57,8 @@ func Defaults() Config {
 // Validate checks every schedule.
 func (c Config) Validate() error {
 	var errs []error
-	for name, spec := range map[string]string{"outbox_sweep": c.OutboxSweep, "retention": c.Retention, "digest.schedule": c.Digest.Schedule} {
+	for _, js := range [][2]string{{"outbox_sweep", c.OutboxSweep}, {"retention", c.Retention}, {"digest.schedule", c.Digest.Schedule}} {
+		name, spec := js[0], js[1]
 		if spec == "" {
 			continue
 		}
