@@ -458,7 +458,7 @@ func poll(ctx context.Context, timeout, interval time.Duration, cond func() bool
 	return nil
 }
 
-// ---- publishing --------------------------------------------------------
+// ---- publishing --------------------------------------------------------.
 
 // publishAll publishes the plan at the configured rate and returns once
 // JetStream acknowledged every event.
@@ -538,8 +538,9 @@ func (p *asyncPub) collect() {
 		select {
 		case <-in.f.Ok():
 			p.acked.Add(1)
-		case <-in.f.Err():
-			p.retries.Add(1)
+		case err := <-in.f.Err():
+			p.retries.Add(1) // retried below, whatever err says
+			_ = err
 			p.mu.Lock()
 			p.retry = append(p.retry, in.m)
 			p.mu.Unlock()

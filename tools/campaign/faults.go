@@ -2,7 +2,6 @@ package campaign
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -228,5 +227,3 @@ func (r *runner) outage(ctx context.Context, f *Fault) error {
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }
-
-var errStopped = errors.New("campaign stopped")

@@ -63,7 +63,6 @@ type runner struct {
 	url    string
 	prefix string // every key of the run starts with it
 	rows   []row
-	notes  []string
 	ceilA  float64
 	// ceil[0] is phase b's JetStream ceiling, ceil[i] the one measured
 	// right after round i of phase c; e2e[i-1] and e2eConc[i-1] are that
@@ -219,7 +218,7 @@ func (r *runner) cleanup() {
 	fmt.Fprintf(r.out, "deleted %d keys under %s\n", n, r.prefix)
 }
 
-// ---- a. Redis alone ----------------------------------------------------
+// ---- a. Redis alone ----------------------------------------------------.
 
 // storeBatches shapes events as the worker does: chunks of batch events,
 // grouped by account, external inbound left out.
@@ -353,7 +352,7 @@ func (r *runner) redisAlone(ctx context.Context, evs []Event) error {
 	return nil
 }
 
-// ---- b. JetStream alone -------------------------------------------------
+// ---- b. JetStream alone -------------------------------------------------.
 
 // ceiling measures JetStream's fetch+ack alone: evs published into a
 // stream of their own, then consumed by aupd's own fetch loop with nothing
@@ -440,7 +439,7 @@ func (r *runner) jetstreamAlone(ctx context.Context, evs []Event) error {
 	start := time.Now()
 	for _, e := range evs {
 		if _, err := events.ParseVerdict(e.Subject, e.Data, time.Now(), 5*time.Minute); err != nil {
-			return fmt.Errorf("generated event is invalid: %v", err)
+			return fmt.Errorf("generated event is invalid: %w", err)
 		}
 	}
 	el := time.Since(start)
@@ -491,7 +490,7 @@ func (r *runner) publish(ctx context.Context, js jetstream.JetStream, evs []Even
 	return time.Since(start), nil
 }
 
-// ---- c. End to end -------------------------------------------------------
+// ---- c. End to end -------------------------------------------------------.
 
 func (r *runner) appConfig(dir string, round int) (*config.Config, error) {
 	cfg := config.Default()
@@ -770,7 +769,7 @@ func (r *runner) batchFigures(label, what string, m, base map[string]float64) {
 		q(0.5), q(0.9), q(0.99), ms(time.Duration(sum/total*float64(time.Second))), total, sizeSum/max(sizeN, 1))
 }
 
-// ---- d. Memory -------------------------------------------------------------
+// ---- d. Memory -------------------------------------------------------------.
 
 func (r *runner) memory(ctx context.Context) error {
 	for _, n := range []int{50, 3} {
@@ -814,7 +813,7 @@ func (r *runner) memoryOf(ctx context.Context, n int) (float64, float64, error) 
 		}
 		for _, x := range res {
 			if x.Err != nil || x.Count != n {
-				return 0, 0, fmt.Errorf("ingest: count %d err %v", x.Count, x.Err)
+				return 0, 0, fmt.Errorf("ingest: count %d err %w", x.Count, x.Err)
 			}
 		}
 	}
@@ -893,7 +892,7 @@ func infoField(info, name string) string {
 	return ""
 }
 
-// ---- summary ---------------------------------------------------------------
+// ---- summary ---------------------------------------------------------------.
 
 // ceilingAgain measures the ceiling again, right after an end-to-end
 // round: a round's ratios use the mean of the measures before and after
@@ -983,7 +982,7 @@ func (r *runner) summary() {
 	}
 }
 
-// ---- helpers ---------------------------------------------------------------
+// ---- helpers ---------------------------------------------------------------.
 
 func percentiles(d []time.Duration) [3]time.Duration {
 	if len(d) == 0 {
