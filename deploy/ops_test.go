@@ -14,7 +14,7 @@ import (
 	"github.com/aupd/aupd/internal/config"
 )
 
-// TestComposeIsPinnedAndLocal: no floating image tags, nothing published
+// TestComposeIsPinnedAndLocal: images pinned by version and digest, nothing published
 // on all interfaces, and a healthcheck for aupd.
 func TestComposeIsPinnedAndLocal(t *testing.T) {
 	raw, err := os.ReadFile("../docker-compose.yml")
@@ -33,11 +33,11 @@ func TestComposeIsPinnedAndLocal(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &c); err != nil {
 		t.Fatal(err)
 	}
-	// A version tag, and a digest when one is known (image:tag@sha256:...).
-	pinned := regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$`)
+	// A version tag and the digest of its index (image:tag@sha256:...).
+	pinned := regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?@sha256:[0-9a-f]{64}$`)
 	for name, s := range c.Services {
 		if s.Image != "" && !pinned.MatchString(s.Image) {
-			t.Errorf("service %s: image %q is not pinned to a version", name, s.Image)
+			t.Errorf("service %s: image %q is not pinned to a version and its digest", name, s.Image)
 		}
 		for _, p := range s.Ports {
 			if !strings.HasPrefix(p, "127.0.0.1:") {
