@@ -1,16 +1,16 @@
 package api
 
 import (
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
 	"sync/atomic"
+
+	"github.com/aupd/aupd/internal/auth"
 )
 
 // Role is what a token may do. Each role can do everything the roles
@@ -99,17 +99,10 @@ func (c AuthConfig) Validate() error {
 }
 
 // HashToken returns the config form of a token's hash: "sha256:<hex>".
-func HashToken(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
+func HashToken(token string) string { return auth.HashToken(token) }
 
 // NewToken returns a new random token (256 bits, URL-safe base64).
-func NewToken() string {
-	var b [32]byte
-	_, _ = rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
-}
+func NewToken() string { return auth.NewToken() }
 
 // principal is an authenticated token.
 type principal struct {

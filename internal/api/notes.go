@@ -6,17 +6,6 @@ import (
 	"github.com/aupd/aupd/internal/store"
 )
 
-// NoteRequest adds a case note to an account's history.
-type NoteRequest struct {
-	// Text is plain text, 1 to store.MaxNote characters.
-	Text string `json:"text"`
-}
-
-// NoteResponse answers a note: the history entry written.
-type NoteResponse struct {
-	Entry store.HistoryEntry `json:"entry"`
-}
-
 // addNote is POST /api/v1/accounts/{account}/notes: a case note ("called
 // the user, new password set") in the account's history, with the token's
 // name as its author. A company's token notes its company's accounts
