@@ -52,18 +52,7 @@ type Directory interface {
 }
 
 // Policy is the provider's AUP rule (config.AUP).
-type Policy struct {
-	Window     time.Duration
-	FutureSkew time.Duration
-	Threshold  int
-	// MaxTracked raises the per-account cap above threshold + 1 (0: the
-	// cap is threshold + 1, the least that keeps every decision exact).
-	MaxTracked int
-	Directions []rules.Direction
-	Verdicts   []rules.Verdict
-	Mode       rules.Mode
-	Allowlist  []string
-}
+type Policy = rules.Provider
 
 // Options are what a Worker needs.
 type Options struct {
@@ -175,11 +164,11 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 		}
 		j, ok := index[v.Account]
 		if !ok {
-			pol := AccountPolicy(p, company, v.Account)
+			pol := companies.Policy(p, company, v.Account)
 			b := store.Batch{
 				Account:   v.Account,
 				Threshold: pol.Threshold,
-				Cap:       capOf(p, pol),
+				Cap:       p.Cap(pol),
 				Action:    pol.OnCrossing(),
 			}
 			if company != nil {
@@ -437,29 +426,3 @@ func (w *Worker) putNear(h map[string]int64) {
 }
 
 const maxNearHints = 10000
-
-// Cap is the per-account cap of stored events: max(aup.max_tracked,
-// threshold + 1), with the company's threshold.
-func Cap(p Policy, c *companies.Company, account string) int {
-	return capOf(p, AccountPolicy(p, c, account))
-}
-
-func capOf(p Policy, pol rules.Policy) int { return max(p.MaxTracked, pol.Threshold+1) }
-
-// AccountPolicy applies a company's overrides to the provider's rule for
-// one account: the rule the worker applies, and replay with it.
-func AccountPolicy(p Policy, c *companies.Company, account string) rules.Policy {
-	pol := rules.Policy{Threshold: p.Threshold, Directions: p.Directions, Verdicts: p.Verdicts, Mode: p.Mode}
-	if slices.Contains(p.Allowlist, account) {
-		pol.Allowlisted = true
-	}
-	if c != nil {
-		if c.Threshold != nil {
-			pol.Threshold = *c.Threshold
-		}
-		if c.Allowlisted(account) {
-			pol.Allowlisted = true
-		}
-	}
-	return pol
-}

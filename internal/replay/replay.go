@@ -21,7 +21,6 @@ import (
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/rules"
-	"github.com/aupd/aupd/worker"
 )
 
 // Directory finds the company that owns an account.
@@ -36,7 +35,7 @@ type Options struct {
 	Verdicts  string // the verdict stream's name
 	Accounts  string // the account stream's name
 	Directory Directory
-	Policy    func() worker.Policy
+	Policy    func() rules.Provider
 	// FutureSkew as the consumer applies it; nil: 5 minutes.
 	FutureSkew func() time.Duration
 	// MaxEvents bounds the events one replay reads (default 2,000,000).
@@ -141,7 +140,7 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 		if !inScope(v.Account) {
 			return nil
 		}
-		p := worker.AccountPolicy(pol, c, v.Account)
+		p := companies.Policy(pol, c, v.Account)
 		evs = append(evs, rules.ReplayEvent{Account: v.Account, ID: v.ID, Time: v.Time, At: meta.Timestamp,
 			Counting: p.Counts(v.Direction, v.Verdict, true)})
 		return nil
@@ -177,7 +176,7 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 	would := map[string][]Crossing{}
 	crossings := rules.Replay(evs, resets, pol.Window, func(account string) rules.ReplayAccount {
 		c, _ := companyOf(account)
-		p := worker.AccountPolicy(pol, c, account)
+		p := companies.Policy(pol, c, account)
 		return rules.ReplayAccount{Threshold: req.Threshold, Action: p.OnCrossing()}
 	})
 	for _, c := range crossings {
