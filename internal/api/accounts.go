@@ -144,26 +144,12 @@ func changeActor(c ChangeRequest, p *principal) (store.Actor, *apiError) {
 	}
 	code := c.Code
 	if code == "" {
-		code = DefaultCode(p.company)
+		code = rules.DefaultCode(p.company)
 	}
 	if !codePattern.MatchString(code) {
 		return store.Actor{}, errf(http.StatusBadRequest, "invalid", "code %q: use 1 to 32 of a-z 0-9 _, starting with a letter", clip(code, 40))
 	}
 	return store.Actor{Name: p.name, Reason: code, Note: reason, Scope: p.company, Via: store.ViaToken}, nil
-}
-
-// ReasonAbuseContact is the reason code of a change made by a company's
-// abuse contact (a token, desk session or link limited to one company)
-// when no code is given.
-const ReasonAbuseContact = "abuse_contact"
-
-// DefaultCode is the reason code of a change that names none: what the
-// actor was, the provider ("admin") or a company's abuse contact.
-func DefaultCode(company string) string {
-	if company != "" {
-		return ReasonAbuseContact
-	}
-	return rules.ReasonAdmin
 }
 
 // change runs one change of an account: it makes sure a new account of a

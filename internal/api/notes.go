@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/rules"
 )
 
 // addNote is POST /api/v1/accounts/{account}/notes: a case note ("called
@@ -26,7 +27,7 @@ func (s *server) addNote(w http.ResponseWriter, r *http.Request, p *principal) {
 		s.failErr(w, r, err)
 		return
 	}
-	by := store.Actor{Name: p.name, Reason: DefaultCode(p.company), Note: text, Scope: p.company, Via: store.ViaToken}
+	by := store.Actor{Name: p.name, Reason: rules.DefaultCode(p.company), Note: text, Scope: p.company, Via: store.ViaToken}
 	e, err := s.store.AddNote(r.Context(), addr, by)
 	if err != nil {
 		s.failErr(w, r, err)
