@@ -30,14 +30,18 @@ import (
 //
 // An event's error is permanent, and the event goes to the dead letters
 // at once, when the error (or one it wraps) has a method Permanent() bool
-// that returns true (store.PermanentError has). Any other error is
-// transient: the event is redelivered.
+// that returns true (store.PermanentError has), unless it wraps
+// worker.ErrTransient, whatever its cause. Any other error is transient:
+// the event is redelivered.
 type Processor interface {
 	Process(ctx context.Context, evs []worker.Event) []error
 }
 
 // permanent reports whether a Processor's error is permanent.
 func permanent(err error) bool {
+	if errors.Is(err, worker.ErrTransient) {
+		return false
+	}
 	var p interface{ Permanent() bool }
 	return errors.As(err, &p) && p.Permanent()
 }

@@ -150,3 +150,20 @@ func stopHandlesRequested(t *testing.T, url string) {
 		return err == nil && info.NumAckPending == 0 && info.AckFloor.Stream == 2*batch && info.NumPending == total-2*batch
 	}, "the %d handled events are acked and the other %d still wait in the stream", 2*batch, total-2*batch)
 }
+
+// TestTransientWinsOverPermanent: an error the worker marks transient is
+// redelivered even when the cause it wraps is permanent.
+func TestTransientWinsOverPermanent(t *testing.T) {
+	var cause error = permanentErr{}
+	if !permanent(cause) {
+		t.Fatal("an error with Permanent() true is not permanent")
+	}
+	if err := fmt.Errorf("%w: %w", worker.ErrTransient, cause); permanent(err) {
+		t.Fatalf("%v: permanent, want transient", err)
+	}
+}
+
+type permanentErr struct{}
+
+func (permanentErr) Error() string   { return "ERR script" }
+func (permanentErr) Permanent() bool { return true }

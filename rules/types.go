@@ -145,3 +145,17 @@ const (
 	ReasonAdmin        = "admin"
 	ReasonLockout      = "failed_logins"
 )
+
+// ReasonAbuseContact is the reason code of a change made by a company's
+// abuse contact (a token, desk session or link limited to one company)
+// when no code is given.
+const ReasonAbuseContact = "abuse_contact"
+
+// DefaultCode is the reason code of a change that names none: what the
+// actor was, the provider ("admin") or a company's abuse contact.
+func DefaultCode(company string) string {
+	if company != "" {
+		return ReasonAbuseContact
+	}
+	return ReasonAdmin
+}

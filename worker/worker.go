@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,18 +51,7 @@ type Directory interface {
 }
 
 // Policy is the provider's AUP rule (config.AUP).
-type Policy struct {
-	Window     time.Duration
-	FutureSkew time.Duration
-	Threshold  int
-	// MaxTracked raises the per-account cap above threshold + 1 (0: the
-	// cap is threshold + 1, the least that keeps every decision exact).
-	MaxTracked int
-	Directions []rules.Direction
-	Verdicts   []rules.Verdict
-	Mode       rules.Mode
-	Allowlist  []string
-}
+type Policy = rules.Provider
 
 // Options are what a Worker needs.
 type Options struct {
@@ -151,94 +139,140 @@ var ErrTransient = errors.New("transient")
 // be redelivered later; or a store.PermanentError when no redelivery can
 // help (the consumer dead-letters it). A redelivered event is never
 // counted twice.
+//
+// It runs in three steps: plan groups the events by account with each
+// account's policy, apply counts them in one store round trip and maps
+// the outcomes, and publish sends the account events the store left in
+// the accounts' outboxes, then settles them.
 func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 	start := time.Now()
-	errs := make([]error, len(evs))
 	p := w.opts.Policy()
-	var t tally
-
-	type acct struct {
-		evs []int // indexes in evs
-		pol rules.Policy
+	pl := w.plan(p, evs)
+	w.metrics.batchSize.Observe(float64(len(evs)))
+	defer func() {
+		w.metrics.flush(&pl.tally)
+		w.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+		w.flushStatsIfDue()
+	}()
+	if len(pl.batches) == 0 {
+		return pl.errs
 	}
-	index := make(map[string]int, len(evs))
-	accts := make([]acct, 0, len(evs))
-	batches := make([]store.Batch, 0, len(evs))
+	if out := w.apply(ctx, p, pl); len(out.events) > 0 {
+		w.publish(ctx, pl, out)
+	}
+	return pl.errs
+}
+
+// batchPlan is a batch grouped by account: one store.Batch per account
+// that has anything to store, with the account's policy and the events
+// it holds, and the answer for each event so far (nil: committed).
+type batchPlan struct {
+	evs     []Event
+	errs    []error        // one per event
+	index   map[string]int // account -> index in batches
+	batches []store.Batch
+	accts   []planned // one per batch
+	tally   tally     // outcomes, for the metrics
+}
+
+// planned is one account of a batchPlan.
+type planned struct {
+	evs []int // indexes in batchPlan.evs
+	pol rules.Policy
+}
+
+// fail answers every event of batch j with err.
+func (pl *batchPlan) fail(j int, err error) {
+	for _, i := range pl.accts[j].evs {
+		pl.errs[i] = err
+	}
+}
+
+// plan groups evs by account, resolving each account's company and
+// policy once. An inbound event for an address no company holds is
+// counted for the statistics only and stored nowhere.
+func (w *Worker) plan(p Policy, evs []Event) *batchPlan {
+	pl := &batchPlan{
+		evs:     evs,
+		errs:    make([]error, len(evs)),
+		index:   make(map[string]int, len(evs)),
+		batches: make([]store.Batch, 0, len(evs)),
+		accts:   make([]planned, 0, len(evs)),
+	}
 	for i, ev := range evs {
 		v := ev.Verdict
 		kind := rules.KindOf(v.Direction, v.Verdict)
 		company, local := w.opts.Directory.ByAccount(v.Account)
 		if v.Direction == rules.Inbound && !local {
-			// Not a local account: statistics only, nothing to store.
-			t.add(kind, outExternal)
+			pl.tally.add(kind, outExternal)
 			continue
 		}
-		j, ok := index[v.Account]
+		j, ok := pl.index[v.Account]
 		if !ok {
-			pol := AccountPolicy(p, company, v.Account)
+			pol := companies.Policy(p, company, v.Account)
 			b := store.Batch{
 				Account:   v.Account,
 				Threshold: pol.Threshold,
-				Cap:       capOf(p, pol),
+				Cap:       p.Cap(pol),
 				Action:    pol.OnCrossing(),
 			}
 			if company != nil {
 				b.Company = company.ID
 			}
-			j = len(batches)
-			index[v.Account] = j
-			batches = append(batches, b)
-			accts = append(accts, acct{pol: pol})
+			j = len(pl.batches)
+			pl.index[v.Account] = j
+			pl.batches = append(pl.batches, b)
+			pl.accts = append(pl.accts, planned{pol: pol})
 		}
-		a := &accts[j]
+		a := &pl.accts[j]
 		a.evs = append(a.evs, i)
 		counting := a.pol.Counts(v.Direction, v.Verdict, true)
 		item := store.Item{ID: v.ID, Time: v.Time, Kind: kind, Counting: counting}
 		if counting && ev.Seq != 0 {
 			item.Seq, item.Fingerprint = ev.Seq, v.Fingerprint()
 		}
-		batches[j].Items = append(batches[j].Items, item)
+		pl.batches[j].Items = append(pl.batches[j].Items, item)
 	}
-	w.metrics.batchSize.Observe(float64(len(evs)))
-	defer func() {
-		w.metrics.flush(&t)
-		w.metrics.batchSeconds.Observe(time.Since(start).Seconds())
-		w.flushStatsIfDue()
-	}()
-	if len(batches) == 0 {
-		return errs
-	}
+	return pl
+}
 
+// outbox holds the account events to publish after apply: this batch's
+// crossings, and any a crash left behind in the same accounts' outboxes.
+type outbox struct {
+	events []*events.AccountEvent
+	data   [][]byte
+	owner  []int // batch index of each event
+	settle []store.Settled
+}
+
+// apply counts the plan's batches in one store round trip and records
+// what became of each event: its outcome in the tally, the sender of a
+// message counted now, the answer of every event of an account the store
+// failed, the crossings and the near-threshold hints. It returns the
+// account events to publish.
+func (w *Worker) apply(ctx context.Context, p Policy, pl *batchPlan) outbox {
+	var out outbox
 	params := store.IngestParams{
 		Window: p.Window, Skew: p.FutureSkew, Near: w.takeNear(), Stats: w.stats,
 	}
 	if w.opts.Now != nil {
 		params.Now = w.opts.Now()
 	}
-	fail := func(j int, err error) {
-		for _, i := range accts[j].evs {
-			errs[i] = err
-		}
-	}
-	results, err := w.opts.Store.Ingest(ctx, batches, params)
+	results, err := w.opts.Store.Ingest(ctx, pl.batches, params)
 	if err != nil {
 		w.metrics.redisErrors.Inc()
-		w.warn.Warn("ingest batch", "err", err, "events", len(evs), "accounts", len(batches))
+		w.warn.Warn("ingest batch", "err", err, "events", len(pl.evs), "accounts", len(pl.batches))
 		w.putNear(params.Near)
-		for j := range batches {
-			fail(j, fmt.Errorf("%w: %v", ErrTransient, err))
+		err = fmt.Errorf("%w: %w", ErrTransient, err)
+		for j := range pl.batches {
+			pl.fail(j, err)
 		}
-		return errs
+		return out
 	}
 
-	// Account events to publish: crossings, and any a crash left behind.
 	var (
-		pubEvs  []*events.AccountEvent
-		pubData [][]byte
-		owner   []int // batch index of each event
-		settle  []store.Settled
-		failed  int
-		first   error
+		failed int
+		first  error
 	)
 	near := map[string]int64{}
 	now := time.Now().UnixMilli()
@@ -246,24 +280,24 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 		now = w.opts.Now().UnixMilli()
 	}
 	for j, r := range results {
-		b := batches[j]
+		b := pl.batches[j]
 		if r.Err != nil {
 			failed++
 			first = cmp.Or(first, r.Err)
 			if store.IsPermanent(r.Err) {
-				fail(j, r.Err)
+				pl.fail(j, r.Err)
 			} else {
-				fail(j, fmt.Errorf("%w: %v", ErrTransient, r.Err))
+				pl.fail(j, fmt.Errorf("%w: %w", ErrTransient, r.Err))
 			}
 			continue
 		}
-		for k, i := range accts[j].evs {
+		for k, i := range pl.accts[j].evs {
 			o := r.Outcomes[k]
-			t.add(b.Items[k].Kind, outcomeIndex(o))
+			pl.tally.add(b.Items[k].Kind, outcomeIndex(o))
 			// The sender of a message counted now (not a duplicate of
 			// one counted before): a hint for the account page.
-			if s := evs[i].Verdict.Sender; s != nil && (o == store.Counted || o == store.AtCap) {
-				w.senders.Add(b.Account, s.IP, s.Login, evs[i].Verdict.Time)
+			if v := pl.evs[i].Verdict; v.Sender != nil && (o == store.Counted || o == store.AtCap) {
+				w.senders.Add(b.Account, v.Sender.IP, v.Sender.Login, v.Time)
 			}
 		}
 		if r.Crossing != "" {
@@ -281,46 +315,49 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 					w.log.Error("drop undecodable outbox entry", "err", err, "account", b.Account)
 					continue
 				}
-				pubEvs, pubData, owner = append(pubEvs, ev), append(pubData, data), append(owner, j)
+				out.events, out.data, out.owner = append(out.events, ev), append(out.data, data), append(out.owner, j)
 				d.Events = append(d.Events, ev)
 			}
-			settle = append(settle, d)
+			out.settle = append(out.settle, d)
 		}
 	}
 	if failed > 0 {
 		w.metrics.redisErrors.Add(float64(failed))
-		w.warn.Warn("ingest accounts", "err", first, "failed_accounts", failed, "accounts", len(batches))
+		w.warn.Warn("ingest accounts", "err", first, "failed_accounts", failed, "accounts", len(pl.batches))
 	}
 	w.putNear(near)
-	if len(pubEvs) == 0 {
-		return errs
-	}
+	return out
+}
 
-	// Publish them all, wait once, then settle the outboxes in one round
-	// trip. An account whose events did not all publish keeps its outbox
-	// (it is indexed for the sweep) and its verdicts are redelivered.
-	perrs := w.opts.Publisher.PublishAccountEvents(ctx, pubEvs, pubData)
+// publish publishes the account events of out all at once, waits once,
+// then settles the outboxes in one round trip. An account whose events
+// did not all publish keeps its outbox (it is indexed for the sweep) and
+// its verdicts are redelivered.
+func (w *Worker) publish(ctx context.Context, pl *batchPlan, out outbox) {
+	perrs := w.opts.Publisher.PublishAccountEvents(ctx, out.events, out.data)
 	bad := map[int]error{}
+	var first error
 	for k, err := range perrs {
 		if err != nil {
-			bad[owner[k]] = err
+			bad[out.owner[k]] = err
+			first = cmp.Or(first, err)
 		} else {
 			w.metrics.published.Inc()
 		}
 	}
-	done := settle[:0]
+	done := out.settle[:0]
 	var unsent []string
-	for _, d := range settle {
-		j := index[d.Account]
+	for _, d := range out.settle {
+		j := pl.index[d.Account]
 		if err, ok := bad[j]; ok {
 			unsent = append(unsent, d.Account)
-			fail(j, fmt.Errorf("%w: publish account event: %v", ErrTransient, err))
+			pl.fail(j, fmt.Errorf("%w: publish account event: %w", ErrTransient, err))
 			continue
 		}
 		done = append(done, d)
 	}
 	if len(unsent) > 0 {
-		w.warn.Warn("publish account events", "err", perrs[slices.IndexFunc(perrs, func(e error) bool { return e != nil })], "accounts", len(unsent))
+		w.warn.Warn("publish account events", "err", first, "accounts", len(unsent))
 		if err := w.opts.Store.MarkOutbox(ctx, unsent...); err != nil {
 			w.warn.Warn("index outboxes", "err", err)
 		}
@@ -335,7 +372,6 @@ func (w *Worker) Process(ctx context.Context, evs []Event) []error {
 		}
 		_ = w.opts.Store.MarkOutbox(ctx, accounts...)
 	}
-	return errs
 }
 
 // Idle writes the near-threshold hints and the statistics gathered so
@@ -437,29 +473,3 @@ func (w *Worker) putNear(h map[string]int64) {
 }
 
 const maxNearHints = 10000
-
-// Cap is the per-account cap of stored events: max(aup.max_tracked,
-// threshold + 1), with the company's threshold.
-func Cap(p Policy, c *companies.Company, account string) int {
-	return capOf(p, AccountPolicy(p, c, account))
-}
-
-func capOf(p Policy, pol rules.Policy) int { return max(p.MaxTracked, pol.Threshold+1) }
-
-// AccountPolicy applies a company's overrides to the provider's rule for
-// one account: the rule the worker applies, and replay with it.
-func AccountPolicy(p Policy, c *companies.Company, account string) rules.Policy {
-	pol := rules.Policy{Threshold: p.Threshold, Directions: p.Directions, Verdicts: p.Verdicts, Mode: p.Mode}
-	if slices.Contains(p.Allowlist, account) {
-		pol.Allowlisted = true
-	}
-	if c != nil {
-		if c.Threshold != nil {
-			pol.Threshold = *c.Threshold
-		}
-		if c.Allowlisted(account) {
-			pol.Allowlisted = true
-		}
-	}
-	return pol
-}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -138,5 +139,40 @@ func TestSenderTally(t *testing.T) {
 	}
 	if bySender["203.0.113.9 alice@example.com"] != 2 || bySender["198.51.100.7 "] != 1 {
 		t.Fatalf("tally %v, want 2 and 1", bySender)
+	}
+}
+
+// failingStore fails every Ingest with err.
+type failingStore struct {
+	*store.Store
+	err error
+}
+
+func (s failingStore) Ingest(context.Context, []store.Batch, store.IngestParams) ([]store.Result, error) {
+	return nil, s.err
+}
+
+// TestIngestErrorKeepsCause: when the store round trip fails, every event
+// of the batch is transient and its error still wraps the store's error.
+func TestIngestErrorKeepsCause(t *testing.T) {
+	rdb, prefix := testutil.Redis(t)
+	cause := &store.PermanentError{Err: errors.New("ERR script")}
+	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Options{
+		Store: failingStore{store.New(rdb, prefix), cause}, Directory: dir, Publisher: noPublish{t},
+		Policy: func() Policy {
+			return Policy{Window: 24 * time.Hour, Threshold: 5, Directions: rules.Directions, Verdicts: []rules.Verdict{rules.Spam}}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &events.Verdict{ID: "x", Time: time.Now(), Direction: rules.Outbound, Account: "alice@example.com", Verdict: rules.Spam, Source: "rspamd"}
+	errs := w.Process(context.Background(), []Event{{Verdict: v}})
+	if len(errs) != 1 || !errors.Is(errs[0], ErrTransient) || !errors.Is(errs[0], cause) {
+		t.Fatalf("errs = %v; want one error wrapping ErrTransient and the store's error", errs)
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/api/apitypes"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -51,10 +51,10 @@ func importCmd(ctx context.Context, x *cli, args []string, f *flags) error {
 	if len(items) == 0 {
 		return &usageError{args[0] + ": no accounts"}
 	}
-	var total api.ProvisionResponse
+	var total apitypes.ProvisionResponse
 	for start := 0; start < len(items); start += importBatch {
 		batch := items[start:min(start+importBatch, len(items))]
-		res, _, err := x.c.Provision(ctx, api.ProvisionRequest{Accounts: batch, ChangeRequest: api.ChangeRequest{Reason: *f.reason}})
+		res, _, err := x.c.Provision(ctx, apitypes.ProvisionRequest{Accounts: batch, ChangeRequest: apitypes.ChangeRequest{Reason: *f.reason}})
 		if err != nil {
 			// What was sent before stays provisioned; running the import
 			// again is safe.
@@ -89,7 +89,7 @@ func importCmd(ctx context.Context, x *cli, args []string, f *flags) error {
 
 // readImport reads accounts as JSON lines when the first non-blank byte is
 // "{", else as CSV.
-func readImport(r io.Reader) ([]api.ProvisionItem, error) {
+func readImport(r io.Reader) ([]apitypes.ProvisionItem, error) {
 	br := bufio.NewReader(io.LimitReader(r, 256<<20))
 	for {
 		b, err := br.Peek(1)
@@ -110,8 +110,8 @@ func readImport(r io.Reader) ([]api.ProvisionItem, error) {
 	}
 }
 
-func readJSONLines(r *bufio.Reader) ([]api.ProvisionItem, error) {
-	var items []api.ProvisionItem
+func readJSONLines(r *bufio.Reader) ([]apitypes.ProvisionItem, error) {
+	var items []apitypes.ProvisionItem
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -119,7 +119,7 @@ func readJSONLines(r *bufio.Reader) ([]api.ProvisionItem, error) {
 		if len(line) == 0 {
 			continue
 		}
-		var it api.ProvisionItem
+		var it apitypes.ProvisionItem
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&it); err != nil {
@@ -133,12 +133,12 @@ func readJSONLines(r *bufio.Reader) ([]api.ProvisionItem, error) {
 	return items, sc.Err()
 }
 
-func readCSV(r io.Reader) ([]api.ProvisionItem, error) {
+func readCSV(r io.Reader) ([]apitypes.ProvisionItem, error) {
 	cr := csv.NewReader(r)
 	cr.FieldsPerRecord = -1
 	cr.TrimLeadingSpace = true
 	cr.Comment = '#'
-	var items []api.ProvisionItem
+	var items []apitypes.ProvisionItem
 	for n := 1; ; n++ {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
@@ -153,7 +153,7 @@ func readCSV(r io.Reader) ([]api.ProvisionItem, error) {
 		if n == 1 && strings.EqualFold(strings.TrimSpace(rec[0]), "address") {
 			continue // header
 		}
-		it := api.ProvisionItem{Address: strings.TrimSpace(rec[0])}
+		it := apitypes.ProvisionItem{Address: strings.TrimSpace(rec[0])}
 		if len(rec) > 1 {
 			it.Type = rules.AccountType(strings.TrimSpace(rec[1]))
 		}

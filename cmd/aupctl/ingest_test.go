@@ -13,8 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/app"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/store"
@@ -220,8 +220,8 @@ func startARFAupd(t *testing.T) *arfAupd {
 	cfg.Policy.Dovecot.Listen = ""
 	cfg.Companies = []companies.Company{{ID: "net", Domains: []string{"example.net"}}}
 	const abuseToken = "abuse-desk-token-0123456789"
-	cfg.Auth.Tokens = []api.TokenConfig{{Name: "fbl", Hash: api.HashToken(token), Role: api.RolePublisher},
-		{Name: "desk", Hash: api.HashToken(abuseToken), Role: api.RoleAbuse}}
+	cfg.Auth.Tokens = []auth.TokenConfig{{Name: "fbl", Hash: auth.HashToken(token), Role: auth.RolePublisher},
+		{Name: "desk", Hash: auth.HashToken(abuseToken), Role: auth.RoleAbuse}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/api/apitypes"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/buildinfo"
 	"github.com/aupd/aupd/internal/client"
 	"github.com/aupd/aupd/rules"
@@ -360,7 +361,7 @@ func statusCmd(action string) func(context.Context, *cli, []string, *flags) erro
 	}
 }
 
-func (x *cli) printChange(cr *api.ChangeResponse, raw []byte, what string) {
+func (x *cli) printChange(cr *apitypes.ChangeResponse, raw []byte, what string) {
 	if x.json {
 		x.printRaw(raw)
 		return
@@ -372,7 +373,7 @@ func (x *cli) printChange(cr *api.ChangeResponse, raw []byte, what string) {
 	fmt.Fprintf(x.stdout, "%s: %s done (%s)\n", cr.Account.Address, what, summary(cr.Account))
 }
 
-func summary(a *api.Account) string {
+func summary(a *apitypes.Account) string {
 	s := "status " + string(a.Status)
 	if len(a.Suspended) > 0 {
 		s += ", suspended " + strings.Join(a.Suspended, ",")
@@ -645,7 +646,7 @@ func listCmd(ctx context.Context, x *cli, _ []string, f *flags) error {
 		return &usageError{"--limit must be positive"}
 	}
 	q := client.ListQuery{Company: *f.company, Status: *f.status, Suspended: *f.suspended}
-	var all []*api.Account
+	var all []*apitypes.Account
 	for {
 		q.Limit = min(*f.limit-len(all), 1000)
 		page, _, err := x.c.List(ctx, q)
@@ -659,7 +660,7 @@ func listCmd(ctx context.Context, x *cli, _ []string, f *flags) error {
 		q.Cursor = page.NextCursor
 	}
 	if x.json {
-		b, _ := json.MarshalIndent(api.AccountList{Accounts: all}, "", "  ")
+		b, _ := json.MarshalIndent(apitypes.AccountList{Accounts: all}, "", "  ")
 		x.printRaw(b)
 		return nil
 	}
@@ -676,7 +677,7 @@ func listCmd(ctx context.Context, x *cli, _ []string, f *flags) error {
 }
 
 func companiesCmd(ctx context.Context, x *cli, _ []string, _ *flags) error {
-	var all []*api.Company
+	var all []*apitypes.Company
 	cursor := ""
 	for {
 		page, _, err := x.c.Companies(ctx, cursor, 1000)
@@ -689,7 +690,7 @@ func companiesCmd(ctx context.Context, x *cli, _ []string, _ *flags) error {
 		}
 	}
 	if x.json {
-		b, _ := json.MarshalIndent(api.CompanyList{Companies: all}, "", "  ")
+		b, _ := json.MarshalIndent(apitypes.CompanyList{Companies: all}, "", "  ")
 		x.printRaw(b)
 		return nil
 	}
@@ -746,18 +747,18 @@ func hashTokenCmd(_ context.Context, x *cli, _ []string, f *flags) error {
 			return &usageError{"no token on stdin"}
 		}
 		if x.json {
-			return x.printJSON(map[string]string{"hash": api.HashToken(tok)})
+			return x.printJSON(map[string]string{"hash": auth.HashToken(tok)})
 		}
-		fmt.Fprintln(x.stdout, api.HashToken(tok))
+		fmt.Fprintln(x.stdout, auth.HashToken(tok))
 		return nil
 	}
-	tok := api.NewToken()
+	tok := auth.NewToken()
 	if x.json {
-		err := x.printJSON(map[string]string{"token": tok, "hash": api.HashToken(tok)})
+		err := x.printJSON(map[string]string{"token": tok, "hash": auth.HashToken(tok)})
 		fmt.Fprintln(x.stderr, "Give the token to its user; put only the hash in aupd's config (auth.tokens[].hash).")
 		return err
 	}
-	fmt.Fprintf(x.stdout, "token: %s\nhash:  %s\n", tok, api.HashToken(tok))
+	fmt.Fprintf(x.stdout, "token: %s\nhash:  %s\n", tok, auth.HashToken(tok))
 	fmt.Fprintln(x.stderr, "Give the token to its user; put only the hash in aupd's config (auth.tokens[].hash).")
 	return nil
 }

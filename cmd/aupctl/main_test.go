@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
@@ -76,9 +77,9 @@ func start(t *testing.T) *harness {
 	h, err := api.New(api.Options{
 		Store: s, Companies: dir, Publisher: jsPublisher{js}, Notices: notices{ev}, Cap: 100,
 		Threshold: func(string) int { return 10 },
-		Auth: api.AuthConfig{Tokens: []api.TokenConfig{
-			{Name: "ops-admin", Hash: api.HashToken(adminToken), Role: api.RoleAdmin},
-			{Name: "dashboard", Hash: api.HashToken(viewToken), Role: api.RoleViewer},
+		Auth: auth.Config{Tokens: []auth.TokenConfig{
+			{Name: "ops-admin", Hash: auth.HashToken(adminToken), Role: auth.RoleAdmin},
+			{Name: "dashboard", Hash: auth.HashToken(viewToken), Role: auth.RoleViewer},
 		}},
 	})
 	if err != nil {
@@ -327,7 +328,7 @@ func TestHashToken(t *testing.T) {
 	if code := runIn([]string{"hash-token", "--stdin"}, strings.NewReader("abc\n"), &out, &errb); code != 0 {
 		t.Fatalf("exit %d %s", code, errb.String())
 	}
-	if got := strings.TrimSpace(out.String()); got != api.HashToken("abc") {
+	if got := strings.TrimSpace(out.String()); got != auth.HashToken("abc") {
 		t.Fatalf("hash %q", got)
 	}
 	out.Reset()
@@ -376,8 +377,8 @@ func TestOfflineCommandsNeedNoTokenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if code := ctl(f, "hash-token", "--stdin"); code != 0 || strings.TrimSpace(out.String()) != api.HashToken(tok) {
-		t.Fatalf("hash of the token file: exit %d, %q, want %s", code, out.String(), api.HashToken(tok))
+	if code := ctl(f, "hash-token", "--stdin"); code != 0 || strings.TrimSpace(out.String()) != auth.HashToken(tok) {
+		t.Fatalf("hash of the token file: exit %d, %q, want %s", code, out.String(), auth.HashToken(tok))
 	}
 	// Now the file is read: the request fails at the unreachable server.
 	if code := ctl(nil, "--server", "http://127.0.0.1:1", "status", "a@example.com"); code != exitError {
@@ -437,7 +438,7 @@ func generatedToken(t *testing.T, out string) string {
 			hash = v
 		}
 	}
-	if tok == "" || hash != api.HashToken(tok) {
+	if tok == "" || hash != auth.HashToken(tok) {
 		t.Fatalf("generated %q", out)
 	}
 	return tok

@@ -10,57 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aupd/aupd/internal/api/apitypes"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
-
-// Account is the JSON form of an account.
-type Account struct {
-	Address string `json:"address"`
-	Exists  bool   `json:"exists"`
-	// Provisioned: a mailbox the provider provisioned (PUT, aupctl import);
-	// Licensed: it counts as a licence (provisioned, or holding state).
-	Provisioned  bool              `json:"provisioned"`
-	Licensed     bool              `json:"licensed"`
-	Type         rules.AccountType `json:"type"`
-	Company      string            `json:"company,omitempty"`
-	Status       rules.Status      `json:"status"` // effective now: an ended lockout is active
-	StatusInfo   *store.StatusInfo `json:"status_info,omitempty"`
-	LockoutUntil *time.Time        `json:"lockout_until,omitempty"`
-	Suspended    []string          `json:"suspended"`
-	Suspensions  []Suspension      `json:"suspensions"`
-	Created      *time.Time        `json:"created,omitempty"`
-	Version      int64             `json:"version"`
-	// Counts, Threshold and LastSuspension are given when reading one
-	// account. An address aupd holds counts for but no record of (seen
-	// only in verdicts, never provisioned) reads with exists false.
-	Counts         *store.Counts   `json:"counts,omitempty"`
-	Threshold      int             `json:"threshold,omitempty"`
-	LastSuspension *LastSuspension `json:"last_suspension,omitempty"`
-	// Senders and Logins are signs of a compromise, given when reading
-	// one account: the senders (client address, login) of the messages
-	// counted in the window, from the verdict events' sender field, and
-	// the recent logins from Dovecot's reports. Hints, at least what they
-	// say; absent when there are none.
-	Senders []store.Sender `json:"senders,omitempty"`
-	Logins  []store.Login  `json:"logins,omitempty"`
-}
-
-// Suspension is one suspended service.
-type Suspension struct {
-	Service rules.Service `json:"service"`
-	store.Suspension
-}
-
-// LastSuspension is the last crossing of the AUP threshold (a suspension,
-// or a report in shadow mode or for an allowlisted account), whether it is
-// still in force, and the delivery state of its notice.
-type LastSuspension struct {
-	*events.AUPSuspension
-	InForce bool `json:"in_force"`
-	Notice  any  `json:"notice,omitempty"`
-}
 
 func (s *server) accountJSON(a *store.Account) *Account {
 	now := s.opts.Now()
@@ -68,7 +22,7 @@ func (s *server) accountJSON(a *store.Account) *Account {
 		Address: a.Address, Exists: a.Exists, Provisioned: a.Provisioned, Licensed: a.Licensed(now),
 		Type: a.Type, Company: a.Company,
 		Status: a.View().EffectiveStatus(now), StatusInfo: a.StatusInfo,
-		Suspended: a.Suspended(), Suspensions: []Suspension{}, Version: a.Version,
+		Suspended: a.Suspended(), Suspensions: []apitypes.ServiceSuspension{}, Version: a.Version,
 	}
 	if out.Status == rules.StatusLockout && !a.LockoutUntil.IsZero() {
 		t := a.LockoutUntil
@@ -80,7 +34,7 @@ func (s *server) accountJSON(a *store.Account) *Account {
 	}
 	for _, svc := range rules.Services {
 		if sus, ok := a.Suspensions[svc]; ok {
-			out.Suspensions = append(out.Suspensions, Suspension{Service: svc, Suspension: sus})
+			out.Suspensions = append(out.Suspensions, apitypes.ServiceSuspension{Service: svc, Suspension: sus})
 		}
 	}
 	return out
@@ -173,21 +127,14 @@ func (s *server) getAccount(w http.ResponseWriter, r *http.Request, p *principal
 	writeJSON(w, http.StatusOK, out)
 }
 
-// ChangeRequest is the part of every change request that says why: a
-// required free-text reason (stored as the history entry's note) and an
-// optional reason code (default DefaultCode: "abuse_contact" for a token
-// limited to a company, "admin" for the provider's).
-type ChangeRequest struct {
-	Reason string `json:"reason"`
-	Code   string `json:"code,omitempty"`
-}
-
 var codePattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 
 // maxReason bounds a reason's length in bytes.
 const maxReason = 1000
 
-func (c ChangeRequest) actor(p *principal) (store.Actor, *apiError) {
+// changeActor checks a change request's reason and code and returns the
+// actor of the change: the token p, and why.
+func changeActor(c ChangeRequest, p *principal) (store.Actor, *apiError) {
 	reason := strings.TrimSpace(c.Reason)
 	if reason == "" {
 		return store.Actor{}, errf(http.StatusBadRequest, "reason_required", "a reason is required for every change")
@@ -197,33 +144,12 @@ func (c ChangeRequest) actor(p *principal) (store.Actor, *apiError) {
 	}
 	code := c.Code
 	if code == "" {
-		code = DefaultCode(p.company)
+		code = rules.DefaultCode(p.company)
 	}
 	if !codePattern.MatchString(code) {
 		return store.Actor{}, errf(http.StatusBadRequest, "invalid", "code %q: use 1 to 32 of a-z 0-9 _, starting with a letter", clip(code, 40))
 	}
 	return store.Actor{Name: p.name, Reason: code, Note: reason, Scope: p.company, Via: store.ViaToken}, nil
-}
-
-// ReasonAbuseContact is the reason code of a change made by a company's
-// abuse contact (a token, desk session or link limited to one company)
-// when no code is given.
-const ReasonAbuseContact = "abuse_contact"
-
-// DefaultCode is the reason code of a change that names none: what the
-// actor was, the provider ("admin") or a company's abuse contact.
-func DefaultCode(company string) string {
-	if company != "" {
-		return ReasonAbuseContact
-	}
-	return rules.ReasonAdmin
-}
-
-// ChangeResponse answers a change: whether anything changed (false: the
-// account already was so, and no history was written) and the account now.
-type ChangeResponse struct {
-	Changed bool     `json:"changed"`
-	Account *Account `json:"account"`
 }
 
 // change runs one change of an account: it makes sure a new account of a
@@ -281,18 +207,11 @@ func (s *server) publish(ctx context.Context, addr string) {
 	}
 }
 
-// SuspendRequest suspends services, or reinstates them (no services: all).
-type SuspendRequest struct {
-	Services []rules.Service `json:"services,omitempty"`
-	ChangeRequest
-}
-
 // begin does what every change starts with: resolve the account within
-// the token's scope, decode the body into req and take the actor from it.
+// the token's scope, decode the body into req and take the actor from
+// cr, its ChangeRequest.
 // On false the answer is already written.
-func (s *server) begin(w http.ResponseWriter, r *http.Request, p *principal, req interface {
-	actor(*principal) (store.Actor, *apiError)
-}) (string, store.Actor, bool) {
+func (s *server) begin(w http.ResponseWriter, r *http.Request, p *principal, req any, cr *ChangeRequest) (string, store.Actor, bool) {
 	addr, ok := s.target(w, r, p)
 	if !ok {
 		return "", store.Actor{}, false
@@ -301,7 +220,7 @@ func (s *server) begin(w http.ResponseWriter, r *http.Request, p *principal, req
 		s.fail(w, r, e)
 		return "", store.Actor{}, false
 	}
-	by, e := req.actor(p)
+	by, e := changeActor(*cr, p)
 	if e != nil {
 		s.fail(w, r, e)
 		return "", store.Actor{}, false
@@ -316,7 +235,7 @@ func (s *server) begin(w http.ResponseWriter, r *http.Request, p *principal, req
 func (s *server) services(required bool, op func(ctx context.Context, addr string, svcs []rules.Service, by store.Actor) (*store.Op, error)) func(http.ResponseWriter, *http.Request, *principal) {
 	return func(w http.ResponseWriter, r *http.Request, p *principal) {
 		var req SuspendRequest
-		addr, by, ok := s.begin(w, r, p, &req)
+		addr, by, ok := s.begin(w, r, p, &req, &req.ChangeRequest)
 		if !ok {
 			return
 		}
@@ -329,9 +248,6 @@ func (s *server) services(required bool, op func(ctx context.Context, addr strin
 		})
 	}
 }
-
-// ReinstateRequest lifts suspensions; no services means all of them.
-type ReinstateRequest = SuspendRequest
 
 func checkServices(svcs []rules.Service, required bool) *apiError {
 	if required && len(svcs) == 0 {
@@ -375,7 +291,7 @@ func (act statusAction) guard(cur rules.Status, _ *store.Account) error {
 func (s *server) status(act statusAction) func(http.ResponseWriter, *http.Request, *principal) {
 	return func(w http.ResponseWriter, r *http.Request, p *principal) {
 		var req ChangeRequest
-		addr, by, ok := s.begin(w, r, p, &req)
+		addr, by, ok := s.begin(w, r, p, &req, &req)
 		if !ok {
 			return
 		}
@@ -387,16 +303,9 @@ func (s *server) status(act statusAction) func(http.ResponseWriter, *http.Reques
 	}
 }
 
-// AccountRequest creates an account or sets its type or company.
-type AccountRequest struct {
-	Type    rules.AccountType `json:"type,omitempty"`
-	Company string            `json:"company,omitempty"`
-	ChangeRequest
-}
-
 func (s *server) putAccount(w http.ResponseWriter, r *http.Request, p *principal) {
 	var req AccountRequest
-	addr, by, ok := s.begin(w, r, p, &req)
+	addr, by, ok := s.begin(w, r, p, &req, &req.ChangeRequest)
 	if !ok {
 		return
 	}
@@ -431,7 +340,7 @@ func (s *server) deleteAccount(w http.ResponseWriter, r *http.Request, p *princi
 	if q := r.URL.Query().Get("reason"); q != "" && req.Reason == "" {
 		req.Reason = q
 	}
-	by, e := req.actor(p)
+	by, e := changeActor(req, p)
 	if e != nil {
 		s.fail(w, r, e)
 		return
@@ -444,13 +353,6 @@ func (s *server) deleteAccount(w http.ResponseWriter, r *http.Request, p *princi
 	s.publish(r.Context(), addr)
 	s.log.Info("account deleted", "account", addr, "actor", by.Name, "note", by.Note)
 	writeJSON(w, http.StatusOK, ChangeResponse{Changed: op.Changed, Account: nil})
-}
-
-// HistoryPage is a page of an account's history, newest first.
-type HistoryPage struct {
-	Entries []store.HistoryEntry `json:"entries"`
-	// NextOffset is the offset of the next page; absent at the end.
-	NextOffset *int `json:"next_offset,omitempty"`
 }
 
 func (s *server) history(w http.ResponseWriter, r *http.Request, p *principal) {
@@ -519,13 +421,6 @@ func (s *server) evidence(w http.ResponseWriter, r *http.Request, p *principal) 
 	_, _ = w.Write(data)
 }
 
-// AccountList is a page of accounts.
-type AccountList struct {
-	Accounts []*Account `json:"accounts"`
-	// NextCursor fetches the next page; absent at the end.
-	NextCursor string `json:"next_cursor,omitempty"`
-}
-
 func (s *server) listAccounts(w http.ResponseWriter, r *http.Request, p *principal) {
 	q := r.URL.Query()
 	if e := onlyParams(q, "company", "status", "suspended", "cursor", "limit"); e != nil {
@@ -568,27 +463,6 @@ func (s *server) listAccounts(w http.ResponseWriter, r *http.Request, p *princip
 		out.Accounts = append(out.Accounts, s.accountJSON(a))
 	}
 	writeJSON(w, http.StatusOK, out)
-}
-
-// DecideRequest asks whether an access is allowed.
-type DecideRequest struct {
-	Account string       `json:"account"`
-	Access  rules.Access `json:"access"`
-}
-
-// DecideResponse is the answer for webmail (or any enforcement point),
-// which asks only once the user's password is verified: an answer given
-// before would tell an account's state to anyone who types its address.
-// When Masked is set the user must be shown Message only, which reads
-// exactly like a failed login: a lockout gives an intruder no hint.
-type DecideResponse struct {
-	Account string       `json:"account"`
-	Access  rules.Access `json:"access"`
-	Result  rules.Result `json:"result"`
-	Code    string       `json:"code"`
-	Masked  bool         `json:"masked"`
-	// Message is a neutral text that may be shown to the user.
-	Message string `json:"message,omitempty"`
 }
 
 // InvalidLoginMessage is the message of a masked decision: the same as for

@@ -141,12 +141,12 @@ func New(opts Options) (http.Handler, error) {
 			return nil, fmt.Errorf("api: %w", err)
 		}
 	}
-	auth := tokens.a
+	authn := tokens.a
 	m, err := newMetrics(opts.Metrics)
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}
-	s := &server{opts: opts, store: opts.Store, dir: opts.Companies, log: opts.Logger.With("component", "api"), auth: auth, mux: http.NewServeMux(), metrics: m}
+	s := &server{opts: opts, store: opts.Store, dir: opts.Companies, log: opts.Logger.With("component", "api"), auth: authn, mux: http.NewServeMux(), metrics: m}
 	s.routes()
 	return s, nil
 }
@@ -205,7 +205,7 @@ func (s *server) routes() {
 					return
 				}
 				if !p.allowed(rt.perm) {
-					s.fail(w, r, errf(http.StatusForbidden, "forbidden", "token %s has role %s; this needs %s", p.name, p.role, rt.perm.needs()))
+					s.fail(w, r, errf(http.StatusForbidden, "forbidden", "token %s has role %s; this needs %s", p.name, p.role, rt.perm.Needs()))
 					return
 				}
 			}

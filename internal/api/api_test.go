@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/sessionlock"
 	"github.com/aupd/aupd/internal/store"
@@ -27,10 +28,10 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	bad := []AuthConfig{
 		{Tokens: []TokenConfig{{Name: "a", Hash: "plain-token", Role: RoleAdmin}}},
-		{Tokens: []TokenConfig{{Name: "a", Hash: HashToken("x"), Role: "root"}}},
-		{Tokens: []TokenConfig{{Name: "a", Hash: HashToken("x"), Role: RoleAdmin}, {Name: "a", Hash: HashToken("y"), Role: RoleAdmin}}},
-		{Tokens: []TokenConfig{{Name: "a", Hash: HashToken("x"), Role: RoleAdmin}, {Name: "b", Hash: HashToken("x"), Role: RoleAdmin}}},
-		{Tokens: []TokenConfig{{Name: "", Hash: HashToken("x"), Role: RoleAdmin}}},
+		{Tokens: []TokenConfig{{Name: "a", Hash: auth.HashToken("x"), Role: "root"}}},
+		{Tokens: []TokenConfig{{Name: "a", Hash: auth.HashToken("x"), Role: RoleAdmin}, {Name: "a", Hash: auth.HashToken("y"), Role: RoleAdmin}}},
+		{Tokens: []TokenConfig{{Name: "a", Hash: auth.HashToken("x"), Role: RoleAdmin}, {Name: "b", Hash: auth.HashToken("x"), Role: RoleAdmin}}},
+		{Tokens: []TokenConfig{{Name: "", Hash: auth.HashToken("x"), Role: RoleAdmin}}},
 	}
 	for i, c := range bad {
 		if err := c.Validate(); err == nil {
@@ -40,7 +41,7 @@ func TestOptionsValidate(t *testing.T) {
 	if err := testAuth().Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if h := HashToken("abc"); h != "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" {
+	if h := auth.HashToken("abc"); h != "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" {
 		t.Fatalf("HashToken: %s", h)
 	}
 }
@@ -58,7 +59,7 @@ func TestAuthFailures(t *testing.T) {
 		{"basic auth", "Basic YWxpY2U6cHc=", 401, "unauthenticated"},
 		{"empty bearer", "Bearer ", 401, "unauthenticated"},
 		{"wrong token", "Bearer nope", 401, "invalid_token"},
-		{"hash instead of token", "Bearer " + HashToken(tokAdmin), 401, "invalid_token"},
+		{"hash instead of token", "Bearer " + auth.HashToken(tokAdmin), 401, "invalid_token"},
 		{"viewer cannot lock", "Bearer " + tokViewer, 403, "forbidden"},
 	} {
 		req, _ := http.NewRequest("POST", e.srv.URL+path, strings.NewReader(`{"reason":"x"}`))

@@ -9,30 +9,6 @@ import (
 	"github.com/aupd/aupd/internal/companies"
 )
 
-// Company is the JSON form of a company. Durations are Go duration
-// strings ("15m", "1h30m").
-type Company struct {
-	ID           string   `json:"id"`
-	Name         string   `json:"name,omitempty"`
-	Domains      []string `json:"domains"`
-	AbuseContact string   `json:"abuse_contact,omitempty"`
-	// DeskContacts may ask the abuse desk for a sign-in link for the
-	// company, besides AbuseContact.
-	DeskContacts []string `json:"desk_contacts,omitempty"`
-	Threshold    *int     `json:"threshold,omitempty"`
-	Allowlist    []string `json:"allowlist,omitempty"`
-	Lockout      *Lockout `json:"lockout,omitempty"`
-	// Source is "config" (read-only here) or "api".
-	Source string `json:"source,omitempty"`
-}
-
-// Lockout is a company's failed-login lockout override.
-type Lockout struct {
-	MaxFailures int    `json:"max_failures,omitempty"`
-	Window      string `json:"window,omitempty"`
-	Duration    string `json:"duration,omitempty"`
-}
-
 func companyJSON(c *companies.Company) *Company {
 	out := &Company{ID: c.ID, Name: c.Name, Domains: c.Domains, AbuseContact: c.AbuseContact, DeskContacts: c.DeskContacts, Threshold: c.Threshold, Allowlist: c.Allowlist, Source: c.Source}
 	if out.Domains == nil {
@@ -50,14 +26,9 @@ func companyJSON(c *companies.Company) *Company {
 	return out
 }
 
-// CompanyRequest creates or replaces an API-managed company. ID may be
-// left out; if given it must match the path.
-type CompanyRequest struct {
-	Company
-	Reason string `json:"reason"`
-}
-
-func (req *CompanyRequest) company(id string) (companies.Company, *apiError) {
+// companyOf checks a company request and returns the company it sets,
+// of id the path's.
+func companyOf(req *CompanyRequest, id string) (companies.Company, *apiError) {
 	if req.ID != "" && req.ID != id {
 		return companies.Company{}, errf(http.StatusBadRequest, "invalid", "the id in the body (%s) is not the id of the path (%s)", clip(req.ID, 70), clip(id, 70))
 	}
@@ -104,13 +75,6 @@ func (s *server) refresh(r *http.Request) {
 	if err := s.dir.Refresh(r.Context()); err != nil {
 		s.log.Warn("refresh companies", "err", err)
 	}
-}
-
-// CompanyList is a page of companies, by id.
-type CompanyList struct {
-	Companies []*Company `json:"companies"`
-	// NextCursor fetches the next page; absent at the end.
-	NextCursor string `json:"next_cursor,omitempty"`
 }
 
 func (s *server) listCompanies(w http.ResponseWriter, r *http.Request, p *principal) {
@@ -173,7 +137,7 @@ func (s *server) putCompany(w http.ResponseWriter, r *http.Request, p *principal
 		s.fail(w, r, errf(http.StatusBadRequest, "reason_required", "a reason is required for every change"))
 		return
 	}
-	c, e := req.company(id)
+	c, e := companyOf(&req, id)
 	if e != nil {
 		s.fail(w, r, e)
 		return

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
@@ -33,12 +34,12 @@ const (
 
 func testAuth() AuthConfig {
 	return AuthConfig{Tokens: []TokenConfig{
-		{Name: "root", Hash: HashToken(tokAdmin), Role: RoleAdmin},
-		{Name: "webmail", Hash: HashToken(tokViewer), Role: RoleViewer},
-		{Name: "abuse-desk", Hash: HashToken(tokAbuse), Role: RoleAbuse},
-		{Name: "acme-abuse", Hash: HashToken(tokAcmeAbuse), Role: RoleAbuse, Company: "acme"},
-		{Name: "acme-admin", Hash: HashToken(tokAcmeAdmin), Role: RoleAdmin, Company: "acme"},
-		{Name: "acme-viewer", Hash: HashToken(tokAcmeViewer), Role: RoleViewer, Company: "acme"},
+		{Name: "root", Hash: auth.HashToken(tokAdmin), Role: RoleAdmin},
+		{Name: "webmail", Hash: auth.HashToken(tokViewer), Role: RoleViewer},
+		{Name: "abuse-desk", Hash: auth.HashToken(tokAbuse), Role: RoleAbuse},
+		{Name: "acme-abuse", Hash: auth.HashToken(tokAcmeAbuse), Role: RoleAbuse, Company: "acme"},
+		{Name: "acme-admin", Hash: auth.HashToken(tokAcmeAdmin), Role: RoleAdmin, Company: "acme"},
+		{Name: "acme-viewer", Hash: auth.HashToken(tokAcmeViewer), Role: RoleViewer, Company: "acme"},
 	}}
 }
 

@@ -20,7 +20,7 @@ func GuardTokens(t *Tokens, perm Permission, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, e := a.authenticate(r)
 		if e == nil && !p.allowed(perm) {
-			e = errf(http.StatusForbidden, "forbidden", "this endpoint needs %s", perm.needs())
+			e = errf(http.StatusForbidden, "forbidden", "this endpoint needs %s", perm.Needs())
 		}
 		if e != nil {
 			if e.status == http.StatusUnauthorized {

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/ingest"
@@ -76,12 +77,12 @@ func newIngestServer(t *testing.T, maxBytes int64) (*httptest.Server, *fakeJS) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth := testAuth()
-	auth.Tokens = append(auth.Tokens,
-		TokenConfig{Name: "filters", Hash: HashToken(tokPublisher), Role: RolePublisher},
-		TokenConfig{Name: "acme-fbl", Hash: HashToken(tokAcmePublisher), Role: RolePublisher, Company: "acme"})
+	ac := testAuth()
+	ac.Tokens = append(ac.Tokens,
+		TokenConfig{Name: "filters", Hash: auth.HashToken(tokPublisher), Role: RolePublisher},
+		TokenConfig{Name: "acme-fbl", Hash: auth.HashToken(tokAcmePublisher), Role: RolePublisher, Company: "acme"})
 	h, err := New(Options{Store: store.New(rdb, prefix), Companies: dir, Publisher: noPublisher{}, Notices: &fakeNotices{},
-		Auth: auth, Ingest: ing, IngestMaxBytes: maxBytes, Window: 24 * time.Hour, Cap: testCap})
+		Auth: ac, Ingest: ing, IngestMaxBytes: maxBytes, Window: 24 * time.Hour, Cap: testCap})
 	if err != nil {
 		t.Fatal(err)
 	}

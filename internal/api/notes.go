@@ -4,18 +4,8 @@ import (
 	"net/http"
 
 	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/rules"
 )
-
-// NoteRequest adds a case note to an account's history.
-type NoteRequest struct {
-	// Text is plain text, 1 to store.MaxNote characters.
-	Text string `json:"text"`
-}
-
-// NoteResponse answers a note: the history entry written.
-type NoteResponse struct {
-	Entry store.HistoryEntry `json:"entry"`
-}
 
 // addNote is POST /api/v1/accounts/{account}/notes: a case note ("called
 // the user, new password set") in the account's history, with the token's
@@ -37,7 +27,7 @@ func (s *server) addNote(w http.ResponseWriter, r *http.Request, p *principal) {
 		s.failErr(w, r, err)
 		return
 	}
-	by := store.Actor{Name: p.name, Reason: DefaultCode(p.company), Note: text, Scope: p.company, Via: store.ViaToken}
+	by := store.Actor{Name: p.name, Reason: rules.DefaultCode(p.company), Note: text, Scope: p.company, Via: store.ViaToken}
 	e, err := s.store.AddNote(r.Context(), addr, by)
 	if err != nil {
 		s.failErr(w, r, err)

@@ -3,6 +3,8 @@ package api
 import (
 	"strings"
 	"testing"
+
+	"github.com/aupd/aupd/rules"
 )
 
 // TestNotes: a case note needs role abuse, a company's token notes its
@@ -56,7 +58,7 @@ func TestNotes(t *testing.T) {
 	var got NoteResponse
 	e.must(201, "POST", path(acme), tokAcmeAbuse, note("  called the user,\r\nnew password set <b>  ")).json(t, &got)
 	if got.Entry.Action != "note" || got.Entry.Actor != "acme-abuse" || got.Entry.Note != "called the user,\nnew password set <b>" ||
-		got.Entry.Via != "token" || got.Entry.Reason != ReasonAbuseContact || got.Entry.Time.IsZero() {
+		got.Entry.Via != "token" || got.Entry.Reason != rules.ReasonAbuseContact || got.Entry.Time.IsZero() {
 		t.Errorf("answer %+v", got.Entry)
 	}
 	e.must(201, "POST", path(globex), tokAbuse, note(strings.Repeat("é", 1000)))

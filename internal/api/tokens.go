@@ -1,7 +1,8 @@
 package api
 
-// Tokens is the set of API tokens, shared by the admin API and the
-// handlers served beside it (GuardTokens). Set replaces it at once, so
+// Tokens is the set of API tokens (auth.Tokens) with the limit of failed
+// authentications, shared by the admin API, the handlers served beside it
+// (GuardTokens) and the abuse desk. Set replaces the tokens at once, so
 // that a reload (SIGHUP, POST /-/reload) takes new and revoked tokens into
 // account without a restart.
 type Tokens struct{ a *authenticator }
@@ -16,29 +17,10 @@ func NewTokens(c AuthConfig) (*Tokens, error) {
 }
 
 // Set replaces the tokens. An invalid config changes nothing.
-func (t *Tokens) Set(c AuthConfig) error { return t.a.set(c) }
+func (t *Tokens) Set(c AuthConfig) error { return t.a.tokens.Set(c) }
 
 // Verify finds the token a user presented, among the current tokens.
-func (t *Tokens) Verify(token string) (TokenConfig, bool) {
-	at, ok := t.a.findToken(token)
-	if !ok {
-		return TokenConfig{}, false
-	}
-	return at.config(), true
-}
+func (t *Tokens) Verify(token string) (TokenConfig, bool) { return t.a.tokens.Verify(token) }
 
-// Named returns the current token of that name, if any: a session made
-// with a token ends when the token is removed, gets another secret
-// (TokenConfig.Fingerprint), or its role or company changes.
-func (t *Tokens) Named(name string) (TokenConfig, bool) {
-	for _, at := range *t.a.tokens.Load() {
-		if at.p.name == name {
-			return at.config(), true
-		}
-	}
-	return TokenConfig{}, false
-}
-
-func (at *authToken) config() TokenConfig {
-	return TokenConfig{Name: at.p.name, Hash: at.hash, Role: at.p.role, Company: at.p.company}
-}
+// Named returns the current token of that name, if any (auth.Tokens.Named).
+func (t *Tokens) Named(name string) (TokenConfig, bool) { return t.a.tokens.Named(name) }

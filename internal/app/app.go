@@ -185,7 +185,8 @@ func (a *App) policy() worker.Policy {
 // capOf is the per-account cap the worker uses for account.
 func (a *App) capOf(account string) int {
 	c, _ := a.dir.ByAccount(account)
-	return worker.Cap(a.policy(), c, account)
+	p := a.policy()
+	return p.Cap(companies.Policy(p, c, account))
 }
 
 // reload re-reads the config file. The AUP rule, the companies and the

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/testutil"
 )
 
@@ -25,18 +25,18 @@ var updateDocs = flag.Bool("update-docs", false, "rewrite docs/api.md's permissi
 // a wrong token ("wrong") or none ("").
 type matrixToken struct {
 	name, secret string
-	role         api.Role
+	role         auth.Role
 	company      string
 }
 
 var matrixTokens = []matrixToken{
-	{"admin", "m-admin-secret", api.RoleAdmin, ""},
-	{"admin-acme", "m-admin-acme-secret", api.RoleAdmin, "acme"},
-	{"abuse", "m-abuse-secret", api.RoleAbuse, ""},
-	{"abuse-acme", "m-abuse-acme-secret", api.RoleAbuse, "acme"},
-	{"viewer", "m-viewer-secret", api.RoleViewer, ""},
-	{"viewer-acme", "m-viewer-acme-secret", api.RoleViewer, "acme"},
-	{"publisher", "m-publisher-secret", api.RolePublisher, ""},
+	{"admin", "m-admin-secret", auth.RoleAdmin, ""},
+	{"admin-acme", "m-admin-acme-secret", auth.RoleAdmin, "acme"},
+	{"abuse", "m-abuse-secret", auth.RoleAbuse, ""},
+	{"abuse-acme", "m-abuse-acme-secret", auth.RoleAbuse, "acme"},
+	{"viewer", "m-viewer-secret", auth.RoleViewer, ""},
+	{"viewer-acme", "m-viewer-acme-secret", auth.RoleViewer, "acme"},
+	{"publisher", "m-publisher-secret", auth.RolePublisher, ""},
 }
 
 // path makes a request path of a route's pattern: an account of acme's,
@@ -50,7 +50,7 @@ func matrixPath(pattern string) (method, path string) {
 // TestAuthorizationMatrix: every route of the HTTP listener (control
 // endpoints, admin API, session locks, abuse desk), with no token, a wrong
 // token and a token of each role with and without a company scope, answers
-// as api.Allowed says: 401 without a valid token, 403 for a token that may
+// as auth.Allowed says: 401 without a valid token, 403 for a token that may
 // not, neither for a token that may. The same table is docs/api.md's
 // (TestPermissionTableDoc).
 func TestAuthorizationMatrix(t *testing.T) {
@@ -58,7 +58,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	_, prefix := testutil.Redis(t)
 	cfg := testConfig(t, ns.ClientURL(), prefix)
 	for _, m := range matrixTokens {
-		cfg.Auth.Tokens = append(cfg.Auth.Tokens, api.TokenConfig{Name: m.name, Hash: api.HashToken(m.secret), Role: m.role, Company: m.company})
+		cfg.Auth.Tokens = append(cfg.Auth.Tokens, auth.TokenConfig{Name: m.name, Hash: auth.HashToken(m.secret), Role: m.role, Company: m.company})
 	}
 	cfg.HTTP.AuthFailures = 1000 // the matrix sends a wrong token to every route
 	cfg.Desk.Enabled = true
@@ -95,7 +95,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 				want = "neither"
 			case c.role == "":
 				want = "401"
-			case api.Allowed(c.role, c.company, rt.Perm):
+			case auth.Allowed(c.role, c.company, rt.Perm):
 				want = "neither"
 			default:
 				want = "403"
@@ -128,7 +128,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		if c.name != "no token" {
 			_, _, body := do("GET", "/desk/sign-in", nil)
 			code, loc, _ := do("POST", "/desk/sign-in", url.Values{"csrf": {csrf.FindStringSubmatch(body)[1]}, "token": {c.secret}})
-			mayRead := c.role != "" && api.Allowed(c.role, c.company, api.PermRead)
+			mayRead := c.role != "" && auth.Allowed(c.role, c.company, auth.PermRead)
 			if signedIn := code == http.StatusSeeOther && loc == "/desk/"; signedIn != mayRead {
 				t.Errorf("desk sign-in as %s: %d %s", c.name, code, loc)
 			}
@@ -139,8 +139,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 			if !strings.HasPrefix(path, "/desk/") || rt.Perm == "" {
 				continue
 			}
-			allowed := c.role != "" && api.Allowed(c.role, c.company, rt.Perm)
-			mayRead := c.role != "" && api.Allowed(c.role, c.company, api.PermRead)
+			allowed := c.role != "" && auth.Allowed(c.role, c.company, rt.Perm)
+			mayRead := c.role != "" && auth.Allowed(c.role, c.company, auth.PermRead)
 			n++
 			if method == "GET" {
 				code, loc, body := do(method, path, nil)
@@ -182,20 +182,20 @@ func classify(code int) string {
 }
 
 // permissionTable is docs/api.md's permission table, made from
-// api.Allowed and ListenerRoutes.
+// auth.Allowed and ListenerRoutes.
 func permissionTable() string {
-	roles := []api.Role{api.RoleViewer, api.RoleAbuse, api.RoleAdmin, api.RolePublisher}
+	roles := []auth.Role{auth.RoleViewer, auth.RoleAbuse, auth.RoleAdmin, auth.RolePublisher}
 	var b bytes.Buffer
 	b.WriteString("| permission | viewer | abuse | admin | publisher | with a company scope | routes |\n")
 	b.WriteString("| --- | --- | --- | --- | --- | --- | --- |\n")
-	for _, p := range api.Permissions() {
+	for _, p := range auth.Permissions() {
 		fmt.Fprintf(&b, "| %s |", p)
 		scoped := "yes, its company's accounts"
 		for _, r := range roles {
 			mark := "-"
-			if api.Allowed(r, "", p) {
+			if auth.Allowed(r, "", p) {
 				mark = "yes"
-				if !api.Allowed(r, "acme", p) {
+				if !auth.Allowed(r, "acme", p) {
 					scoped = "no"
 				}
 			}
@@ -254,7 +254,7 @@ func TestAuthFailureLimit(t *testing.T) {
 		cfg := testConfig(t, ns.ClientURL(), prefix)
 		cfg.HTTP.AuthFailures = 3
 		cfg.HTTP.TrustedProxies = trusted
-		cfg.Auth.Tokens = []api.TokenConfig{{Name: "viewer", Hash: api.HashToken("right-token"), Role: api.RoleViewer}}
+		cfg.Auth.Tokens = []auth.TokenConfig{{Name: "viewer", Hash: auth.HashToken("right-token"), Role: auth.RoleViewer}}
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}

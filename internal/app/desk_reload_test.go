@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/store"
@@ -39,9 +39,9 @@ func newDeskReload(t *testing.T, abuseSecret string, contacts []string) *deskRel
 	dir := t.TempDir()
 	r := &deskReload{t: t, path: dir + "/aupd.yml"}
 	r.write = func(abuseSecret string, contacts []string) {
-		tokens := fmt.Sprintf(`{name: reloader, role: admin, hash: %q}`, api.HashToken("reload-test-token"))
+		tokens := fmt.Sprintf(`{name: reloader, role: admin, hash: %q}`, auth.HashToken("reload-test-token"))
 		if abuseSecret != "" {
-			tokens += fmt.Sprintf(`, {name: desk-abuse, role: abuse, hash: %q}`, api.HashToken(abuseSecret))
+			tokens += fmt.Sprintf(`, {name: desk-abuse, role: abuse, hash: %q}`, auth.HashToken(abuseSecret))
 		}
 		list := "[]"
 		if len(contacts) > 0 {

@@ -11,19 +11,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/sessionlock"
 )
 
 // controlRoute is one of the listener's own endpoints and what it needs
-// (api.Allowed); Perm "" is public.
+// (auth.Allowed); Perm "" is public.
 type controlRoute struct {
 	api.Route
 	h http.Handler
 }
 
 // controlRoutes are the listener's own endpoints. Reloading needs an admin
-// token without a company scope (api.PermControl), like any other change
+// token without a company scope (auth.PermControl), like any other change
 // of aupd's behaviour; the tokens are the reloaded ones.
 func (a *App) controlRoutes(metrics http.Handler) []controlRoute {
 	return []controlRoute{
@@ -32,7 +33,7 @@ func (a *App) controlRoutes(metrics http.Handler) []controlRoute {
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		})},
 		{api.Route{Pattern: "GET /readyz"}, http.HandlerFunc(a.readyz)},
-		{api.Route{Pattern: "POST /-/reload", Perm: api.PermControl}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		{api.Route{Pattern: "POST /-/reload", Perm: auth.PermControl}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if err := a.reload(); err != nil {
 				writeJSON(w, http.StatusInternalServerError, map[string]any{"error": map[string]string{"code": "reload_failed", "message": err.Error()}})
 				return
@@ -53,7 +54,7 @@ func ListenerRoutes() []api.Route {
 	}
 	out = append(out, api.Routes()...)
 	for _, p := range sessionlock.Routes() {
-		out = append(out, api.Route{Pattern: p, Perm: api.PermSessionLock})
+		out = append(out, api.Route{Pattern: p, Perm: auth.PermSessionLock})
 	}
 	for _, rt := range desk.Routes() {
 		out = append(out, api.Route{Pattern: rt.Pattern, Perm: rt.Perm})

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/ingest"
@@ -35,10 +36,10 @@ const (
 func withIngestTokens(t *testing.T, cfg *config.Config) *config.Config {
 	t.Helper()
 	cfg.Auth.Tokens = append(cfg.Auth.Tokens,
-		api.TokenConfig{Name: "filters", Hash: api.HashToken(tokPublisher), Role: api.RolePublisher},
-		api.TokenConfig{Name: "acme-fbl", Hash: api.HashToken(tokAcmePublisher), Role: api.RolePublisher, Company: "acme"},
-		api.TokenConfig{Name: "ops", Hash: api.HashToken(tokAdminIngest), Role: api.RoleAdmin},
-		api.TokenConfig{Name: "acme-abuse", Hash: api.HashToken(tokAcmeAbuse), Role: api.RoleAbuse, Company: "acme"},
+		auth.TokenConfig{Name: "filters", Hash: auth.HashToken(tokPublisher), Role: auth.RolePublisher},
+		auth.TokenConfig{Name: "acme-fbl", Hash: auth.HashToken(tokAcmePublisher), Role: auth.RolePublisher, Company: "acme"},
+		auth.TokenConfig{Name: "ops", Hash: auth.HashToken(tokAdminIngest), Role: auth.RoleAdmin},
+		auth.TokenConfig{Name: "acme-abuse", Hash: auth.HashToken(tokAcmeAbuse), Role: auth.RoleAbuse, Company: "acme"},
 	)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/internal/testutil"
@@ -104,7 +104,7 @@ func TestReloadReplacesTokens(t *testing.T) {
 	_, prefix := testutil.Redis(t)
 	dir := t.TempDir()
 	path := dir + "/aupd.yml"
-	oldTok, newTok := api.NewToken(), api.NewToken()
+	oldTok, newTok := auth.NewToken(), auth.NewToken()
 	write := func(tok string) {
 		text := fmt.Sprintf(`data_dir: %s
 http: {listen: "127.0.0.1:0"}
@@ -113,7 +113,7 @@ redis: {addrs: [%q], prefix: %s}
 notifier: {eml_dir: notices}
 policy: {postfix: {listen: ""}, dovecot: {listen: ""}}
 auth: {tokens: [{name: ops, role: admin, hash: %q}]}
-`, dir, ns.ClientURL(), testutil.RedisAddr(), prefix, api.HashToken(tok))
+`, dir, ns.ClientURL(), testutil.RedisAddr(), prefix, auth.HashToken(tok))
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
@@ -44,7 +45,7 @@ func TestLookupsBoundedWhenRedisHangs(t *testing.T) {
 	cfg.Policy.Postfix.TransportListen = "127.0.0.1:0"
 	cfg.Policy.Dovecot.LookupTimeout = lookup
 	const token = "redis-hang-test-token"
-	cfg.Auth.Tokens = []api.TokenConfig{{Name: "webmail", Role: api.RoleViewer, Hash: api.HashToken(token)}}
+	cfg.Auth.Tokens = []auth.TokenConfig{{Name: "webmail", Role: auth.RoleViewer, Hash: auth.HashToken(token)}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

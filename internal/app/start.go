@@ -17,6 +17,7 @@ import (
 
 	"github.com/aupd/aupd/consumers"
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/authlimit"
 	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/companies"
@@ -301,7 +302,7 @@ func (a *App) buildRoutes(cfg *config.Config, pub jsPublisher, ntf *notifier.Not
 	if err != nil {
 		return nil, err
 	}
-	guarded := api.GuardTokens(a.tokens, api.PermSessionLock, sessionlock.NewHandler(locks, a.log))
+	guarded := api.GuardTokens(a.tokens, auth.PermSessionLock, sessionlock.NewHandler(locks, a.log))
 	for _, route := range sessionlock.Routes() {
 		mux.Handle(route, guarded)
 	}

@@ -15,8 +15,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/aupd/aupd/internal/api"
-	"github.com/aupd/aupd/internal/store"
+	"github.com/aupd/aupd/internal/api/apitypes"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -125,56 +124,56 @@ func accountPath(addr string, rest ...string) string {
 }
 
 // Account reads one account.
-func (c *Client) Account(ctx context.Context, addr string) (*api.Account, []byte, error) {
-	var a api.Account
+func (c *Client) Account(ctx context.Context, addr string) (*apitypes.Account, []byte, error) {
+	var a apitypes.Account
 	raw, err := c.do(ctx, "GET", accountPath(addr), nil, nil, &a)
 	return &a, raw, err
 }
 
 // SetStatus runs a status action: lock, unlock, end-lockout, maintenance,
 // close or activate.
-func (c *Client) SetStatus(ctx context.Context, addr, action, reason string) (*api.ChangeResponse, []byte, error) {
-	var cr api.ChangeResponse
-	raw, err := c.do(ctx, "POST", accountPath(addr, action), nil, api.ChangeRequest{Reason: reason}, &cr)
+func (c *Client) SetStatus(ctx context.Context, addr, action, reason string) (*apitypes.ChangeResponse, []byte, error) {
+	var cr apitypes.ChangeResponse
+	raw, err := c.do(ctx, "POST", accountPath(addr, action), nil, apitypes.ChangeRequest{Reason: reason}, &cr)
 	return &cr, raw, err
 }
 
 // Suspend suspends services.
-func (c *Client) Suspend(ctx context.Context, addr string, services []rules.Service, reason string) (*api.ChangeResponse, []byte, error) {
-	var cr api.ChangeResponse
-	raw, err := c.do(ctx, "POST", accountPath(addr, "suspend"), nil, api.SuspendRequest{Services: services, ChangeRequest: api.ChangeRequest{Reason: reason}}, &cr)
+func (c *Client) Suspend(ctx context.Context, addr string, services []rules.Service, reason string) (*apitypes.ChangeResponse, []byte, error) {
+	var cr apitypes.ChangeResponse
+	raw, err := c.do(ctx, "POST", accountPath(addr, "suspend"), nil, apitypes.SuspendRequest{Services: services, ChangeRequest: apitypes.ChangeRequest{Reason: reason}}, &cr)
 	return &cr, raw, err
 }
 
 // Reinstate lifts suspensions (none: all).
-func (c *Client) Reinstate(ctx context.Context, addr string, services []rules.Service, reason string) (*api.ChangeResponse, []byte, error) {
-	var cr api.ChangeResponse
-	raw, err := c.do(ctx, "POST", accountPath(addr, "reinstate"), nil, api.ReinstateRequest{Services: services, ChangeRequest: api.ChangeRequest{Reason: reason}}, &cr)
+func (c *Client) Reinstate(ctx context.Context, addr string, services []rules.Service, reason string) (*apitypes.ChangeResponse, []byte, error) {
+	var cr apitypes.ChangeResponse
+	raw, err := c.do(ctx, "POST", accountPath(addr, "reinstate"), nil, apitypes.ReinstateRequest{Services: services, ChangeRequest: apitypes.ChangeRequest{Reason: reason}}, &cr)
 	return &cr, raw, err
 }
 
 // SetAccount creates an account or sets its type or company.
-func (c *Client) SetAccount(ctx context.Context, addr string, typ rules.AccountType, company, reason string) (*api.ChangeResponse, []byte, error) {
-	var cr api.ChangeResponse
-	raw, err := c.do(ctx, "PUT", accountPath(addr), nil, api.AccountRequest{Type: typ, Company: company, ChangeRequest: api.ChangeRequest{Reason: reason}}, &cr)
+func (c *Client) SetAccount(ctx context.Context, addr string, typ rules.AccountType, company, reason string) (*apitypes.ChangeResponse, []byte, error) {
+	var cr apitypes.ChangeResponse
+	raw, err := c.do(ctx, "PUT", accountPath(addr), nil, apitypes.AccountRequest{Type: typ, Company: company, ChangeRequest: apitypes.ChangeRequest{Reason: reason}}, &cr)
 	return &cr, raw, err
 }
 
 // Delete deletes an account.
 func (c *Client) Delete(ctx context.Context, addr, reason string) ([]byte, error) {
-	return c.do(ctx, "DELETE", accountPath(addr), nil, api.ChangeRequest{Reason: reason}, nil)
+	return c.do(ctx, "DELETE", accountPath(addr), nil, apitypes.ChangeRequest{Reason: reason}, nil)
 }
 
 // Note adds a case note to an account's history.
-func (c *Client) Note(ctx context.Context, addr, text string) (*api.NoteResponse, []byte, error) {
-	var nr api.NoteResponse
-	raw, err := c.do(ctx, "POST", accountPath(addr, "notes"), nil, api.NoteRequest{Text: text}, &nr)
+func (c *Client) Note(ctx context.Context, addr, text string) (*apitypes.NoteResponse, []byte, error) {
+	var nr apitypes.NoteResponse
+	raw, err := c.do(ctx, "POST", accountPath(addr, "notes"), nil, apitypes.NoteRequest{Text: text}, &nr)
 	return &nr, raw, err
 }
 
 // History reads a page of an account's history.
-func (c *Client) History(ctx context.Context, addr string, offset, limit int) (*api.HistoryPage, []byte, error) {
-	var h api.HistoryPage
+func (c *Client) History(ctx context.Context, addr string, offset, limit int) (*apitypes.HistoryPage, []byte, error) {
+	var h apitypes.HistoryPage
 	q := url.Values{"offset": {strconv.Itoa(offset)}, "limit": {strconv.Itoa(limit)}}
 	raw, err := c.do(ctx, "GET", accountPath(addr, "history"), q, nil, &h)
 	return &h, raw, err
@@ -195,7 +194,7 @@ type ListQuery struct {
 }
 
 // List reads a page of accounts.
-func (c *Client) List(ctx context.Context, lq ListQuery) (*api.AccountList, []byte, error) {
+func (c *Client) List(ctx context.Context, lq ListQuery) (*apitypes.AccountList, []byte, error) {
 	q := url.Values{}
 	if lq.Company != "" {
 		q.Set("company", lq.Company)
@@ -212,20 +211,20 @@ func (c *Client) List(ctx context.Context, lq ListQuery) (*api.AccountList, []by
 	if lq.Limit > 0 {
 		q.Set("limit", strconv.Itoa(lq.Limit))
 	}
-	var l api.AccountList
+	var l apitypes.AccountList
 	raw, err := c.do(ctx, "GET", "/api/v1/accounts", q, nil, &l)
 	return &l, raw, err
 }
 
 // Licences counts a company's licences.
-func (c *Client) Licences(ctx context.Context, company string) (*store.Licences, []byte, error) {
-	var l store.Licences
+func (c *Client) Licences(ctx context.Context, company string) (*apitypes.Licences, []byte, error) {
+	var l apitypes.Licences
 	raw, err := c.do(ctx, "GET", "/api/v1/companies/"+url.PathEscape(company)+"/licences", nil, nil, &l)
 	return &l, raw, err
 }
 
 // Companies reads a page of companies.
-func (c *Client) Companies(ctx context.Context, cursor string, limit int) (*api.CompanyList, []byte, error) {
+func (c *Client) Companies(ctx context.Context, cursor string, limit int) (*apitypes.CompanyList, []byte, error) {
 	q := url.Values{}
 	if cursor != "" {
 		q.Set("cursor", cursor)
@@ -233,21 +232,21 @@ func (c *Client) Companies(ctx context.Context, cursor string, limit int) (*api.
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 	}
-	var l api.CompanyList
+	var l apitypes.CompanyList
 	raw, err := c.do(ctx, "GET", "/api/v1/companies", q, nil, &l)
 	return &l, raw, err
 }
 
 // Company reads one company.
-func (c *Client) Company(ctx context.Context, id string) (*api.Company, []byte, error) {
-	var co api.Company
+func (c *Client) Company(ctx context.Context, id string) (*apitypes.Company, []byte, error) {
+	var co apitypes.Company
 	raw, err := c.do(ctx, "GET", "/api/v1/companies/"+url.PathEscape(id), nil, nil, &co)
 	return &co, raw, err
 }
 
 // Decide asks for an access decision.
-func (c *Client) Decide(ctx context.Context, addr string, access rules.Access) (*api.DecideResponse, []byte, error) {
-	var d api.DecideResponse
-	raw, err := c.do(ctx, "POST", "/api/v1/decide", nil, api.DecideRequest{Account: addr, Access: access}, &d)
+func (c *Client) Decide(ctx context.Context, addr string, access rules.Access) (*apitypes.DecideResponse, []byte, error) {
+	var d apitypes.DecideResponse
+	raw, err := c.do(ctx, "POST", "/api/v1/decide", nil, apitypes.DecideRequest{Account: addr, Access: access}, &d)
 	return &d, raw, err
 }

@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/aupd/aupd/internal/replay"
+	"github.com/aupd/aupd/internal/api/apitypes"
 )
 
 // IngestAnswer is the answer of the ingest endpoints.
@@ -71,7 +71,7 @@ func (c *Client) IngestARF(ctx context.Context, report []byte) (*IngestAnswer, [
 }
 
 // Replay asks what threshold would have done over the period since.
-func (c *Client) Replay(ctx context.Context, threshold int, company string, since time.Duration) (*replay.Report, []byte, error) {
+func (c *Client) Replay(ctx context.Context, threshold int, company string, since time.Duration) (*apitypes.ReplayReport, []byte, error) {
 	q := url.Values{"threshold": {strconv.Itoa(threshold)}}
 	if company != "" {
 		q.Set("company", company)
@@ -79,7 +79,7 @@ func (c *Client) Replay(ctx context.Context, threshold int, company string, sinc
 	if since > 0 {
 		q.Set("since", since.String())
 	}
-	var r replay.Report
+	var r apitypes.ReplayReport
 	raw, err := c.do(ctx, http.MethodGet, "/api/v1/replay", q, nil, &r)
 	if err != nil {
 		return nil, raw, err

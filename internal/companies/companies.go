@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
 )
 
 // Company is one tenant.
@@ -368,4 +369,13 @@ func (d *Directory) write(ctx context.Context, fn func(redis.Pipeliner)) error {
 		return fmt.Errorf("write company: %w", err)
 	}
 	return nil
+}
+
+// Policy is the policy of account, of company c (nil: no company's): the
+// provider's rule p with c's overrides, the threshold and the allowlist.
+func Policy(p rules.Provider, c *Company, account string) rules.Policy {
+	if c == nil {
+		return p.For(account, nil, false)
+	}
+	return p.For(account, c.Threshold, c.Allowlisted(account))
 }

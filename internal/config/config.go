@@ -14,21 +14,21 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/clientaddr"
+	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/jobs"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/policy/postfix"
-	"github.com/aupd/aupd/internal/sessionlock"
-	"github.com/aupd/aupd/notifier"
-
 	"github.com/aupd/aupd/internal/secret"
+
+	"github.com/aupd/aupd/internal/sessionlock"
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/notifier"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -45,7 +45,7 @@ type Config struct {
 	AUP       AUP                 `yaml:"aup"`
 	Companies []companies.Company `yaml:"companies"`
 	Notifier  notifier.Config     `yaml:"notifier"`
-	Auth      api.AuthConfig      `yaml:"auth"`
+	Auth      auth.Config         `yaml:"auth"`
 	Policy    Policy              `yaml:"policy"`
 	Sessions  sessionlock.Config  `yaml:"session_locks"`
 	Jobs      jobs.Config         `yaml:"jobs"`

@@ -8,7 +8,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 )
 
 // TestDeskSection: the desk is off by default; its link key comes from
@@ -66,9 +66,9 @@ func TestPlaceholderSecrets(t *testing.T) {
 // marker anywhere ("example-dovecot-key-change-me") is a placeholder.
 func TestExampleTokenHashesRefused(t *testing.T) {
 	c := Default()
-	c.Auth.Tokens = []api.TokenConfig{
-		{Name: "ops", Role: api.RoleAdmin, Hash: api.HashToken("example-admin-token-change-me")},
-		{Name: "mine", Role: api.RoleAdmin, Hash: api.HashToken(api.NewToken())},
+	c.Auth.Tokens = []auth.TokenConfig{
+		{Name: "ops", Role: auth.RoleAdmin, Hash: auth.HashToken("example-admin-token-change-me")},
+		{Name: "mine", Role: auth.RoleAdmin, Hash: auth.HashToken(auth.NewToken())},
 	}
 	c.Policy.Dovecot.APIKey = "example-dovecot-key-change-me"
 	err := c.Validate()

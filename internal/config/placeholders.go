@@ -3,7 +3,7 @@ package config
 import (
 	"strings"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 )
 
 // exampleTokens are the API tokens whose hashes the repository's examples
@@ -38,7 +38,7 @@ func (c *Config) checkPlaceholders(bad func(format string, args ...any)) {
 	}
 	for i, t := range c.Auth.Tokens {
 		for _, ex := range exampleTokens {
-			if strings.EqualFold(strings.TrimSpace(t.Hash), api.HashToken(ex)) {
+			if strings.EqualFold(strings.TrimSpace(t.Hash), auth.HashToken(ex)) {
 				bad("auth.tokens[%d] (%s): the hash of an example's token (%q): make a token with aupctl hash-token", i, t.Name, ex)
 			}
 		}

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/notifier"
@@ -404,7 +403,7 @@ func (d *Desk) do(r *http.Request, s *session, addr, action string) (*store.Op, 
 			msg := strings.TrimPrefix(err.Error(), store.ErrInvalid.Error()+": ")
 			return nil, &actionError{http.StatusBadRequest, "Note not added: " + msg + "."}
 		}
-		by := store.Actor{Name: s.name, Reason: api.DefaultCode(s.company), Note: text, Scope: s.company, Via: store.ViaDesk}
+		by := store.Actor{Name: s.name, Reason: rules.DefaultCode(s.company), Note: text, Scope: s.company, Via: store.ViaDesk}
 		if _, err := d.st.AddNote(r.Context(), addr, by); err != nil {
 			return nil, err
 		}
@@ -414,7 +413,7 @@ func (d *Desk) do(r *http.Request, s *session, addr, action string) (*store.Op, 
 	if err != nil {
 		return nil, err
 	}
-	by := store.Actor{Name: s.name, Reason: api.DefaultCode(s.company), Note: note, Scope: s.company, Via: store.ViaDesk}
+	by := store.Actor{Name: s.name, Reason: rules.DefaultCode(s.company), Note: note, Scope: s.company, Via: store.ViaDesk}
 	ctx := r.Context()
 	switch action {
 	case "reinstate", "suspend":

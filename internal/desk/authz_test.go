@@ -12,7 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/testutil"
 )
@@ -24,7 +24,7 @@ const tokPublisher = "publisher-token-secret"
 // session of such a token (one an older aupd made) opens no page.
 func TestPublisherCannotUseDesk(t *testing.T) {
 	w := newWorld(t, func(c *config.Config) {
-		c.Auth.Tokens = append(c.Auth.Tokens, api.TokenConfig{Name: "rspamd", Hash: api.HashToken(tokPublisher), Role: api.RolePublisher})
+		c.Auth.Tokens = append(c.Auth.Tokens, auth.TokenConfig{Name: "rspamd", Hash: auth.HashToken(tokPublisher), Role: auth.RolePublisher})
 	})
 	acct := "alice@example.com"
 	w.overThreshold(acct, 4, plain, plainRaw)
@@ -50,10 +50,10 @@ func TestPublisherCannotUseDesk(t *testing.T) {
 	// pages, a publisher's none.
 	rdb := redis.NewClient(&redis.Options{Addr: testutil.RedisAddr()})
 	defer rdb.Close()
-	forge := func(id, name, secret string, role api.Role, company string) *browser {
+	forge := func(id, name, secret string, role auth.Role, company string) *browser {
 		sum := sha256.Sum256([]byte(id))
 		key := w.cfg.Redis.Prefix + ":desk:session:" + hex.EncodeToString(sum[:])
-		fp := api.TokenConfig{Hash: api.HashToken(secret)}.Fingerprint()
+		fp := auth.TokenConfig{Hash: auth.HashToken(secret)}.Fingerprint()
 		if err := rdb.HSet(context.Background(), key, "name", name, "role", string(role), "company", company, "token", fp, "csrf", "x", "created", 1).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -62,13 +62,13 @@ func TestPublisherCannotUseDesk(t *testing.T) {
 		return b
 	}
 	pages := []string{"/desk/", "/desk/search?q=alice", "/desk/accounts/" + acct}
-	v := forge("viewer-session-id-0123456789", "acme-viewer", tokAcmeViewer, api.RoleViewer, "acme")
+	v := forge("viewer-session-id-0123456789", "acme-viewer", tokAcmeViewer, auth.RoleViewer, "acme")
 	for _, p := range pages {
 		if got := v.get(p); got.code != http.StatusOK {
 			t.Fatalf("viewer session, %s: %d", p, got.code)
 		}
 	}
-	ps := forge("publisher-session-id-0123456789", "rspamd", tokPublisher, api.RolePublisher, "")
+	ps := forge("publisher-session-id-0123456789", "rspamd", tokPublisher, auth.RolePublisher, "")
 	for _, p := range pages {
 		if got := ps.get(p); got.code != http.StatusSeeOther || !strings.HasPrefix(got.location(), "/desk/sign-in") {
 			t.Errorf("publisher session, %s: %d %s", p, got.code, got.location())

@@ -51,7 +51,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/authlimit"
 	"github.com/aupd/aupd/internal/clientaddr"
 	"github.com/aupd/aupd/internal/companies"
@@ -73,6 +73,13 @@ type Trends interface {
 	HourlyCounts(ctx context.Context, account string, window time.Duration, now time.Time) ([]int, error)
 }
 
+// Tokens is the token set the desk signs in with (auth.Tokens, or the
+// API's, which a reload replaces).
+type Tokens interface {
+	Verify(token string) (auth.TokenConfig, bool)
+	Named(name string) (auth.TokenConfig, bool)
+}
+
 // Options are what the desk needs. Config, Store, Companies, Publisher,
 // Redis and Threshold are required.
 type Options struct {
@@ -87,11 +94,11 @@ type Options struct {
 	// Trends gives the near-threshold list and hourly counts; nil: the
 	// overview leaves that part out.
 	Trends Trends
-	Auth   api.AuthConfig
+	Auth   auth.Config
 	// Tokens, when set, are the API's own token set, which a reload
 	// replaces: revoked tokens then sign in no more and their sessions end.
 	// Nil: a fixed set made from Auth.
-	Tokens *api.Tokens
+	Tokens Tokens
 	Redis  Redis
 	// Prefix starts the desk's Redis keys (the store's prefix).
 	Prefix string
@@ -140,7 +147,7 @@ func (o *Options) validate() error {
 		return fmt.Errorf("desk config: %w", err)
 	}
 	if o.Tokens == nil {
-		t, err := api.NewTokens(o.Auth)
+		t, err := auth.NewTokens(o.Auth)
 		if err != nil {
 			return fmt.Errorf("desk: %w", err)
 		}
@@ -174,7 +181,7 @@ type Desk struct {
 	now     func() time.Time
 	pages   map[string]*template.Template
 	mux     *http.ServeMux
-	tokens  *api.Tokens // the current tokens, reloaded with the config
+	tokens  Tokens // the current tokens, reloaded with the config
 	signIns *prometheus.CounterVec
 	actions *prometheus.CounterVec
 	// mails are the sign-in links asked for, waiting for Run's senders.
@@ -228,11 +235,11 @@ func New(opts Options) (*Desk, error) {
 func (d *Desk) Links() *Links { return d.links }
 
 // Route is one desk page and what its session's token needs
-// (api.Allowed); Perm "" is open without a session (the sign-in form, the
+// (auth.Allowed); Perm "" is open without a session (the sign-in form, the
 // style sheet, and the signed links, which carry their own rights).
 type Route struct {
 	Pattern string
-	Perm    api.Permission
+	Perm    auth.Permission
 	h       http.HandlerFunc
 }
 
@@ -250,22 +257,22 @@ func (d *Desk) routeTable() []Route {
 			}
 			files.ServeHTTP(w, r)
 		}},
-		{"GET /desk/{$}", api.PermRead, d.signedIn(api.PermRead, d.overview)},
+		{"GET /desk/{$}", auth.PermRead, d.signedIn(auth.PermRead, d.overview)},
 		{"GET /desk/sign-in", "", d.signInPage},
 		{"POST /desk/sign-in", "", d.signIn},
 		{"POST /desk/sign-in/link", "", d.askLink},
 		{"GET /desk/sign-in/link/{token}", "", d.signInLinkPage},
 		{"POST /desk/sign-in/link/{token}", "", d.signInWithLink},
-		{"POST /desk/sign-out", api.PermRead, d.signedIn(api.PermRead, d.signOut)},
-		{"GET /desk/search", api.PermRead, d.signedIn(api.PermRead, d.search)},
-		{"GET /desk/accounts/{account}", api.PermRead, d.signedIn(api.PermRead, d.accountPage)},
-		{"GET /desk/accounts/{account}/suspensions/{id}/evidence.txt", api.PermRead, d.signedIn(api.PermRead, d.evidenceFile)},
-		{"POST /desk/accounts/{account}/{action}", api.PermAct, d.signedIn(api.PermRead, d.act)},
+		{"POST /desk/sign-out", auth.PermRead, d.signedIn(auth.PermRead, d.signOut)},
+		{"GET /desk/search", auth.PermRead, d.signedIn(auth.PermRead, d.search)},
+		{"GET /desk/accounts/{account}", auth.PermRead, d.signedIn(auth.PermRead, d.accountPage)},
+		{"GET /desk/accounts/{account}/suspensions/{id}/evidence.txt", auth.PermRead, d.signedIn(auth.PermRead, d.evidenceFile)},
+		{"POST /desk/accounts/{account}/{action}", auth.PermAct, d.signedIn(auth.PermRead, d.act)},
 		{"GET /desk/l/{token}", "", d.linkPage},
 		{"POST /desk/l/{token}/reinstate", "", d.linkReinstate},
-		{"GET /desk/sessions", api.PermRead, d.signedIn(api.PermRead, d.sessionsPage)},
+		{"GET /desk/sessions", auth.PermRead, d.signedIn(auth.PermRead, d.sessionsPage)},
 		// Last: it may end the session that posts it.
-		{"POST /desk/sessions/sign-out", api.PermAct, d.signedIn(api.PermRead, d.signOutAll)},
+		{"POST /desk/sessions/sign-out", auth.PermAct, d.signedIn(auth.PermRead, d.signOutAll)},
 	}
 }
 
@@ -315,17 +322,17 @@ const maxForm = 64 << 10
 
 // signedIn runs h with the request's session, or sends the browser to
 // the sign-in page. A session whose token may not do perm never reaches h
-// (the actions, which need api.PermAct, check it in act after the
+// (the actions, which need auth.PermAct, check it in act after the
 // account's scope and the CSRF token, to answer a viewer's form with a
 // page that says why).
-func (d *Desk) signedIn(perm api.Permission, h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+func (d *Desk) signedIn(perm auth.Permission, h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, err := d.session(r)
 		if err != nil {
 			d.internal(w, r, nil, err)
 			return
 		}
-		if s == nil || !api.Allowed(s.role, s.company, perm) {
+		if s == nil || !auth.Allowed(s.role, s.company, perm) {
 			if r.Method == http.MethodGet {
 				// Back to this page after sign-in.
 				to := "/desk/sign-in"

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/store"
@@ -147,7 +147,7 @@ func TestRevokedToken(t *testing.T) {
 	w2 := newWorld(t, func(c *config.Config) {
 		c.Redis.Prefix = w.cfg.Redis.Prefix
 		c.Auth.Tokens = c.Auth.Tokens[:2] // root and abuse-team only
-		c.Auth.Tokens = append(c.Auth.Tokens, api.TokenConfig{Name: "acme-viewer", Hash: api.HashToken(tokAcmeViewer), Role: api.RoleAbuse, Company: "acme"})
+		c.Auth.Tokens = append(c.Auth.Tokens, auth.TokenConfig{Name: "acme-viewer", Hash: auth.HashToken(tokAcmeViewer), Role: auth.RoleAbuse, Company: "acme"})
 	})
 	u, _ := url.Parse(w.base + "/desk/")
 	b2 := w2.browser()

@@ -27,8 +27,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/app"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/events"
@@ -114,11 +114,11 @@ func newWorld(t *testing.T, mod func(*config.Config)) *world {
 		{ID: "acme", Name: "Acme Ltd", Domains: []string{"example.com"}, AbuseContact: "abuse@example.com", Threshold: &three},
 		{ID: "globex", Name: "Globex", Domains: []string{"globex.test"}, AbuseContact: "abuse@globex.test", Threshold: &three},
 	}
-	cfg.Auth.Tokens = []api.TokenConfig{
-		{Name: "root", Hash: api.HashToken(tokRoot), Role: api.RoleAdmin},
-		{Name: "abuse-team", Hash: api.HashToken(tokAbuse), Role: api.RoleAbuse},
-		{Name: "acme-abuse", Hash: api.HashToken(tokAcmeAbuse), Role: api.RoleAbuse, Company: "acme"},
-		{Name: "acme-viewer", Hash: api.HashToken(tokAcmeViewer), Role: api.RoleViewer, Company: "acme"},
+	cfg.Auth.Tokens = []auth.TokenConfig{
+		{Name: "root", Hash: auth.HashToken(tokRoot), Role: auth.RoleAdmin},
+		{Name: "abuse-team", Hash: auth.HashToken(tokAbuse), Role: auth.RoleAbuse},
+		{Name: "acme-abuse", Hash: auth.HashToken(tokAcmeAbuse), Role: auth.RoleAbuse, Company: "acme"},
+		{Name: "acme-viewer", Hash: auth.HashToken(tokAcmeViewer), Role: auth.RoleViewer, Company: "acme"},
 	}
 	cfg.Desk.Enabled = true
 	cfg.Desk.PublicURL = publicURL

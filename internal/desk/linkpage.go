@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
@@ -172,7 +171,7 @@ func (d *Desk) linkReinstate(w http.ResponseWriter, r *http.Request) {
 		d.showLink(w, r, lk, http.StatusConflict, "This link has already been used to reinstate; it now shows the account only.")
 		return
 	}
-	by := store.Actor{Name: LinkActor, Reason: api.ReasonAbuseContact, Note: note, Scope: d.linkScope(lk.Account), Via: store.ViaLink}
+	by := store.Actor{Name: LinkActor, Reason: rules.ReasonAbuseContact, Note: note, Scope: d.linkScope(lk.Account), Via: store.ViaLink}
 	op, err := d.change(ctx, lk.Account, by, true, func(ctx context.Context) (*store.Op, error) {
 		a, err := d.st.Account(ctx, lk.Account)
 		if err != nil {

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
@@ -68,7 +68,7 @@ func (d *Desk) base(s *session, title string) base {
 }
 
 // Role checks for the templates.
-func (s *session) CanAct() bool { return s != nil && api.Allowed(s.role, s.company, api.PermAct) }
+func (s *session) CanAct() bool { return s != nil && auth.Allowed(s.role, s.company, auth.PermAct) }
 
 // Name, Role and Company show who is signed in.
 func (s *session) Name() string    { return s.name }

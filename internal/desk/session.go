@@ -16,7 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 )
 
 // Redis is what the desk needs from a client for its sessions, sign-in
@@ -55,13 +55,13 @@ const (
 
 // session is a signed-in desk user: a token's name, or a person's
 // address; the role and company; and what it is bound to (the token's
-// fingerprint, api.TokenConfig.Fingerprint, or the link key's), so that a
+// fingerprint, auth.TokenConfig.Fingerprint, or the link key's), so that a
 // new secret ends it.
 type session struct {
 	id      string
 	kind    string
 	name    string
-	role    api.Role
+	role    auth.Role
 	company string
 	csrf    string
 	client  string
@@ -73,7 +73,7 @@ type session struct {
 type grant struct {
 	kind    string
 	name    string
-	role    api.Role
+	role    auth.Role
 	company string
 	binding string // the token's fingerprint, or the link key's
 }
@@ -163,7 +163,7 @@ func (d *Desk) loadSession(ctx context.Context, hash string) (*session, error) {
 	if len(h) == 0 {
 		return nil, nil
 	}
-	s := &session{kind: h["kind"], name: h["name"], role: api.Role(h["role"]), company: h["company"], csrf: h["csrf"], client: h["client"]}
+	s := &session{kind: h["kind"], name: h["name"], role: auth.Role(h["role"]), company: h["company"], csrf: h["csrf"], client: h["client"]}
 	if s.kind == "" {
 		s.kind = kindToken // a session from before kinds
 	}
@@ -204,7 +204,7 @@ func (d *Desk) loadSession(ctx context.Context, hash string) (*session, error) {
 // Either ends when a mark of its token, its company or all sessions is
 // at or after its sign-in (RecordTokens, "sign out everywhere").
 func (d *Desk) valid(ctx context.Context, s *session, binding string) (bool, error) {
-	if s.name == "" || !s.role.Valid() || s.csrf == "" || !api.Allowed(s.role, s.company, api.PermRead) {
+	if s.name == "" || !s.role.Valid() || s.csrf == "" || !auth.Allowed(s.role, s.company, auth.PermRead) {
 		return false, nil
 	}
 	switch s.kind {
@@ -248,7 +248,7 @@ func (d *Desk) revoked(ctx context.Context, t time.Time, marks ...string) (bool,
 
 // personRole is the role of a person's session: a company's abuse
 // contact does on the desk what the company's abuse token does.
-const personRole = api.RoleAbuse
+const personRole = auth.RoleAbuse
 
 func (d *Desk) endSession(ctx context.Context, s *session) error {
 	return d.dropSession(ctx, sessionHash(s.id), s.company)
@@ -391,9 +391,9 @@ return #set / 2
 // role or company): a session made before the change is refused even if
 // the token comes back later with the same secret. It returns how many
 // tokens it marked.
-func RecordTokens(ctx context.Context, rdb redis.Scripter, prefix string, auth api.AuthConfig, now time.Time) (int, error) {
+func RecordTokens(ctx context.Context, rdb redis.Scripter, prefix string, ac auth.Config, now time.Time) (int, error) {
 	args := []any{now.UnixMilli(), now.Add(-maxSessionAge).UnixMilli()}
-	for _, t := range auth.Tokens {
+	for _, t := range ac.Tokens {
 		args = append(args, t.Name, t.Fingerprint()+"|"+string(t.Role)+"|"+t.Company)
 	}
 	n, err := recordScript.Run(ctx, rdb, []string{tokensKey(prefix), revokedKey(prefix)}, args...).Int()

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 )
 
 // maxListed bounds the sessions the page lists per company.
@@ -89,7 +89,7 @@ func (d *Desk) signOutAll(w http.ResponseWriter, r *http.Request, s *session) {
 		d.fail(w, r, s, http.StatusForbidden, "Form expired", errNoCSRF.Error()+". Reload the page and try again.")
 		return
 	}
-	if !api.Allowed(s.role, s.company, api.PermAct) {
+	if !auth.Allowed(s.role, s.company, auth.PermAct) {
 		d.fail(w, r, s, http.StatusForbidden, "Not allowed", "Your session has role "+string(s.role)+"; signing others out needs role abuse or admin.")
 		return
 	}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/events"
 )
 
@@ -80,7 +80,7 @@ func (d *Desk) signIn(w http.ResponseWriter, r *http.Request) {
 	// wrong token: the desk only shows, and a publisher's token must open
 	// nothing here.
 	t, ok := d.tokens.Verify(strings.TrimSpace(r.PostFormValue("token")))
-	if ok && !t.Allowed(api.PermRead) {
+	if ok && !t.Allowed(auth.PermRead) {
 		d.log.Info("desk sign-in refused: the token may not read", "token", t.Name, "role", t.Role, "client", client)
 		ok = false
 	}

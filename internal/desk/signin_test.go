@@ -13,11 +13,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/desk"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/rules"
 )
 
 // alice is a desk contact of acme (desk_contacts), outside its domains.
@@ -131,7 +132,7 @@ func TestSignInByMail(t *testing.T) {
 	if p = person.post("/desk/accounts/"+acct+"/unlock", url.Values{"csrf": {tok}, "reason": {"called the user"}}); p.code != http.StatusSeeOther {
 		t.Fatalf("unlock: %d\n%s", p.code, p.body)
 	}
-	if h := w.history(acct)[0]; h.Status != "active" || h.Actor != alice || h.Via != store.ViaDesk || h.Reason != api.ReasonAbuseContact || h.Note != "called the user" {
+	if h := w.history(acct)[0]; h.Status != "active" || h.Actor != alice || h.Via != store.ViaDesk || h.Reason != rules.ReasonAbuseContact || h.Note != "called the user" {
 		t.Errorf("history %+v", h)
 	}
 	if p = person.post("/desk/accounts/"+theirs+"/unlock", url.Values{"csrf": {tok}, "reason": {"x"}}); p.code != http.StatusNotFound {
@@ -303,7 +304,7 @@ func TestSessionsPage(t *testing.T) {
 	const tokGlobex = "globex-abuse-token-secret"
 	w := newWorld(t, func(c *config.Config) {
 		withAlice(c)
-		c.Auth.Tokens = append(c.Auth.Tokens, api.TokenConfig{Name: "globex-abuse", Hash: api.HashToken(tokGlobex), Role: api.RoleAbuse, Company: "globex"})
+		c.Auth.Tokens = append(c.Auth.Tokens, auth.TokenConfig{Name: "globex-abuse", Hash: auth.HashToken(tokGlobex), Role: auth.RoleAbuse, Company: "globex"})
 	})
 	links := desk.NewLinks(w.cfg.Desk)
 	person := w.browser()
@@ -535,7 +536,7 @@ func TestTokenMarks(t *testing.T) {
 		return w.cfg.Redis.Prefix + ":desk:session:" + hex.EncodeToString(sum[:])
 	}
 	id := "an-old-session-id-0123456789"
-	fp := api.TokenConfig{Hash: api.HashToken(tokAcmeAbuse)}.Fingerprint()
+	fp := auth.TokenConfig{Hash: auth.HashToken(tokAcmeAbuse)}.Fingerprint()
 	if err := rdb.HSet(t.Context(), key(id), "name", "acme-abuse", "role", "abuse", "company", "acme", "token", fp, "csrf", "x",
 		"created", w.clk.now().UnixMilli()).Err(); err != nil {
 		t.Fatal(err)
@@ -555,7 +556,7 @@ func TestTokenMarks(t *testing.T) {
 	// Removed (as another aupd's reload would), then back with the same
 	// secret.
 	without := w.cfg.Auth
-	without.Tokens = slices.DeleteFunc(slices.Clone(without.Tokens), func(t api.TokenConfig) bool { return t.Name == "acme-abuse" })
+	without.Tokens = slices.DeleteFunc(slices.Clone(without.Tokens), func(t auth.TokenConfig) bool { return t.Name == "acme-abuse" })
 	w.clk.add(time.Millisecond)
 	if n, err := desk.RecordTokens(t.Context(), rdb, w.cfg.Redis.Prefix, without, w.clk.now()); err != nil || n != 1 {
 		t.Fatalf("record without acme-abuse: %d %v", n, err)
@@ -573,7 +574,7 @@ func TestTokenMarks(t *testing.T) {
 	changed.Tokens = slices.Clone(changed.Tokens)
 	for i := range changed.Tokens {
 		if changed.Tokens[i].Name == "acme-viewer" {
-			changed.Tokens[i].Role = api.RoleAbuse
+			changed.Tokens[i].Role = auth.RoleAbuse
 		}
 	}
 	if n, err := desk.RecordTokens(t.Context(), rdb, w.cfg.Redis.Prefix, changed, w.clk.now()); err != nil || n != 1 {

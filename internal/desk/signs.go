@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/rules"
 )
@@ -233,7 +232,7 @@ func badges(status rules.Status, suspended map[rules.Service]store.Suspension) [
 var reasonWords = map[string]string{
 	rules.ReasonAUPViolation: "too many spam messages",
 	rules.ReasonAdmin:        "the provider's decision",
-	api.ReasonAbuseContact:   "the company's abuse contact's decision",
+	rules.ReasonAbuseContact: "the company's abuse contact's decision",
 	rules.ReasonLockout:      "too many failed logins",
 	store.ReasonLockoutEnded: "the lockout ended",
 	"user_request":           "at the user's request",
@@ -241,8 +240,8 @@ var reasonWords = map[string]string{
 
 // suspensionWords say the same of a suspension.
 var suspensionWords = map[string]string{
-	rules.ReasonAdmin:      "suspended by the provider",
-	api.ReasonAbuseContact: "suspended by the company's abuse contact",
+	rules.ReasonAdmin:        "suspended by the provider",
+	rules.ReasonAbuseContact: "suspended by the company's abuse contact",
 }
 
 func reasonText(code string) string { return reasonWords[code] }

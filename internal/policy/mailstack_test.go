@@ -23,8 +23,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aupd/aupd/internal/api"
 	"github.com/aupd/aupd/internal/app"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
 	"github.com/aupd/aupd/internal/policy/dovecot"
@@ -170,7 +170,7 @@ func startMailstackWith(t testing.TB, opt stackOptions) *mailstack {
 	// The post-login script's token, and leases short enough to see one
 	// expire.
 	lockToken := testutil.RandomHex(16)
-	cfg.Auth.Tokens = []api.TokenConfig{{Name: "dovecot-postlogin", Role: api.RoleViewer, Hash: api.HashToken(lockToken)}}
+	cfg.Auth.Tokens = []auth.TokenConfig{{Name: "dovecot-postlogin", Role: auth.RoleViewer, Hash: auth.HashToken(lockToken)}}
 	cfg.Sessions.MinLease = time.Second
 	// The benchmark holds a thousand IMAP sessions of one mailbox.
 	cfg.Sessions.MaxHolders = 5000

@@ -17,10 +17,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/aupd/aupd/internal/api/apitypes"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/rules"
-	"github.com/aupd/aupd/worker"
 )
 
 // Directory finds the company that owns an account.
@@ -35,7 +35,7 @@ type Options struct {
 	Verdicts  string // the verdict stream's name
 	Accounts  string // the account stream's name
 	Directory Directory
-	Policy    func() worker.Policy
+	Policy    func() rules.Provider
 	// FutureSkew as the consumer applies it; nil: 5 minutes.
 	FutureSkew func() time.Duration
 	// MaxEvents bounds the events one replay reads (default 2,000,000).
@@ -84,36 +84,13 @@ const MaxSince = 31 * 24 * time.Hour
 var ErrInvalid = errors.New("invalid replay request")
 
 // Crossing is one crossing of a threshold, simulated or real.
-type Crossing struct {
-	At        time.Time `json:"at"`
-	Count     int       `json:"count"`
-	Threshold int       `json:"threshold"`
-	Action    string    `json:"action"`       // suspend or report
-	ID        string    `json:"id,omitempty"` // the real suspension's id
-}
+type Crossing = apitypes.ReplayCrossing
 
 // Account is one account that crossed, in the replay or for real.
-type Account struct {
-	Account string `json:"account"`
-	Company string `json:"company,omitempty"`
-	// Would is what the tried threshold would have done; Actual what the
-	// live worker did in the same period.
-	Would  []Crossing `json:"would"`
-	Actual []Crossing `json:"actual"`
-}
+type Account = apitypes.ReplayAccount
 
 // Report is the result of a replay.
-type Report struct {
-	Threshold int       `json:"threshold"`
-	Company   string    `json:"company,omitempty"`
-	From      time.Time `json:"from"`
-	To        time.Time `json:"to"`
-	Window    string    `json:"window"`
-	// Events is how many stored verdicts were read (from From minus one
-	// window, so that the first counts are whole).
-	Events   int       `json:"events"`
-	Accounts []Account `json:"accounts"`
-}
+type Report = apitypes.ReplayReport
 
 // Run replays req.
 func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
@@ -163,7 +140,7 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 		if !inScope(v.Account) {
 			return nil
 		}
-		p := worker.AccountPolicy(pol, c, v.Account)
+		p := companies.Policy(pol, c, v.Account)
 		evs = append(evs, rules.ReplayEvent{Account: v.Account, ID: v.ID, Time: v.Time, At: meta.Timestamp,
 			Counting: p.Counts(v.Direction, v.Verdict, true)})
 		return nil
@@ -199,7 +176,7 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 	would := map[string][]Crossing{}
 	crossings := rules.Replay(evs, resets, pol.Window, func(account string) rules.ReplayAccount {
 		c, _ := companyOf(account)
-		p := worker.AccountPolicy(pol, c, account)
+		p := companies.Policy(pol, c, account)
 		return rules.ReplayAccount{Threshold: req.Threshold, Action: p.OnCrossing()}
 	})
 	for _, c := range crossings {

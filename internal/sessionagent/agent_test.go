@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/sessionlock"
 	"github.com/aupd/aupd/internal/testutil"
 )
@@ -38,13 +39,13 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	token := testutil.RandomHex(16)
-	tokens, err := api.NewTokens(api.AuthConfig{Tokens: []api.TokenConfig{
-		{Name: "sessiond", Role: api.RoleViewer, Hash: api.HashToken(token)}}})
+	tokens, err := api.NewTokens(auth.Config{Tokens: []auth.TokenConfig{
+		{Name: "sessiond", Role: auth.RoleViewer, Hash: auth.HashToken(token)}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	guarded := api.GuardTokens(tokens, api.PermSessionLock, sessionlock.NewHandler(locks, nil))
+	guarded := api.GuardTokens(tokens, auth.PermSessionLock, sessionlock.NewHandler(locks, nil))
 	for _, r := range sessionlock.Routes() {
 		mux.Handle(r, guarded)
 	}

@@ -13,29 +13,16 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aupd/aupd/internal/api/apitypes"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/rules"
 )
 
 // Suspension is one suspended service's record.
-type Suspension struct {
-	ID     string    `json:"id"`
-	Reason string    `json:"reason"`
-	Actor  string    `json:"actor"`
-	Note   string    `json:"note,omitempty"`
-	At     time.Time `json:"at"`
-	// Scope is the company whose actor set it; "" when the provider (or
-	// aupd) did.
-	Scope string `json:"scope,omitempty"`
-}
+type Suspension = apitypes.Suspension
 
 // StatusInfo records who set the current status, when and why.
-type StatusInfo struct {
-	Reason string    `json:"reason"`
-	Actor  string    `json:"actor"`
-	Note   string    `json:"note,omitempty"`
-	At     time.Time `json:"at"`
-}
+type StatusInfo = apitypes.StatusInfo
 
 // Account is the state of one account.
 type Account struct {
@@ -148,19 +135,7 @@ func parseAccount(address string, h map[string]string) *Account {
 }
 
 // HistoryEntry is one line of an account's history.
-type HistoryEntry struct {
-	Time     time.Time `json:"time"`
-	Actor    string    `json:"actor"`
-	Action   string    `json:"action"`
-	Reason   string    `json:"reason"`
-	Services []string  `json:"services,omitempty"`
-	Status   string    `json:"status,omitempty"`
-	ID       string    `json:"id,omitempty"`
-	Note     string    `json:"note,omitempty"`
-	// Via is the door of a manual change: token (the API), desk (a desk
-	// session) or link (the signed link of a notice).
-	Via string `json:"via,omitempty"`
-}
+type HistoryEntry = apitypes.HistoryEntry
 
 // History returns up to limit entries of an account's history, newest
 // first, starting at offset.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/api/apitypes"
 )
 
 //go:embed logins.lua
@@ -25,17 +27,8 @@ const (
 
 var loginCodes = map[string]string{LoginOK: "o", LoginFailed: "f", LoginRefused: "r"}
 
-// Login is one entry of an account's recent logins: the logins alike in
-// result, protocol and client address, how many, and the first and the
-// last of them (to the second).
-type Login struct {
-	Result   string    `json:"result"` // LoginOK, LoginFailed or LoginRefused
-	Protocol string    `json:"protocol,omitempty"`
-	IP       string    `json:"ip,omitempty"`
-	Count    int       `json:"count"`
-	First    time.Time `json:"first"`
-	Last     time.Time `json:"last"`
-}
+// Login is one entry of an account's recent logins.
+type Login = apitypes.Login
 
 // LoginReport is one login to record.
 type LoginReport struct {

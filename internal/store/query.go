@@ -12,22 +12,13 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aupd/aupd/internal/api/apitypes"
 	"github.com/aupd/aupd/rules"
 )
 
 // Tally is a count of events in a rolling window, split by direction and
 // verdict.
-type Tally struct {
-	Total int `json:"total"`
-	// AtLeast is set when the set holding the events is at the per-account
-	// cap with every member inside the window: older events were dropped,
-	// so the real count is at least Total.
-	AtLeast bool `json:"at_least"`
-	// ByDirection counts by direction; every direction is present.
-	ByDirection map[rules.Direction]int `json:"by_direction"`
-	// ByVerdict counts by direction, then verdict; every pair is present.
-	ByVerdict map[rules.Direction]map[rules.Verdict]int `json:"by_verdict"`
-}
+type Tally = apitypes.Tally
 
 func newTally() Tally {
 	t := Tally{ByDirection: map[rules.Direction]int{}, ByVerdict: map[rules.Direction]map[rules.Verdict]int{}}
@@ -42,16 +33,7 @@ func newTally() Tally {
 }
 
 // Counts are an account's rolling counts.
-type Counts struct {
-	WindowStart time.Time `json:"window_start"`
-	WindowEnd   time.Time `json:"window_end"`
-	// Counting are the events that count toward the AUP threshold, since
-	// the window start or the last reinstatement, whichever is later.
-	Counting Tally `json:"counting"`
-	// Other are events kept for statistics only (ham, kinds the policy
-	// does not count).
-	Other Tally `json:"other"`
-}
+type Counts = apitypes.Counts
 
 // CountQuery says which window to count.
 type CountQuery struct {
@@ -88,7 +70,7 @@ func (s *Store) Counts(ctx context.Context, address string, q CountQuery) (*Coun
 	c.Counting = newTally()
 	for _, e := range windowEntries(win.Val(), b*hourMS) {
 		if e.t > wlo {
-			c.Counting.add(e.kind, 1)
+			addTally(&c.Counting, e.kind, 1)
 		}
 	}
 	// When the set is full, Ingest dropped its oldest members. If every
@@ -97,12 +79,12 @@ func (s *Store) Counts(ctx context.Context, address string, q CountQuery) (*Coun
 	c.Counting.AtLeast = q.Cap > 0 && n >= q.Cap && c.Counting.Total == n
 	c.Other = newTally()
 	for _, bk := range statBuckets(stats.Val(), lo) {
-		c.Other.add(bk.kind, bk.n)
+		addTally(&c.Other, bk.kind, bk.n)
 	}
 	return c, nil
 }
 
-func (t *Tally) add(k rules.Kind, n int) {
+func addTally(t *Tally, k rules.Kind, n int) {
 	if int(k)/4 >= len(rules.Directions) || int(k)%4 >= len(rules.Verdicts) {
 		return
 	}
@@ -313,23 +295,8 @@ func decodeCursor(s string) (uint64, string, error) {
 	return cur, after, nil
 }
 
-// Licences counts a company's accounts as billed: the mailboxes the
-// provider provisioned, whatever their status or suspensions (closed and
-// suspended accounts still count), plus the accounts that hold state
-// without being provisioned (for example an address suspended
-// automatically). Addresses that only appeared in verdicts or failed
-// logins, and deleted accounts, do not count (Account.Licensed).
-type Licences struct {
-	Company string `json:"company"`
-	Total   int    `json:"total"`
-	// Provisioned are the provisioned mailboxes; Unprovisioned the other
-	// accounts that count because they hold state. Total is both.
-	Provisioned   int                   `json:"provisioned"`
-	Unprovisioned int                   `json:"unprovisioned"`
-	ByStatus      map[rules.Status]int  `json:"by_status"`
-	Suspended     int                   `json:"suspended"` // accounts with any suspended service
-	ByService     map[rules.Service]int `json:"by_service"`
-}
+// Licences counts a company's accounts as billed (Account.Licensed).
+type Licences = apitypes.Licences
 
 // CountLicences counts a company's accounts, scanning its index set and
 // reading each account (the index may be stale).

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/api/apitypes"
 )
 
 //go:embed senders.lua
@@ -23,17 +25,8 @@ var sendersScript = redis.NewScript(sendersLua)
 // least recently seen are dropped.
 const MaxSenders = 16
 
-// Sender is one sender of an account's counted messages: the client
-// address and login the verdict events named (either may be empty), how
-// many of the account's counted messages it sent, and when the first and
-// the last of them were made (event time, to the second).
-type Sender struct {
-	IP    string    `json:"ip,omitempty"`
-	Login string    `json:"login,omitempty"`
-	Count int       `json:"count"`
-	First time.Time `json:"first_seen"`
-	Last  time.Time `json:"last_seen"`
-}
+// Sender is one sender of an account's counted messages.
+type Sender = apitypes.Sender
 
 // Senders gathers, per account, the senders of the events the ingest
 // counted (outcome Counted or AtCap; a duplicate is not added again), and

@@ -1,0 +1,31 @@
+package rules
+
+import "testing"
+
+func TestProviderFor(t *testing.T) {
+	p := Provider{Threshold: 10, MaxTracked: 5, Directions: []Direction{Outbound}, Verdicts: []Verdict{Spam}, Mode: ModeShadow, Allowlist: []string{"boss@example.com"}}
+	three, fifty := 3, 50
+	for _, tc := range []struct {
+		name        string
+		account     string
+		threshold   *int
+		allowlisted bool
+		want        int // threshold
+		wantAllow   bool
+		wantCap     int
+	}{
+		{"provider's", "a@example.com", nil, false, 10, false, 11},
+		{"company's threshold", "a@example.com", &three, false, 3, false, 5},
+		{"company's higher threshold", "a@example.com", &fifty, false, 50, false, 51},
+		{"company's allowlist", "a@example.com", nil, true, 10, true, 11},
+		{"provider's allowlist", "boss@example.com", &three, false, 3, true, 5},
+	} {
+		pol := p.For(tc.account, tc.threshold, tc.allowlisted)
+		if pol.Threshold != tc.want || pol.Allowlisted != tc.wantAllow || pol.Mode != ModeShadow || len(pol.Directions) != 1 || len(pol.Verdicts) != 1 {
+			t.Errorf("%s: For = %+v, want threshold %d allowlisted %v", tc.name, pol, tc.want, tc.wantAllow)
+		}
+		if got := p.Cap(pol); got != tc.wantCap {
+			t.Errorf("%s: Cap = %d, want %d", tc.name, got, tc.wantCap)
+		}
+	}
+}
