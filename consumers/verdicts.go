@@ -377,7 +377,7 @@ func (v *Verdicts) handle(ctx context.Context, msgs []jetstream.Msg) (down bool)
 // subject, the one figure of its metadata every message needs, without
 // the rest (m.Metadata): "$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.
 // <cseq>.<time>.<pending>", or from NATS 2.10 on the same with a domain
-// and an account hash after ACK and a token at the end. False: another
+// and an account hash after ACK and a token at the end. false: another
 // shape, for Metadata to judge.
 func StreamSeq(reply string) (uint64, bool) {
 	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")

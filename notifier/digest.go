@@ -134,7 +134,7 @@ const (
 
 // SendText sends a plain-text message of aupd's own (not a notice: no
 // evidence, no retries) to one address through the notifier's transport
-// (SMTP, or an .eml file), with the notifier's From and Reply-To. Kind is
+// (SMTP, or an .eml file), with the notifier's From and Reply-To. kind is
 // the value of the X-Aupd-Notice header (SignInHeaderValue, ...), so that
 // mail rules can tell it apart. The subject and body are cleaned of
 // control characters.

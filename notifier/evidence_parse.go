@@ -33,7 +33,7 @@ type EvidenceSample struct {
 }
 
 // ParseEvidence reads evidence.txt as the notifier writes it (see
-// "evidence.txt layout"). Ok is false for a text of another layout,
+// "evidence.txt layout"). ok is false for a text of another layout,
 // which is then best shown as it is.
 func ParseEvidence(text string) (ev *Evidence, ok bool) {
 	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")

@@ -194,7 +194,7 @@ const (
 	resultRetry  = "retry"
 )
 
-// New checks cfg and returns a Notifier. Cfg should have had Defaults
+// New checks cfg and returns a Notifier. cfg should have had Defaults
 // applied and Validate called; New validates again.
 func New(cfg Config, opts Options) (*Notifier, error) {
 	if err := cfg.Validate(); err != nil {

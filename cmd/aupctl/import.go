@@ -123,7 +123,7 @@ func readJSONLines(r *bufio.Reader) ([]apitypes.ProvisionItem, error) {
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&it); err != nil {
-			return nil, fmt.Errorf("line %d: %v", n, err)
+			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
 		if it.Address == "" {
 			return nil, fmt.Errorf("line %d: no address", n)

@@ -21,7 +21,7 @@ type accounts struct {
 	pub   store.Publisher
 }
 
-// Lookup implements postfix.Accounts and dovecot.Accounts. Aupd governs
+// Lookup implements postfix.Accounts and dovecot.Accounts. aupd governs
 // an address whose domain belongs to a company, and any address it holds
 // a record of, whatever its domain: a suspension aupd made for an account
 // outside every company (notified to the fallback contact) is enforced

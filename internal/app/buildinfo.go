@@ -7,7 +7,7 @@ import (
 )
 
 // buildInfoCollector is the aupd_build_info gauge: always 1, its labels
-// say which build runs (what `aupd version` prints). Build_date is empty
+// say which build runs (what `aupd version` prints). build_date is empty
 // for a build that was not stamped (Prometheus then drops the label).
 func buildInfoCollector(in buildinfo.Info) prometheus.Collector {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{

@@ -45,7 +45,7 @@ func (a *App) controlRoutes(metrics http.Handler) []controlRoute {
 
 // ListenerRoutes is every route of the HTTP listener and the permission
 // it needs: the control endpoints, the admin API, the session locks and
-// the abuse desk (when enabled). Docs/api.md's permission table is made
+// the abuse desk (when enabled). docs/api.md's permission table is made
 // from it (TestPermissionTableDoc).
 func ListenerRoutes() []api.Route {
 	var out []api.Route

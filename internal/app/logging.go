@@ -19,7 +19,7 @@ import (
 // writes one per failed dial, about 35 a process in a short outage.
 const redisLogEvery = 10 * time.Second
 
-// redisLog receives go-redis's log lines. Go-redis keeps its logger in a
+// redisLog receives go-redis's log lines. go-redis keeps its logger in a
 // package variable, so it is installed once per process (installRedisLog)
 // and forwards to the logger of the aupd that runs now: the last Run that
 // started, while it runs (tests run several one after another).

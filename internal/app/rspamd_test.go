@@ -27,7 +27,7 @@ import (
 // user and then as inbound mail to a local account, and checks what aupd
 // counted.
 //
-// Rspamd stops processing (task flag "skip", which metadata_exporter
+// rspamd stops processing (task flag "skip", which metadata_exporter
 // honours) when the GTUBE pattern is in a text part, so the test message
 // carries the GTUBE string in its Subject, and the private instance scores
 // it with a multimap rule of the test's own: a real scan, a real reject.

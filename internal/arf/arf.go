@@ -219,7 +219,7 @@ func parse(data []byte) (*Report, error) {
 }
 
 // decodePart reads a part, undoing base64 and quoted-printable transfer
-// encodings (some feedback loops encode even message/rfc822 parts). Cut
+// encodings (some feedback loops encode even message/rfc822 parts). cut
 // says the report ended inside the part: body is what it held, decoded
 // as far as it goes.
 func decodePart(p *multipart.Part) (body []byte, cut bool, err error) {
@@ -272,7 +272,7 @@ func (s *stripSpace) Read(p []byte) (int, error) {
 
 // Verdict maps the Feedback-Type to the verdict a complaint carries:
 // abuse and other are spam, fraud is phish, virus is virus, not-spam is
-// ham (counted for statistics only). Ok is false for feedback that is no
+// ham (counted for statistics only). ok is false for feedback that is no
 // complaint about a message (auth-failure, opt-out, dmarc, ...).
 func (r *Report) Verdict() (verdict string, ok bool) {
 	switch r.FeedbackType {

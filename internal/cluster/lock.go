@@ -13,7 +13,7 @@ import (
 // lockMachine takes the machine-wide lock that lets one cluster run at a
 // time: three NATS nodes, six Redis nodes and the aupd processes of two
 // clusters on a small machine starve each other, and a Redis node starved
-// past cluster-node-timeout is failed over for nothing. Go test runs
+// past cluster-node-timeout is failed over for nothing. go test runs
 // packages in parallel processes, so the lock is a file lock. It waits,
 // saying so once, until the other cluster is closed or ctx ends.
 func lockMachine(ctx context.Context, log io.Writer) (func(), error) {

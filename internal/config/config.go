@@ -118,7 +118,7 @@ type Embedded struct {
 	StoreDir string `yaml:"store_dir"` // default: <data_dir>/nats
 }
 
-// Stream configures one JetStream stream. Aupd creates a missing stream and
+// Stream configures one JetStream stream. aupd creates a missing stream and
 // never changes or deletes an existing one.
 type Stream struct {
 	Name      string        `yaml:"name"`
@@ -520,7 +520,7 @@ func (c *Config) OutsideCompanies(n int) string {
 // then go to the fallback contact instead), and a fallback contact in a
 // company's domain (a mailbox aupd may suspend too; a notice about it
 // would then be sent to nobody). The notifier never sends a notice to its
-// own mailbox; these warn before that happens. Check-config prints them
+// own mailbox; these warn before that happens. check-config prints them
 // and start-up logs them. Companies added over the API are not checked.
 func (c *Config) NoticeWarnings() []string {
 	var out []string

@@ -250,7 +250,7 @@ func decodeFile(data []byte, cfg *Config) (*document, error) {
 }
 
 // settle applies what depends on which keys the file sets: the notice
-// transport, the Redis autostart rule and relative paths. Dir is the
+// transport, the Redis autostart rule and relative paths. dir is the
 // config file's directory ("" for none). It returns the problems found.
 func (c *Config) settle(doc *document, dir string, getenv func(string) string) []error {
 	var errs []error

@@ -1,6 +1,7 @@
 package desk
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -75,11 +76,11 @@ func TestLinkRoundTrip(t *testing.T) {
 	if err != nil || lk.Account != "a|b@example.com" || lk.Suspension != "sus-1" {
 		t.Fatalf("parse: %+v %v", lk, err)
 	}
-	if _, err := l.Parse(tok, exp); err != ErrLinkExpired {
+	if _, err := l.Parse(tok, exp); !errors.Is(err, ErrLinkExpired) {
 		t.Errorf("at expiry: %v", err)
 	}
 	other := NewLinks(Config{PublicURL: "https://aupd.example/desk", LinkKey: Secret(strings.Repeat("j", 40)), LinkTTL: time.Hour})
-	if _, err := other.Parse(tok, now); err != ErrLinkInvalid {
+	if _, err := other.Parse(tok, now); !errors.Is(err, ErrLinkInvalid) {
 		t.Errorf("another key: %v", err)
 	}
 	var nilLinks *Links

@@ -1,6 +1,7 @@
 package desk
 
 import (
+	"errors"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -29,11 +30,11 @@ func TestSignInLinkRoundTrip(t *testing.T) {
 	if again, _ := l.SignIn("a|b@example.com", "acme", "", now); again == tok {
 		t.Error("two links for the same address are the same: no nonce")
 	}
-	if _, err := l.ParseSignIn(tok, exp); err != ErrLinkExpired {
+	if _, err := l.ParseSignIn(tok, exp); !errors.Is(err, ErrLinkExpired) {
 		t.Errorf("at expiry: %v", err)
 	}
 	other := NewLinks(Config{PublicURL: "https://aupd.example/desk", LinkKey: Secret(strings.Repeat("j", 40))})
-	if _, err := other.ParseSignIn(tok, now); err != ErrLinkInvalid {
+	if _, err := other.ParseSignIn(tok, now); !errors.Is(err, ErrLinkInvalid) {
 		t.Errorf("another key: %v", err)
 	}
 	if l.fingerprint() == other.fingerprint() || l.fingerprint() == "" {
@@ -41,23 +42,23 @@ func TestSignInLinkRoundTrip(t *testing.T) {
 	}
 	payload, sig, _ := strings.Cut(tok, ".")
 	for _, bad := range []string{payload + ".x" + sig[1:], "x" + tok, payload, "", strings.Repeat("a", 3000)} {
-		if _, err := l.ParseSignIn(bad, now); err != ErrLinkInvalid {
+		if _, err := l.ParseSignIn(bad, now); !errors.Is(err, ErrLinkInvalid) {
 			t.Errorf("ParseSignIn(%.40q): %v", bad, err)
 		}
 	}
 	// The two kinds of link never stand in for each other.
-	if _, err := l.Parse(tok, now); err != ErrLinkInvalid {
+	if _, err := l.Parse(tok, now); !errors.Is(err, ErrLinkInvalid) {
 		t.Errorf("a sign-in link as a notice link: %v", err)
 	}
 	notice, _ := l.Sign("alice@example.com", "s1", now)
-	if _, err := l.ParseSignIn(notice, now); err != ErrLinkInvalid {
+	if _, err := l.ParseSignIn(notice, now); !errors.Is(err, ErrLinkInvalid) {
 		t.Errorf("a notice link as a sign-in link: %v", err)
 	}
 	if l.signInForm(tok) == l.FormToken(tok) {
 		t.Error("the sign-in form's token is the notice form's")
 	}
 	var off *Links
-	if _, err := off.ParseSignIn(tok, now); err != ErrLinkInvalid {
+	if _, err := off.ParseSignIn(tok, now); !errors.Is(err, ErrLinkInvalid) {
 		t.Errorf("no links: %v", err)
 	}
 }

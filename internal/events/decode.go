@@ -79,7 +79,7 @@ var (
 	topKeys     = []string{"id", "time", "direction", "account", "verdict", "score", "source", "message", "sender"}
 	messageKeys = []string{"message_id", "from", "to", "subject", "date", "raw"}
 	senderKeys  = []string{"ip", "login", "helo"}
-	// The sender's keys as error messages name them.
+	// the sender's keys as error messages name them.
 	senderFields = []string{"sender.ip", "sender.login", "sender.helo"}
 )
 

@@ -128,7 +128,7 @@ func DirectionOfSubject(subject string) (rules.Direction, error) {
 var required = []string{"id", "time", "direction", "account", "verdict"}
 
 // ParseVerdict decodes and validates one verdict event that arrived on
-// subject, in one pass. Now and skew bound how far in the future its time
+// subject, in one pass. now and skew bound how far in the future its time
 // may be. The account is returned in lower case. Unknown fields are
 // ignored, so that publishers can add optional fields; the contract's keys
 // must be spelled exactly and appear once. The message is checked but

@@ -11,7 +11,7 @@ import (
 )
 
 // ARF maps one feedback-loop report to a complaint event against the
-// local sender of the original message. Local says which addresses belong
+// local sender of the original message. local says which addresses belong
 // to a company. Reports that are not ARF, are no complaint, or whose
 // original names no local sender are refused (*RefusedError).
 func ARF(data []byte, local func(string) bool, now time.Time) (*events.Verdict, error) {

@@ -189,7 +189,7 @@ func (in *Ingester) Count(source string, rs ...Result) {
 }
 
 // Publish validates every input and publishes the valid ones in order,
-// each waiting for JetStream to store it. Allow, when set, refuses valid
+// each waiting for JetStream to store it. allow, when set, refuses valid
 // events whose account it does not allow (a company-scoped token's
 // events for other companies). After the first failure to store, the
 // remaining valid inputs are not tried (they answer unavailable too): the

@@ -226,7 +226,7 @@ func stringList(raw json.RawMessage) []string {
 }
 
 // VerdictOf is the verdict rspamd's action and symbols give: a virus
-// symbol (CLAM_VIRUS, ESET_VIRUS, ... But not a *_FAIL of the scanner)
+// symbol (CLAM_VIRUS, ESET_VIRUS, ... but not a *_FAIL of the scanner)
 // gives virus, a phishing symbol (PhishSymbol) phish, the spam actions
 // (reject, add header, rewrite subject) spam, anything else ham.
 func (r *Rspamd) VerdictOf() rules.Verdict {
@@ -257,7 +257,7 @@ var PhishSymbols = []string{"PHISHING", "DBL_PHISH", "DBL_ABUSE_PHISH", "HACKED_
 
 // PhishSymbol reports whether an rspamd symbol (in upper case) says
 // phishing: one of PhishSymbols, or PHISHED_* (PHISHED_OPENPHISH,
-// PHISHED_PHISHTANK, PHISHED_GENERIC_SERVICE, ...) But not
+// PHISHED_PHISHTANK, PHISHED_GENERIC_SERVICE, ...) but not
 // PHISHED_WHITELISTED, which says the opposite.
 func PhishSymbol(u string) bool {
 	if strings.HasPrefix(u, "PHISHED_") {

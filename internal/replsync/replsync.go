@@ -3,7 +3,7 @@
 //
 // Redis replicates asynchronously: a master that fails before its replica
 // received the last writes loses them, and the promoted replica carries on
-// without them. Aupd acks a verdict once its count is written, so a lost
+// without them. aupd acks a verdict once its count is written, so a lost
 // write would be a lost event (and a suspension decided again, with a
 // second account event and notice). With a Barrier, aupd acks only after
 // WAIT reports the configured number of replicas.
@@ -75,7 +75,7 @@ func (e *ShortError) Error() string {
 }
 
 // Wait returns once every master that owns one of tags (hash tags: aupd
-// keys are <prefix>:{<account>}:...) Has had each write it made so far
+// keys are <prefix>:{<account>}:...) has had each write it made so far
 // acknowledged by the configured number of replicas. On a standalone
 // server or under Sentinel there is one master, and tags only need to be
 // non-empty.

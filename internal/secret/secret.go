@@ -41,7 +41,7 @@ var placeholders = []string{"secret", "password", "example", "xxx", "todo"}
 var markers = []string{"change-me", "changeme", "change_me", "replace-me", "replaceme", "replace_me"}
 
 // Placeholder reports whether s is a value that examples ship in place of
-// a secret ("change-me", "CHANGE-ME-...", "secret", "password", ...) Or
+// a secret ("change-me", "CHANGE-ME-...", "secret", "password", ...) or
 // one with no letters or digits at all: one that must not be used.
 // Empty is not a placeholder (it means "none").
 func (s Secret) Placeholder() bool {

@@ -15,10 +15,10 @@ import (
 
 // Errors of the lock API, as the agent tells them apart.
 var (
-	// ErrInUse: aupd refused the lock (409): the mailbox is held in a
+	// errInUse: aupd refused the lock (409): the mailbox is held in a
 	// conflicting mode, or has too many shared holders.
 	errInUse = errors.New("mailbox in use")
-	// ErrNotHeld: the lock to renew is gone (404); acquire again.
+	// errNotHeld: the lock to renew is gone (404); acquire again.
 	errNotHeld = errors.New("lock not held")
 )
 

@@ -158,7 +158,7 @@ type Locks struct {
 	ops *prometheus.CounterVec
 }
 
-// New returns Locks. Cfg is completed with Defaults and validated.
+// New returns Locks. cfg is completed with Defaults and validated.
 func New(rdb Redis, cfg Config, opts Options) (*Locks, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -221,7 +221,7 @@ func (l *Locks) Limits() (min, def, max time.Duration) {
 }
 
 // Acquire takes a lock on account's mailbox for a session of protocol,
-// for lease (see Lease). Holder describes the session (front end host,
+// for lease (see Lease). holder describes the session (front end host,
 // session id) for operators. A conflicting lock is ErrInUse.
 func (l *Locks) Acquire(ctx context.Context, account string, protocol Protocol, lease time.Duration, holder string) (Lock, error) {
 	if !protocol.Valid() {

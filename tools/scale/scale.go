@@ -241,7 +241,7 @@ type expected struct {
 }
 
 // Run brings up the cluster, drains the backlog once per entry of
-// cfg.Procs and returns the figures. Err is for a measurement that could
+// cfg.Procs and returns the figures. err is for a measurement that could
 // not run; a run whose checks failed says so in its Problems.
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cfg.validate(); err != nil {

@@ -224,7 +224,7 @@ const (
 	ResultBadRequest    = "bad_request"
 )
 
-// New returns a handler. Failures may be nil, and then reports are
+// New returns a handler. failures may be nil, and then reports are
 // accepted and ignored.
 func New(cfg Config, accounts Accounts, failures Failures, opts Options) (*Handler, error) {
 	cfg = cfg.withDefaults()
@@ -287,7 +287,7 @@ var messages = map[string]string{
 
 // AccessFor maps Dovecot's protocol (the service name, %s) to the access
 // rules decide. Protocols aupd has no service for (managesieve, doveadm,
-// ...) Are checked as SMTP AUTH is: by the account's status only.
+// ...) are checked as SMTP AUTH is: by the account's status only.
 func AccessFor(protocol string) rules.Access {
 	switch strings.ToLower(protocol) {
 	case "imap":
@@ -382,7 +382,7 @@ func decodeRequest(body io.Reader) (Request, error) {
 
 // account returns the account a request is about: the user name after
 // Dovecot's translation when it is an address, else the name the user
-// typed. Ok is false when neither is an address.
+// typed. ok is false when neither is an address.
 func (req Request) account() (string, bool) {
 	for _, s := range []string{req.User, req.Login} {
 		if a, err := events.NormalizeAccount(strings.TrimSpace(s)); err == nil {

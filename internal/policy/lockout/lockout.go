@@ -107,7 +107,7 @@ func (f PoliciesFunc) LockoutPolicy(ctx context.Context, account string) (Policy
 	return f(ctx, account)
 }
 
-// Locker sets an account's status to lockout until the given time. Note
+// Locker sets an account's status to lockout until the given time. note
 // says why, for the account's history. It is implemented by the account
 // store, which records the reason rules.ReasonLockout and publishes the
 // change.
@@ -143,7 +143,7 @@ type Counter struct {
 	failures prometheus.Counter
 }
 
-// New returns a Counter. Cfg is completed with Defaults and validated.
+// New returns a Counter. cfg is completed with Defaults and validated.
 func New(rdb Redis, cfg Config, locker Locker, opts Options) (*Counter, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -206,10 +206,10 @@ const maxHashLen = 128
 // between counting and setting the status.
 const tripTTL = time.Minute
 
-// Failure records a failed login of account (normalized). Pwhash
+// Failure records a failed login of account (normalized). pwhash
 // identifies the password tried (Dovecot's truncated, salted hash; never
 // the password): failures with the same hash within the window count once.
-// An empty pwhash counts every time. Detail is added to the lockout note,
+// An empty pwhash counts every time. detail is added to the lockout note,
 // for example "imap from 192.0.2.1".
 func (c *Counter) Failure(ctx context.Context, account, pwhash, detail string) (Outcome, error) {
 	pol, err := c.policy(ctx, account)

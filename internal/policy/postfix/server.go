@@ -69,7 +69,7 @@ type Server struct {
 	sem      chan struct{}
 }
 
-// New returns a server. Cfg is completed with Defaults and validated.
+// New returns a server. cfg is completed with Defaults and validated.
 func New(cfg Config, accounts Accounts, opts Options) (*Server, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -347,7 +347,7 @@ func (s *Server) Decide(ctx context.Context, req Request) (action, result string
 // its extension, so that "erin+tag" cannot reach a closed "erin" while a
 // mailbox whose name really contains the delimiter keeps its own state.
 // Addresses aupd does not govern, or not addresses, are allowed (Postfix
-// decides). Acct is the normalized address, for logs.
+// decides). acct is the normalized address, for logs.
 func (s *Server) recipient(ctx context.Context, address string, now time.Time) (d rules.Decision, acct string, err error) {
 	d = rules.Decision{Result: rules.Allow}
 	acct, nerr := events.NormalizeAccount(address)
