@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
@@ -117,7 +118,7 @@ func accountMemory(ctx context.Context, rdb *redis.Client, prefix string, accoun
 	var total int64
 	for _, c := range cmds {
 		v, err := c.Result()
-		if err != nil && err != redis.Nil {
+		if err != nil && !errors.Is(err, redis.Nil) {
 			return 0, err
 		}
 		total += v

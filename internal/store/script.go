@@ -72,15 +72,11 @@ func (s *Store) loadScript(ctx context.Context, script *redis.Script, keys [][]s
 	return nil
 }
 
-// member maps an event id to the 6 bytes stored for it in the window: the
-// first 48 bits of its SHA-256. A cryptographic hash keeps crafted ids from
-// colliding with another event's id; 48 bits keep the window compact, and
-// are the prefix of the 8 bytes aupd v1 stored, so v1 windows carry over.
-func member(id string) string {
-	return string(appendMember(nil, id))
-}
-
-// appendMember appends member(id).
+// appendMember appends the 6 bytes an event id is stored as in the
+// window: the first 48 bits of its SHA-256. A cryptographic hash keeps
+// crafted ids from colliding with another event's id; 48 bits keep the
+// window compact, and are the prefix of the 8 bytes aupd v1 stored, so v1
+// windows carry over.
 func appendMember(buf []byte, id string) []byte {
 	sum := sha256.Sum256([]byte(id))
 	return append(buf, sum[:6]...)

@@ -127,8 +127,6 @@ func fromMS(s string) time.Time {
 	return time.UnixMilli(n).UTC()
 }
 
-func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
-
 func wrap(op string, err error) error {
 	if err == nil {
 		return nil
