@@ -144,19 +144,25 @@ func TestRevokedToken(t *testing.T) {
 	w := newWorld(t, nil)
 	b := w.browser()
 	b.signIn(tokAcmeAbuse)
+	v := w.browser()
+	v.signIn(tokAcmeViewer)
 	w2 := newWorld(t, func(c *config.Config) {
 		c.Redis.Prefix = w.cfg.Redis.Prefix
 		c.Auth.Tokens = c.Auth.Tokens[:2] // root and abuse-team only
 		c.Auth.Tokens = append(c.Auth.Tokens, auth.TokenConfig{Name: "acme-viewer", Hash: auth.HashToken(tokAcmeViewer), Role: auth.RoleAbuse, Company: "acme"})
 	})
+	// The second aupd's first sweep ends, in Redis, the sessions its
+	// tokens no longer allow (both: one token removed, one given another
+	// role); it runs as that aupd starts. Wait for it, so that it does not
+	// end the session signed in again below.
 	u, _ := url.Parse(w.base + "/desk/")
+	testutil.Eventually(t, 20*time.Second, func() bool { return !w.sessionStored(b) && !w.sessionStored(v) },
+		"the second aupd's sweep did not end the sessions of the revoked tokens")
 	b2 := w2.browser()
 	b2.c.Jar.SetCookies(u2(t, w2), b.c.Jar.Cookies(u))
 	if p := b2.get("/desk/"); p.code != http.StatusSeeOther {
 		t.Errorf("session of a removed token: %d", p.code)
 	}
-	v := w.browser()
-	v.signIn(tokAcmeViewer) // a viewer at w, an abuse token at w2
 	b2.c.Jar.SetCookies(u2(t, w2), v.c.Jar.Cookies(u))
 	if p := b2.get("/desk/"); p.code != http.StatusSeeOther {
 		t.Errorf("session of a token whose role changed: %d", p.code)

@@ -3,6 +3,8 @@ package desk_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -547,4 +549,23 @@ func (b *browser) useLink(path string) page {
 		b.t.Fatalf("sign-in link %s: %d\n%s", path, p.code, p.body)
 	}
 	return b.post(path, url.Values{"csrf": {csrf(b.t, p)}})
+}
+
+// sessionStored reports whether the browser's desk session is in Redis.
+// A second aupd on the same prefix ends, in its first sweep, the sessions
+// its own config no longer allows; tests wait for that with it.
+func (w *world) sessionStored(br *browser) bool {
+	w.t.Helper()
+	u, err := url.Parse(w.base + "/desk/")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	rdb, _ := testutil.Redis(w.t)
+	for _, c := range br.c.Jar.Cookies(u) {
+		if c.Name == "aupd_desk" {
+			sum := sha256.Sum256([]byte(c.Value))
+			return rdb.Exists(context.Background(), w.cfg.Redis.Prefix+":desk:session:"+hex.EncodeToString(sum[:])).Val() == 1
+		}
+	}
+	return false
 }

@@ -261,6 +261,9 @@ func TestPersonSessionEnds(t *testing.T) {
 		c.Redis.Prefix = w.cfg.Redis.Prefix
 		c.Desk.LinkKey = "a-new-link-key-0123456789-0123456789-abcd"
 	})
+	// The second aupd's first sweep ends the session of the old key in
+	// Redis; wait for it, so that it cannot end the ones signed in below.
+	testutil.Eventually(t, 20*time.Second, func() bool { return !w.sessionStored(b) }, "the second aupd's sweep did not end the session of the old key")
 	b2 := w2.browser()
 	b2.c.Jar.SetCookies(u2(t, w2), b.c.Jar.Cookies(u2(t, w)))
 	if p := b2.get("/desk/"); p.code != http.StatusSeeOther {
