@@ -65,15 +65,7 @@ func TestCheckConfigSaysHowAccountsOutsideCompaniesAreTreated(t *testing.T) {
 		{"companies", "notifier: {eml_dir: n, fallback_abuse_contact: abuse@provider.test}\ncompanies: [{id: acme, domains: [acme.test], abuse_contact: abuse@acme.test}]\n",
 			[]string{"# an account whose domain is in no company is governed like any other", "notices go to notifier.fallback_abuse_contact (abuse@provider.test)"}},
 	} {
-		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yml")
-		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var out, errb bytes.Buffer
-		if code := run([]string{"check-config", path}, &out, &errb); code != 0 {
-			t.Fatalf("%s: check-config: %d %s", tc.name, code, errb.String())
-		}
-		head, _, _ := strings.Cut(out.String(), "\n---\n")
+		head, _ := checkConfigOf(t, dir, tc.name, tc.yaml)
 		for _, w := range tc.want {
 			if !strings.Contains(head, w) {
 				t.Errorf("%s: check-config's head lacks %q:\n%s", tc.name, w, head)
@@ -101,18 +93,7 @@ func TestCheckConfigWarnsAboutContactsInCompanyDomains(t *testing.T) {
 		{"clean", "notifier: {eml_dir: n, fallback_abuse_contact: abuse@provider.test}\ncompanies: [{id: acme, domains: [acme.test], abuse_contact: abuse@elsewhere.test}]\n",
 			nil, []string{"# warning"}},
 	} {
-		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yml")
-		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var out, errb bytes.Buffer
-		if code := run([]string{"check-config", path}, &out, &errb); code != 0 {
-			t.Fatalf("%s: check-config: %d %s", tc.name, code, errb.String())
-		}
-		head, _, ok := strings.Cut(out.String(), "\n---\n")
-		if !ok {
-			t.Fatalf("%s: no YAML document after the comments:\n%s", tc.name, out.String())
-		}
+		head, _ := checkConfigOf(t, dir, tc.name, tc.yaml)
 		for _, w := range tc.want {
 			if !strings.Contains(head, w) {
 				t.Errorf("%s: check-config's head lacks %q:\n%s", tc.name, w, head)
@@ -140,15 +121,7 @@ func TestCheckConfigNotesDeskWithoutLinks(t *testing.T) {
 		{"links", "notifier: {eml_dir: n}\ndesk: {enabled: true, public_url: https://aupd.test/desk, link_key: " + key + "}\ncompanies: [{id: acme, domains: [acme.test], desk_contacts: [Alice@Partner.test]}]\n", 0},
 		{"off", "notifier: {eml_dir: n}\n", 0},
 	} {
-		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yml")
-		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var out, errb bytes.Buffer
-		if code := run([]string{"check-config", path}, &out, &errb); code != 0 {
-			t.Fatalf("%s: check-config: %d %s", tc.name, code, errb.String())
-		}
-		head, body, _ := strings.Cut(out.String(), "\n---\n")
+		head, body := checkConfigOf(t, dir, tc.name, tc.yaml)
 		if n := strings.Count(head, "# note: desk: public_url and link_key are not both set"); n != tc.notes {
 			t.Errorf("%s: %d notes, want %d:\n%s", tc.name, n, tc.notes, head)
 		}
@@ -164,4 +137,24 @@ func TestCheckConfigNotesDeskWithoutLinks(t *testing.T) {
 	if code := run([]string{"check-config", path}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "desk_contacts") {
 		t.Errorf("a bad desk contact: %d %s", code, errb.String())
 	}
+}
+
+// checkConfigOf writes yaml to a file named after name in dir, runs
+// `aupd check-config` on it, which must succeed, and returns its head (the
+// comment lines) and the YAML document after them.
+func checkConfigOf(t *testing.T, dir, name, yaml string) (head, body string) {
+	t.Helper()
+	path := filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".yml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"check-config", path}, &out, &errb); code != 0 {
+		t.Fatalf("%s: check-config: %d %s", name, code, errb.String())
+	}
+	head, body, ok := strings.Cut(out.String(), "\n---\n")
+	if !ok {
+		t.Fatalf("%s: no YAML document after the comments:\n%s", name, out.String())
+	}
+	return head, body
 }

@@ -8,6 +8,21 @@ import (
 	"time"
 )
 
+// runUntilStarted runs a Runner of job until the job has started, and
+// returns what ends the run and a channel closed when Run has returned.
+func runUntilStarted(t *testing.T, job Job, opts Options, started <-chan struct{}) (stop func(), done <-chan struct{}) {
+	t.Helper()
+	r, err := New(opts, []Job{job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ended := make(chan struct{})
+	go func() { _ = r.Run(ctx); close(ended) }()
+	<-started
+	return cancel, ended
+}
+
 // TestShutdownCancelsRunningJobs: at shutdown a running job's context is
 // cancelled and Run returns once it has returned, not after jobs.timeout.
 func TestShutdownCancelsRunningJobs(t *testing.T) {
@@ -19,16 +34,9 @@ func TestShutdownCancelsRunningJobs(t *testing.T) {
 			saw <- ctx.Err()
 			return ctx.Err()
 		}}
-		r, err := New(Options{Timeout: time.Hour}, []Job{job})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan struct{})
-		go func() { _ = r.Run(ctx); close(done) }()
-		<-started
+		stop, done := runUntilStarted(t, job, Options{Timeout: time.Hour}, started)
 		begin := time.Now()
-		cancel()
+		stop()
 		<-done
 		if err := <-saw; !errors.Is(err, context.Canceled) {
 			t.Fatalf("the job saw %v, want context.Canceled", err)
@@ -49,16 +57,9 @@ func TestShutdownDoesNotWaitForAStuckJob(t *testing.T) {
 			<-release
 			return nil
 		}}
-		r, err := New(Options{Timeout: time.Hour, StopWait: 3 * time.Second}, []Job{job})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan struct{})
-		go func() { _ = r.Run(ctx); close(done) }()
-		<-started
+		stop, done := runUntilStarted(t, job, Options{Timeout: time.Hour, StopWait: 3 * time.Second}, started)
 		begin := time.Now()
-		cancel()
+		stop()
 		<-done
 		if d := time.Since(begin); d != 3*time.Second {
 			t.Errorf("Run returned %s after shutdown began, want the 3s StopWait", d)
