@@ -309,6 +309,13 @@ func (l noLocker) Lockout(context.Context, string, time.Time, string) error {
 // answered, from its metrics.
 func (ms *mailstack) postfixRequests(t testing.TB) float64 {
 	t.Helper()
+	return ms.policyRequests(t, "postfix", "")
+}
+
+// policyRequests returns how many policy requests of server aupd has
+// answered with result ("": any), from its metrics.
+func (ms *mailstack) policyRequests(t testing.TB, server, result string) float64 {
+	t.Helper()
 	resp, err := http.Get("http://" + ms.httpAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -322,7 +329,8 @@ func (ms *mailstack) postfixRequests(t testing.TB) float64 {
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "aupd_policy_requests_total{") || !strings.Contains(line, `server="postfix"`) {
+		if !strings.HasPrefix(line, "aupd_policy_requests_total{") || !strings.Contains(line, `server="`+server+`"`) ||
+			result != "" && !strings.Contains(line, `result="`+result+`"`) {
 			continue
 		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)

@@ -181,3 +181,26 @@ func smtpSession(t *testing.T, addr, ip, from string, to ...string) transcript {
 	cmd(221, "QUIT")
 	return tr
 }
+
+// TestMailstackWrongPolicyKey: Dovecot, configured from deploy/dovecot,
+// sends a key aupd does not hold (the key changed on one side only).
+// aupd answers its policy requests 401, then 429 once the Dovecot host is
+// over http.auth_failures; Dovecot, with the shipped
+// auth_policy_reject_on_fail = yes, refuses every login rather than let a
+// suspended or locked-out account in. This is what the alert
+// AupdDovecotPolicyRefused and the runbook describe.
+func TestMailstackWrongPolicyKey(t *testing.T) {
+	ms := startMailstackWith(t, stackOptions{env: []string{"MS_AUTH_POLICY_KEY=wrong-" + testutil.RandomHex(8)}})
+	for i := range 12 {
+		if r := imapLogin(t, ms.imap, "active@"+domain, password); strings.HasPrefix(r, "OK") {
+			t.Fatalf("login %d of an active user went through without aupd's answer: %q", i, r)
+		}
+	}
+	unauthorized, limited := ms.policyRequests(t, "dovecot", "unauthorized"), ms.policyRequests(t, "dovecot", "limited")
+	if unauthorized != 10 || limited < 2 {
+		t.Errorf("aupd answered Dovecot %v times 401 and %v times 429; want 10 (http.auth_failures) and then 429", unauthorized, limited)
+	}
+	if allowed := ms.policyRequests(t, "dovecot", "allow"); allowed != 0 {
+		t.Errorf("%v requests with a wrong key were answered allow", allowed)
+	}
+}

@@ -312,8 +312,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) string {
 	if h.cfg.APIKey != "" {
 		// A client over the limit learns nothing of its guess, right or
-		// wrong. Dovecot never sends a wrong key: only a client guessing
-		// (or one sharing Dovecot's address with one) is held back.
+		// wrong. A Dovecot that holds the key never sends a wrong one: a
+		// guesser is held back, and a Dovecot whose key differs (changed
+		// on one side only: docs/dovecot.md) until the window has passed.
 		if h.limit != nil {
 			if retry, blocked := h.limit.Blocked(r.Context(), r); blocked {
 				w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds()+0.999)))
