@@ -46,7 +46,8 @@ type AUPSuspension struct {
 	ID     string `json:"id"`
 	Action string `json:"action"` // suspend or report
 	// Rule names the AUP rule crossed: spam_count, the spam count over
-	// the window.
+	// the window, or spam_rate, the share of outbound messages judged
+	// spam (Rate).
 	Rule        string         `json:"rule,omitempty"`
 	Services    []string       `json:"services,omitempty"`
 	Threshold   int            `json:"threshold"`
@@ -58,6 +59,18 @@ type AUPSuspension struct {
 	// Samples are up to three verdict events that counted, as sequence
 	// numbers in the verdict stream.
 	Samples []uint64 `json:"samples,omitempty"`
+	// Rate holds the spam-rate rule's figures when it crossed.
+	Rate *RateFacts `json:"rate,omitempty"`
+}
+
+// RateFacts are the figures of a spam-rate crossing: over the window,
+// Spam outbound messages judged spam and Ham judged ham, against the
+// Limit (a fraction: 0.05 for 5%) and the least spam, MinSpam.
+type RateFacts struct {
+	Spam    int     `json:"spam"`
+	Ham     int     `json:"ham"`
+	Limit   float64 `json:"limit"`
+	MinSpam int     `json:"min_spam"`
 }
 
 // Crossing is the record a script writes when an account crosses an AUP
