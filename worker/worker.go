@@ -308,8 +308,8 @@ func (w *Worker) apply(ctx context.Context, p Policy, pl *batchPlan) outbox {
 			}
 		}
 		if r.Crossing != "" {
-			w.metrics.crossings.WithLabelValues(string(r.Crossing)).Inc()
-			w.log.Info("AUP threshold exceeded", "account", b.Account, "company", b.Company, "action", r.Crossing,
+			w.metrics.crossings.WithLabelValues(string(r.Crossing), r.Rule).Inc()
+			w.log.Info("AUP rule crossed", "account", b.Account, "company", b.Company, "rule", r.Rule, "action", r.Crossing,
 				"id", r.ID, "count", r.Count, "threshold", b.Threshold)
 		} else if r.Count*2 >= b.Threshold && r.Count <= b.Threshold {
 			near[b.Account] = now

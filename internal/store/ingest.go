@@ -89,6 +89,7 @@ type Result struct {
 	Count    int       // counting events in the window (at most Cap); -1 for a batch of statistics only, which does not read the window
 	Capped   bool      // this batch dropped events at the cap: the real count is higher than Count
 	Crossing rules.Action
+	Rule     string // the rule the crossing crossed: spam_count or spam_rate
 	ID       string // id of the suspension or report the crossing made
 	// Pending are the account's outbox entries waiting to be published,
 	// oldest first: the crossing's, and any a crash left behind. Publish
@@ -455,7 +456,7 @@ func parseIngest(v any, items []Item, lo int64) Result {
 			return Result{Err: classifyScript(msg[1:])}
 		}
 	}
-	if len(vals) != 3 && len(vals) != 6 {
+	if len(vals) != 3 && len(vals) != 7 {
 		return Result{Err: Permanent(fmt.Errorf("ingest script returned %d values", len(vals)))}
 	}
 	outs, _ := vals[0].(string)
@@ -471,6 +472,7 @@ func parseIngest(v any, items []Item, lo int64) Result {
 	cr, _ := vals[3].(string)
 	r.Crossing = rules.Action(cr)
 	r.ID, _ = vals[4].(string)
+	r.Rule, _ = vals[6].(string)
 	if p, ok := vals[5].([]any); ok {
 		for _, e := range p {
 			if s, ok := e.(string); ok {

@@ -47,7 +47,7 @@
 --
 -- Returns, per account, one integer or string when nothing is to be
 -- published (see reply); else
--- {outcomes, count, capped, crossing, id, pending outbox entries}; or
+-- {outcomes, count, capped, crossing, id, pending outbox entries, rule}; or
 -- {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
 -- window or before the last reinstatement), k counted at the cap.
@@ -472,7 +472,8 @@ local function one(st, w, b)
     write_state(st, nh, we_old, we, created or crossing, crossing)
   end
   if crossing or ob then
-    return {outs, total, capped and 1 or 0, crossing and rec.action or '', rec and rec.id or '', rcall('LRANGE', ssub(st, 1, -2) .. 'o', 0, 99)}
+    return {outs, total, capped and 1 or 0, crossing and rec.action or '', rec and rec.id or '',
+      rcall('LRANGE', ssub(st, 1, -2) .. 'o', 0, 99), rec and rec.rule or ''}
   end
   return reply(total, capped, outs)
 end

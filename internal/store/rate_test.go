@@ -68,7 +68,7 @@ func TestSpamRateBusySenderAndSpammer(t *testing.T) {
 	}
 	s2 := newStore(t)
 	_, crossings = ingestRated(t, s2, t0, mix("spammer", 100, 40, t0))
-	if len(crossings) != 1 || crossings[0].Crossing != rules.ActionSuspend {
+	if len(crossings) != 1 || crossings[0].Crossing != rules.ActionSuspend || crossings[0].Rule != "spam_rate" {
 		t.Fatalf("spammer: crossings %+v", crossings)
 	}
 	ev, _, err := DecodeOutbox(crossings[0].Pending[0])
@@ -114,7 +114,7 @@ func TestSpamRateHamCountsOnce(t *testing.T) {
 func TestSpamRateFloodOfHam(t *testing.T) {
 	s := newStore(t)
 	_, c := ingestRated(t, s, t0, mix("flood", 20000, 101, t0))
-	if len(c) != 1 || c[0].Count != 101 {
+	if len(c) != 1 || c[0].Count != 101 || c[0].Rule != "spam_count" {
 		t.Fatalf("crossings %+v", c)
 	}
 	ev, _, err := DecodeOutbox(c[0].Pending[0])
