@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -147,4 +148,82 @@ func hamHeld(t *testing.T, s *Store) int {
 		t.Fatal(err)
 	}
 	return len(z)
+}
+
+// A report by the rate rule (shadow mode, the allowlist) holds while the
+// rule holds, and the next crossing after it stopped holding is reported
+// again.
+func TestSpamRateReportHolds(t *testing.T) {
+	s := newStore(t)
+	run := func(items ...Item) Result {
+		b := Batch{Account: "alice@example.com", Company: "acme", Threshold: 100, Cap: 101, Action: rules.ActionReport,
+			SpamRate: rate5, HamCap: rate5.HamCap(100), OutboundOnly: true, Items: items}
+		res, err := s.Ingest(context.Background(), []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return NewID(t0) }})
+		if err != nil || res[0].Err != nil {
+			t.Fatal(err, res[0].Err)
+		}
+		return res[0]
+	}
+	var items []Item
+	for i := range 10 {
+		items = append(items, spam(fmt.Sprint("s", i), t0))
+	}
+	if r := run(items...); r.Crossing != rules.ActionReport || r.Rule != "spam_rate" {
+		t.Fatalf("first: %+v", r)
+	}
+	if r := run(spam("s10", t0)); r.Crossing != "" {
+		t.Fatalf("reported again while the rule holds: %+v", r)
+	}
+	var hams []Item
+	for i := range 300 {
+		hams = append(hams, ham(fmt.Sprint("h", i), t0))
+	}
+	if r := run(hams...); r.Crossing != "" { // 11 in 311: 3.5%, no longer holds
+		t.Fatalf("ham crossed: %+v", r)
+	}
+	var more []Item
+	for i := 11; i < 30; i++ {
+		more = append(more, spam(fmt.Sprint("s", i), t0))
+	}
+	if r := run(more...); r.Crossing != rules.ActionReport { // 30 in 330: 9%
+		t.Fatalf("the next crossing was not reported: %+v", r)
+	}
+}
+
+// The rate rule costs a small, fixed number of commands per account and
+// batch, whatever the number of its events (statistics apart: they are
+// written about once a second for every account at once).
+func TestSpamRateCostDoesNotGrowPerEvent(t *testing.T) {
+	rdb := testutil.PrivateRedis(t)
+	s := New(rdb, "cost")
+	cost := func(account string, n, from int) (int, map[string]int) {
+		// at most 5% spam, and at least the minimum: every batch reads
+		// the window's directions, and none crosses
+		items := mix(fmt.Sprint(account, from), n, n/100+1, t0)
+		rate := rules.SpamRate{PPM: rate5.PPM, MinSpam: 1}
+		b := Batch{Account: account, Company: "acme", Threshold: 5000, Cap: 5001, Action: rules.ActionSuspend,
+			SpamRate: rate, HamCap: rate.HamCap(5000), Items: items}
+		before := commandCalls(t, rdb)
+		res, err := s.Ingest(context.Background(), []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0,
+			NewID: func() string { return NewID(t0) }, Stats: s.NewStats(0)}) // statistics apart
+		if err != nil || res[0].Err != nil {
+			t.Fatal(err, res[0].Err)
+		}
+		d, total := diff(commandCalls(t, rdb), before)
+		return total, d
+	}
+	for _, phase := range []struct {
+		name string
+		from int
+	}{{"new account", 0}, {"existing account", 1}} {
+		n20, d20 := cost("twenty@example.com", 20, phase.from)
+		n200, d200 := cost("hundreds@example.com", 200, phase.from)
+		n2000, d2000 := cost("thousands@example.com", 2000, phase.from)
+		t.Logf("%s: %d %v; %d %v; %d %v", phase.name, n20, d20, n200, d200, n2000, d2000)
+		// (one counting event reads what a crossing would, first: the
+		// one-event path adds it at once)
+		if n200 != n2000 || max(n20, n200, n2000) > 14 {
+			t.Fatalf("%s: batches of 20, 200 and 2000 events cost %d, %d and %d commands", phase.name, n20, n200, n2000)
+		}
+	}
 }
