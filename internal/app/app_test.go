@@ -308,7 +308,7 @@ func endToEnd(t *testing.T, natsURL string) {
 		`aupd_events_total{direction="outbound",outcome="duplicate",verdict="spam"} 4`,
 		`aupd_events_total{direction="outbound",outcome="stats",verdict="ham"} 1`,
 		`aupd_events_total{direction="outbound",outcome="late",verdict="spam"} 1`,
-		`aupd_suspensions_total{action="suspend"} 2`,
+		`aupd_suspensions_total{action="suspend",rule="spam_count"} 2`,
 	} {
 		if !strings.Contains(met, line) {
 			t.Errorf("metrics lack %s", line)

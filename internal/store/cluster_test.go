@@ -115,11 +115,12 @@ func TestIngestOnRedisClusterThroughFailover(t *testing.T) {
 	if onVictim == 0 {
 		t.Fatal("no account on the failed-over slot")
 	}
-	// Every master ran the script: the promoted replica loaded it itself.
+	// Every master holds the ingest function (the promoted replica had
+	// it from its old master).
 	err = rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-		ok, err := m.ScriptExists(ctx, ingestScript.Hash()).Result()
-		if err == nil && !ok[0] {
-			return fmt.Errorf("%s lacks the ingest script", m.Options().Addr)
+		libs, err := m.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: ingestScript.name}).Result()
+		if err == nil && len(libs) != 1 {
+			return fmt.Errorf("%s lacks the ingest function", m.Options().Addr)
 		}
 		return err
 	})

@@ -1,6 +1,8 @@
 -- What an account crossing an AUP rule writes. This file is put before
 -- the scripts that find crossings (ingest.lua: the spam count), so that
--- one script call finds and records a crossing atomically.
+-- one script call finds and records a crossing atomically. It reads no
+-- global when it is loaded, so that it also serves in a function library
+-- (whose top level sees none).
 --
 -- A crossing writes one record: {"crossing":{...}}, the JSON of Go's
 -- events.Crossing (its type, time, account, company, status, the
@@ -13,8 +15,6 @@
 -- during a rolling upgrade publishes them right.
 -- A suspension also marks the services it suspends (sus:send and
 -- sus:webmail_send), which is what every door reads.
-
-local crossing_rcall = redis.call
 
 -- RFC 3339 in UTC with milliseconds (days from civil, Hinnant), for the
 -- services' markers.
@@ -50,10 +50,10 @@ local SUSPENDS = {send = true, webmail_send = true} -- what an AUP suspension su
 local function crossing_read(st)
   local kb = string.sub(st, 1, -2)
   for _, key in ipairs({kb .. 'h', kb .. 'o'}) do
-    local ty = crossing_rcall('TYPE', key)['ok']
+    local ty = redis.call('TYPE', key)['ok']
     if ty ~= 'none' and ty ~= 'list' then error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. ty}) end
   end
-  return crossing_rcall('HMGET', st, unpack(CROSSING_READ))
+  return redis.call('HMGET', st, unpack(CROSSING_READ))
 end
 
 -- The spam-rate rule's figures in the record, when it crossed.
@@ -100,8 +100,8 @@ local function crossing_write(st, x, c, hset, nh)
     'ver', tonumber(x[1] or '0') + 1, 'ob', 1}
   if not x[4] then fields[#fields + 1], fields[#fields + 2] = 'created', c.at end
   for i = 1, #fields do hset[nh + i] = fields[i] end
-  crossing_rcall('RPUSH', kb .. 'o', record)
-  crossing_rcall('LPUSH', kb .. 'h', record)
-  crossing_rcall('LTRIM', kb .. 'h', 0, 999)
+  redis.call('RPUSH', kb .. 'o', record)
+  redis.call('LPUSH', kb .. 'h', record)
+  redis.call('LTRIM', kb .. 'h', 0, 999)
   return nh + #fields
 end

@@ -20,7 +20,7 @@ import (
 var ingestLua string
 
 // The ingest script records crossings with crossing.lua.
-var ingestScript = redis.NewScript(crossingLua + ingestLua)
+var ingestScript = newLibrary("aupd_ingest", crossingLua, ingestLua)
 
 // Outcome is what became of one event in the window.
 type Outcome byte

@@ -1,5 +1,8 @@
 -- Ingest a batch of verdict events for one or more accounts (one call
 -- holds accounts of one Redis Cluster slot; standalone Redis takes many).
+-- A Redis function (FUNCTION LOAD, Redis 7.0; script.go): its library is
+-- loaded once, so a call pays for none of the definitions below (a script
+-- run by EVALSHA made them all again, about 30 us a call).
 -- Each account is atomic on its own and fails on its own: its part reads
 -- what decides first and writes last, so that an error (a key of the
 -- wrong type, say) leaves it as it was, and the other accounts of the call
@@ -9,10 +12,11 @@
 -- new and adds it at once), one ZADD, and writes only where something
 -- changed. Statistics-only events do not come here (stats.lua).
 --
--- KEYS: 2 per account, its state HASH <prefix>:{<account>}:s and its
+-- Keys (KEYS): 2 per account, its state HASH <prefix>:{<account>}:s and its
 --       window ZSET (...:w); its other keys share the name but for the last
 --       letter (h history LIST, o outbox LIST, x v1 statistics ZSET), and
 --       so its Cluster slot
+-- Arguments (ARGV):
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME): one clock for every
 --         process, so that skewed hosts cannot count a trimmed id twice
 -- ARGV[2] window (ms)   ARGV[3] future skew (ms)
@@ -57,22 +61,24 @@
 -- one fails the account's part. Tables cost more than commands here, so
 -- the hot path makes few: per-event values live in arrays reused from one
 -- account to the next, filled up to a count rather than cleared.
-local KEYS, ARGV, tonumber = KEYS, ARGV, tonumber
-local rcall, mfloor, mceil, mmin, mmax = redis.call, math.floor, math.ceil, math.min, math.max
-local unpack_, ssub, sformat = struct.unpack, string.sub, string.format
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = rcall('TIME')
-  now = tonumber(t[1]) * 1000 + mfloor(tonumber(t[2]) / 1000)
+-- A function library's top level runs once, when it is loaded, and sees
+-- no global but redis.register_function: bind() binds the globals the
+-- functions use, on the first call.
+local tonumber, rcall, mfloor, mceil, mmin, mmax, unpack_, ssub, sformat
+local function bind()
+  tonumber, rcall = _G.tonumber, redis.call
+  mfloor, mceil, mmin, mmax = math.floor, math.ceil, math.min, math.max
+  unpack_, ssub, sformat = struct.unpack, string.sub, string.format
 end
-local window, skew, rebase_after = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+-- The call's keys and arguments, its clock and its window (ms).
+local KEYS, ARGV, now, window, skew, rebase_after
 local HOUR = 3600000
 -- Redis 7.0 turns a number argument of redis.call into text with "%.17g",
 -- which costs about as much as a whole ZCARD: integers go as text made
 -- with "%d" (about half that), and those that most accounts of a call
 -- share (the trims' bounds, the expiry hours and times left: now is the
 -- call's) are made once.
-local TEXT = {}
+local TEXT -- a call's texts (new each call: the bounds move with now)
 local function shared_text(n)
   local s = TEXT[n]
   if not s then s = sformat('%d', n); TEXT[n] = s end
@@ -480,22 +486,37 @@ end
 
 -- The accounts, each caught on its own: one pcall covers them all until
 -- one fails, which gets its error, and the next ones go on in a new one.
-local results, naccounts, cur = {}, tonumber(ARGV[5]), 0
+local results, naccounts, cur
 local function run(from)
   for a = from, naccounts do
     cur = a
     results[a] = one(KEYS[2 * a - 1], KEYS[2 * a], ARGV[5 + a])
   end
 end
-local from = 1
-while from <= naccounts do
-  local ok, r = pcall(run, from)
-  if ok then break end
-  if type(r) == 'table' and r.err then
-    results[cur] = {'!' .. r.err}
-  else
-    results[cur] = {'!' .. tostring(r)} -- a Redis error as text, or a Lua runtime error
+
+local function ingest(keys, args)
+  if not rcall then bind() end
+  KEYS, ARGV, TEXT = keys, args, {}
+  now = tonumber(args[1])
+  if now == 0 then
+    local t = rcall('TIME')
+    now = tonumber(t[1]) * 1000 + mfloor(tonumber(t[2]) / 1000)
   end
-  from = cur + 1
+  window, skew, rebase_after = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  results, naccounts, cur = {}, tonumber(args[5]), 0
+  local from = 1
+  while from <= naccounts do
+    local ok, r = pcall(run, from)
+    if ok then break end
+    if type(r) == 'table' and r.err then
+      results[cur] = {'!' .. r.err}
+    else
+      results[cur] = {'!' .. tostring(r)} -- a Redis error as text, or a Lua runtime error
+    end
+    from = cur + 1
+  end
+  return results
 end
-return results
+
+-- FUNCTION, the function's name, is set before this file (script.go).
+redis.register_function(FUNCTION, ingest)

@@ -73,6 +73,9 @@ func TestIngestCostDoesNotGrowPerEvent(t *testing.T) {
 		}
 		return b
 	}
+	if err := ingestScript.load(ctx, rdb); err != nil { // loaded once, by the first call
+		t.Fatal(err)
+	}
 	cost := func(b Batch) (map[string]int, int) {
 		before := commandCalls(t, rdb)
 		res, err := s.Ingest(ctx, []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0, NewID: func() string { return NewID(t0) }})

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/aupd/aupd/internal/testutil"
 )
 
@@ -31,7 +29,7 @@ func BenchmarkIngestScriptSideBySide(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	scripts := []*redis.Script{redis.NewScript(string(oldText)), ingestScript}
+	scripts := []runner{newScript(string(oldText)), ingestScript}
 	accounts := 10000
 	if v := os.Getenv("AUPD_INGEST_ACCOUNTS"); v != "" {
 		var err error

@@ -65,7 +65,7 @@ type Settled struct {
 //go:embed outbox_pop.lua
 var popLua string
 
-var popScript = redis.NewScript(popLua)
+var popScript = newScript(popLua)
 
 // Settle removes published entries from their outboxes and updates the
 // listing indexes, in one pipelined round trip.

@@ -3,17 +3,78 @@ package store
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// evalAll runs script once per (keys, args) pair in one pipelined round
-// trip with EVALSHA; extra, when set, queues more commands in the same
-// round trip (their errors are not reported). Calls that find the script
-// missing on their server (NOSCRIPT: a restarted or new node) are
-// replayed, and only those, after loading it. The returned commands carry
-// each call's result or error.
-func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]string, args [][]any, extra func(redis.Pipeliner)) ([]*redis.Cmd, error) {
+// runner is a Lua program the store calls: a script (EVALSHA) or a
+// function library (FCALL).
+type runner interface {
+	// queue queues one call in pipe.
+	queue(ctx context.Context, pipe redis.Pipeliner, keys []string, args []any) *redis.Cmd
+	// missing reports whether err says the server does not hold it.
+	missing(err error) bool
+	// load gives it to a server.
+	load(ctx context.Context, c redis.Scripter) error
+}
+
+// script is a Lua script run by EVALSHA.
+type script struct{ *redis.Script }
+
+func newScript(src string) script { return script{redis.NewScript(src)} }
+
+func (sc script) queue(ctx context.Context, pipe redis.Pipeliner, keys []string, args []any) *redis.Cmd {
+	return sc.EvalSha(ctx, pipe, keys, args...)
+}
+
+func (sc script) missing(err error) bool { return redis.HasErrorPrefix(err, "NOSCRIPT") }
+
+func (sc script) load(ctx context.Context, c redis.Scripter) error { return sc.Load(ctx, c).Err() }
+
+// library is a Redis function library of one function (FUNCTION LOAD,
+// Redis 7.0). Its top level runs once, when it is loaded, where a script
+// run by EVALSHA runs all of it at every call: for a program of many
+// functions, most of a short call's cost. The library and the function
+// are named after the code's hash, so that two versions of aupd running
+// side by side during an upgrade each call their own; Redis keeps
+// libraries in its RDB and AOF files and copies them to replicas.
+type library struct{ name, code string }
+
+// newLibrary makes a library of the Lua files parts, the last of which
+// registers the function, named by the global-free local FUNCTION the
+// library sets before them.
+func newLibrary(prefix string, parts ...string) library {
+	body := strings.Join(parts, "")
+	sum := sha256.Sum256([]byte(body))
+	name := prefix + "_" + hex.EncodeToString(sum[:8])
+	return library{name: name, code: "#!lua name=" + name + "\nlocal FUNCTION = '" + name + "'\n" + body}
+}
+
+func (l library) queue(ctx context.Context, pipe redis.Pipeliner, keys []string, args []any) *redis.Cmd {
+	return pipe.FCall(ctx, l.name, keys, args...)
+}
+
+func (l library) missing(err error) bool {
+	return redis.HasErrorPrefix(err, "Function not found") // (after "ERR ")
+}
+
+func (l library) load(ctx context.Context, c redis.Scripter) error {
+	err := c.(redis.Cmdable).FunctionLoad(ctx, l.code).Err()
+	if err != nil && strings.Contains(err.Error(), "already exists") {
+		return nil // loaded meanwhile, by another process
+	}
+	return err
+}
+
+// evalAll calls prog once per (keys, args) pair in one pipelined round
+// trip; extra, when set, queues more commands in the same round trip
+// (their errors are not reported). Calls that find prog missing on their
+// server (a restarted or new node) are replayed, and only those, after
+// loading it; if it cannot be loaded there, they fail with that error.
+// The returned commands carry each call's result or error.
+func (s *Store) evalAll(ctx context.Context, prog runner, keys [][]string, args [][]any, extra func(redis.Pipeliner)) ([]*redis.Cmd, error) {
 	cmds := make([]*redis.Cmd, len(keys))
 	todo := make([]int, len(keys))
 	for i := range todo {
@@ -22,7 +83,7 @@ func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]stri
 	for attempt := 0; ; attempt++ {
 		pipe := s.rdb.Pipeline()
 		for _, i := range todo {
-			cmds[i] = script.EvalSha(ctx, pipe, keys[i], args[i]...)
+			cmds[i] = prog.queue(ctx, pipe, keys[i], args[i])
 		}
 		if extra != nil && attempt == 0 {
 			extra(pipe)
@@ -30,28 +91,33 @@ func (s *Store) evalAll(ctx context.Context, script *redis.Script, keys [][]stri
 		_, _ = pipe.Exec(ctx) // errors are per command
 		var missing []int
 		for _, i := range todo {
-			if err := cmds[i].Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if err := cmds[i].Err(); err != nil && prog.missing(err) {
 				missing = append(missing, i)
 			}
 		}
 		if len(missing) == 0 || attempt == 1 {
 			return cmds, nil
 		}
-		if err := s.loadScript(ctx, script, keys, missing); err != nil {
-			return nil, wrap("load script", err)
+		if err := s.loadScript(ctx, prog, keys, missing); err != nil {
+			// Those calls fail with it (a replica refuses to load with
+			// READONLY: transient), and only those.
+			for _, i := range missing {
+				cmds[i].SetErr(err)
+			}
+			return cmds, nil
 		}
 		todo = missing
 	}
 }
 
-// loadScript loads script where the calls missing found it missing. On a
+// loadScript loads prog where the calls missing found it missing. On a
 // Cluster that is the masters of those calls' slots only (a replica just
-// promoted has an empty script cache, and loading on every node would fail
-// while its old master is down); elsewhere the one server.
-func (s *Store) loadScript(ctx context.Context, script *redis.Script, keys [][]string, missing []int) error {
+// promoted may lack it, and loading on every node would fail while its
+// old master is down); elsewhere the one server.
+func (s *Store) loadScript(ctx context.Context, prog runner, keys [][]string, missing []int) error {
 	cc, ok := s.rdb.(*redis.ClusterClient)
 	if !ok {
-		return script.Load(ctx, s.rdb).Err()
+		return prog.load(ctx, s.rdb)
 	}
 	done := map[string]bool{}
 	for _, i := range missing {
@@ -63,7 +129,7 @@ func (s *Store) loadScript(ctx context.Context, script *redis.Script, keys [][]s
 			return err
 		}
 		if addr := m.Options().Addr; !done[addr] {
-			if err := script.Load(ctx, m).Err(); err != nil {
+			if err := prog.load(ctx, m); err != nil {
 				return err
 			}
 			done[addr] = true

@@ -11,15 +11,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/aupd/aupd/internal/api/apitypes"
 )
 
 //go:embed senders.lua
 var sendersLua string
 
-var sendersScript = redis.NewScript(sendersLua)
+var sendersScript = newScript(sendersLua)
 
 // MaxSenders is the most senders an account's tally keeps; beyond it the
 // least recently seen are dropped.

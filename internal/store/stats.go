@@ -8,15 +8,13 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/aupd/aupd/rules"
 )
 
 //go:embed stats.lua
 var statsLua string
 
-var statsScript = redis.NewScript(statsLua)
+var statsScript = newScript(statsLua)
 
 // Stats gathers the statistics-only events of ingested batches (ham, and
 // kinds the policy does not count) as per-account hourly buckets, and
