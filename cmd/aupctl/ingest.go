@@ -124,10 +124,10 @@ func ingestARFCmd(ctx context.Context, x *cli, tokenFile string) error {
 // beside what happened.
 func replayCmd(ctx context.Context, x *cli, req client.ReplayRequest, minSpam int) error {
 	switch {
-	case req.Threshold < 0 || req.Threshold == 0 && req.SpamRate == nil:
-		return &usageError{"--threshold N (at least 1) or --rate R --min-spam M is required"}
 	case minSpam != 0 && req.SpamRate == nil:
 		return &usageError{"--min-spam goes with --rate"}
+	case req.Threshold < 0 || req.Threshold == 0 && req.SpamRate == nil:
+		return &usageError{"--threshold N (at least 1) or --rate R --min-spam M is required"}
 	case req.Since <= 0:
 		return &usageError{"--since wants a positive duration such as 24h (a week: 168h)"}
 	}
