@@ -159,10 +159,11 @@ type replayState struct {
 	hamCap  int   // the most ham kept (SpamRate.HamCap of the threshold)
 	seen    idSet // every id kept in the window (dedup)
 	counted idSet // counting ids in the window, after the floor
-	spam    idSet // the outbound ones among them: the spam-rate rule's spam
-	ham     idSet // outbound ham in the window, after the floor, newest hamCap
-	floor   time.Time
-	held    bool // suspended, or reported and a rule still holds
+	// With the spam-rate rule on: the outbound counting ids (its spam),
+	// and outbound ham in the window, after the floor, the newest hamCap.
+	spam, ham idSet
+	floor     time.Time
+	held      bool // suspended, or reported and a rule still holds
 }
 
 // reset is a reinstatement at at: the floor rises to it, what was counted
@@ -197,7 +198,7 @@ func (s *replayState) take(e ReplayEvent, lo time.Time) {
 		if e.Counting {
 			s.counted.add(e.ID, e.Time)
 		}
-		if e.Counting && e.Outbound {
+		if e.Counting && e.Outbound && s.rule.SpamRate.On() {
 			s.spam.add(e.ID, e.Time)
 		}
 	}
