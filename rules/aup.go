@@ -74,3 +74,13 @@ func (p Policy) OnCrossing() Action {
 
 // Exceeds is the AUP rule itself: count strictly above threshold.
 func Exceeds(count, threshold int) bool { return count > threshold }
+
+// The AUP rules a crossing names (the suspension's rule).
+const (
+	// RuleSpamCount is the spam count over the window exceeding the
+	// threshold.
+	RuleSpamCount = "spam_count"
+	// RuleSpamRate is the spam-rate rule (SpamRate). When both hold, the
+	// count names the crossing.
+	RuleSpamRate = "spam_rate"
+)

@@ -57,10 +57,10 @@ type SpamRateSetting struct {
 func (s SpamRateSetting) Rule() SpamRate { return SpamRate{PPM: RatePPM(s.Rate), MinSpam: s.MinSpam} }
 
 // Validate checks a setting: a rate from 0 (off) to under 1, with a
-// minimum of at least 1 when on.
+// minimum of at least 1 when on. NaN is no rate.
 func (s SpamRateSetting) Validate() error {
 	switch {
-	case s.Rate < 0 || s.Rate >= 1 || (s.Rate > 0 && RatePPM(s.Rate) == 0):
+	case !(s.Rate >= 0 && s.Rate < 1) || (s.Rate > 0 && RatePPM(s.Rate) == 0):
 		return fmt.Errorf("rate %v: must be 0 (off) or a fraction from 0.000001 to under 1 (0.05 is 5%%)", s.Rate)
 	case s.Rate > 0 && s.MinSpam < 1:
 		return fmt.Errorf("min_spam %d: must be at least 1", s.MinSpam)

@@ -1,6 +1,9 @@
 package rules
 
-import "testing"
+import (
+	"math"
+	"testing"
+)
 
 func TestSpamRate(t *testing.T) {
 	r := SpamRate{PPM: RatePPM(0.05), MinSpam: 10}
@@ -40,6 +43,28 @@ func TestSpamRateHamCap(t *testing.T) {
 			if h > 0 && !r.Crosses(threshold, h-1) && threshold >= r.MinSpam {
 				t.Fatalf("%+v threshold %d: cap %d is not the least", r, threshold, h)
 			}
+		}
+	}
+}
+
+func TestSpamRateSettingValidate(t *testing.T) {
+	for _, c := range []struct {
+		s  SpamRateSetting
+		ok bool
+	}{
+		{SpamRateSetting{}, true},
+		{SpamRateSetting{Rate: 0.05, MinSpam: 20}, true},
+		{SpamRateSetting{Rate: 0.000001, MinSpam: 1}, true},
+		{SpamRateSetting{Rate: 0.05}, false},          // no minimum
+		{SpamRateSetting{Rate: 1, MinSpam: 1}, false}, // 100% is never exceeded
+		{SpamRateSetting{Rate: 5, MinSpam: 1}, false}, // 5%, written as a percentage
+		{SpamRateSetting{Rate: -0.1, MinSpam: 1}, false},
+		{SpamRateSetting{Rate: 0.0000001, MinSpam: 1}, false}, // under one in a million
+		{SpamRateSetting{Rate: math.NaN(), MinSpam: 1}, false},
+		{SpamRateSetting{Rate: math.Inf(1), MinSpam: 1}, false},
+	} {
+		if err := c.s.Validate(); (err == nil) != c.ok {
+			t.Errorf("%+v: %v", c.s, err)
 		}
 	}
 }

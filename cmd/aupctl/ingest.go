@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/aupd/aupd/internal/api/apitypes"
 	"github.com/aupd/aupd/internal/arf"
 	"github.com/aupd/aupd/internal/client"
+	"github.com/aupd/aupd/rules"
 )
 
 // Exit codes of ingest-arf, from sysexits.h, as a Postfix pipe(8)
@@ -43,18 +46,31 @@ func addIngestCommands(commands map[string]command) {
 			"75 anything else (token refused or unreadable, bad command line, aupd unreachable, 404, 5xx, timeout: " +
 			"Postfix keeps the report queued and retries). See docs/feedback-loops.md.",
 		flags: noFlags, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error { return ingestARFCmd(ctx, x, "") }}
-	var threshold int
-	var company string
-	var since time.Duration
-	commands["replay"] = command{group: "verdicts", args: "--threshold N [--company ID] [--since 24h]",
-		summary: "what threshold N would have suspended, beside what happened",
+	var req client.ReplayRequest
+	var minSpam int
+	commands["replay"] = command{group: "verdicts", args: "[--threshold N] [--rate R --min-spam M] [--company ID] [--since 24h]",
+		summary: "what a threshold or spam rate would have suspended, beside what happened",
+		help: "Replays the AUP rules over the stored verdicts of the period with the threshold and spam-rate rule given, " +
+			"and shows each account that would have crossed (when, which rule, the count and the rate) beside what aupd " +
+			"actually did. --threshold alone keeps each account's live spam-rate rule; --rate alone keeps each " +
+			"account's live threshold; --rate 0 turns the spam-rate rule off. Acts on nothing.",
 		flags: func(fs *flag.FlagSet) *flags {
-			fs.IntVar(&threshold, "threshold", 0, "the threshold to try (required)")
-			fs.StringVar(&company, "company", "", "only this company's accounts")
-			fs.DurationVar(&since, "since", 24*time.Hour, "how far back to replay")
+			fs.IntVar(&req.Threshold, "threshold", 0, "the threshold to try (at least 1); absent: each account's live threshold (with --rate)")
+			fs.Func("rate", "the spam rate to try, a fraction (0.05 for 5%; 0: the rule off); absent: each account's live spam-rate rule",
+				func(v string) error {
+					f, err := strconv.ParseFloat(v, 64)
+					if err != nil {
+						return errors.New("want a fraction such as 0.05 (5%)")
+					}
+					req.SpamRate = &rules.SpamRateSetting{Rate: f}
+					return nil
+				})
+			fs.IntVar(&minSpam, "min-spam", 0, "with --rate above 0: the least spam count that may cross (at least 1)")
+			fs.StringVar(&req.Company, "company", "", "only this company's accounts")
+			fs.DurationVar(&req.Since, "since", 24*time.Hour, "how far back to replay")
 			return &flags{}
 		}, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error {
-			return replayCmd(ctx, x, threshold, company, since)
+			return replayCmd(ctx, x, req, minSpam)
 		}}
 }
 
@@ -104,15 +120,21 @@ func ingestARFCmd(ctx context.Context, x *cli, tokenFile string) error {
 	return nil
 }
 
-// replayCmd prints what a threshold would have done beside what happened.
-func replayCmd(ctx context.Context, x *cli, threshold int, company string, since time.Duration) error {
-	if threshold < 1 {
-		return &usageError{"--threshold N is required (at least 1)"}
-	}
-	if since <= 0 {
+// replayCmd prints what a threshold or a spam rate would have done
+// beside what happened.
+func replayCmd(ctx context.Context, x *cli, req client.ReplayRequest, minSpam int) error {
+	switch {
+	case minSpam != 0 && req.SpamRate == nil:
+		return &usageError{"--min-spam goes with --rate"}
+	case req.Threshold < 0 || req.Threshold == 0 && req.SpamRate == nil:
+		return &usageError{"--threshold N (at least 1) or --rate R --min-spam M is required"}
+	case req.Since <= 0:
 		return &usageError{"--since wants a positive duration such as 24h (a week: 168h)"}
 	}
-	rep, raw, err := x.c.Replay(ctx, threshold, company, since)
+	if req.SpamRate != nil {
+		req.SpamRate.MinSpam = minSpam
+	}
+	rep, raw, err := x.c.Replay(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -120,8 +142,8 @@ func replayCmd(ctx context.Context, x *cli, threshold int, company string, since
 		fmt.Fprintln(x.stdout, strings.TrimSpace(string(raw)))
 		return nil
 	}
-	fmt.Fprintf(x.stdout, "threshold %d over %s .. %s (window %s, %d stored events read)\n",
-		rep.Threshold, rep.From.Format(time.RFC3339), rep.To.Format(time.RFC3339), rep.Window, rep.Events)
+	fmt.Fprintf(x.stdout, "%s over %s .. %s (window %s, %d stored events read)\n", tried(rep),
+		rep.From.Format(time.RFC3339), rep.To.Format(time.RFC3339), rep.Window, rep.Events)
 	if len(rep.Accounts) == 0 {
 		fmt.Fprintln(x.stdout, "no account would have been suspended, and none was")
 		return nil
@@ -129,16 +151,52 @@ func replayCmd(ctx context.Context, x *cli, threshold int, company string, since
 	tw := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ACCOUNT\tCOMPANY\tWOULD\tACTUALLY")
 	for _, a := range rep.Accounts {
-		var would, actual []string
-		for _, c := range a.Would {
-			would = append(would, fmt.Sprintf("%s at %s, count %d", c.Action, c.At.UTC().Format(time.RFC3339), c.Count))
-		}
-		for _, c := range a.Actual {
-			actual = append(actual, fmt.Sprintf("%s at %s, count %d > %d", c.Action, c.At.UTC().Format(time.RFC3339), c.Count, c.Threshold))
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.Account, dash(a.Company), dash(strings.Join(would, "; ")), dash(strings.Join(actual, "; ")))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.Account, dash(a.Company), crossingsText(a.Would), crossingsText(a.Actual))
 	}
 	return tw.Flush()
+}
+
+// tried says what a replay tried.
+func tried(rep *apitypes.ReplayReport) string {
+	threshold := "each account's live threshold"
+	if rep.Threshold > 0 {
+		threshold = fmt.Sprintf("threshold %d", rep.Threshold)
+	}
+	switch r := rep.SpamRate; {
+	case r == nil:
+		return threshold + " and each account's live spam-rate rule"
+	case r.Rate == 0:
+		return threshold + ", spam-rate rule off,"
+	default:
+		return fmt.Sprintf("%s, spam rate over %s with at least %d spam,", threshold, percent(r.Rate), r.MinSpam)
+	}
+}
+
+// crossingsText is crossings in a table cell: the action, when, the rule
+// and its figures, for each; "-" for none.
+func crossingsText(cs []apitypes.ReplayCrossing) string {
+	var out []string
+	for _, c := range cs {
+		at := c.At.UTC().Format(time.RFC3339)
+		rate := ""
+		if r := c.Rate; r != nil {
+			rate = fmt.Sprintf("spam %d of %d, %s > %s", r.Spam, r.Spam+r.Ham, percent(float64(r.Spam)/float64(r.Spam+r.Ham)), percent(r.Limit))
+		}
+		switch {
+		case c.Rule == rules.RuleSpamRate && rate != "":
+			out = append(out, fmt.Sprintf("%s at %s, %s: %s (count %d)", c.Action, at, c.Rule, rate, c.Count))
+		case rate != "":
+			out = append(out, fmt.Sprintf("%s at %s, %s: count %d > %d (%s)", c.Action, at, c.Rule, c.Count, c.Threshold, rate))
+		default:
+			out = append(out, fmt.Sprintf("%s at %s, %s: count %d > %d", c.Action, at, c.Rule, c.Count, c.Threshold))
+		}
+	}
+	return dash(strings.Join(out, "; "))
+}
+
+// percent is a fraction as a percentage, to three figures: 0.05 is 5%.
+func percent(f float64) string {
+	return strconv.FormatFloat(f*100, 'g', 3, 64) + "%"
 }
 
 func dash(s string) string {

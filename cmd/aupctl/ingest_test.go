@@ -13,12 +13,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aupd/aupd/internal/api/apitypes"
 	"github.com/aupd/aupd/internal/app"
 	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
+	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/rules"
 )
 
 // TestIngestARFPipe feeds a feedback-loop report to `aupctl ingest-arf`
@@ -86,6 +89,37 @@ func TestIngestARFPipe(t *testing.T) {
 	}
 	if code := runIn([]string{"replay", "--server", server, "--token", token, "--threshold", "1"}, nil, &rout, &rerr); code != exitRefused {
 		t.Fatalf("replay with a publisher token: %d", code)
+	}
+	// The rule, in the table and in JSON; a rate alone keeps the live
+	// threshold (50), and complaints are not the rate's spam: nothing.
+	replay := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := runIn(append([]string{"replay", "--server", server, "--token", abuseToken, "--since", "1h"}, args...), nil, &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	if code, out, errs := replay("--threshold", "1"); code != 0 || !strings.Contains(out, "threshold 1 and each account's live spam-rate rule over") ||
+		!strings.Contains(out, "spam_count: count 2 > 1") {
+		t.Fatalf("replay: %d %q %q", code, out, errs)
+	}
+	if code, out, errs := replay("--threshold", "1", "--json"); code != 0 || !strings.Contains(out, `"rule": "spam_count"`) {
+		t.Fatalf("replay --json: %d %q %q", code, out, errs)
+	}
+	if code, out, errs := replay("--rate", "0.5", "--min-spam", "1"); code != 0 ||
+		!strings.Contains(out, "each account's live threshold, spam rate over 50% with at least 1 spam,") || !strings.Contains(out, "no account would have been suspended") {
+		t.Fatalf("replay --rate: %d %q %q", code, out, errs)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--min-spam", "1"}, "--min-spam goes with --rate"},
+		{[]string{"--rate", "x"}, "want a fraction"},
+		{[]string{"--rate", "0.05"}, "min_spam"}, // aupd's 400
+		{[]string{"--rate", "2", "--min-spam", "1"}, "0.05 is 5%"},
+	} {
+		if code, _, errs := replay(c.args...); code != exitUsage || !strings.Contains(errs, c.want) {
+			t.Errorf("replay %q: exit %d %q, want %d saying %q", c.args, code, errs, exitUsage, c.want)
+		}
 	}
 
 	// Only a report that can never be counted is refused for good (65,
@@ -261,6 +295,37 @@ func (a *arfAupd) wantMetrics(t *testing.T, lines ...string) {
 	for _, l := range lines {
 		if !strings.Contains(string(b), l+"\n") {
 			t.Errorf("metrics lack %s", l)
+		}
+	}
+}
+
+// TestReplayText: what aupctl replay prints of a report.
+func TestReplayText(t *testing.T) {
+	at := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	cs := []apitypes.ReplayCrossing{
+		{At: at, Rule: "spam_count", Count: 7, Threshold: 6, Action: "suspend"},
+		{At: at, Rule: "spam_rate", Count: 3, Threshold: 6, Action: "report", Rate: &events.RateFacts{Spam: 3, Ham: 4, Limit: 0.25, MinSpam: 3}},
+		{At: at, Rule: "spam_count", Count: 7, Threshold: 6, Action: "suspend", Rate: &events.RateFacts{Spam: 7, Ham: 18, Limit: 0.25, MinSpam: 3}},
+	}
+	want := "suspend at 2026-12-07T10:00:00Z, spam_count: count 7 > 6; " +
+		"report at 2026-12-07T10:00:00Z, spam_rate: spam 3 of 7, 42.9% > 25% (count 3); " +
+		"suspend at 2026-12-07T10:00:00Z, spam_count: count 7 > 6 (spam 7 of 25, 28% > 25%)"
+	if got := crossingsText(cs); got != want {
+		t.Errorf("crossings:\n%s\nwant\n%s", got, want)
+	}
+	if got := crossingsText(nil); got != "-" {
+		t.Errorf("no crossings: %q", got)
+	}
+	for _, c := range []struct {
+		rep  apitypes.ReplayReport
+		want string
+	}{
+		{apitypes.ReplayReport{Threshold: 20}, "threshold 20 and each account's live spam-rate rule"},
+		{apitypes.ReplayReport{Threshold: 20, SpamRate: &rules.SpamRateSetting{}}, "threshold 20, spam-rate rule off,"},
+		{apitypes.ReplayReport{SpamRate: &rules.SpamRateSetting{Rate: 0.003, MinSpam: 20}}, "each account's live threshold, spam rate over 0.3% with at least 20 spam,"},
+	} {
+		if got := tried(&c.rep); got != c.want {
+			t.Errorf("tried(%+v) = %q, want %q", c.rep, got, c.want)
 		}
 	}
 }

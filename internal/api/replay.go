@@ -3,39 +3,35 @@ package api
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
 	"github.com/aupd/aupd/internal/replay"
+	"github.com/aupd/aupd/rules"
 )
 
-// Replayer tries a threshold over the stored verdicts (replay.Replayer).
+// Replayer tries a threshold or a spam rate over the stored verdicts
+// (replay.Replayer).
 type Replayer interface {
 	Run(ctx context.Context, req replay.Request) (*replay.Report, error)
 }
 
-// replay answers GET /api/v1/replay?threshold=N[&company=ID][&since=24h]:
-// the accounts the threshold would have suspended in the period, beside
-// what happened. It acts on nothing. A company-scoped token replays its
-// own company only.
+// replay answers GET /api/v1/replay?[threshold=N][&rate=R&min_spam=M]
+// [&company=ID][&since=24h]: the accounts the rules tried would have
+// suspended in the period, beside what happened. It acts on nothing. A
+// company-scoped token replays its own company only.
 func (s *server) replay(w http.ResponseWriter, r *http.Request, p *principal) {
 	if s.opts.Replay == nil {
 		s.fail(w, r, errf(http.StatusServiceUnavailable, "not_configured", "replay is not available on this aupd"))
 		return
 	}
-	q := r.URL.Query()
-	n, err := strconv.Atoi(q.Get("threshold"))
-	if err != nil || n < 1 {
-		s.fail(w, r, errf(http.StatusBadRequest, "invalid", "threshold must be a whole number of at least 1"))
+	req, bad := replayRequest(r.URL.Query())
+	if bad != nil {
+		s.fail(w, r, bad)
 		return
-	}
-	req := replay.Request{Threshold: n, Company: q.Get("company")}
-	if v := q.Get("since"); v != "" {
-		if req.Since, err = time.ParseDuration(v); err != nil || req.Since <= 0 {
-			s.fail(w, r, errf(http.StatusBadRequest, "invalid", "since must be a duration such as 24h or 90m"))
-			return
-		}
 	}
 	if p.company != "" {
 		if req.Company != "" && req.Company != p.company {
@@ -59,4 +55,38 @@ func (s *server) replay(w http.ResponseWriter, r *http.Request, p *principal) {
 		return
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// replayRequest reads a replay's query. It checks the form of each value;
+// the replay checks what they ask for (replay.ErrInvalid).
+func replayRequest(q url.Values) (replay.Request, *apiError) {
+	req := replay.Request{Company: q.Get("company")}
+	var err error
+	if v := q.Get("threshold"); v != "" {
+		if req.Threshold, err = strconv.Atoi(v); err != nil {
+			return req, errf(http.StatusBadRequest, "invalid", "threshold must be a whole number of at least 1")
+		}
+	}
+	rate, minSpam := q.Get("rate"), q.Get("min_spam")
+	if rate != "" || minSpam != "" {
+		req.SpamRate = &rules.SpamRateSetting{}
+	}
+	if rate != "" {
+		f, err := strconv.ParseFloat(rate, 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return req, errf(http.StatusBadRequest, "invalid", "rate must be a fraction such as 0.05 (5%%), or 0 for the spam-rate rule off")
+		}
+		req.SpamRate.Rate = f
+	}
+	if minSpam != "" {
+		if req.SpamRate.MinSpam, err = strconv.Atoi(minSpam); err != nil {
+			return req, errf(http.StatusBadRequest, "invalid", "min_spam must be a whole number of at least 1")
+		}
+	}
+	if v := q.Get("since"); v != "" {
+		if req.Since, err = time.ParseDuration(v); err != nil || req.Since <= 0 {
+			return req, errf(http.StatusBadRequest, "invalid", "since must be a duration such as 24h or 90m")
+		}
+	}
+	return req, nil
 }

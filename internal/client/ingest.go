@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api/apitypes"
+	"github.com/aupd/aupd/rules"
 )
 
 // IngestAnswer is the answer of the ingest endpoints.
@@ -70,14 +71,35 @@ func (c *Client) IngestARF(ctx context.Context, report []byte) (*IngestAnswer, [
 	return &a, data, nil
 }
 
-// Replay asks what threshold would have done over the period since.
-func (c *Client) Replay(ctx context.Context, threshold int, company string, since time.Duration) (*apitypes.ReplayReport, []byte, error) {
-	q := url.Values{"threshold": {strconv.Itoa(threshold)}}
-	if company != "" {
-		q.Set("company", company)
+// ReplayRequest is what a replay tries (GET /api/v1/replay).
+type ReplayRequest struct {
+	// Threshold is the threshold to try; 0: each account's live one
+	// (with a SpamRate only).
+	Threshold int
+	// SpamRate is the spam-rate rule to try (rate 0: off); nil: each
+	// account's live rule.
+	SpamRate *rules.SpamRateSetting
+	Company  string        // only this company's accounts; "": every account
+	Since    time.Duration // the period, ending now; 0: aupd's default (24h)
+}
+
+// Replay asks what req's rules would have done over its period.
+func (c *Client) Replay(ctx context.Context, req ReplayRequest) (*apitypes.ReplayReport, []byte, error) {
+	q := url.Values{}
+	if req.Threshold != 0 {
+		q.Set("threshold", strconv.Itoa(req.Threshold))
 	}
-	if since > 0 {
-		q.Set("since", since.String())
+	if r := req.SpamRate; r != nil {
+		q.Set("rate", strconv.FormatFloat(r.Rate, 'g', -1, 64))
+		if r.MinSpam != 0 {
+			q.Set("min_spam", strconv.Itoa(r.MinSpam))
+		}
+	}
+	if req.Company != "" {
+		q.Set("company", req.Company)
+	}
+	if req.Since > 0 {
+		q.Set("since", req.Since.String())
 	}
 	var r apitypes.ReplayReport
 	raw, err := c.do(ctx, http.MethodGet, "/api/v1/replay", q, nil, &r)

@@ -1,11 +1,13 @@
-// Package replay answers "what would this threshold have done?": it reads
-// the stored verdicts back from the verdict stream with an ordered
-// (ephemeral) consumer, never the live durable one, runs the AUP rule over
-// them with rules.Replay, and sets the result beside what the live worker
-// actually did, read from the account stream. It acts on nothing.
+// Package replay answers "what would this threshold, or this spam rate,
+// have done?": it reads the stored verdicts back from the verdict stream
+// with an ordered (ephemeral) consumer, never the live durable one, runs
+// the AUP rules over them with rules.Replay, and sets the result beside
+// what the live worker actually did, read from the account stream. It
+// acts on nothing.
 package replay
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,9 +74,16 @@ func New(o Options) (*Replayer, error) {
 
 // Request is one replay.
 type Request struct {
-	Threshold int           // the threshold to try (at least 1)
-	Company   string        // only this company's accounts; "": every account
-	Since     time.Duration // the period looked at, ending now (default 24h)
+	// Threshold is the threshold to try for every account; 0: each
+	// account's live threshold, which only a request with a SpamRate
+	// asks for.
+	Threshold int
+	// SpamRate is the spam-rate rule to try for every account (rate 0:
+	// off); nil: each account's live rule, so that a replay at the live
+	// threshold decides as the live worker did.
+	SpamRate *rules.SpamRateSetting
+	Company  string        // only this company's accounts; "": every account
+	Since    time.Duration // the period looked at, ending now (default 24h)
 }
 
 // MaxSince bounds Request.Since.
@@ -83,7 +92,42 @@ const MaxSince = 31 * 24 * time.Hour
 // ErrInvalid marks a bad request.
 var ErrInvalid = errors.New("invalid replay request")
 
-// Crossing is one crossing of a threshold, simulated or real.
+// validate checks req against the provider's rule p and fills in the
+// default period.
+func (req *Request) validate(p rules.Provider) error {
+	invalid := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+	}
+	switch {
+	case req.Threshold < 0:
+		return invalid("threshold must be at least 1 (or absent with a rate: each account's live threshold)")
+	case req.Threshold == 0 && req.SpamRate == nil:
+		return invalid("give a threshold (at least 1), a rate, or both")
+	}
+	if r := req.SpamRate; r != nil {
+		switch {
+		case r.Rate == 0 && r.MinSpam != 0:
+			return invalid("min_spam goes with a rate above 0 (rate 0 turns the spam-rate rule off)")
+		case r.Rate > 0 && r.MinSpam < 1:
+			return invalid("a rate needs min_spam, the least spam count that may cross (at least 1)")
+		}
+		if err := r.Validate(); err != nil {
+			return invalid("%v", err)
+		}
+		if r.Rate > 0 && !slices.Contains(p.Directions, rules.Outbound) {
+			return invalid("the spam-rate rule weighs outbound spam, and aup.directions does not count outbound")
+		}
+	}
+	if req.Since == 0 {
+		req.Since = 24 * time.Hour
+	}
+	if req.Since < 0 || req.Since > MaxSince {
+		return invalid("since must be between 1s and %s", MaxSince)
+	}
+	return nil
+}
+
+// Crossing is one crossing of an AUP rule, simulated or real.
 type Crossing = apitypes.ReplayCrossing
 
 // Account is one account that crossed, in the replay or for real.
@@ -94,34 +138,84 @@ type Report = apitypes.ReplayReport
 
 // Run replays req.
 func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
-	if req.Threshold < 1 {
-		return nil, fmt.Errorf("%w: threshold must be at least 1", ErrInvalid)
-	}
-	if req.Since == 0 {
-		req.Since = 24 * time.Hour
-	}
-	if req.Since < 0 || req.Since > MaxSince {
-		return nil, fmt.Errorf("%w: since must be between 1s and %s", ErrInvalid, MaxSince)
-	}
 	pol := r.o.Policy()
+	if err := req.validate(pol); err != nil {
+		return nil, err
+	}
 	now := r.o.Now()
 	from := now.Add(-req.Since)
 	start := from.Add(-pol.Window)
-	rep := &Report{Threshold: req.Threshold, Company: req.Company, From: from, To: now, Window: pol.Window.String(), Accounts: []Account{}}
+	rep := &Report{Threshold: req.Threshold, SpamRate: req.SpamRate, Company: req.Company,
+		From: from, To: now, Window: pol.Window.String(), Accounts: []Account{}}
+	sc := &scope{dir: r.o.Directory, pol: pol, req: req, accts: map[string]accountInfo{}}
 
-	companyOf := func(account string) (*companies.Company, string) {
-		c, ok := r.o.Directory.ByAccount(account)
-		if !ok {
-			return nil, ""
+	evs, err := r.readVerdicts(ctx, start, sc, rep)
+	if err != nil {
+		return nil, err
+	}
+	resets, actual, err := r.readAccountEvents(ctx, start, from, sc)
+	if err != nil {
+		return nil, err
+	}
+	would := map[string][]Crossing{}
+	crossings := rules.Replay(evs, resets, pol.Window, func(account string) rules.ReplayAccount {
+		p := sc.account(account).policy
+		return rules.ReplayAccount{Threshold: p.Threshold, SpamRate: p.SpamRate, Action: p.OnCrossing()}
+	})
+	for _, c := range crossings {
+		if !c.At.Before(from) {
+			would[c.Account] = append(would[c.Account], wouldCrossing(c))
 		}
-		return c, c.ID
 	}
-	inScope := func(account string) bool {
-		_, id := companyOf(account)
-		return req.Company == "" || id == req.Company
-	}
+	rep.Accounts = side(would, actual, sc)
+	return rep, nil
+}
 
-	// The stored verdicts, as the consumer decodes them.
+// scope is what a replay knows of the accounts it meets: their companies
+// and the rules it tries for them, looked up once each.
+type scope struct {
+	dir   Directory
+	pol   rules.Provider
+	req   Request
+	accts map[string]accountInfo
+}
+
+type accountInfo struct {
+	company *companies.Company // nil: no company's
+	policy  rules.Policy       // the live policy, with what the request tries
+}
+
+func (sc *scope) account(a string) accountInfo {
+	info, ok := sc.accts[a]
+	if ok {
+		return info
+	}
+	c, _ := sc.dir.ByAccount(a)
+	info = accountInfo{company: c, policy: companies.Policy(sc.pol, c, a)}
+	if sc.req.Threshold > 0 {
+		info.policy.Threshold = sc.req.Threshold
+	}
+	if sc.req.SpamRate != nil {
+		info.policy.SpamRate = sc.req.SpamRate.Rule()
+	}
+	sc.accts[a] = info
+	return info
+}
+
+func (sc *scope) companyID(a string) string {
+	if c := sc.account(a).company; c != nil {
+		return c.ID
+	}
+	return ""
+}
+
+func (sc *scope) inScope(a string) bool {
+	return sc.req.Company == "" || sc.companyID(a) == sc.req.Company
+}
+
+// readVerdicts reads the stored verdicts from start on, as the consumer
+// decodes them, into the replay's events; rep.Events counts them.
+func (r *Replayer) readVerdicts(ctx context.Context, start time.Time, sc *scope, rep *Report) ([]rules.ReplayEvent, error) {
 	var evs []rules.ReplayEvent
 	skew := r.o.FutureSkew()
 	err := r.read(ctx, r.o.Verdicts, start, func(m jetstream.Msg, meta *jetstream.MsgMetadata) error {
@@ -133,29 +227,31 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 		if err != nil {
 			return nil // dead-lettered by the consumer; never counted
 		}
-		c, _ := companyOf(v.Account)
-		if v.Direction == rules.Inbound && c == nil {
+		info := sc.account(v.Account)
+		if v.Direction == rules.Inbound && info.company == nil {
 			return nil // not local: statistics only, nothing stored
 		}
-		if !inScope(v.Account) {
+		if !sc.inScope(v.Account) {
 			return nil
 		}
-		p := companies.Policy(pol, c, v.Account)
+		p := info.policy
 		evs = append(evs, rules.ReplayEvent{Account: v.Account, ID: v.ID, Time: v.Time, At: meta.Timestamp,
-			Counting: p.Counts(v.Direction, v.Verdict, true)})
+			Counting: p.Counts(v.Direction, v.Verdict, true), Outbound: v.Direction == rules.Outbound,
+			Ham: p.CountsForRate(v.Direction, v.Verdict)})
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
+	return evs, err
+}
 
-	// What actually happened: crossings, and reinstatements that reset
-	// the window.
+// readAccountEvents reads what actually happened from start on: the
+// reinstatements that reset the window, and the crossings the live
+// worker made from from on, by account.
+func (r *Replayer) readAccountEvents(ctx context.Context, start, from time.Time, sc *scope) ([]rules.ReplayReset, map[string][]Crossing, error) {
 	var resets []rules.ReplayReset
 	actual := map[string][]Crossing{}
-	err = r.read(ctx, r.o.Accounts, start, func(m jetstream.Msg, meta *jetstream.MsgMetadata) error {
+	err := r.read(ctx, r.o.Accounts, start, func(m jetstream.Msg, _ *jetstream.MsgMetadata) error {
 		var ev events.AccountEvent
-		if json.Unmarshal(m.Data(), &ev) != nil || !inScope(ev.Account) {
+		if json.Unmarshal(m.Data(), &ev) != nil || !sc.inScope(ev.Account) {
 			return nil
 		}
 		switch {
@@ -163,28 +259,35 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 			resets = append(resets, rules.ReplayReset{Account: ev.Account, At: ev.Time})
 		case (ev.Type == events.TypeSuspended || ev.Type == events.TypeReported) && ev.Suspension != nil && ev.Reason == rules.ReasonAUPViolation:
 			if !ev.Time.Before(from) {
-				actual[ev.Account] = append(actual[ev.Account], Crossing{At: ev.Time, Count: ev.Suspension.Count,
-					Threshold: ev.Suspension.Threshold, Action: ev.Suspension.Action, ID: ev.Suspension.ID})
+				actual[ev.Account] = append(actual[ev.Account], actualCrossing(ev))
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
+	return resets, actual, err
+}
 
-	would := map[string][]Crossing{}
-	crossings := rules.Replay(evs, resets, pol.Window, func(account string) rules.ReplayAccount {
-		c, _ := companyOf(account)
-		p := companies.Policy(pol, c, account)
-		return rules.ReplayAccount{Threshold: req.Threshold, Action: p.OnCrossing()}
-	})
-	for _, c := range crossings {
-		if c.At.Before(from) {
-			continue
-		}
-		would[c.Account] = append(would[c.Account], Crossing{At: c.At, Count: c.Count, Threshold: c.Threshold, Action: string(c.Action)})
+// wouldCrossing is a simulated crossing as the API shows it.
+func wouldCrossing(c rules.ReplayCrossing) Crossing {
+	x := Crossing{At: c.At, Rule: c.Rule, Count: c.Count, Threshold: c.Threshold, Action: string(c.Action)}
+	if f := c.Rate; f != nil {
+		x.Rate = &events.RateFacts{Spam: f.Spam, Ham: f.Ham, Limit: float64(f.Rule.PPM) / 1e6, MinSpam: f.Rule.MinSpam}
 	}
+	return x
+}
+
+// actualCrossing is the live worker's crossing of an account event. One
+// recorded before crossings named their rule was the count's.
+func actualCrossing(ev events.AccountEvent) Crossing {
+	s := ev.Suspension
+	return Crossing{At: ev.Time, Rule: cmp.Or(s.Rule, rules.RuleSpamCount), Count: s.Count, Threshold: s.Threshold,
+		Action: s.Action, Rate: s.Rate, ID: s.ID}
+}
+
+// side sets the simulated crossings beside the real ones, one entry per
+// account that crossed in either, in order of address.
+func side(would, actual map[string][]Crossing, sc *scope) []Account {
+	out := []Account{}
 	seen := map[string]bool{}
 	for _, m := range []map[string][]Crossing{would, actual} {
 		for a := range m {
@@ -192,12 +295,11 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 				continue
 			}
 			seen[a] = true
-			_, id := companyOf(a)
-			rep.Accounts = append(rep.Accounts, Account{Account: a, Company: id, Would: orEmpty(would[a]), Actual: orEmpty(actual[a])})
+			out = append(out, Account{Account: a, Company: sc.companyID(a), Would: orEmpty(would[a]), Actual: orEmpty(actual[a])})
 		}
 	}
-	sort.Slice(rep.Accounts, func(i, j int) bool { return rep.Accounts[i].Account < rep.Accounts[j].Account })
-	return rep, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Account < out[j].Account })
+	return out
 }
 
 func orEmpty(c []Crossing) []Crossing {
