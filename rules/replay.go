@@ -52,8 +52,8 @@ type ReplayCrossing struct {
 	Count     int // the count of counting events in the window
 	Threshold int
 	Action    Action
-	// Rate holds the spam-rate rule's figures when it held at the
-	// crossing, whichever rule names it; nil when it did not.
+	// Rate holds the spam-rate rule's figures when it names the
+	// crossing; nil otherwise.
 	Rate *RateFigures
 }
 
@@ -234,7 +234,9 @@ func (s *replayState) decide(before int) (ReplayCrossing, bool) {
 	s.held = true
 	rule := RuleSpamRate
 	if Exceeds(n, s.rule.Threshold) {
-		rule = RuleSpamCount
+		// the count names it, and the rate's figures, from a ham set cut
+		// to what the rate needs up to the threshold, would mislead
+		rule, rate = RuleSpamCount, nil
 	}
 	return ReplayCrossing{Rule: rule, Count: n, Threshold: s.rule.Threshold, Action: s.rule.Action, Rate: rate}, true
 }

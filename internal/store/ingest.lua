@@ -362,7 +362,7 @@ end
 -- A crossing's facts (see crossing.lua), once what it reads is read: the
 -- state it changes, the samples (smp_s), and the strings of the batch b
 -- from pos on. The count rule names the crossing when both hold; rate is
--- the spam-rate rule's figures when it holds.
+-- the spam-rate rule's figures when it holds, recorded when it names it.
 local function crossing_facts(st, smp_s, b, pos, act, threshold, cap, total, capped, rate)
   x = x or crossing_read(st)
   if not ns then ns, smp_changed = read_samples(smp_s, wlo) end
@@ -370,7 +370,8 @@ local function crossing_facts(st, smp_s, b, pos, act, threshold, cap, total, cap
   for i = 1, ns do seqs[i] = sformat('%.0f', SMQ[i]) end
   local id, company, account = unpack_('>I2c0I2c0I2c0', b, pos)
   return {id = id, action = act == 1 and 'suspend' or 'report', at = now, from = wlo,
-    rule = total > threshold and 'spam_count' or 'spam_rate', rate = rate or nil,
+    rule = total > threshold and 'spam_count' or 'spam_rate',
+    rate = total <= threshold and rate or nil, -- (the ham kept is cut for the rate, not for this)
     account = account, company = company, threshold = threshold, count = total, capped = capped,
     counts = direction_counts(cap), samples = seqs}
 end
