@@ -1,0 +1,337 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/rules"
+)
+
+// Key suffixes of an account's volume keys (docs/redis.md, "Volume").
+const (
+	sufVolume   = "v"  // STRING: the volume record, packed (volume.lua)
+	sufThrottle = "vt" // STRING: "<until ms> <limit name>" while a throttle holds
+)
+
+//go:embed volume.lua
+var volumeLua string
+
+//go:embed volume_sender.lua
+var volumeSenderLua string
+
+var (
+	volumeScript       = redis.NewScript(volumeCrossingLua + volumeLua)
+	volumeSenderScript = redis.NewScript(volumeSenderLua)
+)
+
+// VolumeLimits is an account's volume policy in the script's packed form.
+// Build it once per policy with PackVolume.
+type VolumeLimits struct {
+	Policy rules.VolumePolicy
+	packed []byte
+}
+
+// The limit actions of the packed form.
+const (
+	volThrottle byte = iota + 1
+	volSuspend
+	volReportThrottle
+	volReportSuspend
+)
+
+// PackVolume packs a volume policy for CountVolume. The limits must be
+// valid (rules.ValidateVolume).
+func PackVolume(pol rules.VolumePolicy) *VolumeLimits {
+	type ring struct {
+		bucket int64
+		kind   byte
+	}
+	var rings []ring
+	ringOf := make([]int, len(pol.Limits))
+	for i, l := range pol.Limits {
+		r := ring{bucket: l.Bucket().Milliseconds(), kind: 2}
+		if l.Kind() == rules.VolumeMessages {
+			r.kind = 1
+		}
+		j := 0
+		for j < len(rings) && rings[j] != r {
+			j++
+		}
+		if j == len(rings) {
+			rings = append(rings, r)
+		}
+		ringOf[i] = j
+	}
+	be := binary.BigEndian
+	rs := fnv.New32a()
+	var body []byte
+	body = append(body, byte(len(rings)))
+	for _, r := range rings {
+		body = be.AppendUint32(body, uint32(r.bucket))
+		body = append(body, r.kind)
+	}
+	_, _ = rs.Write(body)
+	ls := fnv.New32a()
+	limits := []byte{byte(len(pol.Limits))}
+	for i, l := range pol.Limits {
+		limits = append(limits, byte(ringOf[i]))
+		limits = be.AppendUint16(limits, uint16(l.Max()))
+		limits = append(limits, actionCode(pol, l))
+		limits = be.AppendUint16(limits, uint16(len(l.Name)))
+		limits = append(limits, l.Name...)
+	}
+	_, _ = ls.Write(limits)
+	packed := be.AppendUint16(nil, uint16(rs.Sum32()))
+	packed = append(packed, byte(ls.Sum32()))
+	packed = append(packed, body...)
+	packed = append(packed, limits...)
+	return &VolumeLimits{Policy: pol, packed: packed}
+}
+
+func actionCode(pol rules.VolumePolicy, l rules.VolumeLimit) byte {
+	switch {
+	case pol.OnCrossing(l) == string(rules.VolumeThrottle):
+		return volThrottle
+	case pol.OnCrossing(l) == string(rules.VolumeSuspend):
+		return volSuspend
+	case l.Action == rules.VolumeThrottle:
+		return volReportThrottle
+	}
+	return volReportSuspend
+}
+
+// VersionUnchecked is VolumeMessage.Version when no sender check was made
+// on a known version of the account's state.
+const VersionUnchecked = -1
+
+// versionProbe asks only whether a message was counted already.
+const versionProbe = -2
+
+// VolumeMessage is one message an authenticated account sent, at the
+// moment Postfix commits to it (END-OF-MESSAGE).
+type VolumeMessage struct {
+	Account string
+	Company string // the account's company, recorded by a suspension
+	// Version is the version of the account's state on which the sender
+	// check allowed the message; the message is counted only if the state
+	// is still at it (else the outcome is VolumeChanged). VersionUnchecked:
+	// no check was made.
+	Version int64
+	// ID identifies the message across Postfix's repeated requests
+	// (MessageID); 0: none, and every request counts.
+	ID         uint32
+	Recipients int
+	Client     netip.Addr // the SMTP client's address; zero: none
+	Limits     *VolumeLimits
+}
+
+// MessageID is the id of a message that Postfix asks about, from the
+// request's instance (Postfix's id of the mail transaction) and queue_id:
+// the same when Postfix asks again, 0 when both are empty.
+func MessageID(instance, queueID string) uint32 {
+	if instance == "" && queueID == "" {
+		return 0
+	}
+	sum := sha256.Sum256([]byte(instance + "\x00" + queueID))
+	if id := binary.BigEndian.Uint32(sum[:4]); id != 0 {
+		return id
+	}
+	return 1
+}
+
+// VolumeOutcome is what became of a message CountVolume was given.
+type VolumeOutcome int
+
+// The outcomes of CountVolume.
+const (
+	VolumeCounted   VolumeOutcome = iota + 1 // counted
+	VolumeDuplicate                          // counted before (Postfix asked again)
+	VolumeThrottled                          // not counted: a throttle holds the account back
+	VolumeChanged                            // not counted: the state changed since the sender check
+	volumeNew                                // not counted (a probe): not counted before either
+)
+
+// VolumeCrossing is a limit the message took above its max.
+type VolumeCrossing struct {
+	Limit rules.VolumeLimit
+	// Action is what the crossing did: throttle, suspend or report (shadow
+	// mode or the allowlist). A suspend limit crossed while an AUP
+	// suspension is in force, or after another suspend limit in the same
+	// message, has action suspend and no ID: it suspended nothing.
+	Action string
+	Count  int       // the limit's count, this message included
+	Since  time.Time // the start of the oldest bucket that counted
+	Until  time.Time // a throttle's end
+	ID     string    // the suspension's or report's id
+}
+
+// VolumeResult is the outcome of CountVolume.
+type VolumeResult struct {
+	Outcome VolumeOutcome
+	// Throttle is the limit whose throttle held the message back
+	// (VolumeThrottled), and Until its end.
+	Throttle  string
+	Until     time.Time
+	Crossings []VolumeCrossing
+	// Pending says that the account's outbox holds account events to
+	// publish: a suspension this message made, or one a crash left.
+	Pending bool
+}
+
+// Suspended reports whether the message made a suspension or a report
+// of one, whose account event waits in the outbox.
+func (r *VolumeResult) Suspended() bool {
+	for _, c := range r.Crossings {
+		if c.ID != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// CountVolume counts a message against the account's volume limits, in
+// one script call, and records what a crossing does: a throttle, a
+// suspension with its account event and history entry, or a report. A
+// message counted already (the same ID) is not counted again; one that a
+// throttle holds back, or whose sender's state changed since the sender
+// check, is not counted. A suspension's account event is left in the
+// outbox, indexed for the sweep: publish it (FlushOutbox).
+func (s *Store) CountVolume(ctx context.Context, m VolumeMessage) (VolumeResult, error) {
+	if m.Limits == nil || len(m.Limits.Policy.Limits) == 0 {
+		return VolumeResult{}, errors.New("count volume: no limits")
+	}
+	be := binary.BigEndian
+	var id, client []byte
+	if m.ID != 0 {
+		id = be.AppendUint32(nil, m.ID)
+	}
+	if m.Client.IsValid() {
+		client = m.Client.Unmap().AsSlice()
+	}
+	var cross []byte
+	for _, str := range [...]string{NewID(s.now()), m.Company, m.Account} {
+		cross = be.AppendUint16(cross, uint16(len(str)))
+		cross = append(cross, str...)
+	}
+	v, err := volumeScript.Run(ctx, s.rdb, []string{s.key(m.Account, sufState)},
+		s.scriptNow(), m.Version, id, max(m.Recipients, 0), client, m.Limits.packed, cross).Slice()
+	if err != nil {
+		return VolumeResult{}, wrap("count volume", classify(err))
+	}
+	r, err := parseVolume(v, m.Limits.Policy.Limits)
+	if err != nil {
+		return VolumeResult{}, err
+	}
+	if r.Suspended() {
+		// A crash from here on leaves the entry in the outbox, where the
+		// sweep finds it.
+		if err := s.MarkOutbox(ctx, m.Account); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// CountedBefore reports whether a message with this id was counted
+// against the account's volume already: Postfix asking again about a
+// message it was told to accept.
+func (s *Store) CountedBefore(ctx context.Context, account string, id uint32, limits *VolumeLimits) (bool, error) {
+	if id == 0 || limits == nil || len(limits.Policy.Limits) == 0 {
+		return false, nil
+	}
+	v, err := volumeScript.Run(ctx, s.rdb, []string{s.key(account, sufState)},
+		s.scriptNow(), versionProbe, binary.BigEndian.AppendUint32(nil, id), 0, "", limits.packed, "").Slice()
+	if err != nil {
+		return false, wrap("count volume", classify(err))
+	}
+	return len(v) > 0 && toInt(v[0]) == int64(VolumeDuplicate), nil
+}
+
+func parseVolume(v []any, limits []rules.VolumeLimit) (VolumeResult, error) {
+	if len(v) < 2 {
+		return VolumeResult{}, Permanent(fmt.Errorf("volume script returned %d values", len(v)))
+	}
+	r := VolumeResult{Outcome: VolumeOutcome(toInt(v[0])), Pending: toInt(v[1]) == 1}
+	switch r.Outcome {
+	case VolumeThrottled:
+		if len(v) != 4 {
+			return VolumeResult{}, Permanent(fmt.Errorf("volume script returned %d values for a throttle", len(v)))
+		}
+		r.Until = time.UnixMilli(toInt(v[2])).UTC()
+		r.Throttle, _ = v[3].(string)
+		return r, nil
+	case VolumeCounted:
+	case VolumeDuplicate, VolumeChanged, volumeNew:
+		return r, nil
+	default:
+		return VolumeResult{}, Permanent(fmt.Errorf("volume script returned outcome %v", v[0]))
+	}
+	for i := 2; i+6 <= len(v); i += 6 {
+		idx := int(toInt(v[i]))
+		if idx < 0 || idx >= len(limits) {
+			return VolumeResult{}, Permanent(fmt.Errorf("volume script returned limit %d of %d", idx, len(limits)))
+		}
+		c := VolumeCrossing{Limit: limits[idx], Count: int(toInt(v[i+2]))}
+		switch byte(toInt(v[i+1])) {
+		case volThrottle:
+			c.Action = string(rules.VolumeThrottle)
+		case volSuspend:
+			c.Action = string(rules.VolumeSuspend)
+		default:
+			c.Action = string(rules.ActionReport)
+		}
+		if since := toInt(v[i+3]); since > 0 {
+			c.Since = time.UnixMilli(since).UTC()
+		}
+		if until := toInt(v[i+4]); until > 0 && c.Action == string(rules.VolumeThrottle) {
+			c.Until = time.UnixMilli(until).UTC()
+		}
+		c.ID, _ = v[i+5].(string)
+		r.Crossings = append(r.Crossings, c)
+	}
+	return r, nil
+}
+
+// Throttle is a volume throttle that holds an account back.
+type Throttle struct {
+	Limit string // the limit's name
+	Until time.Time
+}
+
+// Sender reads an authenticated sender's state and the volume throttle
+// that holds it back, if any, in one script call: the RCPT-time lookup
+// of an account whose limits may throttle it.
+func (s *Store) Sender(ctx context.Context, address string) (*Account, *Throttle, error) {
+	v, err := volumeSenderScript.Run(ctx, s.rdb, []string{s.key(address, sufState)}, s.scriptNow()).Slice()
+	if err != nil {
+		return nil, nil, wrap("read sender", err)
+	}
+	if len(v) == 0 {
+		return nil, nil, Permanent(errors.New("sender script returned nothing"))
+	}
+	flat, _ := v[0].([]any)
+	h := make(map[string]string, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		k, _ := flat[i].(string)
+		val, _ := flat[i+1].(string)
+		h[k] = val
+	}
+	a := parseAccount(address, h)
+	if len(v) < 3 {
+		return a, nil, nil
+	}
+	name, _ := v[2].(string)
+	return a, &Throttle{Limit: name, Until: time.UnixMilli(toInt(v[1])).UTC()}, nil
+}
+
+//go:embed volume_crossing.lua
+var volumeCrossingLua string

@@ -1,0 +1,362 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/testutil"
+	"github.com/aupd/aupd/rules"
+)
+
+// clock is a test clock the store's scripts read (WithClock), moved by
+// the test: Redis's clock pinned, so that a window's end needs no sleep.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+func volumeStore(t *testing.T) (*Store, *clock, *redis.Client) {
+	t.Helper()
+	rdb, prefix := testutil.Redis(t)
+	c := &clock{t: t0}
+	return New(rdb, prefix, WithClock(c.now)), c, rdb
+}
+
+const sender = "alice@example.com"
+
+var (
+	hourly = rules.VolumeLimit{Name: "hourly", Window: time.Hour, Recipients: 10, Action: rules.VolumeThrottle}
+	daily  = rules.VolumeLimit{Name: "daily", Window: 24 * time.Hour, Recipients: 30, Action: rules.VolumeThrottle}
+	burst  = rules.VolumeLimit{Name: "burst", Window: 10 * time.Minute, Messages: 3, Action: rules.VolumeThrottle}
+)
+
+func enforced(limits ...rules.VolumeLimit) *VolumeLimits {
+	return PackVolume(rules.VolumePolicy{Limits: limits, Mode: rules.ModeEnforce})
+}
+
+// send counts a message of n recipients, with the sender check made on the
+// state as it is.
+func send(t *testing.T, s *Store, lim *VolumeLimits, id uint32, n int, client string) VolumeResult {
+	t.Helper()
+	ctx := context.Background()
+	a, err := s.Account(ctx, sender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := VolumeMessage{Account: sender, Company: "acme", Version: a.Version, ID: id, Recipients: n, Limits: lim}
+	if client != "" {
+		m.Client = netip.MustParseAddr(client)
+	}
+	r, err := s.CountVolume(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestVolumeCountsOncePerMessage(t *testing.T) {
+	s, _, _ := volumeStore(t)
+	lim := enforced(hourly)
+	id := MessageID("1a2b.6540f1aa.3c1d.0", "4XyZ1")
+	for i, want := range []VolumeOutcome{VolumeCounted, VolumeDuplicate, VolumeDuplicate} {
+		if r := send(t, s, lim, id, 6, "192.0.2.1"); r.Outcome != want {
+			t.Fatalf("request %d: outcome %d; want %d", i+1, r.Outcome, want)
+		}
+	}
+	// Counted once: 6 + 4 is within the limit of 10, one more crosses.
+	if r := send(t, s, lim, MessageID("1a2b.6540f1aa.3c1d.1", "4XyZ2"), 4, ""); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
+		t.Fatalf("10 recipients: %+v", r)
+	}
+	r := send(t, s, lim, MessageID("1a2b.6540f1aa.3c1d.2", "4XyZ3"), 1, "")
+	if len(r.Crossings) != 1 || r.Crossings[0].Count != 11 {
+		t.Fatalf("11 recipients: %+v", r)
+	}
+	if MessageID("", "") != 0 || MessageID("a", "") == MessageID("b", "") {
+		t.Error("message ids")
+	}
+}
+
+func TestVolumeMessageWithoutIDAlwaysCounts(t *testing.T) {
+	s, _, _ := volumeStore(t)
+	lim := enforced(burst)
+	for i := range 3 {
+		if r := send(t, s, lim, 0, 1, ""); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
+			t.Fatalf("message %d: %+v", i+1, r)
+		}
+	}
+	if r := send(t, s, lim, 0, 1, ""); len(r.Crossings) != 1 || r.Crossings[0].Count != 4 {
+		t.Fatalf("fourth message: %+v", r)
+	}
+}
+
+func TestVolumeThrottleEndsWithTheWindow(t *testing.T) {
+	s, clk, _ := volumeStore(t)
+	ctx := context.Background()
+	lim := enforced(hourly)
+	// 4 recipients at 12:00, 4 at 12:20, then 3 at 12:40: 11 in the hour.
+	var id uint32
+	step := func(at time.Duration, n int) VolumeResult {
+		clk.set(t0.Add(at))
+		id++
+		return send(t, s, lim, id, n, "")
+	}
+	step(0, 4)
+	step(20*time.Minute, 4)
+	r := step(40*time.Minute, 3)
+	if len(r.Crossings) != 1 {
+		t.Fatalf("no crossing at 11: %+v", r)
+	}
+	c := r.Crossings[0]
+	// The hour is counted in 5-minute buckets, the current one and the 11
+	// before it: once the 12:00 bucket has left the window (at 13:00), 7
+	// remain.
+	if c.Action != "throttle" || c.Count != 11 || !c.Since.Equal(t0) || !c.Until.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("crossing %+v; want a throttle from 12:00 until 13:00", c)
+	}
+	for _, at := range []time.Duration{40 * time.Minute, time.Hour - time.Millisecond} {
+		clk.set(t0.Add(at))
+		if r := send(t, s, lim, id+100, 1, ""); r.Outcome != VolumeThrottled || r.Throttle != "hourly" || !r.Until.Equal(c.Until) {
+			t.Fatalf("at +%s: %+v; want throttled until 13:00", at, r)
+		}
+		_, th, err := s.Sender(ctx, sender)
+		if err != nil || th == nil || th.Limit != "hourly" || !th.Until.Equal(c.Until) {
+			t.Fatalf("at +%s: sender throttle %+v, %v", at, th, err)
+		}
+	}
+	clk.set(t0.Add(time.Hour))
+	if _, th, err := s.Sender(ctx, sender); err != nil || th != nil {
+		t.Fatalf("at the window's end: throttle %+v, %v", th, err)
+	}
+	// 7 + 3 = 10: within the limit again.
+	if r := step(time.Hour, 3); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
+		t.Fatalf("after the throttle: %+v", r)
+	}
+	// And one more crosses again: a new throttle, until the 12:20 bucket
+	// has gone (13:20).
+	r = step(61*time.Minute, 1)
+	if len(r.Crossings) != 1 || !r.Crossings[0].Until.Equal(t0.Add(80*time.Minute)) || !r.Crossings[0].Since.Equal(t0.Add(20*time.Minute)) {
+		t.Fatalf("the next crossing: %+v", r)
+	}
+}
+
+func TestVolumeReAskAfterTheCrossingIsNotThrottled(t *testing.T) {
+	s, _, _ := volumeStore(t)
+	lim := enforced(hourly)
+	r := send(t, s, lim, 7, 11, "")
+	if len(r.Crossings) != 1 {
+		t.Fatalf("no crossing: %+v", r)
+	}
+	// Postfix did not get the answer and asks again about the message
+	// that crossed: it was accepted and counted, and stays so.
+	if r := send(t, s, lim, 7, 11, ""); r.Outcome != VolumeDuplicate {
+		t.Fatalf("the crossing message asked again: %+v", r)
+	}
+	if r := send(t, s, lim, 8, 1, ""); r.Outcome != VolumeThrottled {
+		t.Fatalf("the next message: %+v", r)
+	}
+}
+
+func TestVolumeWindowEdge(t *testing.T) {
+	s, clk, _ := volumeStore(t)
+	lim := enforced(burst) // 3 messages in 10 minutes, buckets of 50 s
+	for i := range 3 {
+		clk.set(t0.Add(time.Duration(i) * time.Second))
+		send(t, s, lim, 0, 1, "")
+	}
+	// At 12:09:59.999 the three still count; at 12:10:00 their bucket
+	// (12:00:00 to 12:00:50) has left the window.
+	clk.set(t0.Add(10*time.Minute - time.Millisecond))
+	if r := send(t, s, lim, 0, 1, ""); len(r.Crossings) != 1 || r.Crossings[0].Count != 4 {
+		t.Fatalf("inside the window: %+v", r)
+	}
+	clk.set(t0.Add(20 * time.Minute))
+	for i := range 3 {
+		if r := send(t, s, lim, 0, 1, ""); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
+			t.Fatalf("a window later, message %d: %+v", i+1, r)
+		}
+	}
+}
+
+func TestVolumeChangedStateIsNotCounted(t *testing.T) {
+	s, _, _ := volumeStore(t)
+	ctx := context.Background()
+	lim := enforced(burst)
+	a, err := s.Account(ctx, sender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Suspend(ctx, sender, []rules.Service{rules.ServiceSend}, Actor{Name: "admin", Reason: rules.ReasonAdmin}); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []int64{a.Version, VersionUnchecked} {
+		r, err := s.CountVolume(ctx, VolumeMessage{Account: sender, Version: v, ID: 9, Recipients: 1, Limits: lim})
+		if err != nil || r.Outcome != VolumeChanged {
+			t.Fatalf("version %d: %+v, %v; want changed", v, r, err)
+		}
+	}
+	if ok, err := s.CountedBefore(ctx, sender, 9, lim); err != nil || ok {
+		t.Fatalf("a message never counted: counted before %v, %v", ok, err)
+	}
+	send(t, s, lim, 10, 1, "")
+	if ok, err := s.CountedBefore(ctx, sender, 10, lim); err != nil || !ok {
+		t.Fatalf("a counted message: counted before %v, %v", ok, err)
+	}
+}
+
+func TestVolumeReinstatementStartsAfresh(t *testing.T) {
+	s, clk, rdb := volumeStore(t)
+	ctx := context.Background()
+	lim := enforced(burst)
+	for range 4 {
+		send(t, s, lim, 0, 1, "")
+	}
+	if r := send(t, s, lim, 0, 1, ""); r.Outcome != VolumeThrottled {
+		t.Fatalf("fifth message: %+v", r)
+	}
+	// Lifting an AUP suspension resets the AUP window (apply.lua), and the
+	// volume record with it: its counts and its throttle.
+	clk.set(t0.Add(time.Minute))
+	if _, _, err := s.Update(ctx, sender, func(*Account) (*Change, error) {
+		return &Change{ResetWindow: true, History: []HistoryEntry{{Time: clk.now(), Actor: "admin", Action: "reinstate"}}}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{sufVolume, sufThrottle} {
+		if n, _ := rdb.Exists(ctx, s.key(sender, k)).Result(); n != 0 {
+			t.Errorf("%s kept after the reinstatement", k)
+		}
+	}
+	for i := range 3 {
+		if r := send(t, s, lim, 0, 1, ""); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
+			t.Fatalf("after the reinstatement, message %d: %+v", i+1, r)
+		}
+	}
+}
+
+func TestVolumeNewRingsStartAfresh(t *testing.T) {
+	s, _, _ := volumeStore(t)
+	send(t, s, enforced(hourly), 1, 9, "")
+	// Another window (a reload, or the company's own limits): its counts
+	// start at the next message.
+	longer := hourly
+	longer.Window = 2 * time.Hour
+	if r := send(t, s, enforced(longer), 2, 9, ""); len(r.Crossings) != 0 {
+		t.Fatalf("counts carried into another window: %+v", r)
+	}
+	// A changed max keeps the counts.
+	more := longer
+	more.Recipients = 17
+	if r := send(t, s, enforced(more), 3, 9, ""); len(r.Crossings) != 1 || r.Crossings[0].Count != 18 {
+		t.Fatalf("a changed max: %+v", r)
+	}
+	// Postfix's re-ask is recognised across such changes.
+	if r := send(t, s, enforced(hourly), 3, 9, ""); r.Outcome != VolumeDuplicate {
+		t.Fatalf("re-ask after a change of limits: %+v", r)
+	}
+}
+
+func TestVolumeShadowReportsAndThrottlesNothing(t *testing.T) {
+	s, _, rdb := volumeStore(t)
+	ctx := context.Background()
+	for name, pol := range map[string]rules.VolumePolicy{
+		"shadow":      {Limits: []rules.VolumeLimit{burst}, Mode: rules.ModeShadow},
+		"allowlisted": {Limits: []rules.VolumeLimit{burst}, Mode: rules.ModeEnforce, Allowlisted: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := rdb.Del(ctx, s.key(sender, sufVolume)).Err(); err != nil {
+				t.Fatal(err)
+			}
+			lim := PackVolume(pol)
+			var reports int
+			for i := range 8 {
+				r := send(t, s, lim, 0, 1, "")
+				if r.Outcome != VolumeCounted {
+					t.Fatalf("message %d: %+v", i+1, r)
+				}
+				for _, c := range r.Crossings {
+					if c.Action != "report" || !c.Until.IsZero() {
+						t.Fatalf("message %d: %+v", i+1, c)
+					}
+					reports++
+				}
+			}
+			if reports != 1 {
+				t.Errorf("%d reports for one crossing", reports)
+			}
+			if n, _ := rdb.Exists(ctx, s.key(sender, sufThrottle)).Result(); n != 0 {
+				t.Error("a throttle was written")
+			}
+		})
+	}
+}
+
+func TestVolumeKeepsRecentClientsAndExpires(t *testing.T) {
+	s, _, rdb := volumeStore(t)
+	ctx := context.Background()
+	lim := enforced(hourly, daily)
+	for _, ip := range []string{"192.0.2.1", "2001:db8::1", "192.0.2.1", "198.51.100.7", "2001:db8::2", "::ffff:203.0.113.9"} {
+		send(t, s, lim, 0, 1, ip)
+	}
+	raw, err := rdb.Get(ctx, s.key(sender, sufVolume)).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := recordClients(t, raw, 2)
+	want := []string{"203.0.113.9", "2001:db8::2", "198.51.100.7"}
+	if len(got) != len(want) {
+		t.Fatalf("clients %v; want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("clients %v; want %v", got, want)
+		}
+	}
+	ttl, err := rdb.PTTL(ctx, s.key(sender, sufVolume)).Result()
+	if err != nil || ttl <= 23*time.Hour || ttl > 24*time.Hour {
+		t.Errorf("record expires in %s, %v; want with the longest window", ttl, err)
+	}
+}
+
+// recordClients decodes the client addresses of a volume record with
+// rings rings.
+func recordClients(t *testing.T, rec []byte, rings int) []string {
+	t.Helper()
+	p := 10 + 4*6 + 2*12*rings
+	if len(rec) <= p {
+		t.Fatalf("record of %d bytes", len(rec))
+	}
+	n := int(rec[p])
+	p++
+	var out []string
+	for range n {
+		l := int(rec[p])
+		a, ok := netip.AddrFromSlice(rec[p+1 : p+1+l])
+		if !ok {
+			t.Fatalf("address %x", rec[p+1:p+1+l])
+		}
+		out = append(out, a.String())
+		p += 1 + l
+	}
+	if last := binary.BigEndian.Uint16(rec[0:2]); last == 0 {
+		t.Error("no ring sum")
+	}
+	return out
+}
