@@ -73,9 +73,10 @@ func (l VolumeLimit) Bucket() time.Duration { return l.Window / VolumeBuckets }
 const (
 	// MaxVolumeLimits bounds the limits of one account.
 	MaxVolumeLimits = 8
-	// MaxVolumeWindows bounds the different windows of one account's
-	// limits: each is a ring of buckets in the account's volume record.
-	MaxVolumeWindows = 4
+	// MaxVolumeRings bounds the different pairs of window and what is
+	// counted (messages, recipients) of one account's limits: each is a
+	// ring of buckets in the account's volume record.
+	MaxVolumeRings = 4
 	// MaxVolumeCount bounds a limit's count: buckets hold 16 bits.
 	MaxVolumeCount = 65000
 	// MinVolumeWindow and MaxVolumeWindow bound a window, which is a
@@ -96,7 +97,11 @@ func ValidateVolume(limits []VolumeLimit) error {
 	if len(limits) > MaxVolumeLimits {
 		errs = append(errs, fmt.Errorf(": %d limits, at most %d", len(limits), MaxVolumeLimits))
 	}
-	var windows []time.Duration
+	type ring struct {
+		w    time.Duration
+		kind string
+	}
+	var rings []ring
 	for i, l := range limits {
 		if !volumeName.MatchString(l.Name) {
 			bad(i, ".name: %q: use 1 to 32 of a-z 0-9 _ -, starting with a letter or digit", l.Name)
@@ -105,8 +110,8 @@ func ValidateVolume(limits []VolumeLimit) error {
 		}
 		if l.Window < MinVolumeWindow || l.Window > MaxVolumeWindow || l.Window%time.Minute != 0 {
 			bad(i, ".window: %s is not a whole number of minutes from 1m to 168h", l.Window)
-		} else if !slices.Contains(windows, l.Window) {
-			windows = append(windows, l.Window)
+		} else if r := (ring{l.Window, l.Kind()}); !slices.Contains(rings, r) {
+			rings = append(rings, r)
 		}
 		switch {
 		case l.Messages < 0 || l.Recipients < 0:
@@ -120,8 +125,8 @@ func ValidateVolume(limits []VolumeLimit) error {
 			bad(i, ".action: %q is not throttle or suspend", l.Action)
 		}
 	}
-	if len(windows) > MaxVolumeWindows {
-		errs = append(errs, fmt.Errorf(": %d different windows, at most %d", len(windows), MaxVolumeWindows))
+	if len(rings) > MaxVolumeRings {
+		errs = append(errs, fmt.Errorf(": %d different pairs of window and count (messages or recipients), at most %d", len(rings), MaxVolumeRings))
 	}
 	return errors.Join(errs...)
 }

@@ -51,7 +51,7 @@ func TestValidateVolume(t *testing.T) {
 		many = append(many, VolumeLimit{Name: string(rune('a' + i)), Window: time.Duration(i+1) * time.Hour, Messages: 10, Action: VolumeThrottle})
 	}
 	err := ValidateVolume(many)
-	if err == nil || !strings.Contains(err.Error(), ": 9 limits, at most 8") || !strings.Contains(err.Error(), ": 9 different windows, at most 4") {
+	if err == nil || !strings.Contains(err.Error(), ": 9 limits, at most 8") || !strings.Contains(err.Error(), ": 9 different pairs of window and count (messages or recipients), at most 4") {
 		t.Errorf("nine limits in nine windows: %v", err)
 	}
 }

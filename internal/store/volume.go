@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,6 +39,13 @@ var (
 type VolumeLimits struct {
 	Policy rules.VolumePolicy
 	packed []byte
+	expiry string // the record's expiry, ms: the longest window
+}
+
+// volumeKeys are the keys of the volume script: the account's state, its
+// volume record and its throttle.
+func (s *Store) volumeKeys(account string) []string {
+	return []string{s.key(account, sufState), s.key(account, sufVolume), s.key(account, sufThrottle)}
 }
 
 // The limit actions of the packed form.
@@ -72,29 +80,34 @@ func PackVolume(pol rules.VolumePolicy) *VolumeLimits {
 		ringOf[i] = j
 	}
 	be := binary.BigEndian
-	rs := fnv.New32a()
 	var body []byte
-	body = append(body, byte(len(rings)))
 	for _, r := range rings {
 		body = be.AppendUint32(body, uint32(r.bucket))
 		body = append(body, r.kind)
 	}
+	rs := fnv.New32a()
 	_, _ = rs.Write(body)
-	ls := fnv.New32a()
-	limits := []byte{byte(len(pol.Limits))}
+	var limits, names []byte
 	for i, l := range pol.Limits {
 		limits = append(limits, byte(ringOf[i]))
 		limits = be.AppendUint16(limits, uint16(l.Max()))
 		limits = append(limits, actionCode(pol, l))
-		limits = be.AppendUint16(limits, uint16(len(l.Name)))
-		limits = append(limits, l.Name...)
+		names = be.AppendUint16(names, uint16(len(l.Name)))
+		names = append(names, l.Name...)
 	}
+	ls := fnv.New32a()
 	_, _ = ls.Write(limits)
+	_, _ = ls.Write(names)
 	packed := be.AppendUint16(nil, uint16(rs.Sum32()))
-	packed = append(packed, byte(ls.Sum32()))
+	packed = append(packed, byte(ls.Sum32()), byte(len(rings)), byte(len(pol.Limits)))
 	packed = append(packed, body...)
 	packed = append(packed, limits...)
-	return &VolumeLimits{Policy: pol, packed: packed}
+	packed = append(packed, names...)
+	var longest time.Duration
+	for _, l := range pol.Limits {
+		longest = max(longest, l.Window)
+	}
+	return &VolumeLimits{Policy: pol, packed: packed, expiry: strconv.FormatInt(longest.Milliseconds(), 10)}
 }
 
 func actionCode(pol rules.VolumePolicy, l rules.VolumeLimit) byte {
@@ -222,8 +235,8 @@ func (s *Store) CountVolume(ctx context.Context, m VolumeMessage) (VolumeResult,
 		cross = be.AppendUint16(cross, uint16(len(str)))
 		cross = append(cross, str...)
 	}
-	v, err := volumeScript.Run(ctx, s.rdb, []string{s.key(m.Account, sufState)},
-		s.scriptNow(), m.Version, id, max(m.Recipients, 0), client, m.Limits.packed, cross).Slice()
+	v, err := volumeScript.Run(ctx, s.rdb, s.volumeKeys(m.Account),
+		s.scriptNow(), m.Version, id, max(m.Recipients, 0), client, m.Limits.packed, cross, m.Limits.expiry).Slice()
 	if err != nil {
 		return VolumeResult{}, wrap("count volume", classify(err))
 	}
@@ -248,8 +261,8 @@ func (s *Store) CountedBefore(ctx context.Context, account string, id uint32, li
 	if id == 0 || limits == nil || len(limits.Policy.Limits) == 0 {
 		return false, nil
 	}
-	v, err := volumeScript.Run(ctx, s.rdb, []string{s.key(account, sufState)},
-		s.scriptNow(), versionProbe, binary.BigEndian.AppendUint32(nil, id), 0, "", limits.packed, "").Slice()
+	v, err := volumeScript.Run(ctx, s.rdb, s.volumeKeys(account),
+		s.scriptNow(), versionProbe, binary.BigEndian.AppendUint32(nil, id), 0, "", limits.packed, "", limits.expiry).Slice()
 	if err != nil {
 		return false, wrap("count volume", classify(err))
 	}
@@ -311,7 +324,7 @@ type Throttle struct {
 // that holds it back, if any, in one script call: the RCPT-time lookup
 // of an account whose limits may throttle it.
 func (s *Store) Sender(ctx context.Context, address string) (*Account, *Throttle, error) {
-	v, err := volumeSenderScript.Run(ctx, s.rdb, []string{s.key(address, sufState)}, s.scriptNow()).Slice()
+	v, err := volumeSenderScript.Run(ctx, s.rdb, []string{s.key(address, sufState), s.key(address, sufThrottle)}, s.scriptNow()).Slice()
 	if err != nil {
 		return nil, nil, wrap("read sender", err)
 	}

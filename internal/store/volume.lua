@@ -3,23 +3,25 @@
 -- crossing: a throttle, a suspension or a report. One call, atomic: it
 -- reads everything first and writes last.
 --
--- KEYS[1] the account's state HASH <prefix>:{<account>}:s; its volume
---         record is the same name ending in v (STRING), its throttle in vt
---         (STRING: "<until ms> <limit name>"), its history and outbox in h
---         and o (one Cluster slot)
+-- KEYS[1] the account's state HASH <prefix>:{<account>}:s
+-- KEYS[2] its volume record <prefix>:{<account>}:v (STRING)
+-- KEYS[3] its throttle <prefix>:{<account>}:vt (STRING: "<until ms> <limit
+--         name>"); a crossing writes its history and outbox, the state's
+--         name ending in h and o (one Cluster slot)
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME)
--- ARGV[2] the state's version the sender check allowed; -1: none was
---         made (answer "changed" unless the message is a duplicate)
+-- ARGV[2] the state's version the sender check allowed, as text; -1: none
+--         was made (answer "changed" unless the message is a duplicate)
 -- ARGV[3] the message's id: 4 bytes, from Postfix's instance and queue
 --         id, the same when Postfix asks again about the message; "": none
 -- ARGV[4] its recipients   ARGV[5] the client's address, 4 or 16 bytes; ""
 -- ARGV[6] the account's limits, packed big-endian:
---   ring sum I2, limit sum B, rings B, per ring: bucket (ms) I4, kind B
---   (1 messages, 2 recipients); limits B, per limit: ring B, max I2,
---   action B (1 throttle, 2 suspend, 3 reported throttle, 4 reported
---   suspension), name I2+c0
+--   ring sum I2, limit sum B, rings B, limits B, per ring: bucket (ms) I4,
+--   kind B (1 messages, 2 recipients); per limit: ring B, max I2, action B
+--   (1 throttle, 2 suspend, 3 reported throttle, 4 reported suspension);
+--   per limit: name I2+c0
 -- ARGV[7] read only on a crossing: id for a suspension or report,
 --   company, account, each I2+c0
+-- ARGV[8] the record's expiry (ms): the longest window
 --
 -- The record (docs/redis.md, "Volume"): ring sum I2, limit sum B, time of
 -- the last count I6 (ms), above B (bit i: limit i is above its max and
@@ -35,162 +37,184 @@
 -- account's outbox holds entries to publish; per crossing 6 values: limit
 -- index (0-based), action code, count, since (ms), until (ms, a throttle's
 -- end; 0), the suspension's or report's id ("").
-local rcall, mfloor, mmin = redis.call, math.floor, math.min
-local unpack_, pack = struct.unpack, struct.pack
-local st = KEYS[1]
-local kb = string.sub(st, 1, -2)
-local vkey, tkey = kb .. 'v', kb .. 'vt'
-local now = tonumber(ARGV[1])
+-- Lua calls cost more than Redis commands here (a C function call,
+-- struct's above all, costs about as much as a small command): the hot
+-- path makes few. Formats are literals, the record is read and written in
+-- one unpack and one pack, floors are arithmetic (x - x % g), and the
+-- numbers Redis passes as text are compared as text or used in arithmetic,
+-- which converts them, rather than through tonumber.
+local rcall, unpack_, pack, byte, ssub = redis.call, struct.unpack, struct.pack, string.byte, string.sub
+local st, vkey, tkey = KEYS[1], KEYS[2], KEYS[3]
+local now = ARGV[1] + 0
 if now == 0 then
   local t = rcall('TIME')
-  now = tonumber(t[1]) * 1000 + mfloor(tonumber(t[2]) / 1000)
+  now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
 end
-local want_ver, id, nrcpt, client, spec = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local want_ver, id, nrcpt, client, spec = ARGV[2], ARGV[3], ARGV[4] + 0, ARGV[5], ARGV[6]
 local NSLOT, MAXC, NIDS, MAXADDR, ADDRBYTES = 12, 65535, 6, 3, 40
-local HEAD = 10 + 4 * NIDS -- bytes before the rings
+local ID0 = 4 -- R[ID0 + i] is recent id i
+local S0 = ID0 + NIDS -- R[S0 + (r - 1) * NSLOT + s] is slot s of ring r
+local HEAD = 10 + 4 * NIDS -- the record's bytes before the rings
+local function pick(n, a, b, c, d)
+  if n == 1 then return a elseif n == 2 then return b elseif n == 3 then return c end
+  return d
+end
 
--- The limits.
-local ringsum, limitsum, nrings, pos = unpack_('>I2BB', spec)
-local RG, RK = {}, {} -- per ring: bucket width (ms), kind
-for r = 1, nrings do RG[r], RK[r], pos = unpack_('>I4B', spec, pos) end
-local nlimits
-nlimits, pos = unpack_('>B', spec, pos)
-local LR, LM, LA, LN = {}, {}, {}, {} -- per limit: ring, max, action, name
-for l = 1, nlimits do LR[l], LM[l], LA[l], LN[l], pos = unpack_('>BI2BI2c0', spec, pos) end
 
--- The record as it is; a record of other rings starts its counts afresh.
+-- The limits. Names come last: only a crossing reads them.
+local ringsum, limitsum, nrings, nlimits, pos = unpack_('>I2BBB', spec)
+-- (formats are constants picked by count, not tables, which every call
+-- would make)
+local RS = {unpack_(pick(nrings, '>I4B', '>I4BI4B', '>I4BI4BI4B', '>I4BI4BI4BI4B'), spec, pos)} -- per ring: bucket width (ms), kind
+local LS = {unpack_(nlimits <= 4 and pick(nlimits, '>BI2B', '>BI2BBI2B', '>BI2BBI2BBI2B', '>BI2BBI2BBI2BBI2B')
+  or pick(nlimits - 4, '>BI2BBI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2BBI2BBI2B',
+    '>BI2BBI2BBI2BBI2BBI2BBI2BBI2BBI2B'), spec, RS[2 * nrings + 1])} -- per limit: ring (0-based), max, action
+local function name(l)
+  local p, n = LS[3 * nlimits + 1], nil
+  for _ = 1, l do n, p = unpack_('>I2c0', spec, p) end
+  return n
+end
+
+-- The record as it is: R[1] ring sum, R[2] limit sum, R[3] the last
+-- count's time, R[4] above, then the ids, then the slots, and where the
+-- addresses start. A record of other rings keeps its ids and starts its
+-- counts and addresses afresh.
+local NVAL = S0 + NSLOT * nrings
+local FMT = pick(nrings, '>I2BI6BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI6BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI6BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI6BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2')
 local rec = rcall('GET', vkey)
-local last, above, IDS, RING, ADDR = 0, 0, {}, {}, {}
-for i = 1, NIDS do IDS[i] = 0 end
-local same = false
-if rec and #rec >= HEAD then
-  local rs, ls
-  rs, ls, last, above = unpack_('>I2BI6B', rec)
-  for i = 1, NIDS do IDS[i] = unpack_('>I4', rec, 11 + 4 * (i - 1)) end
-  same = rs == ringsum and #rec >= HEAD + 2 * NSLOT * nrings + 1
-  if ls ~= limitsum then above = 0 end
-  local ap = HEAD + 1
-  if same then ap = HEAD + 2 * NSLOT * nrings + 1 end
-  if #rec >= ap then
-    local na = string.byte(rec, ap); ap = ap + 1
-    for _ = 1, na do
-      local n = string.byte(rec, ap) or 0
-      if n == 0 then break end
-      ADDR[#ADDR + 1] = string.sub(rec, ap + 1, ap + n); ap = ap + 1 + n
-    end
-  end
+local R, ap
+if rec and byte(rec, 1) * 256 + byte(rec, 2) == ringsum and #rec > HEAD + 2 * NSLOT * nrings then
+  R = {unpack_(FMT, rec)}
+  ap = R[NVAL + 1]
+elseif rec and #rec >= HEAD then
+  R = {unpack_('>I2BI6BI4I4I4I4I4I4', rec)}
+  R[1], R[4] = ringsum, 0
+  for i = S0 + 1, NVAL do R[i] = 0 end
+else
+  R = {ringsum, limitsum, 0, 0}
+  for i = ID0 + 1, NVAL do R[i] = 0 end
 end
-for r = 1, nrings do
-  local b = {}
-  for s = 1, NSLOT do b[s] = same and unpack_('>I2', rec, HEAD + 1 + 2 * (NSLOT * (r - 1) + s - 1)) or 0 end
-  RING[r] = b
-end
-if not same then above = 0 end
+if R[2] ~= limitsum then R[2], R[4] = limitsum, 0 end
+local last = R[3]
 
 -- Postfix asking again about a message counted already.
 local idn = 0
 if #id == 4 then idn = unpack_('>I4', id) end
 if idn ~= 0 then
-  for i = 1, NIDS do
-    if IDS[i] == idn then return {2, rcall('HEXISTS', st, 'ob')} end
+  for i = ID0 + 1, ID0 + NIDS do
+    if R[i] == idn then return {2, rcall('HEXISTS', st, 'ob')} end
   end
 end
-if want_ver == -2 then return {5, 0} end
+if want_ver == '-2' then return {5, 0} end
 
 local hv = rcall('HMGET', st, 'ver', 'aup', 'ob')
-if want_ver < 0 or tonumber(hv[1] or '0') ~= want_ver then return {4, hv[3] and 1 or 0} end
-local aup = hv[2]
+local ob = hv[3] and 1 or 0
+if want_ver ~= (hv[1] or '0') then return {4, ob} end
 
 -- A throttle in force holds back the message, uncounted.
 local th = rcall('GET', tkey)
 if th then
-  local til, name = string.match(th, '^(%d+) (.*)$')
-  if til and tonumber(til) > now then return {3, hv[3] and 1 or 0, tonumber(til), name} end
+  local til, tname = string.match(th, '^(%d+) (.*)$')
+  if til and til + 0 > now then return {3, ob, til + 0, tname} end
 end
 
--- Move every ring to now: the buckets between the last count and now are
--- empty. A clock that went back counts into the newest bucket.
-local CUR = {} -- per ring: the current bucket number
+-- Move every ring to now (the buckets between the last count and now are
+-- empty; a clock that went back counts into the newest bucket), and add
+-- the message to its current bucket. BEFORE and AFTER: each ring's count
+-- without and with the message.
+local CUR, BEFORE, AFTER = {}, {}, {}
 for r = 1, nrings do
-  local g = RG[r]
-  local n, l = mfloor(now / g), mfloor(last / g)
+  local g, base = RS[2 * r - 1], S0 + (r - 1) * NSLOT
+  local n, l = (now - now % g) / g, (last - last % g) / g
   if n < l then n = l end
-  for k = l + 1, mmin(n, l + NSLOT) do RING[r][k % NSLOT + 1] = 0 end
+  local to = n
+  if to > l + NSLOT then to = l + NSLOT end
+  for k = l + 1, to do R[base + k % NSLOT + 1] = 0 end
   CUR[r] = n
-end
-local function sum(r)
   local t = 0
-  for s = 1, NSLOT do t = t + RING[r][s] end
-  return t
+  for i = base + 1, base + NSLOT do t = t + R[i] end
+  local slot = base + n % NSLOT + 1
+  local old = R[slot]
+  local new = old + (RS[2 * r] == 1 and 1 or nrcpt)
+  if new > MAXC then new = MAXC end
+  R[slot] = new
+  BEFORE[r], AFTER[r] = t, t - old + new
 end
 
--- Limits back within their max are no longer above it.
+-- The crossings: limits above their max that were not. A limit back
+-- within its max before this message is no longer above it.
+local above = R[4]
+local crossings
 for l = 1, nlimits do
-  if sum(LR[l] + 1) <= LM[l] then above = above - (mfloor(above / 2 ^ (l - 1)) % 2) * 2 ^ (l - 1) end
-end
-for r = 1, nrings do
-  local s = CUR[r] % NSLOT + 1
-  local add = RK[r] == 1 and 1 or nrcpt
-  RING[r][s] = mmin(RING[r][s] + add, MAXC)
-end
-
--- The crossings: limits above their max that were not.
-local out = {1, 0}
-local crossings = {}
-for l = 1, nlimits do
-  local r = LR[l] + 1
-  local total = sum(r)
-  local bit = 2 ^ (l - 1)
-  if total > LM[l] and mfloor(above / bit) % 2 == 0 then
+  local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], 2 ^ (l - 1)
+  local was = above % (2 * bit) >= bit
+  if was and BEFORE[r] <= max then above = above - bit; was = false end
+  if AFTER[r] > max and not was then
     above = above + bit
-    local g, n = RG[r], CUR[r]
-    local since, til, left = 0, 0, total
-    for k = n - NSLOT + 1, n do -- oldest first
-      local c = RING[r][k % NSLOT + 1]
-      if since == 0 and c > 0 then since = k * g end
-      left = left - c
-      if til == 0 and left <= LM[l] then til = (k + NSLOT) * g end
-    end
-    crossings[#crossings + 1] = {l = l, r = r, count = total, since = since, til = til}
+    crossings = crossings or {}
+    crossings[#crossings + 1] = {l = l, r = r, count = AFTER[r]}
   end
+end
+R[4] = above
+if now > last then R[3] = now end
+
+-- A crossing's start (the oldest bucket that counts) and, for a
+-- throttle, its end: when enough of the oldest buckets have left the
+-- window for the count to be within the max again.
+local function span(c, max)
+  local g, n, base = RS[2 * c.r - 1], CUR[c.r], S0 + (c.r - 1) * NSLOT
+  local since, til, left = 0, 0, c.count
+  for k = n - NSLOT + 1, n do -- oldest first
+    local v = R[base + k % NSLOT + 1]
+    if since == 0 and v > 0 then since = k * g end
+    left = left - v
+    if til == 0 and left <= max then til = (k + NSLOT) * g end
+  end
+  c.since, c.til = since, til
 end
 
 -- What the crossings do: one suspension (or report of one) at most, the
 -- first suspend limit crossed; a throttle, the longest.
-local throttle, suspend
-for _, c in ipairs(crossings) do
-  local a = LA[c.l]
-  if a == 1 and (not throttle or c.til > throttle.til) then throttle = c end
-  if (a == 2 or a == 4) and not suspend and not aup then suspend = c end
+local throttle, suspend, x
+if crossings then
+  for _, c in ipairs(crossings) do
+    local a = LS[3 * c.l]
+    span(c, LS[3 * c.l - 1])
+    if a == 1 and (not throttle or c.til > throttle.til) then throttle = c end
+    if (a == 2 or a == 4) and not suspend and not hv[2] then suspend = c end
+  end
+  if suspend then x = volume_crossing_read(st, ssub(st, 1, -2)) end
 end
-local x
-if suspend then x = volume_crossing_read(st, kb) end
 
 -------------------------------------------------------------- writes --
 if idn ~= 0 then
-  for i = NIDS, 2, -1 do IDS[i] = IDS[i - 1] end
-  IDS[1] = idn
+  for i = ID0 + NIDS, ID0 + 2, -1 do R[i] = R[i - 1] end
+  R[ID0 + 1] = idn
 end
-if #client == 4 or #client == 16 then
-  local keep, bytes = {client}, #client + 1
-  for _, a in ipairs(ADDR) do
-    if a ~= client and #keep < MAXADDR and bytes + #a + 1 <= ADDRBYTES then keep[#keep + 1] = a; bytes = bytes + #a + 1 end
+-- The client addresses: this one first, then the others, as long as
+-- they fit. The usual case, the same client again, keeps them as they are.
+local addrs = '\0'
+if ap then addrs = ssub(rec, ap) end
+local nc = #client
+if (nc == 4 or nc == 16) and not (byte(addrs, 2) == nc and ssub(addrs, 3, 2 + nc) == client) then
+  local keep, na, p = string.char(nc) .. client, 1, 2
+  for _ = 1, byte(addrs, 1) or 0 do
+    local n = byte(addrs, p) or 0
+    if n == 0 then break end
+    local a = ssub(addrs, p + 1, p + n)
+    p = p + 1 + n
+    if a ~= client and na < MAXADDR and #keep + n + 1 <= ADDRBYTES then keep = keep .. string.char(n) .. a; na = na + 1 end
   end
-  ADDR = keep
+  addrs = string.char(na) .. keep
 end
-local parts = {pack('>I2BI6B', ringsum, limitsum, now > last and now or last, above)}
-for i = 1, NIDS do parts[#parts + 1] = pack('>I4', IDS[i]) end
-local maxw = 0
-for r = 1, nrings do
-  for s = 1, NSLOT do parts[#parts + 1] = pack('>I2', RING[r][s]) end
-  if RG[r] * NSLOT > maxw then maxw = RG[r] * NSLOT end
-end
-parts[#parts + 1] = string.char(#ADDR)
-for _, a in ipairs(ADDR) do parts[#parts + 1] = string.char(#a) .. a end
-rcall('SET', vkey, table.concat(parts), 'PX', maxw)
+rcall('SET', vkey, pack(FMT, unpack(R, 1, NVAL)) .. addrs, 'PX', ARGV[8])
+if not crossings then return {1, ob} end
 
 if throttle then
-  rcall('SET', tkey, string.format('%d %s', throttle.til, LN[throttle.l]), 'PX', throttle.til - now)
+  rcall('SET', tkey, string.format('%d %s', throttle.til, name(throttle.l)), 'PX', string.format('%d', throttle.til - now))
 end
 local sid = ''
 if suspend then
@@ -199,26 +223,29 @@ if suspend then
   -- the same window's other count, when a ring of the other kind has it
   local msgs, rcpts = -1, -1
   for r = 1, nrings do
-    if RG[r] == RG[suspend.r] then
-      if RK[r] == 1 then msgs = sum(r) else rcpts = sum(r) end
+    if RS[2 * r - 1] == RS[2 * suspend.r - 1] then
+      if RS[2 * r] == 1 then msgs = AFTER[r] else rcpts = AFTER[r] end
     end
   end
-  local hexes = {}
-  for i, a in ipairs(ADDR) do hexes[i] = (string.gsub(a, '.', function(c) return string.format('%02x', string.byte(c)) end)) end
-  volume_crossing_write(st, kb, x, {
-    id = sid, action = LA[suspend.l] == 2 and 'suspend' or 'report', rule = 'volume:' .. LN[suspend.l],
+  local hexes, p = {}, 2
+  for i = 1, byte(addrs, 1) do
+    local n = byte(addrs, p)
+    hexes[i] = (string.gsub(ssub(addrs, p + 1, p + n), '.', function(c) return string.format('%02x', byte(c)) end))
+    p = p + 1 + n
+  end
+  volume_crossing_write(st, ssub(st, 1, -2), x, {
+    id = sid, action = LS[3 * suspend.l] == 2 and 'suspend' or 'report', rule = 'volume:' .. name(suspend.l),
     at = now, from = suspend.since, account = account, company = company,
-    threshold = LM[suspend.l], count = suspend.count,
-    volume = {kind = RK[suspend.r] == 1 and 'messages' or 'recipients', window = RG[suspend.r] * NSLOT,
+    threshold = LS[3 * suspend.l - 1], count = suspend.count,
+    volume = {kind = RS[2 * suspend.r] == 1 and 'messages' or 'recipients', window = RS[2 * suspend.r - 1] * NSLOT,
       messages = msgs, recipients = rcpts, clients = table.concat(hexes, ',')},
   })
-  out[2] = 1
-else
-  out[2] = hv[3] and 1 or 0
+  ob = 1
 end
+local out = {1, ob}
 for _, c in ipairs(crossings) do
   local cid = ''
   if c == suspend then cid = sid end
-  for _, v in ipairs({c.l - 1, LA[c.l], c.count, c.since, c.til, cid}) do out[#out + 1] = v end
+  for _, v in ipairs({c.l - 1, LS[3 * c.l], c.count, c.since, c.til, cid}) do out[#out + 1] = v end
 end
 return out

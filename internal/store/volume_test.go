@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -359,4 +360,31 @@ func recordClients(t *testing.T, rec []byte, rings int) []string {
 		t.Error("no ring sum")
 	}
 	return out
+}
+
+func TestVolumeEightLimitsInFourRings(t *testing.T) {
+	s, _, _ := volumeStore(t)
+	var limits []rules.VolumeLimit
+	for i := range 4 {
+		w := time.Duration(1+i%2) * time.Hour
+		limits = append(limits,
+			rules.VolumeLimit{Name: fmt.Sprintf("m%d", i), Window: w, Messages: 100 + i, Action: rules.VolumeThrottle},
+			rules.VolumeLimit{Name: fmt.Sprintf("r%d", i), Window: w, Recipients: 50 - i, Action: rules.VolumeThrottle})
+	}
+	if err := rules.ValidateVolume(limits); err != nil {
+		t.Fatal(err)
+	}
+	lim := enforced(limits...)
+	// 47 recipients cross r3 (47 in 4 hours) and nothing else.
+	r := send(t, s, lim, 1, 47, "")
+	if len(r.Crossings) != 0 {
+		t.Fatalf("47 recipients: %+v", r.Crossings)
+	}
+	r = send(t, s, lim, 2, 1, "")
+	if len(r.Crossings) != 1 || r.Crossings[0].Limit.Name != "r3" || r.Crossings[0].Count != 48 {
+		t.Fatalf("48 recipients: %+v", r.Crossings)
+	}
+	if r := send(t, s, lim, 3, 1, ""); r.Outcome != VolumeThrottled || r.Throttle != "r3" {
+		t.Fatalf("throttled by %+v", r)
+	}
 }
