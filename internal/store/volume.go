@@ -143,7 +143,9 @@ type VolumeMessage struct {
 	// (MessageID); 0: none, and every request counts.
 	ID         uint32
 	Recipients int
-	Client     netip.Addr // the SMTP client's address; zero: none
+	// Client is the SMTP client's address (zero: none); the record keeps
+	// the last three clients, an IPv6 client as its /64.
+	Client netip.Addr
 	Limits     *VolumeLimits
 }
 
@@ -227,9 +229,7 @@ func (s *Store) CountVolume(ctx context.Context, m VolumeMessage) (VolumeResult,
 	if m.ID != 0 {
 		id = be.AppendUint32(nil, m.ID)
 	}
-	if m.Client.IsValid() {
-		client = m.Client.Unmap().AsSlice()
-	}
+	client = clientBytes(m.Client)
 	var cross []byte
 	for _, str := range [...]string{NewID(s.now()), m.Company, m.Account} {
 		cross = be.AppendUint16(cross, uint16(len(str)))
@@ -252,6 +252,34 @@ func (s *Store) CountVolume(ctx context.Context, m VolumeMessage) (VolumeResult,
 		}
 	}
 	return r, nil
+}
+
+// clientBytes is how the volume record keeps a client: an IPv4 address
+// whole, an IPv6 address as its /64 prefix, which is one host (its
+// temporary addresses change within it) or one subscriber's network.
+func clientBytes(a netip.Addr) []byte {
+	a = a.Unmap()
+	switch {
+	case a.Is4():
+		return a.AsSlice()
+	case a.Is6():
+		return a.AsSlice()[:8]
+	}
+	return nil
+}
+
+// clientText is the text of a client the volume record kept: an IPv4
+// address, or an IPv6 /64 prefix ("2001:db8:1:2::/64").
+func clientText(b []byte) string {
+	switch len(b) {
+	case 4:
+		return netip.AddrFrom4([4]byte(b)).String()
+	case 8:
+		var a [16]byte
+		copy(a[:], b)
+		return netip.PrefixFrom(netip.AddrFrom16(a), 64).String()
+	}
+	return ""
 }
 
 // CountedBefore reports whether a message with this id was counted

@@ -13,7 +13,9 @@
 --         was made (answer "changed" unless the message is a duplicate)
 -- ARGV[3] the message's id: 4 bytes, from Postfix's instance and queue
 --         id, the same when Postfix asks again about the message; "": none
--- ARGV[4] its recipients   ARGV[5] the client's address, 4 or 16 bytes; ""
+-- ARGV[4] its recipients
+-- ARGV[5] the client: its IPv4 address (4 bytes) or its IPv6 address's
+--         /64 prefix (8 bytes); "": none
 -- ARGV[6] the account's limits, packed big-endian:
 --   ring sum I2, limit sum B, rings B, limits B, per ring: bucket (ms) I4,
 --   kind B (1 messages, 2 recipients); per limit: ring B, max I2, action B
@@ -24,12 +26,13 @@
 -- ARGV[8] the record's expiry (ms): the longest window
 --
 -- The record (docs/redis.md, "Volume"): ring sum I2, limit sum B, time of
--- the last count I6 (ms), above B (bit i: limit i is above its max and
+-- the last count I4 (s), above B (bit i: limit i is above its max and
 -- its crossing was handled), 6 recent message ids I4 (newest first, 0
 -- empty), then per ring 12 buckets I2 (bucket n of width g counts the
 -- messages or recipients sent in [n*g, (n+1)*g), in slot n % 12; counts
--- stop at 65535), then the client addresses: count B, per address its
--- length B and bytes, newest first, up to 3 and 40 bytes.
+-- stop at 65535), then the clients: count B, per client its length B and
+-- bytes, newest first, up to 3 and 27 bytes: with two rings the record is
+-- at most 108 bytes.
 --
 -- Returns {outcome, ob, crossings...}: outcome 1 counted, 2 duplicate, 3
 -- throttled (then the throttle's until and limit name follow), 4 changed,
@@ -51,10 +54,10 @@ if now == 0 then
   now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
 end
 local want_ver, id, nrcpt, client, spec = ARGV[2], ARGV[3], ARGV[4] + 0, ARGV[5], ARGV[6]
-local NSLOT, MAXC, NIDS, MAXADDR, ADDRBYTES = 12, 65535, 6, 3, 40
+local NSLOT, MAXC, NIDS, MAXADDR, ADDRBYTES = 12, 65535, 6, 3, 27
 local ID0 = 4 -- R[ID0 + i] is recent id i
 local S0 = ID0 + NIDS -- R[S0 + (r - 1) * NSLOT + s] is slot s of ring r
-local HEAD = 10 + 4 * NIDS -- the record's bytes before the rings
+local HEAD = 8 + 4 * NIDS -- the record's bytes before the rings
 local function pick(n, a, b, c, d)
   if n == 1 then return a elseif n == 2 then return b elseif n == 3 then return c end
   return d
@@ -80,17 +83,17 @@ end
 -- addresses start. A record of other rings keeps its ids and starts its
 -- counts and addresses afresh.
 local NVAL = S0 + NSLOT * nrings
-local FMT = pick(nrings, '>I2BI6BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI6BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI6BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI6BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2')
+local FMT = pick(nrings, '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2')
 local rec = rcall('GET', vkey)
 local R, ap
 if rec and byte(rec, 1) * 256 + byte(rec, 2) == ringsum and #rec > HEAD + 2 * NSLOT * nrings then
   R = {unpack_(FMT, rec)}
   ap = R[NVAL + 1]
 elseif rec and #rec >= HEAD then
-  R = {unpack_('>I2BI6BI4I4I4I4I4I4', rec)}
+  R = {unpack_('>I2BI4BI4I4I4I4I4I4', rec)}
   R[1], R[4] = ringsum, 0
   for i = S0 + 1, NVAL do R[i] = 0 end
 else
@@ -98,7 +101,7 @@ else
   for i = ID0 + 1, NVAL do R[i] = 0 end
 end
 if R[2] ~= limitsum then R[2], R[4] = limitsum, 0 end
-local last = R[3]
+local last = R[3] * 1000 -- in ms; stored in seconds, which bucket boundaries (whole seconds) allow
 
 -- Postfix asking again about a message counted already.
 local idn = 0
@@ -159,7 +162,7 @@ for l = 1, nlimits do
   end
 end
 R[4] = above
-if now > last then R[3] = now end
+if now > last then R[3] = (now - now % 1000) / 1000 end
 
 -- A crossing's start (the oldest bucket that counts) and, for a
 -- throttle, its end: when enough of the oldest buckets have left the
@@ -199,7 +202,7 @@ end
 local addrs = '\0'
 if ap then addrs = ssub(rec, ap) end
 local nc = #client
-if (nc == 4 or nc == 16) and not (byte(addrs, 2) == nc and ssub(addrs, 3, 2 + nc) == client) then
+if (nc == 4 or nc == 8) and not (byte(addrs, 2) == nc and ssub(addrs, 3, 2 + nc) == client) then
   local keep, na, p = string.char(nc) .. client, 1, 2
   for _ = 1, byte(addrs, 1) or 0 do
     local n = byte(addrs, p) or 0

@@ -321,7 +321,8 @@ func TestVolumeKeepsRecentClientsAndExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := recordClients(t, raw, 2)
-	want := []string{"203.0.113.9", "2001:db8::2", "198.51.100.7"}
+	// IPv6 clients are kept by their /64.
+	want := []string{"203.0.113.9", "2001:db8::/64", "198.51.100.7"}
 	if len(got) != len(want) {
 		t.Fatalf("clients %v; want %v", got, want)
 	}
@@ -340,7 +341,7 @@ func TestVolumeKeepsRecentClientsAndExpires(t *testing.T) {
 // rings rings.
 func recordClients(t *testing.T, rec []byte, rings int) []string {
 	t.Helper()
-	p := 10 + 4*6 + 2*12*rings
+	p := 8 + 4*6 + 2*12*rings
 	if len(rec) <= p {
 		t.Fatalf("record of %d bytes", len(rec))
 	}
@@ -349,11 +350,11 @@ func recordClients(t *testing.T, rec []byte, rings int) []string {
 	var out []string
 	for range n {
 		l := int(rec[p])
-		a, ok := netip.AddrFromSlice(rec[p+1 : p+1+l])
-		if !ok {
-			t.Fatalf("address %x", rec[p+1:p+1+l])
+		a := clientText(rec[p+1 : p+1+l])
+		if a == "" {
+			t.Fatalf("client %x", rec[p+1:p+1+l])
 		}
-		out = append(out, a.String())
+		out = append(out, a)
 		p += 1 + l
 	}
 	if last := binary.BigEndian.Uint16(rec[0:2]); last == 0 {
@@ -386,5 +387,59 @@ func TestVolumeEightLimitsInFourRings(t *testing.T) {
 	}
 	if r := send(t, s, lim, 3, 1, ""); r.Outcome != VolumeThrottled || r.Throttle != "r3" {
 		t.Fatalf("throttled by %+v", r)
+	}
+}
+
+// BenchmarkVolumeMemory prints the Redis memory (MEMORY USAGE) of one
+// active sender's volume record, by the rings its limits need and the
+// client addresses it holds, on a Redis of its own.
+//
+//	go test -run '^$' -bench VolumeMemory ./internal/store/
+func BenchmarkVolumeMemory(b *testing.B) {
+	rdb := testutil.PrivateRedis(b)
+	s := New(rdb, "aup")
+	ctx := context.Background()
+	two := enforced(hourly, daily)
+	four := enforced(hourly, daily,
+		rules.VolumeLimit{Name: "hourly-messages", Window: time.Hour, Messages: 100, Action: rules.VolumeThrottle},
+		rules.VolumeLimit{Name: "daily-messages", Window: 24 * time.Hour, Messages: 500, Action: rules.VolumeSuspend})
+	v4 := []string{"192.0.2.1", "192.0.2.2", "192.0.2.3"}
+	v6 := []string{"2001:db8:1::1", "2001:db8:2::2", "2001:db8:3::3"}
+	cases := []struct {
+		name    string
+		lim     *VolumeLimits
+		clients []string
+	}{
+		{"two recipient limits (1h, 24h), one IPv4 client", two, v4[:1]},
+		{"two recipient limits (1h, 24h), three IPv4 clients", two, v4},
+		{"two recipient limits (1h, 24h), three IPv6 clients", two, v6},
+		{"four rings (messages and recipients, 1h and 24h), three IPv4 clients", four, v4},
+		{"four rings (messages and recipients, 1h and 24h), three IPv6 clients", four, v6},
+	}
+	for b.Loop() {
+		for i, c := range cases {
+			acct := fmt.Sprintf("sender%d@example.com", i)
+			for j, ip := range c.clients {
+				_, err := s.CountVolume(ctx, VolumeMessage{Account: acct, Version: 0, ID: uint32(j + 1), Recipients: 3,
+					Client: netip.MustParseAddr(ip), Limits: c.lim})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+	b.StopTimer()
+	fmt.Println("volume record of one active sender (MEMORY USAGE of aup:{<account>}:v):")
+	for i, c := range cases {
+		key := s.key(fmt.Sprintf("sender%d@example.com", i), sufVolume)
+		n, err := rdb.MemoryUsage(ctx, key, 0).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		val, err := rdb.StrLen(ctx, key).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		fmt.Printf("  %4d bytes (value %3d bytes): %s\n", n, val, c.name)
 	}
 }
