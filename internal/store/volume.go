@@ -146,7 +146,7 @@ type VolumeMessage struct {
 	// Client is the SMTP client's address (zero: none); the record keeps
 	// the last three clients, an IPv6 client as its /64.
 	Client netip.Addr
-	Limits     *VolumeLimits
+	Limits *VolumeLimits
 }
 
 // MessageID is the id of a message that Postfix asks about, from the
