@@ -408,3 +408,86 @@ func TestSuspendedSenderIsRefusedAtEndOfMessage(t *testing.T) {
 		t.Errorf("%v counted", n)
 	}
 }
+
+// second starts another policy server and counter on e's store, as a
+// second aupd process on the same Redis.
+func (e *env) second() (*Counter, string) {
+	e.t.Helper()
+	dir, err := companies.New(nil, "x", nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctr, err := New(Options{Store: e.st, Directory: dir, Policy: func() rules.Provider { return *e.prov.Load() }, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	srv, err := postfix.New(postfix.Config{}, lookup{e.st, dir}, postfix.Options{Now: e.clk.now, Volume: ctr})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Error(err)
+		}
+	})
+	return ctr, ln.Addr().String()
+}
+
+func TestTwoServersStartOneThrottle(t *testing.T) {
+	limit := rules.VolumeLimit{Name: "burst", Window: 10 * time.Minute, Messages: 20, Action: rules.VolumeThrottle}
+	e := newEnv(t, rules.ModeEnforce, limit)
+	ctr2, addr2 := e.second()
+	const workers, each = 8, 6
+	answers := make(chan string, workers*each)
+	var wg sync.WaitGroup
+	for w := range workers {
+		addr := e.addr
+		if w%2 == 1 {
+			addr = addr2
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		pc := &conn{t: t, c: c, r: bufio.NewReader(c)}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				answers <- pc.send(e.message("alice@example.com"), 1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(answers)
+	var ok, held int
+	for a := range answers {
+		switch a {
+		case "DUNNO":
+			ok++
+		case throttled:
+			held++
+		default:
+			t.Errorf("answer %q", a)
+		}
+	}
+	// 20 within the limit and the one that crossed; every other message
+	// was held back, at RCPT or at END-OF-MESSAGE.
+	if ok != 21 || held != workers*each-21 {
+		t.Errorf("%d accepted, %d throttled; want 21 and %d", ok, held, workers*each-21)
+	}
+	counted := e.messages(outcomeCounted) + value(t, ctr2.metrics.messages.WithLabelValues(outcomeCounted))
+	started := value(t, e.ctr.metrics.throttled.WithLabelValues("volume:burst")) + value(t, ctr2.metrics.throttled.WithLabelValues("volume:burst"))
+	if counted != 21 || started != 1 {
+		t.Errorf("%v counted and %v throttles started across both servers; want 21 and 1", counted, started)
+	}
+}
