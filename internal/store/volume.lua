@@ -58,35 +58,29 @@ local NSLOT, MAXC, NIDS, MAXADDR, ADDRBYTES = 12, 65535, 6, 3, 27
 local ID0 = 4 -- R[ID0 + i] is recent id i
 local S0 = ID0 + NIDS -- R[S0 + (r - 1) * NSLOT + s] is slot s of ring r
 local HEAD = 8 + 4 * NIDS -- the record's bytes before the rings
-local function pick(n, a, b, c, d)
-  if n == 1 then return a elseif n == 2 then return b elseif n == 3 then return c end
-  return d
-end
 
 
 -- The limits. Names come last: only a crossing reads them.
 local ringsum, limitsum, nrings, nlimits, pos = unpack_('>I2BBB', spec)
 -- (formats are constants picked by count, not tables, which every call
 -- would make)
-local RS = {unpack_(pick(nrings, '>I4B', '>I4BI4B', '>I4BI4BI4B', '>I4BI4BI4BI4B'), spec, pos)} -- per ring: bucket width (ms), kind
-local LS = {unpack_(nlimits <= 4 and pick(nlimits, '>BI2B', '>BI2BBI2B', '>BI2BBI2BBI2B', '>BI2BBI2BBI2BBI2B')
-  or pick(nlimits - 4, '>BI2BBI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2BBI2BBI2B',
-    '>BI2BBI2BBI2BBI2BBI2BBI2BBI2BBI2B'), spec, RS[2 * nrings + 1])} -- per limit: ring (0-based), max, action
-local function name(l)
-  local p, n = LS[3 * nlimits + 1], nil
-  for _ = 1, l do n, p = unpack_('>I2c0', spec, p) end
-  return n
-end
+local rfmt = nrings == 1 and '>I4B' or nrings == 2 and '>I4BI4B' or nrings == 3 and '>I4BI4BI4B' or '>I4BI4BI4BI4B'
+local RS = {unpack_(rfmt, spec, pos)} -- per ring: bucket width (ms), kind
+local lfmt = nlimits == 1 and '>BI2B' or nlimits == 2 and '>BI2BBI2B' or nlimits == 3 and '>BI2BBI2BBI2B'
+  or nlimits == 4 and '>BI2BBI2BBI2BBI2B' or nlimits == 5 and '>BI2BBI2BBI2BBI2BBI2B'
+  or nlimits == 6 and '>BI2BBI2BBI2BBI2BBI2BBI2B' or nlimits == 7 and '>BI2BBI2BBI2BBI2BBI2BBI2BBI2B'
+  or '>BI2BBI2BBI2BBI2BBI2BBI2BBI2BBI2B'
+local LS = {unpack_(lfmt, spec, RS[2 * nrings + 1])} -- per limit: ring (0-based), max, action
 
 -- The record as it is: R[1] ring sum, R[2] limit sum, R[3] the last
 -- count's time, R[4] above, then the ids, then the slots, and where the
 -- addresses start. A record of other rings keeps its ids and starts its
 -- counts and addresses afresh.
 local NVAL = S0 + NSLOT * nrings
-local FMT = pick(nrings, '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2')
+local FMT = nrings == 1 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2'
+  or nrings == 2 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
+  or nrings == 3 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
+  or '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
 local rec = rcall('GET', vkey)
 local R, ap
 if rec and byte(rec, 1) * 256 + byte(rec, 2) == ringsum and #rec > HEAD + 2 * NSLOT * nrings then
@@ -128,7 +122,8 @@ end
 -- empty; a clock that went back counts into the newest bucket), and add
 -- the message to its current bucket. BEFORE and AFTER: each ring's count
 -- without and with the message.
-local CUR, BEFORE, AFTER = {}, {}, {}
+-- (kept in R past the record's values: tables cost more than slots)
+local CUR, BEFORE, AFTER = NVAL + 1, NVAL + 5, NVAL + 9 -- R[CUR + r] ...
 for r = 1, nrings do
   local g, base = RS[2 * r - 1], S0 + (r - 1) * NSLOT
   local n, l = (now - now % g) / g, (last - last % g) / g
@@ -136,7 +131,7 @@ for r = 1, nrings do
   local to = n
   if to > l + NSLOT then to = l + NSLOT end
   for k = l + 1, to do R[base + k % NSLOT + 1] = 0 end
-  CUR[r] = n
+  R[CUR + r] = n
   local t = 0
   for i = base + 1, base + NSLOT do t = t + R[i] end
   local slot = base + n % NSLOT + 1
@@ -144,7 +139,7 @@ for r = 1, nrings do
   local new = old + (RS[2 * r] == 1 and 1 or nrcpt)
   if new > MAXC then new = MAXC end
   R[slot] = new
-  BEFORE[r], AFTER[r] = t, t - old + new
+  R[BEFORE + r], R[AFTER + r] = t, t - old + new
 end
 
 -- The crossings: limits above their max that were not. A limit back
@@ -154,35 +149,41 @@ local crossings
 for l = 1, nlimits do
   local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], 2 ^ (l - 1)
   local was = above % (2 * bit) >= bit
-  if was and BEFORE[r] <= max then above = above - bit; was = false end
-  if AFTER[r] > max and not was then
+  if was and R[BEFORE + r] <= max then above = above - bit; was = false end
+  if R[AFTER + r] > max and not was then
     above = above + bit
     crossings = crossings or {}
-    crossings[#crossings + 1] = {l = l, r = r, count = AFTER[r]}
+    crossings[#crossings + 1] = {l = l, r = r, count = R[AFTER + r]}
   end
 end
 R[4] = above
 if now > last then R[3] = (now - now % 1000) / 1000 end
 
--- A crossing's start (the oldest bucket that counts) and, for a
--- throttle, its end: when enough of the oldest buckets have left the
--- window for the count to be within the max again.
-local function span(c, max)
-  local g, n, base = RS[2 * c.r - 1], CUR[c.r], S0 + (c.r - 1) * NSLOT
-  local since, til, left = 0, 0, c.count
-  for k = n - NSLOT + 1, n do -- oldest first
-    local v = R[base + k % NSLOT + 1]
-    if since == 0 and v > 0 then since = k * g end
-    left = left - v
-    if til == 0 and left <= max then til = (k + NSLOT) * g end
-  end
-  c.since, c.til = since, til
-end
-
 -- What the crossings do: one suspension (or report of one) at most, the
 -- first suspend limit crossed; a throttle, the longest.
-local throttle, suspend, x
+local throttle, suspend, x, name
 if crossings then
+  -- A crossing's start (the oldest bucket that counts) and, for a
+  -- throttle, its end: when enough of the oldest buckets have left the
+  -- window for the count to be within the max again.
+  local function span(c, max)
+    local g, n, base = RS[2 * c.r - 1], R[CUR + c.r], S0 + (c.r - 1) * NSLOT
+    local since, til, left = 0, 0, c.count
+    for k = n - NSLOT + 1, n do -- oldest first
+      local v = R[base + k % NSLOT + 1]
+      if since == 0 and v > 0 then since = k * g end
+      left = left - v
+      if til == 0 and left <= max then til = (k + NSLOT) * g end
+    end
+    c.since, c.til = since, til
+  end
+  -- a limit's name: names come last in the limits, and only a crossing
+  -- reads them
+  name = function(l)
+    local p, n = LS[3 * nlimits + 1], nil
+    for _ = 1, l do n, p = unpack_('>I2c0', spec, p) end
+    return n
+  end
   for _, c in ipairs(crossings) do
     local a = LS[3 * c.l]
     span(c, LS[3 * c.l - 1])
@@ -227,7 +228,7 @@ if suspend then
   local msgs, rcpts = -1, -1
   for r = 1, nrings do
     if RS[2 * r - 1] == RS[2 * suspend.r - 1] then
-      if RS[2 * r] == 1 then msgs = AFTER[r] else rcpts = AFTER[r] end
+      if RS[2 * r] == 1 then msgs = R[AFTER + r] else rcpts = R[AFTER + r] end
     end
   end
   local hexes, p = {}, 2
