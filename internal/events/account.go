@@ -43,8 +43,11 @@ type State struct {
 // AUPSuspension is the record of one crossing of the AUP threshold: what
 // was counted, against which threshold, and which events are its evidence.
 type AUPSuspension struct {
-	ID          string         `json:"id"`
-	Action      string         `json:"action"` // suspend or report
+	ID     string `json:"id"`
+	Action string `json:"action"` // suspend or report
+	// Rule names the AUP rule crossed: spam_count, the spam count over
+	// the window.
+	Rule        string         `json:"rule,omitempty"`
 	Services    []string       `json:"services,omitempty"`
 	Threshold   int            `json:"threshold"`
 	Count       int            `json:"count"`
@@ -80,9 +83,9 @@ type VolumeCrossing struct {
 	Clients []string `json:"clients,omitempty"`
 }
 
-// Crossing is what the ingest script records, in the account's outbox,
-// when an account crosses its threshold. The script builds it once; Event
-// turns it into the account event, the one definition of that event.
+// Crossing is the record a script writes when an account crosses an AUP
+// rule (the store's crossing.lua), from which the account event (Event),
+// the account's last AUP suspension and its history line are rendered.
 type Crossing struct {
 	Type       string        `json:"type"` // TypeSuspended or TypeReported
 	Time       time.Time     `json:"time"`

@@ -146,6 +146,14 @@ func (s *Store) History(ctx context.Context, address string, offset, limit int) 
 	}
 	out := make([]HistoryEntry, 0, len(raw))
 	for _, r := range raw {
+		c, ok, err := decodeCrossing(r)
+		if err != nil {
+			return nil, fmt.Errorf("decode history entry: %w", err)
+		}
+		if ok {
+			out = append(out, crossingHistory(c))
+			continue
+		}
 		var e HistoryEntry
 		if err := json.Unmarshal([]byte(r), &e); err != nil {
 			return nil, fmt.Errorf("decode history entry: %w", err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	_ "embed"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,14 +13,14 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/rules"
 )
 
 //go:embed ingest.lua
 var ingestLua string
 
-var ingestScript = redis.NewScript(ingestLua)
+// The ingest script records crossings with crossing.lua.
+var ingestScript = redis.NewScript(crossingLua + ingestLua)
 
 // Outcome is what became of one event in the window.
 type Outcome byte
@@ -232,11 +231,11 @@ func (s *Store) ingestCounting(ctx context.Context, batches []Batch, p IngestPar
 	}
 	start := 0
 	for g, idx := range groups {
-		k := make([]string, 0, len(idx))
+		k := make([]string, 0, 2*len(idx))
 		a := make([]any, 0, 5+len(idx))
 		a = append(a, nowMS, p.Window.Milliseconds(), p.Skew.Milliseconds(), rebaseAfter(p.Window, p.Skew), len(idx))
 		for _, i := range idx {
-			k = append(k, s.key(batches[i].Account, sufState))
+			k = append(k, s.key(batches[i].Account, sufState), s.key(batches[i].Account, sufWindow))
 			a = append(a, buf[start:ends[i]:ends[i]])
 			start = ends[i]
 		}
@@ -520,16 +519,4 @@ func classifyScript(msg string) error {
 		}
 	}
 	return Permanent(err)
-}
-
-// decodeAUP decodes the last_aup field of an account's state.
-func decodeAUP(s string) *events.AUPSuspension {
-	if s == "" {
-		return nil
-	}
-	var a events.AUPSuspension
-	if json.Unmarshal([]byte(s), &a) != nil {
-		return nil
-	}
-	return &a
 }

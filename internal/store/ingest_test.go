@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -160,8 +161,39 @@ func TestIngestSuspendsOnceWhenCountExceedsThreshold(t *testing.T) {
 		t.Fatalf("imap: %+v", d)
 	}
 	h, err := s.History(ctx, "alice@example.com", 0, 10)
-	if err != nil || len(h) != 1 || h[0].Action != "suspended" || h[0].ID != r.ID {
+	if err != nil || len(h) != 1 || h[0].Action != "suspended" || h[0].ID != r.ID || !h[0].Time.Equal(t0) ||
+		!slices.Equal(h[0].Services, []string{"send", "webmail_send"}) || h[0].Note != "count 4 exceeds threshold 3" {
 		t.Fatalf("history %+v %v", h, err)
+	}
+	// The account event, rendered from the same record.
+	ev, _, err := DecodeOutbox(r.Pending[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.ID != r.ID || ev.Type != "suspended" || ev.Account != "alice@example.com" || !ev.Time.Equal(t0) ||
+		len(ev.Old.Suspended) != 0 || !slices.Equal(ev.New.Suspended, []string{"send", "webmail_send"}) ||
+		ev.Suspension == nil || ev.Suspension.Rule != "spam_count" || ev.Suspension.Count != 4 {
+		t.Fatalf("account event %+v %+v", ev, ev.Suspension)
+	}
+	if sus := a.Suspensions[rules.ServiceSend]; !sus.At.Equal(t0) {
+		t.Fatalf("suspended at %s, want %s", sus.At, t0)
+	}
+}
+
+// What aupd 0.2 wrote is still read: its crossing records (no rule) and
+// its last_aup, which held the suspension alone.
+func TestCrossingWrittenByEarlierVersions(t *testing.T) {
+	entry := `{"crossing":{"type":"suspended","time":"2026-01-02T03:04:05.006Z","account":"a@x.example","company":"x",` +
+		`"status":"active","old":[],"new":["send","webmail_send"],"suspension":{"id":"01ID","action":"suspend",` +
+		`"services":["send","webmail_send"],"threshold":3,"count":4,"counts":{"outbound":4,"inbound":0,"complaint":0},` +
+		`"window_start":"2026-01-01T03:04:05.006Z","window_end":"2026-01-02T03:04:05.006Z","samples":[7]}}}`
+	ev, _, err := DecodeOutbox(entry)
+	if err != nil || ev.ID != "01ID" || ev.Suspension.Count != 4 || !slices.Equal(ev.Suspension.Samples, []uint64{7}) {
+		t.Fatalf("%+v %v", ev, err)
+	}
+	sus := decodeAUP(`{"id":"01ID","action":"suspend","threshold":3,"count":4,"counts":{"outbound":4}}`)
+	if sus == nil || sus.ID != "01ID" || sus.Count != 4 {
+		t.Fatalf("last_aup %+v", sus)
 	}
 }
 

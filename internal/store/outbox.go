@@ -23,12 +23,9 @@ type Publisher interface {
 // outboxBatch bounds how many events one flush reads.
 const outboxBatch = 100
 
-// crossingPrefix starts an outbox entry written by the ingest script.
-const crossingPrefix = `{"crossing":`
-
 // DecodeOutbox turns an outbox entry into the account event to publish
 // and its encoding. Entries are account events (written by Go) or
-// crossings (written by the ingest script).
+// crossings' records (written by crossing.lua).
 func DecodeOutbox(entry string) (*events.AccountEvent, []byte, error) {
 	var ev *events.AccountEvent
 	if strings.HasPrefix(entry, crossingPrefix) {

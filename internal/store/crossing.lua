@@ -1,0 +1,99 @@
+-- What an account crossing an AUP rule writes. This file is put before
+-- the scripts that find crossings (ingest.lua: the spam count), so that
+-- one script call finds and records a crossing atomically.
+--
+-- A crossing writes one record: {"crossing":{...}}, the JSON of Go's
+-- events.Crossing (its type, time, account, company, status, the
+-- suspended services before and after, and the AUP suspension or report
+-- with its rule, counts, window and samples). It goes in the state as
+-- last_aup, in the outbox, from which the account event is published, and
+-- in the history. Go renders the account event, the last AUP suspension
+-- and the history line from it (crossing.go), each in one place. aupd 0.2
+-- read the same outbox entries, so a 0.2 process running beside this one
+-- during a rolling upgrade publishes them right.
+-- A suspension also marks the services it suspends (sus:send and
+-- sus:webmail_send), which is what every door reads.
+
+local crossing_rcall = redis.call
+
+-- RFC 3339 in UTC with milliseconds (days from civil, Hinnant), for the
+-- services' markers.
+local function iso(ms)
+  local floor = math.floor
+  local s = floor(ms / 1000)
+  local days = floor(s / 86400)
+  local sod = s - days * 86400
+  local z = days + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local d = doy - floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
+    floor(sod / 3600), floor(sod % 3600 / 60), sod % 60, ms - s * 1000)
+end
+
+local CROSSING_READ = {'ver', 'company', 'status', 'created',
+  'sus:send', 'sus:receive', 'sus:imap', 'sus:pop3', 'sus:webmail', 'sus:webmail_send'}
+local SERVICES = {'send', 'receive', 'imap', 'pop3', 'webmail', 'webmail_send'}
+local SUSPENDS = {send = true, webmail_send = true} -- what an AUP suspension suspends
+
+-- What a crossing reads, before any write: the fields it changes, and
+-- that the lists it writes are lists, so that a key of the wrong type
+-- fails the account's part before it wrote anything. st is the state
+-- HASH; the account's other keys share its name but for the last letter
+-- (h history, o outbox).
+local function crossing_read(st)
+  local kb = string.sub(st, 1, -2)
+  for _, key in ipairs({kb .. 'h', kb .. 'o'}) do
+    local ty = crossing_rcall('TYPE', key)['ok']
+    if ty ~= 'none' and ty ~= 'list' then error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. ty}) end
+  end
+  return crossing_rcall('HMGET', st, unpack(CROSSING_READ))
+end
+
+-- Record a crossing. x is what crossing_read read; c the crossing's
+-- facts: id, action (suspend | report), rule, at and from (ms: the
+-- crossing's time and the start of what counted), account, company,
+-- threshold, count, capped, counts (outbound, inbound, complaint) and
+-- samples (stream sequences, as text). The state's fields go into hset
+-- after its first nh values, for the caller's one HSET; returns the new nh.
+local function crossing_write(st, x, c, hset, nh)
+  local kb, q, at = string.sub(st, 1, -2), cjson.encode, iso(c.at)
+  local old, new, services = {}, {}, '[]'
+  if c.action == 'suspend' then services = '["send","webmail_send"]' end
+  for i, s in ipairs(SERVICES) do
+    local on = x[4 + i]
+    if on then old[#old + 1] = q(s) end
+    if c.action == 'suspend' and not on and SUSPENDS[s] then
+      hset[nh + 1], hset[nh + 2], nh = 'sus:' .. s,
+        '{"id":' .. q(c.id) .. ',"reason":"aup_violation","actor":"aupd","at":' .. q(at) .. '}', nh + 2
+      on = true
+    end
+    if on then new[#new + 1] = q(s) end
+  end
+  local company = x[2]
+  if not company and c.company ~= '' then hset[nh + 1], hset[nh + 2], nh = 'company', c.company, nh + 2 end
+  local n = c.counts
+  local record = '{"crossing":{"type":' .. q(c.action == 'suspend' and 'suspended' or 'reported') ..
+    ',"time":' .. q(at) .. ',"account":' .. q(c.account) .. ',"company":' .. q(company or c.company) ..
+    ',"status":' .. q(x[3] or 'active') .. ',"old":[' .. table.concat(old, ',') ..
+    '],"new":[' .. table.concat(new, ',') .. '],"suspension":{"id":' .. q(c.id) ..
+    ',"action":' .. q(c.action) .. ',"rule":' .. q(c.rule) .. ',"services":' .. services ..
+    ',"threshold":' .. c.threshold .. ',"count":' .. c.count .. ',"capped":' .. tostring(c.capped) ..
+    ',"counts":{"outbound":' .. n[1] .. ',"inbound":' .. n[2] .. ',"complaint":' .. n[3] ..
+    '},"window_start":' .. q(iso(c.from)) .. ',"window_end":' .. q(at) ..
+    ',"samples":[' .. table.concat(c.samples, ',') .. ']}}}'
+  local fields = {c.action == 'suspend' and 'aup' or 'report', c.id, 'last_aup', record,
+    'ver', tonumber(x[1] or '0') + 1, 'ob', 1}
+  if not x[4] then fields[#fields + 1], fields[#fields + 2] = 'created', c.at end
+  for i = 1, #fields do hset[nh + i] = fields[i] end
+  crossing_rcall('RPUSH', kb .. 'o', record)
+  crossing_rcall('LPUSH', kb .. 'h', record)
+  crossing_rcall('LTRIM', kb .. 'h', 0, 999)
+  return nh + #fields
+end
