@@ -30,7 +30,7 @@ var volumeLua string
 var volumeSenderLua string
 
 var (
-	volumeScript       = redis.NewScript(volumeCrossingLua + volumeLua)
+	volumeScript       = redis.NewScript(crossingLua + volumeLua)
 	volumeSenderScript = redis.NewScript(volumeSenderLua)
 )
 
@@ -147,6 +147,9 @@ type VolumeMessage struct {
 	// the last three clients, an IPv6 client as its /64.
 	Client netip.Addr
 	Limits *VolumeLimits
+	// SampleWindow is the spam count's window (aup.window): a suspension
+	// carries as evidence the spam count's samples within it.
+	SampleWindow time.Duration
 }
 
 // MessageID is the id of a message that Postfix asks about, from the
@@ -235,6 +238,9 @@ func (s *Store) CountVolume(ctx context.Context, m VolumeMessage) (VolumeResult,
 		cross = be.AppendUint16(cross, uint16(len(str)))
 		cross = append(cross, str...)
 	}
+	var w [8]byte
+	be.PutUint64(w[:], uint64(m.SampleWindow.Milliseconds()))
+	cross = append(cross, w[2:]...)
 	v, err := volumeScript.Run(ctx, s.rdb, s.volumeKeys(m.Account),
 		s.scriptNow(), m.Version, id, max(m.Recipients, 0), client, m.Limits.packed, cross, m.Limits.expiry).Slice()
 	if err != nil {
@@ -373,6 +379,3 @@ func (s *Store) Sender(ctx context.Context, address string) (*Account, *Throttle
 	name, _ := v[2].(string)
 	return a, &Throttle{Limit: name, Until: time.UnixMilli(toInt(v[1])).UTC()}, nil
 }
-
-//go:embed volume_crossing.lua
-var volumeCrossingLua string

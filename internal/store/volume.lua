@@ -22,7 +22,8 @@
 --   (1 throttle, 2 suspend, 3 reported throttle, 4 reported suspension);
 --   per limit: name I2+c0
 -- ARGV[7] read only on a crossing: id for a suspension or report,
---   company, account, each I2+c0
+--   company, account, each I2+c0, then the spam count's window I6 (ms):
+--   its samples within it are the suspension's evidence
 -- ARGV[8] the record's expiry (ms): the longest window
 --
 -- The record (docs/redis.md, "Volume"): ring sum I2, limit sum B, time of
@@ -159,38 +160,94 @@ end
 R[4] = above
 if now > last then R[3] = (now - now % 1000) / 1000 end
 
+-- A crossing's window (the start of its oldest bucket), its start (the
+-- oldest bucket that counts) and, for a throttle, its end: when enough
+-- of the oldest buckets have left the window for the count to be within
+-- the max again.
+local function span(c, max)
+  local g, n, base = RS[2 * c.r - 1], R[CUR + c.r], S0 + (c.r - 1) * NSLOT
+  local since, til, left = 0, 0, c.count
+  for k = n - NSLOT + 1, n do -- oldest first
+    local v = R[base + k % NSLOT + 1]
+    if since == 0 and v > 0 then since = k * g end
+    left = left - v
+    if til == 0 and left <= max then til = (k + NSLOT) * g end
+  end
+  c.from, c.since, c.til = (n - NSLOT + 1) * g, since, til
+end
+
+-- A limit's name: names come last in the limits, and only a crossing
+-- reads them.
+local function name(l)
+  local p, n = LS[3 * nlimits + 1], nil
+  for _ = 1, l do n, p = unpack_('>I2c0', spec, p) end
+  return n
+end
+
 -- What the crossings do: one suspension (or report of one) at most, the
 -- first suspend limit crossed; a throttle, the longest.
-local throttle, suspend, x, name
-if crossings then
-  -- A crossing's start (the oldest bucket that counts) and, for a
-  -- throttle, its end: when enough of the oldest buckets have left the
-  -- window for the count to be within the max again.
-  local function span(c, max)
-    local g, n, base = RS[2 * c.r - 1], R[CUR + c.r], S0 + (c.r - 1) * NSLOT
-    local since, til, left = 0, 0, c.count
-    for k = n - NSLOT + 1, n do -- oldest first
-      local v = R[base + k % NSLOT + 1]
-      if since == 0 and v > 0 then since = k * g end
-      left = left - v
-      if til == 0 and left <= max then til = (k + NSLOT) * g end
+local throttle, suspend, x, smp
+for _, c in ipairs(crossings or {}) do
+  local a = LS[3 * c.l]
+  span(c, LS[3 * c.l - 1])
+  if a == 1 and (not throttle or c.til > throttle.til) then throttle = c end
+  if (a == 2 or a == 4) and not suspend and not hv[2] then suspend = c end
+end
+if suspend then
+  x = crossing_read(st)
+  smp = rcall('HGET', st, 'smp')
+end
+
+-- The clients of the record's addresses, as text: an IPv4 address, an
+-- IPv6 /64 (Go writes it canonically when it decodes the record).
+local function clients(addrs)
+  local out, p = {}, 2
+  for i = 1, byte(addrs, 1) do
+    local n = byte(addrs, p)
+    local a = ssub(addrs, p + 1, p + n)
+    if n == 4 then
+      out[i] = string.format('%d.%d.%d.%d', byte(a, 1, 4))
+    else
+      out[i] = string.format('%x:%x:%x:%x::/64', unpack_('>I2I2I2I2', a))
     end
-    c.since, c.til = since, til
+    p = p + 1 + n
   end
-  -- a limit's name: names come last in the limits, and only a crossing
-  -- reads them
-  name = function(l)
-    local p, n = LS[3 * nlimits + 1], nil
-    for _ = 1, l do n, p = unpack_('>I2c0', spec, p) end
-    return n
+  return out
+end
+
+-- The spam count's samples within its window (smp: 14 bytes each, time
+-- in s, fingerprint, stream sequence), for the notice's evidence.
+local function samples(window)
+  local out = {}
+  for i = 1, #(smp or '') - 13, 14 do
+    local t, _, seq = unpack_('>I4c4I6', smp, i)
+    if t * 1000 > now - window then out[#out + 1] = string.format('%.0f', seq) end
   end
-  for _, c in ipairs(crossings) do
-    local a = LS[3 * c.l]
-    span(c, LS[3 * c.l - 1])
-    if a == 1 and (not throttle or c.til > throttle.til) then throttle = c end
-    if (a == 2 or a == 4) and not suspend and not hv[2] then suspend = c end
+  return out
+end
+
+-- Record the suspension (or its report) of crossing c with crossing.lua;
+-- returns its id.
+local function suspension(c, addrs)
+  local id, company, account, window = unpack_('>I2c0I2c0I2c0I6', ARGV[7])
+  -- the same window's other count, when a ring of the other kind has it
+  local msgs, rcpts = -1, -1
+  for r = 1, nrings do
+    if RS[2 * r - 1] == RS[2 * c.r - 1] then
+      if RS[2 * r] == 1 then msgs = R[AFTER + r] else rcpts = R[AFTER + r] end
+    end
   end
-  if suspend then x = volume_crossing_read(st, ssub(st, 1, -2)) end
+  local hset = {}
+  local nh = crossing_write(st, x, {
+    id = id, action = LS[3 * c.l] == 2 and 'suspend' or 'report', rule = 'volume:' .. name(c.l),
+    at = now, from = c.from, account = account, company = company,
+    threshold = LS[3 * c.l - 1], count = c.count, capped = false, counts = {0, 0, 0}, samples = samples(window),
+    volume = {limit = name(c.l), kind = RS[2 * c.r] == 1 and 'messages' or 'recipients', window = RS[2 * c.r - 1] * NSLOT,
+      messages = msgs, recipients = rcpts, since = c.since, clients = clients(addrs)},
+  }, hset, 0)
+  rcall('HSET', st, unpack(hset, 1, nh))
+  rcall('PERSIST', st)
+  return id
 end
 
 -------------------------------------------------------------- writes --
@@ -222,28 +279,7 @@ if throttle then
 end
 local sid = ''
 if suspend then
-  local company, account
-  sid, company, account = unpack_('>I2c0I2c0I2c0', ARGV[7])
-  -- the same window's other count, when a ring of the other kind has it
-  local msgs, rcpts = -1, -1
-  for r = 1, nrings do
-    if RS[2 * r - 1] == RS[2 * suspend.r - 1] then
-      if RS[2 * r] == 1 then msgs = R[AFTER + r] else rcpts = R[AFTER + r] end
-    end
-  end
-  local hexes, p = {}, 2
-  for i = 1, byte(addrs, 1) do
-    local n = byte(addrs, p)
-    hexes[i] = (string.gsub(ssub(addrs, p + 1, p + n), '.', function(c) return string.format('%02x', byte(c)) end))
-    p = p + 1 + n
-  end
-  volume_crossing_write(st, ssub(st, 1, -2), x, {
-    id = sid, action = LS[3 * suspend.l] == 2 and 'suspend' or 'report', rule = 'volume:' .. name(suspend.l),
-    at = now, from = suspend.since, account = account, company = company,
-    threshold = LS[3 * suspend.l - 1], count = suspend.count,
-    volume = {kind = RS[2 * suspend.r] == 1 and 'messages' or 'recipients', window = RS[2 * suspend.r - 1] * NSLOT,
-      messages = msgs, recipients = rcpts, clients = table.concat(hexes, ',')},
-  })
+  sid = suspension(suspend, addrs)
   ob = 1
 end
 local out = {1, ob}

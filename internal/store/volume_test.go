@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,7 +64,7 @@ func send(t *testing.T, s *Store, lim *VolumeLimits, id uint32, n int, client st
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := VolumeMessage{Account: sender, Company: "acme", Version: a.Version, ID: id, Recipients: n, Limits: lim}
+	m := VolumeMessage{Account: sender, Company: "acme", Version: a.Version, ID: id, Recipients: n, Limits: lim, SampleWindow: day}
 	if client != "" {
 		m.Client = netip.MustParseAddr(client)
 	}
@@ -441,5 +443,189 @@ func BenchmarkVolumeMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 		fmt.Printf("  %4d bytes (value %3d bytes): %s\n", n, val, c.name)
+	}
+}
+
+var dailySuspend = rules.VolumeLimit{Name: "daily", Window: 24 * time.Hour, Recipients: 8, Action: rules.VolumeSuspend}
+
+func TestVolumeSuspension(t *testing.T) {
+	s, clk, rdb := volumeStore(t)
+	ctx := context.Background()
+	// A recipient limit and a message limit in the same window: the
+	// suspension says both.
+	lim := enforced(dailySuspend, rules.VolumeLimit{Name: "daily-messages", Window: 24 * time.Hour, Messages: 100, Action: rules.VolumeThrottle})
+	// The spam count holds a sample of a flagged message from this
+	// account: the suspension carries it as evidence.
+	ingestSample(t, s, "spam-1", 4242)
+	clk.set(t0.Add(30 * time.Minute))
+	send(t, s, lim, 1, 4, "192.0.2.7")
+	clk.set(t0.Add(3 * time.Hour))
+	send(t, s, lim, 2, 4, "2001:db8:0:0:1::9")
+	clk.set(t0.Add(5 * time.Hour))
+	r := send(t, s, lim, 3, 1, "192.0.2.8")
+	if len(r.Crossings) != 1 || !r.Suspended() || !r.Pending {
+		t.Fatalf("9 recipients: %+v", r)
+	}
+	c := r.Crossings[0]
+	if c.Action != "suspend" || c.ID == "" || c.Count != 9 || c.Limit.Name != "daily" {
+		t.Fatalf("crossing %+v", c)
+	}
+	a, err := s.Account(ctx, sender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.AUP != c.ID || !slices.Equal(a.Suspended(), []string{"send", "webmail_send"}) || a.Company != "acme" || !a.Exists {
+		t.Fatalf("account after the crossing: %+v", a)
+	}
+	sus := a.LastAUP
+	if sus == nil || sus.ID != c.ID || sus.Rule != "volume:daily" || sus.Threshold != 8 || sus.Count != 9 || sus.Volume == nil {
+		t.Fatalf("last AUP suspension %+v", sus)
+	}
+	v := sus.Volume
+	// 24 hours in buckets of 2: the burst started in the 12:00 bucket.
+	if v.Limit != "daily" || v.Kind != "recipients" || v.WindowSeconds != 86400 || v.Recipients == nil || *v.Recipients != 9 ||
+		v.Messages == nil || *v.Messages != 3 || !v.Since.Equal(t0) ||
+		!slices.Equal(v.Clients, []string{"192.0.2.8", "2001:db8::/64", "192.0.2.7"}) {
+		t.Fatalf("volume %+v", v)
+	}
+	if !slices.Equal(sus.Samples, []uint64{4242}) {
+		t.Errorf("samples %v; want the spam count's", sus.Samples)
+	}
+	// One account event, one history line, indexed for the sweep.
+	entries, err := rdb.LRange(ctx, s.key(sender, sufOutbox), 0, -1).Result()
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("outbox %v, %v", entries, err)
+	}
+	ev, data, err := DecodeOutbox(entries[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Type != "suspended" || ev.ID != c.ID || ev.Reason != "aup_violation" || ev.Suspension.Volume == nil ||
+		!strings.Contains(string(data), `"rule":"volume:daily"`) || !strings.Contains(string(data), `"clients":["192.0.2.8","2001:db8::/64","192.0.2.7"]`) {
+		t.Errorf("account event %s", data)
+	}
+	if ok, _ := rdb.SIsMember(ctx, s.idxOutbox(), sender).Result(); !ok {
+		t.Error("the outbox is not indexed for the sweep")
+	}
+	h, err := s.History(ctx, sender, 0, 10)
+	if err != nil || len(h) != 1 || h[0].Action != "suspended" || h[0].ID != c.ID ||
+		h[0].Note != "volume:daily: 9 recipients within 24h0m0s exceed the limit of 8, from 192.0.2.8, 2001:db8::/64, 192.0.2.7" {
+		t.Fatalf("history %+v, %v", h, err)
+	}
+	// The next message, on the state the sender check saw before: not
+	// counted; on the new state the sender check refuses it (Go's part).
+	if r := send(t, s, lim, 4, 1, ""); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
+		// (send re-reads the version: counted, as a sender check that
+		// ignored the suspension would let it; no second suspension)
+		t.Fatalf("after the suspension: %+v", r)
+	}
+	if n, _ := rdb.LLen(ctx, s.key(sender, sufOutbox)).Result(); n != 1 {
+		t.Errorf("%d outbox entries; want 1", n)
+	}
+}
+
+// ingestSample counts a spam verdict of the sender with stream sequence
+// seq, which the spam count keeps as an evidence sample.
+func ingestSample(t *testing.T, s *Store, id string, seq uint64) {
+	t.Helper()
+	it := spam(id, t0)
+	it.Seq, it.Fingerprint = seq, 7
+	b := Batch{Account: sender, Company: "acme", Threshold: 50, Cap: 51, Action: rules.ActionSuspend, Items: []Item{it}}
+	res, err := s.Ingest(context.Background(), []Batch{b}, IngestParams{Window: day, Skew: 5 * time.Minute, Now: t0})
+	if err != nil || res[0].Err != nil {
+		t.Fatalf("ingest: %v %v", err, res[0].Err)
+	}
+}
+
+func TestVolumeSuspensionIsReportedInShadowMode(t *testing.T) {
+	s, _, rdb := volumeStore(t)
+	ctx := context.Background()
+	lim := PackVolume(rules.VolumePolicy{Limits: []rules.VolumeLimit{dailySuspend}, Mode: rules.ModeShadow})
+	r := send(t, s, lim, 1, 9, "192.0.2.7")
+	if len(r.Crossings) != 1 || r.Crossings[0].Action != "report" || r.Crossings[0].ID == "" {
+		t.Fatalf("crossing: %+v", r)
+	}
+	a, err := s.Account(ctx, sender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Suspended()) != 0 || a.AUP != "" || a.LastAUP == nil || a.LastAUP.Action != "report" || a.LastAUP.Rule != "volume:daily" {
+		t.Fatalf("account %+v, last %+v", a, a.LastAUP)
+	}
+	entries, _ := rdb.LRange(ctx, s.key(sender, sufOutbox), 0, -1).Result()
+	if len(entries) != 1 {
+		t.Fatalf("outbox %v", entries)
+	}
+	if ev, _, err := DecodeOutbox(entries[0]); err != nil || ev.Type != "reported" {
+		t.Fatalf("event %+v, %v", ev, err)
+	}
+	// Reported once: more messages above the limit report nothing more.
+	for i := range 3 {
+		if r := send(t, s, lim, uint32(10+i), 1, ""); len(r.Crossings) != 0 {
+			t.Fatalf("message %d: %+v", i, r)
+		}
+	}
+}
+
+func TestVolumeNoSecondSuspensionWhileOneIsInForce(t *testing.T) {
+	s, _, rdb := volumeStore(t)
+	ctx := context.Background()
+	// The spam count suspended the account; a volume limit crossed then
+	// suspends nothing more.
+	if err := rdb.HSet(ctx, s.key(sender, sufState), "aup", "spam-suspension").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := send(t, s, enforced(dailySuspend), 1, 9, "")
+	if len(r.Crossings) != 1 || r.Crossings[0].ID != "" || r.Suspended() {
+		t.Fatalf("crossing %+v", r)
+	}
+	if n, _ := rdb.LLen(ctx, s.key(sender, sufOutbox)).Result(); n != 0 {
+		t.Errorf("%d outbox entries", n)
+	}
+}
+
+func TestVolumeRacingStoresSuspendOnce(t *testing.T) {
+	_, prefix := testutil.Redis(t)
+	clk := &clock{t: t0}
+	var stores []*Store
+	for range 4 {
+		rdb := redis.NewClient(&redis.Options{Addr: testutil.RedisAddr()})
+		t.Cleanup(func() { rdb.Close() })
+		stores = append(stores, New(rdb, prefix, WithClock(clk.now)))
+	}
+	lim := enforced(rules.VolumeLimit{Name: "daily", Window: 24 * time.Hour, Recipients: 50, Action: rules.VolumeSuspend})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var ids []string
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := stores[i%len(stores)]
+			r, err := s.CountVolume(ctx, VolumeMessage{Account: sender, Version: 0, ID: uint32(i + 1), Recipients: 2, Limits: lim})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range r.Crossings {
+				if c.ID != "" {
+					ids = append(ids, c.ID)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(ids) != 1 {
+		t.Fatalf("%d suspensions: %v", len(ids), ids)
+	}
+	rdb := stores[0].rdb.(*redis.Client)
+	if n, _ := rdb.LLen(ctx, stores[0].key(sender, sufOutbox)).Result(); n != 1 {
+		t.Errorf("%d account events; want 1", n)
+	}
+	if n, _ := rdb.LLen(ctx, stores[0].key(sender, sufHistory)).Result(); n != 1 {
+		t.Errorf("%d history entries; want 1", n)
 	}
 }

@@ -123,7 +123,7 @@ func (c *Counter) Count(ctx context.Context, m postfix.Message) (postfix.CountRe
 		return postfix.CountResult{Outcome: postfix.Counted}, nil
 	}
 	msg := store.VolumeMessage{Account: m.Account, Version: m.Version, ID: store.MessageID(m.Instance, m.QueueID),
-		Recipients: m.Recipients, Limits: c.specs.get(pol)}
+		Recipients: m.Recipients, Limits: c.specs.get(pol), SampleWindow: c.opts.Policy().Window}
 	if co != nil {
 		msg.Company = co.ID
 	}

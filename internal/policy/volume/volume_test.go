@@ -3,18 +3,23 @@ package volume
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/policy/postfix"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/internal/testutil"
@@ -57,6 +62,69 @@ type env struct {
 	addr string
 	prov atomic.Pointer[rules.Provider]
 	seq  atomic.Int64
+	js   jetstream.JetStream // where the counters publish account events
+}
+
+// run runs a counter's publisher until the test ends.
+func (e *env) run(c *Counter) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Error(err)
+		}
+	})
+}
+
+// accountStream starts an in-process NATS server with the account event
+// stream, as aupd's own.
+func accountStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	js := testutil.JetStream(t, testutil.NATSServer(t, "").ClientURL())
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "AUP_ACCOUNTS", Subjects: []string{events.AccountSubjectPrefix + ">"}}); err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// jsPublisher publishes account events as aupd does (app's).
+type jsPublisher struct{ js jetstream.JetStream }
+
+func (p jsPublisher) PublishAccountEvent(ctx context.Context, ev *events.AccountEvent, data []byte) error {
+	m := nats.NewMsg(events.AccountSubjectPrefix + ev.Type)
+	m.Data = data
+	m.Header.Set(nats.MsgIdHdr, ev.ID)
+	_, err := p.js.PublishMsg(ctx, m)
+	return err
+}
+
+// accountEvents reads every account event published so far.
+func (e *env) accountEvents() []events.AccountEvent {
+	e.t.Helper()
+	ctx := context.Background()
+	c, err := e.js.OrderedConsumer(ctx, "AUP_ACCOUNTS", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []events.AccountEvent
+	for range info.NumPending {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		var ev events.AccountEvent
+		if err := json.Unmarshal(m.Data(), &ev); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
 }
 
 var (
@@ -82,10 +150,13 @@ func newEnv(t *testing.T, mode rules.Mode, limits ...rules.VolumeLimit) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.ctr, err = New(Options{Store: e.st, Directory: dir, Policy: func() rules.Provider { return *e.prov.Load() }, Registerer: e.reg})
+	e.js = accountStream(t)
+	e.ctr, err = New(Options{Store: e.st, Directory: dir, Policy: func() rules.Provider { return *e.prov.Load() }, Registerer: e.reg,
+		Publisher: jsPublisher{e.js}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.run(e.ctr)
 	srv, err := postfix.New(postfix.Config{}, lookup{e.st, dir}, postfix.Options{Now: e.clk.now, Volume: e.ctr, Registerer: e.reg})
 	if err != nil {
 		t.Fatal(err)
@@ -417,10 +488,12 @@ func (e *env) second() (*Counter, string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctr, err := New(Options{Store: e.st, Directory: dir, Policy: func() rules.Provider { return *e.prov.Load() }, Registerer: prometheus.NewRegistry()})
+	ctr, err := New(Options{Store: e.st, Directory: dir, Policy: func() rules.Provider { return *e.prov.Load() }, Registerer: prometheus.NewRegistry(),
+		Publisher: jsPublisher{e.js}})
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.run(ctr)
 	srv, err := postfix.New(postfix.Config{}, lookup{e.st, dir}, postfix.Options{Now: e.clk.now, Volume: ctr})
 	if err != nil {
 		e.t.Fatal(err)
@@ -489,5 +562,90 @@ func TestTwoServersStartOneThrottle(t *testing.T) {
 	started := value(t, e.ctr.metrics.throttled.WithLabelValues("volume:burst")) + value(t, ctr2.metrics.throttled.WithLabelValues("volume:burst"))
 	if counted != 21 || started != 1 {
 		t.Errorf("%v counted and %v throttles started across both servers; want 21 and 1", counted, started)
+	}
+}
+
+func TestSuspendLimit(t *testing.T) {
+	limit := rules.VolumeLimit{Name: "daily", Window: 24 * time.Hour, Recipients: 8, Action: rules.VolumeSuspend}
+	e := newEnv(t, rules.ModeEnforce, limit)
+	c, other := e.dial(), e.dial()
+	// A message whose recipients another connection passed before the
+	// crossing.
+	late := e.message("alice@example.com")
+	if a := other.rcpt(late, 0); a != "DUNNO" {
+		t.Fatalf("RCPT: %s", a)
+	}
+	if a := c.send(e.message("alice@example.com"), 5); a != "DUNNO" {
+		t.Fatalf("5 recipients: %s", a)
+	}
+	crossing := e.message("alice@example.com")
+	crossing.client = "2001:db8:1:2::77"
+	if a := c.send(crossing, 4); a != "DUNNO" {
+		t.Fatalf("the crossing message: %s", a)
+	}
+	if a := c.rcpt(e.message("alice@example.com"), 0); a != suspended {
+		t.Fatalf("RCPT after the crossing: %s", a)
+	}
+	if a := other.eom(late, 1); a != suspended {
+		t.Fatalf("END-OF-MESSAGE after the crossing: %s", a)
+	}
+	// Postfix asking again about the message that crossed: it was
+	// accepted, and stays so.
+	if a := e.dial().eom(crossing, 4); a != "DUNNO" {
+		t.Fatalf("the crossing message asked again: %s", a)
+	}
+	var evs []events.AccountEvent
+	testutil.Eventually(t, 10*time.Second, func() bool { evs = e.accountEvents(); return len(evs) > 0 }, "no account event published")
+	ev := evs[0]
+	if len(evs) != 1 || ev.Type != events.TypeSuspended || ev.Suspension == nil || ev.Suspension.Rule != "volume:daily" ||
+		ev.Suspension.Volume == nil || !slices.Equal(ev.Suspension.Volume.Clients, []string{"2001:db8:1:2::/64", "192.0.2.10"}) {
+		t.Fatalf("account events %+v", evs)
+	}
+	if n := value(t, e.ctr.metrics.suspended.WithLabelValues("volume:daily")); n != 1 {
+		t.Errorf("aupd_volume_suspensions_total{rule=volume:daily} = %v", n)
+	}
+}
+
+func TestTwoServersMakeOneSuspension(t *testing.T) {
+	limit := rules.VolumeLimit{Name: "daily", Window: 24 * time.Hour, Recipients: 20, Action: rules.VolumeSuspend}
+	e := newEnv(t, rules.ModeEnforce, limit)
+	ctr2, addr2 := e.second()
+	const workers, each = 8, 6
+	var wg sync.WaitGroup
+	for w := range workers {
+		addr := e.addr
+		if w%2 == 1 {
+			addr = addr2
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		pc := &conn{t: t, c: c, r: bufio.NewReader(c)}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				if a := pc.send(e.message("alice@example.com"), 1); a != "DUNNO" && a != suspended {
+					t.Errorf("answer %q", a)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	made := value(t, e.ctr.metrics.suspended.WithLabelValues("volume:daily")) + value(t, ctr2.metrics.suspended.WithLabelValues("volume:daily"))
+	counted := e.messages(outcomeCounted) + value(t, ctr2.metrics.messages.WithLabelValues(outcomeCounted))
+	if made != 1 || counted != 21 {
+		t.Errorf("%v suspensions and %v messages counted across both servers; want 1 and 21", made, counted)
+	}
+	var evs []events.AccountEvent
+	testutil.Eventually(t, 10*time.Second, func() bool { evs = e.accountEvents(); return len(evs) > 0 }, "no account event published")
+	if len(evs) != 1 || evs[0].Type != events.TypeSuspended {
+		t.Errorf("account events %+v; want one suspension", evs)
+	}
+	h, err := e.st.History(context.Background(), "alice@example.com", 0, 10)
+	if err != nil || len(h) != 1 {
+		t.Errorf("history %+v, %v; want one entry", h, err)
 	}
 }
