@@ -2,6 +2,7 @@ package notifier
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"embed"
@@ -511,7 +512,7 @@ func (r *renderer) data(n notice) NoticeData {
 		}
 	}
 	if v := s.Volume; v != nil {
-		d.Rule, d.Volume = cleanLine(rules.VolumeRulePrefix+v.Limit, 80), volumeData(v, s.Threshold)
+		d.Rule, d.Volume = cleanLine(cmp.Or(s.Rule, rules.VolumeRulePrefix+v.Limit), 80), volumeData(v, s.Threshold)
 		d.WindowStart = d.WindowEnd.Add(-time.Duration(v.WindowSeconds) * time.Second)
 	}
 	base := strings.TrimRight(r.cfg.APIURL, "/")
