@@ -1076,9 +1076,15 @@ func swaksTLS(t testing.TB, addr, mode, from, to, pw string) (string, error) {
 
 func runSwaks(t testing.TB, args ...string) (string, error) {
 	t.Helper()
+	return runSwaksFrom(t, sourceIP(), args...)
+}
+
+// runSwaksFrom runs swaks from the loopback address ip.
+func runSwaksFrom(t testing.TB, ip string, args ...string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args = append(args, "--timeout", "30", "--helo", "client.elsewhere.test", "--local-interface", sourceIP())
+	args = append(args, "--timeout", "30", "--helo", "client.elsewhere.test", "--local-interface", ip)
 	out, err := exec.CommandContext(ctx, "swaks", args...).CombinedOutput()
 	return string(out), err
 }
