@@ -46,6 +46,7 @@ if string.find(flags, 'r', 1, true) then
   -- and the volume limits start afresh: their counts and any throttle
   local kb = string.sub(st, 1, -2)
   redis.call('DEL', kb .. 'v', kb .. 'vt')
+  redis.call('HDEL', st, 'vt')
 end
 local nh = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nh do

@@ -354,28 +354,31 @@ type Throttle struct {
 	Until time.Time
 }
 
-// Sender reads an authenticated sender's state and the volume throttle
-// that holds it back, if any, in one script call: the RCPT-time lookup
-// of an account whose limits may throttle it.
+// Sender reads an authenticated sender's state, as Account does, and the
+// volume throttle that holds it back, if any. It costs the state's one
+// HGETALL; only when the state has the throttle's marker (vt) does a
+// script call decide, by Redis's clock, whether the throttle still holds.
 func (s *Store) Sender(ctx context.Context, address string) (*Account, *Throttle, error) {
-	v, err := volumeSenderScript.Run(ctx, s.rdb, []string{s.key(address, sufState), s.key(address, sufThrottle)}, s.scriptNow()).Slice()
+	h, err := s.rdb.HGetAll(ctx, s.key(address, sufState)).Result()
 	if err != nil {
 		return nil, nil, wrap("read sender", err)
 	}
-	if len(v) == 0 {
-		return nil, nil, Permanent(errors.New("sender script returned nothing"))
-	}
-	flat, _ := v[0].([]any)
-	h := make(map[string]string, len(flat)/2)
-	for i := 0; i+1 < len(flat); i += 2 {
-		k, _ := flat[i].(string)
-		val, _ := flat[i+1].(string)
-		h[k] = val
-	}
 	a := parseAccount(address, h)
-	if len(v) < 3 {
+	if h[fieldThrottle] == "" {
 		return a, nil, nil
 	}
-	name, _ := v[2].(string)
-	return a, &Throttle{Limit: name, Until: time.UnixMilli(toInt(v[1])).UTC()}, nil
+	v, err := volumeSenderScript.Run(ctx, s.rdb, []string{s.key(address, sufState), s.key(address, sufThrottle)}, s.scriptNow()).Slice()
+	if err != nil {
+		return nil, nil, wrap("read throttle", err)
+	}
+	if len(v) != 2 {
+		return a, nil, nil
+	}
+	name, _ := v[1].(string)
+	return a, &Throttle{Limit: name, Until: time.UnixMilli(toInt(v[0])).UTC()}, nil
 }
+
+// fieldThrottle is the state's marker of a volume throttle: the RCPT-time
+// lookup, which reads the state anyway, checks the throttle only when it
+// is there.
+const fieldThrottle = "vt"

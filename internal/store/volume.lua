@@ -6,8 +6,9 @@
 -- KEYS[1] the account's state HASH <prefix>:{<account>}:s
 -- KEYS[2] its volume record <prefix>:{<account>}:v (STRING)
 -- KEYS[3] its throttle <prefix>:{<account>}:vt (STRING: "<until ms> <limit
---         name>"); a crossing writes its history and outbox, the state's
---         name ending in h and o (one Cluster slot)
+--         name>"), whose marker is the state's field vt; a crossing
+--         writes its history and outbox, the state's name ending in h and o
+--         (one Cluster slot)
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME)
 -- ARGV[2] the state's version the sender check allowed, as text; -1: none
 --         was made (answer "changed" unless the message is a duplicate)
@@ -108,16 +109,18 @@ if idn ~= 0 then
 end
 if want_ver == '-2' then return {5, 0} end
 
-local hv = rcall('HMGET', st, 'ver', 'aup', 'ob')
+local hv = rcall('HMGET', st, 'ver', 'aup', 'ob', 'vt')
 local ob = hv[3] and 1 or 0
 if want_ver ~= (hv[1] or '0') then return {4, ob} end
 
--- A throttle in force holds back the message, uncounted.
+-- A throttle in force holds back the message, uncounted. (Its marker in
+-- the state, vt, only tells the RCPT-time lookup to look here.)
 local th = rcall('GET', tkey)
 if th then
   local til, tname = string.match(th, '^(%d+) (.*)$')
   if til and til + 0 > now then return {3, ob, til + 0, tname} end
 end
+if hv[4] then rcall('HDEL', st, 'vt') end -- a throttle that ended
 
 -- Move every ring to now (the buckets between the last count and now are
 -- empty; a clock that went back counts into the newest bucket), and add
@@ -197,6 +200,8 @@ if suspend then
   x = crossing_read(st)
   smp = rcall('HGET', st, 'smp')
 end
+local st_ttl -- the state's expiry, which a throttle's marker may extend
+if throttle then st_ttl = rcall('PTTL', st) end
 
 -- The clients of the record's addresses, as text: an IPv4 address, an
 -- IPv6 /64 (Go writes it canonically when it decodes the record).
@@ -275,7 +280,13 @@ rcall('SET', vkey, pack(FMT, unpack(R, 1, NVAL)) .. addrs, 'PX', ARGV[8])
 if not crossings then return {1, ob} end
 
 if throttle then
-  rcall('SET', tkey, string.format('%d %s', throttle.til, name(throttle.l)), 'PX', string.format('%d', throttle.til - now))
+  local left = string.format('%d', throttle.til - now)
+  rcall('SET', tkey, string.format('%d %s', throttle.til, name(throttle.l)), 'PX', left)
+  -- The marker the RCPT-time lookup reads with the state (HGETALL): a
+  -- state made for it expires with the throttle, one that expires sooner
+  -- lives as long, a durable one stays so.
+  rcall('HSET', st, 'vt', left)
+  if st_ttl == -2 or (st_ttl >= 0 and st_ttl < throttle.til - now) then rcall('PEXPIRE', st, left) end
 end
 local sid = ''
 if suspend then

@@ -629,3 +629,49 @@ func TestVolumeRacingStoresSuspendOnce(t *testing.T) {
 		t.Errorf("%d history entries; want 1", n)
 	}
 }
+
+func TestVolumeThrottleMarker(t *testing.T) {
+	s, clk, rdb := volumeStore(t)
+	ctx := context.Background()
+	lim := enforced(hourly)
+	st := s.key(sender, sufState)
+	// No state before: the lookup is the one HGETALL, and the count
+	// writes no state.
+	send(t, s, lim, 1, 5, "")
+	if n, _ := rdb.Exists(ctx, st).Result(); n != 0 {
+		t.Fatal("a count without a crossing wrote the state")
+	}
+	r := send(t, s, lim, 2, 6, "")
+	if len(r.Crossings) != 1 {
+		t.Fatalf("no throttle: %+v", r)
+	}
+	// The marker, in a state made for it, expiring with the throttle
+	// (13:00, an hour after the pinned 12:00).
+	if v, _ := rdb.HGet(ctx, st, "vt").Result(); v == "" {
+		t.Fatal("no marker in the state")
+	}
+	if ttl, _ := rdb.PTTL(ctx, st).Result(); ttl <= 59*time.Minute || ttl > time.Hour {
+		t.Errorf("the marker's state expires in %s; want with the throttle", ttl)
+	}
+	if a, err := s.Account(ctx, sender); err != nil || a.Exists {
+		t.Errorf("the marker made a record: %+v, %v", a, err)
+	}
+	clk.set(t0.Add(time.Hour))
+	if _, th, err := s.Sender(ctx, sender); err != nil || th != nil {
+		t.Fatalf("after the throttle: %+v, %v", th, err)
+	}
+	if n, _ := rdb.HExists(ctx, st, "vt").Result(); n {
+		t.Error("the marker of a throttle that ended was kept")
+	}
+	// A durable record keeps no expiry from a throttle.
+	if _, err := s.SetAccount(ctx, sender, rules.TypeMailbox, "acme", Actor{Name: "admin", Reason: rules.ReasonAdmin}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, s, lim, 3, 11, "")
+	if ttl, _ := rdb.PTTL(ctx, st).Result(); ttl != -1 {
+		t.Errorf("a record's state expires in %s after a throttle", ttl)
+	}
+	if _, th, err := s.Sender(ctx, sender); err != nil || th == nil {
+		t.Fatalf("the record's throttle: %+v, %v", th, err)
+	}
+}

@@ -26,7 +26,6 @@ import (
 
 // Store is what the counter needs from the account store.
 type Store interface {
-	Account(ctx context.Context, address string) (*store.Account, error)
 	Sender(ctx context.Context, address string) (*store.Account, *store.Throttle, error)
 	CountVolume(ctx context.Context, m store.VolumeMessage) (store.VolumeResult, error)
 	CountedBefore(ctx context.Context, account string, id uint32, limits *store.VolumeLimits) (bool, error)
@@ -91,21 +90,11 @@ func (c *Counter) Limited(account string) bool {
 	return len(pol.Limits) > 0
 }
 
-// Sender implements postfix.Volume: one command, the state's read, or
-// the script that reads it with the throttle when the account's limits
-// may throttle it.
+// Sender implements postfix.Volume: the state's one read, as for any
+// account, and a second only while a throttle's marker is in the state.
 func (c *Counter) Sender(ctx context.Context, account string) (postfix.Sender, error) {
-	pol, co := c.policy(account)
-	var (
-		a   *store.Account
-		th  *store.Throttle
-		err error
-	)
-	if pol.Throttles() {
-		a, th, err = c.opts.Store.Sender(ctx, account)
-	} else {
-		a, err = c.opts.Store.Account(ctx, account)
-	}
+	_, co := c.policy(account)
+	a, th, err := c.opts.Store.Sender(ctx, account)
 	if err != nil {
 		return postfix.Sender{}, err
 	}
