@@ -41,6 +41,15 @@ type Policy struct {
 	// Allowlisted accounts are never suspended automatically; a crossing is
 	// reported instead.
 	Allowlisted bool
+	// SpamRate is the spam-rate rule (off: the zero value).
+	SpamRate SpamRate
+}
+
+// CountsForRate reports whether an event of direction d and verdict v
+// takes part in the spam-rate rule as ham: outbound ham, when the rule is
+// on. (Outbound events that count are its spam.)
+func (p Policy) CountsForRate(d Direction, v Verdict) bool {
+	return p.SpamRate.On() && d == Outbound && v == Ham
 }
 
 // Counts reports whether an event of direction d and verdict v, held

@@ -23,18 +23,32 @@ type Provider struct {
 	// accounts whose volume crossings are reported, never enforced.
 	Volume          []VolumeLimit
 	VolumeAllowlist []string
+	// SpamRate is the spam-rate rule before the company's (the zero
+	// value: off); the threshold is then its backstop.
+	SpamRate SpamRate
 }
 
-// For is the policy of one account: the provider's rule with the
-// threshold of the account's company (nil: the provider's), allowlisted
-// when the provider's allowlist names the account or its company
-// allowlists it.
-func (p Provider) For(account string, threshold *int, allowlisted bool) Policy {
-	pol := Policy{Threshold: p.Threshold, Directions: p.Directions, Verdicts: p.Verdicts, Mode: p.Mode}
-	if threshold != nil {
-		pol.Threshold = *threshold
+// CompanyRule is what an account's company changes in the provider's
+// rule: its threshold and spam-rate rule (nil: the provider's), and
+// whether it allowlists the account.
+type CompanyRule struct {
+	Threshold   *int
+	SpamRate    *SpamRate
+	Allowlisted bool
+}
+
+// For is the policy of one account: the provider's rule with its
+// company's changes, allowlisted when the provider's allowlist names the
+// account or its company allowlists it.
+func (p Provider) For(account string, c CompanyRule) Policy {
+	pol := Policy{Threshold: p.Threshold, Directions: p.Directions, Verdicts: p.Verdicts, Mode: p.Mode, SpamRate: p.SpamRate}
+	if c.Threshold != nil {
+		pol.Threshold = *c.Threshold
 	}
-	pol.Allowlisted = allowlisted || slices.Contains(p.Allowlist, account)
+	if c.SpamRate != nil {
+		pol.SpamRate = *c.SpamRate
+	}
+	pol.Allowlisted = c.Allowlisted || slices.Contains(p.Allowlist, account)
 	return pol
 }
 

@@ -29,8 +29,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"direction", "verdict", "outcome"}),
 		crossings: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aupd_suspensions_total",
-			Help: "Crossings of the AUP threshold, by action: suspend, or report (shadow mode, allowlist).",
-		}, []string{"action"}),
+			Help: "Crossings of an AUP rule found in the verdicts, by action (suspend, or report: shadow mode, allowlist) and rule (spam_count, spam_rate).",
+		}, []string{"action", "rule"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "aupd_batch_size",
 			Help:    "Valid events per applied batch.",

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -215,6 +216,11 @@ func (w *Worker) plan(p Policy, evs []Event) *batchPlan {
 				Threshold: pol.Threshold,
 				Cap:       p.Cap(pol),
 				Action:    pol.OnCrossing(),
+				SpamRate:  pol.SpamRate,
+			}
+			if pol.SpamRate.On() {
+				b.HamCap = pol.SpamRate.HamCap(pol.Threshold)
+				b.OutboundOnly = slices.Equal(pol.Directions, []rules.Direction{rules.Outbound})
 			}
 			if company != nil {
 				b.Company = company.ID
@@ -227,7 +233,8 @@ func (w *Worker) plan(p Policy, evs []Event) *batchPlan {
 		a := &pl.accts[j]
 		a.evs = append(a.evs, i)
 		counting := a.pol.Counts(v.Direction, v.Verdict, true)
-		item := store.Item{ID: v.ID, Time: v.Time, Kind: kind, Counting: counting}
+		item := store.Item{ID: v.ID, Time: v.Time, Kind: kind, Counting: counting,
+			Ham: !counting && a.pol.CountsForRate(v.Direction, v.Verdict)}
 		if counting && ev.Seq != 0 {
 			item.Seq, item.Fingerprint = ev.Seq, v.Fingerprint()
 		}
@@ -301,8 +308,8 @@ func (w *Worker) apply(ctx context.Context, p Policy, pl *batchPlan) outbox {
 			}
 		}
 		if r.Crossing != "" {
-			w.metrics.crossings.WithLabelValues(string(r.Crossing)).Inc()
-			w.log.Info("AUP threshold exceeded", "account", b.Account, "company", b.Company, "action", r.Crossing,
+			w.metrics.crossings.WithLabelValues(string(r.Crossing), r.Rule).Inc()
+			w.log.Info("AUP rule crossed", "account", b.Account, "company", b.Company, "rule", r.Rule, "action", r.Crossing,
 				"id", r.ID, "count", r.Count, "threshold", b.Threshold)
 		} else if r.Count*2 >= b.Threshold && r.Count <= b.Threshold {
 			near[b.Account] = now

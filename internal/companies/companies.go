@@ -35,6 +35,9 @@ type Company struct {
 	DeskContacts []string `yaml:"desk_contacts" json:"desk_contacts,omitempty"`
 	// Threshold overrides the provider's AUP threshold when set.
 	Threshold *int `yaml:"threshold" json:"threshold,omitempty"`
+	// SpamRate overrides the provider's spam-rate rule (aup.spam_rate)
+	// when set; rate 0 turns it off for the company.
+	SpamRate *rules.SpamRateSetting `yaml:"spam_rate" json:"spam_rate,omitempty"`
 	// Allowlist holds accounts never suspended automatically.
 	Allowlist []string `yaml:"allowlist" json:"allowlist,omitempty"`
 	// Lockout overrides the provider's failed-login lockout policy.
@@ -104,6 +107,11 @@ func (c *Company) Normalize() error {
 	}
 	if c.Threshold != nil && *c.Threshold < 1 {
 		return fmt.Errorf("company %s: threshold %d: must be at least 1 (a count exceeding it suspends)", c.ID, *c.Threshold)
+	}
+	if c.SpamRate != nil {
+		if err := c.SpamRate.Validate(); err != nil {
+			return fmt.Errorf("company %s: spam_rate: %w", c.ID, err)
+		}
 	}
 	for i, a := range c.Allowlist {
 		n, err := events.NormalizeAccount(a)
@@ -399,9 +407,14 @@ func (d *Directory) write(ctx context.Context, fn func(redis.Pipeliner)) error {
 // provider's rule p with c's overrides, the threshold and the allowlist.
 func Policy(p rules.Provider, c *Company, account string) rules.Policy {
 	if c == nil {
-		return p.For(account, nil, false)
+		return p.For(account, rules.CompanyRule{})
 	}
-	return p.For(account, c.Threshold, c.Allowlisted(account))
+	r := rules.CompanyRule{Threshold: c.Threshold, Allowlisted: c.Allowlisted(account)}
+	if c.SpamRate != nil {
+		rate := c.SpamRate.Rule()
+		r.SpamRate = &rate
+	}
+	return p.For(account, r)
 }
 
 // VolumePolicy is the volume rule for an account of company c (nil: an

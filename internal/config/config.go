@@ -187,6 +187,8 @@ type AUP struct {
 	// VolumeAllowlist holds accounts whose volume is counted and whose
 	// crossings are reported, but never throttled or suspended.
 	VolumeAllowlist []string `yaml:"volume_allowlist"`
+	// SpamRate is the spam-rate rule (rate 0: off, the default).
+	SpamRate rules.SpamRateSetting `yaml:"spam_rate"`
 }
 
 // Default returns the configuration used when no file is given.
@@ -464,6 +466,12 @@ func (c *Config) Validate() error {
 		if !v.Valid() || v == rules.Ham {
 			bad("aup.verdicts: %q is not spam, phish or virus", v)
 		}
+	}
+	if err := a.SpamRate.Validate(); err != nil {
+		bad("aup.spam_rate: %v", err)
+	}
+	if a.SpamRate.Rate > 0 && !slices.Contains(a.Directions, rules.Outbound) {
+		bad("aup.spam_rate: the rule weighs outbound spam, and aup.directions does not count outbound")
 	}
 	if a.MaxTracked != 0 && (a.MaxTracked < 10 || a.MaxTracked > 100000) {
 		bad("aup.max_tracked: %d is not 0 (threshold + 1) or 10 to 100000", a.MaxTracked)

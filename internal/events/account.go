@@ -46,7 +46,8 @@ type AUPSuspension struct {
 	ID     string `json:"id"`
 	Action string `json:"action"` // suspend or report
 	// Rule names the AUP rule crossed: spam_count, the spam count over
-	// the window.
+	// the window, or spam_rate, the share of outbound messages judged
+	// spam (Rate).
 	Rule        string         `json:"rule,omitempty"`
 	Services    []string       `json:"services,omitempty"`
 	Threshold   int            `json:"threshold"`
@@ -62,6 +63,8 @@ type AUPSuspension struct {
 	// volume:<name>): Threshold is then the limit's max, Count what it
 	// counts, and the window the limit's.
 	Volume *VolumeCrossing `json:"volume,omitempty"`
+	// Rate holds the spam-rate rule's figures when it crossed.
+	Rate *RateFacts `json:"rate,omitempty"`
 }
 
 // VolumeCrossing is what the crossing of a volume limit found: how much
@@ -81,6 +84,16 @@ type VolumeCrossing struct {
 	// Clients are the last client addresses the account sent from, up to
 	// three, the most recent first: IPv4 addresses and IPv6 /64 prefixes.
 	Clients []string `json:"clients,omitempty"`
+}
+
+// RateFacts are the figures of a spam-rate crossing: over the window,
+// Spam outbound messages judged spam and Ham judged ham, against the
+// Limit (a fraction: 0.05 for 5%) and the least spam, MinSpam.
+type RateFacts struct {
+	Spam    int     `json:"spam"`
+	Ham     int     `json:"ham"`
+	Limit   float64 `json:"limit"`
+	MinSpam int     `json:"min_spam"`
 }
 
 // Crossing is the record a script writes when an account crosses an AUP

@@ -56,6 +56,9 @@ type Item struct {
 	Time     time.Time
 	Kind     rules.Kind
 	Counting bool // whether the policy counts it toward the threshold
+	// Ham: outbound ham for the spam-rate rule (Batch.SpamRate), kept
+	// by id in the account's ham set; it is also a statistics-only event.
+	Ham bool
 	// Fingerprint of the message content (events.Verdict.Fingerprint) and
 	// stream sequence of the event, offered as an evidence sample. Seq 0:
 	// no sample.
@@ -70,7 +73,14 @@ type Batch struct {
 	Threshold int
 	Cap       int          // at most this many events kept; > Threshold
 	Action    rules.Action // on crossing: suspend or report
-	Items     []Item
+	// SpamRate is the account's spam-rate rule (off: the zero value);
+	// HamCap the most ham it keeps (rules.SpamRate.HamCap of the
+	// threshold), and OutboundOnly says that only outbound events count,
+	// so that the count is the rule's spam.
+	SpamRate     rules.SpamRate
+	HamCap       int
+	OutboundOnly bool
+	Items        []Item
 }
 
 // Result is the outcome of one account's batch.
@@ -79,6 +89,7 @@ type Result struct {
 	Count    int       // counting events in the window (at most Cap); -1 for a batch of statistics only, which does not read the window
 	Capped   bool      // this batch dropped events at the cap: the real count is higher than Count
 	Crossing rules.Action
+	Rule     string // the rule the crossing crossed: spam_count or spam_rate
 	ID       string // id of the suspension or report the crossing made
 	// Pending are the account's outbox entries waiting to be published,
 	// oldest first: the crossing's, and any a crash left behind. Publish
@@ -142,7 +153,7 @@ func (s *Store) Ingest(ctx context.Context, batches []Batch, p IngestParams) ([]
 	// empty batch, which reads the count; the others have statistics
 	// only, which are gathered in p.Stats.
 	toScript := func(b *Batch) bool {
-		return len(b.Items) == 0 || slices.ContainsFunc(b.Items, func(it Item) bool { return it.Counting })
+		return len(b.Items) == 0 || slices.ContainsFunc(b.Items, func(it Item) bool { return it.Counting || it.Ham })
 	}
 	n := 0 // how many go to the script
 	for i := range batches {
@@ -340,10 +351,16 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string) []byte 
 	if b.Action != rules.ActionSuspend {
 		action = 2
 	}
-	n := 0
+	if b.SpamRate.On() {
+		action += 4 // a rate section follows the events
+	}
+	n, ham := 0, 0
 	for _, it := range b.Items {
 		if it.Counting {
 			n++
+		}
+		if it.Ham {
+			ham++
 		}
 	}
 	buf = be.AppendUint32(buf, uint32(b.Threshold))
@@ -366,6 +383,9 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string) []byte 
 		}
 		buf = be.AppendUint32(buf, fp)
 	}
+	if b.SpamRate.On() {
+		buf = packRate(buf, b, ham)
+	}
 	if newID != nil {
 		id := newID()
 		buf = be.AppendUint16(buf, uint16(len(id)))
@@ -377,6 +397,28 @@ func packBatch(buf []byte, b *Batch, ids *idSource, newID func() string) []byte 
 	for _, str := range [...]string{b.Company, b.Account} {
 		buf = be.AppendUint16(buf, uint16(len(str)))
 		buf = append(buf, str...)
+	}
+	return buf
+}
+
+// packRate appends the batch's spam-rate section: the rule, the ham cap,
+// whether only outbound events count, and the ham events (ham of them).
+func packRate(buf []byte, b *Batch, ham int) []byte {
+	be := binary.BigEndian
+	buf = be.AppendUint32(buf, uint32(b.SpamRate.PPM))
+	buf = be.AppendUint32(buf, uint32(b.SpamRate.MinSpam))
+	buf = be.AppendUint32(buf, uint32(b.HamCap))
+	outbound := byte(0)
+	if b.OutboundOnly {
+		outbound = 1
+	}
+	buf = append(buf, outbound)
+	buf = be.AppendUint32(buf, uint32(ham))
+	for _, it := range b.Items {
+		if it.Ham {
+			buf = appendMember(buf, it.ID)
+			buf = be.AppendUint64(buf, uint64(ms(it.Time)))
+		}
 	}
 	return buf
 }
@@ -414,7 +456,7 @@ func parseIngest(v any, items []Item, lo int64) Result {
 			return Result{Err: classifyScript(msg[1:])}
 		}
 	}
-	if len(vals) != 3 && len(vals) != 6 {
+	if len(vals) != 3 && len(vals) != 7 {
 		return Result{Err: Permanent(fmt.Errorf("ingest script returned %d values", len(vals)))}
 	}
 	outs, _ := vals[0].(string)
@@ -430,6 +472,7 @@ func parseIngest(v any, items []Item, lo int64) Result {
 	cr, _ := vals[3].(string)
 	r.Crossing = rules.Action(cr)
 	r.ID, _ = vals[4].(string)
+	r.Rule, _ = vals[6].(string)
 	if p, ok := vals[5].([]any); ok {
 		for _, e := range p {
 			if s, ok := e.(string); ok {

@@ -19,11 +19,16 @@
 -- ARGV[4] rebase the window's scores after (ms)   ARGV[5] number of accounts
 -- ARGV[5+a] account a's batch, packed big-endian (one string: Lua makes
 --   one string for it, and numbers unpack without parsing text):
---   threshold I4, cap I4, action B (1 suspend, 2 report), counting
---   events I4 (0: an empty batch, which reads the count);
+--   threshold I4, cap I4, action B (1 suspend, 2 report; plus 4 with
+--   the spam-rate rule), counting events I4 (0: an empty batch, which
+--   reads the count);
 --   per counting event 25 bytes: member c6 (id hash), time i8 (ms, signed),
 --   kind B (direction*4+verdict), stream sequence I6 (0: no sample),
 --   fingerprint c4;
+--   with the spam-rate rule (see count_ham): rate in parts per million
+--   I4, minimum spam I4, ham cap I4, outbound-only B (1: the window holds
+--   outbound events only), ham events I4, then per ham event 14 bytes:
+--   member c6, time i8;
 --   then, read only on a crossing: id for a new suspension or report,
 --   company, account, each I2+c0
 --
@@ -42,7 +47,7 @@
 --
 -- Returns, per account, one integer or string when nothing is to be
 -- published (see reply); else
--- {outcomes, count, capped, crossing, id, pending outbox entries}; or
+-- {outcomes, count, capped, crossing, id, pending outbox entries, rule}; or
 -- {"!" .. error} when its part failed. outcomes has one
 -- letter per counting event: c counted, d duplicate, l late (outside the
 -- window or before the last reinstatement), k counted at the cap.
@@ -53,7 +58,7 @@
 -- the hot path makes few: per-event values live in arrays reused from one
 -- account to the next, filled up to a count rather than cleared.
 local KEYS, ARGV, tonumber = KEYS, ARGV, tonumber
-local rcall, mfloor, mceil, mmin = redis.call, math.floor, math.ceil, math.min
+local rcall, mfloor, mceil, mmin, mmax = redis.call, math.floor, math.ceil, math.min, math.max
 local unpack_, ssub, sformat = struct.unpack, string.sub, string.format
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -200,16 +205,17 @@ end
 -- even when this account's part fails after it. The count is then ZCARD.
 -- One event, the most common batch, is decided here: ZADD NX both learns
 -- whether it is new and adds it, so a crossing it may make is read first
--- (see one() for what holds one off); its outcome letter is returned.
+-- (with a count over threshold, the least count that may cross); its
+-- outcome letter is returned.
 -- More are looked up with ZMSCORE, in parts past 4000 (Lua unpacks at
 -- most 8000 values at once), for decide().
-local function trim_window(st, n, threshold, cap, aup, rep)
+local function trim_window(st, n, threshold, cap, aup)
   rcall('ZREMRANGEBYSCORE', win, '-inf', shared_text((wlo - base) * 16 + 15))
   count = rcall('ZCARD', win)
   if n == 1 then
     local t = ET[1]
     if t <= wlo then return 'l' end
-    if count + 1 > threshold and not aup and not (rep and count > threshold) then x = crossing_read(st) end
+    if count + 1 > threshold and not aup then x = crossing_read(st) end
     if rcall('ZADD', win, 'NX', sformat('%d', (t - base) * 16 + EK[1]), EM[1]) == 0 then return 'd' end
     added1, nadd, ADD[1], maxt = true, 1, 1, t
     return count + 1 > cap and 'k' or 'c'
@@ -293,16 +299,72 @@ local function direction_counts(cap)
   return counts
 end
 
+-- The spam-rate rule: the account's outbound ham, kept like the window
+-- (its own set, key ...:r, member = id hash, score = time in ms, trimmed
+-- to the window), at most the ham cap, which is enough for every decision
+-- to be exact (rules.SpamRate.HamCap). Its section of the batch: returns
+-- the rule's figures and the position after it.
+local HM, HT = {}, {}
+local function read_rate(b, pos)
+  local r = {}
+  r.ppm, r.min, r.cap, r.outonly, r.n, pos = unpack_('>I4I4I4BI4', b, pos)
+  for j = 1, r.n do HM[j], HT[j], pos = unpack_('>c6i8', b, pos) end
+  return r, pos
+end
+
+-- Add the batch's ham to the account's set (by id: the same one never
+-- counts twice) and return how much it holds. First of the account's
+-- writes, and repeated alike when the batch is: a failure here leaves the
+-- window as it was.
+local function count_ham(st, r)
+  local key = ssub(st, 1, -2) .. 'r'
+  rcall('ZREMRANGEBYSCORE', key, '-inf', sformat('%d', wlo))
+  local z, seen = {}, {}
+  for i = 1, r.n, 4000 do
+    local part = rcall('ZMSCORE', key, unpack(HM, i, mmin(i + 3999, r.n)))
+    for k = 1, #part do
+      local j = i + k - 1
+      local m, t = HM[j], HT[j]
+      if t > wlo and not part[k] and not seen[m] then
+        seen[m] = true
+        z[#z + 1], z[#z + 2] = sformat('%d', t), m
+      end
+    end
+  end
+  if #z > 0 then
+    zadd(key, z)
+    -- past every member's end (no event is more than skew ahead)
+    rcall('PEXPIRE', key, shared_text(window + 2 * skew))
+  end
+  local card = rcall('ZCARD', key)
+  if card > r.cap then
+    rcall('ZREMRANGEBYRANK', key, '0', sformat('%d', card - r.cap - 1))
+    card = r.cap
+  end
+  return card
+end
+
+-- Whether the spam-rate rule holds after this batch: the outbound spam
+-- (the count when the window holds outbound events only, else read from
+-- it) against the ham; sets r.spam and r.ham for the record.
+local function rate_holds(r, ham, total, cap)
+  if total < r.min then return false end
+  r.spam, r.ham = r.outonly == 1 and total or direction_counts(cap)[1], ham
+  return r.spam >= r.min and r.spam * 1e6 > r.ppm * (r.spam + ham)
+end
+
 -- A crossing's facts (see crossing.lua), once what it reads is read: the
 -- state it changes, the samples (smp_s), and the strings of the batch b
--- from pos on.
-local function crossing_facts(st, smp_s, b, pos, act, threshold, cap, total, capped)
+-- from pos on. The count rule names the crossing when both hold; rate is
+-- the spam-rate rule's figures when it holds.
+local function crossing_facts(st, smp_s, b, pos, act, threshold, cap, total, capped, rate)
   x = x or crossing_read(st)
   if not ns then ns, smp_changed = read_samples(smp_s, wlo) end
   local seqs = {}
   for i = 1, ns do seqs[i] = sformat('%.0f', SMQ[i]) end
   local id, company, account = unpack_('>I2c0I2c0I2c0', b, pos)
-  return {id = id, action = act == 1 and 'suspend' or 'report', rule = 'spam_count', at = now, from = wlo,
+  return {id = id, action = act == 1 and 'suspend' or 'report', at = now, from = wlo,
+    rule = total > threshold and 'spam_count' or 'spam_rate', rate = rate or nil,
     account = account, company = company, threshold = threshold, count = total, capped = capped,
     counts = direction_counts(cap), samples = seqs}
 end
@@ -367,6 +429,8 @@ local function one(st, w, b)
     EF[j] = pos + 21
     pos = pos + 25
   end
+  local r -- the spam-rate rule, when on
+  if act > 4 then act, r, pos = act - 4, read_rate(b, pos) end
   local hv = rcall('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob')
   local created, aup, report, floor_s, smp_s, wb, we_s, ob = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8]
   local lo, floor = now - window, floor_s and floor_s + 0 or 0
@@ -375,6 +439,7 @@ local function one(st, w, b)
   count, nadd, maxt, added1, ns, smp_changed = 0, 0, 0, false, nil, false
   known, kept, x = nil, nil, nil
   local rep = act ~= 1 and report -- a report made, for the report action
+  local ham = r and count_ham(st, r)
   local v1, outs = false, nil
   if n > 0 and not base and not created then
     -- a new address: nothing to carry over (the writes delete any leftover)
@@ -382,32 +447,33 @@ local function one(st, w, b)
   elseif n > 0 and (base == nil or now - base > rebase_after) then
     v1 = read_for_rewrite(st, created)
   elseif base then
-    outs = trim_window(st, n, threshold, cap, aup, rep)
+    outs = trim_window(st, n, r and mmin(threshold, r.min - 1) or threshold, cap, aup)
   end
   outs = outs or decide(n, cap)
   local total, capped = mmin(count + nadd, cap), count + nadd > cap
-  -- A report holds while the count stays above the threshold; once it is
-  -- over, the next crossing is reported again. A suspension in force, or
-  -- a report that holds, holds off a new crossing and the samples.
-  local reported = report and count > threshold
+  -- A crossing holds off the next while a suspension is in force, or
+  -- while a report's rule holds (once it no longer does, the next
+  -- crossing is reported again); so do the samples.
+  local rated = r and not aup and rate_holds(r, ham, total, cap)
+  local reported = report and (count > threshold or rated)
   if not (aup or reported or samples_final(smp_s, wlo)) then pick_samples(b, smp_s) end
-  local crossing = total > threshold and not aup and not (rep and reported)
+  local crossing = (total > threshold or rated) and not aup and not (rep and reported)
   local rec
-  if crossing then rec = crossing_facts(st, smp_s, b, pos, act, threshold, cap, total, capped) end
+  if crossing then rec = crossing_facts(st, smp_s, b, pos, act, threshold, cap, total, capped, rated and r) end
   local nh = 0
   if kept or (nadd > 0 and not added1) or count + nadd > cap then nh = write_window(st, v1, cap) end
   if report and not reported and not (crossing and act ~= 1) then rcall('HDEL', st, 'report') end
   if crossing then nh = crossing_write(st, x, rec, HSET, nh) end
-  -- The expiry: past the newest event plus the window and the skew,
-  -- rounded up to the hour so that it changes about once an hour.
+  -- The expiry hour: past the newest event plus the window and the
+  -- skew, rounded up, so that it changes about once an hour.
   local we_old = we_s and we_s + 0 or 0
-  local we = maxt > 0 and mceil((maxt + window + skew) / HOUR) or 0
-  if we < we_old then we = we_old end
+  local we = mmax(we_old, maxt > 0 and mceil((maxt + window + skew) / HOUR) or 0)
   if nh > 0 or smp_changed or we > we_old or kept or crossing then
     write_state(st, nh, we_old, we, created or crossing, crossing)
   end
   if crossing or ob then
-    return {outs, total, capped and 1 or 0, crossing and rec.action or '', rec and rec.id or '', rcall('LRANGE', ssub(st, 1, -2) .. 'o', 0, 99)}
+    return {outs, total, capped and 1 or 0, crossing and rec.action or '', rec and rec.id or '',
+      rcall('LRANGE', ssub(st, 1, -2) .. 'o', 0, 99), rec and rec.rule or ''}
   end
   return reply(total, capped, outs)
 end

@@ -93,6 +93,7 @@ const (
 	sufLegacy  = "x"  // ZSET of aupd v1 (statistics per event): removed on migration
 	sufSenders = "f"  // HASH: senders of counted messages, "<ip>\t<login>" = "<count>:<first>:<last>" (senders.go)
 	sufLogins  = "li" // LIST: recent logins from Dovecot's reports (logins.go)
+	sufHam     = "r"  // ZSET: outbound ham of the spam-rate rule (ingest.lua)
 )
 
 // scriptNow is the clock argument of a script: the pinned clock, or 0 for

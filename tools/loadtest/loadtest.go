@@ -633,10 +633,12 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event, round int, label str
 		conc, len(evs2), el2.Round(time.Millisecond), pub2.Round(time.Millisecond))
 	r.batchFigures(label, "concurrent", m2, m1)
 
-	susp := m2["aupd_suspensions_total{action=\"suspend\"}"]
-	var dead float64
+	var susp, dead float64
 	for k, v := range m2 {
-		if strings.HasPrefix(k, "aupd_dead_letters_total") {
+		switch {
+		case strings.HasPrefix(k, "aupd_suspensions_total{") && Label(k, "action") == "suspend":
+			susp += v
+		case strings.HasPrefix(k, "aupd_dead_letters_total"):
 			dead += v
 		}
 	}
@@ -999,4 +1001,15 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// Label is the value of one label of a series name{a="x",b="y"}, as
+// Scrape names it.
+func Label(series, name string) string {
+	_, rest, ok := strings.Cut(series, name+`="`)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	return v
 }

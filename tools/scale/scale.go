@@ -767,8 +767,8 @@ func (r *runner) counters(ctx context.Context, aupds []*cluster.Aupd) (counters,
 			switch {
 			case strings.HasPrefix(k, "aupd_events_total{"):
 				c.events += int64(v)
-				c.outcomes[label(k, "outcome")] += int64(v)
-			case k == `aupd_suspensions_total{action="suspend"}`:
+				c.outcomes[loadtest.Label(k, "outcome")] += int64(v)
+			case strings.HasPrefix(k, "aupd_suspensions_total{") && loadtest.Label(k, "action") == "suspend":
 				c.suspensions += int64(v)
 			case strings.HasPrefix(k, "aupd_dead_letters_total"):
 				c.dead += int64(v)

@@ -171,10 +171,10 @@ func TestProcCPUNoProcess(t *testing.T) {
 
 func TestLabel(t *testing.T) {
 	s := `aupd_events_total{direction="outbound",outcome="counted",verdict="spam"}`
-	if got := label(s, "outcome"); got != "counted" {
+	if got := loadtest.Label(s, "outcome"); got != "counted" {
 		t.Errorf("outcome %q", got)
 	}
-	if got := label(s, "missing"); got != "" {
+	if got := loadtest.Label(s, "missing"); got != "" {
 		t.Errorf("missing %q", got)
 	}
 }
