@@ -89,23 +89,36 @@ func (r *renderer) evidence(n notice, d NoticeData) []byte {
 	line("Suspension", d.SuspensionID)
 	line("Suspended at", d.SuspendedAt.Format("2006-01-02 15:04:05 UTC"))
 	line("Suspended", strings.Join(d.Services, ", "))
-	line("Window", d.WindowStart.Format("2006-01-02 15:04:05 UTC")+" to "+d.WindowEnd.Format("2006-01-02 15:04:05 UTC"))
-	count := strconv.Itoa(d.Count)
-	if d.Capped {
-		count = "at least " + count
+	if v := d.Volume; v != nil {
+		line("Rule", d.Rule)
+		line("Sent", v.Sent+", from "+v.Since.Format("2006-01-02 15:04:05 UTC")+" to "+d.WindowEnd.Format("2006-01-02 15:04:05 UTC"))
+		line("Limit", v.Limit)
+		line("Clients", orNone(strings.Join(v.Clients, ", ")))
+	} else {
+		line("Window", d.WindowStart.Format("2006-01-02 15:04:05 UTC")+" to "+d.WindowEnd.Format("2006-01-02 15:04:05 UTC"))
+		count := strconv.Itoa(d.Count)
+		if d.Capped {
+			count = "at least " + count
+		}
+		line("Counted", fmt.Sprintf("%s messages identified as spam, threshold %d", count, d.Threshold))
+		line("By direction", fmt.Sprintf("outbound %d, inbound %d, complaints %d", d.Outbound, d.Inbound, d.Complaints))
 	}
-	line("Counted", fmt.Sprintf("%s messages identified as spam, threshold %d", count, d.Threshold))
-	line("By direction", fmt.Sprintf("outbound %d, inbound %d, complaints %d", d.Outbound, d.Inbound, d.Complaints))
 	b.WriteString("\n")
 
 	missing := max(d.SamplesReferenced-n.fetched, 0)
 	switch {
+	case d.Volume != nil && d.SamplesReferenced == 0 && d.SamplesAttached == 0:
+		b.WriteString("The volume rule " + d.Rule + " crossed without samples: it counts what the\n" +
+			"mailbox sends at the mail server, which sees no message content, and the\n" +
+			"spam filter had flagged none of its recent messages.\n")
 	case d.SamplesReferenced == 0 && d.SamplesAttached == 0:
 		b.WriteString("No sample messages were recorded for this suspension.\n")
 	case missing > 0:
 		fmt.Fprintf(&b, "%d of the %d sample messages recorded for this suspension are no longer\n"+
 			"available (expired from the verdict store); %d shown below.\n",
 			missing, d.SamplesReferenced, d.SamplesAttached)
+	case d.Volume != nil:
+		fmt.Fprintf(&b, "%d sample message(s) from this mailbox that the spam filter flagged are shown\nbelow; the volume rule itself counts no message content.\n", d.SamplesAttached)
 	default:
 		fmt.Fprintf(&b, "%d sample message(s) that counted toward this suspension are shown below.\n", d.SamplesAttached)
 	}

@@ -2,6 +2,7 @@ package notifier
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"embed"
@@ -76,6 +77,25 @@ type NoticeData struct {
 	// link stops working.
 	DeskURL     string
 	DeskExpires time.Time
+	// Rule is the AUP rule crossed: "volume:<name>" for a volume limit,
+	// empty for the spam count.
+	Rule string
+	// Volume describes a volume limit's crossing; nil for the spam count.
+	Volume *VolumeData
+}
+
+// VolumeData is what a notice says about a volume limit's crossing.
+type VolumeData struct {
+	// Sent is the volume in words: "37 messages to 2,001 recipients",
+	// "mail to 2,001 recipients", "51 messages".
+	Sent string
+	// Limit is the limit in words: "2,000 recipients in any 24 hours".
+	Limit string
+	// Since is when the burst started (UTC).
+	Since time.Time
+	// Clients are the client addresses the mailbox sent from, the most
+	// recent first (an IPv6 network by its /64); may be empty.
+	Clients []string
 }
 
 // LinkFunc makes the signed desk link of one suspension, at now; ok is
@@ -162,12 +182,24 @@ func loadTemplates(cfg TemplatesConfig) (*templates, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", x.name, err)
 		}
-		if err := tpl.Execute(&bytes.Buffer{}, exampleData()); err != nil {
-			return nil, fmt.Errorf("%s: %w", x.name, err)
+		for _, d := range []NoticeData{exampleData(), exampleVolumeData()} {
+			if err := tpl.Execute(&bytes.Buffer{}, d); err != nil {
+				return nil, fmt.Errorf("%s: %w", x.name, err)
+			}
 		}
 		*x.dst = tpl
 	}
 	return &t, nil
+}
+
+// exampleVolumeData is exampleData for a volume limit's crossing.
+func exampleVolumeData() NoticeData {
+	d := exampleData()
+	d.Rule = "volume:daily"
+	d.SamplesReferenced, d.SamplesAttached = 0, 0
+	d.Volume = &VolumeData{Sent: "37 messages to 2,001 recipients", Limit: "2,000 recipients in any 24 hours",
+		Since: d.SuspendedAt.Add(-2 * time.Hour), Clients: []string{"192.0.2.1", "2001:db8:1:2::/64"}}
+	return d
 }
 
 func exampleData() NoticeData {
@@ -478,6 +510,10 @@ func (r *renderer) data(n notice) NoticeData {
 		for _, svc := range rules.AUPServices {
 			d.Services = append(d.Services, string(svc))
 		}
+	}
+	if v := s.Volume; v != nil {
+		d.Rule, d.Volume = cleanLine(cmp.Or(s.Rule, rules.VolumeRulePrefix+v.Limit), 80), volumeData(v, s.Threshold)
+		d.WindowStart = d.WindowEnd.Add(-time.Duration(v.WindowSeconds) * time.Second)
 	}
 	base := strings.TrimRight(r.cfg.APIURL, "/")
 	if base == "" {

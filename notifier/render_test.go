@@ -217,3 +217,72 @@ func FuzzRenderNotice(f *testing.F) {
 		}
 	})
 }
+
+// volumeNotice is a fixed notice of a volume limit's suspension, without
+// samples.
+func volumeNotice() notice {
+	at := time.Date(2026, 11, 21, 10, 15, 0, 0, time.UTC)
+	ev := testSuspension("alice@example.com", "example", at, nil)
+	ev.ID, ev.Suspension.ID = "01JD3Q6VOLEV", "01JD3Q6VOLSUSP"
+	msgs, rcpts := 37, 2001
+	ev.Suspension.Threshold, ev.Suspension.Count, ev.Suspension.Counts = 2000, 2001, map[string]int{}
+	ev.Suspension.WindowStart = at.Add(-24 * time.Hour)
+	ev.Suspension.Volume = &events.VolumeCrossing{Limit: "daily", Kind: "recipients", WindowSeconds: 86400,
+		Messages: &msgs, Recipients: &rcpts, Since: at.Add(-110 * time.Minute), Clients: []string{"192.0.2.1", "2001:db8:1:2::/64"}}
+	return notice{
+		event: ev, company: Company{Name: "Example Ltd", AbuseContact: "Abuse Team <abuse@example.com>"}, companyOK: true,
+		now: at.Add(2 * time.Second), messageID: "aup.golden.volume@provider.test", boundary: "aupd-golden-boundary",
+	}
+}
+
+func TestRenderVolumeGolden(t *testing.T) {
+	r := testRenderer(t)
+	rn, err := r.render(volumeNotice())
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "notice-volume.golden", rn.message)
+	golden(t, "evidence-volume.golden", rn.evidence)
+	checkNotice(t, rn.message, rn.evidence, "abuse@example.com")
+	p, err := parseNotice(rn.message)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := p.header.Get("Subject") + "\n" + strings.ReplaceAll(p.body, "\r\n", "\n") + "\n" + string(rn.evidence)
+	for _, want := range []string{
+		"sending volume limit exceeded",
+		"this mailbox sent\n37 messages to 2,001 recipients.",
+		"Our limit (volume:daily) is\n2,000 recipients in any 24 hours",
+		"between 2026-11-21 08:25:00 UTC",
+		"    192.0.2.1\n    2001:db8:1:2::/64",
+		"The volume rule volume:daily crossed without samples",
+		"Clients:      192.0.2.1, 2001:db8:1:2::/64",
+	} {
+		if !strings.Contains(strings.ToLower(text), strings.ToLower(want)) {
+			t.Errorf("notice lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "identified as spam") {
+		t.Errorf("a volume notice speaks of spam counts:\n%s", text)
+	}
+}
+
+func TestVolumeWords(t *testing.T) {
+	one, many := 1, 12345
+	for _, tc := range []struct {
+		v    events.VolumeCrossing
+		max  int
+		sent string
+		lim  string
+	}{
+		{events.VolumeCrossing{Kind: "recipients", WindowSeconds: 3600, Recipients: &many}, 500, "mail to 12,345 recipients", "500 recipients in any 1 hour"},
+		{events.VolumeCrossing{Kind: "messages", WindowSeconds: 600, Messages: &one}, 1, "1 message", "1 message in any 10 minutes"},
+		{events.VolumeCrossing{Kind: "messages", WindowSeconds: 7 * 86400, Messages: &many, Recipients: &many}, 1000000, "12,345 messages to 12,345 recipients", "1,000,000 messages in any 7 days"},
+		{events.VolumeCrossing{Kind: "recipients", WindowSeconds: 5400, Recipients: &one}, 0, "mail to 1 recipient", "0 recipients in any 90 minutes"},
+	} {
+		d := volumeData(&tc.v, tc.max)
+		if d.Sent != tc.sent || d.Limit != tc.lim {
+			t.Errorf("%+v: %q, %q; want %q, %q", tc.v, d.Sent, d.Limit, tc.sent, tc.lim)
+		}
+	}
+}

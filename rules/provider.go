@@ -18,6 +18,11 @@ type Provider struct {
 	Verdicts   []Verdict
 	Mode       Mode
 	Allowlist  []string
+	// Volume are the limits on what authenticated accounts send, before
+	// their company's (none: nothing is counted); VolumeAllowlist the
+	// accounts whose volume crossings are reported, never enforced.
+	Volume          []VolumeLimit
+	VolumeAllowlist []string
 	// SpamRate is the spam-rate rule before the company's (the zero
 	// value: off); the threshold is then its backstop.
 	SpamRate SpamRate

@@ -550,6 +550,13 @@ func statusShow(ctx context.Context, x *cli, args []string, _ *flags) error {
 			inForce = "in force"
 		}
 		fmt.Fprintf(w, "Last AUP %s:\t%s at %s, %s, count %d > threshold %d\n", ls.Action, ls.ID, fmtTime(ls.WindowEnd), inForce, ls.Count, ls.Threshold)
+		if ls.Rule != "" {
+			fmt.Fprintf(w, "Rule:\t%s\n", ls.Rule)
+		}
+		if v := ls.Volume; v != nil {
+			fmt.Fprintf(w, "Volume:\t%d %s within %s, since %s, from %s\n", ls.Count, v.Kind,
+				time.Duration(v.WindowSeconds)*time.Second, fmtTime(v.Since), orDash(strings.Join(v.Clients, ", ")))
+		}
 		if ls.Notice != nil {
 			fmt.Fprintf(w, "Notice:\t%s\n", noticeLine(ls.Notice))
 		}

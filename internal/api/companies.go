@@ -7,12 +7,21 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/companies"
+	"github.com/aupd/aupd/rules"
 )
 
 func companyJSON(c *companies.Company) *Company {
 	out := &Company{ID: c.ID, Name: c.Name, Domains: c.Domains, AbuseContact: c.AbuseContact, DeskContacts: c.DeskContacts, Threshold: c.Threshold, Allowlist: c.Allowlist, Source: c.Source}
 	if out.Domains == nil {
 		out.Domains = []string{}
+	}
+	out.VolumeAllowlist = c.VolumeAllowlist
+	if c.Volume != nil {
+		vs := make([]VolumeLimit, 0, len(*c.Volume))
+		for _, l := range *c.Volume {
+			vs = append(vs, VolumeLimit{Name: l.Name, Window: l.Window.String(), Messages: l.Messages, Recipients: l.Recipients, Action: string(l.Action)})
+		}
+		out.Volume = &vs
 	}
 	if l := c.Lockout; l != nil {
 		out.Lockout = &Lockout{MaxFailures: l.MaxFailures}
@@ -35,7 +44,15 @@ func companyOf(req *CompanyRequest, id string) (companies.Company, *apiError) {
 	if req.Source != "" {
 		return companies.Company{}, errf(http.StatusBadRequest, "invalid", "source is set by aupd")
 	}
-	c := companies.Company{ID: id, Name: req.Name, Domains: slices.Clone(req.Domains), AbuseContact: req.AbuseContact, DeskContacts: slices.Clone(req.DeskContacts), Threshold: req.Threshold, Allowlist: slices.Clone(req.Allowlist)}
+	c := companies.Company{ID: id, Name: req.Name, Domains: slices.Clone(req.Domains), AbuseContact: req.AbuseContact, DeskContacts: slices.Clone(req.DeskContacts), Threshold: req.Threshold, Allowlist: slices.Clone(req.Allowlist),
+		VolumeAllowlist: slices.Clone(req.VolumeAllowlist)}
+	if req.Volume != nil {
+		vs, aerr := volumeOf(*req.Volume)
+		if aerr != nil {
+			return companies.Company{}, aerr
+		}
+		c.Volume = &vs
+	}
 	if l := req.Lockout; l != nil {
 		c.Lockout = &companies.Lockout{MaxFailures: l.MaxFailures}
 		for _, f := range []struct {
@@ -57,6 +74,20 @@ func companyOf(req *CompanyRequest, id string) (companies.Company, *apiError) {
 		return companies.Company{}, errf(http.StatusBadRequest, "invalid", "%s", err.Error())
 	}
 	return c, nil
+}
+
+// volumeOf turns the volume limits of a company request into the
+// company's; Normalize checks them.
+func volumeOf(in []VolumeLimit) ([]rules.VolumeLimit, *apiError) {
+	out := make([]rules.VolumeLimit, 0, len(in))
+	for i, l := range in {
+		w, err := time.ParseDuration(l.Window)
+		if err != nil {
+			return nil, errf(http.StatusBadRequest, "invalid", "volume[%d].window: %q is not a duration such as 1h", i, clip(l.Window, 40))
+		}
+		out = append(out, rules.VolumeLimit{Name: l.Name, Window: w, Messages: l.Messages, Recipients: l.Recipients, Action: rules.VolumeAction(l.Action)})
+	}
+	return out, nil
 }
 
 // companyFor answers 404 for a company outside the token's scope.

@@ -18,6 +18,7 @@ type (
 	HistoryPage         = apitypes.HistoryPage
 	LastSuspension      = apitypes.LastSuspension
 	Lockout             = apitypes.Lockout
+	VolumeLimit         = apitypes.VolumeLimit
 	NoteRequest         = apitypes.NoteRequest
 	NoteResponse        = apitypes.NoteResponse
 	ProvisionItem       = apitypes.ProvisionItem

@@ -179,6 +179,7 @@ func (a *App) policy() worker.Policy {
 	return worker.Policy{
 		Window: c.Window, FutureSkew: c.FutureSkew, Threshold: c.Threshold, MaxTracked: c.MaxTracked,
 		Directions: c.Directions, Verdicts: c.Verdicts, Mode: c.Mode, Allowlist: c.Allowlist,
+		Volume: c.Volume, VolumeAllowlist: c.VolumeAllowlist,
 		SpamRate: c.SpamRate.Rule(),
 	}
 }

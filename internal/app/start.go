@@ -27,6 +27,7 @@ import (
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
 	"github.com/aupd/aupd/internal/policy/postfix"
+	"github.com/aupd/aupd/internal/policy/volume"
 	"github.com/aupd/aupd/internal/replsync"
 	"github.com/aupd/aupd/internal/sessionlock"
 	"github.com/aupd/aupd/internal/store"
@@ -349,11 +350,19 @@ func (a *App) addPipeline(ctx context.Context, g *run.Group, p *pipeline) {
 // in info where they listen.
 func (a *App) addPolicyServers(ctx context.Context, g *run.Group, cfg *config.Config, accts accounts, info *Info) error {
 	if pc := cfg.Policy.Postfix; pc.Listen != "" || pc.UnixSocket != "" {
-		serve, err := a.postfixServer(pc, accts, info)
+		// The volume limits (aup.volume) are counted whether or not any
+		// are configured now: a reload may set some.
+		vol, err := volume.New(volume.Options{Store: accts.store, Directory: accts.dir, Policy: a.policy,
+			Publisher: accts.pub, Logger: a.log, Registerer: a.reg})
+		if err != nil {
+			return err
+		}
+		serve, err := a.postfixServer(pc, accts, vol, info)
 		if err != nil {
 			return err
 		}
 		addContext(ctx, g, serve)
+		addContext(ctx, g, vol.Run)
 	}
 	if dc := cfg.Policy.Dovecot; dc.Listen != "" {
 		lcfg := cfg.Policy.Lockout
@@ -394,8 +403,8 @@ func (a *App) addPolicyServers(ctx context.Context, g *run.Group, cfg *config.Co
 
 // postfixServer makes the Postfix policy server and returns what serves
 // it: TCP and the unix socket, and the transport map beside them.
-func (a *App) postfixServer(pc postfix.Config, accts accounts, info *Info) (func(context.Context) error, error) {
-	pf, err := postfix.New(pc, accts, postfix.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now})
+func (a *App) postfixServer(pc postfix.Config, accts accounts, vol postfix.Volume, info *Info) (func(context.Context) error, error) {
+	pf, err := postfix.New(pc, accts, postfix.Options{Logger: a.log, Registerer: a.reg, Now: a.opts.Now, Volume: vol})
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,12 @@ type Company struct {
 	Allowlist []string `yaml:"allowlist" json:"allowlist,omitempty"`
 	// Lockout overrides the provider's failed-login lockout policy.
 	Lockout *Lockout `yaml:"lockout" json:"lockout,omitempty"`
+	// Volume, when set, replaces the provider's volume limits (aup.volume)
+	// for the company's accounts; an empty list sets none.
+	Volume *[]rules.VolumeLimit `yaml:"volume" json:"volume,omitempty"`
+	// VolumeAllowlist holds accounts whose volume crossings are reported,
+	// never throttled or suspended.
+	VolumeAllowlist []string `yaml:"volume_allowlist" json:"volume_allowlist,omitempty"`
 	// Source is "config" or "api"; it is set by the directory.
 	Source string `yaml:"-" json:"source,omitempty"`
 }
@@ -114,6 +120,18 @@ func (c *Company) Normalize() error {
 		}
 		c.Allowlist[i] = n
 	}
+	if c.Volume != nil {
+		if err := rules.ValidateVolume(*c.Volume); err != nil {
+			return fmt.Errorf("company %s: volume%w", c.ID, err)
+		}
+	}
+	for i, a := range c.VolumeAllowlist {
+		n, err := events.NormalizeAccount(a)
+		if err != nil {
+			return fmt.Errorf("company %s: volume_allowlist: %w", c.ID, err)
+		}
+		c.VolumeAllowlist[i] = n
+	}
 	if l := c.Lockout; l != nil && (l.MaxFailures < 0 || l.Window < 0 || l.Duration < 0) {
 		return fmt.Errorf("company %s: lockout values must not be negative", c.ID)
 	}
@@ -144,6 +162,12 @@ func (d *Directory) SignInCompanies(addr string) []Company {
 
 // Allowlisted reports whether account is on the company's allowlist.
 func (c *Company) Allowlisted(account string) bool { return slices.Contains(c.Allowlist, account) }
+
+// VolumeAllowlisted reports whether account is on the company's volume
+// allowlist.
+func (c *Company) VolumeAllowlisted(account string) bool {
+	return slices.Contains(c.VolumeAllowlist, account)
+}
 
 // snapshot is an immutable view of every company.
 type snapshot struct {
@@ -391,4 +415,14 @@ func Policy(p rules.Provider, c *Company, account string) rules.Policy {
 		r.SpamRate = &rate
 	}
 	return p.For(account, r)
+}
+
+// VolumePolicy is the volume rule for an account of company c (nil: an
+// account outside every company): the provider's limits, or the
+// company's when it sets its own.
+func VolumePolicy(p rules.Provider, c *Company, account string) rules.VolumePolicy {
+	if c == nil {
+		return p.VolumeFor(account, nil, false)
+	}
+	return p.VolumeFor(account, c.Volume, c.VolumeAllowlisted(account))
 }

@@ -180,6 +180,13 @@ type AUP struct {
 	Verdicts   []rules.Verdict   `yaml:"verdicts"`
 	Mode       rules.Mode        `yaml:"mode"`
 	Allowlist  []string          `yaml:"allowlist"`
+	// Volume are the limits on what authenticated senders send, counted
+	// at the Postfix policy server (docs/postfix.md, "Volume limits").
+	// Empty (the default): nothing is counted.
+	Volume []rules.VolumeLimit `yaml:"volume"`
+	// VolumeAllowlist holds accounts whose volume is counted and whose
+	// crossings are reported, but never throttled or suspended.
+	VolumeAllowlist []string `yaml:"volume_allowlist"`
 	// SpamRate is the spam-rate rule (rate 0: off, the default).
 	SpamRate rules.SpamRateSetting `yaml:"spam_rate"`
 }
@@ -472,12 +479,16 @@ func (c *Config) Validate() error {
 	if err := c.normalizeAllowlist(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, volumeErrors("aup.volume", a.Volume)...)
 	if _, err := companies.New(nil, "check", c.Companies); err != nil {
 		bad("companies: %v", err)
 	}
 	for i, co := range c.Companies {
 		if co.Threshold != nil && *co.Threshold < 1 {
 			bad("companies[%d].threshold: %d: must be at least 1", i, *co.Threshold)
+		}
+		if co.Volume != nil {
+			errs = append(errs, volumeErrors(fmt.Sprintf("companies[%d].volume", i), *co.Volume)...)
 		}
 	}
 	c.Notifier.Stream = c.NATS.Accounts.Name

@@ -59,8 +59,31 @@ type AUPSuspension struct {
 	// Samples are up to three verdict events that counted, as sequence
 	// numbers in the verdict stream.
 	Samples []uint64 `json:"samples,omitempty"`
+	// Volume is set on the crossing of a volume limit (rule
+	// volume:<name>): Threshold is then the limit's max, Count what it
+	// counts, and the window the limit's.
+	Volume *VolumeCrossing `json:"volume,omitempty"`
 	// Rate holds the spam-rate rule's figures when it crossed.
 	Rate *RateFacts `json:"rate,omitempty"`
+}
+
+// VolumeCrossing is what the crossing of a volume limit found: how much
+// the account sent within the limit's window, since when, from where.
+type VolumeCrossing struct {
+	Limit         string `json:"limit"`          // the limit's name
+	Kind          string `json:"kind"`           // what it counts: messages or recipients
+	WindowSeconds int64  `json:"window_seconds"` // the limit's window
+	// Messages and Recipients sent within the window, the message that
+	// crossed included; one of the two is absent when the account's
+	// limits count only the other in that window.
+	Messages   *int `json:"messages,omitempty"`
+	Recipients *int `json:"recipients,omitempty"`
+	// Since is when the burst started: the start of the oldest part of
+	// the window (a twelfth of it) in which the account sent.
+	Since time.Time `json:"since"`
+	// Clients are the last client addresses the account sent from, up to
+	// three, the most recent first: IPv4 addresses and IPv6 /64 prefixes.
+	Clients []string `json:"clients,omitempty"`
 }
 
 // RateFacts are the figures of a spam-rate crossing: over the window,

@@ -69,6 +69,8 @@ type mailstack struct {
 	smtp, submission, smtps, imap, pop3 string
 	// stopAupd stops aupd, for the outage tests; the mail servers go on.
 	stopAupd func()
+	// notices is where aupd writes its abuse notices (notifier.eml_dir).
+	notices string
 }
 
 // stackOptions vary the mail stack from the one TestMailstack uses.
@@ -82,12 +84,17 @@ type stackOptions struct {
 	ownRedis bool
 	// env is added to scripts/mailstack's environment.
 	env []string
+	// aup changes aupd's AUP rule (its volume limits, say).
+	aup func(*config.AUP)
+	// now pins aupd's clock, the one its Redis scripts read too, so that
+	// the test can move it to a window's end instead of waiting.
+	now func() time.Time
 }
 
 // users of the private Dovecot; all have the same password. The p* ones
 // are probed with wrong passwords; popper and crash take session locks.
 var users = []string{"active", "nosend", "closed", "maint", "norecv", "suspended", "locked", "victim",
-	"plocked", "pclosed", "psuspended", "pmaint", "popper", "crash", "spammer"}
+	"plocked", "pclosed", "psuspended", "pmaint", "popper", "crash", "spammer", "burst", "bulk"}
 
 // aliases of the private Postfix (virtual_alias_maps).
 var aliases = map[string]string{"alias-closed": "closed", "alias-norecv": "norecv", "alias-maint": "maint"}
@@ -180,10 +187,13 @@ func startMailstackWith(t testing.TB, opt stackOptions) *mailstack {
 	if !opt.noCompanies {
 		cfg.Companies = []companies.Company{{ID: "test", Domains: []string{domain}}}
 	}
+	if opt.aup != nil {
+		opt.aup(&cfg.AUP)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	info, stopAupd := runAupd(t, cfg, log)
+	info, stopAupd := runAupd(t, cfg, log, opt.now)
 
 	lcfg.KeyPrefix = prefix
 	ctr, err := lockout.New(rdb, lcfg, noLocker{t}, lockout.Options{})
@@ -205,7 +215,7 @@ func startMailstackWith(t testing.TB, opt stackOptions) *mailstack {
 	}
 	ports := freePorts(t, 5)
 	ms := &mailstack{st: store.New(rdb, prefix), counter: ctr, locks: locks, rdb: rdb, prefix: prefix,
-		dir: dir, httpAddr: info.HTTPAddr, natsURL: ns.ClientURL(), stopAupd: stopAupd,
+		dir: dir, httpAddr: info.HTTPAddr, natsURL: ns.ClientURL(), stopAupd: stopAupd, notices: cfg.Notifier.EMLDir,
 		smtp: ports[0], submission: ports[1], imap: ports[2], pop3: ports[3], smtps: ports[4]}
 	var pairs, aliasPairs []string
 	for _, u := range users {
@@ -264,14 +274,14 @@ func startMailstackWith(t testing.TB, opt stackOptions) *mailstack {
 }
 
 // runAupd runs aupd until the test ends, or until stop is called, and
-// returns where it listens.
-func runAupd(t testing.TB, cfg *config.Config, log *slog.Logger) (info app.Info, stop func()) {
+// returns where it listens. now, when not nil, pins its clock.
+func runAupd(t testing.TB, cfg *config.Config, log *slog.Logger, now func() time.Time) (info app.Info, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan app.Info, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- app.Run(ctx, app.Options{Config: cfg, Logger: log, OnReady: func(i app.Info) { ready <- i }})
+		done <- app.Run(ctx, app.Options{Config: cfg, Logger: log, Now: now, OnReady: func(i app.Info) { ready <- i }})
 	}()
 	select {
 	case info = <-ready:
@@ -1066,9 +1076,15 @@ func swaksTLS(t testing.TB, addr, mode, from, to, pw string) (string, error) {
 
 func runSwaks(t testing.TB, args ...string) (string, error) {
 	t.Helper()
+	return runSwaksFrom(t, sourceIP(), args...)
+}
+
+// runSwaksFrom runs swaks from the loopback address ip.
+func runSwaksFrom(t testing.TB, ip string, args ...string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args = append(args, "--timeout", "30", "--helo", "client.elsewhere.test", "--local-interface", sourceIP())
+	args = append(args, "--timeout", "30", "--helo", "client.elsewhere.test", "--local-interface", ip)
 	out, err := exec.CommandContext(ctx, "swaks", args...).CombinedOutput()
 	return string(out), err
 }

@@ -7,7 +7,9 @@
 -- ARGV[1] expected version  ARGV[2] now (ms), or 0 for Redis's TIME, which
 --         then sets the reinstatement floor: one clock for every process
 -- ARGV[3] (unused)
--- ARGV[4] flags: "r" resets the AUP window (reinstatement), "x" deletes
+-- ARGV[4] flags: "r" resets the AUP window and the volume record (the
+--         same name as KEYS[1] but for the last letter: v, and vt, its
+--         throttle) (reinstatement), "x" deletes
 --         the account (its history stays, with a TTL of ARGV[5] seconds)
 -- ARGV[5] history TTL after delete (s)
 -- ARGV[6] number of fields to set, then field, value pairs
@@ -41,6 +43,10 @@ if string.find(flags, 'r', 1, true) then
   redis.call('HSET', st, 'floor', now)
   redis.call('HDEL', st, 'floor_at', 'aup', 'report', 'smp', 'smp:1', 'smp:2', 'smp:3')
   redis.call('ZREMRANGEBYSCORE', win, '-inf', (now - base) * 16 + 15)
+  -- and the volume limits start afresh: their counts and any throttle
+  local kb = string.sub(st, 1, -2)
+  redis.call('DEL', kb .. 'v', kb .. 'vt')
+  redis.call('HDEL', st, 'vt')
 end
 local nh = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nh do

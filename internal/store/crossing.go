@@ -4,7 +4,9 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/aupd/aupd/internal/events"
 )
@@ -32,16 +34,40 @@ func decodeCrossing(s string) (c *events.Crossing, ok bool, err error) {
 	if err := json.Unmarshal([]byte(s), &w); err != nil {
 		return nil, true, fmt.Errorf("decode crossing: %w", err)
 	}
+	if v := w.Crossing.Suspension.Volume; v != nil {
+		for i, c := range v.Clients {
+			v.Clients[i] = canonicalClient(c)
+		}
+	}
 	return &w.Crossing, true, nil
+}
+
+// canonicalClient writes a volume crossing's client as Go does: Lua
+// writes an IPv6 /64 group by group ("2001:db8:0:0::/64").
+func canonicalClient(c string) string {
+	if p, err := netip.ParsePrefix(c); err == nil {
+		return p.Masked().String()
+	}
+	if a, err := netip.ParseAddr(c); err == nil {
+		return a.String()
+	}
+	return c
 }
 
 // crossingHistory is a crossing's line in the account's history.
 func crossingHistory(c *events.Crossing) HistoryEntry {
 	sus := c.Suspension
+	note := fmt.Sprintf("count %d exceeds threshold %d", sus.Count, sus.Threshold)
+	if v := sus.Volume; v != nil {
+		note = fmt.Sprintf("%s: %d %s within %s exceed the limit of %d", sus.Rule, sus.Count, v.Kind,
+			time.Duration(v.WindowSeconds)*time.Second, sus.Threshold)
+		if len(v.Clients) > 0 {
+			note += ", from " + strings.Join(v.Clients, ", ")
+		}
+	}
 	return HistoryEntry{
 		Time: c.Time, Actor: events.ActorAupd, Action: c.Type, Reason: events.ReasonAUP,
-		Services: sus.Services, ID: sus.ID,
-		Note: fmt.Sprintf("count %d exceeds threshold %d", sus.Count, sus.Threshold),
+		Services: sus.Services, ID: sus.ID, Note: note,
 	}
 }
 

@@ -56,6 +56,22 @@ local function crossing_read(st)
   return redis.call('HMGET', st, unpack(CROSSING_READ))
 end
 
+-- A volume limit's facts (c.volume of crossing_write): limit (its name),
+-- kind (messages | recipients), window (ms), messages and recipients
+-- within it (-1: not counted), since (ms) and clients (text), as the
+-- suspension's volume object.
+local function crossing_volume(v)
+  local q, f = cjson.encode, string.format
+  local parts = {'"limit":' .. q(v.limit), '"kind":' .. q(v.kind), '"window_seconds":' .. f('%d', v.window / 1000)}
+  if v.messages >= 0 then parts[#parts + 1] = '"messages":' .. f('%d', v.messages) end
+  if v.recipients >= 0 then parts[#parts + 1] = '"recipients":' .. f('%d', v.recipients) end
+  local clients = {}
+  for i, a in ipairs(v.clients) do clients[i] = q(a) end
+  parts[#parts + 1] = '"since":' .. q(iso(v.since))
+  parts[#parts + 1] = '"clients":[' .. table.concat(clients, ',') .. ']'
+  return ',"volume":{' .. table.concat(parts, ',') .. '}'
+end
+
 -- The spam-rate rule's figures in the record, when it crossed.
 local function rate_json(r)
   if not r then return '' end
@@ -67,9 +83,11 @@ end
 -- facts: id, action (suspend | report), rule, at and from (ms: the
 -- crossing's time and the start of what counted), account, company,
 -- threshold, count, capped, counts (outbound, inbound, complaint),
--- samples (stream sequences, as text) and, for the spam-rate rule, rate
--- (spam, ham, ppm: the limit in parts per million, min: the least spam). The state's fields go into hset
--- after its first nh values, for the caller's one HSET; returns the new nh.
+-- samples (stream sequences, as text), for the spam-rate rule rate
+-- (spam, ham, ppm: the limit in parts per million, min: the least spam)
+-- and, for a volume limit, volume (crossing_volume). The state's fields
+-- go into hset after its first nh values, for the caller's one HSET;
+-- returns the new nh.
 local function crossing_write(st, x, c, hset, nh)
   local kb, q, at = string.sub(st, 1, -2), cjson.encode, iso(c.at)
   local old, new, services = {}, {}, '[]'
@@ -95,7 +113,8 @@ local function crossing_write(st, x, c, hset, nh)
     ',"threshold":' .. c.threshold .. ',"count":' .. c.count .. ',"capped":' .. tostring(c.capped) ..
     ',"counts":{"outbound":' .. n[1] .. ',"inbound":' .. n[2] .. ',"complaint":' .. n[3] ..
     '},"window_start":' .. q(iso(c.from)) .. ',"window_end":' .. q(at) ..
-    ',"samples":[' .. table.concat(c.samples, ',') .. ']' .. rate_json(c.rate) .. '}}}'
+    ',"samples":[' .. table.concat(c.samples, ',') .. ']' .. rate_json(c.rate) ..
+      (c.volume and crossing_volume(c.volume) or '') .. '}}}'
   local fields = {c.action == 'suspend' and 'aup' or 'report', c.id, 'last_aup', record,
     'ver', tonumber(x[1] or '0') + 1, 'ob', 1}
   if not x[4] then fields[#fields + 1], fields[#fields + 2] = 'created', c.at end

@@ -6,7 +6,6 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -28,14 +27,11 @@ const outboxBatch = 100
 // crossings' records (written by crossing.lua).
 func DecodeOutbox(entry string) (*events.AccountEvent, []byte, error) {
 	var ev *events.AccountEvent
-	if strings.HasPrefix(entry, crossingPrefix) {
-		var w struct {
-			Crossing events.Crossing `json:"crossing"`
+	if c, ok, err := decodeCrossing(entry); ok {
+		if err != nil {
+			return nil, nil, fmt.Errorf("outbox: %w", err)
 		}
-		if err := json.Unmarshal([]byte(entry), &w); err != nil {
-			return nil, nil, fmt.Errorf("decode outbox crossing: %w", err)
-		}
-		ev = w.Crossing.Event()
+		ev = c.Event()
 	} else {
 		ev = new(events.AccountEvent)
 		if err := json.Unmarshal([]byte(entry), ev); err != nil {

@@ -13,6 +13,12 @@ type Company struct {
 	Threshold    *int     `json:"threshold,omitempty"`
 	Allowlist    []string `json:"allowlist,omitempty"`
 	Lockout      *Lockout `json:"lockout,omitempty"`
+	// Volume, when set, replaces the provider's volume limits for the
+	// company's accounts; an empty list sets none.
+	Volume *[]VolumeLimit `json:"volume,omitempty"`
+	// VolumeAllowlist holds accounts whose volume crossings are reported,
+	// never throttled or suspended.
+	VolumeAllowlist []string `json:"volume_allowlist,omitempty"`
 	// Source is "config" (read-only here) or "api".
 	Source string `json:"source,omitempty"`
 }
@@ -22,6 +28,17 @@ type Lockout struct {
 	MaxFailures int    `json:"max_failures,omitempty"`
 	Window      string `json:"window,omitempty"`
 	Duration    string `json:"duration,omitempty"`
+}
+
+// VolumeLimit is one limit on what an account sends: more than Messages
+// messages, or more than Recipients recipients (exactly one is set),
+// within Window crosses it, and Action (throttle or suspend) follows.
+type VolumeLimit struct {
+	Name       string `json:"name"`
+	Window     string `json:"window"`
+	Messages   int    `json:"messages,omitempty"`
+	Recipients int    `json:"recipients,omitempty"`
+	Action     string `json:"action"`
 }
 
 // CompanyRequest creates or replaces an API-managed company. ID may be

@@ -53,6 +53,10 @@ type Config struct {
 	// MaintenanceAction answers mail to an account in maintenance (a
 	// temporary failure: the sending MTA queues the mail).
 	MaintenanceAction string `yaml:"maintenance_action"`
+	// VolumeThrottleAction answers an authenticated sender that a volume
+	// throttle holds back (a temporary failure: the mail client tries
+	// again later).
+	VolumeThrottleAction string `yaml:"volume_throttle_action"`
 	// RecipientDelimiter is Postfix's recipient_delimiter: the characters
 	// that start an address extension (user+tag@domain). A recipient with
 	// an extension is judged by the mailbox it is delivered to as well.
@@ -92,6 +96,7 @@ func Defaults() Config {
 		ClosedAction:           "550 5.2.1 Mailbox is closed",
 		ReceiveSuspendedAction: "550 5.2.1 Mailbox is not accepting messages",
 		MaintenanceAction:      "450 4.2.1 Mailbox is temporarily unavailable, try again later",
+		VolumeThrottleAction:   "452 4.7.1 Sending limit reached for this account, try again later",
 		RecipientDelimiter:     "+",
 	}
 }
@@ -138,6 +143,7 @@ func (c Config) withDefaults() Config {
 		{&c.ClosedAction, d.ClosedAction},
 		{&c.ReceiveSuspendedAction, d.ReceiveSuspendedAction},
 		{&c.MaintenanceAction, d.MaintenanceAction},
+		{&c.VolumeThrottleAction, d.VolumeThrottleAction},
 	} {
 		if *p.v == "" {
 			*p.v = p.d
@@ -201,6 +207,7 @@ func (c Config) Validate() error {
 		{"closed_action", c.ClosedAction},
 		{"receive_suspended_action", c.ReceiveSuspendedAction},
 		{"maintenance_action", c.MaintenanceAction},
+		{"volume_throttle_action", c.VolumeThrottleAction},
 	} {
 		if err := validAction(x.v); err != nil {
 			return fmt.Errorf("postfix policy: %s: %w", x.name, err)
@@ -217,6 +224,9 @@ func (c Config) Validate() error {
 	}
 	if err := wantClass(c.MaintenanceAction, '4'); err != nil {
 		return fmt.Errorf("postfix policy: maintenance_action: %w", err)
+	}
+	if err := wantClass(c.VolumeThrottleAction, '4'); err != nil {
+		return fmt.Errorf("postfix policy: volume_throttle_action: %w", err)
 	}
 	return nil
 }

@@ -21,6 +21,10 @@ const (
 	attrSASLUsername  = "sasl_username" // the SASL login name; empty without SMTP AUTH
 	attrQueueID       = "queue_id"
 	attrClientAddress = "client_address"
+	// instance is Postfix's id of one mail transaction: the same in every
+	// request about one message, and when Postfix asks again.
+	attrInstance       = "instance"
+	attrRecipientCount = "recipient_count" // accepted recipients, in DATA and END-OF-MESSAGE
 )
 
 // requestAccessPolicy is the only request type Postfix sends.

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,9 +41,68 @@ type Accounts interface {
 	Lookup(ctx context.Context, account string) (view rules.AccountView, governed bool, err error)
 }
 
+// Volume counts what authenticated senders send, at END-OF-MESSAGE, and
+// holds back those a volume throttle holds (docs/postfix.md, "Volume
+// limits"). It is implemented by internal/policy/volume.
+type Volume interface {
+	// Limited reports whether the account has volume limits: its
+	// messages are counted, and its sender checks go through Sender.
+	Limited(account string) bool
+	// Sender looks the sender up as Accounts.Lookup does, with the
+	// version of its state and the throttle that holds it back.
+	Sender(ctx context.Context, account string) (Sender, error)
+	// Count counts a message that the sender check allowed on the state
+	// at m.Version (or, with VersionUnchecked, asks for that check).
+	Count(ctx context.Context, m Message) (CountResult, error)
+	// CountedBefore reports whether the message was counted already:
+	// Postfix asking again about a message it was told to accept.
+	CountedBefore(ctx context.Context, m Message) (bool, error)
+}
+
+// Sender is what Volume.Sender knows of an authenticated sender.
+type Sender struct {
+	View     rules.AccountView
+	Governed bool
+	Version  int64
+	// Throttle names the volume limit whose throttle holds the sender
+	// back; empty: none.
+	Throttle string
+}
+
+// VersionUnchecked is Message.Version when no sender check was made.
+const VersionUnchecked = -1
+
+// Message is one message Postfix committed to (END-OF-MESSAGE).
+type Message struct {
+	Account    string
+	Instance   string // Postfix's id of the mail transaction
+	QueueID    string
+	Client     string // client_address
+	Recipients int
+	Version    int64
+}
+
+// CountOutcome is what became of a message Volume.Count was given.
+type CountOutcome int
+
+// The outcomes of Volume.Count.
+const (
+	Counted   CountOutcome = iota + 1 // counted, or the account has no limits
+	Duplicate                         // counted before
+	Throttled                         // held back by a throttle, not counted
+	Changed                           // not counted: check the sender again
+)
+
+// CountResult is the outcome of Volume.Count.
+type CountResult struct {
+	Outcome  CountOutcome
+	Throttle string // the limit whose throttle held the message back
+}
+
 // The result label values of aupd_policy_requests_total for this server.
 const (
 	ResultDunno            = "dunno"
+	ResultThrottled        = "throttled"
 	ResultSendSuspended    = "send_suspended"
 	ResultClosed           = "closed"
 	ResultReceiveSuspended = "receive_suspended"
@@ -56,12 +116,16 @@ type Options struct {
 	Logger     *slog.Logger          // nil: discard
 	Registerer prometheus.Registerer // nil: no metrics
 	Now        func() time.Time      // nil: time.Now
+	// Volume counts authenticated senders' messages and throttles them;
+	// nil: nothing is counted (no volume limits are configured).
+	Volume Volume
 }
 
 // Server answers Postfix policy delegation requests.
 type Server struct {
 	cfg      Config
 	accounts Accounts
+	volume   Volume
 	log      *slog.Logger
 	now      func() time.Time
 	metrics  *metrics
@@ -93,6 +157,7 @@ func New(cfg Config, accounts Accounts, opts Options) (*Server, error) {
 	return &Server{
 		cfg:      cfg,
 		accounts: accounts,
+		volume:   opts.Volume,
 		log:      log.With("component", "policy.postfix"),
 		now:      now,
 		metrics:  m,
@@ -227,6 +292,7 @@ func serve(ctx context.Context, ln net.Listener, sem chan struct{}, m *metrics, 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	s.metrics.conns.Inc()
 	defer s.metrics.conns.Dec()
+	var sess session
 	s.eachRequest(ctx, conn, 4096, func(r *bufio.Reader) bool {
 		req, err := readRequest(r, s.lim)
 		if err != nil {
@@ -241,7 +307,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 			return false
 		}
 		start := time.Now()
-		action, result := s.Decide(ctx, req)
+		action, result := s.decide(ctx, req, &sess)
 		s.metrics.requests.WithLabelValues(serverName, result).Inc()
 		s.metrics.latency.WithLabelValues(serverName).Observe(time.Since(start).Seconds())
 		_, err = conn.Write(formatReply(action))
@@ -288,6 +354,37 @@ func lingerClose(conn net.Conn) {
 // Decide answers one request: the action for Postfix and the result label.
 // It is safe for concurrent use.
 func (s *Server) Decide(ctx context.Context, req Request) (action, result string) {
+	return s.decide(ctx, req, nil)
+}
+
+// session is what one policy connection remembers between requests: the
+// sender check of the mail transaction in progress (Postfix asks about one
+// transaction at a time on a connection, in order), so that counting its
+// message at END-OF-MESSAGE needs no second look at the sender.
+type session struct {
+	account, instance string
+	version           int64
+}
+
+// remember records that the sender check allowed account's transaction
+// instance on its state at version.
+func (ss *session) remember(account, instance string, version int64) {
+	if ss == nil || instance == "" {
+		return
+	}
+	ss.account, ss.instance, ss.version = account, instance, version
+}
+
+// checked returns the version of the sender check of the transaction, or
+// VersionUnchecked.
+func (ss *session) checked(account, instance string) int64 {
+	if ss == nil || instance == "" || ss.instance != instance || ss.account != account {
+		return VersionUnchecked
+	}
+	return ss.version
+}
+
+func (s *Server) decide(ctx context.Context, req Request, sess *session) (action, result string) {
 	if req[attrRequest] != requestAccessPolicy {
 		return "DUNNO", ResultDunno
 	}
@@ -304,19 +401,12 @@ func (s *Server) Decide(ctx context.Context, req Request) (action, result string
 			// Not an address; aupd's accounts are addresses, so there
 			// is nothing to check.
 			s.log.Debug("sasl_username is not an address", "sasl_username", clip(user), "err", err)
-		} else {
-			view, governed, err := s.accounts.Lookup(ctx, acct)
-			if err != nil {
-				s.log.Error("look up sender", "account", acct, "queue_id", req[attrQueueID], "err", err)
-				return s.cfg.ErrorAction, ResultError
+		} else if s.volume != nil && s.volume.Limited(acct) {
+			if action, result, done := s.limitedSender(ctx, req, state, acct, now, sess); done {
+				return action, result
 			}
-			if governed {
-				if d := rules.Decide(view, rules.SendSMTP, now); d.Result != rules.Allow {
-					s.log.Info("submission refused", "account", acct, "code", d.Code,
-						"queue_id", req[attrQueueID], "client", req[attrClientAddress])
-					return s.cfg.SendSuspendedAction, ResultSendSuspended
-				}
-			}
+		} else if action, result, done := s.sender(ctx, req, acct, now); done {
+			return action, result
 		}
 	}
 
@@ -338,6 +428,113 @@ func (s *Server) Decide(ctx context.Context, req Request) (action, result string
 		return s.cfg.MaintenanceAction, ResultMaintenance
 	}
 	return "DUNNO", ResultDunno
+}
+
+// sender checks that acct may send; done is set when that answers the
+// request.
+func (s *Server) sender(ctx context.Context, req Request, acct string, now time.Time) (action, result string, done bool) {
+	view, governed, err := s.accounts.Lookup(ctx, acct)
+	if err != nil {
+		s.log.Error("look up sender", "account", acct, "queue_id", req[attrQueueID], "err", err)
+		return s.cfg.ErrorAction, ResultError, true
+	}
+	if governed {
+		if d := rules.Decide(view, rules.SendSMTP, now); d.Result != rules.Allow {
+			s.log.Info("submission refused", "account", acct, "code", d.Code,
+				"queue_id", req[attrQueueID], "client", req[attrClientAddress])
+			return s.cfg.SendSuspendedAction, ResultSendSuspended, true
+		}
+	}
+	return "", "", false
+}
+
+// limitedSender answers a request of a sender with volume limits: the
+// sender check, a throttle, and at END-OF-MESSAGE the count of the
+// message. done is set when that answers the request.
+func (s *Server) limitedSender(ctx context.Context, req Request, state, acct string, now time.Time, sess *session) (action, result string, done bool) {
+	if state == "END-OF-MESSAGE" {
+		action, result = s.endOfMessage(ctx, req, acct, now, sess)
+		return action, result, true
+	}
+	v, err := s.volume.Sender(ctx, acct)
+	if err != nil {
+		s.log.Error("look up sender", "account", acct, "queue_id", req[attrQueueID], "err", err)
+		return s.cfg.ErrorAction, ResultError, true
+	}
+	if action, result, refused := s.refuseSender(req, acct, v, now); refused {
+		return action, result, true
+	}
+	sess.remember(acct, req[attrInstance], v.Version)
+	return "", "", false
+}
+
+// refuseSender answers a sender that may not send now: its state denies
+// it, or a throttle holds it back.
+func (s *Server) refuseSender(req Request, acct string, v Sender, now time.Time) (action, result string, refused bool) {
+	if v.Governed {
+		if d := rules.Decide(v.View, rules.SendSMTP, now); d.Result != rules.Allow {
+			s.log.Info("submission refused", "account", acct, "code", d.Code,
+				"queue_id", req[attrQueueID], "client", req[attrClientAddress])
+			return s.cfg.SendSuspendedAction, ResultSendSuspended, true
+		}
+	}
+	if v.Throttle != "" {
+		s.log.Info("submission throttled", "account", acct, "limit", v.Throttle,
+			"queue_id", req[attrQueueID], "client", req[attrClientAddress])
+		return s.cfg.VolumeThrottleAction, ResultThrottled, true
+	}
+	return "", "", false
+}
+
+// endOfMessage counts a message Postfix has committed to, once, and
+// answers DUNNO, unless the sender may no longer send: its state changed
+// since the transaction's sender check, or a throttle started meanwhile
+// (another connection's message crossed a limit). The message that
+// crosses a limit is accepted: it was counted.
+func (s *Server) endOfMessage(ctx context.Context, req Request, acct string, now time.Time, sess *session) (action, result string) {
+	n, _ := strconv.Atoi(req[attrRecipientCount])
+	m := Message{Account: acct, Instance: req[attrInstance], QueueID: req[attrQueueID], Client: req[attrClientAddress],
+		Recipients: n, Version: sess.checked(acct, req[attrInstance])}
+	for range 3 {
+		if m.Version == VersionUnchecked {
+			v, err := s.volume.Sender(ctx, acct)
+			if err != nil {
+				s.log.Error("look up sender", "account", acct, "queue_id", m.QueueID, "err", err)
+				return s.cfg.ErrorAction, ResultError
+			}
+			if action, result, refused := s.refuseSender(req, acct, v, now); refused {
+				// Unless Postfix asks again about a message it was
+				// told to accept, and that was counted.
+				dup, err := s.volume.CountedBefore(ctx, m)
+				if err != nil {
+					s.log.Error("count message", "account", acct, "queue_id", m.QueueID, "err", err)
+					return s.cfg.ErrorAction, ResultError
+				}
+				if dup {
+					return "DUNNO", ResultDunno
+				}
+				return action, result
+			}
+			m.Version = v.Version
+		}
+		c, err := s.volume.Count(ctx, m)
+		if err != nil {
+			s.log.Error("count message", "account", acct, "queue_id", m.QueueID, "err", err)
+			return s.cfg.ErrorAction, ResultError
+		}
+		switch c.Outcome {
+		case Counted, Duplicate:
+			return "DUNNO", ResultDunno
+		case Throttled:
+			s.log.Info("submission throttled", "account", acct, "limit", c.Throttle,
+				"queue_id", m.QueueID, "client", m.Client)
+			return s.cfg.VolumeThrottleAction, ResultThrottled
+		}
+		m.Version = VersionUnchecked
+	}
+	// The sender's state changed under every attempt.
+	s.log.Error("count message", "account", acct, "queue_id", m.QueueID, "err", "the account changed concurrently")
+	return s.cfg.ErrorAction, ResultError
 }
 
 // recipient decides whether mail for address may be delivered. The

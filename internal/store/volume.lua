@@ -1,0 +1,302 @@
+-- Count one message an authenticated account sent (Postfix's
+-- END-OF-MESSAGE policy request) against its volume limits, and act on a
+-- crossing: a throttle, a suspension or a report. One call, atomic: it
+-- reads everything first and writes last.
+--
+-- KEYS[1] the account's state HASH <prefix>:{<account>}:s
+-- KEYS[2] its volume record <prefix>:{<account>}:v (STRING)
+-- KEYS[3] its throttle <prefix>:{<account>}:vt (STRING: "<until ms> <limit
+--         name>"), whose marker is the state's field vt; a crossing
+--         writes its history and outbox, the state's name ending in h and o
+--         (one Cluster slot)
+-- ARGV[1] now in ms, or 0 to read Redis's clock (TIME)
+-- ARGV[2] the state's version the sender check allowed, as text; -1: none
+--         was made (answer "changed" unless the message is a duplicate)
+-- ARGV[3] the message's id: 4 bytes, from Postfix's instance and queue
+--         id, the same when Postfix asks again about the message; "": none
+-- ARGV[4] its recipients
+-- ARGV[5] the client: its IPv4 address (4 bytes) or its IPv6 address's
+--         /64 prefix (8 bytes); "": none
+-- ARGV[6] the account's limits, packed big-endian:
+--   ring sum I2, limit sum B, rings B, limits B, per ring: bucket (ms) I4,
+--   kind B (1 messages, 2 recipients); per limit: ring B, max I2, action B
+--   (1 throttle, 2 suspend, 3 reported throttle, 4 reported suspension);
+--   per limit: name I2+c0
+-- ARGV[7] read only on a crossing: id for a suspension or report,
+--   company, account, each I2+c0, then the spam count's window I6 (ms):
+--   its samples within it are the suspension's evidence
+-- ARGV[8] the record's expiry (ms): the longest window
+--
+-- The record (docs/redis.md, "Volume"): ring sum I2, limit sum B, time of
+-- the last count I4 (s), above B (bit i: limit i is above its max and
+-- its crossing was handled), 6 recent message ids I4 (newest first, 0
+-- empty), then per ring 12 buckets I2 (bucket n of width g counts the
+-- messages or recipients sent in [n*g, (n+1)*g), in slot n % 12; counts
+-- stop at 65535), then the clients: count B, per client its length B and
+-- bytes, newest first, up to 3 and 27 bytes: with two rings the record is
+-- at most 108 bytes.
+--
+-- Returns {outcome, ob, crossings...}: outcome 1 counted, 2 duplicate, 3
+-- throttled (then the throttle's until and limit name follow), 4 changed,
+-- 5 new (ARGV[2] -2: only asked whether it is a duplicate); ob 1 when the
+-- account's outbox holds entries to publish; per crossing 6 values: limit
+-- index (0-based), action code, count, since (ms), until (ms, a throttle's
+-- end; 0), the suspension's or report's id ("").
+-- Lua calls cost more than Redis commands here (a C function call,
+-- struct's above all, costs about as much as a small command): the hot
+-- path makes few. Formats are literals, the record is read and written in
+-- one unpack and one pack, floors are arithmetic (x - x % g), and the
+-- numbers Redis passes as text are compared as text or used in arithmetic,
+-- which converts them, rather than through tonumber.
+local rcall, unpack_, pack, byte, ssub = redis.call, struct.unpack, struct.pack, string.byte, string.sub
+local st, vkey, tkey = KEYS[1], KEYS[2], KEYS[3]
+local now = ARGV[1] + 0
+if now == 0 then
+  local t = rcall('TIME')
+  now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
+end
+local want_ver, id, nrcpt, client, spec = ARGV[2], ARGV[3], ARGV[4] + 0, ARGV[5], ARGV[6]
+local NSLOT, MAXC, NIDS, MAXADDR, ADDRBYTES = 12, 65535, 6, 3, 27
+local ID0 = 4 -- R[ID0 + i] is recent id i
+local S0 = ID0 + NIDS -- R[S0 + (r - 1) * NSLOT + s] is slot s of ring r
+local HEAD = 8 + 4 * NIDS -- the record's bytes before the rings
+
+
+-- The limits. Names come last: only a crossing reads them.
+local ringsum, limitsum, nrings, nlimits, pos = unpack_('>I2BBB', spec)
+-- (formats are constants picked by count, not tables, which every call
+-- would make)
+local rfmt = nrings == 1 and '>I4B' or nrings == 2 and '>I4BI4B' or nrings == 3 and '>I4BI4BI4B' or '>I4BI4BI4BI4B'
+local RS = {unpack_(rfmt, spec, pos)} -- per ring: bucket width (ms), kind
+local lfmt = nlimits == 1 and '>BI2B' or nlimits == 2 and '>BI2BBI2B' or nlimits == 3 and '>BI2BBI2BBI2B'
+  or nlimits == 4 and '>BI2BBI2BBI2BBI2B' or nlimits == 5 and '>BI2BBI2BBI2BBI2BBI2B'
+  or nlimits == 6 and '>BI2BBI2BBI2BBI2BBI2BBI2B' or nlimits == 7 and '>BI2BBI2BBI2BBI2BBI2BBI2BBI2B'
+  or '>BI2BBI2BBI2BBI2BBI2BBI2BBI2BBI2B'
+local LS = {unpack_(lfmt, spec, RS[2 * nrings + 1])} -- per limit: ring (0-based), max, action
+
+-- The record as it is: R[1] ring sum, R[2] limit sum, R[3] the last
+-- count's time, R[4] above, then the ids, then the slots, and where the
+-- addresses start. A record of other rings keeps its ids and starts its
+-- counts and addresses afresh.
+local NVAL = S0 + NSLOT * nrings
+local FMT = nrings == 1 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2'
+  or nrings == 2 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
+  or nrings == 3 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
+  or '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
+local rec = rcall('GET', vkey)
+local R, ap
+if rec and byte(rec, 1) * 256 + byte(rec, 2) == ringsum and #rec > HEAD + 2 * NSLOT * nrings then
+  R = {unpack_(FMT, rec)}
+  ap = R[NVAL + 1]
+elseif rec and #rec >= HEAD then
+  R = {unpack_('>I2BI4BI4I4I4I4I4I4', rec)}
+  R[1], R[4] = ringsum, 0
+  for i = S0 + 1, NVAL do R[i] = 0 end
+else
+  R = {ringsum, limitsum, 0, 0}
+  for i = ID0 + 1, NVAL do R[i] = 0 end
+end
+if R[2] ~= limitsum then R[2], R[4] = limitsum, 0 end
+local last = R[3] * 1000 -- in ms; stored in seconds, which bucket boundaries (whole seconds) allow
+
+-- Postfix asking again about a message counted already.
+local idn = 0
+if #id == 4 then idn = unpack_('>I4', id) end
+if idn ~= 0 then
+  for i = ID0 + 1, ID0 + NIDS do
+    if R[i] == idn then return {2, rcall('HEXISTS', st, 'ob')} end
+  end
+end
+if want_ver == '-2' then return {5, 0} end
+
+local hv = rcall('HMGET', st, 'ver', 'aup', 'ob', 'vt')
+local ob = hv[3] and 1 or 0
+if want_ver ~= (hv[1] or '0') then return {4, ob} end
+
+-- A throttle in force holds back the message, uncounted. (Its marker in
+-- the state, vt, only tells the RCPT-time lookup to look here.)
+local th = rcall('GET', tkey)
+if th then
+  local til, tname = string.match(th, '^(%d+) (.*)$')
+  if til and til + 0 > now then return {3, ob, til + 0, tname} end
+end
+if hv[4] then rcall('HDEL', st, 'vt') end -- a throttle that ended
+
+-- Move every ring to now (the buckets between the last count and now are
+-- empty; a clock that went back counts into the newest bucket), and add
+-- the message to its current bucket. BEFORE and AFTER: each ring's count
+-- without and with the message.
+-- (kept in R past the record's values: tables cost more than slots)
+local CUR, BEFORE, AFTER = NVAL + 1, NVAL + 5, NVAL + 9 -- R[CUR + r] ...
+for r = 1, nrings do
+  local g, base = RS[2 * r - 1], S0 + (r - 1) * NSLOT
+  local n, l = (now - now % g) / g, (last - last % g) / g
+  if n < l then n = l end
+  local to = n
+  if to > l + NSLOT then to = l + NSLOT end
+  for k = l + 1, to do R[base + k % NSLOT + 1] = 0 end
+  R[CUR + r] = n
+  local t = 0
+  for i = base + 1, base + NSLOT do t = t + R[i] end
+  local slot = base + n % NSLOT + 1
+  local old = R[slot]
+  local new = old + (RS[2 * r] == 1 and 1 or nrcpt)
+  if new > MAXC then new = MAXC end
+  R[slot] = new
+  R[BEFORE + r], R[AFTER + r] = t, t - old + new
+end
+
+-- The crossings: limits above their max that were not. A limit back
+-- within its max before this message is no longer above it.
+local above = R[4]
+local crossings
+for l = 1, nlimits do
+  local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], 2 ^ (l - 1)
+  local was = above % (2 * bit) >= bit
+  if was and R[BEFORE + r] <= max then above = above - bit; was = false end
+  if R[AFTER + r] > max and not was then
+    above = above + bit
+    crossings = crossings or {}
+    crossings[#crossings + 1] = {l = l, r = r, count = R[AFTER + r]}
+  end
+end
+R[4] = above
+if now > last then R[3] = (now - now % 1000) / 1000 end
+
+-- A crossing's window (the start of its oldest bucket), its start (the
+-- oldest bucket that counts) and, for a throttle, its end: when enough
+-- of the oldest buckets have left the window for the count to be within
+-- the max again.
+local function span(c, max)
+  local g, n, base = RS[2 * c.r - 1], R[CUR + c.r], S0 + (c.r - 1) * NSLOT
+  local since, til, left = 0, 0, c.count
+  for k = n - NSLOT + 1, n do -- oldest first
+    local v = R[base + k % NSLOT + 1]
+    if since == 0 and v > 0 then since = k * g end
+    left = left - v
+    if til == 0 and left <= max then til = (k + NSLOT) * g end
+  end
+  c.from, c.since, c.til = (n - NSLOT + 1) * g, since, til
+end
+
+-- A limit's name: names come last in the limits, and only a crossing
+-- reads them.
+local function name(l)
+  local p, n = LS[3 * nlimits + 1], nil
+  for _ = 1, l do n, p = unpack_('>I2c0', spec, p) end
+  return n
+end
+
+-- What the crossings do: one suspension (or report of one) at most, the
+-- first suspend limit crossed; a throttle, the longest.
+local throttle, suspend, x, smp
+for _, c in ipairs(crossings or {}) do
+  local a = LS[3 * c.l]
+  span(c, LS[3 * c.l - 1])
+  if a == 1 and (not throttle or c.til > throttle.til) then throttle = c end
+  if (a == 2 or a == 4) and not suspend and not hv[2] then suspend = c end
+end
+if suspend then
+  x = crossing_read(st)
+  smp = rcall('HGET', st, 'smp')
+end
+local st_ttl -- the state's expiry, which a throttle's marker may extend
+if throttle then st_ttl = rcall('PTTL', st) end
+
+-- The clients of the record's addresses, as text: an IPv4 address, an
+-- IPv6 /64 (Go writes it canonically when it decodes the record).
+local function clients(addrs)
+  local out, p = {}, 2
+  for i = 1, byte(addrs, 1) do
+    local n = byte(addrs, p)
+    local a = ssub(addrs, p + 1, p + n)
+    if n == 4 then
+      out[i] = string.format('%d.%d.%d.%d', byte(a, 1, 4))
+    else
+      out[i] = string.format('%x:%x:%x:%x::/64', unpack_('>I2I2I2I2', a))
+    end
+    p = p + 1 + n
+  end
+  return out
+end
+
+-- The spam count's samples within its window (smp: 14 bytes each, time
+-- in s, fingerprint, stream sequence), for the notice's evidence.
+local function samples(window)
+  local out = {}
+  for i = 1, #(smp or '') - 13, 14 do
+    local t, _, seq = unpack_('>I4c4I6', smp, i)
+    if t * 1000 > now - window then out[#out + 1] = string.format('%.0f', seq) end
+  end
+  return out
+end
+
+-- Record the suspension (or its report) of crossing c with crossing.lua;
+-- returns its id.
+local function suspension(c, addrs)
+  local id, company, account, window = unpack_('>I2c0I2c0I2c0I6', ARGV[7])
+  -- the same window's other count, when a ring of the other kind has it
+  local msgs, rcpts = -1, -1
+  for r = 1, nrings do
+    if RS[2 * r - 1] == RS[2 * c.r - 1] then
+      if RS[2 * r] == 1 then msgs = R[AFTER + r] else rcpts = R[AFTER + r] end
+    end
+  end
+  local hset = {}
+  local nh = crossing_write(st, x, {
+    id = id, action = LS[3 * c.l] == 2 and 'suspend' or 'report', rule = 'volume:' .. name(c.l),
+    at = now, from = c.from, account = account, company = company,
+    threshold = LS[3 * c.l - 1], count = c.count, capped = false, counts = {0, 0, 0}, samples = samples(window),
+    volume = {limit = name(c.l), kind = RS[2 * c.r] == 1 and 'messages' or 'recipients', window = RS[2 * c.r - 1] * NSLOT,
+      messages = msgs, recipients = rcpts, since = c.since, clients = clients(addrs)},
+  }, hset, 0)
+  rcall('HSET', st, unpack(hset, 1, nh))
+  rcall('PERSIST', st)
+  return id
+end
+
+-------------------------------------------------------------- writes --
+if idn ~= 0 then
+  for i = ID0 + NIDS, ID0 + 2, -1 do R[i] = R[i - 1] end
+  R[ID0 + 1] = idn
+end
+-- The client addresses: this one first, then the others, as long as
+-- they fit. The usual case, the same client again, keeps them as they are.
+local addrs = '\0'
+if ap then addrs = ssub(rec, ap) end
+local nc = #client
+if (nc == 4 or nc == 8) and not (byte(addrs, 2) == nc and ssub(addrs, 3, 2 + nc) == client) then
+  local keep, na, p = string.char(nc) .. client, 1, 2
+  for _ = 1, byte(addrs, 1) or 0 do
+    local n = byte(addrs, p) or 0
+    if n == 0 then break end
+    local a = ssub(addrs, p + 1, p + n)
+    p = p + 1 + n
+    if a ~= client and na < MAXADDR and #keep + n + 1 <= ADDRBYTES then keep = keep .. string.char(n) .. a; na = na + 1 end
+  end
+  addrs = string.char(na) .. keep
+end
+rcall('SET', vkey, pack(FMT, unpack(R, 1, NVAL)) .. addrs, 'PX', ARGV[8])
+if not crossings then return {1, ob} end
+
+if throttle then
+  local left = string.format('%d', throttle.til - now)
+  rcall('SET', tkey, string.format('%d %s', throttle.til, name(throttle.l)), 'PX', left)
+  -- The marker the RCPT-time lookup reads with the state (HGETALL): a
+  -- state made for it expires with the throttle, one that expires sooner
+  -- lives as long, a durable one stays so.
+  rcall('HSET', st, 'vt', left)
+  if st_ttl == -2 or (st_ttl >= 0 and st_ttl < throttle.til - now) then rcall('PEXPIRE', st, left) end
+end
+local sid = ''
+if suspend then
+  sid = suspension(suspend, addrs)
+  ob = 1
+end
+local out = {1, ob}
+for _, c in ipairs(crossings) do
+  local cid = ''
+  if c == suspend then cid = sid end
+  for _, v in ipairs({c.l - 1, LS[3 * c.l], c.count, c.since, c.til, cid}) do out[#out + 1] = v end
+end
+return out
