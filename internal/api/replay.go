@@ -13,16 +13,19 @@ import (
 	"github.com/aupd/aupd/rules"
 )
 
-// Replayer tries a threshold or a spam rate over the stored verdicts
-// (replay.Replayer).
+// Replayer tries a threshold or a spam rate over the stored verdicts,
+// and a volume limit against the volume records (replay.Replayer).
 type Replayer interface {
 	Run(ctx context.Context, req replay.Request) (*replay.Report, error)
 }
 
 // replay answers GET /api/v1/replay?[threshold=N][&rate=R&min_spam=M]
-// [&company=ID][&since=24h]: the accounts the rules tried would have
-// suspended in the period, beside what happened. It acts on nothing. A
-// company-scoped token replays its own company only.
+// [&volume_window=1h&volume_messages=N|volume_recipients=N
+// [&volume_action=throttle|suspend]][&company=ID][&since=24h]: the
+// accounts the rules tried would have suspended in the period, and
+// those the volume limit tried would have stopped, beside what happened.
+// It acts on nothing. A company-scoped token replays its own company
+// only.
 func (s *server) replay(w http.ResponseWriter, r *http.Request, p *principal) {
 	if s.opts.Replay == nil {
 		s.fail(w, r, errf(http.StatusServiceUnavailable, "not_configured", "replay is not available on this aupd"))
@@ -83,10 +86,42 @@ func replayRequest(q url.Values) (replay.Request, *apiError) {
 			return req, errf(http.StatusBadRequest, "invalid", "min_spam must be a whole number of at least 1")
 		}
 	}
+	if bad := volumeRequest(q, &req); bad != nil {
+		return req, bad
+	}
 	if v := q.Get("since"); v != "" {
 		if req.Since, err = time.ParseDuration(v); err != nil || req.Since <= 0 {
 			return req, errf(http.StatusBadRequest, "invalid", "since must be a duration such as 24h or 90m")
 		}
 	}
 	return req, nil
+}
+
+// volumeRequest reads the volume limit a replay tries, if any: its
+// window, its messages or recipients, and its action.
+func volumeRequest(q url.Values, req *replay.Request) *apiError {
+	window, msgs, rcpts, action := q.Get("volume_window"), q.Get("volume_messages"), q.Get("volume_recipients"), q.Get("volume_action")
+	if window == "" && msgs == "" && rcpts == "" && action == "" {
+		return nil
+	}
+	l := &rules.VolumeLimit{Action: rules.VolumeAction(action)}
+	var err error
+	if window != "" {
+		if l.Window, err = time.ParseDuration(window); err != nil {
+			return errf(http.StatusBadRequest, "invalid", "volume_window must be a duration such as 1h or 30m")
+		}
+	}
+	for _, c := range []struct {
+		name, v string
+		n       *int
+	}{{"volume_messages", msgs, &l.Messages}, {"volume_recipients", rcpts, &l.Recipients}} {
+		if c.v == "" {
+			continue
+		}
+		if *c.n, err = strconv.Atoi(c.v); err != nil {
+			return errf(http.StatusBadRequest, "invalid", "%s must be a whole number of at least 1", c.name)
+		}
+	}
+	req.Volume = l
+	return nil
 }

@@ -9,8 +9,9 @@ import (
 )
 
 // ingestAndReplay makes the HTTP ingest (verdicts onto the verdict
-// stream, for publishers that cannot reach NATS) and the threshold replay
-// for the admin API. Both only answer tokens that may use them: without a
+// stream, for publishers that cannot reach NATS) and the replay (of the
+// spam rules over the verdict stream, of a volume limit against the
+// volume records) for the admin API. Both only answer tokens that may use them: without a
 // publisher token in auth.tokens, nothing can be published over HTTP.
 func (a *App) ingestAndReplay(cfg *config.Config) (*ingest.Ingester, *replay.Replayer, error) {
 	skew := func() time.Duration { return a.cfg.Load().AUP.FutureSkew }
@@ -20,7 +21,7 @@ func (a *App) ingestAndReplay(cfg *config.Config) (*ingest.Ingester, *replay.Rep
 	}
 	rep, err := replay.New(replay.Options{
 		JS: a.js, Verdicts: cfg.NATS.Verdicts.Name, Accounts: cfg.NATS.Accounts.Name,
-		Directory: a.dir, Policy: a.policy, FutureSkew: skew, Now: a.opts.Now,
+		Directory: a.dir, Policy: a.policy, FutureSkew: skew, Volume: a.store, Now: a.opts.Now,
 	})
 	if err != nil {
 		return nil, nil, err

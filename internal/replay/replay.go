@@ -1,9 +1,10 @@
-// Package replay answers "what would this threshold, or this spam rate,
-// have done?": it reads the stored verdicts back from the verdict stream
-// with an ordered (ephemeral) consumer, never the live durable one, runs
-// the AUP rules over them with rules.Replay, and sets the result beside
-// what the live worker actually did, read from the account stream. It
-// acts on nothing.
+// Package replay answers "what would this threshold, this spam rate, or
+// this volume limit have done?": it reads the stored verdicts back from
+// the verdict stream with an ordered (ephemeral) consumer, never the live
+// durable one, runs the AUP rules over them with rules.Replay, and sets
+// the result beside what the live worker actually did, read from the
+// account stream. A volume limit is tried against the accounts' volume
+// records instead (volume.go). It acts on nothing.
 package replay
 
 import (
@@ -25,13 +26,16 @@ import (
 	"github.com/aupd/aupd/rules"
 )
 
-// Directory finds the company that owns an account.
+// Directory finds the company that owns an account, and lists the
+// companies (companies.Directory).
 type Directory interface {
 	ByAccount(account string) (*companies.Company, bool)
+	ByID(id string) (*companies.Company, bool)
+	All() []companies.Company
 }
 
-// Options are what a Replayer needs; all but MaxEvents and Now are
-// required.
+// Options are what a Replayer needs; all but MaxEvents, Volume,
+// MaxVolumeRecords and Now are required.
 type Options struct {
 	JS        jetstream.JetStream
 	Verdicts  string // the verdict stream's name
@@ -42,7 +46,13 @@ type Options struct {
 	FutureSkew func() time.Duration
 	// MaxEvents bounds the events one replay reads (default 2,000,000).
 	MaxEvents int
-	Now       func() time.Time
+	// Volume reads the volume records; nil: a volume limit cannot be
+	// tried.
+	Volume VolumeRecords
+	// MaxVolumeRecords bounds the volume records one replay reads
+	// (default 1,000,000).
+	MaxVolumeRecords int
+	Now              func() time.Time
 }
 
 func (o *Options) validate() error {
@@ -51,6 +61,9 @@ func (o *Options) validate() error {
 	}
 	if o.MaxEvents <= 0 {
 		o.MaxEvents = 2_000_000
+	}
+	if o.MaxVolumeRecords <= 0 {
+		o.MaxVolumeRecords = 1_000_000
 	}
 	if o.FutureSkew == nil {
 		o.FutureSkew = func() time.Duration { return 5 * time.Minute }
@@ -82,9 +95,17 @@ type Request struct {
 	// off); nil: each account's live rule, so that a replay at the live
 	// threshold decides as the live worker did.
 	SpamRate *rules.SpamRateSetting
-	Company  string        // only this company's accounts; "": every account
-	Since    time.Duration // the period looked at, ending now (default 24h)
+	// Volume is a volume limit to try against the volume records (its
+	// Name is not used; Action "": suspend); nil: none. With neither a
+	// Threshold nor a SpamRate, only the volume limit is tried.
+	Volume  *rules.VolumeLimit
+	Company string        // only this company's accounts; "": every account
+	Since   time.Duration // the period looked at, ending now (default 24h)
 }
+
+// spam reports whether the request tries the spam rules: a threshold or
+// a spam rate.
+func (req *Request) spam() bool { return req.Threshold != 0 || req.SpamRate != nil }
 
 // MaxSince bounds Request.Since.
 const MaxSince = 31 * 24 * time.Hour
@@ -101,8 +122,11 @@ func (req *Request) validate(p rules.Provider) error {
 	switch {
 	case req.Threshold < 0:
 		return invalid("threshold must be at least 1 (or absent with a rate: each account's live threshold)")
-	case req.Threshold == 0 && req.SpamRate == nil:
-		return invalid("give a threshold (at least 1), a rate, or both")
+	case !req.spam() && req.Volume == nil:
+		return invalid("give a threshold (at least 1), a rate, a volume limit (volume_window with volume_messages or volume_recipients), or several")
+	}
+	if err := req.validateVolume(); err != nil {
+		return err
 	}
 	if r := req.SpamRate; r != nil {
 		switch {
@@ -144,21 +168,40 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 	}
 	now := r.o.Now()
 	from := now.Add(-req.Since)
-	start := from.Add(-pol.Window)
 	rep := &Report{Threshold: req.Threshold, SpamRate: req.SpamRate, Company: req.Company,
 		From: from, To: now, Window: pol.Window.String(), Accounts: []Account{}}
 	sc := &scope{dir: r.o.Directory, pol: pol, req: req, accts: map[string]accountInfo{}}
+	if req.Volume != nil {
+		// Checked first: a window the records cannot answer is a bad
+		// request, before the verdicts are read.
+		v, err := r.volume(ctx, req, sc, from, now)
+		if err != nil {
+			return nil, err
+		}
+		rep.Volume = v
+	}
+	if req.spam() {
+		if err := r.spam(ctx, sc, from, rep); err != nil {
+			return nil, err
+		}
+	}
+	return rep, nil
+}
 
+// spam replays the spam rules over the stored verdicts of the period
+// from from on, into rep.
+func (r *Replayer) spam(ctx context.Context, sc *scope, from time.Time, rep *Report) error {
+	start := from.Add(-sc.pol.Window)
 	evs, err := r.readVerdicts(ctx, start, sc, rep)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resets, actual, err := r.readAccountEvents(ctx, start, from, sc)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	would := map[string][]Crossing{}
-	crossings := rules.Replay(evs, resets, pol.Window, func(account string) rules.ReplayAccount {
+	crossings := rules.Replay(evs, resets, sc.pol.Window, func(account string) rules.ReplayAccount {
 		p := sc.account(account).policy
 		return rules.ReplayAccount{Threshold: p.Threshold, SpamRate: p.SpamRate, Action: p.OnCrossing()}
 	})
@@ -168,7 +211,7 @@ func (r *Replayer) Run(ctx context.Context, req Request) (*Report, error) {
 		}
 	}
 	rep.Accounts = side(would, actual, sc)
-	return rep, nil
+	return nil
 }
 
 // scope is what a replay knows of the accounts it meets: their companies
