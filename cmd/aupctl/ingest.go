@@ -48,12 +48,19 @@ func addIngestCommands(commands map[string]command) {
 		flags: noFlags, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error { return ingestARFCmd(ctx, x, "") }}
 	var req client.ReplayRequest
 	var minSpam int
-	commands["replay"] = command{group: "verdicts", args: "[--threshold N] [--rate R --min-spam M] [--company ID] [--since 24h]",
-		summary: "what a threshold or spam rate would have suspended, beside what happened",
+	var vol rules.VolumeLimit
+	var volAction string
+	commands["replay"] = command{group: "verdicts",
+		args: "[--threshold N] [--rate R --min-spam M] [--volume-window W (--volume-messages N | --volume-recipients N) [--volume-action A]] " +
+			"[--company ID] [--since 24h]",
+		summary: "what a threshold, spam rate or volume limit would have done, beside what happened",
 		help: "Replays the AUP rules over the stored verdicts of the period with the threshold and spam-rate rule given, " +
 			"and shows each account that would have crossed (when, which rule, the count and the rate) beside what aupd " +
 			"actually did. --threshold alone keeps each account's live spam-rate rule; --rate alone keeps each " +
-			"account's live threshold; --rate 0 turns the spam-rate rule off. Acts on nothing.",
+			"account's live threshold; --rate 0 turns the spam-rate rule off. --volume-window with --volume-messages or " +
+			"--volume-recipients tries a volume limit against the accounts' volume records instead (or as well): each " +
+			"account's count over the window now and the highest within the period, from the buckets its live limits " +
+			"keep, beside the live volume limits' suspensions and throttles. Acts on nothing.",
 		flags: func(fs *flag.FlagSet) *flags {
 			fs.IntVar(&req.Threshold, "threshold", 0, "the threshold to try (at least 1); absent: each account's live threshold (with --rate)")
 			fs.Func("rate", "the spam rate to try, a fraction (0.05 for 5%; 0: the rule off); absent: each account's live spam-rate rule",
@@ -66,10 +73,18 @@ func addIngestCommands(commands map[string]command) {
 					return nil
 				})
 			fs.IntVar(&minSpam, "min-spam", 0, "with --rate above 0: the least spam count that may cross (at least 1)")
+			fs.DurationVar(&vol.Window, "volume-window", 0, "a volume limit's window to try (whole buckets of a window of the live limits, up to it)")
+			fs.IntVar(&vol.Messages, "volume-messages", 0, "with --volume-window: the most messages within it")
+			fs.IntVar(&vol.Recipients, "volume-recipients", 0, "with --volume-window: the most recipients within it")
+			fs.StringVar(&volAction, "volume-action", "", "with --volume-window: throttle or suspend (default suspend)")
 			fs.StringVar(&req.Company, "company", "", "only this company's accounts")
 			fs.DurationVar(&req.Since, "since", 24*time.Hour, "how far back to replay")
 			return &flags{}
 		}, run: func(ctx context.Context, x *cli, _ []string, _ *flags) error {
+			if vol.Window != 0 || vol.Messages != 0 || vol.Recipients != 0 || volAction != "" {
+				vol.Action = rules.VolumeAction(volAction)
+				req.Volume = &vol
+			}
 			return replayCmd(ctx, x, req, minSpam)
 		}}
 }
@@ -120,14 +135,16 @@ func ingestARFCmd(ctx context.Context, x *cli, tokenFile string) error {
 	return nil
 }
 
-// replayCmd prints what a threshold or a spam rate would have done
-// beside what happened.
+// replayCmd prints what a threshold, a spam rate or a volume limit
+// would have done beside what happened.
 func replayCmd(ctx context.Context, x *cli, req client.ReplayRequest, minSpam int) error {
 	switch {
 	case minSpam != 0 && req.SpamRate == nil:
 		return &usageError{"--min-spam goes with --rate"}
-	case req.Threshold < 0 || req.Threshold == 0 && req.SpamRate == nil:
-		return &usageError{"--threshold N (at least 1) or --rate R --min-spam M is required"}
+	case req.Volume != nil && req.Volume.Window == 0:
+		return &usageError{"--volume-messages, --volume-recipients and --volume-action go with --volume-window"}
+	case req.Threshold < 0 || req.Threshold == 0 && req.SpamRate == nil && req.Volume == nil:
+		return &usageError{"--threshold N (at least 1), --rate R --min-spam M, or --volume-window W with --volume-messages N or --volume-recipients N is required"}
 	case req.Since <= 0:
 		return &usageError{"--since wants a positive duration such as 24h (a week: 168h)"}
 	}
@@ -142,6 +159,15 @@ func replayCmd(ctx context.Context, x *cli, req client.ReplayRequest, minSpam in
 		fmt.Fprintln(x.stdout, strings.TrimSpace(string(raw)))
 		return nil
 	}
+	if rep.Volume != nil {
+		if err := volumeTable(x.stdout, rep.Volume); err != nil {
+			return err
+		}
+		if req.Threshold == 0 && req.SpamRate == nil {
+			return nil
+		}
+		fmt.Fprintln(x.stdout)
+	}
 	fmt.Fprintf(x.stdout, "%s over %s .. %s (window %s, %d stored events read)\n", tried(rep),
 		rep.From.Format(time.RFC3339), rep.To.Format(time.RFC3339), rep.Window, rep.Events)
 	if len(rep.Accounts) == 0 {
@@ -154,6 +180,96 @@ func replayCmd(ctx context.Context, x *cli, req client.ReplayRequest, minSpam in
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.Account, dash(a.Company), crossingsText(a.Would), crossingsText(a.Actual))
 	}
 	return tw.Flush()
+}
+
+// volumeTable prints the replay of a volume limit: what was tried and
+// where the answer comes from, then each account listed.
+func volumeTable(w io.Writer, v *apitypes.ReplayVolume) error {
+	l := v.Limit
+	what, n := "recipients", l.Recipients
+	if l.Messages > 0 {
+		what, n = "messages", l.Messages
+	}
+	fmt.Fprintf(w, "volume limit: more than %d %s within %s (%s), over %s .. %s\n", n, what, l.Window, l.Action,
+		v.From.Format(time.RFC3339), v.To.Format(time.RFC3339))
+	for _, s := range v.Sources {
+		who := "the provider's limits"
+		if s.Company != "" {
+			who = "company " + s.Company + "'s limits"
+		}
+		if s.Answer != nil {
+			fmt.Fprintf(w, "  %s: counted in buckets of %s (their %s ring); a count covers the window, less one bucket at most\n",
+				who, s.Answer.Bucket, s.Answer.Window)
+			continue
+		}
+		var rings []string
+		for _, r := range s.Rings {
+			rings = append(rings, fmt.Sprintf("buckets of %s over %s", r.Bucket, r.Window))
+		}
+		if len(rings) == 0 {
+			fmt.Fprintf(w, "  %s: cannot answer this window (they count no %s)\n", who, what)
+			continue
+		}
+		fmt.Fprintf(w, "  %s: cannot answer this window (%s in %s)\n", who, what, strings.Join(rings, ", "))
+	}
+	fmt.Fprintf(w, "%d volume records read, %d answer the window; accounts over the limit: %d within the period, %d now\n",
+		v.Records, v.Answered, v.Over, v.OverNow)
+	if len(v.Accounts) == 0 {
+		fmt.Fprintln(w, "no account went over it, and no live volume limit crossed or throttles")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACCOUNT\tCOMPANY\tNOW\tHIGHEST\tWOULD\tACTUALLY")
+	for _, a := range v.Accounts {
+		now, highest, would := recordText(a.Record), "-", "-"
+		if a.Record == apitypes.RecordAnswered {
+			now = strconv.Itoa(a.Count)
+			if a.OverNow {
+				now += " (over)"
+			}
+			if a.Peak > 0 {
+				highest = fmt.Sprintf("%d in %s", a.Peak, span(a.PeakFrom, a.PeakTo))
+			} else {
+				highest = "0"
+			}
+		}
+		if a.Would != nil {
+			would = fmt.Sprintf("%s in %s", a.Would.Action, span(a.Would.From, a.Would.To))
+		}
+		actual := []string{}
+		if c := crossingsText(a.Actual); c != "-" {
+			actual = append(actual, c)
+		}
+		if th := a.Throttle; th != nil {
+			actual = append(actual, fmt.Sprintf("throttled until %s, volume:%s", th.Until.UTC().Format(time.RFC3339), th.Limit))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Account, dash(a.Company), now, highest, would, dash(strings.Join(actual, "; ")))
+	}
+	return tw.Flush()
+}
+
+// recordText says why an account's record gives no figures.
+func recordText(r string) string {
+	switch r {
+	case apitypes.RecordNone:
+		return "no record"
+	case apitypes.RecordOtherLimits:
+		return "other limits"
+	case apitypes.RecordNoRing:
+		return "cannot answer"
+	}
+	return r
+}
+
+// span is a bucket or window: its start, and its end's time of day when
+// it ends on the same day.
+func span(from, to time.Time) string {
+	from, to = from.UTC(), to.UTC()
+	end := to.Format(time.RFC3339)
+	if to.Format(time.DateOnly) == from.Format(time.DateOnly) {
+		end = to.Format("15:04:05Z")
+	}
+	return from.Format(time.RFC3339) + ".." + end
 }
 
 // tried says what a replay tried.
@@ -183,6 +299,8 @@ func crossingsText(cs []apitypes.ReplayCrossing) string {
 			rate = fmt.Sprintf("spam %d of %d, %s > %s", r.Spam, r.Spam+r.Ham, percent(float64(r.Spam)/float64(r.Spam+r.Ham)), percent(r.Limit))
 		}
 		switch {
+		case c.Volume != nil:
+			out = append(out, fmt.Sprintf("%s at %s, %s: %s %d > %d", c.Action, at, c.Rule, c.Volume.Kind, c.Count, c.Threshold))
 		case c.Rule == rules.RuleSpamRate && rate != "":
 			out = append(out, fmt.Sprintf("%s at %s, %s: %s (count %d)", c.Action, at, c.Rule, rate, c.Count))
 		case rate != "":

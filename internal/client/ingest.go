@@ -79,11 +79,15 @@ type ReplayRequest struct {
 	// SpamRate is the spam-rate rule to try (rate 0: off); nil: each
 	// account's live rule.
 	SpamRate *rules.SpamRateSetting
-	Company  string        // only this company's accounts; "": every account
-	Since    time.Duration // the period, ending now; 0: aupd's default (24h)
+	// Volume is a volume limit to try against the volume records (its
+	// name is not used; no action: aupd's default, suspend); nil: none.
+	Volume  *rules.VolumeLimit
+	Company string        // only this company's accounts; "": every account
+	Since   time.Duration // the period, ending now; 0: aupd's default (24h)
 }
 
-// Replay asks what req's rules would have done over its period.
+// Replay asks what req's rules, or its volume limit, would have done
+// over its period.
 func (c *Client) Replay(ctx context.Context, req ReplayRequest) (*apitypes.ReplayReport, []byte, error) {
 	q := url.Values{}
 	if req.Threshold != 0 {
@@ -93,6 +97,20 @@ func (c *Client) Replay(ctx context.Context, req ReplayRequest) (*apitypes.Repla
 		q.Set("rate", strconv.FormatFloat(r.Rate, 'g', -1, 64))
 		if r.MinSpam != 0 {
 			q.Set("min_spam", strconv.Itoa(r.MinSpam))
+		}
+	}
+	if v := req.Volume; v != nil {
+		if v.Window != 0 {
+			q.Set("volume_window", v.Window.String())
+		}
+		if v.Messages != 0 {
+			q.Set("volume_messages", strconv.Itoa(v.Messages))
+		}
+		if v.Recipients != 0 {
+			q.Set("volume_recipients", strconv.Itoa(v.Recipients))
+		}
+		if v.Action != "" {
+			q.Set("volume_action", string(v.Action))
 		}
 	}
 	if req.Company != "" {
