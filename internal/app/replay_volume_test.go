@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -129,7 +130,7 @@ func TestReplayVolumeMatchesLive(t *testing.T) {
 		for _, a := range []string{"v1@example.com", "v2@example.com", "v3@other.test", "v4@example.com", "g1@globex.test"} {
 			for _, suf := range []string{"s", "v", "vt", "h", "o"} {
 				dump, err := rdb.Dump(ctx, store.AccountKey(prefix, a, suf)).Result()
-				if err != nil && err != redis.Nil {
+				if err != nil && !errors.Is(err, redis.Nil) {
 					t.Fatal(err)
 				}
 				fmt.Fprintf(&b, "%s %s %x\n", a, suf, dump)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -243,12 +244,12 @@ func TestScanVolumeWhatItReads(t *testing.T) {
 	if n := len(scanAll(t, other, func(string) *VolumeLimits { return lim })); n != 1 {
 		t.Errorf("the other prefix read %d records", n)
 	}
-	stop := fmt.Errorf("enough")
+	stop := errors.New("enough")
 	pages := 0
 	if err := s.ScanVolume(context.Background(), func(string) *VolumeLimits { return lim }, func([]VolumeRecord) error {
 		pages++
 		return stop
-	}); err != stop || pages != 1 {
+	}); !errors.Is(err, stop) || pages != 1 {
 		t.Errorf("fn's error: %v after %d pages", err, pages)
 	}
 	// A record deleted (a reinstatement resets it) is not read.
