@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/cluster"
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
@@ -59,6 +63,12 @@ func TestVolumeLimitsRings(t *testing.T) {
 	}
 }
 
+// big is l with a max it takes many messages to cross.
+func big(l rules.VolumeLimit) rules.VolumeLimit {
+	l.Recipients, l.Messages = min(l.Recipients*1000, 65000), min(l.Messages*1000, 65000)
+	return l
+}
+
 // TestScanVolumeMatchesWhatWasSent counts random messages of random
 // sizes at random times, as the policy server does, and checks what the
 // replay reads of the records against the messages themselves: the
@@ -66,10 +76,6 @@ func TestVolumeLimitsRings(t *testing.T) {
 // count the records can show, and the first bucket over a max.
 func TestScanVolumeMatchesWhatWasSent(t *testing.T) {
 	s, clk, _ := volumeStore(t)
-	big := func(l rules.VolumeLimit) rules.VolumeLimit { // counts without crossing
-		l.Recipients, l.Messages = min(l.Recipients*1000, 65000), min(l.Messages*1000, 65000)
-		return l
-	}
 	lim := enforced(big(hourly), big(burst), big(daily))
 	rng := rand.New(rand.NewPCG(26, 2026))
 	type msg struct {
@@ -258,5 +264,59 @@ func TestScanVolumeWhatItReads(t *testing.T) {
 	}
 	if _, ok := scanAll(t, s, func(string) *VolumeLimits { return lim })["u0@example.com"]; ok {
 		t.Error("a deleted record was read")
+	}
+}
+
+// TestScanVolumeOnRedisCluster counts accounts spread over every master
+// of a real Redis Cluster (3 masters, a replica each) and reads them
+// back: the walk scans each master, and reads each record once.
+func TestScanVolumeOnRedisCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up a Redis Cluster")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // it may wait its turn on the cluster lock
+	defer cancel()
+	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir(), AupdProcesses: 1, NoAupdStart: true, AupdBinary: "/bin/false"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rdb := c.NewRedisClient()
+	defer rdb.Close()
+	s := New(rdb, "aup", WithClock(func() time.Time { return t0 }))
+	lim := enforced(big(hourly))
+	const accounts = 120
+	for i := range accounts {
+		countAs(t, s, fmt.Sprintf("user%d@example.com", i), lim, 1+i%7)
+	}
+	// Every master holds some of the records.
+	var mu sync.Mutex
+	var masters []int
+	err = rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		keys, err := m.Keys(ctx, "aup:{*}:v").Result()
+		mu.Lock()
+		masters = append(masters, len(keys))
+		mu.Unlock()
+		return err
+	})
+	if err != nil || len(masters) != 3 || slices.Contains(masters, 0) {
+		t.Fatalf("records per master: %v %v", masters, err)
+	}
+	read := 0
+	err = s.ScanVolume(ctx, func(string) *VolumeLimits { return lim }, func(recs []VolumeRecord) error {
+		for _, r := range recs {
+			read++
+			var i int
+			if _, err := fmt.Sscanf(r.Account, "user%d@example.com", &i); err != nil {
+				return err
+			}
+			if f := r.Rings[0].Series.Figures(time.Hour, t0, 0); f.Now != 1+i%7 {
+				return fmt.Errorf("%s: %+v", r.Account, f)
+			}
+		}
+		return nil
+	})
+	if err != nil || read != accounts {
+		t.Fatalf("read %d of %d records: %v", read, accounts, err)
 	}
 }
