@@ -108,9 +108,7 @@ func (r *renderer) evidence(n notice, d NoticeData) []byte {
 	missing := max(d.SamplesReferenced-n.fetched, 0)
 	switch {
 	case d.Volume != nil && d.SamplesReferenced == 0 && d.SamplesAttached == 0:
-		b.WriteString("The volume rule " + d.Rule + " crossed without samples: it counts what the\n" +
-			"mailbox sends at the mail server, which sees no message content, and the\n" +
-			"spam filter had flagged none of its recent messages.\n")
+		b.WriteString(wrap(VolumeWithoutSamples(d.Rule), 72))
 	case d.SamplesReferenced == 0 && d.SamplesAttached == 0:
 		b.WriteString("No sample messages were recorded for this suspension.\n")
 	case missing > 0:
