@@ -89,7 +89,12 @@ func (r *renderer) evidence(n notice, d NoticeData) []byte {
 	line("Suspension", d.SuspensionID)
 	line("Suspended at", d.SuspendedAt.Format("2006-01-02 15:04:05 UTC"))
 	line("Suspended", strings.Join(d.Services, ", "))
-	if v := d.Volume; v != nil {
+	if r := d.Rate; r != nil {
+		line("Rule", d.Rule)
+		line("Window", d.WindowStart.Format("2006-01-02 15:04:05 UTC")+" to "+d.WindowEnd.Format("2006-01-02 15:04:05 UTC"))
+		line("Spam rate", fmt.Sprintf("%d of %d outbound messages identified as spam (%s)", r.Spam, r.Sent, r.Share))
+		line("Limit", fmt.Sprintf("%s, with at least %d identified as spam", r.Limit, r.MinSpam))
+	} else if v := d.Volume; v != nil {
 		line("Rule", d.Rule)
 		line("Sent", v.Sent+", from "+v.Since.Format("2006-01-02 15:04:05 UTC")+" to "+d.WindowEnd.Format("2006-01-02 15:04:05 UTC"))
 		line("Limit", v.Limit)

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -283,6 +284,54 @@ func TestVolumeWords(t *testing.T) {
 		d := volumeData(&tc.v, tc.max)
 		if d.Sent != tc.sent || d.Limit != tc.lim {
 			t.Errorf("%+v: %q, %q; want %q, %q", tc.v, d.Sent, d.Limit, tc.sent, tc.lim)
+		}
+	}
+}
+
+// rateNotice is a fixed notice of a spam-rate suspension.
+func rateNotice() notice {
+	n := goldenNotice()
+	n.messageID = "aup.golden.rate@provider.test"
+	s := n.event.Suspension
+	s.Rule, s.Count, s.Threshold = rules.RuleSpamRate, 45, 200
+	s.Counts = map[string]int{"outbound": 45}
+	s.Rate = &events.RateFacts{Spam: 45, Ham: 455, Limit: 0.05, MinSpam: 20}
+	return n
+}
+
+func TestRenderRateGolden(t *testing.T) {
+	r := testRenderer(t)
+	rn, err := r.render(rateNotice())
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "notice-rate.golden", rn.message)
+	golden(t, "evidence-rate.golden", rn.evidence)
+	checkNotice(t, rn.message, rn.evidence, "abuse@example.com")
+	p, err := parseNotice(rn.message)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := p.header.Get("Subject") + "\n" + strings.ReplaceAll(p.body, "\r\n", "\n") + "\n" + string(rn.evidence)
+	for _, want := range []string{
+		"spam rate exceeded",
+		"this mailbox sent 500 messages, and our spam filter identified\n45 of them (9%) as spam.",
+		"Our limit (spam_rate) is 5% of the\nmail a mailbox sends, once at least 20 of its messages",
+		"Spam rate:    45 of 500 outbound messages identified as spam (9%)",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the notice lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "Our\nlimit is 200") {
+		t.Errorf("a rate notice speaks of the count's threshold:\n%s", text)
+	}
+}
+
+func TestPercent(t *testing.T) {
+	for f, want := range map[float64]string{0.05: "5%", 0.0125: "1.25%", 0.4: "40%", 0.09: "9%", 1.0 / 3: "33.33%", 0.003: "0.3%"} {
+		if got := percent(f); got != want {
+			t.Errorf("percent(%v) = %q, want %q", f, got, want)
 		}
 	}
 }
