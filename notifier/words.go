@@ -27,6 +27,11 @@ func Span(seconds int64) string { return span(seconds) }
 // cleaned as the notice's are.
 func VolumeWords(v *events.VolumeCrossing, max int) VolumeData { return *volumeData(v, max) }
 
+// RateWords is what the notice says of a spam-rate crossing: the share
+// ("9%") of the outbound messages judged (Sent) that were spam, and the
+// limit ("5%"). Share is "" when no message was judged.
+func RateWords(r *events.RateFacts) RateData { return *rateData(r) }
+
 // VolumeWithoutSamples is evidence.txt's note on a volume crossing without
 // samples, on one line; rule is the crossing's rule (volume:<name>),
 // cleaned by the caller.

@@ -1,7 +1,6 @@
 package desk
 
 import (
-	"strconv"
 	"strings"
 	"time"
 
@@ -31,7 +30,7 @@ type ruleView struct {
 // Plain reasons of the AUP rules.
 const (
 	reasonSpamCount = "too many spam messages"
-	reasonSpamRate  = "too much of its mail judged spam"
+	reasonSpamRate  = "spam rate exceeded"
 	reasonVolume    = "sending volume limit exceeded"
 	reasonOtherRule = "the acceptable use policy was broken"
 )
@@ -127,31 +126,11 @@ func listWords(s []string) string {
 
 // rateWhy: "9% of outbound messages judged spam (45 of 500; limit 5%)".
 func rateWhy(r *events.RateFacts) string {
-	total := r.Spam + r.Ham
-	if r.Spam < 0 || r.Ham < 0 || total <= 0 {
+	w := notifier.RateWords(r)
+	if r.Spam < 0 || r.Ham < 0 || w.Share == "" {
 		return ""
 	}
-	rate, limit := percents(float64(r.Spam)/float64(total), r.Limit)
-	return rate + " of outbound messages judged spam (" + notifier.Thousands(r.Spam) + " of " + notifier.Thousands(total) + "; limit " + limit + ")"
-}
-
-// percents writes a rate and its limit (fractions) as percentages with
-// one decimal at most ("9%", "8.3%"), or as many more as it takes for a
-// rate above its limit not to read as the limit ("5.04%" against "5%").
-func percents(rate, limit float64) (string, string) {
-	pct := func(f float64, decimals int) string {
-		s := strconv.FormatFloat(f*100, 'f', decimals, 64)
-		if strings.Contains(s, ".") {
-			s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
-		}
-		return s + "%"
-	}
-	for d := 1; ; d++ {
-		r, l := pct(rate, d), pct(limit, d)
-		if r != l || d == 4 {
-			return r, l
-		}
-	}
+	return w.Share + " of outbound messages judged spam (" + notifier.Thousands(w.Spam) + " of " + notifier.Thousands(w.Sent) + "; limit " + w.Limit + ")"
 }
 
 // reasonOfSuspension is a suspension's reason in plain words; the AUP

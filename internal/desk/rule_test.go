@@ -50,22 +50,22 @@ func TestRuleWords(t *testing.T) {
 			why: "Sent to 8 recipients in 1 hour (limit 7), from 192.0.2.1 X-Injected: 1, since 15:02 UTC",
 		},
 		{
-			name: "rate", code: "spam_rate", reason: "too much of its mail judged spam",
+			name: "rate", code: "spam_rate", reason: "spam rate exceeded",
 			sus: events.AUPSuspension{Rule: "spam_rate", Threshold: 200, Count: 45, Rate: &events.RateFacts{Spam: 45, Ham: 455, Limit: 0.05, MinSpam: 20}},
 			why: "9% of outbound messages judged spam (45 of 500; limit 5%)",
 		},
 		{
-			name: "rate, a third", code: "spam_rate", reason: "too much of its mail judged spam",
+			name: "rate, a third", code: "spam_rate", reason: "spam rate exceeded",
 			sus: events.AUPSuspension{Rule: "spam_rate", Rate: &events.RateFacts{Spam: 1000, Ham: 2000, Limit: 0.25, MinSpam: 20}},
-			why: "33.3% of outbound messages judged spam (1,000 of 3,000; limit 25%)",
+			why: "33.33% of outbound messages judged spam (1,000 of 3,000; limit 25%)",
 		},
 		{
-			name: "rate, just over", code: "spam_rate", reason: "too much of its mail judged spam",
+			name: "rate, just over", code: "spam_rate", reason: "spam rate exceeded",
 			sus: events.AUPSuspension{Rule: "spam_rate", Rate: &events.RateFacts{Spam: 126, Ham: 2374, Limit: 0.05, MinSpam: 20}},
 			why: "5.04% of outbound messages judged spam (126 of 2,500; limit 5%)",
 		},
 		{
-			name: "rate without figures", code: "spam_rate", reason: "too much of its mail judged spam",
+			name: "rate without figures", code: "spam_rate", reason: "spam rate exceeded",
 			sus: events.AUPSuspension{Rule: "spam_rate", Rate: &events.RateFacts{}},
 		},
 		{
@@ -102,7 +102,7 @@ func TestReasonOfRule(t *testing.T) {
 	if got := reasonOfSuspension(aup, nil); got != "too many spam messages" {
 		t.Errorf("without a crossing: %q", got)
 	}
-	for rule, want := range map[string]string{"spam_rate": "too much of its mail judged spam", "volume:daily": "sending volume limit exceeded", "": "too many spam messages"} {
+	for rule, want := range map[string]string{"spam_rate": "spam rate exceeded", "volume:daily": "sending volume limit exceeded", "": "too many spam messages"} {
 		if got := reasonOfEntry(store.HistoryEntry{Reason: rules.ReasonAUPViolation, Rule: rule}); got != want {
 			t.Errorf("history of %q: %q, want %q", rule, got, want)
 		}

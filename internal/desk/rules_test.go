@@ -117,7 +117,7 @@ func TestWhichRule(t *testing.T) {
 	counted := "carl@example.com"
 	countSus := w.overThreshold(counted, 4, plain, plainRaw)
 
-	// spam_rate: 52 ham counted first, then 6 spam: 6 of 58 is 10.3%,
+	// spam_rate: 52 ham counted first, then 6 spam: 6 of 58 is 10.34%,
 	// over 7%, with Initech's minimum of 6; the count (40) is far off.
 	rated := "rita@initech.test"
 	w.counted(w.judged(rated, "ham", 52))
@@ -169,10 +169,10 @@ func TestWhichRule(t *testing.T) {
 			"count 4 exceeds threshold 3",
 		}, lack: []string{"<dt>Why</dt>", "crossed without samples"}},
 		{account: rated, want: []string{
-			"<dt>Rule</dt><dd>too much of its mail judged spam <code>spam_rate</code></dd>",
-			`<dt>Why</dt><dd class="why">10.3% of outbound messages judged spam (6 of 58; limit 7%)</dd>`,
-			`<td data-label="Reason">too much of its mail judged spam <code class="code">aup_violation</code></td>`,
-			"reason too much of its mail judged spam <code>aup_violation</code> (rule <code>spam_rate</code>)",
+			"<dt>Rule</dt><dd>spam rate exceeded <code>spam_rate</code></dd>",
+			`<dt>Why</dt><dd class="why">10.34% of outbound messages judged spam (6 of 58; limit 7%)</dd>`,
+			`<td data-label="Reason">spam rate exceeded <code class="code">aup_violation</code></td>`,
+			"reason spam rate exceeded <code>aup_violation</code> (rule <code>spam_rate</code>)",
 			"spam_rate: 6 spam of 58 outbound messages exceed the rate of 7% (at least 6 spam)",
 		}, lack: []string{"against a threshold of 40</dd>", "too many spam messages", "crossed without samples"}},
 		{account: sent, want: []string{
@@ -212,8 +212,8 @@ func TestWhichRule(t *testing.T) {
 	p := b.get("/desk/")
 	for _, want := range []string{
 		"too many spam messages <code>aup_violation</code> <span class=\"muted\">(rule <code>spam_count</code>)</span>",
-		"too much of its mail judged spam <code>aup_violation</code> <span class=\"muted\">(rule <code>spam_rate</code>)</span>",
-		`<dd class="why">10.3% of outbound messages judged spam (6 of 58; limit 7%)</dd>`,
+		"spam rate exceeded <code>aup_violation</code> <span class=\"muted\">(rule <code>spam_rate</code>)</span>",
+		`<dd class="why">10.34% of outbound messages judged spam (6 of 58; limit 7%)</dd>`,
 		"sending volume limit exceeded <code>aup_violation</code> <span class=\"muted\">(rule <code>volume:hourly</code>)</span>",
 		`<dd class="why">` + volWhy + `</dd>`,
 	} {
