@@ -21,6 +21,9 @@ func rateData(r *events.RateFacts) *RateData {
 	d := &RateData{Spam: r.Spam, Sent: sent, Limit: percent(r.Limit), MinSpam: r.MinSpam}
 	if sent > 0 {
 		d.Share = percent(float64(r.Spam) / float64(sent))
+		if d.Share == d.Limit && float64(r.Spam) > r.Limit*float64(sent) {
+			d.Share = "just over " + d.Limit // 5.001% against 5%
+		}
 	}
 	return d
 }

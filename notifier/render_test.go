@@ -335,3 +335,14 @@ func TestPercent(t *testing.T) {
 		}
 	}
 }
+
+// A share just over the limit does not read as equal to it.
+func TestRateJustOver(t *testing.T) {
+	d := rateData(&events.RateFacts{Spam: 1001, Ham: 19015, Limit: 0.05, MinSpam: 20}) // 5.001%
+	if d.Share != "just over 5%" || d.Limit != "5%" {
+		t.Fatalf("%+v", d)
+	}
+	if d := rateData(&events.RateFacts{Spam: 9, Ham: 91, Limit: 0.05}); d.Share != "9%" {
+		t.Fatalf("%+v", d)
+	}
+}

@@ -66,7 +66,7 @@ func crossingHistory(c *events.Crossing) HistoryEntry {
 	}
 	if v := sus.Volume; v != nil {
 		note = fmt.Sprintf("%s: %d %s within %s exceed the limit of %d", sus.Rule, sus.Count, v.Kind,
-			time.Duration(v.WindowSeconds)*time.Second, sus.Threshold)
+			window(time.Duration(v.WindowSeconds)*time.Second), sus.Threshold)
 		if len(v.Clients) > 0 {
 			note += ", from " + strings.Join(v.Clients, ", ")
 		}
@@ -94,4 +94,14 @@ func decodeAUP(s string) *events.AUPSuspension {
 		return nil
 	}
 	return &a
+}
+
+// window is a window of whole minutes as a config writes it: 24h, 1h30m,
+// 15m.
+func window(d time.Duration) string {
+	s := strings.TrimSuffix(d.String(), "0s")
+	if h, ok := strings.CutSuffix(s, "h0m"); ok {
+		return h + "h"
+	}
+	return s
 }
