@@ -236,20 +236,27 @@ func volumeNotice() notice {
 	}
 }
 
-func TestRenderVolumeGolden(t *testing.T) {
-	r := testRenderer(t)
-	rn, err := r.render(volumeNotice())
+// renderGolden renders n, compares it with the golden files of name
+// (notice-<name>.golden, evidence-<name>.golden), checks it, and returns
+// its subject, body and evidence.txt as one text.
+func renderGolden(t *testing.T, n notice, name string) string {
+	t.Helper()
+	rn, err := testRenderer(t).render(n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "notice-volume.golden", rn.message)
-	golden(t, "evidence-volume.golden", rn.evidence)
+	golden(t, "notice-"+name+".golden", rn.message)
+	golden(t, "evidence-"+name+".golden", rn.evidence)
 	checkNotice(t, rn.message, rn.evidence, "abuse@example.com")
 	p, err := parseNotice(rn.message)
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := p.header.Get("Subject") + "\n" + strings.ReplaceAll(p.body, "\r\n", "\n") + "\n" + string(rn.evidence)
+	return p.header.Get("Subject") + "\n" + strings.ReplaceAll(p.body, "\r\n", "\n") + "\n" + string(rn.evidence)
+}
+
+func TestRenderVolumeGolden(t *testing.T) {
+	text := renderGolden(t, volumeNotice(), "volume")
 	for _, want := range []string{
 		"sending volume limit exceeded",
 		"this mailbox sent\n37 messages to 2,001 recipients.",
@@ -300,19 +307,7 @@ func rateNotice() notice {
 }
 
 func TestRenderRateGolden(t *testing.T) {
-	r := testRenderer(t)
-	rn, err := r.render(rateNotice())
-	if err != nil {
-		t.Fatal(err)
-	}
-	golden(t, "notice-rate.golden", rn.message)
-	golden(t, "evidence-rate.golden", rn.evidence)
-	checkNotice(t, rn.message, rn.evidence, "abuse@example.com")
-	p, err := parseNotice(rn.message)
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := p.header.Get("Subject") + "\n" + strings.ReplaceAll(p.body, "\r\n", "\n") + "\n" + string(rn.evidence)
+	text := renderGolden(t, rateNotice(), "rate")
 	for _, want := range []string{
 		"spam rate exceeded",
 		"this mailbox sent 500 messages, and our spam filter identified\n45 of them (9%) as spam.",
