@@ -89,7 +89,12 @@ func (r *renderer) evidence(n notice, d NoticeData) []byte {
 	line("Suspension", d.SuspensionID)
 	line("Suspended at", d.SuspendedAt.Format("2006-01-02 15:04:05 UTC"))
 	line("Suspended", strings.Join(d.Services, ", "))
-	if v := d.Volume; v != nil {
+	if r := d.Rate; r != nil {
+		line("Rule", d.Rule)
+		line("Window", d.WindowStart.Format("2006-01-02 15:04:05 UTC")+" to "+d.WindowEnd.Format("2006-01-02 15:04:05 UTC"))
+		line("Spam rate", fmt.Sprintf("%d of %d outbound messages identified as spam (%s)", r.Spam, r.Sent, r.Share))
+		line("Limit", fmt.Sprintf("%s, with at least %d identified as spam", r.Limit, r.MinSpam))
+	} else if v := d.Volume; v != nil {
 		line("Rule", d.Rule)
 		line("Sent", v.Sent+", from "+v.Since.Format("2006-01-02 15:04:05 UTC")+" to "+d.WindowEnd.Format("2006-01-02 15:04:05 UTC"))
 		line("Limit", v.Limit)
@@ -108,9 +113,7 @@ func (r *renderer) evidence(n notice, d NoticeData) []byte {
 	missing := max(d.SamplesReferenced-n.fetched, 0)
 	switch {
 	case d.Volume != nil && d.SamplesReferenced == 0 && d.SamplesAttached == 0:
-		b.WriteString("The volume rule " + d.Rule + " crossed without samples: it counts what the\n" +
-			"mailbox sends at the mail server, which sees no message content, and the\n" +
-			"spam filter had flagged none of its recent messages.\n")
+		b.WriteString(wrap(VolumeWithoutSamples(d.Rule), 72))
 	case d.SamplesReferenced == 0 && d.SamplesAttached == 0:
 		b.WriteString("No sample messages were recorded for this suspension.\n")
 	case missing > 0:

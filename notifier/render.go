@@ -78,10 +78,12 @@ type NoticeData struct {
 	DeskURL     string
 	DeskExpires time.Time
 	// Rule is the AUP rule crossed: "volume:<name>" for a volume limit,
-	// empty for the spam count.
+	// "spam_rate" for the spam rate, empty for the spam count.
 	Rule string
-	// Volume describes a volume limit's crossing; nil for the spam count.
+	// Volume describes a volume limit's crossing; nil for the spam rules.
 	Volume *VolumeData
+	// Rate describes a spam-rate crossing (rule spam_rate); nil otherwise.
+	Rate *RateData
 }
 
 // VolumeData is what a notice says about a volume limit's crossing.
@@ -510,6 +512,9 @@ func (r *renderer) data(n notice) NoticeData {
 		for _, svc := range rules.AUPServices {
 			d.Services = append(d.Services, string(svc))
 		}
+	}
+	if r := s.Rate; r != nil && s.Rule == rules.RuleSpamRate {
+		d.Rule, d.Rate = rules.RuleSpamRate, rateData(r)
 	}
 	if v := s.Volume; v != nil {
 		d.Rule, d.Volume = cleanLine(cmp.Or(s.Rule, rules.VolumeRulePrefix+v.Limit), 80), volumeData(v, s.Threshold)

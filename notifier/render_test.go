@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -235,20 +236,27 @@ func volumeNotice() notice {
 	}
 }
 
-func TestRenderVolumeGolden(t *testing.T) {
-	r := testRenderer(t)
-	rn, err := r.render(volumeNotice())
+// renderGolden renders n, compares it with the golden files of name
+// (notice-<name>.golden, evidence-<name>.golden), checks it, and returns
+// its subject, body and evidence.txt as one text.
+func renderGolden(t *testing.T, n notice, name string) string {
+	t.Helper()
+	rn, err := testRenderer(t).render(n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "notice-volume.golden", rn.message)
-	golden(t, "evidence-volume.golden", rn.evidence)
+	golden(t, "notice-"+name+".golden", rn.message)
+	golden(t, "evidence-"+name+".golden", rn.evidence)
 	checkNotice(t, rn.message, rn.evidence, "abuse@example.com")
 	p, err := parseNotice(rn.message)
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := p.header.Get("Subject") + "\n" + strings.ReplaceAll(p.body, "\r\n", "\n") + "\n" + string(rn.evidence)
+	return p.header.Get("Subject") + "\n" + strings.ReplaceAll(p.body, "\r\n", "\n") + "\n" + string(rn.evidence)
+}
+
+func TestRenderVolumeGolden(t *testing.T) {
+	text := renderGolden(t, volumeNotice(), "volume")
 	for _, want := range []string{
 		"sending volume limit exceeded",
 		"this mailbox sent\n37 messages to 2,001 recipients.",
@@ -284,5 +292,52 @@ func TestVolumeWords(t *testing.T) {
 		if d.Sent != tc.sent || d.Limit != tc.lim {
 			t.Errorf("%+v: %q, %q; want %q, %q", tc.v, d.Sent, d.Limit, tc.sent, tc.lim)
 		}
+	}
+}
+
+// rateNotice is a fixed notice of a spam-rate suspension.
+func rateNotice() notice {
+	n := goldenNotice()
+	n.messageID = "aup.golden.rate@provider.test"
+	s := n.event.Suspension
+	s.Rule, s.Count, s.Threshold = rules.RuleSpamRate, 45, 200
+	s.Counts = map[string]int{"outbound": 45}
+	s.Rate = &events.RateFacts{Spam: 45, Ham: 455, Limit: 0.05, MinSpam: 20}
+	return n
+}
+
+func TestRenderRateGolden(t *testing.T) {
+	text := renderGolden(t, rateNotice(), "rate")
+	for _, want := range []string{
+		"spam rate exceeded",
+		"this mailbox sent 500 messages, and our spam filter identified\n45 of them (9%) as spam.",
+		"Our limit (spam_rate) is 5% of the\nmail a mailbox sends, once at least 20 of its messages",
+		"Spam rate:    45 of 500 outbound messages identified as spam (9%)",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the notice lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "Our\nlimit is 200") {
+		t.Errorf("a rate notice speaks of the count's threshold:\n%s", text)
+	}
+}
+
+func TestPercent(t *testing.T) {
+	for f, want := range map[float64]string{0.05: "5%", 0.0125: "1.25%", 0.4: "40%", 0.09: "9%", 1.0 / 3: "33.33%", 0.003: "0.3%"} {
+		if got := percent(f); got != want {
+			t.Errorf("percent(%v) = %q, want %q", f, got, want)
+		}
+	}
+}
+
+// A share just over the limit does not read as equal to it.
+func TestRateJustOver(t *testing.T) {
+	d := rateData(&events.RateFacts{Spam: 1001, Ham: 19015, Limit: 0.05, MinSpam: 20}) // 5.001%
+	if d.Share != "just over 5%" || d.Limit != "5%" {
+		t.Fatalf("%+v", d)
+	}
+	if d := rateData(&events.RateFacts{Spam: 9, Ham: 91, Limit: 0.05}); d.Share != "9%" {
+		t.Fatalf("%+v", d)
 	}
 }

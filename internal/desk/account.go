@@ -41,14 +41,18 @@ type accountView struct {
 	Evidence    []evidenceView
 	Signs       *signsView
 	AUP         *aupView
-	CanLock     bool
-	CanUnlock   bool
-	CanEnd      bool
+	// NoSamples says that the last crossing, a volume limit's, had no
+	// samples, when no evidence.txt of it is kept to say so.
+	NoSamples string
+	CanLock   bool
+	CanUnlock bool
+	CanEnd    bool
 }
 
 type suspensionView struct {
 	Service string
 	store.Suspension
+	Words    string // the reason in plain words; an AUP suspension's names its rule
 	AUP      bool
 	Liftable bool
 }
@@ -66,9 +70,10 @@ type evidenceView struct {
 	Notice *notifier.Delivery
 }
 
-// aupView is the last crossing of the threshold.
+// aupView is the last crossing of an AUP rule.
 type aupView struct {
 	*events.AUPSuspension
+	Rule    ruleView
 	InForce bool
 	Notice  *notifier.Delivery
 }
@@ -141,7 +146,8 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 			}
 			continue
 		}
-		sv := suspensionView{Service: string(svc), Suspension: sus, AUP: a.AUP != "" && sus.ID == a.AUP, Liftable: store.MayLift(scope, a, sus)}
+		sv := suspensionView{Service: string(svc), Suspension: sus, Words: reasonOfSuspension(sus, a.LastAUP),
+			AUP: a.AUP != "" && sus.ID == a.AUP, Liftable: store.MayLift(scope, a, sus)}
 		v.Suspensions = append(v.Suspensions, sv)
 		if sv.Liftable {
 			v.Liftable = append(v.Liftable, string(svc))
@@ -194,9 +200,13 @@ func (d *Desk) view(ctx context.Context, addr, scope string) (*accountView, erro
 		return nil, err
 	}
 	if a.LastAUP != nil {
-		v.AUP = &aupView{AUPSuspension: a.LastAUP, InForce: a.AUP != "" && a.AUP == a.LastAUP.ID}
+		v.AUP = &aupView{AUPSuspension: a.LastAUP, Rule: ruleOf(a.LastAUP), InForce: a.AUP != "" && a.AUP == a.LastAUP.ID}
 		if v.AUP.Notice, err = d.delivery(ctx, addr, a.LastAUP.ID); err != nil {
 			return nil, err
+		}
+		if a.LastAUP.Volume != nil && len(a.LastAUP.Samples) == 0 &&
+			!slices.ContainsFunc(v.Evidence, func(e evidenceView) bool { return e.ID == a.LastAUP.ID }) {
+			v.NoSamples = notifier.VolumeWithoutSamples(v.AUP.Rule.Code)
 		}
 	}
 	return v, nil

@@ -24,7 +24,7 @@ import (
 func TestBrowser(t *testing.T) {
 	path := testutil.Chromium(t)
 	dir := testutil.ScreenshotDir(t)
-	w := newWorld(t, nil)
+	w := ruleWorld(t)
 
 	// An account over its threshold, with a hostile subject among the
 	// samples, and some company for the overview.
@@ -57,6 +57,15 @@ func TestBrowser(t *testing.T) {
 	// And one that looks stolen, with every sign and a long note.
 	stolen := "pia@example.com"
 	w.compromise(stolen)
+	// And one suspended by a volume limit, from two clients, one of them
+	// a long IPv6 network.
+	burst := "vic@globex.test"
+	for i, client := range []string{"198.51.100.23", "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff", "2001:db8:5:6::9"} {
+		w.sendMail(burst, client, fmt.Sprintf("4B%d", i), 3)
+	}
+	if last := w.lastAUP(burst); last.Volume == nil {
+		t.Fatalf("%s: %+v", burst, last)
+	}
 
 	ctx, dialogs := testutil.Chrome(t, path)
 
@@ -131,7 +140,7 @@ func TestBrowser(t *testing.T) {
 	// everything on it: suspensions with a long note, the signs of a
 	// compromise, the evidence as messages. Nothing scrolls sideways,
 	// and the note reads as lines of words, not a letter per line.
-	for _, acct := range []string{victim, stolen} {
+	for _, acct := range []string{victim, burst, stolen} {
 		if err := chromedp.Do(ctx,
 			chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
 			chromedp.Navigate(w.base+"/desk/accounts/"+acct),
@@ -146,6 +155,12 @@ func TestBrowser(t *testing.T) {
 		if overflow {
 			wide, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`[...document.querySelectorAll("body *")].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5).map(e => e.tagName + "." + e.className).join(", ")`))
 			t.Errorf("%s: the account page scrolls sideways on a phone (wider: %s)", acct, wide)
+		}
+		if acct == burst {
+			if why := testutil.Text(t, ctx, "dd.why"); !strings.Contains(why, "Sent to 9 recipients in 1 hour (limit 7), from 2001:db8:5:6::/64, 2001:db8:aaaa:bbbb::/64 and 198.51.100.23") {
+				t.Errorf("why %s was suspended, on a phone: %q", burst, why)
+			}
+			testutil.Shoot(t, ctx, dir, "desk-account-volume-phone.png")
 		}
 	}
 	if badge := testutil.Text(t, ctx, "p.sub .status"); badge != "sending suspended" {
@@ -162,6 +177,17 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("signs of a compromise on the phone: %q", signs)
 	}
 	testutil.Shoot(t, ctx, dir, "desk-account-phone.png")
+	// The overview on the phone, with the volume suspension's figures.
+	if err := chromedp.Do(ctx, chromedp.Navigate(w.base+"/desk/"), chromedp.WaitVisible(chromedp.ID("h-suspended"))); err != nil {
+		t.Fatal(err)
+	}
+	if overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`)); err != nil || overflow {
+		t.Errorf("the overview scrolls sideways on a phone: %v %v", overflow, err)
+	}
+	if why := testutil.Text(t, ctx, "dd.why"); !strings.Contains(why, "Sent to 9 recipients in 1 hour (limit 7)") {
+		t.Errorf("the overview's why on a phone: %q", why)
+	}
+	testutil.Shoot(t, ctx, dir, "desk-overview-phone.png")
 	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 900), chromedp.Navigate(w.base+"/desk/accounts/"+stolen), chromedp.WaitVisible(chromedp.ID("h-signs"))); err != nil {
 		t.Fatal(err)
 	}

@@ -66,14 +66,17 @@ func (c *clock) add(d time.Duration) {
 // world is one running aupd with the desk on, over the local Redis and an
 // in-process NATS server, writing notices as .eml files.
 type world struct {
-	t      *testing.T
-	cfg    *config.Config
-	base   string // http://host:port
-	js     jetstream.JetStream
-	st     *store.Store
-	clk    *clock
-	emlDir string
-	logs   *logBuffer // what aupd logged
+	t    *testing.T
+	cfg  *config.Config
+	base string // http://host:port
+	// postfix is the Postfix policy server's address, when the config
+	// turns it on
+	postfix string
+	js      jetstream.JetStream
+	st      *store.Store
+	clk     *clock
+	emlDir  string
+	logs    *logBuffer // what aupd logged
 }
 
 // logBuffer keeps what aupd logs, for tests that read it.
@@ -144,7 +147,7 @@ func newWorld(t *testing.T, mod func(*config.Config)) *world {
 	}()
 	select {
 	case info := <-ready:
-		w.base = "http://" + info.HTTPAddr
+		w.base, w.postfix = "http://"+info.HTTPAddr, info.PostfixAddr
 	case err := <-done:
 		cancel()
 		t.Fatalf("aupd exited: %v", err)

@@ -21,7 +21,7 @@ import (
 // evidenceDoc is evidence.txt read back into its parts.
 type evidenceDoc struct {
 	Summary []notifier.Field
-	Notes   []string
+	Note    string // what evidence.txt says of its samples, as one paragraph
 	Samples []sampleView
 }
 
@@ -55,12 +55,15 @@ func parseEvidence(text string) *evidenceDoc {
 		return nil
 	}
 	doc := &evidenceDoc{Summary: ev.Summary}
+	var note []string
 	for _, n := range ev.Notes {
 		// how evidence.txt quotes the text; the page shows it otherwise
 		if !strings.HasPrefix(n, "Each message text is quoted") {
-			doc.Notes = append(doc.Notes, n)
+			note = append(note, n)
 		}
 	}
+	// evidence.txt wraps its note at 72 columns; the page lets it flow.
+	doc.Note = strings.Join(note, " ")
 	for i, s := range ev.Samples {
 		sv := sampleView{N: i + 1, Meta: s.Meta, Cut: s.Cut, Note: s.Note}
 		for _, f := range s.Headers {

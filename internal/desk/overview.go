@@ -29,6 +29,9 @@ type suspendedRow struct {
 	Address  string
 	Services []string
 	Reason   string
+	Words    string // the reason in plain words; an AUP suspension's names its rule
+	Rule     string // an AUP suspension's rule
+	Why      string // and its figures in words (ruleView.Why)
 	Actor    string
 	Since    time.Time
 	Notice   string // the notice's delivery state, "" for none
@@ -124,6 +127,11 @@ func (d *Desk) overviewData(ctx context.Context, s *session) (*overviewPage, err
 			}
 			if row.Since.IsZero() || sus.At.Before(row.Since) {
 				row.Since, row.Reason, row.Actor = sus.At, sus.Reason, sus.Actor
+				row.Words, row.Rule, row.Why = reasonOfSuspension(sus, a.LastAUP), "", ""
+				if a.LastAUP != nil && sus.ID == a.LastAUP.ID && sus.Reason == rules.ReasonAUPViolation {
+					r := ruleOf(a.LastAUP)
+					row.Rule, row.Why = r.Code, r.Why
+				}
 			}
 			if store.MayLift(s.company, a, sus) {
 				row.Liftable = append(row.Liftable, string(svc))

@@ -26,13 +26,13 @@ func templateFuncs() template.FuncMap {
 			}
 			return t.UTC().Format("2006-01-02 15:04 UTC")
 		},
-		"iso":       func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-		"join":      strings.Join,
-		"path":      url.PathEscape,
-		"describe":  describeService,
-		"reason":    reasonText,
-		"susReason": suspensionReason,
-		"badges":    func(a *store.Account) []statusBadge { return badges(a.Status, a.Suspensions) },
+		"iso":         func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+		"join":        strings.Join,
+		"path":        url.PathEscape,
+		"describe":    describeService,
+		"reason":      reasonText,
+		"entryReason": reasonOfEntry,
+		"badges":      func(a *store.Account) []statusBadge { return badges(a.Status, a.Suspensions) },
 	}
 }
 

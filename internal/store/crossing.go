@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/aupd/aupd/internal/events"
+	"github.com/aupd/aupd/rules"
 )
 
 // crossingLua records a crossing; it is put before the scripts that find
@@ -58,16 +60,20 @@ func canonicalClient(c string) string {
 func crossingHistory(c *events.Crossing) HistoryEntry {
 	sus := c.Suspension
 	note := fmt.Sprintf("count %d exceeds threshold %d", sus.Count, sus.Threshold)
+	if r := sus.Rate; r != nil && sus.Rule == rules.RuleSpamRate {
+		note = fmt.Sprintf("%s: %d spam of %d outbound messages exceed the rate of %s (at least %d spam)", sus.Rule, r.Spam, r.Spam+r.Ham,
+			strconv.FormatFloat(r.Limit*100, 'g', 4, 64)+"%", r.MinSpam)
+	}
 	if v := sus.Volume; v != nil {
 		note = fmt.Sprintf("%s: %d %s within %s exceed the limit of %d", sus.Rule, sus.Count, v.Kind,
-			time.Duration(v.WindowSeconds)*time.Second, sus.Threshold)
+			window(time.Duration(v.WindowSeconds)*time.Second), sus.Threshold)
 		if len(v.Clients) > 0 {
 			note += ", from " + strings.Join(v.Clients, ", ")
 		}
 	}
 	return HistoryEntry{
 		Time: c.Time, Actor: events.ActorAupd, Action: c.Type, Reason: events.ReasonAUP,
-		Services: sus.Services, ID: sus.ID, Note: note,
+		Services: sus.Services, ID: sus.ID, Note: note, Rule: sus.Rule,
 	}
 }
 
@@ -88,4 +94,14 @@ func decodeAUP(s string) *events.AUPSuspension {
 		return nil
 	}
 	return &a
+}
+
+// window is a window of whole minutes as a config writes it: 24h, 1h30m,
+// 15m.
+func window(d time.Duration) string {
+	s := strings.TrimSuffix(d.String(), "0s")
+	if h, ok := strings.CutSuffix(s, "h0m"); ok {
+		return h + "h"
+	}
+	return s
 }

@@ -31,3 +31,11 @@ func TestIDSource(t *testing.T) {
 		t.Fatalf("ids do not sort by time: %s, %s", earlier, later)
 	}
 }
+
+func TestWindowWords(t *testing.T) {
+	for d, want := range map[time.Duration]string{24 * time.Hour: "24h", 90 * time.Minute: "1h30m", 15 * time.Minute: "15m", time.Hour: "1h", 10*time.Hour + 10*time.Minute: "10h10m"} {
+		if got := window(d); got != want {
+			t.Errorf("window(%s) = %q, want %q", d, got, want)
+		}
+	}
+}

@@ -64,10 +64,10 @@
 -- A function library's top level runs once, when it is loaded, and sees
 -- no global but redis.register_function: bind() binds the globals the
 -- functions use, on the first call.
-local tonumber, rcall, mfloor, mceil, mmin, mmax, unpack_, ssub, sformat
+local tonumber, rcall, mfloor, mceil, mmin, unpack_, ssub, sformat
 local function bind()
   tonumber, rcall = _G.tonumber, redis.call
-  mfloor, mceil, mmin, mmax = math.floor, math.ceil, math.min, math.max
+  mfloor, mceil, mmin = math.floor, math.ceil, math.min
   unpack_, ssub, sformat = struct.unpack, string.sub, string.format
 end
 -- The call's keys and arguments, its clock and its window (ms).
@@ -474,7 +474,8 @@ local function one(st, w, b)
   -- The expiry hour: past the newest event plus the window and the
   -- skew, rounded up, so that it changes about once an hour.
   local we_old = we_s and we_s + 0 or 0
-  local we = mmax(we_old, maxt > 0 and mceil((maxt + window + skew) / HOUR) or 0)
+  local we = maxt > 0 and mceil((maxt + window + skew) / HOUR) or 0
+  if we < we_old then we = we_old end
   if nh > 0 or smp_changed or we > we_old or kept or crossing then
     write_state(st, nh, we_old, we, created or crossing, crossing)
   end

@@ -162,7 +162,7 @@ func TestIngestSuspendsOnceWhenCountExceedsThreshold(t *testing.T) {
 	}
 	h, err := s.History(ctx, "alice@example.com", 0, 10)
 	if err != nil || len(h) != 1 || h[0].Action != "suspended" || h[0].ID != r.ID || !h[0].Time.Equal(t0) ||
-		!slices.Equal(h[0].Services, []string{"send", "webmail_send"}) || h[0].Note != "count 4 exceeds threshold 3" {
+		!slices.Equal(h[0].Services, []string{"send", "webmail_send"}) || h[0].Note != "count 4 exceeds threshold 3" || h[0].Rule != "spam_count" {
 		t.Fatalf("history %+v %v", h, err)
 	}
 	// The account event, rendered from the same record.

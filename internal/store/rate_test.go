@@ -81,6 +81,13 @@ func TestSpamRateBusySenderAndSpammer(t *testing.T) {
 		sus.Rate.Spam < 10 || sus.Rate.Spam*100 <= 5*(sus.Rate.Spam+sus.Rate.Ham) || sus.Count != sus.Rate.Spam {
 		t.Fatalf("suspension %+v rate %+v", sus, sus.Rate)
 	}
+	// Its history line names the rule and tells the rate, not a count
+	// over the threshold it never reached.
+	h, err := s2.History(context.Background(), "alice@example.com", 0, 1)
+	want := fmt.Sprintf("spam_rate: %d spam of %d outbound messages exceed the rate of 5%% (at least 10 spam)", sus.Rate.Spam, sus.Rate.Spam+sus.Rate.Ham)
+	if err != nil || len(h) != 1 || h[0].ID != sus.ID || h[0].Rule != "spam_rate" || h[0].Note != want {
+		t.Fatalf("history %+v, %v; want the note %q", h, err, want)
+	}
 }
 
 // Ham counts once by id, like spam: redelivered ham does not lower the

@@ -110,6 +110,12 @@ func (s *Store) evalAll(ctx context.Context, prog runner, keys [][]string, args 
 	}
 }
 
+// call calls prog once, loading it where it is missing (see evalAll).
+func (s *Store) call(ctx context.Context, prog runner, keys []string, args ...any) *redis.Cmd {
+	cmds, _ := s.evalAll(ctx, prog, [][]string{keys}, [][]any{args}, nil)
+	return cmds[0]
+}
+
 // loadScript loads prog where the calls missing found it missing. On a
 // Cluster that is the masters of those calls' slots only (a replica just
 // promoted may lack it, and loading on every node would fail while its

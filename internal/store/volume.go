@@ -30,7 +30,7 @@ var volumeLua string
 var volumeSenderLua string
 
 var (
-	volumeScript       = redis.NewScript(crossingLua + volumeLua)
+	volumeScript       = newLibrary("aupd_volume", crossingLua, volumeLua)
 	volumeSenderScript = redis.NewScript(volumeSenderLua)
 )
 
@@ -241,7 +241,7 @@ func (s *Store) CountVolume(ctx context.Context, m VolumeMessage) (VolumeResult,
 	var w [8]byte
 	be.PutUint64(w[:], uint64(m.SampleWindow.Milliseconds()))
 	cross = append(cross, w[2:]...)
-	v, err := volumeScript.Run(ctx, s.rdb, s.volumeKeys(m.Account),
+	v, err := s.call(ctx, volumeScript, s.volumeKeys(m.Account),
 		s.scriptNow(), m.Version, id, max(m.Recipients, 0), client, m.Limits.packed, cross, m.Limits.expiry).Slice()
 	if err != nil {
 		return VolumeResult{}, wrap("count volume", classify(err))
@@ -295,7 +295,7 @@ func (s *Store) CountedBefore(ctx context.Context, account string, id uint32, li
 	if id == 0 || limits == nil || len(limits.Policy.Limits) == 0 {
 		return false, nil
 	}
-	v, err := volumeScript.Run(ctx, s.rdb, s.volumeKeys(account),
+	v, err := s.call(ctx, volumeScript, s.volumeKeys(account),
 		s.scriptNow(), versionProbe, binary.BigEndian.AppendUint32(nil, id), 0, "", limits.packed, "", limits.expiry).Slice()
 	if err != nil {
 		return false, wrap("count volume", classify(err))

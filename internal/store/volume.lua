@@ -1,7 +1,9 @@
 -- Count one message an authenticated account sent (Postfix's
 -- END-OF-MESSAGE policy request) against its volume limits, and act on a
 -- crossing: a throttle, a suspension or a report. One call, atomic: it
--- reads everything first and writes last.
+-- reads everything first and writes last. A Redis function (FUNCTION
+-- LOAD, as ingest.lua): its library is loaded once, so that a call does
+-- not define its functions again; crossing.lua is put before it.
 --
 -- KEYS[1] the account's state HASH <prefix>:{<account>}:s
 -- KEYS[2] its volume record <prefix>:{<account>}:v (STRING)
@@ -48,120 +50,108 @@
 -- one unpack and one pack, floors are arithmetic (x - x % g), and the
 -- numbers Redis passes as text are compared as text or used in arithmetic,
 -- which converts them, rather than through tonumber.
-local rcall, unpack_, pack, byte, ssub = redis.call, struct.unpack, struct.pack, string.byte, string.sub
-local st, vkey, tkey = KEYS[1], KEYS[2], KEYS[3]
-local now = ARGV[1] + 0
-if now == 0 then
-  local t = rcall('TIME')
-  now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
-end
-local want_ver, id, nrcpt, client, spec = ARGV[2], ARGV[3], ARGV[4] + 0, ARGV[5], ARGV[6]
 local NSLOT, MAXC, NIDS, MAXADDR, ADDRBYTES = 12, 65535, 6, 3, 27
 local ID0 = 4 -- R[ID0 + i] is recent id i
 local S0 = ID0 + NIDS -- R[S0 + (r - 1) * NSLOT + s] is slot s of ring r
 local HEAD = 8 + 4 * NIDS -- the record's bytes before the rings
+-- Formats by count: constants, not tables a call would make.
+local RFMT = {'>I4B', '>I4BI4B', '>I4BI4BI4B', '>I4BI4BI4BI4B'}
+local LFMT = {'>BI2B', '>BI2BBI2B', '>BI2BBI2BBI2B', '>BI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2B',
+  '>BI2BBI2BBI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2BBI2BBI2BBI2B'}
+local RECFMT = {'>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
+  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'}
 
+-- A library's top level sees no globals: bind() binds those the functions
+-- use, on the first call.
+local rcall, unpack_, pack, byte, ssub
+local function bind()
+  rcall, unpack_, pack, byte, ssub = redis.call, struct.unpack, struct.pack, string.byte, string.sub
+end
+
+-- The call's: its keys, arguments and clock; the account's limits (spec;
+-- per ring RS: bucket width (ms), kind; per limit LS: ring (0-based),
+-- max, action; the record's format FMT of NVAL values); the record as it
+-- is (R: R[1] ring sum, R[2] limit sum, R[3] the last count's time, R[4]
+-- above, then the ids, then the slots; ap where the addresses start in
+-- rec), the last count's time (ms), and what a suspension read (x, smp).
+local st, vkey, tkey, ARGV, now
+local spec, nrings, nlimits, RS, LS, FMT, NVAL
+local rec, R, ap, last, x, smp
+local CUR, BEFORE, AFTER -- R[CUR + r]: ring r's bucket now; its count without and with the message
 
 -- The limits. Names come last: only a crossing reads them.
-local ringsum, limitsum, nrings, nlimits, pos = unpack_('>I2BBB', spec)
--- (formats are constants picked by count, not tables, which every call
--- would make)
-local rfmt = nrings == 1 and '>I4B' or nrings == 2 and '>I4BI4B' or nrings == 3 and '>I4BI4BI4B' or '>I4BI4BI4BI4B'
-local RS = {unpack_(rfmt, spec, pos)} -- per ring: bucket width (ms), kind
-local lfmt = nlimits == 1 and '>BI2B' or nlimits == 2 and '>BI2BBI2B' or nlimits == 3 and '>BI2BBI2BBI2B'
-  or nlimits == 4 and '>BI2BBI2BBI2BBI2B' or nlimits == 5 and '>BI2BBI2BBI2BBI2BBI2B'
-  or nlimits == 6 and '>BI2BBI2BBI2BBI2BBI2BBI2B' or nlimits == 7 and '>BI2BBI2BBI2BBI2BBI2BBI2BBI2B'
-  or '>BI2BBI2BBI2BBI2BBI2BBI2BBI2BBI2B'
-local LS = {unpack_(lfmt, spec, RS[2 * nrings + 1])} -- per limit: ring (0-based), max, action
-
--- The record as it is: R[1] ring sum, R[2] limit sum, R[3] the last
--- count's time, R[4] above, then the ids, then the slots, and where the
--- addresses start. A record of other rings keeps its ids and starts its
--- counts and addresses afresh.
-local NVAL = S0 + NSLOT * nrings
-local FMT = nrings == 1 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2'
-  or nrings == 2 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
-  or nrings == 3 and '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
-  or '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'
-local rec = rcall('GET', vkey)
-local R, ap
-if rec and byte(rec, 1) * 256 + byte(rec, 2) == ringsum and #rec > HEAD + 2 * NSLOT * nrings then
-  R = {unpack_(FMT, rec)}
-  ap = R[NVAL + 1]
-elseif rec and #rec >= HEAD then
-  R = {unpack_('>I2BI4BI4I4I4I4I4I4', rec)}
-  R[1], R[4] = ringsum, 0
-  for i = S0 + 1, NVAL do R[i] = 0 end
-else
-  R = {ringsum, limitsum, 0, 0}
-  for i = ID0 + 1, NVAL do R[i] = 0 end
+local function read_limits()
+  local ringsum, limitsum, pos
+  ringsum, limitsum, nrings, nlimits, pos = unpack_('>I2BBB', spec)
+  RS = {unpack_(RFMT[nrings], spec, pos)}
+  LS = {unpack_(LFMT[nlimits], spec, RS[2 * nrings + 1])}
+  NVAL, FMT = S0 + NSLOT * nrings, RECFMT[nrings]
+  CUR, BEFORE, AFTER = NVAL + 1, NVAL + 5, NVAL + 9
+  return ringsum, limitsum
 end
-if R[2] ~= limitsum then R[2], R[4] = limitsum, 0 end
-local last = R[3] * 1000 -- in ms; stored in seconds, which bucket boundaries (whole seconds) allow
 
--- Postfix asking again about a message counted already.
-local idn = 0
-if #id == 4 then idn = unpack_('>I4', id) end
-if idn ~= 0 then
-  for i = ID0 + 1, ID0 + NIDS do
-    if R[i] == idn then return {2, rcall('HEXISTS', st, 'ob')} end
+-- The record as it is. A record of other rings keeps its ids and starts
+-- its counts and addresses afresh.
+local function read_record(ringsum, limitsum)
+  rec, ap = rcall('GET', vkey), nil
+  if rec and byte(rec, 1) * 256 + byte(rec, 2) == ringsum and #rec > HEAD + 2 * NSLOT * nrings then
+    R = {unpack_(FMT, rec)}
+    ap = R[NVAL + 1]
+  elseif rec and #rec >= HEAD then
+    R = {unpack_('>I2BI4BI4I4I4I4I4I4', rec)}
+    R[1], R[4] = ringsum, 0
+    for i = S0 + 1, NVAL do R[i] = 0 end
+  else
+    R = {ringsum, limitsum, 0, 0}
+    for i = ID0 + 1, NVAL do R[i] = 0 end
   end
+  if R[2] ~= limitsum then R[2], R[4] = limitsum, 0 end
+  last = R[3] * 1000 -- in ms; stored in seconds, which bucket boundaries (whole seconds) allow
 end
-if want_ver == '-2' then return {5, 0} end
-
-local hv = rcall('HMGET', st, 'ver', 'aup', 'ob', 'vt')
-local ob = hv[3] and 1 or 0
-if want_ver ~= (hv[1] or '0') then return {4, ob} end
-
--- A throttle in force holds back the message, uncounted. (Its marker in
--- the state, vt, only tells the RCPT-time lookup to look here.)
-local th = rcall('GET', tkey)
-if th then
-  local til, tname = string.match(th, '^(%d+) (.*)$')
-  if til and til + 0 > now then return {3, ob, til + 0, tname} end
-end
-if hv[4] then rcall('HDEL', st, 'vt') end -- a throttle that ended
 
 -- Move every ring to now (the buckets between the last count and now are
 -- empty; a clock that went back counts into the newest bucket), and add
--- the message to its current bucket. BEFORE and AFTER: each ring's count
--- without and with the message.
--- (kept in R past the record's values: tables cost more than slots)
-local CUR, BEFORE, AFTER = NVAL + 1, NVAL + 5, NVAL + 9 -- R[CUR + r] ...
-for r = 1, nrings do
-  local g, base = RS[2 * r - 1], S0 + (r - 1) * NSLOT
-  local n, l = (now - now % g) / g, (last - last % g) / g
-  if n < l then n = l end
-  local to = n
-  if to > l + NSLOT then to = l + NSLOT end
-  for k = l + 1, to do R[base + k % NSLOT + 1] = 0 end
-  R[CUR + r] = n
-  local t = 0
-  for i = base + 1, base + NSLOT do t = t + R[i] end
-  local slot = base + n % NSLOT + 1
-  local old = R[slot]
-  local new = old + (RS[2 * r] == 1 and 1 or nrcpt)
-  if new > MAXC then new = MAXC end
-  R[slot] = new
-  R[BEFORE + r], R[AFTER + r] = t, t - old + new
+-- the message to its current bucket.
+local function move_rings(nrcpt)
+  for r = 1, nrings do
+    local g, base = RS[2 * r - 1], S0 + (r - 1) * NSLOT
+    local n, l = (now - now % g) / g, (last - last % g) / g
+    if n < l then n = l end
+    local to = n
+    if to > l + NSLOT then to = l + NSLOT end
+    for k = l + 1, to do R[base + k % NSLOT + 1] = 0 end
+    R[CUR + r] = n
+    local t = 0
+    for i = base + 1, base + NSLOT do t = t + R[i] end
+    local slot = base + n % NSLOT + 1
+    local old = R[slot]
+    local new = old + (RS[2 * r] == 1 and 1 or nrcpt)
+    if new > MAXC then new = MAXC end
+    R[slot] = new
+    R[BEFORE + r], R[AFTER + r] = t, t - old + new
+  end
 end
 
 -- The crossings: limits above their max that were not. A limit back
 -- within its max before this message is no longer above it.
-local above = R[4]
-local crossings
-for l = 1, nlimits do
-  local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], 2 ^ (l - 1)
-  local was = above % (2 * bit) >= bit
-  if was and R[BEFORE + r] <= max then above = above - bit; was = false end
-  if R[AFTER + r] > max and not was then
-    above = above + bit
-    crossings = crossings or {}
-    crossings[#crossings + 1] = {l = l, r = r, count = R[AFTER + r]}
+local function find_crossings()
+  local above, crossings = R[4], nil
+  for l = 1, nlimits do
+    local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], 2 ^ (l - 1)
+    local was = above % (2 * bit) >= bit
+    if was and R[BEFORE + r] <= max then above = above - bit; was = false end
+    if R[AFTER + r] > max and not was then
+      above = above + bit
+      crossings = crossings or {}
+      crossings[#crossings + 1] = {l = l, r = r, count = R[AFTER + r]}
+    end
   end
+  R[4] = above
+  if now > last then R[3] = (now - now % 1000) / 1000 end
+  return crossings
 end
-R[4] = above
-if now > last then R[3] = (now - now % 1000) / 1000 end
 
 -- A crossing's window (the start of its oldest bucket), its start (the
 -- oldest bucket that counts) and, for a throttle, its end: when enough
@@ -188,20 +178,18 @@ local function name(l)
 end
 
 -- What the crossings do: one suspension (or report of one) at most, the
--- first suspend limit crossed; a throttle, the longest.
-local throttle, suspend, x, smp
-for _, c in ipairs(crossings or {}) do
-  local a = LS[3 * c.l]
-  span(c, LS[3 * c.l - 1])
-  if a == 1 and (not throttle or c.til > throttle.til) then throttle = c end
-  if (a == 2 or a == 4) and not suspend and not hv[2] then suspend = c end
+-- first suspend limit crossed, unless one is in force (aup); a throttle,
+-- the longest.
+local function pick(crossings, aup)
+  local throttle, suspend
+  for _, c in ipairs(crossings) do
+    local a = LS[3 * c.l]
+    span(c, LS[3 * c.l - 1])
+    if a == 1 and (not throttle or c.til > throttle.til) then throttle = c end
+    if (a == 2 or a == 4) and not suspend and not aup then suspend = c end
+  end
+  return throttle, suspend
 end
-if suspend then
-  x = crossing_read(st)
-  smp = rcall('HGET', st, 'smp')
-end
-local st_ttl -- the state's expiry, which a throttle's marker may extend
-if throttle then st_ttl = rcall('PTTL', st) end
 
 -- The clients of the record's addresses, as text: an IPv4 address, an
 -- IPv6 /64 (Go writes it canonically when it decodes the record).
@@ -255,48 +243,101 @@ local function suspension(c, addrs)
   return id
 end
 
--------------------------------------------------------------- writes --
-if idn ~= 0 then
-  for i = ID0 + NIDS, ID0 + 2, -1 do R[i] = R[i - 1] end
-  R[ID0 + 1] = idn
-end
--- The client addresses: this one first, then the others, as long as
--- they fit. The usual case, the same client again, keeps them as they are.
-local addrs = '\0'
-if ap then addrs = ssub(rec, ap) end
-local nc = #client
-if (nc == 4 or nc == 8) and not (byte(addrs, 2) == nc and ssub(addrs, 3, 2 + nc) == client) then
-  local keep, na, p = string.char(nc) .. client, 1, 2
-  for _ = 1, byte(addrs, 1) or 0 do
-    local n = byte(addrs, p) or 0
-    if n == 0 then break end
-    local a = ssub(addrs, p + 1, p + n)
-    p = p + 1 + n
-    if a ~= client and na < MAXADDR and #keep + n + 1 <= ADDRBYTES then keep = keep .. string.char(n) .. a; na = na + 1 end
+-- The record's ids with this message's first, and its client addresses:
+-- this one first, then the others, as long as they fit (the usual case,
+-- the same client again, keeps them as they are). Returns the addresses.
+local function write_record(idn, client)
+  if idn ~= 0 then
+    for i = ID0 + NIDS, ID0 + 2, -1 do R[i] = R[i - 1] end
+    R[ID0 + 1] = idn
   end
-  addrs = string.char(na) .. keep
+  local addrs = '\0'
+  if ap then addrs = ssub(rec, ap) end
+  local nc = #client
+  if (nc == 4 or nc == 8) and not (byte(addrs, 2) == nc and ssub(addrs, 3, 2 + nc) == client) then
+    local keep, na, p = string.char(nc) .. client, 1, 2
+    for _ = 1, byte(addrs, 1) or 0 do
+      local n = byte(addrs, p) or 0
+      if n == 0 then break end
+      local a = ssub(addrs, p + 1, p + n)
+      p = p + 1 + n
+      if a ~= client and na < MAXADDR and #keep + n + 1 <= ADDRBYTES then keep = keep .. string.char(n) .. a; na = na + 1 end
+    end
+    addrs = string.char(na) .. keep
+  end
+  rcall('SET', vkey, pack(FMT, unpack(R, 1, NVAL)) .. addrs, 'PX', ARGV[8])
+  return addrs
 end
-rcall('SET', vkey, pack(FMT, unpack(R, 1, NVAL)) .. addrs, 'PX', ARGV[8])
-if not crossings then return {1, ob} end
 
-if throttle then
+-- A throttle: its key, and the marker the RCPT-time lookup reads with
+-- the state (HGETALL): a state made for it expires with the throttle, one
+-- that expires sooner lives as long, a durable one stays so. st_ttl is
+-- the state's PTTL, read before any write.
+local function write_throttle(throttle, st_ttl)
   local left = string.format('%d', throttle.til - now)
   rcall('SET', tkey, string.format('%d %s', throttle.til, name(throttle.l)), 'PX', left)
-  -- The marker the RCPT-time lookup reads with the state (HGETALL): a
-  -- state made for it expires with the throttle, one that expires sooner
-  -- lives as long, a durable one stays so.
   rcall('HSET', st, 'vt', left)
   if st_ttl == -2 or (st_ttl >= 0 and st_ttl < throttle.til - now) then rcall('PEXPIRE', st, left) end
 end
-local sid = ''
-if suspend then
-  sid = suspension(suspend, addrs)
-  ob = 1
+
+-- Postfix asking again about a message counted already: the message's id
+-- as a number (0: none), and whether the record holds it.
+local function seen(id)
+  local idn = 0
+  if #id == 4 then idn = unpack_('>I4', id) end
+  if idn ~= 0 then
+    for i = ID0 + 1, ID0 + NIDS do
+      if R[i] == idn then return idn, true end
+    end
+  end
+  return idn, false
 end
-local out = {1, ob}
-for _, c in ipairs(crossings) do
-  local cid = ''
-  if c == suspend then cid = sid end
-  for _, v in ipairs({c.l - 1, LS[3 * c.l], c.count, c.since, c.til, cid}) do out[#out + 1] = v end
+
+local function count(keys, args)
+  if not rcall then bind() end
+  st, vkey, tkey, ARGV, x, smp = keys[1], keys[2], keys[3], args, nil, nil
+  now = args[1] + 0
+  if now == 0 then
+    local t = rcall('TIME')
+    now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
+  end
+  local want_ver, id, nrcpt, client = args[2], args[3], args[4] + 0, args[5]
+  spec = args[6]
+  read_record(read_limits())
+  local idn, dup = seen(id)
+  if dup then return {2, rcall('HEXISTS', st, 'ob')} end
+  if want_ver == '-2' then return {5, 0} end
+  local hv = rcall('HMGET', st, 'ver', 'aup', 'ob', 'vt')
+  local ob = hv[3] and 1 or 0
+  if want_ver ~= (hv[1] or '0') then return {4, ob} end
+  -- A throttle in force holds back the message, uncounted. (Its marker in
+  -- the state, vt, only tells the RCPT-time lookup to look here.)
+  local th = rcall('GET', tkey)
+  if th then
+    local til, tname = string.match(th, '^(%d+) (.*)$')
+    if til and til + 0 > now then return {3, ob, til + 0, tname} end
+  end
+  if hv[4] then rcall('HDEL', st, 'vt') end -- a throttle that ended
+  move_rings(nrcpt)
+  local crossings = find_crossings()
+  local throttle, suspend
+  if crossings then throttle, suspend = pick(crossings, hv[2]) end
+  if suspend then x, smp = crossing_read(st), rcall('HGET', st, 'smp') end
+  local st_ttl = throttle and rcall('PTTL', st) -- the state's expiry, which a throttle's marker may extend
+  -------------------------------------------------------------- writes --
+  local addrs = write_record(idn, client)
+  if not crossings then return {1, ob} end
+  if throttle then write_throttle(throttle, st_ttl) end
+  local sid = ''
+  if suspend then sid, ob = suspension(suspend, addrs), 1 end
+  local out = {1, ob}
+  for _, c in ipairs(crossings) do
+    local cid = ''
+    if c == suspend then cid = sid end
+    for _, v in ipairs({c.l - 1, LS[3 * c.l], c.count, c.since, c.til, cid}) do out[#out + 1] = v end
+  end
+  return out
 end
-return out
+
+-- FUNCTION, the function's name, is set before this file (script.go).
+redis.register_function(FUNCTION, count)

@@ -509,7 +509,7 @@ func TestVolumeSuspension(t *testing.T) {
 	}
 	h, err := s.History(ctx, sender, 0, 10)
 	if err != nil || len(h) != 1 || h[0].Action != "suspended" || h[0].ID != c.ID ||
-		h[0].Note != "volume:daily: 9 recipients within 24h0m0s exceed the limit of 8, from 192.0.2.8, 2001:db8::/64, 192.0.2.7" {
+		h[0].Note != "volume:daily: 9 recipients within 24h exceed the limit of 8, from 192.0.2.8, 2001:db8::/64, 192.0.2.7" {
 		t.Fatalf("history %+v, %v", h, err)
 	}
 	// The next message, on the state the sender check saw before: not

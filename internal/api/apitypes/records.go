@@ -36,6 +36,10 @@ type HistoryEntry struct {
 	Status   string    `json:"status,omitempty"`
 	ID       string    `json:"id,omitempty"`
 	Note     string    `json:"note,omitempty"`
+	// Rule is the AUP rule an automatic suspension or report crossed
+	// (spam_count, spam_rate, volume:<name>); empty on other entries and
+	// on crossings recorded before suspensions named their rule.
+	Rule string `json:"rule,omitempty"`
 	// Via is the door of a manual change: token (the API), desk (a desk
 	// session) or link (the signed link of a notice).
 	Via string `json:"via,omitempty"`
