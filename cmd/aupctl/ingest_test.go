@@ -259,17 +259,7 @@ func startARFAupd(t *testing.T) *arfAupd {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan app.Info, 1)
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx, app.Options{Config: cfg, OnReady: func(i app.Info) { ready <- i }}) }()
-	var info app.Info
-	select {
-	case info = <-ready:
-	case err := <-done:
-		t.Fatalf("aupd: %v", err)
-	}
-	t.Cleanup(func() { cancel(); <-done })
+	info := runAupd(t, cfg)
 
 	report, err := os.ReadFile("../../internal/arf/testdata/rfc5965-b1.eml")
 	if err != nil {
@@ -328,4 +318,22 @@ func TestReplayText(t *testing.T) {
 			t.Errorf("tried(%+v) = %q, want %q", c.rep, got, c.want)
 		}
 	}
+}
+
+// runAupd runs aupd with cfg until the test ends and returns what it
+// listens on once it is ready.
+func runAupd(t *testing.T, cfg *config.Config) app.Info {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan app.Info, 1)
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx, app.Options{Config: cfg, OnReady: func(i app.Info) { ready <- i }}) }()
+	var info app.Info
+	select {
+	case info = <-ready:
+	case err := <-done:
+		t.Fatalf("aupd: %v", err)
+	}
+	t.Cleanup(func() { cancel(); <-done })
+	return info
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api/apitypes"
-	"github.com/aupd/aupd/internal/app"
 	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/config"
@@ -43,17 +42,7 @@ func TestReplayVolumeCommand(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan app.Info, 1)
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx, app.Options{Config: cfg, OnReady: func(i app.Info) { ready <- i }}) }()
-	var info app.Info
-	select {
-	case info = <-ready:
-	case err := <-done:
-		t.Fatalf("aupd: %v", err)
-	}
-	t.Cleanup(func() { cancel(); <-done })
+	info := runAupd(t, cfg)
 
 	at := time.Now().Add(-20 * time.Minute)
 	st := store.New(rdb, prefix, store.WithClock(func() time.Time { return at }))
