@@ -520,27 +520,7 @@ func TestTwoServersStartOneThrottle(t *testing.T) {
 	ctr2, addr2 := e.second()
 	const workers, each = 8, 6
 	answers := make(chan string, workers*each)
-	var wg sync.WaitGroup
-	for w := range workers {
-		addr := e.addr
-		if w%2 == 1 {
-			addr = addr2
-		}
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		pc := &conn{t: t, c: c, r: bufio.NewReader(c)}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range each {
-				answers <- pc.send(e.message("alice@example.com"), 1)
-			}
-		}()
-	}
-	wg.Wait()
+	e.race(t, addr2, workers, each, func(pc *conn) { answers <- pc.send(e.message("alice@example.com"), 1) })
 	close(answers)
 	var ok, held int
 	for a := range answers {
@@ -611,6 +591,31 @@ func TestTwoServersMakeOneSuspension(t *testing.T) {
 	e := newEnv(t, rules.ModeEnforce, limit)
 	ctr2, addr2 := e.second()
 	const workers, each = 8, 6
+	e.race(t, addr2, workers, each, func(pc *conn) {
+		if a := pc.send(e.message("alice@example.com"), 1); a != "DUNNO" && a != suspended {
+			t.Errorf("answer %q", a)
+		}
+	})
+	made := value(t, e.ctr.metrics.suspended.WithLabelValues("volume:daily")) + value(t, ctr2.metrics.suspended.WithLabelValues("volume:daily"))
+	counted := e.messages(outcomeCounted) + value(t, ctr2.metrics.messages.WithLabelValues(outcomeCounted))
+	if made != 1 || counted != 21 {
+		t.Errorf("%v suspensions and %v messages counted across both servers; want 1 and 21", made, counted)
+	}
+	var evs []events.AccountEvent
+	testutil.Eventually(t, 10*time.Second, func() bool { evs = e.accountEvents(); return len(evs) > 0 }, "no account event published")
+	if len(evs) != 1 || evs[0].Type != events.TypeSuspended {
+		t.Errorf("account events %+v; want one suspension", evs)
+	}
+	h, err := e.st.History(context.Background(), "alice@example.com", 0, 10)
+	if err != nil || len(h) != 1 {
+		t.Errorf("history %+v, %v; want one entry", h, err)
+	}
+}
+
+// race runs workers connections, every other one to the second policy
+// server at addr2, each calling send each times, and waits for them all.
+func (e *env) race(t *testing.T, addr2 string, workers, each int, send func(*conn)) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for w := range workers {
 		addr := e.addr
@@ -627,25 +632,9 @@ func TestTwoServersMakeOneSuspension(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range each {
-				if a := pc.send(e.message("alice@example.com"), 1); a != "DUNNO" && a != suspended {
-					t.Errorf("answer %q", a)
-				}
+				send(pc)
 			}
 		}()
 	}
 	wg.Wait()
-	made := value(t, e.ctr.metrics.suspended.WithLabelValues("volume:daily")) + value(t, ctr2.metrics.suspended.WithLabelValues("volume:daily"))
-	counted := e.messages(outcomeCounted) + value(t, ctr2.metrics.messages.WithLabelValues(outcomeCounted))
-	if made != 1 || counted != 21 {
-		t.Errorf("%v suspensions and %v messages counted across both servers; want 1 and 21", made, counted)
-	}
-	var evs []events.AccountEvent
-	testutil.Eventually(t, 10*time.Second, func() bool { evs = e.accountEvents(); return len(evs) > 0 }, "no account event published")
-	if len(evs) != 1 || evs[0].Type != events.TypeSuspended {
-		t.Errorf("account events %+v; want one suspension", evs)
-	}
-	h, err := e.st.History(context.Background(), "alice@example.com", 0, 10)
-	if err != nil || len(h) != 1 {
-		t.Errorf("history %+v, %v; want one entry", h, err)
-	}
 }
