@@ -213,10 +213,52 @@ var packBufs = sync.Pool{New: func() any { return new([]byte) }}
 const maxPooledPack = 1 << 20
 
 // ingestCounting runs the script for batches, which all have counting
-// events, and writes p.Near in the same round trip.
+// events, and writes p.Near in the same round trip. On a Redis Cluster an
+// account whose slot has moved since the slot map was read fails in the
+// call of its old master (see ingest.lua, run) and runs again in a call
+// of its own slot, which go-redis redirects.
 func (s *Store) ingestCounting(ctx context.Context, batches []Batch, p IngestParams, nowMS, lo int64) ([]Result, error) {
 	results := make([]Result, len(batches))
-	groups := s.groupBySlot(batches)
+	groups, byNode := s.groupCalls(ctx, batches)
+	var extra func(redis.Pipeliner)
+	if len(p.Near) > 0 {
+		extra = func(pipe redis.Pipeliner) { s.writeNear(ctx, pipe, p.Near, lo) }
+	}
+	if len(groups) == 0 {
+		// hints only
+		pipe := s.rdb.Pipeline()
+		extra(pipe)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, wrap("write near-threshold hints", err)
+		}
+		return results, nil
+	}
+	if err := s.runIngest(ctx, batches, groups, byNode, p, nowMS, lo, extra, results); err != nil {
+		return nil, err
+	}
+	if byNode {
+		var moved []int
+		for i := range results {
+			if errors.Is(results[i].Err, errMoved) {
+				moved = append(moved, i)
+			}
+		}
+		if len(moved) > 0 {
+			s.rdb.(*redis.ClusterClient).ReloadState(ctx)
+			if err := s.runIngest(ctx, batches, slotGroups(batches, moved), false, p, nowMS, lo, nil, results); err != nil {
+				return nil, err
+			}
+		}
+	}
+	s.await(ctx, batches, results)
+	return results, nil
+}
+
+// runIngest makes one script call per group of batches (indexes), in one
+// pipelined round trip with extra, and sets their results. A call byNode
+// declares its first account's keys, which route it, and passes the
+// others' after the batches.
+func (s *Store) runIngest(ctx context.Context, batches []Batch, groups [][]int, byNode bool, p IngestParams, nowMS, lo int64, extra func(redis.Pipeliner), results []Result) error {
 	ids := newIDSource(time.Now())
 	keys := make([][]string, len(groups))
 	args := make([][]any, len(groups))
@@ -242,32 +284,30 @@ func (s *Store) ingestCounting(ctx context.Context, batches []Batch, p IngestPar
 	}
 	start := 0
 	for g, idx := range groups {
-		k := make([]string, 0, 2*len(idx))
-		a := make([]any, 0, 5+len(idx))
+		declared := len(idx)
+		if byNode {
+			declared = 1
+		}
+		k := make([]string, 0, 2*declared)
+		a := make([]any, 0, 5+len(idx)+2*(len(idx)-declared))
 		a = append(a, nowMS, p.Window.Milliseconds(), p.Skew.Milliseconds(), rebaseAfter(p.Window, p.Skew), len(idx))
 		for _, i := range idx {
-			k = append(k, s.key(batches[i].Account, sufState), s.key(batches[i].Account, sufWindow))
 			a = append(a, buf[start:ends[i]:ends[i]])
 			start = ends[i]
 		}
-		keys[g], args[g] = k, a
-	}
-	var extra func(redis.Pipeliner)
-	if len(p.Near) > 0 {
-		extra = func(pipe redis.Pipeliner) { s.writeNear(ctx, pipe, p.Near, lo) }
-	}
-	if len(groups) == 0 {
-		// hints only
-		pipe := s.rdb.Pipeline()
-		extra(pipe)
-		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, wrap("write near-threshold hints", err)
+		for j, i := range idx {
+			st, win := s.key(batches[i].Account, sufState), s.key(batches[i].Account, sufWindow)
+			if j < declared {
+				k = append(k, st, win)
+			} else {
+				a = append(a, st, win)
+			}
 		}
-		return results, nil
+		keys[g], args[g] = k, a
 	}
 	cmds, err := s.evalAll(ctx, ingestScript, keys, args, extra)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for g, c := range cmds {
 		vals, err := c.Slice()
@@ -282,8 +322,7 @@ func (s *Store) ingestCounting(ctx context.Context, batches []Batch, p IngestPar
 			results[i] = parseIngest(vals[j], batches[i].Items, lo)
 		}
 	}
-	s.await(ctx, batches, results)
-	return results, nil
+	return nil
 }
 
 // await holds back the results until replicas hold the writes behind them
@@ -313,28 +352,72 @@ func (s *Store) await(ctx context.Context, batches []Batch, results []Result) {
 // call stays short (Redis runs one script at a time).
 const maxAccountsPerCall = 64
 
+// groupCalls splits batches into script calls of up to
+// maxAccountsPerCall accounts. On a Redis Cluster the accounts of a call
+// share a master (byNode), as go-redis's slot map says: one call per
+// master per batch or so, where a call per hash slot would be nearly a
+// call per account. An account whose master is not known goes alone.
+func (s *Store) groupCalls(ctx context.Context, batches []Batch) (groups [][]int, byNode bool) {
+	cc, ok := s.rdb.(*redis.ClusterClient)
+	if !ok {
+		return chunks(len(batches)), false
+	}
+	byMaster := map[*redis.Client]int{}
+	for i := range batches {
+		m, err := cc.MasterForKey(ctx, s.key(batches[i].Account, sufState))
+		if err != nil {
+			groups = append(groups, []int{i}) // it fails on its own
+			continue
+		}
+		g, ok := byMaster[m]
+		if !ok || len(groups[g]) >= maxAccountsPerCall {
+			g = len(groups)
+			byMaster[m] = g
+			groups = append(groups, make([]int, 0, min(maxAccountsPerCall, len(batches)-i)))
+		}
+		groups[g] = append(groups[g], i)
+	}
+	return groups, true
+}
+
 // groupBySlot splits batches into script calls: on a Redis Cluster the
-// accounts of one call must share a hash slot; elsewhere any accounts go
+// accounts of one call share a hash slot; elsewhere any accounts go
 // together, up to maxAccountsPerCall.
 func (s *Store) groupBySlot(batches []Batch) [][]int {
-	var groups [][]int
-	if _, cluster := s.rdb.(*redis.ClusterClient); cluster {
-		bySlot := map[uint16]int{}
-		for i, b := range batches {
-			slot := hashSlot(b.Account)
-			g, ok := bySlot[slot]
-			if !ok || len(groups[g]) >= maxAccountsPerCall {
-				g = len(groups)
-				bySlot[slot] = g
-				groups = append(groups, nil)
-			}
-			groups[g] = append(groups[g], i)
-		}
-		return groups
+	if _, cluster := s.rdb.(*redis.ClusterClient); !cluster {
+		return chunks(len(batches))
 	}
-	for lo := 0; lo < len(batches); lo += maxAccountsPerCall {
-		g := make([]int, 0, min(maxAccountsPerCall, len(batches)-lo))
-		for i := lo; i < min(lo+maxAccountsPerCall, len(batches)); i++ {
+	all := make([]int, len(batches))
+	for i := range all {
+		all[i] = i
+	}
+	return slotGroups(batches, all)
+}
+
+// slotGroups groups the batches at indexes idx by hash slot, up to
+// maxAccountsPerCall a group.
+func slotGroups(batches []Batch, idx []int) [][]int {
+	var groups [][]int
+	bySlot := map[uint16]int{}
+	for _, i := range idx {
+		slot := hashSlot(batches[i].Account)
+		g, ok := bySlot[slot]
+		if !ok || len(groups[g]) >= maxAccountsPerCall {
+			g = len(groups)
+			bySlot[slot] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], i)
+	}
+	return groups
+}
+
+// chunks groups 0..n-1 in order, maxAccountsPerCall a group.
+func chunks(n int) [][]int {
+	var groups [][]int
+	for lo := 0; lo < n; lo += maxAccountsPerCall {
+		g := make([]int, 0, min(maxAccountsPerCall, n-lo))
+		for i := lo; i < min(lo+maxAccountsPerCall, n); i++ {
 			g = append(g, i)
 		}
 		groups = append(groups, g)
@@ -551,11 +634,23 @@ func classify(err error) error {
 	return err
 }
 
+// errMoved reports an account refused on a Cluster node that no longer
+// serves all of its keys, before it wrote anything: it is run again where
+// its slot is (transient).
+var errMoved = errors.New("slot moved")
+
 // classifyScript classifies an error one account's part of the script
 // caught: the transient conditions Redis reports are transient; a key of
 // the wrong type, malformed state and every other error are permanent.
 func classifyScript(msg string) error {
 	err := fmt.Errorf("ingest: %s", msg)
+	switch {
+	case strings.Contains(msg, "non local key"):
+		// a slot moved or moving (Cluster): the account wrote nothing
+		return fmt.Errorf("%w: %s", errMoved, msg)
+	case strings.Contains(msg, "cluster is down"):
+		return err
+	}
 	for _, p := range []string{"OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF"} {
 		if strings.HasPrefix(msg, p) {
 			return err

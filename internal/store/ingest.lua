@@ -1,5 +1,6 @@
 -- Ingest a batch of verdict events for one or more accounts (one call
--- holds accounts of one Redis Cluster slot; standalone Redis takes many).
+-- holds accounts of one Redis Cluster master, or of one slot; standalone
+-- Redis takes any).
 -- A Redis function (FUNCTION LOAD, Redis 7.0; script.go): its library is
 -- loaded once, so a call pays for none of the definitions below (a script
 -- run by EVALSHA made them all again, about 30 us a call).
@@ -14,8 +15,10 @@
 --
 -- Keys (KEYS): 2 per account, its state HASH <prefix>:{<account>}:s and its
 --       window ZSET (...:w); its other keys share the name but for the last
---       letter (h history LIST, o outbox LIST, x v1 statistics ZSET), and
---       so its Cluster slot
+--       letter (h history LIST, o outbox LIST, x v1 statistics ZSET, r
+--       ham ZSET), and so its Cluster slot; or, for a call of many slots
+--       (see run), the first account's 2 only, and every account's 2
+--       after the batches in ARGV
 -- Arguments (ARGV):
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME): one clock for every
 --         process, so that skewed hosts cannot count a trimmed id twice
@@ -35,6 +38,7 @@
 --   member c6, time i8;
 --   then, read only on a crossing: id for a new suspension or report,
 --   company, account, each I2+c0
+-- then, for a call of many slots, the accounts' keys as in KEYS
 --
 -- The window holds the counting events: member = id hash, score =
 -- (time - base) * 16 + kind, where base (state field wb, in hours) keeps
@@ -488,6 +492,16 @@ end
 
 -- The accounts, each caught on its own: one pcall covers them all until
 -- one fails, which gets its error, and the next ones go on in a new one.
+-- On a Redis Cluster a call holds the accounts of one master, of many
+-- slots (the function is flagged allow-cross-slot-keys): only the first
+-- account's keys are declared, to route the call, and every account's
+-- follow the batches. An account whose slot has moved, or is moving,
+-- since aupd read the slot map fails at the first command on a key this
+-- node does not serve ("non local key"), and aupd runs it again in a
+-- call of its own slot. That is safe because no such failure can come
+-- between writes that belong together: the keys a crossing writes are
+-- read first (crossing_read), the writes before them are the window's,
+-- and counting is idempotent by event id.
 local results, naccounts, cur
 local function run(from)
   for a = from, naccounts do
@@ -506,6 +520,7 @@ local function ingest(keys, args)
   end
   window, skew, rebase_after = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   results, naccounts, cur = {}, tonumber(args[5]), 0
+  if #keys < 2 * naccounts then KEYS = {keys[1], keys[2], unpack(args, 6 + naccounts)} end
   local from = 1
   while from <= naccounts do
     local ok, r = pcall(run, from)
@@ -521,4 +536,4 @@ local function ingest(keys, args)
 end
 
 -- FUNCTION, the function's name, is set before this file (script.go).
-redis.register_function(FUNCTION, ingest)
+redis.register_function{function_name = FUNCTION, callback = ingest, flags = {'allow-cross-slot-keys'}}
