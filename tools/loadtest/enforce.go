@@ -73,6 +73,9 @@ func (r *runner) enforcement(ctx context.Context, evs []Event) error {
 	if err != nil {
 		return err
 	}
+	if !last.After(first) {
+		return fmt.Errorf("%d events drained too fast to time (raise -events)", len(evs))
+	}
 	e := &Enforcement{Drain: float64(len(evs)) / last.Sub(first).Seconds(), Probes: r.cfg.EnforceAccounts}
 	r.enforce = e
 	r.add("e", "events/s, backlog drain", "%.0f  (%d events, with the policy server on)", e.Drain, len(evs))
@@ -219,8 +222,11 @@ func (p prober) probe(ctx context.Context, acct string, n int) (time.Duration, e
 		return 0, err
 	}
 	defer c.close()
-	if action, err := c.ask(acct); err != nil || action != "DUNNO" {
-		return 0, fmt.Errorf("before crossing: action %q, %w", action, err)
+	switch action, err := c.ask(acct); {
+	case err != nil:
+		return 0, fmt.Errorf("before crossing: %w", err)
+	case action != "DUNNO":
+		return 0, fmt.Errorf("before crossing: action %q, want DUNNO", action)
 	}
 	rng := rand.New(rand.NewPCG(p.r.cfg.Seed, uint64(n)))
 	now := time.Now().UTC()

@@ -114,7 +114,7 @@ func (res *Result) printStandalone(w io.Writer) {
 		fmt.Fprintf(w, "  cluster, %d aupd: main thread %.1f µs/ev on a master (%s), replica %.1f µs/ev; main thread %s\n",
 			r.Procs, r.MainPerEvent(), mainRange(r), r.ReplicaPerEvent(), ratio(r.MainPerEvent(), sa.MainPerEvent()))
 	}
-	fmt.Fprintln(w, "  main thread µs/ev: the masters' main-thread CPU in the window over the events on their slots; target: a Cluster master at most 1.3x standalone")
+	fmt.Fprintf(w, "  main thread µs/ev: the masters' main-thread CPU in the window over the events on their slots; target: a Cluster master at most %.1fx standalone\n", ratioTarget)
 	fmt.Fprintln(w)
 }
 
