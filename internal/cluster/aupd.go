@@ -74,7 +74,8 @@ var Companies = []struct{ ID, Domain, Abuse string }{
 	{"globex", "globex.test", "abuse@globex.test"},
 }
 
-func (c *Cluster) aupdConfig(a *Aupd) string {
+// aupdConfig is a's config file, with redisAddrs as redis.addrs.
+func (c *Cluster) aupdConfig(a *Aupd, redisAddrs []string) string {
 	s := c.opts.Aupd
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by internal/cluster\ndata_dir: %q\nlog: {level: %s, format: text}\nhttp: {listen: %q}\n", a.DataDir, s.LogLevel, a.HTTPAddr)
@@ -84,7 +85,7 @@ func (c *Cluster) aupdConfig(a *Aupd) string {
 	}
 	fmt.Fprintf(&b, "  consumer: {batch: %d, workers: %d, ack_wait: %s, max_ack_pending: %d, retry_min: %s, retry_max: %s}\n",
 		s.Batch, s.Workers, s.AckWait, max(20000, s.Batch*s.Workers), s.RetryMin, s.RetryMax)
-	fmt.Fprintf(&b, "redis:\n  addrs: [%s]\n  prefix: aup\n  wait_replicas: %d\n", quoteAll(c.RedisAddrs()), s.WaitReplicas)
+	fmt.Fprintf(&b, "redis:\n  addrs: [%s]\n  prefix: aup\n  wait_replicas: %d\n", quoteAll(redisAddrs), s.WaitReplicas)
 	for _, l := range s.RedisExtra {
 		fmt.Fprintf(&b, "  %s\n", l)
 	}

@@ -265,7 +265,7 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 		a := &Aupd{HTTPAddr: fmt.Sprintf("127.0.0.1:%d", next()), Config: filepath.Join(adir, "aupd.yml"), DataDir: adir}
 		a.Proc = newProc(fmt.Sprintf("aupd a%d", i), adir, filepath.Join(adir, "aupd.log"), c.Bin, "-config", a.Config)
-		if err := os.WriteFile(a.Config, []byte(c.aupdConfig(a)), 0o644); err != nil {
+		if err := os.WriteFile(a.Config, []byte(c.aupdConfig(a, c.RedisAddrs())), 0o644); err != nil {
 			return err
 		}
 		c.Aupd = append(c.Aupd, a)

@@ -83,9 +83,14 @@ func (c *Cluster) NewRedisClient() *redis.ClusterClient {
 }
 
 func redisArgs(bin, dir string, port, nodeTimeout int) []string {
+	return append(nodeArgs(bin, dir, port), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+		"--cluster-node-timeout", strconv.Itoa(nodeTimeout))
+}
+
+// nodeArgs are the settings of every Redis node, in the Cluster or not:
+// the persistence (AOF everysec, no snapshots) and the memory policy.
+func nodeArgs(bin, dir string, port int) []string {
 	return []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", dir,
-		"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-		"--cluster-node-timeout", strconv.Itoa(nodeTimeout),
 		"--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
 		"--maxmemory-policy", "noeviction", "--daemonize", "no", "--protected-mode", "no",
 		"--logfile", ""}

@@ -4,6 +4,7 @@
 package loadtest
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -47,13 +48,17 @@ type Config struct {
 	Timeout    time.Duration // bound on each wait
 	RedisAddr  string
 	NATSURL    string // empty: an in-process server in a temporary directory
-	Phases     string // any of "abcd"
+	Phases     string // any of "abcde"
 	Rounds     int    // rounds of phase c, each followed by a ceiling measure when b runs too
 	MemAccts   int    // accounts per memory measurement
 	CPUProfile string // file for a CPU profile of the end-to-end phase's first round
-	Seed       uint64
-	Out        io.Writer
-	Log        *slog.Logger
+	// EnforceAccounts accounts cross the threshold in phase e, one every
+	// EnforceEvery.
+	EnforceAccounts int
+	EnforceEvery    time.Duration
+	Seed            uint64
+	Out             io.Writer
+	Log             *slog.Logger
 }
 
 type runner struct {
@@ -73,6 +78,7 @@ type runner struct {
 	e2eConc []float64
 	mem50   float64
 	mem3    float64
+	enforce *Enforcement // phase e's figures
 }
 
 type row struct{ phase, figure, value string }
@@ -84,6 +90,12 @@ func (r *runner) add(phase, figure, format string, args ...any) {
 
 // Run runs the phases and prints the figures.
 func Run(ctx context.Context, cfg Config) error {
+	_, err := run(ctx, cfg)
+	return err
+}
+
+// run runs the phases and returns the runner, which holds their figures.
+func run(ctx context.Context, cfg Config) (*runner, error) {
 	if cfg.Out == nil {
 		cfg.Out = os.Stdout
 	}
@@ -93,10 +105,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Rounds == 0 {
 		cfg.Rounds = 1
 	}
-	if cfg.Events < 1 || cfg.Accounts < 1 || cfg.Batch < 1 || cfg.Workers < 1 || cfg.Rounds < 1 {
-		return errors.New("events, accounts, batch, workers and rounds must be positive")
+	cfg.EnforceAccounts = cmp.Or(cfg.EnforceAccounts, 200)
+	cfg.EnforceEvery = cmp.Or(cfg.EnforceEvery, 50*time.Millisecond)
+	if cfg.Events < 1 || cfg.Accounts < 1 || cfg.Batch < 1 || cfg.Workers < 1 || cfg.Rounds < 1 || cfg.EnforceAccounts < 1 || cfg.EnforceEvery < 0 {
+		return nil, errors.New("events, accounts, batch, workers, rounds and enforcement accounts must be positive")
 	}
 	r := &runner{cfg: cfg, out: cfg.Out, prefix: "aupload" + randomHex(4)}
+	return r, r.run(ctx)
+}
+
+func (r *runner) run(ctx context.Context) error {
+	cfg := r.cfg
 	r.rdb = redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, Protocol: 2, PoolSize: 4 * runtime.GOMAXPROCS(0)})
 	defer r.rdb.Close()
 	if err := r.rdb.Ping(ctx).Err(); err != nil {
@@ -159,7 +178,9 @@ func Run(ctx context.Context, cfg Config) error {
 			}},
 			phase{"bc", b, b + ". JetStream consume+ack alone again, after that end-to-end round", func(ctx context.Context) error { return r.ceilingAgain(ctx, evs, b) }})
 	}
-	phases = append(phases, phase{"d", "d", "d. Redis memory per account", func(ctx context.Context) error { return r.memory(ctx) }})
+	phases = append(phases, phase{"d", "d", "d. Redis memory per account", func(ctx context.Context) error { return r.memory(ctx) }},
+		phase{"e", "e", "e. Time to enforcement: crossing verdict to the policy server's refusal, at about half the drain rate",
+			func(ctx context.Context) error { return r.enforcement(ctx, evs) }})
 	for _, p := range phases {
 		if !strings.Contains(cfg.Phases, p.key[:1]) || !strings.Contains(cfg.Phases, p.key[len(p.key)-1:]) {
 			continue
@@ -492,7 +513,9 @@ func (r *runner) publish(ctx context.Context, js jetstream.JetStream, evs []Even
 
 // ---- c. End to end -------------------------------------------------------.
 
-func (r *runner) appConfig(dir string, round int) (*config.Config, error) {
+// appConfig is the config of an in-process aupd whose data is in dir and
+// whose Redis keys are under r.prefix+keys.
+func (r *runner) appConfig(dir, keys string) (*config.Config, error) {
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.HTTP.Listen = "127.0.0.1:0"
@@ -501,7 +524,7 @@ func (r *runner) appConfig(dir string, round int) (*config.Config, error) {
 	cfg.NATS.Consumer.Workers = r.cfg.Workers
 	cfg.NATS.Consumer.MaxAckPending = max(cfg.NATS.Consumer.MaxAckPending, r.cfg.Batch*r.cfg.Workers)
 	cfg.Redis.Addrs = []string{r.cfg.RedisAddr}
-	cfg.Redis.Prefix = r.prefix + "c" + strconv.Itoa(round) // each round's accounts start empty
+	cfg.Redis.Prefix = r.prefix + keys // each phase's and round's accounts start empty
 	cfg.Redis.Autostart = false
 	cfg.Notifier.EMLDir = filepath.Join(dir, "notices")
 	if err := os.MkdirAll(cfg.Notifier.EMLDir, 0o750); err != nil {
@@ -517,33 +540,100 @@ func (r *runner) appConfig(dir string, round int) (*config.Config, error) {
 	return cfg, cfg.Validate()
 }
 
-func (r *runner) endToEnd(ctx context.Context, evs []Event, round int, label string) error {
+// aupdSetup is what an in-process aupd of a phase needs: its config,
+// with a data directory of its own, and a connection to NATS, where the
+// verdict stream is created and no other aupd stream is.
+type aupdSetup struct {
+	cfg *config.Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	dir string
+}
+
+// setup prepares an in-process aupd whose Redis keys are under
+// r.prefix+keys; edit, if it must, its config before it starts.
+func (r *runner) setup(ctx context.Context, keys string) (*aupdSetup, error) {
 	dir, err := os.MkdirTemp("", "aupload-aupd-")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	cfg, err := r.appConfig(dir, round)
-	if err != nil {
-		return err
+	s := &aupdSetup{dir: dir}
+	if s.cfg, err = r.appConfig(dir, keys); err != nil {
+		s.close()
+		return nil, err
 	}
 	nc, js, err := r.connect()
 	if err != nil {
-		return err
+		s.close()
+		return nil, err
 	}
-	defer nc.Close()
+	s.nc = nc
 	if name, err := js.StreamNameBySubject(ctx, events.SubjectPrefix+"outbound"); err == nil {
-		return fmt.Errorf("the NATS server already has stream %s on %s>; aupload needs a server with no aupd streams", name, events.SubjectPrefix)
+		s.close()
+		return nil, fmt.Errorf("the NATS server already has stream %s on %s>; aupload needs a server with no aupd streams", name, events.SubjectPrefix)
 	}
-	// the next round starts from no streams, as this one did
-	defer func() {
-		for _, s := range []string{cfg.NATS.Verdicts.Name, cfg.NATS.Accounts.Name, cfg.NATS.Dead.Name} {
-			_ = js.DeleteStream(context.Background(), s)
+	s.js = js // from here on, close deletes aupd's streams
+	if _, err := app.EnsureStream(ctx, s.js, s.cfg.NATS.Verdicts, []string{events.SubjectPrefix + ">"}); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// close deletes aupd's streams, so that the next phase or round starts
+// from none as this one did, closes the connection and removes the
+// directory.
+func (s *aupdSetup) close() {
+	if s.js != nil {
+		for _, name := range []string{s.cfg.NATS.Verdicts.Name, s.cfg.NATS.Accounts.Name, s.cfg.NATS.Dead.Name} {
+			_ = s.js.DeleteStream(context.Background(), name)
 		}
+	}
+	if s.nc != nil {
+		s.nc.Close()
+	}
+	_ = os.RemoveAll(s.dir)
+}
+
+// startAupd runs aupd in-process with cfg and returns once it is ready,
+// with what it listens on and the function that stops it (and returns
+// what app.Run returned; calling it again returns the same).
+func (r *runner) startAupd(ctx context.Context, cfg *config.Config) (app.Info, func() error, error) {
+	actx, cancel := context.WithCancel(ctx)
+	ready := make(chan app.Info, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(actx, app.Options{Config: cfg, Logger: r.cfg.Log, OnReady: func(i app.Info) { ready <- i }})
 	}()
-	if _, err := app.EnsureStream(ctx, js, cfg.NATS.Verdicts, []string{events.SubjectPrefix + ">"}); err != nil {
+	var stopped bool
+	var stopErr error
+	stop := func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			stopErr = <-done
+		}
+		return stopErr
+	}
+	select {
+	case info := <-ready:
+		return info, stop, nil
+	case err := <-done:
+		cancel()
+		return app.Info{}, nil, fmt.Errorf("aupd exited: %w", err)
+	case <-time.After(30 * time.Second):
+		_ = stop()
+		return app.Info{}, nil, errors.New("aupd did not start")
+	}
+}
+
+func (r *runner) endToEnd(ctx context.Context, evs []Event, round int, label string) error {
+	s, err := r.setup(ctx, "c"+strconv.Itoa(round))
+	if err != nil {
 		return err
 	}
+	defer s.close()
+	cfg, js := s.cfg, s.js
 	pub, err := r.publish(ctx, js, evs, func(e Event) string { return e.Subject })
 	if err != nil {
 		return err
@@ -562,30 +652,9 @@ func (r *runner) endToEnd(ctx context.Context, evs []Event, round int, label str
 		defer pprof.StopCPUProfile()
 	}
 
-	actx, cancel := context.WithCancel(ctx)
-	ready := make(chan app.Info, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Run(actx, app.Options{Config: cfg, Logger: r.cfg.Log, OnReady: func(i app.Info) { ready <- i }})
-	}()
-	var stopped bool
-	var stopErr error
-	stop := func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			stopErr = <-done
-		}
-		return stopErr
-	}
-	var info app.Info
-	select {
-	case info = <-ready:
-	case err := <-done:
-		return fmt.Errorf("aupd exited: %w", err)
-	case <-time.After(30 * time.Second):
-		_ = stop()
-		return errors.New("aupd did not start")
+	info, stop, err := r.startAupd(ctx, cfg)
+	if err != nil {
+		return err
 	}
 	defer func() { _ = stop() }()
 
@@ -982,6 +1051,7 @@ func (r *runner) summary() {
 		}
 		fmt.Fprintf(r.out, "memory: %.0f bytes for an account with 50 counted events (%s the 1024-byte budget); %.0f bytes with 3.\n", r.mem50, verdict, r.mem3)
 	}
+	r.enforcementSummary()
 }
 
 // ---- helpers ---------------------------------------------------------------.

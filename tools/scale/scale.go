@@ -8,8 +8,10 @@
 // cores, so events/s does not grow with processes as it would on separate
 // hosts; the CPU per event of each component is the figure a capacity
 // model is built from (docs/scaling.md, "Scaling figures and a capacity
-// model"). Run it from the repository root with
-// `go -C tools run ./cmd/aupload scale`.
+// model"). With Config.Standalone it drains the backlog once more with
+// one aupd on a standalone Redis with a replica, to set the Redis CPU an
+// event costs on a Cluster master beside what it costs there. Run it
+// from the repository root with `go -C tools run ./cmd/aupload scale`.
 package scale
 
 import (
@@ -53,7 +55,13 @@ type Config struct {
 	MaxWait time.Duration
 	// Timeout bounds each wait: a publish, a drain (default 10m).
 	Timeout time.Duration
-	Log     io.Writer // progress lines (nil: none)
+	// Standalone adds, after the Cluster's runs, a drain of the same
+	// backlog by one aupd process on a standalone Redis with a replica
+	// (the Cluster nodes' persistence, the same NATS, the same
+	// wait_replicas): the Redis CPU an event costs on a Cluster master is
+	// printed beside what it costs there.
+	Standalone bool
+	Log        io.Writer // progress lines (nil: none)
 }
 
 func (c *Config) validate() error {
@@ -93,11 +101,14 @@ type Result struct {
 	Cap         int           // window cap (threshold + 1 by default)
 	MaxWait     time.Duration // nats.consumer.max_wait of every aupd
 	Runs        []Drain
+	Standalone  *Drain // the standalone phase's drain; nil when it did not run
 }
 
 // Drain is one drain of the backlog with Procs aupd processes.
 type Drain struct {
 	Procs int
+	// Standalone: aupd counted in the standalone Redis, not the Cluster.
+	Standalone bool
 
 	// Publish: the backlog published while no aupd ran, and the NATS CPU
 	// that took (storing every event on 3 nodes).
@@ -200,6 +211,32 @@ func (s Shard) MainPerEvent(r Drain) float64 {
 	return 0
 }
 
+// MainPerEvent is the masters' main-thread CPU per event on their slots,
+// in microseconds: the figure a Cluster master and a standalone Redis are
+// compared by.
+func (r Drain) MainPerEvent() float64 {
+	var d time.Duration
+	for _, s := range r.Shards {
+		d += s.MainCPU
+	}
+	return r.perShardEvent(d)
+}
+
+// ReplicaPerEvent is the replicas' CPU (every thread) per event on their
+// masters' slots, in microseconds.
+func (r Drain) ReplicaPerEvent() float64 { return r.perShardEvent(r.RedisRepls) }
+
+func (r Drain) perShardEvent(d time.Duration) float64 {
+	var evs float64
+	for _, s := range r.Shards {
+		evs += s.Events(r)
+	}
+	if evs == 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / evs
+}
+
 // Ceiling is the events/s the master would take with its main thread,
 // which runs one command or script at a time, at a whole core.
 func (s Shard) Ceiling(r Drain) float64 {
@@ -211,7 +248,7 @@ func (s Shard) Ceiling(r Drain) float64 {
 
 // OK reports whether every run is sound.
 func (res *Result) OK() bool {
-	for _, r := range res.Runs {
+	for _, r := range res.drains() {
 		if len(r.Problems) > 0 {
 			return false
 		}
@@ -219,11 +256,27 @@ func (res *Result) OK() bool {
 	return len(res.Runs) > 0
 }
 
+// drains are the Cluster's runs, then the standalone drain if any.
+func (res *Result) drains() []Drain {
+	if res.Standalone == nil {
+		return res.Runs
+	}
+	return append(slices.Clone(res.Runs), *res.Standalone)
+}
+
+// name says which run r is, in progress lines and the summary.
+func (r Drain) name() string {
+	if r.Standalone {
+		return "1 aupd, standalone Redis"
+	}
+	return fmt.Sprintf("%d aupd", r.Procs)
+}
+
 type runner struct {
 	cfg     Config
 	c       *cluster.Cluster
 	js      jetstream.JetStream
-	rdb     *redis.ClusterClient
+	rdb     *redis.ClusterClient // the Cluster's
 	evs     []loadtest.Event
 	streams []string // verdicts, accounts, dead letters
 	durable string
@@ -310,14 +363,48 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := a0.Terminate(15 * time.Second); err != nil {
 		return nil, err
 	}
+	b := backend{rdb: r.rdb, nodes: r.c.Redis, masters: r.masters}
 	for _, n := range cfg.Procs {
-		run, err := r.run(ctx, n)
+		run, err := r.run(ctx, r.c.Aupd[:n], b)
 		if err != nil {
 			return res, fmt.Errorf("%d aupd processes: %w", n, err)
 		}
 		res.Runs = append(res.Runs, *run)
 	}
+	if cfg.Standalone {
+		if res.Standalone, err = r.standalone(ctx); err != nil {
+			return res, fmt.Errorf("standalone phase: %w", err)
+		}
+	}
 	return res, nil
+}
+
+// backend is the Redis a run counts in: the Cluster, or the standalone
+// Redis with its replica.
+type backend struct {
+	rdb        redis.UniversalClient
+	nodes      []*cluster.RedisNode // every node, emptied before a run
+	masters    func(context.Context) ([]master, error)
+	standalone bool
+}
+
+// standalone drains the backlog with one aupd process on a standalone
+// Redis and its replica, brought up for it and torn down after, so that
+// the Cluster's runs do not share the machine with them.
+func (r *runner) standalone(ctx context.Context) (*Drain, error) {
+	sa, err := r.c.StartStandalone(ctx, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer sa.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: sa.Redis[0].Addr(), Protocol: 2})
+	defer rdb.Close()
+	// One master that serves every slot: the shares and the checks are
+	// the Cluster's.
+	whole := []master{{node: sa.Redis[0], replica: sa.Redis[1], lo: []int{0}, hi: []int{16383}}}
+	b := backend{rdb: rdb, nodes: sa.Redis, standalone: true,
+		masters: func(context.Context) ([]master, error) { return whole, nil }}
+	return r.run(ctx, []*cluster.Aupd{sa.Aupd}, b)
 }
 
 // setMaxWait puts nats.consumer.max_wait into an aupd config file that
@@ -369,18 +456,20 @@ func (r *runner) logf(format string, args ...any) {
 	fmt.Fprintf(r.cfg.Log, "scale: "+format+"\n", args...)
 }
 
-// run drains the backlog once with n aupd processes.
-func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
-	run := &Drain{Procs: n}
+// run drains the backlog once with the aupd processes aupds, which count
+// in b.
+func (r *runner) run(ctx context.Context, aupds []*cluster.Aupd, b backend) (*Drain, error) {
+	run := &Drain{Procs: len(aupds), Standalone: b.standalone}
+	n := run.name()
 	for _, a := range r.c.Aupd {
 		if err := a.Terminate(15 * time.Second); err != nil {
 			return nil, err
 		}
 	}
-	if err := r.reset(ctx); err != nil {
+	if err := r.reset(ctx, b); err != nil {
 		return nil, err
 	}
-	masters, err := r.masters(ctx)
+	masters, err := b.masters(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -405,12 +494,11 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 		return nil, err
 	}
 	run.PublishNATS = p1.nats - p0.nats
-	r.logf("%d aupd: published %d events in %s (%.0f/s)", n, len(r.evs), run.Published.Round(time.Millisecond), float64(len(r.evs))/run.Published.Seconds())
+	r.logf("%s: published %d events in %s (%.0f/s)", n, len(r.evs), run.Published.Round(time.Millisecond), float64(len(r.evs))/run.Published.Seconds())
 
 	// The processes start at once. The window opens when every one is
 	// ready: what a process applied before is in neither the window's
 	// events nor its CPU, and no start-up work is in it.
-	aupds := r.c.Aupd[:n]
 	for _, a := range aupds {
 		if err := a.Start(); err != nil {
 			return nil, err
@@ -463,7 +551,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 			PublishCPU: p1.natsNode[i] - p0.natsNode[i], StreamLeader: x.ServerName == sl, ConsLead: x.ServerName == cl})
 	}
 	run.Outcomes, run.Suspensions, run.DeadLetters, run.RedisErrors = c1.outcomes, c1.suspensions, c1.dead, c1.redisErrors
-	r.logf("%d aupd: drained %d events in %s: %.0f/s", n, run.WindowEvents, run.Window.Round(time.Millisecond), run.EventsPerSec())
+	r.logf("%s: drained %d events in %s: %.0f/s", n, run.WindowEvents, run.Window.Round(time.Millisecond), run.EventsPerSec())
 
 	// Notices: one per suspension, delivered to the sink (bounded wait).
 	deadline := time.Now().Add(min(r.cfg.Timeout, time.Minute))
@@ -480,7 +568,7 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	}
 	run.RedisBytes = memAfter - memBefore
 	run.RedisAccts = len(r.expect.touched)
-	if run.AccountBytes, err = r.accountMemory(ctx); err != nil {
+	if run.AccountBytes, err = r.accountMemory(ctx, b.rdb); err != nil {
 		return nil, err
 	}
 	if run.NoticeBytes, err = r.noticeMemory(ctx, masters); err != nil {
@@ -502,11 +590,11 @@ func (r *runner) run(ctx context.Context, n int) (*Drain, error) {
 	per := func(d time.Duration) time.Duration { return time.Duration(float64(d) / i1.at.Sub(i0.at).Seconds()) }
 	run.IdleAupd, run.IdleNATS, run.IdleRedis = per(i1.aupd-i0.aupd), per(i1.nats-i0.nats), per(sum(i1.redis)+sum(i1.repl)-sum(i0.redis)-sum(i0.repl))
 
-	if err := r.check(ctx, run); err != nil {
+	if err := r.check(ctx, run, b.rdb); err != nil {
 		return nil, err
 	}
 	for _, p := range run.Problems {
-		r.logf("%d aupd: PROBLEM: %s", n, p)
+		r.logf("%s: PROBLEM: %s", n, p)
 	}
 	return run, nil
 }
@@ -526,8 +614,8 @@ func (r *runner) leaders(ctx context.Context) (stream, consumer string) {
 }
 
 // reset empties the three streams (the consumers stay, with nothing
-// pending) and every Redis node.
-func (r *runner) reset(ctx context.Context) error {
+// pending) and every Redis node of b.
+func (r *runner) reset(ctx context.Context, b backend) error {
 	for _, name := range r.streams {
 		s, err := r.js.Stream(ctx, name)
 		if err != nil {
@@ -537,7 +625,7 @@ func (r *runner) reset(ctx context.Context) error {
 			return fmt.Errorf("purge %s: %w", name, err)
 		}
 	}
-	masters, err := r.masters(ctx)
+	masters, err := b.masters(ctx)
 	if err != nil {
 		return err
 	}
@@ -548,7 +636,7 @@ func (r *runner) reset(ctx context.Context) error {
 	}
 	// The replicas apply the flush too; wait until every node is empty.
 	deadline := time.Now().Add(30 * time.Second)
-	for _, x := range r.c.Redis {
+	for _, x := range b.nodes {
 		for {
 			v, err := x.Do(ctx, "DBSIZE")
 			if err == nil && fmt.Sprint(v) == "0" {
@@ -843,11 +931,11 @@ func (r *runner) usedMemory(ctx context.Context, masters []master) (int64, error
 
 // accountMemory sums MEMORY USAGE (SAMPLES 0: exact) over the keys of
 // every account the backlog touched.
-func (r *runner) accountMemory(ctx context.Context) (int64, error) {
+func (r *runner) accountMemory(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
 	var total int64
 	accts := r.expect.touched
 	for lo := 0; lo < len(accts); lo += 500 {
-		pipe := r.rdb.Pipeline()
+		pipe := rdb.Pipeline()
 		var cmds []*redis.IntCmd
 		for _, a := range accts[lo:min(lo+500, len(accts))] {
 			for _, suf := range []string{"s", "w", "t", "o", "h"} { // as loadtest.AccountMemory
@@ -898,7 +986,7 @@ func (r *runner) noticeMemory(ctx context.Context, masters []master) ([]int64, e
 }
 
 // check holds the run against what the backlog must leave.
-func (r *runner) check(ctx context.Context, run *Drain) error {
+func (r *runner) check(ctx context.Context, run *Drain, rdb redis.UniversalClient) error {
 	bad := func(format string, args ...any) { run.Problems = append(run.Problems, fmt.Sprintf(format, args...)) }
 	var total int64
 	for _, v := range run.Outcomes {
@@ -943,7 +1031,7 @@ func (r *runner) check(ctx context.Context, run *Drain) error {
 	slices.Sort(accts)
 	wrong, sum, want := 0, 0, 0
 	for lo := 0; lo < len(accts); lo += 1000 {
-		pipe := r.rdb.Pipeline()
+		pipe := rdb.Pipeline()
 		var cmds []*redis.IntCmd
 		for _, a := range accts[lo:min(lo+1000, len(accts))] {
 			cmds = append(cmds, pipe.ZCard(ctx, store.AccountKey(prefix, a, "w")))

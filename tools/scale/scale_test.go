@@ -3,6 +3,7 @@ package scale
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -109,6 +110,62 @@ func TestMeasureOneProcess(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "aupd µs/ev") {
 		t.Errorf("table without its header:\n%s", out.String())
+	}
+}
+
+// TestStandaloneBesideCluster runs a tiny measurement with the standalone
+// phase: one aupd process on the Cluster, then one on a standalone Redis
+// with a replica, and checks the standalone drain's figures and the
+// comparison the summary prints.
+func TestStandaloneBesideCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up 3 NATS nodes, 8 Redis nodes and two aupd processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // it may wait its turn on the cluster lock
+	defer cancel()
+	const events, accounts = 8000, 400
+	res, err := Run(ctx, Config{Dir: t.TempDir(), Events: events, Accounts: accounts, Procs: []int{1}, Seed: 11,
+		Timeout: time.Minute, Standalone: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	res.Print(&out)
+	t.Log("\n" + out.String())
+	sa := res.Standalone
+	if sa == nil || len(res.Runs) != 1 {
+		t.Fatalf("standalone %v, %d cluster runs; want a standalone drain and 1 run", sa, len(res.Runs))
+	}
+	for _, p := range append(sa.Problems, res.Runs[0].Problems...) {
+		t.Error(p) // every event applied once, exact windows, a notice per suspension, CPU positive
+	}
+	if !sa.Standalone || sa.Procs != 1 || sa.WindowEvents < 1 || sa.WindowEvents > events {
+		t.Errorf("standalone %v, procs %d, %d events in the window", sa.Standalone, sa.Procs, sa.WindowEvents)
+	}
+	if len(sa.Shards) != 1 {
+		t.Fatalf("%d standalone masters, want 1", len(sa.Shards))
+	}
+	s := sa.Shards[0]
+	ext := float64(sa.Outcomes["external"]) / events
+	if s.Replica == "" || s.Share < 1-ext-0.001 || s.Share > 1-ext+0.001 {
+		t.Errorf("standalone master %+v: want a replica and every local event (share %.3f)", s, 1-ext)
+	}
+	if s.MainCPU <= 0 || s.MainCPU > s.CPU+20*time.Microsecond || s.ReplicaCPU <= 0 {
+		t.Errorf("standalone CPU: main thread %s of %s, replica %s", s.MainCPU, s.CPU, s.ReplicaCPU)
+	}
+	// An event costs a Redis main thread some microseconds; far beyond a
+	// millisecond is a mistake of units.
+	for name, us := range map[string]float64{"standalone": sa.MainPerEvent(), "cluster": res.Runs[0].MainPerEvent()} {
+		if us <= 0 || us > 1000 {
+			t.Errorf("%s main thread %.2f µs an event", name, us)
+		}
+	}
+	if sa.ReplicaPerEvent() <= 0 || res.Runs[0].ReplicaPerEvent() <= 0 {
+		t.Errorf("replicas: standalone %.2f, cluster %.2f µs an event", sa.ReplicaPerEvent(), res.Runs[0].ReplicaPerEvent())
+	}
+	want := fmt.Sprintf("%.2fx the standalone figure", res.Runs[0].MainPerEvent()/sa.MainPerEvent())
+	if !strings.Contains(out.String(), want) || !strings.Contains(out.String(), "1 standalone") {
+		t.Errorf("summary without the ratio %q or the standalone rows:\n%s", want, out.String())
 	}
 }
 

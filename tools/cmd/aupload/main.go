@@ -14,6 +14,7 @@
 //
 //	go -C tools run ./cmd/aupload
 //	go -C tools run ./cmd/aupload -events 500000 -accounts 50000 -cpuprofile /tmp/aupload.prof
+//	go -C tools run ./cmd/aupload -phases e   # time to enforcement at half the drain rate
 //
 // -nats URL uses a running server instead; it must hold no aupd streams
 // (aupload creates and deletes AUP_VERDICTS, AUP_ACCOUNTS and
@@ -23,7 +24,7 @@
 //
 //	go -C tools run ./cmd/aupload cluster     # 3 NATS nodes, a Redis Cluster, aupd processes, an SMTP sink; Ctrl-C tears down
 //	go -C tools run ./cmd/aupload campaign    # the fault campaign on that cluster; exit 0 only when nothing is lost or doubled
-//	go -C tools run ./cmd/aupload scale       # events/s and CPU per event with 1, 2 and 3 aupd processes, for the capacity model
+//	go -C tools run ./cmd/aupload scale       # events/s and CPU per event with 1, 2 and 3 aupd processes, for the capacity model, and on a standalone Redis
 package main
 
 import (
@@ -60,11 +61,13 @@ func main() {
 	seconds := flag.Int("seconds", 300, "bound on each phase's wait, in seconds")
 	flag.StringVar(&c.RedisAddr, "redis", "127.0.0.1:6379", "Redis address (keys under a random prefix, deleted at the end)")
 	flag.StringVar(&c.NATSURL, "nats", "", "NATS server with JetStream and no aupd streams on it (default: an in-process server)")
-	flag.StringVar(&c.Phases, "phases", "abcd", "phases to run: a Redis alone, b JetStream alone, c end to end, d memory (with b and c, the ceiling is measured again after each round of c)")
+	flag.StringVar(&c.Phases, "phases", "abcd", "phases to run: a Redis alone, b JetStream alone, c end to end, d memory, e time to enforcement (off by default) (with b and c, the ceiling is measured again after each round of c)")
 	flag.IntVar(&c.Rounds, "rounds", 3, "rounds of the end-to-end phase, each with fresh events and keys; the ratios' verdict is on their median")
 	flag.IntVar(&c.MemAccts, "mem-accounts", 1000, "accounts per memory measurement")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the end-to-end phase's first round to `file`")
 	flag.Uint64Var(&c.Seed, "seed", 1, "seed of the generated events")
+	flag.IntVar(&c.EnforceAccounts, "enforce-accounts", 200, "phase e: accounts made to cross the threshold, each asked about at the policy server until refused")
+	flag.DurationVar(&c.EnforceEvery, "enforce-every", 50*time.Millisecond, "phase e: time between two accounts' crossings")
 	verbose := flag.Bool("v", false, "log aupd's warnings to stderr")
 	flag.Parse()
 	c.Timeout = time.Duration(*seconds) * time.Second

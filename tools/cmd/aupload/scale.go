@@ -26,9 +26,11 @@ func scaleCmd(args []string) int {
 	timeout := fs.Duration("timeout", 10*time.Minute, "bound on each publish and each drain")
 	dir := fs.String("dir", "", "the cluster's directory (default: a new temporary directory, removed at the end unless -keep)")
 	keep := fs.Bool("keep", false, "keep the directory (configs, data, logs) at the end")
+	standalone := fs.Bool("standalone", true, "after the Cluster's runs, drain the backlog once more with one aupd on a standalone Redis with a replica, and compare their Redis CPU an event")
 	_ = fs.Parse(args)
 
-	cfg := scale.Config{Events: *events, Accounts: *accounts, Seed: *seed, MaxWait: *maxWait, Timeout: *timeout, Log: os.Stderr}
+	cfg := scale.Config{Events: *events, Accounts: *accounts, Seed: *seed, MaxWait: *maxWait, Timeout: *timeout,
+		Standalone: *standalone, Log: os.Stderr}
 	for s := range strings.SplitSeq(*procs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil {
