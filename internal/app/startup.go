@@ -179,7 +179,7 @@ func durabilityOf(ctx context.Context, c *redis.Client, waitReplicas int) (warni
 	case waitReplicas == 0 && replicas > 0:
 		warnings = append(warnings, fmt.Sprintf("a master has %d replicas but redis.wait_replicas is 0: a failover can lose writes aupd has acknowledged (set redis.wait_replicas: 1)", replicas))
 	case waitReplicas > replicas:
-		warnings = append(warnings, fmt.Sprintf("redis.wait_replicas is %d but master %s has %d connected replicas: nothing is acknowledged until enough replicas are back", waitReplicas, c.Options().Addr, replicas))
+		warnings = append(warnings, fmt.Sprintf("redis.wait_replicas is %d but master %s has %d connected replicas: its accounts are held, or acknowledged without replicas after redis.replica_loss_after under redis.replica_loss: accept, until enough replicas are back", waitReplicas, c.Options().Addr, replicas))
 	}
 	return warnings, notes, nil
 }
