@@ -188,12 +188,18 @@ func (a *App) buildPipeline(ctx context.Context, cfg *config.Config, td *teardow
 		storeOpts = append(storeOpts, store.WithClock(a.opts.Now))
 		workerNow = a.opts.Now
 	}
-	p.repl = replsync.New(a.rdb, cfg.Redis.Prefix, cfg.Redis.WaitReplicas, cfg.Redis.WaitTimeout)
+	replMetrics, err := replsync.NewMetrics(a.reg)
+	if err != nil {
+		return nil, err
+	}
+	p.repl = replsync.New(a.rdb, cfg.Redis.Prefix, cfg.Redis.WaitReplicas, cfg.Redis.WaitTimeout,
+		replsync.WithLoss(replsync.Loss(cfg.Redis.ReplicaLoss), cfg.Redis.ReplicaLossAfter),
+		replsync.WithLogger(a.log.With("component", "redis")), replsync.WithMetrics(replMetrics),
+		replsync.WithMasterName(cfg.Redis.MasterName))
 	if p.repl != nil {
 		storeOpts = append(storeOpts, store.WithBarrier(p.repl))
 	}
 	a.store = store.New(a.rdb, cfg.Redis.Prefix, storeOpts...)
-	var err error
 	if a.dir, err = companies.New(a.rdb, cfg.Redis.Prefix, cfg.Companies); err != nil {
 		return nil, err
 	}
@@ -214,7 +220,7 @@ func (a *App) buildPipeline(ctx context.Context, cfg *config.Config, td *teardow
 		Batch: cfg.NATS.Consumer.Batch, MaxWait: cfg.NATS.Consumer.MaxWait, Workers: cfg.NATS.Consumer.Workers,
 		RetryMin: cfg.NATS.Consumer.RetryMin, RetryMax: cfg.NATS.Consumer.RetryMax,
 		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
-		Probe:         func(ctx context.Context) error { return pingRedis(ctx, a.rdb) },
+		Probe:         func(ctx context.Context) error { return probeStore(ctx, a.rdb) },
 		MaxDeadLetter: int(min(a.nc.MaxPayload(), int64(events.MaxPayload))),
 		FutureSkew:    func() time.Duration { return a.cfg.Load().AUP.FutureSkew },
 		Logger:        a.log, Registerer: a.reg, Now: a.opts.Now,

@@ -67,6 +67,47 @@ func pingRedis(ctx context.Context, rdb redis.UniversalClient) error {
 	return ignoreNil(rdb.Get(ctx, "aupd:startup:probe").Err()) // LOADING shows here
 }
 
+// probeStore is the verdict consumer's probe after a batch with transient
+// failures: whether the store is down, so that fetching pauses. A Redis
+// Cluster is down only when no master answers with its cluster ok: one
+// shard down (cluster-require-full-coverage no) fails its own accounts,
+// whose events are redelivered, and must not pause the other shards'
+// counting. With full coverage required every node reports the cluster
+// failed, and fetching pauses until it is whole.
+func probeStore(ctx context.Context, rdb redis.UniversalClient) error {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return pingRedis(ctx, rdb)
+	}
+	var (
+		mu    sync.Mutex
+		alive bool
+	)
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		if err := m.Ping(ctx).Err(); err != nil { // LOADING shows here
+			return err
+		}
+		info, err := m.ClusterInfo(ctx).Result()
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(info, "cluster_state:ok") {
+			return fmt.Errorf("redis %s: cluster state not ok", m.Options().Addr)
+		}
+		mu.Lock()
+		alive = true
+		mu.Unlock()
+		return nil
+	})
+	switch {
+	case alive:
+		return nil
+	case err == nil:
+		return errors.New("redis: no master")
+	}
+	return err
+}
+
 // ignoreNil treats redis.Nil as success.
 func ignoreNil(err error) error {
 	if errors.Is(err, redis.Nil) {
@@ -138,7 +179,7 @@ func durabilityOf(ctx context.Context, c *redis.Client, waitReplicas int) (warni
 	case waitReplicas == 0 && replicas > 0:
 		warnings = append(warnings, fmt.Sprintf("a master has %d replicas but redis.wait_replicas is 0: a failover can lose writes aupd has acknowledged (set redis.wait_replicas: 1)", replicas))
 	case waitReplicas > replicas:
-		warnings = append(warnings, fmt.Sprintf("redis.wait_replicas is %d but master %s has %d connected replicas: nothing is acknowledged until enough replicas are back", waitReplicas, c.Options().Addr, replicas))
+		warnings = append(warnings, fmt.Sprintf("redis.wait_replicas is %d but master %s has %d connected replicas: its accounts are held, or acknowledged without replicas after redis.replica_loss_after under redis.replica_loss: accept, until enough replicas are back", waitReplicas, c.Options().Addr, replicas))
 	}
 	return warnings, notes, nil
 }

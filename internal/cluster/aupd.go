@@ -170,3 +170,19 @@ func BuildAupd(ctx context.Context, dir string) (string, error) {
 	}
 	return bin, nil
 }
+
+// ReconfigureAupd changes the settings of every aupd process: it stops
+// each (SIGTERM), rewrites its config file, and starts it again once all
+// are stopped, waiting until each is ready.
+func (c *Cluster) ReconfigureAupd(ctx context.Context, change func(*AupdSettings)) error {
+	change(&c.opts.Aupd)
+	for _, a := range c.Aupd {
+		if err := a.Terminate(15 * time.Second); err != nil {
+			return err
+		}
+		if err := os.WriteFile(a.Config, []byte(c.aupdConfig(a, c.RedisAddrs())), 0o644); err != nil {
+			return err
+		}
+	}
+	return c.StartAupd(ctx)
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -82,9 +83,13 @@ func (c *Cluster) NewRedisClient() *redis.ClusterClient {
 		DialTimeout: time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second})
 }
 
+// redisArgs is how a node runs. cluster-require-full-coverage no, as
+// docs/redis.md recommends: with a shard down (master and replicas) the
+// other masters go on serving their own slots instead of answering
+// CLUSTERDOWN to everything.
 func redisArgs(bin, dir string, port, nodeTimeout int) []string {
 	return append(nodeArgs(bin, dir, port), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-		"--cluster-node-timeout", strconv.Itoa(nodeTimeout))
+		"--cluster-node-timeout", strconv.Itoa(nodeTimeout), "--cluster-require-full-coverage", "no")
 }
 
 // nodeArgs are the settings of every Redis node, in the Cluster or not:
@@ -275,6 +280,27 @@ type Failover struct {
 // for down more, then restarts it and waits until it has rejoined as a
 // replica of the new master.
 func (c *Cluster) FailoverMaster(ctx context.Context, slot int, down time.Duration) (Failover, error) {
+	start := time.Now()
+	f, err := c.KillMaster(ctx, slot)
+	if err != nil {
+		return f, err
+	}
+	select {
+	case <-ctx.Done():
+		return f, ctx.Err()
+	case <-time.After(down):
+	}
+	if err := c.Rejoin(ctx, f.Old); err != nil {
+		return f, err
+	}
+	f.Rejoined = time.Since(start)
+	return f, nil
+}
+
+// KillMaster SIGKILLs the master serving slot and waits until its replica
+// has taken over and the cluster is ok. The old master stays down (Rejoin
+// brings it back), so the new master has no replica meanwhile.
+func (c *Cluster) KillMaster(ctx context.Context, slot int) (Failover, error) {
 	var f Failover
 	old, err := c.MasterOf(ctx, slot)
 	if err != nil {
@@ -303,18 +329,19 @@ func (c *Cluster) FailoverMaster(ctx context.Context, slot int, down time.Durati
 		return f, err
 	}
 	f.Promoted = time.Since(start)
-	select {
-	case <-ctx.Done():
-		return f, ctx.Err()
-	case <-time.After(down):
-	}
+	return f, nil
+}
+
+// Rejoin restarts a master KillMaster killed and waits until it has
+// rejoined as a replica with its link up and the cluster is ok.
+func (c *Cluster) Rejoin(ctx context.Context, old *RedisNode) error {
 	if err := old.Start(); err != nil {
-		return f, err
+		return err
 	}
 	if err := old.waitPing(ctx, 60*time.Second); err != nil {
-		return f, err
+		return err
 	}
-	err = poll(ctx, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+	err := poll(ctx, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 		role, link, err := old.Role(ctx)
 		if err != nil {
 			return false, err
@@ -322,11 +349,96 @@ func (c *Cluster) FailoverMaster(ctx context.Context, slot int, down time.Durati
 		return role == "slave" && link == "up", fmt.Errorf("%s: role %s, link %s", old.Name, role, link)
 	})
 	if err != nil {
-		return f, fmt.Errorf("rejoin of %s: %w", old.Name, err)
+		return fmt.Errorf("rejoin of %s: %w", old.Name, err)
 	}
-	if err := c.WaitRedisOK(ctx, 60*time.Second); err != nil {
-		return f, err
+	return c.WaitRedisOK(ctx, 60*time.Second)
+}
+
+// StopShard SIGKILLs the master serving slot and its replicas, replicas
+// first so that none is promoted, and waits until the other masters see
+// the master failed and still serve their own slots (with
+// cluster-require-full-coverage no). It returns the shard's nodes, for
+// StartShard.
+func (c *Cluster) StopShard(ctx context.Context, slot int) ([]*RedisNode, error) {
+	m, err := c.MasterOf(ctx, slot)
+	if err != nil {
+		return nil, err
 	}
-	f.Rejoined = time.Since(start)
-	return f, nil
+	replicas, err := c.replicasOf(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range replicas {
+		if err := n.Kill(); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.Kill(); err != nil {
+		return nil, err
+	}
+	err = poll(ctx, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+		for _, n := range c.Redis {
+			if !n.Running() {
+				continue
+			}
+			out, err := n.Do(ctx, "CLUSTER", "NODES")
+			if err != nil {
+				return false, err
+			}
+			f := strings.Fields(lineOf(fmt.Sprint(out), m.ID))
+			if len(f) < 3 || !slices.Contains(strings.Split(f[2], ","), "fail") {
+				return false, fmt.Errorf("%s does not see %s failed yet", n.Name, m.Name)
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return append([]*RedisNode{m}, replicas...), nil
+}
+
+// StartShard restarts the nodes StopShard stopped and waits until the
+// cluster is ok with every slot served.
+func (c *Cluster) StartShard(ctx context.Context, nodes []*RedisNode) error {
+	for _, n := range nodes {
+		if err := n.Start(); err != nil {
+			return err
+		}
+	}
+	for _, n := range nodes {
+		if err := n.waitPing(ctx, 60*time.Second); err != nil {
+			return err
+		}
+	}
+	return c.WaitRedisOK(ctx, 60*time.Second)
+}
+
+// replicasOf are the nodes that replicate m, as CLUSTER NODES says.
+func (c *Cluster) replicasOf(ctx context.Context, m *RedisNode) ([]*RedisNode, error) {
+	out, err := m.Do(ctx, "CLUSTER", "REPLICAS", m.ID)
+	if err != nil {
+		return nil, fmt.Errorf("redis %s: cluster replicas: %w", m.Name, err)
+	}
+	lines, _ := out.([]any)
+	var rs []*RedisNode
+	for _, l := range lines {
+		f := strings.Fields(fmt.Sprint(l))
+		for _, n := range c.Redis {
+			if len(f) > 0 && f[0] == n.ID {
+				rs = append(rs, n)
+			}
+		}
+	}
+	return rs, nil
+}
+
+// lineOf is the line of CLUSTER NODES output that starts with id.
+func lineOf(nodes, id string) string {
+	for line := range strings.Lines(nodes) {
+		if strings.HasPrefix(line, id) {
+			return line
+		}
+	}
+	return ""
 }

@@ -168,6 +168,17 @@ type Redis struct {
 	// WaitTimeout bounds one wait; a wait that times out is retried, and
 	// nothing is acknowledged meanwhile. Default 1s.
 	WaitTimeout time.Duration `yaml:"wait_timeout"`
+	// ReplicaLoss is what aupd does when a master's waits come back short
+	// (a promoted replica with no replica of its own): "hold" (default)
+	// acknowledges nothing of that shard until a replica confirms, so its
+	// events wait in JetStream; "accept" does so for ReplicaLossAfter, then
+	// acknowledges that shard's writes without the replica until one
+	// confirms again. Either way the other shards are acknowledged.
+	ReplicaLoss string `yaml:"replica_loss"`
+	// ReplicaLossAfter is how long a master's waits must have come back
+	// short, without one confirmed, before "accept" takes effect. Default
+	// 30s.
+	ReplicaLossAfter time.Duration `yaml:"replica_loss_after"`
 }
 
 // AUP is the provider's AUP rule.
@@ -204,7 +215,7 @@ func Default() *Config {
 			Dead:     Stream{Name: "AUP_DEAD_LETTERS", MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
 			Consumer: Consumer{Durable: "aupd-worker", Batch: 500, MaxWait: 100 * time.Millisecond, Workers: 4, AckWait: 30 * time.Second, MaxAckPending: 20000, RetryMin: time.Second, RetryMax: time.Minute, MaxDeliver: 200},
 		},
-		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup", WaitTimeout: time.Second},
+		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup", WaitTimeout: time.Second, ReplicaLoss: "hold", ReplicaLossAfter: 30 * time.Second},
 		AUP: AUP{
 			Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50, MaxTracked: 0,
 			Directions: []rules.Direction{rules.Outbound, rules.Inbound, rules.Complaint},
@@ -440,6 +451,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Redis.WaitReplicas > 0 && (c.Redis.WaitTimeout < 10*time.Millisecond || c.Redis.WaitTimeout > 10*time.Second) {
 		bad("redis.wait_timeout: %s is not 10ms to 10s", c.Redis.WaitTimeout)
+	}
+	if c.Redis.ReplicaLoss != "hold" && c.Redis.ReplicaLoss != "accept" {
+		bad("redis.replica_loss: %q is not hold or accept", c.Redis.ReplicaLoss)
+	}
+	if c.Redis.ReplicaLossAfter < time.Second || c.Redis.ReplicaLossAfter > time.Hour {
+		bad("redis.replica_loss_after: %s is not 1s to 1h", c.Redis.ReplicaLossAfter)
 	}
 	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
 		bad("redis.prefix: %q must be non-empty, without braces or spaces", c.Redis.Prefix)

@@ -87,3 +87,23 @@ func TestDefaultsAreValid(t *testing.T) {
 		t.Errorf("verdict stream keeps %s, want at least 48h", c.NATS.Verdicts.MaxAge)
 	}
 }
+
+func TestReplicaLoss(t *testing.T) {
+	notices := "notifier: {eml_dir: " + t.TempDir() + "}\n"
+	cfg, err := Parse([]byte(notices + "redis: {wait_replicas: 1, replica_loss: accept, replica_loss_after: 45s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Redis.ReplicaLoss != "accept" || cfg.Redis.ReplicaLossAfter.Seconds() != 45 {
+		t.Fatalf("replica_loss %q after %s", cfg.Redis.ReplicaLoss, cfg.Redis.ReplicaLossAfter)
+	}
+	if d := Default().Redis; d.ReplicaLoss != "hold" || d.ReplicaLossAfter.Seconds() != 30 {
+		t.Fatalf("defaults: replica_loss %q after %s, want hold and 30s", d.ReplicaLoss, d.ReplicaLossAfter)
+	}
+	for _, bad := range []string{"replica_loss: drop", "replica_loss: ''", "replica_loss_after: 500ms", "replica_loss_after: 2h"} {
+		_, err := Parse([]byte(notices + "redis: {" + bad + "}\n"))
+		if err == nil || !strings.Contains(err.Error(), "redis.replica_loss") {
+			t.Errorf("%s: accepted (%v)", bad, err)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/aupd/aupd/internal/replsync"
 	"github.com/aupd/aupd/rules"
 )
 
@@ -328,7 +329,8 @@ func (s *Store) runIngest(ctx context.Context, batches []Batch, groups [][]int, 
 // await holds back the results until replicas hold the writes behind them
 // (redis.wait_replicas): an account whose master did not confirm in time
 // fails with a transient error, and its verdicts are redelivered, counted
-// once and awaited again.
+// once and awaited again. The accounts of the masters that confirmed are
+// done: one shard's failed wait holds back that shard alone.
 func (s *Store) await(ctx context.Context, batches []Batch, results []Result) {
 	if s.barrier == nil {
 		return
@@ -339,11 +341,24 @@ func (s *Store) await(ctx context.Context, batches []Batch, results []Result) {
 			accounts = append(accounts, batches[i].Account)
 		}
 	}
-	if err := s.barrier.Wait(ctx, accounts...); err != nil {
-		for i := range results {
-			if results[i].Err == nil {
-				results[i] = Result{Err: err}
-			}
+	err := s.barrier.Wait(ctx, accounts...)
+	if err == nil {
+		return
+	}
+	var we *replsync.WaitError
+	perTag := errors.As(err, &we)
+	k := 0 // the index in accounts of results[i]
+	for i := range results {
+		if results[i].Err != nil {
+			continue
+		}
+		aerr := err
+		if perTag {
+			aerr = we.For(k)
+		}
+		k++
+		if aerr != nil {
+			results[i] = Result{Err: aerr}
 		}
 	}
 }
