@@ -164,6 +164,32 @@ func TestIngestByNodeWhileSlotsMove(t *testing.T) {
 		t.Fatalf("half's window before: %d members", len(windowBefore))
 	}
 
+	// Statistics and sender tallies go by master too: moved's slot has
+	// moved, half's is moving (its keys for them are not here: they are
+	// refused on a0 and run again where go-redis is redirected to).
+	st, se := s.NewStats(0), s.NewSenders(0)
+	for _, n := range names {
+		st.put(statKey{n, rules.Kind(1), time.Now().UnixMilli() / hourMS}, 3)
+		se.Add(n, "192.0.2.7", "", time.Now())
+	}
+	if err := st.Flush(ctx); err != nil {
+		t.Fatalf("statistics: %v", err)
+	}
+	if err := se.Flush(ctx, 24*time.Hour, time.Time{}); err != nil {
+		t.Fatalf("sender tallies: %v", err)
+	}
+	for _, n := range names {
+		if n == half {
+			continue // (its slot is mid-migration: redirected with ASK, checked below)
+		}
+		if v := rdb.HVals(ctx, s.key(n, sufStats)).Val(); len(v) != 1 || v[0] != "3" {
+			t.Fatalf("%s: statistics %v, want one bucket of 3", n, v)
+		}
+		if v := rdb.HLen(ctx, s.key(n, sufSenders)).Val(); v != 1 {
+			t.Fatalf("%s: %d sender tallies, want 1", n, v)
+		}
+	}
+
 	res := round(1)
 	for i, r := range res {
 		switch n := names[i]; {

@@ -244,9 +244,8 @@ func (s *Store) ingestCounting(ctx context.Context, batches []Batch, p IngestPar
 				moved = append(moved, i)
 			}
 		}
-		if len(moved) > 0 {
-			s.rdb.(*redis.ClusterClient).ReloadState(ctx)
-			if err := s.runIngest(ctx, batches, slotGroups(batches, moved), false, p, nowMS, lo, nil, results); err != nil {
+		if groups, _ := s.moved(ctx, batches, moved); len(groups) > 0 {
+			if err := s.runIngest(ctx, batches, groups, false, p, nowMS, lo, nil, results); err != nil {
 				return nil, err
 			}
 		}
@@ -395,18 +394,34 @@ func (s *Store) groupCalls(ctx context.Context, batches []Batch) (groups [][]int
 	return groups, true
 }
 
-// groupBySlot splits batches into script calls: on a Redis Cluster the
-// accounts of one call share a hash slot; elsewhere any accounts go
-// together, up to maxAccountsPerCall.
-func (s *Store) groupBySlot(batches []Batch) [][]int {
-	if _, cluster := s.rdb.(*redis.ClusterClient); !cluster {
-		return chunks(len(batches))
+// moved returns the script calls that run again the accounts (indexes
+// into batches) that a call of many slots found moved: calls of their own
+// slots, which declare their keys, so that go-redis redirects them, after
+// the slot map has been read again.
+func (s *Store) moved(ctx context.Context, batches []Batch, moved []int) (groups [][]int, byNode bool) {
+	if len(moved) == 0 {
+		return nil, false
 	}
-	all := make([]int, len(batches))
-	for i := range all {
-		all[i] = i
+	s.rdb.(*redis.ClusterClient).ReloadState(ctx)
+	return slotGroups(batches, moved), false
+}
+
+// callKeys splits the keys of a call of the accounts idx (keyOf gives
+// each one's): all are declared, or, for a call of many slots (byNode),
+// the first is, to route the call, and the others go in its arguments.
+func callKeys(idx []int, byNode bool, keyOf func(int) string) (declared []string, rest []any) {
+	if !byNode {
+		declared = make([]string, len(idx))
+		for j, i := range idx {
+			declared[j] = keyOf(i)
+		}
+		return declared, nil
 	}
-	return slotGroups(batches, all)
+	rest = make([]any, len(idx)-1)
+	for j, i := range idx[1:] {
+		rest[j] = keyOf(i)
+	}
+	return []string{keyOf(idx[0])}, rest
 }
 
 // slotGroups groups the batches at indexes idx by hash slot, up to

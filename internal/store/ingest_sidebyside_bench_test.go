@@ -63,7 +63,7 @@ func BenchmarkIngestScriptSideBySide(b *testing.B) {
 		events += 500
 		for k := range 2 {
 			w := (k + i) % 2
-			groups := stores[w].groupBySlot(bs)
+			groups := chunks(len(bs)) // a standalone Redis
 			ids := newIDSource(now)
 			keys := make([][]string, len(groups))
 			args := make([][]any, len(groups))

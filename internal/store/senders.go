@@ -156,26 +156,7 @@ func (s *Store) writeSenders(ctx context.Context, entries map[senderKey]senderTa
 			byAccount[acct] = ks[:MaxSenders]
 		}
 	}
-	groups := s.groupBySlot(accounts)
-	keys := make([][]string, len(groups))
-	args := make([][]any, len(groups))
-	for g, idx := range groups {
-		k := make([]string, 0, len(idx))
-		a := make([]any, 0, 4+5*len(idx))
-		a = append(a, now, keep.Milliseconds(), MaxSenders, len(idx))
-		for _, i := range idx {
-			acct := accounts[i].Account
-			k = append(k, s.key(acct, sufSenders))
-			ks := byAccount[acct]
-			a = append(a, len(ks))
-			for _, sk := range ks {
-				e := entries[sk]
-				a = append(a, sk.ip+"\t"+sk.login, e.n, e.first, e.last)
-			}
-		}
-		keys[g], args[g] = k, a
-	}
-	messages := func(idx []int) int {
+	messages := func(idx ...int) int {
 		n := 0
 		for _, i := range idx {
 			for _, sk := range byAccount[accounts[i].Account] {
@@ -184,29 +165,56 @@ func (s *Store) writeSenders(ctx context.Context, entries map[senderKey]senderTa
 		}
 		return n
 	}
-	cmds, err := s.evalAll(ctx, sendersScript, keys, args, nil)
-	if err != nil {
-		all := lost
-		for _, idx := range groups {
-			all += messages(idx)
-		}
-		return all, wrap("write sender tallies", err)
-	}
 	var first error
 	failed := 0
-	for g, c := range cmds {
-		pos, err := c.Int64Slice()
-		if err != nil {
-			first = cmp.Or(first, err)
-			lost += messages(groups[g])
-			continue
+	groups, byNode := s.groupCalls(ctx, accounts)
+	for attempt := 0; len(groups) > 0; attempt++ {
+		// (attempt 1 runs the accounts that moved; see Store.moved)
+		keys := make([][]string, len(groups))
+		args := make([][]any, len(groups))
+		for g, idx := range groups {
+			k, rest := callKeys(idx, byNode, func(i int) string { return s.key(accounts[i].Account, sufSenders) })
+			a := make([]any, 0, 5+len(rest)+5*len(idx))
+			a = append(a, now, keep.Milliseconds(), MaxSenders, len(idx), len(rest))
+			a = append(a, rest...)
+			for _, i := range idx {
+				ks := byAccount[accounts[i].Account]
+				a = append(a, len(ks))
+				for _, sk := range ks {
+					e := entries[sk]
+					a = append(a, sk.ip+"\t"+sk.login, e.n, e.first, e.last)
+				}
+			}
+			keys[g], args[g] = k, a
 		}
-		for _, p := range pos {
-			if p >= 1 && int(p) <= len(groups[g]) {
-				failed++
-				lost += messages(groups[g][p-1 : p])
+		cmds, err := s.evalAll(ctx, sendersScript, keys, args, nil)
+		if err != nil {
+			for _, idx := range groups {
+				lost += messages(idx...)
+			}
+			return lost, wrap("write sender tallies", err)
+		}
+		var moved []int
+		for g, c := range cmds {
+			pos, err := c.Int64Slice()
+			if err != nil {
+				first = cmp.Or(first, err)
+				lost += messages(groups[g]...)
+				continue
+			}
+			for _, p := range pos {
+				switch {
+				case p <= -1 && int(-p) <= len(groups[g]) && attempt == 0:
+					moved = append(moved, groups[g][-p-1])
+				case p <= -1 && int(-p) <= len(groups[g]):
+					lost += messages(groups[g][-p-1]) // (cannot happen: these calls declare their keys)
+				case p >= 1 && int(p) <= len(groups[g]):
+					failed++
+					lost += messages(groups[g][p-1])
+				}
 			}
 		}
+		groups, byNode = s.moved(ctx, accounts, moved)
 	}
 	if first != nil {
 		return lost, wrap("write sender tallies", first)

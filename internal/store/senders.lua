@@ -1,14 +1,19 @@
+#!lua flags=allow-cross-slot-keys
 -- Add to the accounts' sender tallies: per account, who sent the
 -- messages the ingest counted (client address and login), as hints for
 -- the account page. aupd gathers them in memory and writes them about
 -- once a second (store.Senders).
 --
--- KEYS: 1 per account, its tally HASH <prefix>:{<account>}:f
+-- KEYS: 1 per account, its tally HASH <prefix>:{<account>}:f; or, for a
+--   call of many slots on a Redis Cluster (see ingest.lua), the first
+--   account's only
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME)
 -- ARGV[2] how long a sender is kept after it was last seen, in ms (the
 --         window plus the future skew)
 -- ARGV[3] the most senders an account keeps
 -- ARGV[4] number of accounts
+-- ARGV[5] k, the number of keys that follow (0, or, for a call of many
+--   slots, the other accounts' keys)
 -- then per account: its number of senders, then for each: field,
 --   count, first seen, last seen (seconds)
 --   field "<ip>\t<login>" (either may be empty)
@@ -18,7 +23,8 @@
 -- least recently seen are. The hash expires the keep time after its most
 -- recent sender. Each account reads, then writes; an error (a key of the
 -- wrong type, a malformed value) skips that account only.
--- Returns the positions (1-based) of the accounts that failed.
+-- Returns the positions (1-based) of the accounts that failed, negated
+-- for those that moved.
 local rcall, tonumber, smatch, sformat, tsort = redis.call, tonumber, string.match, string.format, table.sort
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -66,10 +72,19 @@ local function add(key, i, n)
   end
 end
 
-local failed, i = {}, 5
+-- An account whose slot this node no longer serves (its key is "non
+-- local") writes nothing; its position is returned negated, and it is
+-- run again in a call of its own slot.
+local failed, nkeys = {}, tonumber(ARGV[5])
+local i = 6 + nkeys
 for a = 1, tonumber(ARGV[4]) do
   local n = tonumber(ARGV[i])
-  if not pcall(add, KEYS[a], i + 1, n) then failed[#failed + 1] = a end
+  local key = a == 1 and KEYS[1] or (nkeys > 0 and ARGV[4 + a] or KEYS[a])
+  local ok, err = pcall(add, key, i + 1, n)
+  if not ok then
+    local moved = string.find(type(err) == 'table' and err.err or tostring(err), 'non local key', 1, true)
+    failed[#failed + 1] = moved and -a or a
+  end
   i = i + 1 + 4 * n
 end
 return failed

@@ -135,45 +135,65 @@ func (s *Store) writeStats(ctx context.Context, buckets map[statKey]int, now int
 		}
 		byAccount[k.account] = append(byAccount[k.account], k)
 	}
-	groups := s.groupBySlot(accounts)
-	keys := make([][]string, len(groups))
-	args := make([][]any, len(groups))
-	var field []byte
-	for g, idx := range groups {
-		k := make([]string, 0, len(idx))
-		a := make([]any, 0, 2+3*len(idx))
-		a = append(a, now, len(idx))
-		for _, i := range idx {
-			acct := accounts[i].Account
-			k = append(k, s.key(acct, sufStats))
-			ks := byAccount[acct]
-			a = append(a, len(ks))
-			for _, sk := range ks {
-				field = strconv.AppendInt(append(strconv.AppendInt(field[:0], int64(sk.kind), 10), '.'), sk.hour, 10)
-				a = append(a, string(field), strconv.Itoa(buckets[sk]))
-			}
-		}
-		keys[g], args[g] = k, a
-	}
-	cmds, err := s.evalAll(ctx, statsScript, keys, args, nil)
-	if err != nil {
-		return buckets, wrap("write statistics", err)
-	}
 	failed := map[statKey]int{}
 	var first error
 	lost := 0
-	for g, c := range cmds {
-		n, err := c.Int()
+	groups, byNode := s.groupCalls(ctx, accounts)
+	for attempt := 0; len(groups) > 0; attempt++ {
+		// (attempt 1 runs the accounts that moved; see Store.moved)
+		keys := make([][]string, len(groups))
+		args := make([][]any, len(groups))
+		var field []byte
+		for g, idx := range groups {
+			k, rest := callKeys(idx, byNode, func(i int) string { return s.key(accounts[i].Account, sufStats) })
+			a := make([]any, 0, 3+len(rest)+3*len(idx))
+			a = append(a, now, len(idx), len(rest))
+			a = append(a, rest...)
+			for _, i := range idx {
+				ks := byAccount[accounts[i].Account]
+				a = append(a, len(ks))
+				for _, sk := range ks {
+					field = strconv.AppendInt(append(strconv.AppendInt(field[:0], int64(sk.kind), 10), '.'), sk.hour, 10)
+					a = append(a, string(field), strconv.Itoa(buckets[sk]))
+				}
+			}
+			keys[g], args[g] = k, a
+		}
+		cmds, err := s.evalAll(ctx, statsScript, keys, args, nil)
 		if err != nil {
-			first = cmp.Or(first, err)
-			for _, i := range groups[g] {
+			return buckets, wrap("write statistics", err)
+		}
+		var moved []int
+		for g, c := range cmds {
+			res, err := c.Int64Slice()
+			if err == nil && len(res) == 0 {
+				err = Permanent(fmt.Errorf("statistics script returned nothing"))
+			}
+			if err != nil {
+				first = cmp.Or(first, err)
+				for _, i := range groups[g] {
+					for _, sk := range byAccount[accounts[i].Account] {
+						failed[sk] = buckets[sk]
+					}
+				}
+				continue
+			}
+			lost += int(res[len(res)-1])
+			for _, p := range res[:len(res)-1] {
+				if p >= 1 && int(p) <= len(groups[g]) {
+					moved = append(moved, groups[g][p-1])
+				}
+			}
+		}
+		if len(moved) > 0 && attempt == 1 {
+			for _, i := range moved { // (cannot happen: these calls declare their keys)
 				for _, sk := range byAccount[accounts[i].Account] {
 					failed[sk] = buckets[sk]
 				}
 			}
-			continue
+			moved = nil
 		}
-		lost += n
+		groups, byNode = s.moved(ctx, accounts, moved)
 	}
 	if first != nil {
 		return failed, wrap("write statistics", first)
@@ -181,5 +201,5 @@ func (s *Store) writeStats(ctx context.Context, buckets map[statKey]int, now int
 	if lost > 0 {
 		return nil, Permanent(fmt.Errorf("statistics of %d accounts not written: their statistics key is not a hash", lost))
 	}
-	return nil, nil
+	return failed, nil
 }

@@ -1,12 +1,17 @@
+#!lua flags=allow-cross-slot-keys
 -- Add statistics-only events (ham, kinds that do not count) to the
 -- accounts' statistics hashes: approximate hourly buckets that decide
 -- nothing. aupd gathers them in memory and writes them about once a
 -- second (store.Stats), so that an account costs one call per flush
 -- rather than one per batch.
 --
--- KEYS: 1 per account, its statistics HASH <prefix>:{<account>}:t
+-- KEYS: 1 per account, its statistics HASH <prefix>:{<account>}:t; or,
+--   for a call of many slots on a Redis Cluster (see ingest.lua), the
+--   first account's only
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME)
 -- ARGV[2] number of accounts
+-- ARGV[3] k, the number of keys that follow (0, or, for a call of many
+--   slots, the other accounts' keys)
 -- then per account: its number of buckets, then field, increment pairs:
 --   field "<kind>.<hour>" (hour = ms / 3600000), increment as text
 --
@@ -16,7 +21,8 @@
 -- kind. (Earlier builds wrote "<kind>.<hour mod 24>" = "<hour>:<count>"
 -- and an expiry field _e; they go the same way.) An account's error
 -- (a key of the wrong type) skips that account only.
--- Returns the number of accounts that failed.
+-- Returns the positions (1-based) of the accounts that moved, then the
+-- number of accounts that failed otherwise.
 local rcall, mfloor, tonumber, sformat, smatch = redis.call, math.floor, tonumber, string.format, string.match
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -48,10 +54,23 @@ local function add(stats, i, n)
   if #old > 0 then rcall('HDEL', stats, unpack(old)) end
 end
 
-local failed, i = 0, 3
+-- An account whose slot this node no longer serves (its key is "non
+-- local") writes nothing, and is run again in a call of its own slot.
+local failed, moved = 0, {}
+local nkeys = tonumber(ARGV[3])
+local i = 4 + nkeys
 for a = 1, tonumber(ARGV[2]) do
   local n = tonumber(ARGV[i])
-  if not pcall(add, KEYS[a], i + 1, n) then failed = failed + 1 end
+  local key = a == 1 and KEYS[1] or (nkeys > 0 and ARGV[2 + a] or KEYS[a])
+  local ok, err = pcall(add, key, i + 1, n)
+  if not ok then
+    if string.find(type(err) == 'table' and err.err or tostring(err), 'non local key', 1, true) then
+      moved[#moved + 1] = a
+    else
+      failed = failed + 1
+    end
+  end
   i = i + 1 + 2 * n
 end
-return failed
+moved[#moved + 1] = failed
+return moved
