@@ -98,7 +98,7 @@ func (a *readyAnswer) waitingFor() string {
 	}
 	var parts []string
 	for k, v := range a.checks {
-		if v != "ok" {
+		if v != "ok" && k != "status" { // the sum of the others
 			parts = append(parts, k+": "+v)
 		}
 	}

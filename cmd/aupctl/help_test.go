@@ -196,10 +196,10 @@ func TestReadyWait(t *testing.T) {
 		switch {
 		case n < 3:
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"aupd":"starting","waiting_for":"redis"}`))
+			_, _ = w.Write([]byte(`{"status":"not_ready","aupd":"starting","waiting_for":"redis"}`))
 		case n < readyAt:
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"aupd":"starting","waiting_for":"nats"}`))
+			_, _ = w.Write([]byte(`{"status":"not_ready","aupd":"starting","waiting_for":"nats"}`))
 		default:
 			_, _ = w.Write([]byte(`{"nats":"ok","redis":"ok"}`))
 		}
