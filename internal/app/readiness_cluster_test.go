@@ -102,6 +102,9 @@ func TestReadinessOnClusterFaults(t *testing.T) {
 		if _, ok := gaugeOf(t, reg, "aupd_consumer_lag", "kind", "pending"); !ok {
 			t.Error("aupd_consumer_lag vanished while JetStream has no quorum")
 		}
+		if n := logCount(logs.String(), "read state gauge", "gauge", "notices_pending"); n != 0 {
+			t.Errorf("a scrape asked JetStream for the notices' consumer and logged its failure %d times; the readiness checks had said it was out", n)
+		}
 		for _, n := range down {
 			if err := n.Start(); err != nil {
 				t.Fatal(err)

@@ -141,8 +141,23 @@ func (s *stateCollector) read(ctx context.Context, now time.Time) []prometheus.M
 	} else {
 		gauge(s.lockout, float64(n))
 	}
+	var jsErr error // the readiness checks' last word on JetStream
+	if s.lag != nil {
+		var lag *consumerLag
+		if lag, jsErr = s.lag(); jsErr != nil {
+			s.errors.WithLabelValues("consumer_lag").Inc() // the readiness checker logs the loss
+		}
+		if lag != nil { // kept while JetStream does not answer, so that alerts on it do not go silent
+			gauge(s.lagDesc, float64(lag.pending), "pending")
+			gauge(s.lagDesc, float64(lag.ackPending), "ack_pending")
+		}
+	}
 	if s.noticeConsumer != nil {
-		if cons, err := s.noticeConsumer(ctx); err != nil {
+		if jsErr != nil {
+			// Not asked: it would wait out the timeout and log at every
+			// scrape a loss the readiness checker logged once.
+			s.errors.WithLabelValues("notices_pending").Inc()
+		} else if cons, err := s.noticeConsumer(ctx); err != nil {
 			s.fail("notices_pending", err)
 		} else if info, err := cons.Info(ctx); err != nil {
 			s.fail("notices_pending", err)
@@ -162,16 +177,6 @@ func (s *stateCollector) read(ctx context.Context, now time.Time) []prometheus.M
 			s.fail("outbox", err)
 		} else {
 			gauge(s.outbox, float64(n))
-		}
-	}
-	if s.lag != nil {
-		lag, err := s.lag()
-		if err != nil {
-			s.errors.WithLabelValues("consumer_lag").Inc() // the readiness checker logs the loss
-		}
-		if lag != nil { // kept while JetStream does not answer, so that alerts on it do not go silent
-			gauge(s.lagDesc, float64(lag.pending), "pending")
-			gauge(s.lagDesc, float64(lag.ackPending), "ack_pending")
 		}
 	}
 	return out
