@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -97,7 +98,7 @@ func (a *readyAnswer) waitingFor() string {
 	}
 	var parts []string
 	for k, v := range a.checks {
-		if v != "ok" {
+		if v != "ok" && k != "status" { // the sum of the others
 			parts = append(parts, k+": "+v)
 		}
 	}
@@ -115,16 +116,33 @@ func (x *cli) printReady(a *readyAnswer) error {
 	if x.json {
 		x.printRaw(a.body)
 	} else {
-		for _, k := range []string{"aupd", "nats", "redis"} {
-			if v, ok := a.checks[k]; ok {
-				fmt.Fprintf(x.stdout, "%s: %s\n", k, v)
-			}
+		for _, k := range readyKeys(a.checks) {
+			fmt.Fprintf(x.stdout, "%s: %s\n", k, a.checks[k])
 		}
 	}
 	if a.status != http.StatusOK {
 		return errDenied
 	}
 	return nil
+}
+
+// readyKeys orders the checks of a /readyz answer: the summary and the
+// main checks first, then the rest (a Redis Cluster's shards) by name.
+func readyKeys(checks map[string]string) []string {
+	first := []string{"status", "aupd", "nats", "jetstream", "redis", "redis_cluster", "readiness"}
+	var keys, rest []string
+	for _, k := range first {
+		if _, ok := checks[k]; ok {
+			keys = append(keys, k)
+		}
+	}
+	for k := range checks {
+		if !slices.Contains(first, k) {
+			rest = append(rest, k)
+		}
+	}
+	sort.Strings(rest)
+	return append(keys, rest...)
 }
 
 func versionCmd(_ context.Context, x *cli, _ []string, _ *flags) error {

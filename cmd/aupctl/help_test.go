@@ -141,10 +141,15 @@ func TestConfigAndTokenFiles(t *testing.T) {
 }
 
 func TestReadyAndVersion(t *testing.T) {
-	ready := true
+	ready, degraded := true, false
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/readyz" || r.Header.Get("Authorization") != "" {
 			http.NotFound(w, r)
+			return
+		}
+		if degraded {
+			_, _ = w.Write([]byte(`{"status":"degraded","nats":"ok","jetstream":"ok","redis":"ok","redis_cluster":"1 of 2 masters fail the write probe (10.0.0.3:6379)",` +
+				`"redis_shard 10.0.0.3:6379":"write probe: connection refused","redis_shard 10.0.0.2:6379":"ok"}`))
 			return
 		}
 		if !ready {
@@ -161,6 +166,13 @@ func TestReadyAndVersion(t *testing.T) {
 	ready = false
 	if code, out, _ := runCtl(t, "--server", srv.URL, "ready"); code != exitDenied || !strings.Contains(out, "connection refused") {
 		t.Errorf("not ready: %d %q", code, out)
+	}
+	// A degraded aupd is ready (exit 0) and says which check fails.
+	ready, degraded = true, true
+	want := "status: degraded\nnats: ok\njetstream: ok\nredis: ok\nredis_cluster: 1 of 2 masters fail the write probe (10.0.0.3:6379)\n" +
+		"redis_shard 10.0.0.2:6379: ok\nredis_shard 10.0.0.3:6379: write probe: connection refused\n"
+	if code, out, _ := runCtl(t, "--server", srv.URL, "ready"); code != 0 || out != want {
+		t.Errorf("degraded: %d %q, want 0 %q", code, out, want)
 	}
 	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}, {"--server", "http://127.0.0.1:1", "--version"}} {
 		if code, out, _ := runCtl(t, args...); code != 0 || !strings.HasPrefix(out, "aupctl version ") || !strings.Contains(out, ", revision ") {
@@ -184,10 +196,10 @@ func TestReadyWait(t *testing.T) {
 		switch {
 		case n < 3:
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"aupd":"starting","waiting_for":"redis"}`))
+			_, _ = w.Write([]byte(`{"status":"not_ready","aupd":"starting","waiting_for":"redis"}`))
 		case n < readyAt:
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"aupd":"starting","waiting_for":"nats"}`))
+			_, _ = w.Write([]byte(`{"status":"not_ready","aupd":"starting","waiting_for":"nats"}`))
 		default:
 			_, _ = w.Write([]byte(`{"nats":"ok","redis":"ok"}`))
 		}

@@ -68,6 +68,7 @@ type App struct {
 	clients *clientaddr.Resolver // http.trusted_proxies
 	desk    *desk.Desk           // nil: the desk is off
 	ready   atomic.Bool
+	checker *readinessChecker // what /readyz and aupd_ready answer from
 	reloads *prometheus.CounterVec
 	// waiting says what start-up waits for (a string), for /readyz.
 	waiting atomic.Value
@@ -133,6 +134,7 @@ func (a *App) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.startChecks(ctx, cfg, p)
 	ntf, err := a.buildNotifier(ctx, cfg, p)
 	if err != nil {
 		return err
@@ -149,6 +151,7 @@ func (a *App) run(ctx context.Context) error {
 	var g run.Group
 	addShutdown(ctx, &g, a.log)
 	a.addPipeline(ctx, &g, p)
+	addContext(ctx, &g, a.checker.Run)
 	addContext(ctx, &g, ntf.Run)
 	info := Info{HTTPAddr: early.addr(), NATSURL: url}
 	if err := a.addPolicyServers(ctx, &g, cfg, accounts{store: a.store, dir: a.dir, pub: p.pub}, &info); err != nil {

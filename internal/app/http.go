@@ -1,12 +1,9 @@
 package app
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -93,34 +90,11 @@ func (a *App) metricsHandler() http.Handler {
 	return promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{})
 }
 
-// readyz is ready only when NATS and Redis both answer.
+// readyz answers from the readiness checker's last round, at once
+// (docs/runbooks.md, "Readiness checks").
 func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
-	ok, checks := a.readiness(r.Context())
-	code := http.StatusOK
-	if !ok {
-		code = http.StatusServiceUnavailable
-	}
+	code, checks := a.checker.answer()
 	writeJSON(w, code, checks)
-}
-
-// readiness checks aupd itself, NATS and Redis.
-func (a *App) readiness(ctx context.Context) (bool, map[string]string) {
-	checks := map[string]string{"nats": "ok", "redis": "ok"}
-	ok := a.ready.Load()
-	if !ok {
-		checks["aupd"] = "starting or stopping"
-	}
-	if a.nc.Status() != nats.CONNECTED {
-		checks["nats"] = a.nc.Status().String()
-		ok = false
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if err := a.rdb.Ping(ctx).Err(); err != nil {
-		checks["redis"] = err.Error()
-		ok = false
-	}
-	return ok, checks
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -236,6 +236,15 @@ func (a *App) buildPipeline(ctx context.Context, cfg *config.Config, td *teardow
 	return p, nil
 }
 
+// startChecks makes the readiness checker and runs its first round, so
+// that /readyz and the metrics answer from real probes from the start.
+func (a *App) startChecks(ctx context.Context, cfg *config.Config, p *pipeline) {
+	a.checker = newReadinessChecker(&readinessChecker{nc: a.nc, verdicts: p.cons, rdb: a.rdb, prefix: cfg.Redis.Prefix,
+		log: a.log.With("component", "readiness"), running: a.ready.Load})
+	a.checker.round(ctx)
+	a.reg.MustRegister(a.checker)
+}
+
 // buildNotifier makes the abuse notices' sender and its consumer, and the
 // state gauges that read them.
 func (a *App) buildNotifier(ctx context.Context, cfg *config.Config, p *pipeline) (*notifier.Notifier, error) {
@@ -259,13 +268,12 @@ func (a *App) buildNotifier(ctx context.Context, cfg *config.Config, p *pipeline
 		a.log.Info("abuse notices are sent by SMTP", "transport", "smtp", "host", cfg.Notifier.SMTP.Host, "port", cfg.Notifier.SMTP.Port, "tls", cfg.Notifier.SMTP.TLS)
 	}
 	a.reg.MustRegister(newStateCollector(&stateCollector{
-		rdb: a.rdb, prefix: cfg.Redis.Prefix, verdicts: p.cons,
+		rdb: a.rdb, prefix: cfg.Redis.Prefix, lag: a.checker.lag,
 		noticeConsumer: func(ctx context.Context) (jetstream.Consumer, error) {
 			return a.js.Consumer(ctx, cfg.NATS.Accounts.Name, cfg.Notifier.Durable)
 		},
 		notices: ntf.Store(), retention: cfg.Notifier.Retention, log: a.log, now: a.opts.Now,
 		outboxPending: a.store.OutboxPending,
-		ready:         func(ctx context.Context) bool { ok, _ := a.readiness(ctx); return ok },
 	}))
 	return ntf, nil
 }

@@ -221,7 +221,7 @@ func (h *startupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "starting"})
 	case r.URL.Path == "/readyz":
 		what, _ := h.app.waiting.Load().(string)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"aupd": "starting", "waiting_for": what})
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not_ready", "aupd": "starting", "waiting_for": what})
 	case r.URL.Path == "/metrics":
 		h.app.metricsHandler().ServeHTTP(w, r)
 	case strings.HasPrefix(r.URL.Path, "/"):

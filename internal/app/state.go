@@ -26,23 +26,23 @@ import (
 // gauge, and the result is cached for ttl, so that several Prometheus
 // servers (or a refreshing dashboard) cost no more than one.
 type stateCollector struct {
-	rdb      redis.UniversalClient
-	prefix   string
-	verdicts jetstream.Consumer
+	rdb    redis.UniversalClient
+	prefix string
+	// lag is the verdict consumer's lag as the readiness checker last read
+	// it (nil: never), and why its last read failed.
+	lag func() (*consumerLag, error)
 	// noticeConsumer looks up the notifier's durable consumer (created by
 	// the notifier when it starts).
 	noticeConsumer func(ctx context.Context) (jetstream.Consumer, error)
 	notices        *notifier.Store
 	// outboxPending counts accounts with account events in their outbox.
 	outboxPending func(ctx context.Context) (int64, error)
-	// ready reports what /readyz reports (nil: not exported).
-	ready     func(ctx context.Context) bool
-	retention time.Duration // of failed notices
-	log       *slog.Logger
-	now       func() time.Time
-	ttl       time.Duration
-	maxScan   int
-	timeout   time.Duration
+	retention     time.Duration // of failed notices
+	log           *slog.Logger
+	now           func() time.Time
+	ttl           time.Duration
+	maxScan       int
+	timeout       time.Duration
 
 	mu      sync.Mutex
 	at      time.Time
@@ -54,8 +54,7 @@ type stateCollector struct {
 	pending   *prometheus.Desc
 	failed    *prometheus.Desc
 	outbox    *prometheus.Desc
-	lag       *prometheus.Desc
-	readyDesc *prometheus.Desc
+	lagDesc   *prometheus.Desc
 }
 
 // Suspension reasons reported as labels; any other reason code (the API
@@ -89,14 +88,13 @@ func newStateCollector(s *stateCollector) *stateCollector {
 	s.pending = prometheus.NewDesc("aupd_notices_pending", "Abuse notices not yet sent or failed (suspension events the notifier has not finished).", nil, nil)
 	s.failed = prometheus.NewDesc("aupd_notices_failed", "Abuse notices that failed permanently within the notice retention.", nil, nil)
 	s.outbox = prometheus.NewDesc("aupd_outbox_accounts", "Accounts with account events waiting in their outbox (published by the next flush or sweep).", nil, nil)
-	s.readyDesc = prometheus.NewDesc("aupd_ready", "1 when aupd is ready (running, NATS connected, Redis answering), as GET /readyz says; 0 otherwise.", nil, nil)
-	s.lag = prometheus.NewDesc("aupd_consumer_lag", "Verdict consumer lag from JetStream: pending (not yet delivered) and ack_pending (delivered, not yet acked).", []string{"kind"}, nil)
+	s.lagDesc = prometheus.NewDesc("aupd_consumer_lag", "Verdict consumer lag from JetStream: pending (not yet delivered) and ack_pending (delivered, not yet acked); the last value read while JetStream does not answer.", []string{"kind"}, nil)
 	return s
 }
 
 // Describe implements prometheus.Collector.
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.suspended, s.lockout, s.pending, s.failed, s.outbox, s.lag, s.readyDesc} {
+	for _, d := range []*prometheus.Desc{s.suspended, s.lockout, s.pending, s.failed, s.outbox, s.lagDesc} {
 		ch <- d
 	}
 	s.errors.Describe(ch)
@@ -131,13 +129,6 @@ func (s *stateCollector) read(ctx context.Context, now time.Time) []prometheus.M
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		out = append(out, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...))
 	}
-	if s.ready != nil {
-		v := 0.0
-		if s.ready(ctx) {
-			v = 1
-		}
-		gauge(s.readyDesc, v)
-	}
 	if by, err := s.suspendedByReason(ctx); err != nil {
 		s.fail("suspended", err)
 	} else {
@@ -150,8 +141,23 @@ func (s *stateCollector) read(ctx context.Context, now time.Time) []prometheus.M
 	} else {
 		gauge(s.lockout, float64(n))
 	}
+	var jsErr error // the readiness checks' last word on JetStream
+	if s.lag != nil {
+		var lag *consumerLag
+		if lag, jsErr = s.lag(); jsErr != nil {
+			s.errors.WithLabelValues("consumer_lag").Inc() // the readiness checker logs the loss
+		}
+		if lag != nil { // kept while JetStream does not answer, so that alerts on it do not go silent
+			gauge(s.lagDesc, float64(lag.pending), "pending")
+			gauge(s.lagDesc, float64(lag.ackPending), "ack_pending")
+		}
+	}
 	if s.noticeConsumer != nil {
-		if cons, err := s.noticeConsumer(ctx); err != nil {
+		if jsErr != nil {
+			// Not asked: it would wait out the timeout and log at every
+			// scrape a loss the readiness checker logged once.
+			s.errors.WithLabelValues("notices_pending").Inc()
+		} else if cons, err := s.noticeConsumer(ctx); err != nil {
 			s.fail("notices_pending", err)
 		} else if info, err := cons.Info(ctx); err != nil {
 			s.fail("notices_pending", err)
@@ -171,14 +177,6 @@ func (s *stateCollector) read(ctx context.Context, now time.Time) []prometheus.M
 			s.fail("outbox", err)
 		} else {
 			gauge(s.outbox, float64(n))
-		}
-	}
-	if s.verdicts != nil {
-		if info, err := s.verdicts.Info(ctx); err != nil {
-			s.fail("consumer_lag", err)
-		} else {
-			gauge(s.lag, float64(info.NumPending), "pending")
-			gauge(s.lag, float64(info.NumAckPending), "ack_pending")
 		}
 	}
 	return out
