@@ -288,7 +288,7 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.start = time.Now()
-	r.tl.start = r.start
+	r.tl.begin(r.start)
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	wg.Go(func() { // publishing
@@ -514,7 +514,7 @@ func (r *runner) publishAll(ctx context.Context) error {
 		switch kind {
 		case 'o':
 			e := p.Original(k)
-			m = outMsg{e.Subject, e.Data, e.ID, r.shardOf[p.orig[k]&^hamBit]}
+			m = outMsg{e.Subject, e.Data, e.ID, r.shardOfOriginal(k)}
 			k++
 		case 'd':
 			var j int
@@ -526,7 +526,7 @@ func (r *runner) publishAll(ctx context.Context) error {
 			e := p.Original(j)
 			// Its own Nats-Msg-Id, so that JetStream keeps it and aupd
 			// must see that the event id counted already.
-			m = outMsg{e.Subject, e.Data, fmt.Sprintf("%s#dup%d", e.ID, i), r.shardOf[p.orig[j]&^hamBit]}
+			m = outMsg{e.Subject, e.Data, fmt.Sprintf("%s#dup%d", e.ID, i), r.shardOfOriginal(j)}
 		case 'x':
 			subj, data, _ := p.Invalid(x)
 			m = outMsg{subj, data, fmt.Sprintf("bad%x-%07d", p.Seed, x), -1}
@@ -543,7 +543,19 @@ type outMsg struct {
 	subject string
 	data    []byte
 	id      string
-	shard   int // the Redis shard of its account (-1: an invalid event)
+	shard   int // the Redis shard of its account (-1: not timed, see shardOfOriginal)
+}
+
+// shardOfOriginal is the Redis shard original k (or a copy of it) must be
+// written to before aupd may ack it; -1 for a ham event, which aupd acks
+// whether its statistics reached Redis or not (they wait in memory for
+// the next write), so that its ack says nothing of the shard.
+func (r *runner) shardOfOriginal(k int) int {
+	a := r.plan.orig[k]
+	if a&hamBit != 0 {
+		return -1
+	}
+	return r.shardOf[a]
 }
 
 type inflight struct {

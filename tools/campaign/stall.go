@@ -15,7 +15,8 @@ import (
 )
 
 // How the campaign times a stall: it sees every acknowledgement aupd
-// sends. An ack is a NATS message to the subject the delivery named,
+// sends for a counting event (a ham event is acked without its shard,
+// an invalid one has none). An ack is a NATS message to the subject the delivery named,
 // $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>..., so a
 // subscriber of $JS.ACK.<stream>.<consumer>.> gets a copy; the stream
 // sequence names the event, which the campaign published for a known
@@ -38,7 +39,7 @@ type timeline struct {
 type pubSeen struct {
 	at    time.Duration
 	seq   uint64
-	shard int // -1: no shard (an invalid event)
+	shard int // -1: not timed (a ham or invalid event)
 }
 
 type ackSeen struct {
@@ -46,23 +47,29 @@ type ackSeen struct {
 	seq uint64
 }
 
-func (tl *timeline) since() time.Duration { return time.Since(tl.start) }
+// begin sets the time everything is measured from (the subscription's
+// goroutine reads it: under the lock).
+func (tl *timeline) begin(t time.Time) {
+	tl.mu.Lock()
+	tl.start = t
+	tl.mu.Unlock()
+}
 
 func (tl *timeline) published(seq uint64, shard int) {
 	tl.mu.Lock()
-	tl.pubs = append(tl.pubs, pubSeen{tl.since(), seq, shard})
+	tl.pubs = append(tl.pubs, pubSeen{time.Since(tl.start), seq, shard})
 	tl.mu.Unlock()
 }
 
 func (tl *timeline) acked(seq uint64) {
 	tl.mu.Lock()
-	tl.acks = append(tl.acks, ackSeen{tl.since(), seq})
+	tl.acks = append(tl.acks, ackSeen{time.Since(tl.start), seq})
 	tl.mu.Unlock()
 }
 
 func (tl *timeline) floor(seq uint64) {
 	tl.mu.Lock()
-	tl.floors = append(tl.floors, ackSeen{tl.since(), seq})
+	tl.floors = append(tl.floors, ackSeen{time.Since(tl.start), seq})
 	tl.mu.Unlock()
 }
 
