@@ -514,7 +514,7 @@ func (r *runner) publishAll(ctx context.Context) error {
 		switch kind {
 		case 'o':
 			e := p.Original(k)
-			m = outMsg{e.Subject, e.Data, e.ID, r.shardOfOriginal(k)}
+			m = outMsg{subject: e.Subject, data: e.Data, id: e.ID, shard: r.shardOfOriginal(k)}
 			k++
 		case 'd':
 			var j int
@@ -526,10 +526,10 @@ func (r *runner) publishAll(ctx context.Context) error {
 			e := p.Original(j)
 			// Its own Nats-Msg-Id, so that JetStream keeps it and aupd
 			// must see that the event id counted already.
-			m = outMsg{e.Subject, e.Data, fmt.Sprintf("%s#dup%d", e.ID, i), r.shardOfOriginal(j)}
+			m = outMsg{subject: e.Subject, data: e.Data, id: fmt.Sprintf("%s#dup%d", e.ID, i), shard: r.shardOfOriginal(j)}
 		case 'x':
 			subj, data, _ := p.Invalid(x)
-			m = outMsg{subj, data, fmt.Sprintf("bad%x-%07d", p.Seed, x), -1}
+			m = outMsg{subject: subj, data: data, id: fmt.Sprintf("bad%x-%07d", p.Seed, x), shard: -1}
 			x++
 		}
 		if err := r.pub.send(ctx, m); err != nil {
@@ -543,7 +543,8 @@ type outMsg struct {
 	subject string
 	data    []byte
 	id      string
-	shard   int // the Redis shard of its account (-1: not timed, see shardOfOriginal)
+	shard   int           // the Redis shard of its account (-1: not timed, see shardOfOriginal)
+	sent    time.Duration // its first publish, from the start of publishing
 }
 
 // shardOfOriginal is the Redis shard original k (or a copy of it) must be
@@ -589,7 +590,7 @@ func (p *asyncPub) collect() {
 	for in := range p.inflight {
 		select {
 		case pa := <-in.f.Ok():
-			p.tl.published(pa.Sequence, in.m.shard)
+			p.tl.published(pa.Sequence, in.m.shard, in.m.sent)
 			p.acked.Add(1)
 		case err := <-in.f.Err():
 			p.retries.Add(1) // retried below, whatever err says
@@ -611,6 +612,7 @@ func (p *asyncPub) send(ctx context.Context, m outMsg) error {
 		return err
 	}
 	p.sent.Add(1)
+	m.sent = p.tl.now()
 	return p.publish(ctx, m)
 }
 

@@ -347,7 +347,7 @@ func (res *Result) printFaults(w io.Writer) {
 	for _, f := range res.Faults {
 		per := make([]string, len(f.Stall.Shards))
 		for s, d := range f.Stall.Shards {
-			per[s] = d.Round(100 * time.Millisecond).String()
+			per[s] = stallText(d, f.Stall.ShardsOn[s])
 			if s == f.Shard {
 				per[s] += "*"
 			}
@@ -374,17 +374,27 @@ func (res *Result) printFaults(w io.Writer) {
 			detail = "ERROR: " + f.Err.Error()
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.N, f.Started.Round(100*time.Millisecond), f.Kind, f.What,
-			f.Stall.Any.Round(100*time.Millisecond), perShard, caught, detail)
+			stallText(f.Stall.Any, f.Stall.AnyOn), perShard, caught, detail)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nshards: %s; * the shard the fault hit\n", strings.Join(res.Shards, ", "))
-	fmt.Fprintln(w, "stall: the longest time, from the fault's start until the next fault's (the last: until aupd drained), with verdict events stored and outstanding and none of them acknowledged; per shard, of the events of that shard's accounts")
+	fmt.Fprintln(w, "stall: the longest time, from the fault's start until the next fault's (the last: until aupd drained), with counting events sent and not yet acknowledged and none of them acknowledged; per shard, of the events of that shard's accounts; + still under way when the next fault started")
 	fmt.Fprintln(w, "caught up: from the fault's end until every event stored before it was acknowledged")
 	fmt.Fprintf(w, "before the first fault the longest stall of any shard was %s", res.Baseline.Round(100*time.Millisecond))
 	if res.FromFloor > 0 {
 		fmt.Fprintf(w, "; %d acks were not seen and are timed by the consumer's ack floor (later than they were)", res.FromFloor)
 	}
 	fmt.Fprintln(w)
+}
+
+// stallText is a stall, rounded, with a + when it went on into the next
+// fault's time.
+func stallText(d time.Duration, on bool) string {
+	t := d.Round(100 * time.Millisecond).String()
+	if on {
+		t += "+"
+	}
+	return t
 }
 
 // Print writes the table.

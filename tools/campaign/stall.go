@@ -21,8 +21,8 @@ import (
 // subscriber of $JS.ACK.<stream>.<consumer>.> gets a copy; the stream
 // sequence names the event, which the campaign published for a known
 // account, whose slot names its Redis shard. An event is outstanding from
-// the moment JetStream stored it (its publish acknowledgement) until its
-// first ack; a stall is a time when events were outstanding and none was
+// the moment it was first sent (a verdict JetStream could not store, with
+// no quorum, waits as well) until its first ack; a stall is a time when events were outstanding and none was
 // acknowledged. Acks the campaign missed (its connection was moving to
 // another NATS node) take the time of the first sample of the consumer's
 // ack floor at or above them.
@@ -37,7 +37,7 @@ type timeline struct {
 }
 
 type pubSeen struct {
-	at    time.Duration
+	at    time.Duration // first sent
 	seq   uint64
 	shard int // -1: not timed (a ham or invalid event)
 }
@@ -55,9 +55,17 @@ func (tl *timeline) begin(t time.Time) {
 	tl.mu.Unlock()
 }
 
-func (tl *timeline) published(seq uint64, shard int) {
+func (tl *timeline) now() time.Duration {
 	tl.mu.Lock()
-	tl.pubs = append(tl.pubs, pubSeen{time.Since(tl.start), seq, shard})
+	defer tl.mu.Unlock()
+	return time.Since(tl.start)
+}
+
+// published records an event JetStream stored; it has waited since it
+// was first sent.
+func (tl *timeline) published(seq uint64, shard int, sent time.Duration) {
+	tl.mu.Lock()
+	tl.pubs = append(tl.pubs, pubSeen{sent, seq, shard})
 	tl.mu.Unlock()
 }
 
@@ -185,7 +193,7 @@ func joinSeen(pubs []pubSeen, acks, floors []ackSeen) (evs []eventTimes, fromFlo
 			e.done = fl[i].at
 			fromFloor++
 		}
-		e.pub = min(e.pub, e.done) // the publish ack can arrive after aupd's
+		e.pub = min(e.pub, e.done)
 		evs = append(evs, e)
 	}
 	return evs, fromFloor
@@ -222,28 +230,30 @@ func gaps(evs []eventTimes, end time.Duration) []gap {
 }
 
 // Stall is the longest stall of a fault: a time with events outstanding
-// and none acknowledged, timed from the fault's start at the earliest.
+// and none acknowledged, between the fault's start and the next fault's.
 type Stall struct {
 	Any    time.Duration   // nothing acknowledged on any shard
 	Shards []time.Duration // per shard: nothing of its accounts acknowledged
 	// AnyFrom is when the longest stall of any shard began, from the
 	// fault's start.
 	AnyFrom time.Duration
+	// On: a stall, of any shard or of all, was still under way when the
+	// next fault started (it goes on in that fault's line).
+	AnyOn    bool
+	ShardsOn []bool
 }
 
-// longest is the longest of gs that is under way between from and until
-// (a stall that began before from counts from from; one that begins at
-// until or later is another fault's), and when it began.
-func longest(gs []gap, from, until time.Duration) (d, began time.Duration) {
+// longest is the longest part of gs between from and until (a stall under
+// way at from counts from from, one under way at until up to until), when
+// it began, and whether it was still under way at until.
+func longest(gs []gap, from, until time.Duration) (d, began time.Duration, on bool) {
 	for _, g := range gs {
-		if g.from >= until || g.to <= from {
-			continue
-		}
-		if l := g.to - max(g.from, from); l > d {
-			d, began = l, max(g.from, from)
+		b, e := max(g.from, from), min(g.to, until)
+		if e-b > d {
+			d, began, on = e-b, b, g.to > until
 		}
 	}
-	return d, began
+	return d, began, on
 }
 
 // CaughtUp is how long after a fault's end every event stored before its
@@ -269,7 +279,8 @@ func caughtUp(evs []eventTimes, end time.Duration) CaughtUp {
 
 // stallReport fills every fault's stall and catch-up from the timeline:
 // a fault's stalls are those under way from its start until the next
-// fault of the sequence starts (the last: until aupd drained).
+// fault of the sequence starts (the last: until aupd drained), so that no
+// stall is counted twice in one fault's line and the next's.
 func stallReport(faults []Fault, evs []eventTimes, nShards int, drained time.Duration) {
 	byShard := make([][]eventTimes, nShards)
 	for _, e := range evs {
@@ -288,12 +299,13 @@ func stallReport(faults []Fault, evs []eventTimes, nShards int, drained time.Dur
 				until = g.Started
 			}
 		}
-		f.Stall.Any, _ = longest(all, f.Started, until)
+		f.Stall.Any, _, f.Stall.AnyOn = longest(all, f.Started, until)
 		f.Stall.Shards = make([]time.Duration, nShards)
+		f.Stall.ShardsOn = make([]bool, nShards)
 		var worst time.Duration
 		for s := range per {
-			d, began := longest(per[s], f.Started, until)
-			f.Stall.Shards[s] = d
+			d, began, on := longest(per[s], f.Started, until)
+			f.Stall.Shards[s], f.Stall.ShardsOn[s] = d, on
 			if d > worst {
 				worst, f.Stall.AnyFrom = d, began-f.Started
 			}
@@ -311,7 +323,7 @@ func baseline(evs []eventTimes, nShards int, first time.Duration) time.Duration 
 	}
 	var worst time.Duration
 	for _, b := range byShard {
-		d, _ := longest(gaps(b, first), 0, first)
+		d, _, _ := longest(gaps(b, first), 0, first)
 		worst = max(worst, d)
 	}
 	return worst

@@ -24,10 +24,11 @@ func steady(tl *timeline, shard int, seq *uint64, from, to, stuckFrom, stuckTo, 
 
 // TestStallsPerShard checks the stall computation on a timeline where one
 // shard's events wait 5 s while the other's are acknowledged at once: the
-// stuck shard's stall is timed from the fault's start (not its end), the
-// other shard's and the cluster's stay short, a stall that began before a
-// fault counts from the fault's start, and caught up is until the last
-// event stored before the fault's end was acknowledged.
+// stuck shard's stall is timed from the fault's start (not its end) up to
+// the next fault's start, where it is marked as going on; the other
+// shard's and the cluster's stay short; a stall that began before a fault
+// counts from the fault's start; and caught up is until the last event
+// sent before the fault's end was acknowledged.
 func TestStallsPerShard(t *testing.T) {
 	tl := &timeline{}
 	var seq uint64
@@ -52,11 +53,14 @@ func TestStallsPerShard(t *testing.T) {
 		}
 	}
 	f := faults[0]
-	// Shard 1: last ack at 2.95 s, next event stored at 3.0 s, acked at
-	// 8 s; the fault's window ends when fault 2 starts, but the stall
-	// under way runs its course.
-	near("fault 1, shard 1", f.Stall.Shards[1], 5*time.Second)
+	// Shard 1: last ack at 2.95 s, next event sent at 3.0 s, acked at
+	// 8 s; fault 1's time ends when fault 2 starts, at 6 s, with the
+	// stall going on.
+	near("fault 1, shard 1", f.Stall.Shards[1], 3*time.Second)
 	near("fault 1, from", f.Stall.AnyFrom, 500*ms)
+	if !f.Stall.ShardsOn[1] || f.Stall.ShardsOn[0] {
+		t.Errorf("fault 1: stalls going on into fault 2: %v, want shard 1's only", f.Stall.ShardsOn)
+	}
 	near("fault 1, shard 0", f.Stall.Shards[0], 50*ms)
 	// With shard 1 outstanding, the time between two of shard 0's acks
 	// counts whole.
@@ -68,9 +72,12 @@ func TestStallsPerShard(t *testing.T) {
 	near("fault 1 caught up", f.CaughtUp.After, 4*time.Second)
 	// Fault 2 starts inside shard 1's stall: from its start to 8 s.
 	near("fault 2, shard 1", faults[1].Stall.Shards[1], 2*time.Second)
-	// The SMTP outage's window runs to the next sequential fault's start
-	// (6 s): the stall under way counts from its start (3 s).
-	near("smtp outage, shard 1", faults[2].Stall.Shards[1], 5*time.Second)
+	if faults[1].Stall.ShardsOn[1] {
+		t.Error("fault 2: shard 1's stall marked as going on into fault 4")
+	}
+	// The SMTP outage's time runs to the next sequential fault's start
+	// (6 s): the stall counts from its start (3 s).
+	near("smtp outage, shard 1", faults[2].Stall.Shards[1], 3*time.Second)
 	near("fault 4, shard 1", faults[3].Stall.Shards[1], 50*ms)
 	near("baseline", baseline(evs, 2, 2500*ms), 50*ms)
 }
