@@ -379,7 +379,7 @@ func (res *Result) printFaults(w io.Writer) {
 	tw.Flush()
 	fmt.Fprintf(w, "\nshards: %s; * the shard the fault hit\n", strings.Join(res.Shards, ", "))
 	fmt.Fprintln(w, "stall: the longest time, from the fault's start until the next fault's (the last: until aupd drained), with counting events sent and not yet acknowledged and none of them acknowledged; per shard, of the events of that shard's accounts; + still under way when the next fault started")
-	fmt.Fprintln(w, "caught up: from the fault's end until every event stored before it was acknowledged")
+	fmt.Fprintln(w, "caught up: from the fault's end until every counting event sent before it was acknowledged")
 	fmt.Fprintf(w, "before the first fault the longest stall of any shard was %s", res.Baseline.Round(100*time.Millisecond))
 	if res.FromFloor > 0 {
 		fmt.Fprintf(w, "; %d acks were not seen and are timed by the consumer's ack floor (later than they were)", res.FromFloor)

@@ -256,7 +256,7 @@ func longest(gs []gap, from, until time.Duration) (d, began time.Duration, on bo
 	return d, began, on
 }
 
-// CaughtUp is how long after a fault's end every event stored before its
+// CaughtUp is how long after a fault's end every event sent before its
 // end was acknowledged (All false: some never were).
 type CaughtUp struct {
 	After time.Duration
