@@ -201,6 +201,9 @@ func (c *Cluster) start(ctx context.Context) error {
 	if c.SMTP, err = NewSMTPSink(next()); err != nil {
 		return err
 	}
+	if err := c.SMTP.SaveTo(filepath.Join(dir, "smtp")); err != nil {
+		return err
+	}
 
 	// NATS.
 	var routes []string
@@ -331,5 +334,5 @@ func (c *Cluster) Describe(w io.Writer) {
 	for _, a := range c.Aupd {
 		fmt.Fprintf(w, "%-14s http://%s  config %s  log %s  pid %d\n", a.Name, a.HTTPAddr, a.Config, a.Log, a.PID())
 	}
-	fmt.Fprintf(w, "SMTP sink      %s (notices recorded in memory)\n", c.SMTP.Addr)
+	fmt.Fprintf(w, "SMTP sink      %s (every message saved in %s)\n", c.SMTP.Addr, filepath.Join(c.opts.Dir, "smtp"))
 }

@@ -12,6 +12,8 @@ import (
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +44,7 @@ type Notice struct {
 type SMTPSink struct {
 	Addr    string
 	mu      sync.Mutex
+	saveDir string
 	srv     *smtp.Server
 	notices []Notice
 	down    bool
@@ -91,6 +94,19 @@ func (s *SMTPSink) Down() error {
 	return srv.Close()
 }
 
+// SaveTo makes the sink save every message it accepts from now on in
+// dir, as it came, one file each (000001.eml, ...): a kept run keeps the
+// sink's record, not only what it parsed.
+func (s *SMTPSink) SaveTo(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("smtp sink: %w", err)
+	}
+	s.mu.Lock()
+	s.saveDir = dir
+	s.mu.Unlock()
+	return nil
+}
+
 // IsDown reports whether the sink refuses connections now.
 func (s *SMTPSink) IsDown() bool {
 	s.mu.Lock()
@@ -115,10 +131,19 @@ func (s *SMTPSink) Count() int {
 // Close stops the sink for good.
 func (s *SMTPSink) Close() error { return s.Down() }
 
-func (s *SMTPSink) add(n Notice) {
+// add records a message; it fails (and the client retries) when the
+// message cannot be saved.
+func (s *SMTPSink) add(n Notice, raw []byte) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.saveDir != "" {
+		name := filepath.Join(s.saveDir, fmt.Sprintf("%06d.eml", len(s.notices)+1))
+		if err := os.WriteFile(name, raw, 0o644); err != nil {
+			return fmt.Errorf("smtp sink: save: %w", err)
+		}
+	}
 	s.notices = append(s.notices, n)
-	s.mu.Unlock()
+	return nil
 }
 
 type sinkBackend struct{ s *SMTPSink }
@@ -143,7 +168,9 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	}
 	n := ParseNotice(b)
 	n.At, n.From, n.To = time.Now(), ss.from, ss.to
-	ss.s.add(n)
+	if err := ss.s.add(n, b); err != nil {
+		return err
+	}
 	ss.from, ss.to = "", nil
 	return nil
 }

@@ -2,13 +2,16 @@
 // cluster (internal/cluster: 3 NATS nodes with R3 streams, a Redis Cluster
 // of 3 masters with a replica each, several aupd processes, an SMTP sink)
 // it publishes a large planned load of verdicts, with duplicates and
-// invalid events, while it injects faults on a seeded schedule (aupd
-// SIGKILL and SIGSTOP, NATS node and stream leader kills, Redis master
-// failovers, an SMTP outage). Then it waits for aupd to drain and checks
-// every account's count against the distinct ids published for it, the
-// dead letters against the invalid events, one suspension event per
-// crossing and one notice per suspension, and prints one table. Run it
-// from the repository root with scripts/campaign, or
+// invalid events, while it injects faults on a seeded schedule that ends
+// before publishing does (aupd SIGKILL and SIGSTOP, NATS node and stream
+// leader kills, NATS without quorum, Redis master failovers, a master
+// lost for good, a shard fully down, an SMTP outage). It sees every ack
+// aupd sends and times each fault's stall per Redis shard from the
+// fault's start. Then it waits for aupd to drain and checks every
+// account's window, member by member, against the counting ids published
+// for it, the dead letters against the invalid events, one suspension
+// event per crossing and one notice per suspension, and prints one
+// table. Run it from the repository root with scripts/campaign, or
 // `go -C tools run ./cmd/aupload campaign` (docs/scaling.md).
 package campaign
 
@@ -52,8 +55,11 @@ type Config struct {
 	// RedisReplicas is how many replicas each Redis master has (default 1).
 	RedisReplicas int
 	// RedisDown, when set, is how long a failed-over master stays down
-	// before it is restarted (default: 0-3 s, seeded).
-	RedisDown time.Duration
+	// before it is restarted (default: 0-3 s, seeded); RedisLostDown how
+	// long a lost master does (0: until publishing has ended); ShardDown
+	// how long a shard is fully down (default 20 s); QuorumDown how long
+	// two of the three NATS nodes are (default 15 s).
+	RedisDown, RedisLostDown, ShardDown, QuorumDown time.Duration
 	// WaitReplicas is redis.wait_replicas of every aupd (the short form
 	// and the command use 1: each master's replica holds every write aupd
 	// acknowledges); RedisExtra is more redis: settings.
@@ -87,8 +93,14 @@ func (c *Config) defaults() {
 
 // Result is what a campaign found.
 type Result struct {
-	Plan      *Plan
-	Faults    []Fault
+	Plan   *Plan
+	Faults []Fault
+	Shards []string // the Redis shards, by slot range
+	// Baseline is the longest stall of any shard before the first fault;
+	// FromFloor how many events' acks the campaign did not see (their
+	// time is the ack floor's).
+	Baseline  time.Duration
+	FromFloor int
 	Rows      []Row
 	Failures  []string // one line per failed check, with a few differing accounts
 	Pass      bool
@@ -113,7 +125,10 @@ type runner struct {
 	pub     *asyncPub
 	streams []string // verdicts, accounts, dead letters
 	start   time.Time
-	probes  []string // probe accounts, one event each
+	shards  shardMap
+	shardOf []int         // each account's shard
+	tl      *timeline     // what was published and acknowledged, when
+	publ    chan struct{} // closed when publishing has ended
 	mu      sync.Mutex
 	current string // the fault in progress, for progress lines
 	stall   stall  // the verdict consumer's longest ack-floor stall
@@ -139,6 +154,7 @@ func (r *runner) watchAckFloor(ctx context.Context, stop <-chan struct{}) {
 		if err != nil {
 			return
 		}
+		r.tl.floor(vi.AckFloor.Stream)
 		now := time.Now()
 		r.mu.Lock()
 		st := &r.stall
@@ -182,19 +198,25 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	span := time.Duration(float64(plan.Len()) / float64(cfg.Rate) * float64(time.Second))
-	res := &Result{Plan: plan, Faults: Schedule(cfg.Seed, cfg.Faults, span, cfg.AckWait, cfg.SMTPOutage)}
-	for i := range res.Faults {
-		if f := &res.Faults[i]; f.Kind == RedisFailover && cfg.RedisDown > 0 {
-			f.Down = cfg.RedisDown
-		}
+	faults, err := Schedule(cfg.Seed, cfg.Faults, span, Durations{AckWait: cfg.AckWait, SMTPOutage: cfg.SMTPOutage,
+		RedisDown: cfg.RedisDown, RedisLost: cfg.RedisLostDown, ShardDown: cfg.ShardDown, QuorumDown: cfg.QuorumDown})
+	if err != nil {
+		return nil, err
 	}
+	res := &Result{Plan: plan, Faults: faults}
 	fmt.Fprintf(cfg.Log, "campaign: seed %d: %d events (%d originals, %d duplicates, %d invalid) over %d accounts, threshold %d, %d cross; %d/s for about %s\n",
 		cfg.Seed, plan.Len(), plan.NOrig, plan.NDup, plan.NInvalid, len(plan.Accounts), plan.Threshold, plan.Crossings(), cfg.Rate, span.Round(time.Second))
 	for _, f := range res.Faults {
-		fmt.Fprintf(cfg.Log, "campaign: fault %2d at %6s: %-14s target %d, down %s\n", f.N, f.At.Round(100*time.Millisecond), f.Kind, f.Target, f.Down.Round(time.Millisecond))
+		down := f.Down.Round(time.Millisecond).String()
+		if f.UntilEnd {
+			down = "until publishing ends"
+		}
+		fmt.Fprintf(cfg.Log, "campaign: fault %2d at %6s: %-14s target %d, down %s, planned to end by %s\n",
+			f.N, f.At.Round(100*time.Millisecond), f.Kind, f.Target, down, (f.At + f.Budget).Round(100*time.Millisecond))
 	}
 	def := config.Default().NATS
-	r := &runner{cfg: cfg, plan: plan, streams: []string{def.Verdicts.Name, def.Accounts.Name, def.Dead.Name}}
+	r := &runner{cfg: cfg, plan: plan, streams: []string{def.Verdicts.Name, def.Accounts.Name, def.Dead.Name},
+		tl: &timeline{}, publ: make(chan struct{})}
 	r.c, err = cluster.Start(ctx, cluster.Options{
 		Dir: cfg.Dir, AupdProcesses: cfg.Aupd, AupdBinary: cfg.AupdBinary, Log: cfg.Log, RedisReplicas: cfg.RedisReplicas,
 		Aupd: cluster.AupdSettings{
@@ -217,7 +239,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	r.rdb = r.c.NewRedisClient()
 	defer r.rdb.Close()
-	r.pub = newAsyncPub(r.js)
+	if err := r.mapShards(ctx, res); err != nil {
+		return nil, err
+	}
+	sub, err := r.tl.watchAcks(r.nc, r.streams[0], def.Consumer.Durable)
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe() //nolint:errcheck // the connection closes next
+	r.pub = newAsyncPub(r.js, r.tl)
 	defer r.pub.close()
 
 	if err := r.run(ctx, res); err != nil {
@@ -238,15 +268,33 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return res, nil
 }
 
+// mapShards reads the Redis shards and each account's.
+func (r *runner) mapShards(ctx context.Context, res *Result) error {
+	var err error
+	if r.shards, err = readShards(ctx, r.rdb); err != nil {
+		return err
+	}
+	for i := range r.shards {
+		res.Shards = append(res.Shards, r.shards.name(i))
+	}
+	r.shardOf = make([]int, len(r.plan.Accounts))
+	for i, a := range r.plan.Accounts {
+		r.shardOf[i] = r.shards.of(cluster.SlotOf(store.AccountKey(prefix, a, "w")))
+	}
+	return nil
+}
+
 func (r *runner) run(ctx context.Context, res *Result) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.start = time.Now()
+	r.tl.begin(r.start)
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	wg.Go(func() { // publishing
 		err := r.publishAll(ctx)
 		res.Published = time.Since(r.start)
+		close(r.publ)
 		if err != nil {
 			errs <- fmt.Errorf("publish: %w", err)
 			cancel()
@@ -296,7 +344,27 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 	pwg.Wait()
 	res.Drained = time.Since(r.start)
 	res.Retries = r.pub.retries.Load()
+	r.report(res)
 	return err
+}
+
+// report times every fault's stalls from what was seen, and how far past
+// the end of publishing each ended.
+func (r *runner) report(res *Result) {
+	r.tl.mu.Lock()
+	evs, fromFloor := joinSeen(r.tl.pubs, r.tl.acks, r.tl.floors)
+	r.tl.mu.Unlock()
+	res.FromFloor = fromFloor
+	first := res.Drained
+	for i := range res.Faults {
+		f := &res.Faults[i]
+		first = min(first, f.Started)
+		if f.Ended > res.Published {
+			f.Past = f.Ended - res.Published
+		}
+	}
+	res.Baseline = baseline(evs, len(r.shards), first)
+	stallReport(res.Faults, evs, len(r.shards), res.Drained)
 }
 
 func (r *runner) runFault(ctx context.Context, f *Fault) error {
@@ -312,32 +380,33 @@ func (r *runner) runFault(ctx context.Context, f *Fault) error {
 		err = r.outage(ctx, f)
 		f.Ended = time.Since(r.start)
 		if err == nil {
-			// Recovery: until the sink accepts a notice again, when any
-			// was held back.
-			t := time.Now()
-			werr := poll(ctx, 5*time.Minute, 50*time.Millisecond, func() bool { return r.c.SMTP.Count() > before || !r.noticesPending(ctx) })
-			if r.c.SMTP.Count() > before {
-				f.Recovery, f.Probe = time.Since(t), "next notice accepted"
-			} else if werr == nil {
-				f.Probe = "no notice was pending"
-			} else {
-				f.Err = fmt.Errorf("no notice accepted within 5m of the outage's end")
-			}
+			f.Notice, f.Err = r.nextNotice(ctx, before)
 		}
 	} else {
 		err = r.inject(ctx, f)
 		f.Ended = time.Since(r.start)
-		if err == nil {
-			f.Recovery, f.Probe, f.Err = r.probe(ctx, f.N)
-		}
 	}
 	r.setCurrent("")
 	if err != nil {
 		f.Err = err
 		return fmt.Errorf("fault %d (%s): %w", f.N, f.Kind, err)
 	}
-	fmt.Fprintf(r.cfg.Log, "campaign: %s: fault %d done: %s %s; recovered in %s (%s)\n", since(r.start), f.N, f.What, f.Detail, f.Recovery.Round(time.Millisecond), f.Probe)
+	fmt.Fprintf(r.cfg.Log, "campaign: %s: fault %d done: %s %s\n", since(r.start), f.N, f.What, f.Detail)
 	return nil
+}
+
+// nextNotice waits, after an SMTP outage, until the sink accepts a notice
+// again, when any was held back.
+func (r *runner) nextNotice(ctx context.Context, before int) (string, error) {
+	t := time.Now()
+	werr := poll(ctx, 5*time.Minute, 50*time.Millisecond, func() bool { return r.c.SMTP.Count() > before || !r.noticesPending(ctx) })
+	switch {
+	case r.c.SMTP.Count() > before:
+		return fmt.Sprintf("next notice accepted %s after the end", since(t)), nil
+	case werr == nil:
+		return "no notice was pending", nil
+	}
+	return "", errors.New("no notice accepted within 5m of the outage's end")
 }
 
 func (r *runner) setCurrent(s string) {
@@ -361,37 +430,6 @@ func (r *runner) consumerInfo(ctx context.Context, stream, durable string) (*jet
 		return nil, err
 	}
 	return c.Info(ctx)
-}
-
-// probe publishes one counting event for an account of its own and waits
-// until aupd has counted it.
-func (r *runner) probe(ctx context.Context, n int) (time.Duration, string, error) {
-	acct := fmt.Sprintf("probe%03d@example.com", n)
-	r.mu.Lock()
-	r.probes = append(r.probes, acct)
-	r.mu.Unlock()
-	id := fmt.Sprintf("probe%x-%03d", r.cfg.Seed, n)
-	data := fmt.Appendf(nil, `{"id":%q,"time":%q,"direction":"outbound","account":%q,"verdict":"spam","source":"campaign-probe"}`,
-		id, time.Now().UTC().Format(time.RFC3339Nano), acct)
-	t := time.Now()
-	err := poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		_, err := r.js.Publish(pctx, "aup.verdict.outbound", data, jetstream.WithMsgID(id))
-		return err == nil
-	})
-	if err != nil {
-		return 0, acct, fmt.Errorf("probe %s not stored in NATS: %w", acct, err)
-	}
-	key := store.AccountKey(prefix, acct, "w")
-	err = poll(ctx, 5*time.Minute, 20*time.Millisecond, func() bool {
-		n, err := r.rdb.ZCard(ctx, key).Result()
-		return err == nil && n == 1
-	})
-	if err != nil {
-		return 0, acct, fmt.Errorf("probe %s not counted within 5m", acct)
-	}
-	return time.Since(t), acct, nil
 }
 
 // progress prints a line every 10 s.
@@ -476,8 +514,8 @@ func (r *runner) publishAll(ctx context.Context) error {
 		switch kind {
 		case 'o':
 			e := p.Original(k)
+			m = outMsg{subject: e.Subject, data: e.Data, id: e.ID, shard: r.shardOfOriginal(k)}
 			k++
-			m = outMsg{e.Subject, e.Data, e.ID}
 		case 'd':
 			var j int
 			if dr.IntN(2) == 0 {
@@ -488,10 +526,10 @@ func (r *runner) publishAll(ctx context.Context) error {
 			e := p.Original(j)
 			// Its own Nats-Msg-Id, so that JetStream keeps it and aupd
 			// must see that the event id counted already.
-			m = outMsg{e.Subject, e.Data, fmt.Sprintf("%s#dup%d", e.ID, i)}
+			m = outMsg{subject: e.Subject, data: e.Data, id: fmt.Sprintf("%s#dup%d", e.ID, i), shard: r.shardOfOriginal(j)}
 		case 'x':
 			subj, data, _ := p.Invalid(x)
-			m = outMsg{subj, data, fmt.Sprintf("bad%x-%07d", p.Seed, x)}
+			m = outMsg{subject: subj, data: data, id: fmt.Sprintf("bad%x-%07d", p.Seed, x), shard: -1}
 			x++
 		}
 		if err := r.pub.send(ctx, m); err != nil {
@@ -505,6 +543,20 @@ type outMsg struct {
 	subject string
 	data    []byte
 	id      string
+	shard   int           // the Redis shard of its account (-1: not timed, see shardOfOriginal)
+	sent    time.Duration // its first publish, from the start of publishing
+}
+
+// shardOfOriginal is the Redis shard original k (or a copy of it) must be
+// written to before aupd may ack it; -1 for a ham event, which aupd acks
+// whether its statistics reached Redis or not (they wait in memory for
+// the next write), so that its ack says nothing of the shard.
+func (r *runner) shardOfOriginal(k int) int {
+	a := r.plan.orig[k]
+	if a&hamBit != 0 {
+		return -1
+	}
+	return r.shardOf[a]
 }
 
 type inflight struct {
@@ -517,6 +569,7 @@ type inflight struct {
 // republish of a stored message harmless.
 type asyncPub struct {
 	js       jetstream.JetStream
+	tl       *timeline
 	inflight chan inflight
 	mu       sync.Mutex
 	retry    []outMsg
@@ -526,8 +579,8 @@ type asyncPub struct {
 	done     chan struct{}
 }
 
-func newAsyncPub(js jetstream.JetStream) *asyncPub {
-	p := &asyncPub{js: js, inflight: make(chan inflight, 4096), done: make(chan struct{})}
+func newAsyncPub(js jetstream.JetStream, tl *timeline) *asyncPub {
+	p := &asyncPub{js: js, tl: tl, inflight: make(chan inflight, 4096), done: make(chan struct{})}
 	go p.collect()
 	return p
 }
@@ -536,7 +589,8 @@ func (p *asyncPub) collect() {
 	defer close(p.done)
 	for in := range p.inflight {
 		select {
-		case <-in.f.Ok():
+		case pa := <-in.f.Ok():
+			p.tl.published(pa.Sequence, in.m.shard, in.m.sent)
 			p.acked.Add(1)
 		case err := <-in.f.Err():
 			p.retries.Add(1) // retried below, whatever err says
@@ -558,6 +612,7 @@ func (p *asyncPub) send(ctx context.Context, m outMsg) error {
 		return err
 	}
 	p.sent.Add(1)
+	m.sent = p.tl.now()
 	return p.publish(ctx, m)
 }
 
@@ -609,15 +664,16 @@ func (p *asyncPub) wait(ctx context.Context, n int64) error {
 }
 
 // The short form: a bounded run with a few faults, what CI runs
-// (TestCampaignShort) and `aupload campaign -short`.
+// (TestCampaignShort) and `aupload campaign -short`. Its rate leaves the
+// faults room to end while events are still published.
 const (
 	ShortFaults  = "aupd-kill=1,aupd-stop=1,nats-leader=1,redis-failover=1"
-	ShortSummary = "30,000 events over 300 accounts at 1,000/s; one aupd SIGKILL, one SIGSTOP, one NATS leader kill, one Redis failover, a 10 s SMTP outage"
+	ShortSummary = "30,000 events over 300 accounts at 400/s; one aupd SIGKILL, one SIGSTOP, one NATS leader kill, one Redis failover, a 10 s SMTP outage"
 )
 
 // Short is the short form's config (without Dir, Log and Faults' parse).
 func Short() Config {
 	f, _ := ParseCounts(ShortFaults)
-	return Config{Events: 30_000, Accounts: 300, Seed: 1, Rate: 1000, Aupd: 3, Faults: f, SMTPOutage: 10 * time.Second, WaitReplicas: 1,
+	return Config{Events: 30_000, Accounts: 300, Seed: 1, Rate: 400, Aupd: 3, Faults: f, SMTPOutage: 10 * time.Second, WaitReplicas: 1,
 		DupShare: DefaultDupShare, InvalidShare: DefaultInvalidShare, CrossShare: DefaultCrossShare, DrainTimeout: 3 * time.Minute}
 }

@@ -99,18 +99,17 @@ func TestScheduleIsRepeatable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := Schedule(3, c, time.Minute, 5*time.Second, 10*time.Second)
-	b := Schedule(3, c, time.Minute, 5*time.Second, 10*time.Second)
+	d := Durations{AckWait: 5 * time.Second, SMTPOutage: 10 * time.Second}
+	a, err := Schedule(3, c, 5*time.Minute, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := Schedule(3, c, 5*time.Minute, d)
 	if len(a) != 7 || fmt.Sprint(a) != fmt.Sprint(b) {
 		t.Fatalf("schedules differ or have %d faults:\n%v\n%v", len(a), a, b)
 	}
-	if fmt.Sprint(a) == fmt.Sprint(Schedule(4, c, time.Minute, 5*time.Second, 10*time.Second)) {
+	if other, _ := Schedule(4, c, 5*time.Minute, d); fmt.Sprint(a) == fmt.Sprint(other) {
 		t.Fatal("another seed gives the same schedule")
-	}
-	for i, f := range a {
-		if f.N != i+1 || (i > 0 && f.At < a[i-1].At) || f.At < 0 || f.At > time.Minute {
-			t.Fatalf("fault %+v out of order or outside the span", f)
-		}
 	}
 	if _, err := ParseCounts("aupd-kill=x"); err == nil {
 		t.Fatal("a bad count parses")
@@ -120,16 +119,82 @@ func TestScheduleIsRepeatable(t *testing.T) {
 	}
 }
 
+// TestScheduleEndsBeforePublishing checks that every fault is planned to
+// end before publishing does, the sequential ones one after the other,
+// that a lost master kept until the end goes last, and that a plan that
+// cannot fit is refused, saying so.
+func TestScheduleEndsBeforePublishing(t *testing.T) {
+	c, err := ParseCounts("aupd-kill=3,aupd-stop=2,nats-kill=1,nats-leader=2,nats-quorum=1,redis-failover=2,redis-shard=1,redis-lost=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Durations{AckWait: 5 * time.Second, SMTPOutage: time.Minute}
+	const span = 6 * time.Minute
+	for seed := range uint64(50) {
+		fs, err := Schedule(seed, c, span, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var prevEnd time.Duration
+		var seq []Fault
+		for _, f := range fs {
+			if f.At < span/20 || f.At+f.Budget > span {
+				t.Fatalf("seed %d: fault %d %s at %s for %s: outside the first twentieth to %s", seed, f.N, f.Kind, f.At, f.Budget, span)
+			}
+			if f.Kind == SMTPOutage {
+				continue
+			}
+			if f.At < prevEnd {
+				t.Fatalf("seed %d: fault %d %s at %s starts before the one before ends (%s)", seed, f.N, f.Kind, f.At, prevEnd)
+			}
+			prevEnd = f.At + f.Budget
+			seq = append(seq, f)
+		}
+		if last := seq[len(seq)-1]; last.Kind != RedisLost || !last.UntilEnd {
+			t.Fatalf("seed %d: the last fault is %s (until end %v), not the lost master kept until the end", seed, last.Kind, last.UntilEnd)
+		}
+		if len(fs) != 14 {
+			t.Fatalf("seed %d: %d faults, want 14", seed, len(fs))
+		}
+	}
+	// The short form fits, whatever its seeded down times.
+	s := Short()
+	p, err := NewPlan(s.Events, s.Accounts, s.Seed, s.DupShare, s.InvalidShare, s.CrossShare, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seed := range uint64(50) {
+		if _, err := Schedule(seed, s.Faults, time.Duration(p.Len())*time.Second/time.Duration(s.Rate), Durations{AckWait: 5 * time.Second, SMTPOutage: s.SMTPOutage}); err != nil {
+			t.Fatalf("the short form with seed %d: %v", seed, err)
+		}
+	}
+	// Too many faults for the span, an outage longer than the end of the
+	// run, two masters kept until the end: refused.
+	if _, err := Schedule(1, c, time.Minute, d); err == nil || !strings.Contains(err.Error(), "publishing lasts 1m0s") {
+		t.Fatalf("14 faults in a minute: %v", err)
+	}
+	if _, err := Schedule(1, Counts{}, time.Minute, Durations{SMTPOutage: 50 * time.Second}); err == nil {
+		t.Fatal("a 50 s SMTP outage from 40% of a minute is accepted")
+	}
+	if _, err := Schedule(1, Counts{RedisLost: 2}, time.Hour, Durations{}); err == nil {
+		t.Fatal("two masters lost until the end are accepted")
+	}
+	if fs, err := Schedule(1, Counts{RedisLost: 2}, time.Hour, Durations{RedisLost: time.Minute}); err != nil || len(fs) != 2 || fs[0].UntilEnd {
+		t.Fatalf("two masters lost for a minute each: %v, %+v", err, fs)
+	}
+}
+
 // TestCampaignShort is the short form of the fault campaign: on a real
 // loopback cluster (3 NATS 2.9 nodes, a Redis Cluster of 3 masters with a
-// replica each, 3 aupd processes) it publishes 30,000 events while one
+// replica each, 3 aupd processes) it publishes 30,000 events (at 400/s, so
+// that every fault ends while events are still published) while one
 // aupd is SIGKILLed and one SIGSTOPped past its ack wait, the verdict
 // stream's leader is killed, a Redis master fails over and the SMTP sink
 // is down for 10 s; every check of the table must pass. Then it changes
 // what aupd did, one thing per check, and sees each check fail.
 func TestCampaignShort(t *testing.T) {
 	if testing.Short() {
-		t.Skip("the fault campaign brings up a cluster and runs for about a minute")
+		t.Skip("the fault campaign brings up a cluster and runs for about two minutes")
 	}
 	cfg := Short()
 	cfg.Dir = t.TempDir()
@@ -158,6 +223,12 @@ func TestCampaignShort(t *testing.T) {
 		if f.Err != nil || f.Ended < f.Started {
 			t.Errorf("fault %d %s: %v", f.N, f.Kind, f.Err)
 		}
+		if f.Past > 0 {
+			t.Errorf("fault %d %s ended %s after publishing", f.N, f.Kind, f.Past)
+		}
+		if len(f.Stall.Shards) != 3 || !f.CaughtUp.All {
+			t.Errorf("fault %d %s: stalls %v for 3 shards, caught up %+v", f.N, f.Kind, f.Stall.Shards, f.CaughtUp)
+		}
 	}
 	if len(res.Faults) != 5 {
 		t.Errorf("%d faults, want 5", len(res.Faults))
@@ -168,8 +239,8 @@ func TestCampaignShort(t *testing.T) {
 	}
 	failed := strings.Join(tampered.Failures, "\n")
 	for _, want := range []string{
-		"events lost: 1 (in 1 accounts)", "user000002@example.com: window",
-		"events counted twice: 1 (in 1 accounts)", "user000003@globex.test: window",
+		"events lost: 1 (in 1 accounts)", "user000002@example.com: 1 of its",
+		"events counted twice or wrongly: 1 (in 1 accounts)", "user000003@globex.test: 1 window members that are no counting id of it: member 626f67757321",
 		"events dead-lettered: 301",
 		"suspension events per crossing:", "did not cross",
 		"notices per suspension:", "has no notice", "several Message-IDs: 1",
