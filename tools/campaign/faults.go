@@ -366,7 +366,7 @@ func (r *runner) targetSlot(f *Fault) (string, int) {
 // shard has no replica meanwhile. Then it rejoins as a replica.
 func (r *runner) lostMaster(ctx context.Context, f *Fault) error {
 	acct, slot := r.targetSlot(f)
-	fo, err := r.c.LoseMaster(ctx, slot)
+	fo, err := r.c.KillMaster(ctx, slot)
 	if fo.Old != nil {
 		f.What = fo.Old.Name
 	}
