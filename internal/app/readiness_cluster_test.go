@@ -123,6 +123,17 @@ func TestReadinessOnClusterFaults(t *testing.T) {
 		}
 		const shardSlots = 16384 / 3 // slots 0-5460
 		check := shardCheck + master.Addr()
+		setCoverage := func(v string) {
+			t.Helper()
+			for _, n := range c.Redis {
+				if n.Running() {
+					if _, err := n.Do(ctx, "CONFIG", "SET", "cluster-require-full-coverage", v); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		setCoverage("yes") // Redis's default (the harness runs with no)
 		if err := replica.Kill(); err != nil {
 			t.Fatal(err)
 		}
@@ -135,13 +146,7 @@ func TestReadinessOnClusterFaults(t *testing.T) {
 				strings.Contains(a.checks["redis_cluster"], "cluster_state fail") && a.checks[check] != "ok"
 		})
 		// cluster-require-full-coverage no: the other shards go on.
-		for _, n := range c.Redis {
-			if n.Running() {
-				if _, err := n.Do(ctx, "CONFIG", "SET", "cluster-require-full-coverage", "no"); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
+		setCoverage("no")
 		a := waitReadyz(30*time.Second, "200 degraded naming the shard", func(a readyzAnswer) bool {
 			return a.code == http.StatusOK && a.checks["status"] == "degraded" && a.checks["redis"] == "ok" && a.checks[check] != "ok"
 		})
