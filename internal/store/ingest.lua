@@ -97,6 +97,11 @@ local function fail(msg) error({err = msg}) end
 local EM, ET, EK, ES, EF = {}, {}, {}, {}, {} -- member, time, kind, sequence, fingerprint offset
 -- ADD and HSET are filled up to a count (nadd, nh) rather than cleared.
 local ADD, OUT, HSET = {}, {}, {} -- new events' indexes, outcome letters, HSET arguments
+-- A library's tables live as long as it does, and Lua's collector walks
+-- every live table each cycle: an account of more than BIG events (a
+-- replay, a test) has them made anew after its call, so that a big one
+-- does not slow every call after it (it cost about a fifth of a call).
+local BIG, big = 2000, false
 -- ZADD of score/member pairs, in parts: Lua passes at most 8000 values to
 -- a call.
 local function zadd(key, z)
@@ -318,6 +323,7 @@ local HM, HT = {}, {}
 local function read_rate(b, pos)
   local r = {}
   r.ppm, r.min, r.cap, r.outonly, r.n, pos = unpack_('>I4I4I4BI4', b, pos)
+  if r.n > BIG then big = true end
   for j = 1, r.n do HM[j], HT[j], pos = unpack_('>c6i8', b, pos) end
   return r, pos
 end
@@ -435,6 +441,7 @@ end
 local function one(st, w, b)
   win = w
   local threshold, cap, act, n, pos = unpack_('>I4I4BI4', b)
+  if n > BIG then big = true end
   for j = 1, n do
     EM[j], ET[j], EK[j], ES[j] = unpack_('>c6i8BI6', b, pos)
     EF[j] = pos + 21
@@ -531,6 +538,10 @@ local function ingest(keys, args)
       results[cur] = {'!' .. tostring(r)} -- a Redis error as text, or a Lua runtime error
     end
     from = cur + 1
+  end
+  if big then
+    EM, ET, EK, ES, EF, ADD, OUT, HSET, HM, HT = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+    big = false
   end
   return results
 end
