@@ -664,22 +664,34 @@ func classify(err error) error {
 	return err
 }
 
-// errMoved reports an account refused on a Cluster node that no longer
-// serves all of its keys, before it wrote anything: it is run again where
-// its slot is (transient).
+// errMoved reports an account a Cluster node refused because of where
+// its slot is, before it wrote anything: it is run again in a call of its
+// own slot, which go-redis routes, redirects and retries (transient).
 var errMoved = errors.New("slot moved")
+
+// clusterRefused reports whether a script's error is a Cluster node's
+// refusal of a key it does not serve now: the slot moved or is moving
+// ("non local key"; from Redis 7.4 also "during rehashing of the slot"),
+// is served by no node, or the cluster is down. The scripts that take
+// many slots a call (stats.lua, senders.lua) tell the same errors.
+func clusterRefused(msg string) bool {
+	for _, s := range clusterRefusals {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+var clusterRefusals = []string{"non local key", "rehashing of the slot", "slot not served", "cluster is down"}
 
 // classifyScript classifies an error one account's part of the script
 // caught: the transient conditions Redis reports are transient; a key of
 // the wrong type, malformed state and every other error are permanent.
 func classifyScript(msg string) error {
 	err := fmt.Errorf("ingest: %s", msg)
-	switch {
-	case strings.Contains(msg, "non local key"):
-		// a slot moved or moving (Cluster): the account wrote nothing
+	if clusterRefused(msg) {
 		return fmt.Errorf("%w: %s", errMoved, msg)
-	case strings.Contains(msg, "cluster is down"):
-		return err
 	}
 	for _, p := range []string{"OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF"} {
 		if strings.HasPrefix(msg, p) {

@@ -504,8 +504,8 @@ end
 -- account's keys are declared, to route the call, and every account's
 -- follow the batches. An account whose slot has moved, or is moving,
 -- since aupd read the slot map fails at the first command on a key this
--- node does not serve ("non local key"), and aupd runs it again in a
--- call of its own slot. That is safe because no such failure can come
+-- node does not serve ("non local key", or another refusal: store's
+-- clusterRefused), and aupd runs it again in a call of its own slot. That is safe because no such failure can come
 -- between writes that belong together: the keys a crossing writes are
 -- read first (crossing_read), the writes before them are the window's,
 -- and counting is idempotent by event id.

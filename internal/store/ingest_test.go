@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -423,5 +424,26 @@ func TestIngestSamplesAcrossBatches(t *testing.T) {
 	}
 	if len(got) != 3 || !got[101] || !got[102] || !got[104] {
 		t.Fatalf("samples %v, want b, c and e (101, 102, 104)", a.LastAUP.Samples)
+	}
+}
+
+// TestClusterRefusalsAreRerun: the errors a Redis Cluster node gives a
+// script for a key it does not serve now, in the words of Redis 7.0 and
+// of later releases, send the account to a call of its own slot
+// (transient); other errors of an account's part stay permanent.
+func TestClusterRefusalsAreRerun(t *testing.T) {
+	for _, msg := range []string{
+		"ERR Script attempted to access a non local key in a cluster node script: ingest",
+		"Unable to execute command 'hmget' in script because undeclared keys were accessed during rehashing of the slot",
+		"Script attempted to access a slot not served",
+		"Script attempted to execute a command while the cluster is down",
+	} {
+		err := classifyScript(msg)
+		if !errors.Is(err, errMoved) || IsPermanent(err) {
+			t.Errorf("%q: %v (permanent %v), want a transient slot move", msg, err, IsPermanent(err))
+		}
+	}
+	if err := classifyScript("WRONGTYPE Operation against a key holding the wrong kind of value"); errors.Is(err, errMoved) || !IsPermanent(err) {
+		t.Errorf("a key of the wrong type: %v, want permanent", err)
 	}
 }

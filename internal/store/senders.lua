@@ -72,8 +72,16 @@ local function add(key, i, n)
   end
 end
 
--- An account whose slot this node no longer serves (its key is "non
--- local") writes nothing; its position is returned negated, and it is
+-- A Cluster node's refusal of a key it does not serve now (store's
+-- clusterRefused tells the same errors).
+local function refused(msg)
+  for _, p in ipairs({'non local key', 'rehashing of the slot', 'slot not served', 'cluster is down'}) do
+    if string.find(msg, p, 1, true) then return true end
+  end
+  return false
+end
+
+-- An account that a Cluster node refuses (refused) writes nothing; its position is returned negated, and it is
 -- run again in a call of its own slot.
 local failed, nkeys = {}, tonumber(ARGV[5])
 local i = 6 + nkeys
@@ -82,7 +90,7 @@ for a = 1, tonumber(ARGV[4]) do
   local key = a == 1 and KEYS[1] or (nkeys > 0 and ARGV[4 + a] or KEYS[a])
   local ok, err = pcall(add, key, i + 1, n)
   if not ok then
-    local moved = string.find(type(err) == 'table' and err.err or tostring(err), 'non local key', 1, true)
+    local moved = refused(type(err) == 'table' and err.err or tostring(err))
     failed[#failed + 1] = moved and -a or a
   end
   i = i + 1 + 4 * n

@@ -54,8 +54,16 @@ local function add(stats, i, n)
   if #old > 0 then rcall('HDEL', stats, unpack(old)) end
 end
 
--- An account whose slot this node no longer serves (its key is "non
--- local") writes nothing, and is run again in a call of its own slot.
+-- A Cluster node's refusal of a key it does not serve now (store's
+-- clusterRefused tells the same errors).
+local function refused(msg)
+  for _, p in ipairs({'non local key', 'rehashing of the slot', 'slot not served', 'cluster is down'}) do
+    if string.find(msg, p, 1, true) then return true end
+  end
+  return false
+end
+
+-- An account that a Cluster node refuses (refused) writes nothing, and is run again in a call of its own slot.
 local failed, moved = 0, {}
 local nkeys = tonumber(ARGV[3])
 local i = 4 + nkeys
@@ -64,7 +72,7 @@ for a = 1, tonumber(ARGV[2]) do
   local key = a == 1 and KEYS[1] or (nkeys > 0 and ARGV[2 + a] or KEYS[a])
   local ok, err = pcall(add, key, i + 1, n)
   if not ok then
-    if string.find(type(err) == 'table' and err.err or tostring(err), 'non local key', 1, true) then
+    if refused(type(err) == 'table' and err.err or tostring(err)) then
       moved[#moved + 1] = a
     else
       failed = failed + 1
