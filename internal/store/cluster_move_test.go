@@ -23,18 +23,7 @@ import (
 // compared member by member. Before, it checks that calls are made per
 // master.
 func TestIngestByNodeWhileSlotsMove(t *testing.T) {
-	if testing.Short() {
-		t.Skip("brings up a Redis Cluster")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // it may wait its turn on the cluster lock
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir(), AupdProcesses: 1, NoAupdStart: true, AupdBinary: "/bin/false"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	rdb := c.NewRedisClient()
-	defer rdb.Close()
+	ctx, c, rdb := startRedisCluster(t)
 	s := New(rdb, "aup")
 
 	// 120 accounts; moved and half are two of those the first master

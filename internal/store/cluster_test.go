@@ -22,18 +22,7 @@ import (
 // the failed-over master's accounts too: with the replication wait,
 // nothing acknowledged was lost with the old master.
 func TestIngestOnRedisClusterThroughFailover(t *testing.T) {
-	if testing.Short() {
-		t.Skip("brings up a Redis Cluster")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // it may wait its turn on the cluster lock
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir(), AupdProcesses: 1, NoAupdStart: true, AupdBinary: "/bin/false"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	rdb := c.NewRedisClient()
-	defer rdb.Close()
+	ctx, c, rdb := startRedisCluster(t)
 	s := New(rdb, "aup", WithBarrier(replsync.New(rdb, "aup", 1, time.Second)))
 
 	const accounts, rounds, perRound, threshold = 200, 6, 2, 8 // 12 ids each: every account crosses once
@@ -117,7 +106,7 @@ func TestIngestOnRedisClusterThroughFailover(t *testing.T) {
 	}
 	// Every master holds the ingest function (the promoted replica had
 	// it from its old master).
-	err = rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+	err := rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
 		libs, err := m.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: ingestScript.name}).Result()
 		if err == nil && len(libs) != 1 {
 			return fmt.Errorf("%s lacks the ingest function", m.Options().Addr)
@@ -127,4 +116,24 @@ func TestIngestOnRedisClusterThroughFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startRedisCluster brings up a Redis Cluster of 3 masters with a replica
+// each (no aupd), or skips the test under -short. It stops at the test's
+// end; ctx bounds the test, waiting its turn on the cluster lock included.
+func startRedisCluster(t *testing.T) (context.Context, *cluster.Cluster, *redis.ClusterClient) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("brings up a Redis Cluster")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	t.Cleanup(cancel)
+	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir(), AupdProcesses: 1, NoAupdStart: true, AupdBinary: "/bin/false"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	rdb := c.NewRedisClient()
+	t.Cleanup(func() { _ = rdb.Close() })
+	return ctx, c, rdb
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"crypto/sha256"
+	_ "embed"
 	"encoding/hex"
 	"strings"
 
@@ -24,6 +25,16 @@ type runner interface {
 type script struct{ *redis.Script }
 
 func newScript(src string) script { return script{redis.NewScript(src)} }
+
+//go:embed refused.lua
+var refusedLua string
+
+// newCrossSlotScript makes a script that a Redis Cluster lets touch keys
+// of many slots on one node (flagged allow-cross-slot-keys), with
+// refused.lua put before src.
+func newCrossSlotScript(src string) script {
+	return newScript("#!lua flags=allow-cross-slot-keys\n" + refusedLua + src)
+}
 
 func (sc script) queue(ctx context.Context, pipe redis.Pipeliner, keys []string, args []any) *redis.Cmd {
 	return sc.EvalSha(ctx, pipe, keys, args...)

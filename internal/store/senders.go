@@ -17,7 +17,7 @@ import (
 //go:embed senders.lua
 var sendersLua string
 
-var sendersScript = newScript(sendersLua)
+var sendersScript = newCrossSlotScript(sendersLua)
 
 // MaxSenders is the most senders an account's tally keeps; beyond it the
 // least recently seen are dropped.

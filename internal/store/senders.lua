@@ -1,4 +1,3 @@
-#!lua flags=allow-cross-slot-keys
 -- Add to the accounts' sender tallies: per account, who sent the
 -- messages the ingest counted (client address and login), as hints for
 -- the account page. aupd gathers them in memory and writes them about
@@ -72,16 +71,8 @@ local function add(key, i, n)
   end
 end
 
--- A Cluster node's refusal of a key it does not serve now (store's
--- clusterRefused tells the same errors).
-local function refused(msg)
-  for _, p in ipairs({'non local key', 'rehashing of the slot', 'slot not served', 'cluster is down'}) do
-    if string.find(msg, p, 1, true) then return true end
-  end
-  return false
-end
-
--- An account that a Cluster node refuses (refused) writes nothing; its position is returned negated, and it is
+-- An account that a Cluster node refuses (refused, in refused.lua, put
+-- before this file) writes nothing; its position is returned negated, and it is
 -- run again in a call of its own slot.
 local failed, nkeys = {}, tonumber(ARGV[5])
 local i = 6 + nkeys

@@ -14,7 +14,7 @@ import (
 //go:embed stats.lua
 var statsLua string
 
-var statsScript = newScript(statsLua)
+var statsScript = newCrossSlotScript(statsLua)
 
 // Stats gathers the statistics-only events of ingested batches (ham, and
 // kinds the policy does not count) as per-account hourly buckets, and

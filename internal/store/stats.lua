@@ -1,4 +1,3 @@
-#!lua flags=allow-cross-slot-keys
 -- Add statistics-only events (ham, kinds that do not count) to the
 -- accounts' statistics hashes: approximate hourly buckets that decide
 -- nothing. aupd gathers them in memory and writes them about once a
@@ -54,16 +53,8 @@ local function add(stats, i, n)
   if #old > 0 then rcall('HDEL', stats, unpack(old)) end
 end
 
--- A Cluster node's refusal of a key it does not serve now (store's
--- clusterRefused tells the same errors).
-local function refused(msg)
-  for _, p in ipairs({'non local key', 'rehashing of the slot', 'slot not served', 'cluster is down'}) do
-    if string.find(msg, p, 1, true) then return true end
-  end
-  return false
-end
-
--- An account that a Cluster node refuses (refused) writes nothing, and is run again in a call of its own slot.
+-- An account that a Cluster node refuses (refused, in refused.lua, put
+-- before this file) writes nothing, and is run again in a call of its own slot.
 local failed, moved = 0, {}
 local nkeys = tonumber(ARGV[3])
 local i = 4 + nkeys

@@ -12,7 +12,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aupd/aupd/internal/cluster"
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
@@ -271,18 +270,7 @@ func TestScanVolumeWhatItReads(t *testing.T) {
 // of a real Redis Cluster (3 masters, a replica each) and reads them
 // back: the walk scans each master, and reads each record once.
 func TestScanVolumeOnRedisCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("brings up a Redis Cluster")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // it may wait its turn on the cluster lock
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir(), AupdProcesses: 1, NoAupdStart: true, AupdBinary: "/bin/false"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	rdb := c.NewRedisClient()
-	defer rdb.Close()
+	ctx, _, rdb := startRedisCluster(t)
 	s := New(rdb, "aup", WithClock(func() time.Time { return t0 }))
 	lim := enforced(big(hourly))
 	const accounts = 120
@@ -292,7 +280,7 @@ func TestScanVolumeOnRedisCluster(t *testing.T) {
 	// Every master holds some of the records.
 	var mu sync.Mutex
 	var masters []int
-	err = rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+	err := rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
 		keys, err := m.Keys(ctx, "aup:{*}:v").Result()
 		mu.Lock()
 		masters = append(masters, len(keys))
