@@ -335,15 +335,22 @@ func TestReplaySpamRateMatchesLive(t *testing.T) {
 		"rate=0.05&min_spam=3&threshold=-1": "threshold must be at least 1",
 		"threshold=x":                       "whole number",
 	} {
-		req, _ := http.NewRequest("GET", "http://"+h.info.HTTPAddr+"/api/v1/replay?"+q, nil)
-		req.Header.Set("Authorization", "Bearer "+tokAdminIngest)
-		a := h.do(req)
-		var e struct {
-			Error struct{ Code, Message string }
-		}
-		if a.status != 400 || json.Unmarshal(a.body, &e) != nil || e.Error.Code != "invalid" || !strings.Contains(e.Error.Message, want) {
-			t.Errorf("replay ?%s: %d %s; want 400 saying %q", q, a.status, a.body, want)
-		}
+		replayRefused(t, h, q, want)
+	}
+}
+
+// replayRefused asks for a replay with query q and wants it refused: 400
+// invalid, its message saying want.
+func replayRefused(t *testing.T, h *harness, q, want string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+h.info.HTTPAddr+"/api/v1/replay?"+q, nil)
+	req.Header.Set("Authorization", "Bearer "+tokAdminIngest)
+	a := h.do(req)
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	if a.status != 400 || json.Unmarshal(a.body, &e) != nil || e.Error.Code != "invalid" || !strings.Contains(e.Error.Message, want) {
+		t.Errorf("replay ?%s: %d %s; want 400 saying %q", q, a.status, a.body, want)
 	}
 }
 

@@ -2,10 +2,8 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"sort"
 	"strings"
 	"sync"
@@ -295,15 +293,7 @@ func TestReplayVolumeMatchesLive(t *testing.T) {
 		"volume_action=throttle":                                  "needs volume_window",
 		"":                                                        "a volume limit",
 	} {
-		req, _ := http.NewRequest("GET", "http://"+h.info.HTTPAddr+"/api/v1/replay?"+q, nil)
-		req.Header.Set("Authorization", "Bearer "+tokAdminIngest)
-		a := h.do(req)
-		var e struct {
-			Error struct{ Code, Message string }
-		}
-		if a.status != 400 || json.Unmarshal(a.body, &e) != nil || e.Error.Code != "invalid" || !strings.Contains(e.Error.Message, want) {
-			t.Errorf("replay ?%s: %d %s; want 400 saying %q", q, a.status, a.body, want)
-		}
+		replayRefused(t, h, q, want)
 	}
 	// The replays wrote nothing.
 	if after := snapshot(); after != keys {

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,27 +24,6 @@ import (
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
-
-// pinnedClock is aupd's clock in the volume test: the real time when the
-// test starts, moved by the test to a window's end. aupd's Redis scripts
-// read it too (app.Options.Now), as they read Redis's clock in
-// production.
-type pinnedClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *pinnedClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *pinnedClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // The volume limits of TestMailstackVolume.
 var (
@@ -59,8 +37,8 @@ var (
 func TestMailstackVolume(t *testing.T) {
 	// Start a minute on a bucket boundary, so that a window's end is a
 	// known time.
-	clk := &pinnedClock{t: time.Now().Truncate(time.Hour).Add(time.Hour)}
-	ms := startMailstackWith(t, stackOptions{now: clk.now, aup: func(a *config.AUP) {
+	clk := testutil.NewClock(time.Now().Truncate(time.Hour).Add(time.Hour)) // moved by the test to a window's end; aupd's scripts read it too
+	ms := startMailstackWith(t, stackOptions{now: clk.Now, aup: func(a *config.AUP) {
 		a.Volume = []rules.VolumeLimit{burstLimit, hourlyLimit}
 	}})
 
@@ -95,11 +73,11 @@ func TestMailstackVolume(t *testing.T) {
 		}
 		// The four messages leave the window together, 10 minutes after
 		// their bucket began; a moment before, the throttle still holds.
-		clk.add(10*time.Minute - time.Second)
+		clk.Add(10*time.Minute - time.Second)
 		if out, err := swaksTLS(t, ms.submission, "--tls", sender, "friend@elsewhere.test", password); err == nil || !strings.Contains(out, want) {
 			t.Fatalf("a moment before the window's end: %v\n%s", err, out)
 		}
-		clk.add(time.Second)
+		clk.Add(time.Second)
 		out, err := swaksTLS(t, ms.submission, "--tls", sender, "friend@elsewhere.test", password)
 		if err != nil || !strings.Contains(out, "250 2.0.0 Ok: queued") {
 			t.Fatalf("once the window has moved on: %v\n%s", err, out)

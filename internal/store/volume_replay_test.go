@@ -147,7 +147,7 @@ func TestScanVolumeMatchesWhatWasSent(t *testing.T) {
 			step = time.Duration(rng.IntN(180)) * time.Minute
 		}
 		now = now.Add(step + time.Duration(rng.IntN(1000))*time.Millisecond)
-		clk.set(now)
+		clk.Set(now)
 		a := accounts[rng.IntN(len(accounts))]
 		n := 1 + rng.IntN(40)
 		if r := countAs(t, s, a, lim, n); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
@@ -161,7 +161,7 @@ func TestScanVolumeMatchesWhatWasSent(t *testing.T) {
 	check()
 	// Later, with nothing sent since.
 	for _, later := range []time.Duration{time.Minute, 7 * time.Minute, 45 * time.Minute, 3 * time.Hour, 30 * time.Hour} {
-		clk.set(now.Add(later))
+		clk.Set(now.Add(later))
 		now = now.Add(later)
 		check()
 	}
@@ -175,7 +175,7 @@ func TestScanVolumeThrottleAgreesWithTheRecord(t *testing.T) {
 	s, clk, _ := volumeStore(t)
 	lim := enforced(hourly) // more than 10 recipients within 1h: throttle
 	step := func(at time.Duration, n int) VolumeResult {
-		clk.set(t0.Add(at))
+		clk.Set(t0.Add(at))
 		return countAs(t, s, sender, lim, n)
 	}
 	step(0, 4)
@@ -187,7 +187,7 @@ func TestScanVolumeThrottleAgreesWithTheRecord(t *testing.T) {
 	until := r.Crossings[0].Until
 	read := func(at time.Time) (VolumeRecord, rules.VolumeFigures) {
 		t.Helper()
-		clk.set(at)
+		clk.Set(at)
 		rec := scanAll(t, s, func(string) *VolumeLimits { return lim })[sender]
 		if len(rec.Rings) != 1 {
 			t.Fatalf("at %s: %+v", at, rec)
@@ -215,11 +215,11 @@ func TestScanVolumeThrottleAgreesWithTheRecord(t *testing.T) {
 // this one's), a record gone; and that an error of fn ends it.
 func TestScanVolumeWhatItReads(t *testing.T) {
 	rdb, prefix := testutil.Redis(t)
-	clk := &clock{t: t0}
+	clk := testutil.NewClock(t0)
 	// Two stores under the test's prefix: "P:[ab]" and "P:a". Unescaped,
 	// the pattern "P:[ab]:{*}:v" would match P:a's keys and not its own.
-	s := New(rdb, prefix+":[ab]", WithClock(clk.now))
-	other := New(rdb, prefix+":a", WithClock(clk.now))
+	s := New(rdb, prefix+":[ab]", WithClock(clk.Now))
+	other := New(rdb, prefix+":a", WithClock(clk.Now))
 	lim := enforced(hourly)
 	for i := range 5 {
 		countAs(t, s, fmt.Sprintf("u%d@example.com", i), lim, 1+i)

@@ -17,30 +17,11 @@ import (
 	"github.com/aupd/aupd/rules"
 )
 
-// clock is a test clock the store's scripts read (WithClock), moved by
-// the test: Redis's clock pinned, so that a window's end needs no sleep.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
-func volumeStore(t *testing.T) (*Store, *clock, *redis.Client) {
+func volumeStore(t *testing.T) (*Store, *testutil.Clock, *redis.Client) {
 	t.Helper()
 	rdb, prefix := testutil.Redis(t)
-	c := &clock{t: t0}
-	return New(rdb, prefix, WithClock(c.now)), c, rdb
+	c := testutil.NewClock(t0)
+	return New(rdb, prefix, WithClock(c.Now)), c, rdb
 }
 
 const sender = "alice@example.com"
@@ -117,7 +98,7 @@ func TestVolumeThrottleEndsWithTheWindow(t *testing.T) {
 	// 4 recipients at 12:00, 4 at 12:20, then 3 at 12:40: 11 in the hour.
 	var id uint32
 	step := func(at time.Duration, n int) VolumeResult {
-		clk.set(t0.Add(at))
+		clk.Set(t0.Add(at))
 		id++
 		return send(t, s, lim, id, n, "")
 	}
@@ -135,7 +116,7 @@ func TestVolumeThrottleEndsWithTheWindow(t *testing.T) {
 		t.Fatalf("crossing %+v; want a throttle from 12:00 until 13:00", c)
 	}
 	for _, at := range []time.Duration{40 * time.Minute, time.Hour - time.Millisecond} {
-		clk.set(t0.Add(at))
+		clk.Set(t0.Add(at))
 		if r := send(t, s, lim, id+100, 1, ""); r.Outcome != VolumeThrottled || r.Throttle != "hourly" || !r.Until.Equal(c.Until) {
 			t.Fatalf("at +%s: %+v; want throttled until 13:00", at, r)
 		}
@@ -144,7 +125,7 @@ func TestVolumeThrottleEndsWithTheWindow(t *testing.T) {
 			t.Fatalf("at +%s: sender throttle %+v, %v", at, th, err)
 		}
 	}
-	clk.set(t0.Add(time.Hour))
+	clk.Set(t0.Add(time.Hour))
 	if _, th, err := s.Sender(ctx, sender); err != nil || th != nil {
 		t.Fatalf("at the window's end: throttle %+v, %v", th, err)
 	}
@@ -181,16 +162,16 @@ func TestVolumeWindowEdge(t *testing.T) {
 	s, clk, _ := volumeStore(t)
 	lim := enforced(burst) // 3 messages in 10 minutes, buckets of 50 s
 	for i := range 3 {
-		clk.set(t0.Add(time.Duration(i) * time.Second))
+		clk.Set(t0.Add(time.Duration(i) * time.Second))
 		send(t, s, lim, 0, 1, "")
 	}
 	// At 12:09:59.999 the three still count; at 12:10:00 their bucket
 	// (12:00:00 to 12:00:50) has left the window.
-	clk.set(t0.Add(10*time.Minute - time.Millisecond))
+	clk.Set(t0.Add(10*time.Minute - time.Millisecond))
 	if r := send(t, s, lim, 0, 1, ""); len(r.Crossings) != 1 || r.Crossings[0].Count != 4 {
 		t.Fatalf("inside the window: %+v", r)
 	}
-	clk.set(t0.Add(20 * time.Minute))
+	clk.Set(t0.Add(20 * time.Minute))
 	for i := range 3 {
 		if r := send(t, s, lim, 0, 1, ""); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
 			t.Fatalf("a window later, message %d: %+v", i+1, r)
@@ -236,9 +217,9 @@ func TestVolumeReinstatementStartsAfresh(t *testing.T) {
 	}
 	// Lifting an AUP suspension resets the AUP window (apply.lua), and the
 	// volume record with it: its counts and its throttle.
-	clk.set(t0.Add(time.Minute))
+	clk.Set(t0.Add(time.Minute))
 	if _, _, err := s.Update(ctx, sender, func(*Account) (*Change, error) {
-		return &Change{ResetWindow: true, History: []HistoryEntry{{Time: clk.now(), Actor: "admin", Action: "reinstate"}}}, nil
+		return &Change{ResetWindow: true, History: []HistoryEntry{{Time: clk.Now(), Actor: "admin", Action: "reinstate"}}}, nil
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -457,11 +438,11 @@ func TestVolumeSuspension(t *testing.T) {
 	// The spam count holds a sample of a flagged message from this
 	// account: the suspension carries it as evidence.
 	ingestSample(t, s, "spam-1", 4242)
-	clk.set(t0.Add(30 * time.Minute))
+	clk.Set(t0.Add(30 * time.Minute))
 	send(t, s, lim, 1, 4, "192.0.2.7")
-	clk.set(t0.Add(3 * time.Hour))
+	clk.Set(t0.Add(3 * time.Hour))
 	send(t, s, lim, 2, 4, "2001:db8:0:0:1::9")
-	clk.set(t0.Add(5 * time.Hour))
+	clk.Set(t0.Add(5 * time.Hour))
 	r := send(t, s, lim, 3, 1, "192.0.2.8")
 	if len(r.Crossings) != 1 || !r.Suspended() || !r.Pending {
 		t.Fatalf("9 recipients: %+v", r)
@@ -586,12 +567,12 @@ func TestVolumeNoSecondSuspensionWhileOneIsInForce(t *testing.T) {
 
 func TestVolumeRacingStoresSuspendOnce(t *testing.T) {
 	_, prefix := testutil.Redis(t)
-	clk := &clock{t: t0}
+	clk := testutil.NewClock(t0)
 	var stores []*Store
 	for range 4 {
 		rdb := redis.NewClient(&redis.Options{Addr: testutil.RedisAddr()})
 		t.Cleanup(func() { rdb.Close() })
-		stores = append(stores, New(rdb, prefix, WithClock(clk.now)))
+		stores = append(stores, New(rdb, prefix, WithClock(clk.Now)))
 	}
 	lim := enforced(rules.VolumeLimit{Name: "daily", Window: 24 * time.Hour, Recipients: 50, Action: rules.VolumeSuspend})
 	ctx := context.Background()
@@ -656,7 +637,7 @@ func TestVolumeThrottleMarker(t *testing.T) {
 	if a, err := s.Account(ctx, sender); err != nil || a.Exists {
 		t.Errorf("the marker made a record: %+v, %v", a, err)
 	}
-	clk.set(t0.Add(time.Hour))
+	clk.Set(t0.Add(time.Hour))
 	if _, th, err := s.Sender(ctx, sender); err != nil || th != nil {
 		t.Fatalf("after the throttle: %+v, %v", th, err)
 	}

@@ -36,27 +36,10 @@ import (
 
 var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
 type env struct {
 	t    *testing.T
 	st   *store.Store
-	clk  *clock
+	clk  *testutil.Clock
 	reg  *prometheus.Registry
 	ctr  *Counter
 	addr string
@@ -140,8 +123,8 @@ var (
 func newEnv(t *testing.T, mode rules.Mode, limits ...rules.VolumeLimit) *env {
 	t.Helper()
 	rdb, prefix := testutil.Redis(t)
-	e := &env{t: t, clk: &clock{t: t0}, reg: prometheus.NewRegistry()}
-	e.st = store.New(rdb, prefix, store.WithClock(e.clk.now))
+	e := &env{t: t, clk: testutil.NewClock(t0), reg: prometheus.NewRegistry()}
+	e.st = store.New(rdb, prefix, store.WithClock(e.clk.Now))
 	e.prov.Store(&rules.Provider{Mode: mode, Volume: limits, VolumeAllowlist: []string{"news@example.com"}})
 	dir, err := companies.New(nil, prefix, []companies.Company{
 		{ID: "acme", Domains: []string{"acme.example"}, Volume: &acmeOwn, VolumeAllowlist: []string{"bulk@acme.example"}},
@@ -157,7 +140,7 @@ func newEnv(t *testing.T, mode rules.Mode, limits ...rules.VolumeLimit) *env {
 		t.Fatal(err)
 	}
 	e.run(e.ctr)
-	srv, err := postfix.New(postfix.Config{}, lookup{e.st, dir}, postfix.Options{Now: e.clk.now, Volume: e.ctr, Registerer: e.reg})
+	srv, err := postfix.New(postfix.Config{}, lookup{e.st, dir}, postfix.Options{Now: e.clk.Now, Volume: e.ctr, Registerer: e.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +343,7 @@ func TestThrottleHoldsUntilTheWindowEnds(t *testing.T) {
 	if a := c.send(e.message("alice@example.com"), 6); a != "DUNNO" {
 		t.Fatalf("6 recipients: %s", a)
 	}
-	e.clk.set(t0.Add(30 * time.Minute))
+	e.clk.Set(t0.Add(30 * time.Minute))
 	// 11 recipients in the hour: the message that crosses is accepted (it
 	// was counted), the next request of the account is refused.
 	if a := c.send(e.message("alice@example.com"), 5); a != "DUNNO" {
@@ -381,11 +364,11 @@ func TestThrottleHoldsUntilTheWindowEnds(t *testing.T) {
 	}
 	// The first message's 6 leave the window at 13:00; until then the
 	// throttle holds.
-	e.clk.set(t0.Add(time.Hour - time.Millisecond))
+	e.clk.Set(t0.Add(time.Hour - time.Millisecond))
 	if a := c.rcpt(e.message("alice@example.com"), 0); a != throttled {
 		t.Fatalf("a moment before the end: %s", a)
 	}
-	e.clk.set(t0.Add(time.Hour))
+	e.clk.Set(t0.Add(time.Hour))
 	if a := c.send(e.message("alice@example.com"), 5); a != "DUNNO" {
 		t.Fatalf("once the window has moved on: %s", a)
 	}
@@ -445,7 +428,7 @@ func TestShadowModeThrottlesNothing(t *testing.T) {
 	// Back to enforcing (a reload): the account is above its limit, and
 	// its next message is throttled once it crosses again.
 	e.prov.Store(&rules.Provider{Mode: rules.ModeEnforce, Volume: []rules.VolumeLimit{tenMin}})
-	e.clk.set(t0.Add(20 * time.Minute))
+	e.clk.Set(t0.Add(20 * time.Minute))
 	for i := range 3 {
 		if a := c.send(e.message("alice@example.com"), 1); a != "DUNNO" {
 			t.Fatalf("enforced, message %d: %s", i+1, a)
@@ -494,7 +477,7 @@ func (e *env) second() (*Counter, string) {
 		e.t.Fatal(err)
 	}
 	e.run(ctr)
-	srv, err := postfix.New(postfix.Config{}, lookup{e.st, dir}, postfix.Options{Now: e.clk.now, Volume: ctr})
+	srv, err := postfix.New(postfix.Config{}, lookup{e.st, dir}, postfix.Options{Now: e.clk.Now, Volume: ctr})
 	if err != nil {
 		e.t.Fatal(err)
 	}
