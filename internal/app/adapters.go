@@ -8,6 +8,7 @@ import (
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/policy/lockout"
+	"github.com/aupd/aupd/internal/policy/postfix"
 	"github.com/aupd/aupd/internal/store"
 	"github.com/aupd/aupd/notifier"
 	"github.com/aupd/aupd/rules"
@@ -21,7 +22,7 @@ type accounts struct {
 	pub   store.Publisher
 }
 
-// Lookup implements postfix.Accounts and dovecot.Accounts. aupd governs
+// Lookup implements dovecot.Accounts. aupd governs
 // an address whose domain belongs to a company, and any address it holds
 // a record of, whatever its domain: a suspension aupd made for an account
 // outside every company (notified to the fallback contact) is enforced
@@ -33,6 +34,20 @@ func (a accounts) Lookup(ctx context.Context, account string) (rules.AccountView
 		return rules.AccountView{}, local, err
 	}
 	return acct.View(), local || acct.Exists, nil
+}
+
+// LookupAll implements postfix.Accounts: the states in one round trip.
+func (a accounts) LookupAll(ctx context.Context, names ...string) ([]postfix.Account, error) {
+	as, err := a.store.Accounts(ctx, names...)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]postfix.Account, len(as))
+	for i, acct := range as {
+		_, local := a.dir.ByAccount(acct.Address)
+		out[i] = postfix.Account{View: acct.View(), Governed: local || acct.Exists, Version: acct.Version, Throttled: acct.Throttled}
+	}
+	return out, nil
 }
 
 // Lockout implements lockout.Locker: the status change of a known account

@@ -46,6 +46,9 @@ type Account struct {
 	// Floor is the last reinstatement from an AUP suspension: events at or
 	// before it no longer count.
 	Floor time.Time
+	// Throttled says that the state holds a volume throttle's marker: a
+	// throttle may hold the account back (Throttle decides).
+	Throttled bool
 }
 
 // View returns what access decisions need.
@@ -93,6 +96,28 @@ func (s *Store) Account(ctx context.Context, address string) (*Account, error) {
 	return parseAccount(address, h), nil
 }
 
+// Accounts reads the states of several accounts in one round trip, in
+// the order given, each as Account reads it.
+func (s *Store) Accounts(ctx context.Context, addresses ...string) ([]*Account, error) {
+	if len(addresses) == 1 {
+		a, err := s.Account(ctx, addresses[0])
+		return []*Account{a}, err
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(addresses))
+	for i, a := range addresses {
+		cmds[i] = pipe.HGetAll(ctx, s.key(a, sufState))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, wrap("read accounts", err)
+	}
+	out := make([]*Account, len(addresses))
+	for i, a := range addresses {
+		out[i] = parseAccount(a, cmds[i].Val())
+	}
+	return out, nil
+}
+
 func parseAccount(address string, h map[string]string) *Account {
 	a := &Account{
 		Address:     address,
@@ -106,6 +131,7 @@ func parseAccount(address string, h map[string]string) *Account {
 		LastAUP:     decodeAUP(h["last_aup"]),
 		Floor:       fromMS(h["floor"]),
 		Created:     fromMS(h["created"]),
+		Throttled:   h[fieldThrottle] != "",
 	}
 	a.Version, _ = strconv.ParseInt(h["ver"], 10, 64)
 	if a.Type == "" {

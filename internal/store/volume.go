@@ -354,28 +354,21 @@ type Throttle struct {
 	Until time.Time
 }
 
-// Sender reads an authenticated sender's state, as Account does, and the
-// volume throttle that holds it back, if any. It costs the state's one
-// HGETALL; only when the state has the throttle's marker (vt) does a
-// script call decide, by Redis's clock, whether the throttle still holds.
-func (s *Store) Sender(ctx context.Context, address string) (*Account, *Throttle, error) {
-	h, err := s.rdb.HGetAll(ctx, s.key(address, sufState)).Result()
-	if err != nil {
-		return nil, nil, wrap("read sender", err)
-	}
-	a := parseAccount(address, h)
-	if h[fieldThrottle] == "" {
-		return a, nil, nil
-	}
+// Throttle reads the volume throttle that holds an account back, if any:
+// a script call that decides by Redis's clock, and removes the state's
+// marker of a throttle that ended. The RCPT-time lookup reads the state
+// anyway (Account, Accounts), and calls this only when the state has the
+// marker (Account.Throttled).
+func (s *Store) Throttle(ctx context.Context, address string) (*Throttle, error) {
 	v, err := volumeSenderScript.Run(ctx, s.rdb, []string{s.key(address, sufState), s.key(address, sufThrottle)}, s.scriptNow()).Slice()
 	if err != nil {
-		return nil, nil, wrap("read throttle", err)
+		return nil, wrap("read throttle", err)
 	}
 	if len(v) != 2 {
-		return a, nil, nil
+		return nil, nil
 	}
 	name, _ := v[1].(string)
-	return a, &Throttle{Limit: name, Until: time.UnixMilli(toInt(v[0])).UTC()}, nil
+	return &Throttle{Limit: name, Until: time.UnixMilli(toInt(v[0])).UTC()}, nil
 }
 
 // fieldThrottle is the state's marker of a volume throttle: the RCPT-time

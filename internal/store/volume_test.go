@@ -120,13 +120,13 @@ func TestVolumeThrottleEndsWithTheWindow(t *testing.T) {
 		if r := send(t, s, lim, id+100, 1, ""); r.Outcome != VolumeThrottled || r.Throttle != "hourly" || !r.Until.Equal(c.Until) {
 			t.Fatalf("at +%s: %+v; want throttled until 13:00", at, r)
 		}
-		_, th, err := s.Sender(ctx, sender)
+		th, err := s.Throttle(ctx, sender)
 		if err != nil || th == nil || th.Limit != "hourly" || !th.Until.Equal(c.Until) {
 			t.Fatalf("at +%s: sender throttle %+v, %v", at, th, err)
 		}
 	}
 	clk.Set(t0.Add(time.Hour))
-	if _, th, err := s.Sender(ctx, sender); err != nil || th != nil {
+	if th, err := s.Throttle(ctx, sender); err != nil || th != nil {
 		t.Fatalf("at the window's end: throttle %+v, %v", th, err)
 	}
 	// 7 + 3 = 10: within the limit again.
@@ -631,6 +631,9 @@ func TestVolumeThrottleMarker(t *testing.T) {
 	if v, _ := rdb.HGet(ctx, st, "vt").Result(); v == "" {
 		t.Fatal("no marker in the state")
 	}
+	if as, err := s.Accounts(ctx, sender, "other@example.com"); err != nil || !as[0].Throttled || as[1].Throttled {
+		t.Fatalf("the marker, read with the state: %v", err)
+	}
 	if ttl, _ := rdb.PTTL(ctx, st).Result(); ttl <= 59*time.Minute || ttl > time.Hour {
 		t.Errorf("the marker's state expires in %s; want with the throttle", ttl)
 	}
@@ -638,7 +641,7 @@ func TestVolumeThrottleMarker(t *testing.T) {
 		t.Errorf("the marker made a record: %+v, %v", a, err)
 	}
 	clk.Set(t0.Add(time.Hour))
-	if _, th, err := s.Sender(ctx, sender); err != nil || th != nil {
+	if th, err := s.Throttle(ctx, sender); err != nil || th != nil {
 		t.Fatalf("after the throttle: %+v, %v", th, err)
 	}
 	if n, _ := rdb.HExists(ctx, st, "vt").Result(); n {
@@ -652,7 +655,7 @@ func TestVolumeThrottleMarker(t *testing.T) {
 	if ttl, _ := rdb.PTTL(ctx, st).Result(); ttl != -1 {
 		t.Errorf("a record's state expires in %s after a throttle", ttl)
 	}
-	if _, th, err := s.Sender(ctx, sender); err != nil || th == nil {
+	if th, err := s.Throttle(ctx, sender); err != nil || th == nil {
 		t.Fatalf("the record's throttle: %+v, %v", th, err)
 	}
 }

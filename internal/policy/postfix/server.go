@@ -28,17 +28,30 @@ import (
 	"github.com/aupd/aupd/rules"
 )
 
-// Accounts looks up an account's state. It is implemented by the account
+// Accounts looks up accounts' states. It is implemented by the account
 // store.
 type Accounts interface {
-	// Lookup returns the state of account (a normalized, lower-case
-	// address). governed reports whether aupd governs the address: its
-	// domain belongs to a company of this provider, or aupd holds a record
-	// of it (a suspension or a status), whatever its domain. When it is
-	// false the view is ignored. An unknown mailbox in a company's domain
-	// is answered with governed true and a zero view (active), so that
-	// Postfix's own recipient checks decide.
-	Lookup(ctx context.Context, account string) (view rules.AccountView, governed bool, err error)
+	// LookupAll returns the state of each of accounts (normalized,
+	// lower-case addresses), in order, in one round trip to the store:
+	// a request's sender and recipient cost one wait, not two.
+	LookupAll(ctx context.Context, accounts ...string) ([]Account, error)
+}
+
+// Account is what Accounts.LookupAll knows of one account.
+type Account struct {
+	View rules.AccountView
+	// Governed reports whether aupd governs the address: its domain
+	// belongs to a company of this provider, or aupd holds a record of it
+	// (a suspension or a status), whatever its domain. When it is false
+	// the view is ignored. An unknown mailbox in a company's domain is
+	// governed, with a zero view (active), so that Postfix's own
+	// recipient checks decide.
+	Governed bool
+	// Version is the state's version, which the volume count checks.
+	Version int64
+	// Throttled says that the state holds a volume throttle's marker: a
+	// throttle may hold the sender back (Volume.Throttle decides).
+	Throttled bool
 }
 
 // Volume counts what authenticated senders send, at END-OF-MESSAGE, and
@@ -46,27 +59,18 @@ type Accounts interface {
 // limits"). It is implemented by internal/policy/volume.
 type Volume interface {
 	// Limited reports whether the account has volume limits: its
-	// messages are counted, and its sender checks go through Sender.
+	// messages are counted, and its throttles are checked.
 	Limited(account string) bool
-	// Sender looks the sender up as Accounts.Lookup does, with the
-	// version of its state and the throttle that holds it back.
-	Sender(ctx context.Context, account string) (Sender, error)
+	// Throttle names the volume limit whose throttle holds the account
+	// back, or returns ""; the server asks only when the account's state
+	// has the throttle's marker (Account.Throttled).
+	Throttle(ctx context.Context, account string) (string, error)
 	// Count counts a message that the sender check allowed on the state
 	// at m.Version (or, with VersionUnchecked, asks for that check).
 	Count(ctx context.Context, m Message) (CountResult, error)
 	// CountedBefore reports whether the message was counted already:
 	// Postfix asking again about a message it was told to accept.
 	CountedBefore(ctx context.Context, m Message) (bool, error)
-}
-
-// Sender is what Volume.Sender knows of an authenticated sender.
-type Sender struct {
-	View     rules.AccountView
-	Governed bool
-	Version  int64
-	// Throttle names the volume limit whose throttle holds the sender
-	// back; empty: none.
-	Throttle string
 }
 
 // VersionUnchecked is Message.Version when no sender check was made.
@@ -395,30 +399,60 @@ func (s *Server) decide(ctx context.Context, req Request, sess *session) (action
 
 	// An authenticated submission: the SASL login is the account that
 	// sends, whatever envelope sender it claims.
+	var sender string
 	if user := req[attrSASLUsername]; user != "" && sendState(state) {
 		acct, err := events.NormalizeAccount(user)
 		if err != nil {
 			// Not an address; aupd's accounts are addresses, so there
 			// is nothing to check.
 			s.log.Debug("sasl_username is not an address", "sasl_username", clip(user), "err", err)
-		} else if s.volume != nil && s.volume.Limited(acct) {
-			if action, result, done := s.limitedSender(ctx, req, state, acct, now, sess); done {
-				return action, result
-			}
-		} else if action, result, done := s.sender(ctx, req, acct, now); done {
-			return action, result
+		} else {
+			sender = acct
 		}
 	}
-
-	if state != "RCPT" || req[attrRecipient] == "" {
+	limited := sender != "" && s.volume != nil && s.volume.Limited(sender)
+	if limited && state == "END-OF-MESSAGE" {
+		return s.endOfMessage(ctx, req, sender, now, sess)
+	}
+	var rcpt string // the recipient, normalized
+	if state == "RCPT" && req[attrRecipient] != "" {
+		rcpt, _ = events.NormalizeAccount(req[attrRecipient])
+	}
+	if sender == "" && rcpt == "" {
 		return "DUNNO", ResultDunno
 	}
-	d, rcpt, err := s.recipient(ctx, req[attrRecipient], now)
+
+	// The sender and the recipient's forms, in one round trip.
+	var names []string
+	if sender != "" {
+		names = append(names, sender)
+	}
+	if rcpt != "" {
+		names = append(names, s.recipientForms(rcpt)...)
+	}
+	looked, err := s.accounts.LookupAll(ctx, names...)
 	if err != nil {
-		s.log.Error("look up recipient", "account", rcpt, "queue_id", req[attrQueueID], "err", err)
+		if sender != "" {
+			s.log.Error("look up sender", "account", sender, "queue_id", req[attrQueueID], "err", err)
+		} else {
+			s.log.Error("look up recipient", "account", rcpt, "queue_id", req[attrQueueID], "err", err)
+		}
 		return s.cfg.ErrorAction, ResultError
 	}
-	switch d.Result {
+	if sender != "" {
+		a := looked[0]
+		looked = looked[1:]
+		if action, result, refused := s.refuseSender(ctx, req, sender, a, limited, now); refused {
+			return action, result
+		}
+		if limited {
+			sess.remember(sender, req[attrInstance], a.Version)
+		}
+	}
+	if rcpt == "" {
+		return "DUNNO", ResultDunno
+	}
+	switch d := receive(looked, now); d.Result {
 	case rules.Bounce, rules.Deny:
 		if d.Code == rules.CodeClosed {
 			return s.cfg.ClosedAction, ResultClosed
@@ -430,56 +464,26 @@ func (s *Server) decide(ctx context.Context, req Request, sess *session) (action
 	return "DUNNO", ResultDunno
 }
 
-// sender checks that acct may send; done is set when that answers the
-// request.
-func (s *Server) sender(ctx context.Context, req Request, acct string, now time.Time) (action, result string, done bool) {
-	view, governed, err := s.accounts.Lookup(ctx, acct)
-	if err != nil {
-		s.log.Error("look up sender", "account", acct, "queue_id", req[attrQueueID], "err", err)
-		return s.cfg.ErrorAction, ResultError, true
-	}
-	if governed {
-		if d := rules.Decide(view, rules.SendSMTP, now); d.Result != rules.Allow {
-			s.log.Info("submission refused", "account", acct, "code", d.Code,
-				"queue_id", req[attrQueueID], "client", req[attrClientAddress])
-			return s.cfg.SendSuspendedAction, ResultSendSuspended, true
-		}
-	}
-	return "", "", false
-}
-
-// limitedSender answers a request of a sender with volume limits: the
-// sender check, a throttle, and at END-OF-MESSAGE the count of the
-// message. done is set when that answers the request.
-func (s *Server) limitedSender(ctx context.Context, req Request, state, acct string, now time.Time, sess *session) (action, result string, done bool) {
-	if state == "END-OF-MESSAGE" {
-		action, result = s.endOfMessage(ctx, req, acct, now, sess)
-		return action, result, true
-	}
-	v, err := s.volume.Sender(ctx, acct)
-	if err != nil {
-		s.log.Error("look up sender", "account", acct, "queue_id", req[attrQueueID], "err", err)
-		return s.cfg.ErrorAction, ResultError, true
-	}
-	if action, result, refused := s.refuseSender(req, acct, v, now); refused {
-		return action, result, true
-	}
-	sess.remember(acct, req[attrInstance], v.Version)
-	return "", "", false
-}
-
 // refuseSender answers a sender that may not send now: its state denies
-// it, or a throttle holds it back.
-func (s *Server) refuseSender(req Request, acct string, v Sender, now time.Time) (action, result string, refused bool) {
-	if v.Governed {
-		if d := rules.Decide(v.View, rules.SendSMTP, now); d.Result != rules.Allow {
+// it, or, when it has volume limits, a throttle holds it back.
+func (s *Server) refuseSender(ctx context.Context, req Request, acct string, a Account, limited bool, now time.Time) (action, result string, refused bool) {
+	if a.Governed {
+		if d := rules.Decide(a.View, rules.SendSMTP, now); d.Result != rules.Allow {
 			s.log.Info("submission refused", "account", acct, "code", d.Code,
 				"queue_id", req[attrQueueID], "client", req[attrClientAddress])
 			return s.cfg.SendSuspendedAction, ResultSendSuspended, true
 		}
 	}
-	if v.Throttle != "" {
-		s.log.Info("submission throttled", "account", acct, "limit", v.Throttle,
+	if !limited || !a.Throttled {
+		return "", "", false
+	}
+	limit, err := s.volume.Throttle(ctx, acct)
+	if err != nil {
+		s.log.Error("look up sender", "account", acct, "queue_id", req[attrQueueID], "err", err)
+		return s.cfg.ErrorAction, ResultError, true
+	}
+	if limit != "" {
+		s.log.Info("submission throttled", "account", acct, "limit", limit,
 			"queue_id", req[attrQueueID], "client", req[attrClientAddress])
 		return s.cfg.VolumeThrottleAction, ResultThrottled, true
 	}
@@ -497,12 +501,15 @@ func (s *Server) endOfMessage(ctx context.Context, req Request, acct string, now
 		Recipients: n, Version: sess.checked(acct, req[attrInstance])}
 	for range 3 {
 		if m.Version == VersionUnchecked {
-			v, err := s.volume.Sender(ctx, acct)
+			looked, err := s.accounts.LookupAll(ctx, acct)
 			if err != nil {
 				s.log.Error("look up sender", "account", acct, "queue_id", m.QueueID, "err", err)
 				return s.cfg.ErrorAction, ResultError
 			}
-			if action, result, refused := s.refuseSender(req, acct, v, now); refused {
+			if action, result, refused := s.refuseSender(ctx, req, acct, looked[0], true, now); refused {
+				if result == ResultError {
+					return action, result
+				}
 				// Unless Postfix asks again about a message it was
 				// told to accept, and that was counted.
 				dup, err := s.volume.CountedBefore(ctx, m)
@@ -515,7 +522,7 @@ func (s *Server) endOfMessage(ctx context.Context, req Request, acct string, now
 				}
 				return action, result
 			}
-			m.Version = v.Version
+			m.Version = looked[0].Version
 		}
 		c, err := s.volume.Count(ctx, m)
 		if err != nil {
@@ -546,27 +553,32 @@ func (s *Server) endOfMessage(ctx context.Context, req Request, acct string, now
 // Addresses aupd does not govern, or not addresses, are allowed (Postfix
 // decides). acct is the normalized address, for logs.
 func (s *Server) recipient(ctx context.Context, address string, now time.Time) (d rules.Decision, acct string, err error) {
-	d = rules.Decision{Result: rules.Allow}
 	acct, nerr := events.NormalizeAccount(address)
 	if nerr != nil {
-		return d, "", nil
+		return rules.Decision{Result: rules.Allow}, "", nil
 	}
-	for _, a := range s.recipientForms(acct) {
-		view, governed, err := s.accounts.Lookup(ctx, a)
-		if err != nil {
-			return d, a, err
-		}
-		if !governed {
-			// Another form may still be governed: a record of
-			// "erin" outside every company's domains, asked about
-			// as "erin+tag".
+	looked, err := s.accounts.LookupAll(ctx, s.recipientForms(acct)...)
+	if err != nil {
+		return rules.Decision{Result: rules.Allow}, acct, err
+	}
+	return receive(looked, now), acct, nil
+}
+
+// receive is the stricter receive decision of a recipient's forms
+// (recipientForms). A form aupd does not govern is skipped: another form
+// may still be governed (a record of "erin" outside every company's
+// domains, asked about as "erin+tag").
+func receive(forms []Account, now time.Time) rules.Decision {
+	d := rules.Decision{Result: rules.Allow}
+	for _, a := range forms {
+		if !a.Governed {
 			continue
 		}
-		if got := rules.Decide(view, rules.Receive, now); severity(got) > severity(d) {
+		if got := rules.Decide(a.View, rules.Receive, now); severity(got) > severity(d) {
 			d = got
 		}
 	}
-	return d, acct, nil
+	return d
 }
 
 // recipientForms returns acct and, when its local part has an extension,

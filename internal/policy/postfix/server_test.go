@@ -26,7 +26,6 @@ type fakeAccounts struct {
 	local map[string]bool
 	views map[string]rules.AccountView
 	err   error
-	calls int
 }
 
 func newFakeAccounts(domains ...string) *fakeAccounts {
@@ -43,16 +42,19 @@ func (f *fakeAccounts) set(acct string, v rules.AccountView) {
 	f.views[acct] = v
 }
 
-func (f *fakeAccounts) Lookup(_ context.Context, acct string) (rules.AccountView, bool, error) {
+func (f *fakeAccounts) LookupAll(_ context.Context, accts ...string) ([]Account, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls++
 	if f.err != nil {
-		return rules.AccountView{}, false, f.err
+		return nil, f.err
 	}
-	dom := acct[strings.LastIndexByte(acct, '@')+1:]
-	v, known := f.views[acct]
-	return v, f.local[dom] || known, nil
+	out := make([]Account, len(accts))
+	for i, acct := range accts {
+		dom := acct[strings.LastIndexByte(acct, '@')+1:]
+		v, known := f.views[acct]
+		out[i] = Account{View: v, Governed: f.local[dom] || known}
+	}
+	return out, nil
 }
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)

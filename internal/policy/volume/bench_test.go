@@ -43,8 +43,8 @@ func BenchmarkPolicyServerVolume(b *testing.B) {
 	// A Redis of its own: the local one is shared with other tests, whose
 	// scripts would count in these figures.
 	rdb, prefix := testutil.PrivateRedis(b), "aup"
-	var cmds atomic.Int64
-	rdb.AddHook(commandCounter{&cmds})
+	var cmds, trips atomic.Int64
+	rdb.AddHook(redisCounter{&cmds, &trips})
 	limits := []rules.VolumeLimit{
 		{Name: "hourly", Window: time.Hour, Recipients: 65000, Action: rules.VolumeThrottle},
 		{Name: "daily", Window: 24 * time.Hour, Recipients: 65000, Action: rules.VolumeSuspend},
@@ -58,8 +58,8 @@ func BenchmarkPolicyServerVolume(b *testing.B) {
 		}
 	}
 	type result struct {
-		rps, cmdsPerReq, cpuPerMsg, selfPerMsg float64
-		p99                                    time.Duration
+		rps, cmdsPerReq, tripsPerReq, cpuPerMsg, selfPerMsg float64
+		p99                                                 time.Duration
 	}
 	results := map[string][]result{}
 	var seq atomic.Int64
@@ -67,6 +67,7 @@ func BenchmarkPolicyServerVolume(b *testing.B) {
 		for range rounds {
 			for _, mode := range []string{"off", "on"} {
 				cmds.Store(0)
+				trips.Store(0)
 				cpu0, self0 := redisCPU(b, rdb), selfCPU(b)
 				lat := make([][]time.Duration, conns)
 				start := time.Now()
@@ -84,9 +85,10 @@ func BenchmarkPolicyServerVolume(b *testing.B) {
 				slices.Sort(all)
 				results[mode] = append(results[mode], result{
 					rps: float64(len(all)) / elapsed.Seconds(), p99: all[len(all)*99/100],
-					cmdsPerReq: float64(cmds.Load()) / float64(len(all)),
-					cpuPerMsg:  (redisCPU(b, rdb) - cpu0) / float64(conns*perConn),
-					selfPerMsg: (selfCPU(b) - self0) / float64(conns*perConn),
+					cmdsPerReq:  float64(cmds.Load()) / float64(len(all)),
+					tripsPerReq: float64(trips.Load()) / float64(len(all)),
+					cpuPerMsg:   (redisCPU(b, rdb) - cpu0) / float64(conns*perConn),
+					selfPerMsg:  (selfCPU(b) - self0) / float64(conns*perConn),
 				})
 			}
 		}
@@ -114,8 +116,10 @@ func BenchmarkPolicyServerVolume(b *testing.B) {
 	fmt.Printf("median: off %.0f req/s, p99 %.2f ms; on %.0f req/s, p99 %.2f ms; on/off %.2fx (rounds %.2f-%.2fx)\n",
 		med(off, func(r result) float64 { return r.rps }), med(off, p99),
 		med(on, func(r result) float64 { return r.rps }), med(on, p99), ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1])
-	fmt.Printf("Redis commands a request sends: off %.2f, on %.2f; Redis CPU a message costs: off %.0f µs, on %.0f µs;\n",
+	fmt.Printf("Redis commands a request sends: off %.2f, on %.2f, in round trips: off %.2f, on %.2f\n",
 		med(off, func(r result) float64 { return r.cmdsPerReq }), med(on, func(r result) float64 { return r.cmdsPerReq }),
+		med(off, func(r result) float64 { return r.tripsPerReq }), med(on, func(r result) float64 { return r.tripsPerReq }))
+	fmt.Printf("Redis CPU a message costs: off %.0f µs, on %.0f µs\n",
 		med(off, func(r result) float64 { return r.cpuPerMsg * 1e6 }), med(on, func(r result) float64 { return r.cpuPerMsg * 1e6 }))
 	fmt.Printf("this process's CPU a message costs (the policy server and the 8 clients): off %.0f µs, on %.0f µs\n",
 		med(off, func(r result) float64 { return r.selfPerMsg * 1e6 }), med(on, func(r result) float64 { return r.selfPerMsg * 1e6 }))
@@ -126,21 +130,24 @@ func BenchmarkPolicyServerVolume(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
-// commandCounter counts the commands a client sends.
-type commandCounter struct{ n *atomic.Int64 }
+// redisCounter counts the commands a client sends and the round trips it
+// waits for (a pipeline is one).
+type redisCounter struct{ cmds, trips *atomic.Int64 }
 
-func (commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (redisCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
 
-func (h commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h redisCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
+		h.cmds.Add(1)
+		h.trips.Add(1)
 		return next(ctx, cmd)
 	}
 }
 
-func (h commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h redisCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(int64(len(cmds)))
+		h.cmds.Add(int64(len(cmds)))
+		h.trips.Add(1)
 		return next(ctx, cmds)
 	}
 }

@@ -26,7 +26,7 @@ import (
 
 // Store is what the counter needs from the account store.
 type Store interface {
-	Sender(ctx context.Context, address string) (*store.Account, *store.Throttle, error)
+	Throttle(ctx context.Context, address string) (*store.Throttle, error)
 	CountVolume(ctx context.Context, m store.VolumeMessage) (store.VolumeResult, error)
 	CountedBefore(ctx context.Context, account string, id uint32, limits *store.VolumeLimits) (bool, error)
 	FlushOutbox(ctx context.Context, address string, pub store.Publisher) (int, error)
@@ -90,19 +90,14 @@ func (c *Counter) Limited(account string) bool {
 	return len(pol.Limits) > 0
 }
 
-// Sender implements postfix.Volume: the state's one read, as for any
-// account, and a second only while a throttle's marker is in the state.
-func (c *Counter) Sender(ctx context.Context, account string) (postfix.Sender, error) {
-	_, co := c.policy(account)
-	a, th, err := c.opts.Store.Sender(ctx, account)
-	if err != nil {
-		return postfix.Sender{}, err
+// Throttle implements postfix.Volume: a script call, made only when the
+// state's marker says a throttle may hold.
+func (c *Counter) Throttle(ctx context.Context, account string) (string, error) {
+	th, err := c.opts.Store.Throttle(ctx, account)
+	if err != nil || th == nil {
+		return "", err
 	}
-	s := postfix.Sender{View: a.View(), Governed: co != nil || a.Exists, Version: a.Version}
-	if th != nil {
-		s.Throttle = th.Limit
-	}
-	return s, nil
+	return th.Limit, nil
 }
 
 // Count implements postfix.Volume.

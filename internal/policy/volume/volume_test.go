@@ -46,6 +46,8 @@ type env struct {
 	prov atomic.Pointer[rules.Provider]
 	seq  atomic.Int64
 	js   jetstream.JetStream // where the counters publish account events
+	// the Redis commands and round trips of the policy server's store
+	cmds, trips atomic.Int64
 }
 
 // run runs a counter's publisher until the test ends.
@@ -124,6 +126,7 @@ func newEnv(t *testing.T, mode rules.Mode, limits ...rules.VolumeLimit) *env {
 	t.Helper()
 	rdb, prefix := testutil.Redis(t)
 	e := &env{t: t, clk: testutil.NewClock(t0), reg: prometheus.NewRegistry()}
+	rdb.AddHook(redisCounter{&e.cmds, &e.trips})
 	e.st = store.New(rdb, prefix, store.WithClock(e.clk.Now))
 	e.prov.Store(&rules.Provider{Mode: mode, Volume: limits, VolumeAllowlist: []string{"news@example.com"}})
 	dir, err := companies.New(nil, prefix, []companies.Company{
@@ -167,13 +170,17 @@ type lookup struct {
 	dir *companies.Directory
 }
 
-func (l lookup) Lookup(ctx context.Context, account string) (rules.AccountView, bool, error) {
-	_, local := l.dir.ByAccount(account)
-	a, err := l.st.Account(ctx, account)
+func (l lookup) LookupAll(ctx context.Context, accounts ...string) ([]postfix.Account, error) {
+	as, err := l.st.Accounts(ctx, accounts...)
 	if err != nil {
-		return rules.AccountView{}, false, err
+		return nil, err
 	}
-	return a.View(), local || a.Exists, nil
+	out := make([]postfix.Account, len(as))
+	for i, a := range as {
+		_, local := l.dir.ByAccount(a.Address)
+		out[i] = postfix.Account{View: a.View(), Governed: local || a.Exists, Version: a.Version, Throttled: a.Throttled}
+	}
+	return out, nil
 }
 
 // conn is one policy connection, as one smtpd process holds.
@@ -300,6 +307,53 @@ func TestPostfixAskingAgainCountsOnce(t *testing.T) {
 	if a := c.send(e.message("alice@example.com"), 1); a != throttled {
 		t.Fatalf("fifth message: %s; want the throttle", a)
 	}
+}
+
+// A request waits for one Redis round trip: at RCPT time the sender's and
+// the recipient's states are read together, and at END-OF-MESSAGE the
+// count is one call; only a throttled sender's RCPT request costs a
+// second, the throttle's.
+func TestOneRoundTripARequest(t *testing.T) {
+	e := newEnv(t, rules.ModeEnforce, tenMin)
+	c := e.dial()
+	// The store's first request opens its Redis connection (HELLO and
+	// the client's name), which no request pays again.
+	if a := c.rcpt(e.message("zed@example.com"), 0); a != "DUNNO" {
+		t.Fatal(a)
+	}
+	trips := func(what string, want int64, ask func() string, answer string) {
+		t.Helper()
+		e.trips.Store(0)
+		if a := ask(); a != answer {
+			t.Fatalf("%s: %s; want %s", what, a, answer)
+		}
+		if n := e.trips.Load(); n != want {
+			t.Errorf("%s: %d Redis round trips; want %d", what, n, want)
+		}
+	}
+	for _, sender := range []string{"alice@example.com", "ann@quiet.example"} { // limited, not limited
+		m := e.message(sender)
+		trips(sender+", RCPT", 1, func() string { return c.rcpt(m, 0) }, "DUNNO")
+		trips(sender+", second RCPT", 1, func() string { return c.rcpt(m, 1) }, "DUNNO")
+		trips(sender+", END-OF-MESSAGE", 1, func() string { return c.eom(m, 2) }, "DUNNO")
+	}
+	// The recipient's two forms and the sender, in one round trip.
+	m := e.message("alice@example.com")
+	e.cmds.Store(0)
+	trips("a recipient with an extension", 1, func() string {
+		return c.ask(append(m.attrs("RCPT"), "recipient=bob+news@acme.example", "recipient_count=0")...)
+	}, "DUNNO")
+	if n := e.cmds.Load(); n != 3 {
+		t.Errorf("%d commands for the sender and the recipient's two forms; want 3", n)
+	}
+	// alice's fourth message crosses 3 in 10 minutes: her next RCPT
+	// reads the throttle too.
+	for range 3 {
+		if a := c.send(e.message("alice@example.com"), 1); a != "DUNNO" {
+			t.Fatal(a)
+		}
+	}
+	trips("a throttled sender's RCPT", 2, func() string { return c.rcpt(e.message("alice@example.com"), 0) }, throttled)
 }
 
 func TestMessageThatNeverReachesEndOfMessageIsNotCounted(t *testing.T) {
