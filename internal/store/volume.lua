@@ -54,6 +54,7 @@ local NSLOT, MAXC, NIDS, MAXADDR, ADDRBYTES = 12, 65535, 6, 3, 27
 local ID0 = 4 -- R[ID0 + i] is recent id i
 local S0 = ID0 + NIDS -- R[S0 + (r - 1) * NSLOT + s] is slot s of ring r
 local HEAD = 8 + 4 * NIDS -- the record's bytes before the rings
+local BIT = {1, 2, 4, 8, 16, 32, 64, 128} -- limit l's bit in above
 -- Formats by count: constants, not tables a call would make.
 local RFMT = {'>I4B', '>I4BI4B', '>I4BI4BI4B', '>I4BI4BI4BI4B'}
 local LFMT = {'>BI2B', '>BI2BBI2B', '>BI2BBI2BBI2B', '>BI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2B',
@@ -79,17 +80,28 @@ end
 local st, vkey, tkey, ARGV, now
 local spec, nrings, nlimits, RS, LS, FMT, NVAL
 local rec, R, ap, last, x, smp
-local CUR, BEFORE, AFTER -- R[CUR + r]: ring r's bucket now; its count without and with the message
+-- W[r]: ring r's bucket now; W[4 + r] and W[8 + r]: its count without and
+-- with the message. One table for the library's life, of a fixed size,
+-- rewritten by each call: a table of the call's would cost its allocation,
+-- and these indexes past the record's values in R would grow R's hash part.
+local W = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 
--- The limits. Names come last: only a crossing reads them.
+-- The limits, unpacked once per spec: a provider has few (its own and
+-- its companies' overrides), and SPECS keeps at most 64, starting afresh
+-- past that. Names come last: only a crossing reads them.
+local SPECS, NSPECS = {}, 0
 local function read_limits()
-  local ringsum, limitsum, pos
-  ringsum, limitsum, nrings, nlimits, pos = unpack_('>I2BBB', spec)
-  RS = {unpack_(RFMT[nrings], spec, pos)}
-  LS = {unpack_(LFMT[nlimits], spec, RS[2 * nrings + 1])}
+  local c = SPECS[spec]
+  if not c then
+    local ringsum, limitsum, nr, nl, pos = unpack_('>I2BBB', spec)
+    local rs = {unpack_(RFMT[nr], spec, pos)}
+    c = {ringsum, limitsum, nr, nl, rs, {unpack_(LFMT[nl], spec, rs[2 * nr + 1])}}
+    if NSPECS >= 64 then SPECS, NSPECS = {}, 0 end
+    SPECS[spec], NSPECS = c, NSPECS + 1
+  end
+  nrings, nlimits, RS, LS = c[3], c[4], c[5], c[6]
   NVAL, FMT = S0 + NSLOT * nrings, RECFMT[nrings]
-  CUR, BEFORE, AFTER = NVAL + 1, NVAL + 5, NVAL + 9
-  return ringsum, limitsum
+  return c[1], c[2]
 end
 
 -- The record as it is. A record of other rings keeps its ids and starts
@@ -122,7 +134,7 @@ local function move_rings(nrcpt)
     local to = n
     if to > l + NSLOT then to = l + NSLOT end
     for k = l + 1, to do R[base + k % NSLOT + 1] = 0 end
-    R[CUR + r] = n
+    W[r] = n
     local t = 0
     for i = base + 1, base + NSLOT do t = t + R[i] end
     local slot = base + n % NSLOT + 1
@@ -130,7 +142,7 @@ local function move_rings(nrcpt)
     local new = old + (RS[2 * r] == 1 and 1 or nrcpt)
     if new > MAXC then new = MAXC end
     R[slot] = new
-    R[BEFORE + r], R[AFTER + r] = t, t - old + new
+    W[4 + r], W[8 + r] = t, t - old + new
   end
 end
 
@@ -139,13 +151,13 @@ end
 local function find_crossings()
   local above, crossings = R[4], nil
   for l = 1, nlimits do
-    local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], 2 ^ (l - 1)
+    local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], BIT[l]
     local was = above % (2 * bit) >= bit
-    if was and R[BEFORE + r] <= max then above = above - bit; was = false end
-    if R[AFTER + r] > max and not was then
+    if was and W[4 + r] <= max then above = above - bit; was = false end
+    if W[8 + r] > max and not was then
       above = above + bit
       crossings = crossings or {}
-      crossings[#crossings + 1] = {l = l, r = r, count = R[AFTER + r]}
+      crossings[#crossings + 1] = {l = l, r = r, count = W[8 + r]}
     end
   end
   R[4] = above
@@ -158,7 +170,7 @@ end
 -- of the oldest buckets have left the window for the count to be within
 -- the max again.
 local function span(c, max)
-  local g, n, base = RS[2 * c.r - 1], R[CUR + c.r], S0 + (c.r - 1) * NSLOT
+  local g, n, base = RS[2 * c.r - 1], W[c.r], S0 + (c.r - 1) * NSLOT
   local since, til, left = 0, 0, c.count
   for k = n - NSLOT + 1, n do -- oldest first
     local v = R[base + k % NSLOT + 1]
@@ -227,7 +239,7 @@ local function suspension(c, addrs)
   local msgs, rcpts = -1, -1
   for r = 1, nrings do
     if RS[2 * r - 1] == RS[2 * c.r - 1] then
-      if RS[2 * r] == 1 then msgs = R[AFTER + r] else rcpts = R[AFTER + r] end
+      if RS[2 * r] == 1 then msgs = W[8 + r] else rcpts = W[8 + r] end
     end
   end
   local hset = {}
@@ -312,7 +324,8 @@ local function count(keys, args)
   if want_ver ~= (hv[1] or '0') then return {4, ob} end
   -- A throttle in force holds back the message, uncounted. (Its marker in
   -- the state, vt, only tells the RCPT-time lookup to look here.)
-  local th = rcall('GET', tkey)
+  -- (The marker vt is written with the throttle, and outlives it.)
+  local th = hv[4] and rcall('GET', tkey)
   if th then
     local til, tname = string.match(th, '^(%d+) (.*)$')
     if til and til + 0 > now then return {3, ob, til + 0, tname} end

@@ -49,7 +49,7 @@ func BenchmarkPolicyServerVolume(b *testing.B) {
 		{Name: "hourly", Window: time.Hour, Recipients: 65000, Action: rules.VolumeThrottle},
 		{Name: "daily", Window: 24 * time.Hour, Recipients: 65000, Action: rules.VolumeSuspend},
 	}
-	const conns, senders, rcpts, perConn, rounds = 8, 10000, 2, 250, 9
+	const conns, senders, rcpts, perConn, rounds = 8, 10000, 2, 500, 11
 	servers := map[string]string{"off": benchServer(b, rdb, prefix, nil), "on": benchServer(b, rdb, prefix, limits)}
 	clients := map[string][]*benchConn{}
 	for mode, addr := range servers {
