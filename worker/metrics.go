@@ -19,6 +19,9 @@ type metrics struct {
 	statsDropped prometheus.Counter
 	// senders of counted messages not tallied
 	sendersDropped prometheus.Counter
+	// whether outbound ham arrived within hamSilence, for the spam-rate
+	// rule
+	hamFeed prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -57,8 +60,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "aupd_sender_tally_dropped_total",
 			Help: "Counted events whose sender was left out of the account's sender tally: too many waited between flushes, more than the tally keeps arrived at once, or Redis did not take a flush (never retried).",
 		}),
+		hamFeed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aupd_spam_rate_ham_feed",
+			Help: "1 while outbound ham verdicts arrive (one within the last hour), 0 when none has: the spam-rate rule then stands aside and the spam count alone decides. Set only while a spam-rate rule is configured.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.events, m.crossings, m.batchSize, m.batchSeconds, m.redisErrors, m.published, m.statsDropped, m.sendersDropped} {
+	for _, c := range []prometheus.Collector{m.events, m.crossings, m.batchSize, m.batchSeconds, m.redisErrors, m.published, m.statsDropped, m.sendersDropped, m.hamFeed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -108,7 +108,24 @@ type Worker struct {
 	lastFlush atomic.Int64
 	flushing  atomic.Bool
 	flushes   sync.WaitGroup
+
+	// hamSeen is when this process last applied an outbound ham verdict
+	// (Unix ns, by the worker's clock), hamFeed whether it was within
+	// hamSilence at the last batch that asked (hamFeedUnset before any).
+	hamSeen atomic.Int64
+	hamFeed atomic.Int32
 }
+
+// hamSilence is how long the spam-rate rule acts without any outbound ham
+// arriving. The rule judges a share of outbound mail, so it needs the
+// filter to report the ham as well as the spam; a filter that reports
+// only spam (rspamd's exporter without its ham rule, docs/rspamd.md)
+// would make every account's share 100%, and the rule would suspend
+// busy senders at min_spam. Past this silence the rule stands aside
+// (the spam count still decides), and comes back with the next ham.
+const hamSilence = time.Hour
+
+const hamFeedUnset = -1
 
 // statsEvery is how often the statistics-only events gathered are
 // written; they are also written when a fetch brings nothing and when the
@@ -128,6 +145,7 @@ func New(opts Options) (*Worker, error) {
 	w := &Worker{opts: opts, log: log, metrics: m, warn: ratelog.New(log, 10*time.Second),
 		stats: opts.Store.NewStats(0), senders: opts.Store.NewSenders(0)}
 	w.lastFlush.Store(time.Now().UnixNano())
+	w.hamFeed.Store(hamFeedUnset)
 	return w, nil
 }
 
@@ -193,6 +211,7 @@ func (pl *batchPlan) fail(j int, err error) {
 // policy once. An inbound event for an address no company holds is
 // counted for the statistics only and stored nowhere.
 func (w *Worker) plan(p Policy, evs []Event) *batchPlan {
+	rate := w.rateFed(evs)
 	pl := &batchPlan{
 		evs:     evs,
 		errs:    make([]error, len(evs)),
@@ -219,6 +238,13 @@ func (w *Worker) plan(p Policy, evs []Event) *batchPlan {
 				SpamRate:  pol.SpamRate,
 			}
 			if pol.SpamRate.On() {
+				w.noteFeed(rate)
+				if !rate {
+					pol.SpamRate = rules.SpamRate{} // no ham arrives: the count alone
+					b.SpamRate = pol.SpamRate
+				}
+			}
+			if pol.SpamRate.On() {
 				b.HamCap = pol.SpamRate.HamCap(pol.Threshold)
 				b.OutboundOnly = slices.Equal(pol.Directions, []rules.Direction{rules.Outbound})
 			}
@@ -241,6 +267,46 @@ func (w *Worker) plan(p Policy, evs []Event) *batchPlan {
 		pl.batches[j].Items = append(pl.batches[j].Items, item)
 	}
 	return pl
+}
+
+// rateFed records the outbound ham of evs and reports whether any
+// arrived within hamSilence: whether a spam-rate rule may act. The first
+// batch with ham turns it on before any of that batch's accounts is
+// planned, so that ham is never planned without the rule.
+func (w *Worker) rateFed(evs []Event) bool {
+	now := time.Now()
+	if w.opts.Now != nil {
+		now = w.opts.Now()
+	}
+	for _, ev := range evs {
+		if ev.Verdict.Direction == rules.Outbound && ev.Verdict.Verdict == rules.Ham {
+			w.hamSeen.Store(now.UnixNano())
+			break
+		}
+	}
+	return now.UnixNano()-w.hamSeen.Load() < int64(hamSilence)
+}
+
+// noteFeed reports a change of the ham feed, for an account whose
+// spam-rate rule it decides, once in the log and in the gauge.
+func (w *Worker) noteFeed(fed bool) {
+	on := int32(0)
+	if fed {
+		on = 1
+	}
+	prev := w.hamFeed.Swap(on)
+	if prev == on {
+		return
+	}
+	w.metrics.hamFeed.Set(float64(on))
+	switch {
+	case fed:
+		w.log.Info("outbound ham arrives: the spam-rate rule acts")
+	case prev == hamFeedUnset:
+		w.log.Info("no outbound ham verdict since the start: the spam-rate rule stands aside until one arrives, and the spam count alone decides")
+	default:
+		w.log.Warn("no outbound ham verdict within the last hour: the spam-rate rule stands aside and the spam count alone decides; have the filter report ham too (docs/rspamd.md)")
+	}
 }
 
 // outbox holds the account events to publish after apply: this batch's

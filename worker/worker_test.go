@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/aupd/aupd/internal/companies"
 	"github.com/aupd/aupd/internal/events"
 	"github.com/aupd/aupd/internal/store"
@@ -174,5 +176,106 @@ func TestIngestErrorKeepsCause(t *testing.T) {
 	errs := w.Process(context.Background(), []Event{{Verdict: v}})
 	if len(errs) != 1 || !errors.Is(errs[0], ErrTransient) || !errors.Is(errs[0], cause) {
 		t.Fatalf("errs = %v; want one error wrapping ErrTransient and the store's error", errs)
+	}
+}
+
+// failPublish refuses every account event, as a JetStream that is down:
+// a crossing stays in the account's outbox and its events are
+// redelivered, which is all these tests need to see it.
+type failPublish struct{}
+
+func (failPublish) PublishAccountEvents(_ context.Context, evs []*events.AccountEvent, _ [][]byte) []error {
+	errs := make([]error, len(evs))
+	for i := range errs {
+		errs[i] = errors.New("jetstream down")
+	}
+	return errs
+}
+
+// TestSpamRateStandsAsideWithoutHam: the spam-rate rule judges a share of
+// outbound mail, so it acts only while outbound ham arrives (one within
+// the last hour); otherwise a filter that reports only spam would make
+// every share 100%. Without ham the spam count alone decides; the first
+// batch with ham, anyone's, brings the rule back; an hour without ham
+// sets it aside again. aupd_spam_rate_ham_feed says which.
+func TestSpamRateStandsAsideWithoutHam(t *testing.T) {
+	rdb, prefix := testutil.Redis(t)
+	ctx := context.Background()
+	st := store.New(rdb, prefix)
+	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := testutil.NewClock(time.Now().Truncate(time.Minute))
+	w, err := New(Options{
+		Store: st, Directory: dir, Publisher: failPublish{}, Now: clk.Now,
+		Policy: func() Policy {
+			return Policy{Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 10, Mode: rules.ModeEnforce,
+				Directions: []rules.Direction{rules.Outbound}, Verdicts: []rules.Verdict{rules.Spam},
+				SpamRate: rules.SpamRate{PPM: rules.RatePPM(0.05), MinSpam: 3}}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	verdicts := func(account, verdict string, k int) []Event {
+		var evs []Event
+		for range k {
+			n++
+			evs = append(evs, Event{Verdict: &events.Verdict{ID: fmt.Sprint("ev-", n), Time: clk.Now(), Direction: rules.Outbound,
+				Account: account, Verdict: rules.Verdict(verdict), Source: "rspamd"}})
+		}
+		return evs
+	}
+	process := func(evs []Event) (failed int) {
+		for _, err := range w.Process(ctx, evs) {
+			if err != nil {
+				failed++
+			}
+		}
+		return failed
+	}
+	crossed := func(account string) string {
+		a, err := st.Account(ctx, account)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.LastAUP == nil {
+			return ""
+		}
+		return a.LastAUP.Rule
+	}
+	feed := func(want float64) {
+		t.Helper()
+		var m dto.Metric
+		if err := w.metrics.hamFeed.Write(&m); err != nil || m.GetGauge().GetValue() != want {
+			t.Errorf("aupd_spam_rate_ham_feed %v (%v); want %v", m.GetGauge().GetValue(), err, want)
+		}
+	}
+
+	// No ham yet: 4 spam of 4 is 100%, but the rule stands aside.
+	if failed := process(verdicts("alice@example.com", "spam", 4)); failed != 0 || crossed("alice@example.com") != "" {
+		t.Fatalf("without ham: %d failed, crossed %q; want nothing", failed, crossed("alice@example.com"))
+	}
+	feed(0)
+	// bob's ham is the feed: alice's next spam crosses the rate (5 of 5).
+	if failed := process(append(verdicts("bob@example.com", "ham", 50), verdicts("alice@example.com", "spam", 1)...)); failed != 1 {
+		t.Fatalf("with ham: %d events not acked; want alice's crossing one, waiting for its publish", failed)
+	}
+	if r := crossed("alice@example.com"); r != rules.RuleSpamRate {
+		t.Fatalf("alice crossed %q; want %s", r, rules.RuleSpamRate)
+	}
+	feed(1)
+	// An hour without ham: carol's 4 spam of 4 cross nothing.
+	clk.Add(time.Hour + time.Minute)
+	if failed := process(verdicts("carol@example.com", "spam", 4)); failed != 0 || crossed("carol@example.com") != "" {
+		t.Fatalf("an hour after the last ham: %d failed, crossed %q; want nothing", failed, crossed("carol@example.com"))
+	}
+	feed(0)
+	// The count still decides: carol's 11th spam crosses the threshold
+	// (the batch's events of the account wait for the crossing's publish).
+	if failed := process(verdicts("carol@example.com", "spam", 7)); failed != 7 || crossed("carol@example.com") != rules.RuleSpamCount {
+		t.Fatalf("the count without ham: %d failed, crossed %q; want %s", failed, crossed("carol@example.com"), rules.RuleSpamCount)
 	}
 }
