@@ -319,7 +319,14 @@ func (r *Rspamd) Verdicts(now time.Time) ([]*events.Verdict, error) {
 			}
 		}
 	}
-	base := events.Verdict{Time: now.UTC(), Verdict: r.VerdictOf(), Score: r.Score, Source: "rspamd", Message: msg, Sender: r.sender()}
+	verdict := r.VerdictOf()
+	if verdict == rules.Ham {
+		// Ham is never evidence: the stream keeps its header fields, not
+		// the message (the exporter's ham rule posts every outbound
+		// message). Its id still hashes the body as posted.
+		msg.Raw = ""
+	}
+	base := events.Verdict{Time: now.UTC(), Verdict: verdict, Score: r.Score, Source: "rspamd", Message: msg, Sender: r.sender()}
 	if s := oneLine(r.Server); s != "" {
 		base.Source = cutUTF8([]byte("rspamd@"+s), 128)
 	}
