@@ -25,18 +25,25 @@ func (p noPublish) PublishAccountEvents(context.Context, []*events.AccountEvent,
 	return nil
 }
 
+// acme is a store on the shared Redis under a prefix of the test's own,
+// and a directory of one company, acme, with the domain example.com.
+func acme(t *testing.T) (*store.Store, *companies.Directory) {
+	t.Helper()
+	rdb, prefix := testutil.Redis(t)
+	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store.New(rdb, prefix), dir
+}
+
 // TestStatisticsWrittenAtClose: statistics-only events wait in the worker
 // until a flush (a second after the last, an idle fetch, or Close), and
 // Close writes what is held; the counting events of the same batches are
 // in Redis at once.
 func TestStatisticsWrittenAtClose(t *testing.T) {
-	rdb, prefix := testutil.Redis(t)
 	ctx := context.Background()
-	st := store.New(rdb, prefix)
-	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, dir := acme(t)
 	w, err := New(Options{
 		Store: st, Directory: dir, Publisher: noPublish{t},
 		Policy: func() Policy {
@@ -87,13 +94,8 @@ func TestStatisticsWrittenAtClose(t *testing.T) {
 // redelivered ones (duplicates) do not, and events without a sender
 // leave nothing to write.
 func TestSenderTally(t *testing.T) {
-	rdb, prefix := testutil.Redis(t)
 	ctx := context.Background()
-	st := store.New(rdb, prefix)
-	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, dir := acme(t)
 	pol := Policy{Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 50,
 		Directions: rules.Directions, Verdicts: []rules.Verdict{rules.Spam}}
 	w, err := New(Options{Store: st, Directory: dir, Publisher: noPublish{t}, Policy: func() Policy { return pol }})
@@ -157,14 +159,10 @@ func (s failingStore) Ingest(context.Context, []store.Batch, store.IngestParams)
 // TestIngestErrorKeepsCause: when the store round trip fails, every event
 // of the batch is transient and its error still wraps the store's error.
 func TestIngestErrorKeepsCause(t *testing.T) {
-	rdb, prefix := testutil.Redis(t)
 	cause := &store.PermanentError{Err: errors.New("ERR script")}
-	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, dir := acme(t)
 	w, err := New(Options{
-		Store: failingStore{store.New(rdb, prefix), cause}, Directory: dir, Publisher: noPublish{t},
+		Store: failingStore{st, cause}, Directory: dir, Publisher: noPublish{t},
 		Policy: func() Policy {
 			return Policy{Window: 24 * time.Hour, Threshold: 5, Directions: rules.Directions, Verdicts: []rules.Verdict{rules.Spam}}
 		},
@@ -199,13 +197,8 @@ func (failPublish) PublishAccountEvents(_ context.Context, evs []*events.Account
 // batch with ham, anyone's, brings the rule back; an hour without ham
 // sets it aside again. aupd_spam_rate_ham_feed says which.
 func TestSpamRateStandsAsideWithoutHam(t *testing.T) {
-	rdb, prefix := testutil.Redis(t)
 	ctx := context.Background()
-	st := store.New(rdb, prefix)
-	dir, err := companies.New(nil, prefix, []companies.Company{{ID: "acme", Domains: []string{"example.com"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, dir := acme(t)
 	clk := testutil.NewClock(time.Now().Truncate(time.Minute))
 	w, err := New(Options{
 		Store: st, Directory: dir, Publisher: failPublish{}, Now: clk.Now,
