@@ -183,7 +183,11 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	phases = append(phases, phase{"d", "d", "d. Redis memory per account", func(ctx context.Context) error { return r.memory(ctx) }},
 		phase{"e", "e", "e. Time to enforcement: crossing verdict to the policy server's refusal, at about half the drain rate",
-			func(ctx context.Context) error { return r.enforcement(ctx, evs) }})
+			func(ctx context.Context) error {
+				all := evs
+				evs = nil // the last phase: its events are let go once published (enforcement)
+				return r.enforcement(ctx, all)
+			}})
 	for _, p := range phases {
 		if !strings.Contains(cfg.Phases, p.key[:1]) || !strings.Contains(cfg.Phases, p.key[len(p.key)-1:]) {
 			continue
