@@ -190,6 +190,9 @@ func (p prober) background(ctx context.Context, rate float64, load *bgLoad) erro
 			}
 			subject, data := load.next()
 			if err := p.publishAsync(ctx, subject, data); err != nil {
+				if ctx.Err() != nil { // stopped while it waited out a stalled publisher
+					return p.settle()
+				}
 				return err
 			}
 		}
