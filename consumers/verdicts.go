@@ -81,6 +81,7 @@ type VerdictOptions struct {
 	Processor Processor
 	Batch     int
 	MaxWait   time.Duration
+	FillWait  time.Duration // see Pull.FillWait
 	Workers   int
 	RetryMin  time.Duration
 	RetryMax  time.Duration
@@ -190,7 +191,7 @@ func NewVerdicts(o VerdictOptions) (*Verdicts, error) {
 // consumer's max_ack_pending. When ctx is cancelled it stops fetching,
 // finishes and acks the batches in hand and requested, and returns.
 func (v *Verdicts) Run(ctx context.Context) error {
-	p := Pull{Consumer: v.o.Consumer, Batch: v.o.Batch, MaxWait: v.o.MaxWait,
+	p := Pull{Consumer: v.o.Consumer, Batch: v.o.Batch, MaxWait: v.o.MaxWait, FillWait: v.o.FillWait,
 		Handle: func(msgs []jetstream.Msg) { v.finish(ctx, msgs) },
 		Failed: func(err error) bool {
 			v.warn.Warn("fetch", "err", err)
@@ -210,15 +211,28 @@ func (v *Verdicts) Run(ctx context.Context) error {
 }
 
 // Pull is the verdict consumer's fetch loop, shared with aupload's
-// JetStream ceiling so that the ceiling fetches as aupd does. While
-// batches come full (a backlog), the next one is requested before the one
-// in hand is handled, so that the server delivers it meanwhile; that
-// request takes what is there without the long poll's wait, so the last
-// partial batch of a backlog goes on at once.
+// JetStream ceiling so that the ceiling fetches as aupd does.
+//
+// A fetch asks for up to Batch events and ends when it has them or when
+// FillWait has passed, with what it has then. The server hands what
+// arrives to the waiting fetches in turn, so a batch of Batch takes
+// Workers*Batch arrivals to fill: under a middling load that is tens of
+// milliseconds, and every event of it would wait that long before it is
+// counted. FillWait bounds the wait; a backlog still fills whole batches
+// at once. While batches come full, the next one is requested before the
+// one in hand is handled, so that the server delivers it meanwhile; that
+// request takes what is there without waiting, so the last partial batch
+// of a backlog goes on at once. After a fetch that brought nothing, the
+// loop waits for the next event with a fetch of one that waits up to
+// MaxWait (a long poll): an idle loop asks the server once every MaxWait,
+// and the first event after a pause goes on as soon as it arrives.
 type Pull struct {
 	Consumer jetstream.Consumer
 	Batch    int
-	MaxWait  time.Duration // how long a fetch waits to fill its batch
+	MaxWait  time.Duration // how long an idle loop's fetch waits for an event
+	// FillWait is how long a fetch waits to fill its batch; 0: MaxWait,
+	// with no long poll of one event (a fetch of Batch that waits MaxWait).
+	FillWait time.Duration
 	// Handle gets every batch that is not empty, also once ctx is
 	// cancelled: a batch in hand or requested ahead is finished, not left
 	// to be redelivered after the ack wait.
@@ -228,15 +242,29 @@ type Pull struct {
 	Ended  func(error)      // optional: a fetch ended early on an error other than a timeout
 }
 
+// fetch requests a batch: after a fetch that brought nothing (idle), one
+// event with the long poll's wait, else Batch events within FillWait.
+func (p *Pull) fetch(idle bool) (jetstream.MessageBatch, error) {
+	switch {
+	case p.FillWait <= 0:
+		return p.Consumer.Fetch(p.Batch, jetstream.FetchMaxWait(p.MaxWait))
+	case idle:
+		return p.Consumer.Fetch(1, jetstream.FetchMaxWait(p.MaxWait))
+	default:
+		return p.Consumer.Fetch(p.Batch, jetstream.FetchMaxWait(p.FillWait))
+	}
+}
+
 // Run pulls until ctx is cancelled.
 func (p *Pull) Run(ctx context.Context) {
 	var next jetstream.MessageBatch // requested ahead
+	idle := false                   // the last fetch brought nothing
 	for ctx.Err() == nil {
 		batch := next
 		next = nil
 		if batch == nil {
 			var err error
-			if batch, err = p.Consumer.Fetch(p.Batch, jetstream.FetchMaxWait(p.MaxWait)); err != nil {
+			if batch, err = p.fetch(idle); err != nil {
 				if ctx.Err() != nil || (p.Failed != nil && !p.Failed(err)) {
 					return
 				}
@@ -244,7 +272,7 @@ func (p *Pull) Run(ctx context.Context) {
 			}
 		}
 		msgs := p.collect(ctx, batch)
-		if len(msgs) == 0 {
+		if idle = len(msgs) == 0; idle {
 			if p.Idle != nil {
 				p.Idle()
 			}

@@ -3,6 +3,7 @@ package consumers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -167,3 +168,127 @@ type permanentErr struct{}
 
 func (permanentErr) Error() string   { return "ERR script" }
 func (permanentErr) Permanent() bool { return true }
+
+// TestFillWaitEndsPartialBatch: a fetch hands on what it has once the
+// fill wait has passed, not after max_wait (a minute here), and every
+// message it had is acked (on both servers).
+func TestFillWaitEndsPartialBatch(t *testing.T) {
+	testutil.BothNATS(t, fillWaitEndsPartialBatch)
+}
+
+func fillWaitEndsPartialBatch(t *testing.T, url string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, cons := pullStream(ctx, t, url)
+	publishN(ctx, t, js, 0, 3)
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	var batches [][]uint64
+	p := &Pull{Consumer: cons, Batch: 100, MaxWait: time.Minute, FillWait: 20 * time.Millisecond,
+		Handle: func(msgs []jetstream.Msg) {
+			batches = append(batches, ackAll(t, msgs))
+			stop()
+		}}
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(run) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("the partial batch was not handled before the test's deadline (a fetch waited for max_wait)")
+	}
+	if len(batches) != 1 || !slices.Equal(batches[0], []uint64{1, 2, 3}) {
+		t.Fatalf("handled %v, want one batch of stream sequences 1-3", batches)
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == 0 && info.AckFloor.Stream == 3
+	}, "the 3 events are acked")
+}
+
+// TestIdleLoopLongPollsOne: after a fetch that brought nothing the loop
+// asks for one event with max_wait's long poll, so the first event after
+// a pause goes on alone, at once; the next fetch takes the rest of what
+// is there (on both servers).
+func TestIdleLoopLongPollsOne(t *testing.T) {
+	testutil.BothNATS(t, idleLoopLongPollsOne)
+}
+
+func idleLoopLongPollsOne(t *testing.T, url string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, cons := pullStream(ctx, t, url)
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	var batches [][]uint64
+	idles := 0
+	p := &Pull{Consumer: cons, Batch: 100, MaxWait: time.Minute, FillWait: 5 * time.Millisecond,
+		Idle: func() {
+			if idles++; idles == 1 {
+				publishN(ctx, t, js, 0, 5) // while the loop is idle
+			}
+		},
+		Handle: func(msgs []jetstream.Msg) {
+			batches = append(batches, ackAll(t, msgs))
+			if len(batches) == 2 {
+				stop()
+			}
+		}}
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(run) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatalf("two batches were not handled before the test's deadline; handled %v", batches)
+	}
+	if idles != 1 {
+		t.Fatalf("Idle called %d times, want once (after the first, empty fetch)", idles)
+	}
+	if len(batches) != 2 || !slices.Equal(batches[0], []uint64{1}) || !slices.Equal(batches[1], []uint64{2, 3, 4, 5}) {
+		t.Fatalf("handled %v, want [1] (the long poll of one) and then [2 3 4 5]", batches)
+	}
+}
+
+// pullStream makes a stream V of aup.verdict.> and a durable consumer on
+// it.
+func pullStream(ctx context.Context, t *testing.T, url string) (jetstream.JetStream, jetstream.Consumer) {
+	t.Helper()
+	js := testutil.JetStream(t, url)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "V", Subjects: []string{"aup.verdict.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "V", jetstream.ConsumerConfig{Durable: "w", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, cons
+}
+
+// publishN publishes n verdicts, numbered from first.
+func publishN(ctx context.Context, t *testing.T, js jetstream.JetStream, first, n int) {
+	t.Helper()
+	now := time.Now().UTC()
+	for i := first; i < first+n; i++ {
+		ev := fmt.Sprintf(`{"id":"e%d","time":%q,"direction":"outbound","account":"a%d@example.com","verdict":"spam","source":"t"}`,
+			i, now.Format(time.RFC3339), i)
+		if _, err := js.Publish(ctx, "aup.verdict.outbound", []byte(ev)); err != nil {
+			t.Error(err)
+			return
+		}
+	}
+}
+
+// ackAll acks msgs and returns their stream sequences.
+func ackAll(t *testing.T, msgs []jetstream.Msg) []uint64 {
+	seqs := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		seq, ok := StreamSeq(m.Reply())
+		if !ok {
+			t.Errorf("reply subject %q", m.Reply())
+		}
+		seqs[i] = seq
+		if err := m.Ack(); err != nil {
+			t.Error(err)
+		}
+	}
+	return seqs
+}

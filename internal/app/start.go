@@ -217,7 +217,7 @@ func (a *App) buildPipeline(ctx context.Context, cfg *config.Config, td *teardow
 	}
 	p.consumer, err = consumers.NewVerdicts(consumers.VerdictOptions{
 		JS: a.js, Consumer: p.cons, Processor: p.worker,
-		Batch: cfg.NATS.Consumer.Batch, MaxWait: cfg.NATS.Consumer.MaxWait, Workers: cfg.NATS.Consumer.Workers,
+		Batch: cfg.NATS.Consumer.Batch, MaxWait: cfg.NATS.Consumer.MaxWait, FillWait: cfg.NATS.Consumer.FillWait, Workers: cfg.NATS.Consumer.Workers,
 		RetryMin: cfg.NATS.Consumer.RetryMin, RetryMax: cfg.NATS.Consumer.RetryMax,
 		MaxDeliver:    cfg.NATS.Consumer.MaxDeliver,
 		Probe:         func(ctx context.Context) error { return probeStore(ctx, a.rdb) },

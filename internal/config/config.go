@@ -131,9 +131,13 @@ type Stream struct {
 
 // Consumer configures the verdict consumer.
 type Consumer struct {
-	Durable       string        `yaml:"durable"`
-	Batch         int           `yaml:"batch"`
-	MaxWait       time.Duration `yaml:"max_wait"`
+	Durable string        `yaml:"durable"`
+	Batch   int           `yaml:"batch"`
+	MaxWait time.Duration `yaml:"max_wait"`
+	// FillWait bounds how long a fetch waits to fill its batch (0: it
+	// waits MaxWait, as before 0.3); MaxWait is then the long poll of an
+	// idle fetch loop.
+	FillWait      time.Duration `yaml:"fill_wait"`
 	Workers       int           `yaml:"workers"`
 	AckWait       time.Duration `yaml:"ack_wait"`
 	MaxAckPending int           `yaml:"max_ack_pending"`
@@ -213,7 +217,7 @@ func Default() *Config {
 			Verdicts: Stream{Name: "AUP_VERDICTS", MaxAge: 72 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
 			Accounts: Stream{Name: "AUP_ACCOUNTS", MaxAge: 30 * 24 * time.Hour, MaxBytes: -1, Replicas: 1, Storage: "file", Duplicate: 10 * time.Minute},
 			Dead:     Stream{Name: "AUP_DEAD_LETTERS", MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicate: 2 * time.Minute},
-			Consumer: Consumer{Durable: "aupd-worker", Batch: 500, MaxWait: 100 * time.Millisecond, Workers: 4, AckWait: 30 * time.Second, MaxAckPending: 20000, RetryMin: time.Second, RetryMax: time.Minute, MaxDeliver: 200},
+			Consumer: Consumer{Durable: "aupd-worker", Batch: 500, MaxWait: 100 * time.Millisecond, FillWait: 10 * time.Millisecond, Workers: 4, AckWait: 30 * time.Second, MaxAckPending: 20000, RetryMin: time.Second, RetryMax: time.Minute, MaxDeliver: 200},
 		},
 		Redis: Redis{Addrs: []string{"127.0.0.1:6379"}, Prefix: "aup", WaitTimeout: time.Second, ReplicaLoss: "hold", ReplicaLossAfter: 30 * time.Second},
 		AUP: AUP{
@@ -436,6 +440,9 @@ func (c *Config) Validate() error {
 	}
 	if cs.MaxWait <= 0 || cs.AckWait <= 0 || cs.RetryMin <= 0 || cs.RetryMax < cs.RetryMin {
 		bad("nats.consumer: max_wait, ack_wait and retry_min must be positive and retry_max at least retry_min")
+	}
+	if cs.FillWait < 0 || cs.FillWait > cs.MaxWait {
+		bad("nats.consumer.fill_wait: %s is not 0 to max_wait (%s)", cs.FillWait, cs.MaxWait)
 	}
 	if cs.MaxDeliver < 2 {
 		bad("nats.consumer.max_deliver: %d is less than 2", cs.MaxDeliver)

@@ -21,7 +21,7 @@ func TestValidationReportsEveryProblem(t *testing.T) {
 	_, err := Parse([]byte(`
 log: {level: loud}
 aup: {threshold: -1, mode: maybe, verdicts: [ham]}
-nats: {consumer: {batch: 0}}
+nats: {consumer: {batch: 0, fill_wait: 1s}}
 companies:
   - {id: a, domains: [x.example]}
   - {id: b, domains: [x.example]}
@@ -29,7 +29,7 @@ companies:
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"log.level", "aup.threshold", "aup.mode", "aup.verdicts", "nats.consumer.batch", "x.example belongs to both"} {
+	for _, want := range []string{"log.level", "aup.threshold", "aup.mode", "aup.verdicts", "nats.consumer.batch", "nats.consumer.fill_wait", "x.example belongs to both"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}

@@ -41,10 +41,13 @@ import (
 
 // Config is what a run does.
 type Config struct {
-	Events     int
-	Accounts   int
-	Batch      int
-	Workers    int
+	Events   int
+	Accounts int
+	Batch    int
+	Workers  int
+	// FillWait is nats.consumer.fill_wait (0: aupd's default; negative:
+	// none, a fetch waits max_wait to fill its batch).
+	FillWait   time.Duration
 	Timeout    time.Duration // bound on each wait
 	RedisAddr  string
 	NATSURL    string // empty: an in-process server in a temporary directory
@@ -149,8 +152,8 @@ func (r *runner) run(ctx context.Context) error {
 	for _, e := range evs {
 		size += len(e.Data)
 	}
-	fmt.Fprintf(r.out, "load: %d events for %d accounts, mean payload %d bytes, batch %d, workers %d\n\n",
-		len(evs), cfg.Accounts, size/len(evs), cfg.Batch, cfg.Workers)
+	fmt.Fprintf(r.out, "load: %d events for %d accounts, mean payload %d bytes, batch %d, workers %d, fill wait %s\n\n",
+		len(evs), cfg.Accounts, size/len(evs), cfg.Batch, cfg.Workers, r.fillWait())
 
 	type phase struct {
 		key, label, title string
@@ -180,7 +183,11 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	phases = append(phases, phase{"d", "d", "d. Redis memory per account", func(ctx context.Context) error { return r.memory(ctx) }},
 		phase{"e", "e", "e. Time to enforcement: crossing verdict to the policy server's refusal, at about half the drain rate",
-			func(ctx context.Context) error { return r.enforcement(ctx, evs) }})
+			func(ctx context.Context) error {
+				all := evs
+				evs = nil // the last phase: its events are let go once published (enforcement)
+				return r.enforcement(ctx, all)
+			}})
 	for _, p := range phases {
 		if !strings.Contains(cfg.Phases, p.key[:1]) || !strings.Contains(cfg.Phases, p.key[len(p.key)-1:]) {
 			continue
@@ -412,7 +419,7 @@ func (r *runner) ceiling(ctx context.Context, evs []Event, phase, tag string) (f
 	defer cancel()
 	cpu0 := r.cpuNow(ctx)
 	start := time.Now()
-	pull := consumers.Pull{Consumer: cons, Batch: r.cfg.Batch, MaxWait: cfg.Consumer.MaxWait,
+	pull := consumers.Pull{Consumer: cons, Batch: r.cfg.Batch, MaxWait: cfg.Consumer.MaxWait, FillWait: r.fillWait(),
 		Handle: func(msgs []jetstream.Msg) {
 			for _, m := range msgs {
 				_, _ = consumers.StreamSeq(m.Reply()) // aupd reads each stream sequence so
@@ -513,6 +520,17 @@ func (r *runner) publish(ctx context.Context, js jetstream.JetStream, evs []Even
 
 // ---- c. End to end -------------------------------------------------------.
 
+// fillWait is the run's nats.consumer.fill_wait.
+func (r *runner) fillWait() time.Duration {
+	switch {
+	case r.cfg.FillWait < 0:
+		return 0
+	case r.cfg.FillWait == 0:
+		return config.Default().NATS.Consumer.FillWait
+	}
+	return r.cfg.FillWait
+}
+
 // appConfig is the config of an in-process aupd whose data is in dir and
 // whose Redis keys are under r.prefix+keys.
 func (r *runner) appConfig(dir, keys string) (*config.Config, error) {
@@ -522,6 +540,7 @@ func (r *runner) appConfig(dir, keys string) (*config.Config, error) {
 	cfg.NATS.URL = r.url
 	cfg.NATS.Consumer.Batch = r.cfg.Batch
 	cfg.NATS.Consumer.Workers = r.cfg.Workers
+	cfg.NATS.Consumer.FillWait = r.fillWait()
 	cfg.NATS.Consumer.MaxAckPending = max(cfg.NATS.Consumer.MaxAckPending, r.cfg.Batch*r.cfg.Workers)
 	cfg.Redis.Addrs = []string{r.cfg.RedisAddr}
 	cfg.Redis.Prefix = r.prefix + keys // each phase's and round's accounts start empty

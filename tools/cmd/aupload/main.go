@@ -58,6 +58,7 @@ func main() {
 	flag.IntVar(&c.Accounts, "accounts", 10000, "accounts `M` the events are for")
 	flag.IntVar(&c.Batch, "batch", def.Batch, "events per fetch and per Redis pipeline (nats.consumer.batch)")
 	flag.IntVar(&c.Workers, "workers", def.Workers, "concurrent fetch loops / Redis callers (nats.consumer.workers)")
+	fill := flag.Duration("fill-wait", def.FillWait, "how long a fetch waits to fill its batch (nats.consumer.fill_wait; 0: none, a fetch waits max_wait)")
 	seconds := flag.Int("seconds", 300, "bound on each phase's wait, in seconds")
 	flag.StringVar(&c.RedisAddr, "redis", "127.0.0.1:6379", "Redis address (keys under a random prefix, deleted at the end)")
 	flag.StringVar(&c.NATSURL, "nats", "", "NATS server with JetStream and no aupd streams on it (default: an in-process server)")
@@ -71,6 +72,10 @@ func main() {
 	verbose := flag.Bool("v", false, "log aupd's warnings to stderr")
 	flag.Parse()
 	c.Timeout = time.Duration(*seconds) * time.Second
+	c.FillWait = *fill
+	if *fill <= 0 {
+		c.FillWait = -1 // none
+	}
 	if *verbose {
 		c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
