@@ -17,12 +17,13 @@
 -- A field's first increment also sets the hash's expiry, 26 hours past
 -- the current hour; the first of the current hour also drops the fields
 -- older than a day, so that the hash holds at most a day of hours per
--- kind. (Earlier builds wrote "<kind>.<hour mod 24>" = "<hour>:<count>"
+-- kind (HLEN first: a hash that holds only the fields this call made, a
+-- new one most often, is not read back). (Earlier builds wrote "<kind>.<hour mod 24>" = "<hour>:<count>"
 -- and an expiry field _e; they go the same way.) An account's error
 -- (a key of the wrong type) skips that account only.
 -- Returns the positions (1-based) of the accounts that moved, then the
 -- number of accounts that failed otherwise.
-local rcall, mfloor, tonumber, sformat, smatch = redis.call, math.floor, tonumber, string.format, string.match
+local rcall, mfloor, tonumber, sformat, sfind, ssub = redis.call, math.floor, tonumber, string.format, string.find, string.sub
 local now = tonumber(ARGV[1])
 if now == 0 then
   local t = rcall('TIME')
@@ -30,25 +31,39 @@ if now == 0 then
 end
 local HOUR = 3600000
 local cur = mfloor(now / HOUR)
+-- a field of the current hour ends with this (plain comparisons: a
+-- pattern match costs about as much as a command here)
+local dotcur = sformat('.%d', cur)
+local ncur = #dotcur
+
+-- The hour of a field: "<hour>:<n>" in an earlier build's value, else
+-- the field's "<kind>.<hour>"; nil for anything else.
+local function hour_of(f, v)
+  local c = sfind(v, ':', 1, true)
+  if c then return tonumber(ssub(v, 1, c - 1)) end
+  local d = sfind(f, '.', 1, true)
+  return d and tonumber(ssub(f, d + 1))
+end
 
 local function add(stats, i, n)
-  local fresh, prune = false, false
+  local fresh, prune = 0, false
   for j = i, i + 2 * n - 2, 2 do
     local f, inc = ARGV[j], ARGV[j + 1]
     -- (text + 0 converts once; tonumber twice)
     if rcall('HINCRBY', stats, f, inc) == inc + 0 then
-      fresh = true
-      if not prune and smatch(f, '%.(%d+)$') + 0 == cur then prune = true end
+      fresh = fresh + 1
+      if not prune and ssub(f, -ncur) == dotcur then prune = true end
     end
   end
-  if not fresh then return end
+  if fresh == 0 then return end
   rcall('PEXPIRE', stats, sformat('%d', (cur + 26) * HOUR - now))
-  if not prune then return end
+  -- A hash that holds only the fields just made (a new one, most often)
+  -- has nothing to drop.
+  if not prune or rcall('HLEN', stats) == fresh then return end
   local all, old = rcall('HGETALL', stats), {}
   for k = 1, #all, 2 do
-    local f, v = all[k], all[k + 1]
-    local h = smatch(v, '^(%d+):') or smatch(f, '%.(%d+)$')
-    if not h or tonumber(h) <= cur - 26 then old[#old + 1] = f end
+    local h = hour_of(all[k], all[k + 1])
+    if not h or h <= cur - 26 then old[#old + 1] = all[k] end
   end
   if #old > 0 then rcall('HDEL', stats, unpack(old)) end
 end

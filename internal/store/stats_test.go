@@ -107,3 +107,57 @@ func TestStatsKeptWhenRedisFails(t *testing.T) {
 		t.Fatalf("a's statistics %+v (%v), want 2 despite b's key", c, err)
 	}
 }
+
+// TestStatsNewHashNotPruned: a flush that makes an account's statistics
+// hash reads no field back (it holds only what the flush wrote), while a
+// hash that holds other fields still drops those over a day old when the
+// current hour's first field is written, and keeps the others.
+func TestStatsNewHashNotPruned(t *testing.T) {
+	rdb := testutil.PrivateRedis(t)
+	s := New(rdb, "stats", WithClock(func() time.Time { return t0 }))
+	ctx := context.Background()
+	h0 := t0.UnixMilli() / hourMS
+	in, out := rules.KindOf(rules.Inbound, rules.Ham), rules.KindOf(rules.Outbound, rules.Ham)
+	flush := func(items ...Item) map[string]int {
+		st := s.NewStats(0)
+		st.add([]Batch{{Account: "alice@example.com", Items: items}}, []Result{{}}, t0.Add(-day).UnixMilli(), t0.UnixMilli())
+		before := commandCalls(t, rdb)
+		if err := st.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := diff(commandCalls(t, rdb), before)
+		return d
+	}
+	key := s.key("alice@example.com", sufStats)
+	ham := func(id string, k rules.Kind, at time.Time) Item { return Item{ID: id, Time: at, Kind: k} }
+	d := flush(ham("1", in, t0), ham("2", out, t0), ham("3", in, t0.Add(-time.Hour)))
+	if d["hincrby"] != 3 || d["pexpire"] != 1 || d["hgetall"] != 0 {
+		t.Fatalf("a new hash's flush ran %v, want 3 HINCRBY, 1 PEXPIRE, no HGETALL", d)
+	}
+	if ttl := rdb.PTTL(ctx, key).Val(); ttl <= 25*time.Hour || ttl > 26*time.Hour {
+		t.Fatalf("TTL %s, want within (25h, 26h]", ttl)
+	}
+	// Fields of hours over a day old (and an earlier build's) go with the
+	// next current-hour field; the recent ones stay, counted as before.
+	stale := []string{fmt.Sprintf("%d.%d", in, h0-26), fmt.Sprintf("%d.%d", out, h0-40), "_e", fmt.Sprintf("%d.%d", in, (h0-27)%24)}
+	rdb.HSet(ctx, key, stale[0], 4, stale[1], 1, stale[2], h0, stale[3], fmt.Sprintf("%d:9", h0-27),
+		fmt.Sprintf("%d.%d", in, (h0-2)%24), fmt.Sprintf("%d:5", h0-2), fmt.Sprintf("%d.%d", out, h0-25), 6)
+	d = flush(ham("4", rules.KindOf(rules.Complaint, rules.Ham), t0))
+	if d["hgetall"] != 1 || d["hdel"] != 1 {
+		t.Fatalf("flush ran %v, want one HGETALL and one HDEL", d)
+	}
+	got := rdb.HGetAll(ctx, key).Val()
+	for _, f := range stale {
+		if _, ok := got[f]; ok {
+			t.Fatalf("field %s over a day old kept: %v", f, got)
+		}
+	}
+	want := map[string]string{
+		fmt.Sprintf("%d.%d", in, h0): "1", fmt.Sprintf("%d.%d", out, h0): "1", fmt.Sprintf("%d.%d", in, h0-1): "1",
+		fmt.Sprintf("%d.%d", rules.KindOf(rules.Complaint, rules.Ham), h0): "1",
+		fmt.Sprintf("%d.%d", in, (h0-2)%24): fmt.Sprintf("%d:5", h0-2), fmt.Sprintf("%d.%d", out, h0-25): "6",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("fields %v, want %v", got, want)
+	}
+}
