@@ -155,7 +155,7 @@ func TestStatsNewHashNotPruned(t *testing.T) {
 	want := map[string]string{
 		fmt.Sprintf("%d.%d", in, h0): "1", fmt.Sprintf("%d.%d", out, h0): "1", fmt.Sprintf("%d.%d", in, h0-1): "1",
 		fmt.Sprintf("%d.%d", rules.KindOf(rules.Complaint, rules.Ham), h0): "1",
-		fmt.Sprintf("%d.%d", in, (h0-2)%24): fmt.Sprintf("%d:5", h0-2), fmt.Sprintf("%d.%d", out, h0-25): "6",
+		fmt.Sprintf("%d.%d", in, (h0-2)%24):                                fmt.Sprintf("%d:5", h0-2), fmt.Sprintf("%d.%d", out, h0-25): "6",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("fields %v, want %v", got, want)
