@@ -334,6 +334,21 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if l := logs.String(); strings.Contains(l, "deferring message") || strings.Contains(l, "Connection reset") {
 		t.Errorf("rspamd deferred a message or saw a reset:\n%s", grepLines(l, "defer")+grepLines(l, "reset"))
 	}
+
+	// aupd down: the spam rule's post fails and rspamd defers the message
+	// (soft reject: the MTA keeps it and retries); the ham rule does not
+	// defer, so an authenticated user's ordinary mail goes on.
+	h.stop()
+	res = scan("From: alice@globex.test\r\nTo: bob@example.net\r\nSubject: minutes\r\nMessage-ID: <ham-2@globex.test>\r\n\r\nAttached.\r\n",
+		"-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QHAM2")
+	if strings.Contains(res, "soft reject") || !strings.Contains(res, "Action: no action") {
+		t.Errorf("ham with aupd down: %s; want no action", tail([]byte(res), 2000))
+	}
+	res = scan(strings.ReplaceAll(out, "out-1@", "out-2@"),
+		"-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QOUT2")
+	if !strings.Contains(res, "soft reject") {
+		t.Errorf("spam with aupd down: %s; want soft reject (deferred)", tail([]byte(res), 2000))
+	}
 }
 
 // ensureRspamd finds rspamd and rspamc, installing Debian's rspamd with
