@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -39,7 +38,6 @@ var (
 type VolumeLimits struct {
 	Policy rules.VolumePolicy
 	packed []byte
-	expiry string // the record's expiry, ms: the longest window
 }
 
 // volumeKeys are the keys of the volume script: the account's state, its
@@ -103,11 +101,7 @@ func PackVolume(pol rules.VolumePolicy) *VolumeLimits {
 	packed = append(packed, body...)
 	packed = append(packed, limits...)
 	packed = append(packed, names...)
-	var longest time.Duration
-	for _, l := range pol.Limits {
-		longest = max(longest, l.Window)
-	}
-	return &VolumeLimits{Policy: pol, packed: packed, expiry: strconv.FormatInt(longest.Milliseconds(), 10)}
+	return &VolumeLimits{Policy: pol, packed: packed}
 }
 
 func actionCode(pol rules.VolumePolicy, l rules.VolumeLimit) byte {
@@ -227,22 +221,7 @@ func (s *Store) CountVolume(ctx context.Context, m VolumeMessage) (VolumeResult,
 	if m.Limits == nil || len(m.Limits.Policy.Limits) == 0 {
 		return VolumeResult{}, errors.New("count volume: no limits")
 	}
-	be := binary.BigEndian
-	var id, client []byte
-	if m.ID != 0 {
-		id = be.AppendUint32(nil, m.ID)
-	}
-	client = clientBytes(m.Client)
-	var cross []byte
-	for _, str := range [...]string{NewID(s.now()), m.Company, m.Account} {
-		cross = be.AppendUint16(cross, uint16(len(str)))
-		cross = append(cross, str...)
-	}
-	var w [8]byte
-	be.PutUint64(w[:], uint64(m.SampleWindow.Milliseconds()))
-	cross = append(cross, w[2:]...)
-	v, err := s.call(ctx, volumeScript, s.volumeKeys(m.Account),
-		s.scriptNow(), m.Version, id, max(m.Recipients, 0), client, m.Limits.packed, cross, m.Limits.expiry).Slice()
+	v, err := s.call(ctx, volumeScript, s.volumeKeys(m.Account), s.volumeMessage(m), m.Limits.packed).Result()
 	if err != nil {
 		return VolumeResult{}, wrap("count volume", classify(err))
 	}
@@ -258,6 +237,35 @@ func (s *Store) CountVolume(ctx context.Context, m VolumeMessage) (VolumeResult,
 		}
 	}
 	return r, nil
+}
+
+// volumeMessage is the script's message argument (volume.lua, ARGV[1]).
+func (s *Store) volumeMessage(m VolumeMessage) []byte {
+	be := binary.BigEndian
+	var now [8]byte
+	be.PutUint64(now[:], uint64(s.scriptNow()))
+	b := append(make([]byte, 0, 128), now[2:]...)
+	b = be.AppendUint64(b, uint64(m.Version))
+	b = be.AppendUint32(b, uint32(max(m.Recipients, 0)))
+	if m.ID != 0 {
+		b = append(b, 4)
+		b = be.AppendUint32(b, m.ID)
+	} else {
+		b = append(b, 0)
+	}
+	client := clientBytes(m.Client)
+	b = append(b, byte(len(client)))
+	b = append(b, client...)
+	if m.Version == versionProbe {
+		return b
+	}
+	for _, str := range [...]string{NewID(s.now()), m.Company, m.Account} {
+		b = be.AppendUint16(b, uint16(len(str)))
+		b = append(b, str...)
+	}
+	var w [8]byte
+	be.PutUint64(w[:], uint64(m.SampleWindow.Milliseconds()))
+	return append(b, w[2:]...)
 }
 
 // clientBytes is how the volume record keeps a client: an IPv4 address
@@ -296,16 +304,28 @@ func (s *Store) CountedBefore(ctx context.Context, account string, id uint32, li
 		return false, nil
 	}
 	v, err := s.call(ctx, volumeScript, s.volumeKeys(account),
-		s.scriptNow(), versionProbe, binary.BigEndian.AppendUint32(nil, id), 0, "", limits.packed, "", limits.expiry).Slice()
+		s.volumeMessage(VolumeMessage{Version: versionProbe, ID: id}), limits.packed).Result()
 	if err != nil {
 		return false, wrap("count volume", classify(err))
 	}
-	return len(v) > 0 && toInt(v[0]) == int64(VolumeDuplicate), nil
+	r, err := parseVolume(v, limits.Policy.Limits)
+	return r.Outcome == VolumeDuplicate, err
 }
 
-func parseVolume(v []any, limits []rules.VolumeLimit) (VolumeResult, error) {
-	if len(v) < 2 {
-		return VolumeResult{}, Permanent(fmt.Errorf("volume script returned %d values", len(v)))
+// parseVolume reads the script's reply: outcome * 2 + ob, or a table
+// (volume.lua).
+func parseVolume(reply any, limits []rules.VolumeLimit) (VolumeResult, error) {
+	if n, ok := reply.(int64); ok {
+		r := VolumeResult{Outcome: VolumeOutcome(n / 2), Pending: n%2 == 1}
+		switch r.Outcome {
+		case VolumeCounted, VolumeDuplicate, VolumeChanged, volumeNew:
+			return r, nil
+		}
+		return VolumeResult{}, Permanent(fmt.Errorf("volume script returned %d", n))
+	}
+	v, ok := reply.([]any)
+	if !ok || len(v) < 2 {
+		return VolumeResult{}, Permanent(fmt.Errorf("volume script returned %v", reply))
 	}
 	r := VolumeResult{Outcome: VolumeOutcome(toInt(v[0])), Pending: toInt(v[1]) == 1}
 	switch r.Outcome {

@@ -11,23 +11,25 @@
 --         name>"), whose marker is the state's field vt; a crossing
 --         writes its history and outbox, the state's name ending in h and o
 --         (one Cluster slot)
--- ARGV[1] now in ms, or 0 to read Redis's clock (TIME)
--- ARGV[2] the state's version the sender check allowed, as text; -1: none
---         was made (answer "changed" unless the message is a duplicate)
--- ARGV[3] the message's id: 4 bytes, from Postfix's instance and queue
---         id, the same when Postfix asks again about the message; "": none
--- ARGV[4] its recipients
--- ARGV[5] the client: its IPv4 address (4 bytes) or its IPv6 address's
---         /64 prefix (8 bytes); "": none
--- ARGV[6] the account's limits, packed big-endian:
+-- ARGV[1] the message, packed big-endian: now in ms I6 (0: read Redis's
+--   clock, TIME); the state's version the sender check allowed i8 (-1:
+--   none was made: answer "changed" unless the message is a duplicate;
+--   -2: only ask whether it is one); its recipients I4; its id B+c0 (4
+--   bytes from Postfix's instance and queue id, the same when Postfix
+--   asks again about the message; none: 0 bytes); the client B+c0 (its
+--   IPv4 address, 4 bytes, or its IPv6 address's /64 prefix, 8 bytes;
+--   none: 0 bytes); then, read only on a crossing: id for a suspension or
+--   report, company, account, each I2+c0, and the spam count's window I6
+--   (ms): its samples within it are the suspension's evidence
+-- ARGV[2] the account's limits, packed big-endian:
 --   ring sum I2, limit sum B, rings B, limits B, per ring: bucket (ms) I4,
 --   kind B (1 messages, 2 recipients); per limit: ring B, max I2, action B
 --   (1 throttle, 2 suspend, 3 reported throttle, 4 reported suspension);
---   per limit: name I2+c0
--- ARGV[7] read only on a crossing: id for a suspension or report,
---   company, account, each I2+c0, then the spam count's window I6 (ms):
---   its samples within it are the suspension's evidence
--- ARGV[8] the record's expiry (ms): the longest window
+--   per limit: name I2+c0. The record expires after the longest window,
+--   12 buckets of the widest ring.
+-- One packed message rather than an argument a value: Redis makes a
+-- string object and a Lua string of every argument, about 1,400
+-- instructions each.
 --
 -- The record (docs/redis.md, "Volume"): ring sum I2, limit sum B, time of
 -- the last count I4 (s), above B (bit i: limit i is above its max and
@@ -38,53 +40,58 @@
 -- bytes, newest first, up to 3 and 27 bytes: with two rings the record is
 -- at most 108 bytes.
 --
--- Returns {outcome, ob, crossings...}: outcome 1 counted, 2 duplicate, 3
--- throttled (then the throttle's until and limit name follow), 4 changed,
--- 5 new (ARGV[2] -2: only asked whether it is a duplicate); ob 1 when the
--- account's outbox holds entries to publish; per crossing 6 values: limit
--- index (0-based), action code, count, since (ms), until (ms, a throttle's
--- end; 0), the suspension's or report's id ("").
--- Lua calls cost more than Redis commands here (a C function call,
--- struct's above all, costs about as much as a small command): the hot
--- path makes few. Formats are literals, the record is read and written in
--- one unpack and one pack, floors are arithmetic (x - x % g), and the
--- numbers Redis passes as text are compared as text or used in arithmetic,
--- which converts them, rather than through tonumber.
+-- Returns outcome * 2 + ob, an integer, when nothing else is to be said
+-- (a table reply costs Redis about 4,800 instructions more): outcome 1
+-- counted, 2 duplicate, 4 changed, 5 new (asked only whether it is a
+-- duplicate); ob 1 when the account's outbox holds entries to publish.
+-- Else a table: {3, ob, until, limit name} when a throttle holds the
+-- message back; {1, ob, crossings...} when the message crossed limits, 6
+-- values a crossing: limit index (0-based), action code, count, since
+-- (ms), until (ms, a throttle's end; 0), the suspension's or report's id
+-- ("").
+-- Lua costs more than Redis commands here. Under callgrind (Redis 7.0):
+-- a redis.call costs 5,000-11,000 instructions, a struct.unpack or pack
+-- about 240 a value and a table about 100 an element, while string.byte
+-- costs about 30 a value and an arithmetic operation on locals a few
+-- dozen. So the hot path makes four redis.calls (TIME, GET, HMGET, SET),
+-- reads the record with string.byte into locals, finds a recent id with
+-- one plain string.find, and writes the record as the old one's pieces
+-- with the changed bytes between them; it makes no table. Floors are
+-- arithmetic (x - x % g).
 local NSLOT, MAXC, NIDS, MAXADDR, ADDRBYTES = 12, 65535, 6, 3, 27
-local ID0 = 4 -- R[ID0 + i] is recent id i
-local S0 = ID0 + NIDS -- R[S0 + (r - 1) * NSLOT + s] is slot s of ring r
 local HEAD = 8 + 4 * NIDS -- the record's bytes before the rings
+local RING = 2 * NSLOT -- a ring's bytes
+local NOID = '\0\0\0\0' -- an empty id
 local BIT = {1, 2, 4, 8, 16, 32, 64, 128} -- limit l's bit in above
 -- Formats by count: constants, not tables a call would make.
 local RFMT = {'>I4B', '>I4BI4B', '>I4BI4BI4B', '>I4BI4BI4BI4B'}
 local LFMT = {'>BI2B', '>BI2BBI2B', '>BI2BBI2BBI2B', '>BI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2B',
   '>BI2BBI2BBI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2BBI2BBI2B', '>BI2BBI2BBI2BBI2BBI2BBI2BBI2BBI2B'}
-local RECFMT = {'>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2',
-  '>I2BI4BI4I4I4I4I4I4I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2I2'}
+local SLOTS = '>I2I2I2I2I2I2I2I2I2I2I2I2' -- a ring's buckets
 
 -- A library's top level sees no globals: bind() binds those the functions
 -- use, on the first call.
-local rcall, unpack_, pack, byte, ssub
+local rcall, unpack_, pack, byte, ssub, char, find, srep, sformat, ZERO
 local function bind()
   rcall, unpack_, pack, byte, ssub = redis.call, struct.unpack, struct.pack, string.byte, string.sub
+  char, find, srep, sformat = string.char, string.find, string.rep, string.format
+  ZERO = srep('\0', RING)
 end
 
--- The call's: its keys, arguments and clock; the account's limits (spec;
--- per ring RS: bucket width (ms), kind; per limit LS: ring (0-based),
--- max, action; the record's format FMT of NVAL values); the record as it
--- is (R: R[1] ring sum, R[2] limit sum, R[3] the last count's time, R[4]
--- above, then the ids, then the slots; ap where the addresses start in
--- rec), the last count's time (ms), and what a suspension read (x, smp).
-local st, vkey, tkey, ARGV, now
-local spec, nrings, nlimits, RS, LS, FMT, NVAL
-local rec, R, ap, last, x, smp
+-- The call's: its keys, message (and where its crossing part starts) and
+-- clock; the account's limits (spec; per ring RS: bucket width (ms),
+-- kind; per limit LS: ring (0-based), max, action; the record's expiry);
+-- the record as it is (rec, valid for the limits), its last count's time
+-- (ms) and its above byte; and what a suspension read (x, smp).
+local st, vkey, tkey, msg, xpos, now
+local spec, nrings, nlimits, RS, LS, EXPIRY
+local rec, last, above, x, smp
 -- W[r]: ring r's bucket now; W[4 + r] and W[8 + r]: its count without and
--- with the message. One table for the library's life, of a fixed size,
--- rewritten by each call: a table of the call's would cost its allocation,
--- and these indexes past the record's values in R would grow R's hash part.
+-- with the message; Q[r]: where in rec its current bucket's two bytes are,
+-- and Q[4 + r] their new count. Tables for the library's life, of a fixed
+-- size, rewritten by each call.
 local W = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+local Q = {0, 0, 0, 0, 0, 0, 0, 0}
 
 -- The limits, unpacked once per spec: a provider has few (its own and
 -- its companies' overrides), and SPECS keeps at most 64, starting afresh
@@ -95,61 +102,95 @@ local function read_limits()
   if not c then
     local ringsum, limitsum, nr, nl, pos = unpack_('>I2BBB', spec)
     local rs = {unpack_(RFMT[nr], spec, pos)}
-    c = {ringsum, limitsum, nr, nl, rs, {unpack_(LFMT[nl], spec, rs[2 * nr + 1])}}
+    local widest = 0
+    for r = 1, nr do
+      if rs[2 * r - 1] > widest then widest = rs[2 * r - 1] end
+    end
+    c = {ringsum, limitsum, nr, nl, rs, {unpack_(LFMT[nl], spec, rs[2 * nr + 1])}, sformat('%d', widest * NSLOT)}
     if NSPECS >= 64 then SPECS, NSPECS = {}, 0 end
     SPECS[spec], NSPECS = c, NSPECS + 1
   end
-  nrings, nlimits, RS, LS = c[3], c[4], c[5], c[6]
-  NVAL, FMT = S0 + NSLOT * nrings, RECFMT[nrings]
+  nrings, nlimits, RS, LS, EXPIRY = c[3], c[4], c[5], c[6], c[7]
   return c[1], c[2]
 end
 
--- The record as it is. A record of other rings keeps its ids and starts
--- its counts and addresses afresh.
+-- The record as it is, made whole for these limits: a record of other
+-- rings keeps its ids and last count's time and starts its counts and
+-- addresses afresh; no record starts empty. Limits of other maxima or
+-- actions start above afresh.
 local function read_record(ringsum, limitsum)
-  rec, ap = rcall('GET', vkey), nil
-  if rec and byte(rec, 1) * 256 + byte(rec, 2) == ringsum and #rec > HEAD + 2 * NSLOT * nrings then
-    R = {unpack_(FMT, rec)}
-    ap = R[NVAL + 1]
-  elseif rec and #rec >= HEAD then
-    R = {unpack_('>I2BI4BI4I4I4I4I4I4', rec)}
-    R[1], R[4] = ringsum, 0
-    for i = S0 + 1, NVAL do R[i] = 0 end
-  else
-    R = {ringsum, limitsum, 0, 0}
-    for i = ID0 + 1, NVAL do R[i] = 0 end
+  rec = rcall('GET', vkey)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = 0, 0, 0, 0, 0, 0, 0, 0
+  if rec then b1, b2, b3, b4, b5, b6, b7, b8 = byte(rec, 1, 8) end
+  if not (rec and b1 * 256 + b2 == ringsum and #rec > HEAD + RING * nrings) then
+    local ids = ssub(ZERO, 1, 4 * NIDS)
+    if rec and #rec >= HEAD then ids = ssub(rec, 9, HEAD) else b4, b5, b6, b7 = 0, 0, 0, 0 end
+    b8 = 0
+    rec = pack('>I2BBBBBB', ringsum, b3, b4, b5, b6, b7, b8) .. ids .. srep(ZERO, nrings) .. '\0'
   end
-  if R[2] ~= limitsum then R[2], R[4] = limitsum, 0 end
-  last = R[3] * 1000 -- in ms; stored in seconds, which bucket boundaries (whole seconds) allow
+  -- in ms; stored in seconds, which bucket boundaries (whole seconds) allow
+  last, above = (((b4 * 256 + b5) * 256 + b6) * 256 + b7) * 1000, b8
+  if b3 ~= limitsum then above = 0 end
 end
 
--- Move every ring to now (the buckets between the last count and now are
--- empty; a clock that went back counts into the newest bucket), and add
--- the message to its current bucket.
-local function move_rings(nrcpt)
-  for r = 1, nrings do
-    local g, base = RS[2 * r - 1], S0 + (r - 1) * NSLOT
-    local n, l = (now - now % g) / g, (last - last % g) / g
-    if n < l then n = l end
-    local to = n
-    if to > l + NSLOT then to = l + NSLOT end
-    for k = l + 1, to do R[base + k % NSLOT + 1] = 0 end
-    W[r] = n
-    local t = 0
-    for i = base + 1, base + NSLOT do t = t + R[i] end
-    local slot = base + n % NSLOT + 1
-    local old = R[slot]
-    local new = old + (RS[2 * r] == 1 and 1 or nrcpt)
-    if new > MAXC then new = MAXC end
-    R[slot] = new
-    W[4 + r], W[8 + r] = t, t - old + new
+-- Postfix asking again about a message counted already: whether the
+-- record's recent ids hold the message's (4 bytes; none: "").
+local function seen(id)
+  if #id ~= 4 or id == NOID then return false end
+  local p = 9
+  while true do
+    local f = find(rec, id, p, true)
+    if not f or f > HEAD - 3 then return false end
+    if (f - 9) % 4 == 0 then return true end
+    p = f + 1
   end
+end
+
+-- The record with ring r's buckets l+1 .. n empty (n > l); the ring's
+-- bytes are those from p.
+local function empty(p, l, n)
+  local z
+  if n - l >= NSLOT then
+    z = ZERO
+  else
+    local ring = ssub(rec, p, p + RING - 1)
+    local s, e = (l + 1) % NSLOT, n % NSLOT
+    if s <= e then
+      z = ssub(ring, 1, 2 * s) .. ssub(ZERO, 1, 2 * (e - s + 1)) .. ssub(ring, 2 * e + 3)
+    else
+      z = ssub(ZERO, 1, 2 * (e + 1)) .. ssub(ring, 2 * e + 3, 2 * s) .. ssub(ZERO, 1, 2 * (NSLOT - s))
+    end
+  end
+  rec = ssub(rec, 1, p - 1) .. z .. ssub(rec, p + RING)
+end
+
+-- Move ring r (its bytes from p in rec) to now, and add the message to
+-- its current bucket: the buckets between the last count and now are
+-- empty (a clock that went back counts into the newest bucket). Its
+-- count is the sum of its 12 big-endian buckets: 256 times their high
+-- bytes' sum plus their low bytes'. Returns where in rec the bucket's two
+-- bytes are, and its new count.
+local function move_ring(r, p, add)
+  local g = RS[2 * r - 1]
+  local n, l = (now - now % g) / g, (last - last % g) / g
+  if n < l then n = l end
+  if n > l then empty(p, l, n) end
+  local h1, l1, h2, l2, h3, l3, h4, l4, h5, l5, h6, l6, h7, l7, h8, l8, h9, l9, h10, l10, h11, l11, h12, l12 = byte(rec, p, p + RING - 1)
+  local t = (h1 + h2 + h3 + h4 + h5 + h6 + h7 + h8 + h9 + h10 + h11 + h12) * 256
+    + l1 + l2 + l3 + l4 + l5 + l6 + l7 + l8 + l9 + l10 + l11 + l12
+  local q = p + n % NSLOT * 2
+  local hi, lo = byte(rec, q, q + 1)
+  local old = hi * 256 + lo
+  local new = old + add
+  if new > MAXC then new = MAXC end
+  W[r], W[4 + r], W[8 + r] = n, t, t - old + new
+  return q, new
 end
 
 -- The crossings: limits above their max that were not. A limit back
 -- within its max before this message is no longer above it.
 local function find_crossings()
-  local above, crossings = R[4], nil
+  local crossings = nil
   for l = 1, nlimits do
     local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], BIT[l]
     local was = above % (2 * bit) >= bit
@@ -160,8 +201,6 @@ local function find_crossings()
       crossings[#crossings + 1] = {l = l, r = r, count = W[8 + r]}
     end
   end
-  R[4] = above
-  if now > last then R[3] = (now - now % 1000) / 1000 end
   return crossings
 end
 
@@ -170,12 +209,14 @@ end
 -- of the oldest buckets have left the window for the count to be within
 -- the max again.
 local function span(c, max)
-  local g, n, base = RS[2 * c.r - 1], W[c.r], S0 + (c.r - 1) * NSLOT
+  local g, n = RS[2 * c.r - 1], W[c.r]
+  local v = {unpack_(SLOTS, rec, HEAD + 1 + (c.r - 1) * RING)} -- without the message
+  v[n % NSLOT + 1] = Q[4 + c.r]
   local since, til, left = 0, 0, c.count
   for k = n - NSLOT + 1, n do -- oldest first
-    local v = R[base + k % NSLOT + 1]
-    if since == 0 and v > 0 then since = k * g end
-    left = left - v
+    local b = v[k % NSLOT + 1]
+    if since == 0 and b > 0 then since = k * g end
+    left = left - b
     if til == 0 and left <= max then til = (k + NSLOT) * g end
   end
   c.from, c.since, c.til = (n - NSLOT + 1) * g, since, til
@@ -211,9 +252,9 @@ local function clients(addrs)
     local n = byte(addrs, p)
     local a = ssub(addrs, p + 1, p + n)
     if n == 4 then
-      out[i] = string.format('%d.%d.%d.%d', byte(a, 1, 4))
+      out[i] = sformat('%d.%d.%d.%d', byte(a, 1, 4))
     else
-      out[i] = string.format('%x:%x:%x:%x::/64', unpack_('>I2I2I2I2', a))
+      out[i] = sformat('%x:%x:%x:%x::/64', unpack_('>I2I2I2I2', a))
     end
     p = p + 1 + n
   end
@@ -226,7 +267,7 @@ local function samples(window)
   local out = {}
   for i = 1, #(smp or '') - 13, 14 do
     local t, _, seq = unpack_('>I4c4I6', smp, i)
-    if t * 1000 > now - window then out[#out + 1] = string.format('%.0f', seq) end
+    if t * 1000 > now - window then out[#out + 1] = sformat('%.0f', seq) end
   end
   return out
 end
@@ -234,7 +275,7 @@ end
 -- Record the suspension (or its report) of crossing c with crossing.lua;
 -- returns its id.
 local function suspension(c, addrs)
-  local id, company, account, window = unpack_('>I2c0I2c0I2c0I6', ARGV[7])
+  local id, company, account, window = unpack_('>I2c0I2c0I2c0I6', msg, xpos)
   -- the same window's other count, when a ring of the other kind has it
   local msgs, rcpts = -1, -1
   for r = 1, nrings do
@@ -255,30 +296,45 @@ local function suspension(c, addrs)
   return id
 end
 
--- The record's ids with this message's first, and its client addresses:
--- this one first, then the others, as long as they fit (the usual case,
--- the same client again, keeps them as they are). Returns the addresses.
-local function write_record(idn, client)
-  if idn ~= 0 then
-    for i = ID0 + NIDS, ID0 + 2, -1 do R[i] = R[i - 1] end
-    R[ID0 + 1] = idn
-  end
-  local addrs = '\0'
-  if ap then addrs = ssub(rec, ap) end
+-- The record's client addresses (from ap in rec) with this client first,
+-- then the others, as long as they fit (the usual case, the same client
+-- again, keeps them as they are).
+local function addresses(client, ap)
+  local addrs = ssub(rec, ap)
   local nc = #client
   if (nc == 4 or nc == 8) and not (byte(addrs, 2) == nc and ssub(addrs, 3, 2 + nc) == client) then
-    local keep, na, p = string.char(nc) .. client, 1, 2
+    local keep, na, p = char(nc) .. client, 1, 2
     for _ = 1, byte(addrs, 1) or 0 do
       local n = byte(addrs, p) or 0
       if n == 0 then break end
       local a = ssub(addrs, p + 1, p + n)
       p = p + 1 + n
-      if a ~= client and na < MAXADDR and #keep + n + 1 <= ADDRBYTES then keep = keep .. string.char(n) .. a; na = na + 1 end
+      if a ~= client and na < MAXADDR and #keep + n + 1 <= ADDRBYTES then keep = keep .. char(n) .. a; na = na + 1 end
     end
-    addrs = string.char(na) .. keep
+    addrs = char(na) .. keep
   end
-  rcall('SET', vkey, pack(FMT, unpack(R, 1, NVAL)) .. addrs, 'PX', ARGV[8])
   return addrs
+end
+
+-- Write the record: its header (the last count's time, in s, moves only
+-- forward), its ids with this message's first, then rec's rings with each
+-- ring's current bucket's new count between their pieces, then the
+-- addresses.
+local function write_record(id, ringsum, limitsum, addrs)
+  if now > last then last = now end
+  local ids
+  if #id == 4 and id ~= NOID then ids = id .. ssub(rec, 9, HEAD - 4) else ids = ssub(rec, 9, HEAD) end
+  local q, new, v = Q[1], Q[5], nil
+  local lo = new % 256
+  v = pack('>I2BI4B', ringsum, limitsum, (last - last % 1000) / 1000, above) .. ids .. ssub(rec, HEAD + 1, q - 1)
+    .. char((new - lo) / 256, lo)
+  for r = 2, nrings do
+    local p = q + 2
+    q, new = Q[r], Q[4 + r]
+    lo = new % 256
+    v = v .. ssub(rec, p, q - 1) .. char((new - lo) / 256, lo)
+  end
+  rcall('SET', vkey, v .. ssub(rec, q + 2, HEAD + RING * nrings) .. addrs, 'PX', EXPIRY)
 end
 
 -- A throttle: its key, and the marker the RCPT-time lookup reads with
@@ -286,60 +342,51 @@ end
 -- that expires sooner lives as long, a durable one stays so. st_ttl is
 -- the state's PTTL, read before any write.
 local function write_throttle(throttle, st_ttl)
-  local left = string.format('%d', throttle.til - now)
-  rcall('SET', tkey, string.format('%d %s', throttle.til, name(throttle.l)), 'PX', left)
+  local left = sformat('%d', throttle.til - now)
+  rcall('SET', tkey, sformat('%d %s', throttle.til, name(throttle.l)), 'PX', left)
   rcall('HSET', st, 'vt', left)
   if st_ttl == -2 or (st_ttl >= 0 and st_ttl < throttle.til - now) then rcall('PEXPIRE', st, left) end
 end
 
--- Postfix asking again about a message counted already: the message's id
--- as a number (0: none), and whether the record holds it.
-local function seen(id)
-  local idn = 0
-  if #id == 4 then idn = unpack_('>I4', id) end
-  if idn ~= 0 then
-    for i = ID0 + 1, ID0 + NIDS do
-      if R[i] == idn then return idn, true end
-    end
-  end
-  return idn, false
-end
-
 local function count(keys, args)
   if not rcall then bind() end
-  st, vkey, tkey, ARGV, x, smp = keys[1], keys[2], keys[3], args, nil, nil
-  now = args[1] + 0
+  st, vkey, tkey, msg, spec, x, smp = keys[1], keys[2], keys[3], args[1], args[2], nil, nil
+  local want_ver, nrcpt, id, client
+  now, want_ver, nrcpt, id, client, xpos = unpack_('>I6i8I4Bc0Bc0', msg)
   if now == 0 then
     local t = rcall('TIME')
     now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
   end
-  local want_ver, id, nrcpt, client = args[2], args[3], args[4] + 0, args[5]
-  spec = args[6]
-  read_record(read_limits())
-  local idn, dup = seen(id)
-  if dup then return {2, rcall('HEXISTS', st, 'ob')} end
-  if want_ver == '-2' then return {5, 0} end
+  local ringsum, limitsum = read_limits()
+  read_record(ringsum, limitsum)
+  if seen(id) then return 4 + rcall('HEXISTS', st, 'ob') end
+  if want_ver == -2 then return 10 end
   local hv = rcall('HMGET', st, 'ver', 'aup', 'ob', 'vt')
   local ob = hv[3] and 1 or 0
-  if want_ver ~= (hv[1] or '0') then return {4, ob} end
+  if want_ver ~= (hv[1] or 0) + 0 then return 8 + ob end
   -- A throttle in force holds back the message, uncounted. (Its marker in
-  -- the state, vt, only tells the RCPT-time lookup to look here.)
-  -- (The marker vt is written with the throttle, and outlives it.)
+  -- the state, vt, only tells the RCPT-time lookup to look here; it is
+  -- written with the throttle, and outlives it.)
   local th = hv[4] and rcall('GET', tkey)
   if th then
     local til, tname = string.match(th, '^(%d+) (.*)$')
     if til and til + 0 > now then return {3, ob, til + 0, tname} end
   end
   if hv[4] then rcall('HDEL', st, 'vt') end -- a throttle that ended
-  move_rings(nrcpt)
+  local p = HEAD + 1
+  for r = 1, nrings do
+    Q[r], Q[4 + r] = move_ring(r, p, RS[2 * r] == 1 and 1 or nrcpt)
+    p = p + RING
+  end
   local crossings = find_crossings()
   local throttle, suspend
   if crossings then throttle, suspend = pick(crossings, hv[2]) end
   if suspend then x, smp = crossing_read(st), rcall('HGET', st, 'smp') end
   local st_ttl = throttle and rcall('PTTL', st) -- the state's expiry, which a throttle's marker may extend
   -------------------------------------------------------------- writes --
-  local addrs = write_record(idn, client)
-  if not crossings then return {1, ob} end
+  local addrs = addresses(client, p)
+  write_record(id, ringsum, limitsum, addrs)
+  if not crossings then return 2 + ob end
   if throttle then write_throttle(throttle, st_ttl) end
   local sid = ''
   if suspend then sid, ob = suspension(suspend, addrs), 1 end

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -657,5 +658,100 @@ func TestVolumeThrottleMarker(t *testing.T) {
 	}
 	if th, err := s.Throttle(ctx, sender); err != nil || th == nil {
 		t.Fatalf("the record's throttle: %+v, %v", th, err)
+	}
+}
+
+// TestVolumeRecordMatchesAModel counts messages at random times (the same
+// bucket, the next, a few later so that the emptied buckets wrap round
+// the ring, more than a window later, and a clock that went back) and
+// checks, after each, every byte of the record against a plain model of
+// what docs/redis.md says it holds: volume.lua writes the record as
+// pieces of the old one, and a wrong piece would shift or lose a count.
+func TestVolumeRecordMatchesAModel(t *testing.T) {
+	s, clk, rdb := volumeStore(t)
+	ctx := context.Background()
+	limits := []rules.VolumeLimit{
+		{Name: "burst", Window: 10 * time.Minute, Messages: 60000, Action: rules.VolumeThrottle},
+		{Name: "hourly", Window: time.Hour, Recipients: 60000, Action: rules.VolumeThrottle},
+		{Name: "daily", Window: 24 * time.Hour, Recipients: 60000, Action: rules.VolumeSuspend},
+	}
+	lim := enforced(limits...)
+	type ring struct {
+		g     int64 // bucket width, ms
+		msgs  bool
+		slots [12]int
+	}
+	rings := []*ring{{g: 50_000, msgs: true}, {g: 300_000}, {g: 7_200_000}}
+	var ids []uint32
+	var last int64 // the last count's time, ms (whole seconds)
+	rng := rand.New(rand.NewPCG(26, 27))
+	now := t0
+	for i := range 400 {
+		var step time.Duration
+		switch k := rng.IntN(10); {
+		case k < 4: // the same bucket, mostly
+			step = time.Duration(rng.IntN(20_000)) * time.Millisecond
+		case k < 7: // a few buckets of the shortest ring on
+			step = time.Duration(rng.IntN(11*50_000)) * time.Millisecond
+		case k < 9: // a few of the middle one's
+			step = time.Duration(rng.IntN(13*300_000)) * time.Millisecond
+		default: // back, within a few seconds, or far on
+			if rng.IntN(2) == 0 {
+				step = -time.Duration(rng.IntN(5000)) * time.Millisecond
+			} else {
+				step = time.Duration(rng.IntN(30)) * time.Hour
+			}
+		}
+		now = now.Add(step)
+		clk.Set(now)
+		id := uint32(i + 1)
+		n := 1 + rng.IntN(9)
+		if r := send(t, s, lim, id, n, "192.0.2.1"); r.Outcome != VolumeCounted || len(r.Crossings) != 0 {
+			t.Fatalf("message %d: %+v", i, r)
+		}
+		// The model: move each ring to now (a clock that went back counts
+		// into the last count's bucket), empty the buckets in between,
+		// add the message.
+		ms := now.UnixMilli()
+		for _, r := range rings {
+			b, l := ms/r.g, last/r.g
+			b = max(b, l)
+			for k := l + 1; k <= min(b, l+12); k++ {
+				r.slots[k%12] = 0
+			}
+			if r.msgs {
+				r.slots[b%12]++
+			} else {
+				r.slots[b%12] += n
+			}
+		}
+		if ms > last {
+			last = ms - ms%1000
+		}
+		ids = append([]uint32{id}, ids...)[:min(len(ids)+1, 6)]
+		want := binary.BigEndian.AppendUint16(nil, binary.BigEndian.Uint16(lim.packed))
+		want = append(want, lim.packed[2])
+		want = binary.BigEndian.AppendUint32(want, uint32(last/1000))
+		want = append(want, 0)
+		for j := range 6 {
+			var v uint32
+			if j < len(ids) {
+				v = ids[j]
+			}
+			want = binary.BigEndian.AppendUint32(want, v)
+		}
+		for _, r := range rings {
+			for _, v := range r.slots {
+				want = binary.BigEndian.AppendUint16(want, uint16(v))
+			}
+		}
+		want = append(want, 1, 4, 192, 0, 2, 1)
+		got, err := rdb.Get(ctx, s.key(sender, sufVolume)).Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("message %d at %s (step %s):\nrecord %x\nmodel  %x", i, now.Format(time.TimeOnly), step, got, want)
+		}
 	}
 }
