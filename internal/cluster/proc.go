@@ -190,7 +190,9 @@ func poll(ctx context.Context, timeout, interval time.Duration, cond func(contex
 		if ok {
 			return nil
 		}
-		if err != nil {
+		// An error the poll's own deadline caused says less than the one
+		// before it.
+		if err != nil && (last == nil || ctx.Err() == nil) {
 			last = err
 		}
 		select {
