@@ -113,7 +113,7 @@ func BenchmarkPolicyServerVolume(b *testing.B) {
 	}
 	slices.Sort(ratios)
 	p99 := func(r result) float64 { return float64(r.p99.Microseconds()) / 1000 }
-	fmt.Printf("median: off %.0f req/s, p99 %.2f ms; on %.0f req/s, p99 %.2f ms; on/off %.2fx (rounds %.2f-%.2fx)\n",
+	fmt.Printf("median: off %.0f req/s, p99 %.2f ms; on %.0f req/s, p99 %.2f ms; on/off %.3fx (rounds %.2f-%.2fx)\n",
 		med(off, func(r result) float64 { return r.rps }), med(off, p99),
 		med(on, func(r result) float64 { return r.rps }), med(on, p99), ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1])
 	fmt.Printf("Redis commands a request sends: off %.2f, on %.2f, in round trips: off %.2f, on %.2f\n",
