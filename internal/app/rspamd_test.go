@@ -6,7 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,6 +82,17 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		t.Fatal("the documented config no longer has the blocks the test adds to")
 	}
 	c = strings.Replace(strings.Replace(c, "rules {\n", whole, 1), "custom_select {\n", bigSel, 1)
+	// The ham rule posts through a proxy that records each post's size,
+	// on to aupd unchanged.
+	hamPosts := &postSizes{}
+	proxy := httptest.NewServer(hamPosts.wrap(httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: h.info.HTTPAddr})))
+	t.Cleanup(proxy.Close)
+	hamRule := strings.Index(c, "AUPD_OUTBOUND_HAM {")
+	hamURL := strings.Index(c[hamRule:], "http://"+h.info.HTTPAddr)
+	if hamRule < 0 || hamURL < 0 {
+		t.Fatal("the documented config no longer has the ham rule with a url")
+	}
+	c = c[:hamRule+hamURL] + proxy.URL + c[hamRule+hamURL+len("http://"+h.info.HTTPAddr):]
 
 	dir, err := os.MkdirTemp("", "aupd-rspamd-")
 	if err != nil {
@@ -335,6 +351,27 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		t.Errorf("rspamd deferred a message or saw a reset:\n%s", grepLines(l, "defer")+grepLines(l, "reset"))
 	}
 
+	// A big ham (300 KiB of body), scanned twice as an MTA's retry would
+	// (another queue id, one more trace header): the ham rule posts the
+	// header and the body's first 64 KiB, and the two posts are one
+	// verdict.
+	hamHeader := "From: alice@globex.test\r\nTo: bob@example.net\r\nSubject: the report\r\nMessage-ID: <ham-big@globex.test>\r\n" +
+		"Content-Type: text/plain\r\n"
+	hamBody := strings.Repeat("The quarterly figures, line by line, as agreed.\r\n", 300<<10/50)
+	before := hamPosts.count()
+	for i, trace := range []string{"", "Received: from relay.globex.test by mx.globex.test; Tue, 01 Dec 2026 08:10:00 +0000\r\n"} {
+		scan(trace+hamHeader+"\r\n"+hamBody, "-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10",
+			"--header", fmt.Sprintf("Queue-Id: 4QHAMBIG%d", i))
+		testutil.Eventually(t, 60*time.Second, func() bool { return hamPosts.count() == before+i+1 }, "rspamd did not post big ham %d", i)
+		header := len(trace) + len(hamHeader)
+		if n := hamPosts.last(); n < int64(header+2+64<<10) || n > int64(header+4+4+64<<10) {
+			t.Errorf("big ham %d: posted %d bytes, want the header (%d bytes), the blank line and 64 KiB of body", i, n, header)
+		}
+	}
+	testutil.Eventually(t, 60*time.Second, func() bool {
+		return strings.Contains(h.metrics(), `aupd_events_total{direction="outbound",outcome="stats",verdict="ham"} 2`)
+	}, "the big ham's two posts were not one ham verdict: %s", grepLines(h.metrics(), `verdict="ham"`))
+
 	// aupd down: the spam rule's post fails and rspamd defers the message
 	// (soft reject: the MTA keeps it and retries); the ham rule does not
 	// defer, so an authenticated user's ordinary mail goes on.
@@ -349,6 +386,39 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if !strings.Contains(res, "soft reject") {
 		t.Errorf("spam with aupd down: %s; want soft reject (deferred)", tail([]byte(res), 2000))
 	}
+}
+
+// postSizes records the size of each request a handler serves.
+type postSizes struct {
+	mu    sync.Mutex
+	sizes []int64
+}
+
+func (p *postSizes) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		p.mu.Lock()
+		p.sizes = append(p.sizes, int64(len(body)))
+		p.mu.Unlock()
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (p *postSizes) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.sizes)
+}
+
+func (p *postSizes) last() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sizes[len(p.sizes)-1]
 }
 
 // ensureRspamd finds rspamd and rspamc, installing Debian's rspamd with
