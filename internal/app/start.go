@@ -208,6 +208,7 @@ func (a *App) buildPipeline(ctx context.Context, cfg *config.Config, td *teardow
 	if err = a.dir.Refresh(sctx); err != nil {
 		return nil, err
 	}
+	a.pruneLibraries(ctx)
 	p.worker, err = worker.New(worker.Options{
 		Store: a.store, Directory: a.dir, Publisher: p.pub,
 		Policy: a.policy, Logger: a.log, Registerer: a.reg, Now: workerNow,
@@ -491,5 +492,20 @@ func (a *App) logStarted(cfg *config.Config, info Info, url string) {
 	}
 	for _, w := range cfg.NoticeWarnings() {
 		a.log.Warn(w)
+	}
+}
+
+// pruneLibraries deletes the Redis function libraries of other aupd
+// versions (store.PruneLibraries). A failure (a master down, an ACL
+// without FUNCTION DELETE) is logged and changes nothing else.
+func (a *App) pruneLibraries(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := a.store.PruneLibraries(pctx)
+	switch {
+	case err != nil:
+		a.log.Warn("could not delete other aupd versions' function libraries from Redis", "component", "redis", "deleted", n, "err", err)
+	case n > 0:
+		a.log.Info("deleted other aupd versions' function libraries from Redis", "component", "redis", "deleted", n)
 	}
 }

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,4 +82,76 @@ func TestScriptsLostByRedisAreLoadedAgain(t *testing.T) {
 		t.Fatalf("after the second flush: outcomes %q count %d; want dc and 4", outcomes(r), r.Count)
 	}
 	libraries(2)
+}
+
+// An upgrade leaves the old version's libraries (each is named after its
+// code's hash): PruneLibraries deletes them, on a standalone Redis and on
+// every master of a Cluster, keeps the current ones and anything not
+// aupd's, and a process still running the old version gets its library
+// back by its next call.
+func TestPruneLibrariesOfOtherVersions(t *testing.T) {
+	old := library{name: "aupd_volume_0000000000000000",
+		code: "#!lua name=aupd_volume_0000000000000000\nredis.register_function('aupd_volume_0000000000000000', function() return 1 end)"}
+	other := "#!lua name=aupd_volume\nredis.register_function('not_aupds', function() return 1 end)" // a kind's name, no hash
+	check := func(t *testing.T, s *Store, masters func(func(redis.Cmdable))) {
+		t.Helper()
+		ctx := context.Background()
+		masters(func(c redis.Cmdable) {
+			for _, code := range []string{old.code, other, volumeScript.code} {
+				if err := c.FunctionLoad(ctx, code).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+		n, err := s.PruneLibraries(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total := 0
+		masters(func(c redis.Cmdable) {
+			total++
+			libs, err := c.FunctionList(ctx, redis.FunctionListQuery{}).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, l := range libs {
+				names = append(names, l.Name)
+			}
+			slices.Sort(names)
+			if want := []string{"aupd_volume", volumeScript.name}; !slices.Equal(names, want) {
+				t.Errorf("libraries after pruning: %v, want %v", names, want)
+			}
+		})
+		if n != total {
+			t.Errorf("pruned %d, want one on each of %d masters", n, total)
+		}
+		// The old version calls its function again: loaded where it is
+		// missing.
+		if v, err := s.call(ctx, old, []string{s.key(sender, sufState)}).Int(); err != nil || v != 1 {
+			t.Errorf("the old version's call after pruning: %d, %v", v, err)
+		}
+	}
+	t.Run("standalone", func(t *testing.T) {
+		rdb := testutil.PrivateRedis(t)
+		check(t, New(rdb, "aup"), func(f func(redis.Cmdable)) { f(rdb) })
+	})
+	t.Run("cluster", func(t *testing.T) {
+		ctx, _, rdb := startRedisCluster(t)
+		var mu sync.Mutex
+		var masters []*redis.Client
+		if err := rdb.ForEachMaster(ctx, func(_ context.Context, m *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			masters = append(masters, m)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		check(t, New(rdb, "aup"), func(f func(redis.Cmdable)) {
+			for _, m := range masters { // one at a time: f is not safe for concurrent use
+				f(m)
+			}
+		})
+	})
 }

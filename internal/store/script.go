@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	_ "embed"
 	"encoding/hex"
+	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -180,4 +182,51 @@ func hashSlot(account string) uint16 {
 		}
 	}
 	return crc % 16384
+}
+
+// libraries are the store's function libraries, and libraryKinds the
+// names they share with every other version's (before the code's hash).
+var (
+	libraries    = []library{ingestScript, volumeScript}
+	libraryKinds = []string{"aupd_ingest_", "aupd_volume_"}
+)
+
+// PruneLibraries deletes the function libraries that other versions of
+// aupd loaded (each is named after its code's hash, so an upgrade leaves
+// the old ones, which Redis keeps, copies to replicas and walks in every
+// Lua garbage collection), on every master of a Redis Cluster. A process
+// of another version still running loads its own again on its next call
+// (a missing function is loaded where it is called). Returns how many it
+// deleted.
+func (s *Store) PruneLibraries(ctx context.Context) (int, error) {
+	current := map[string]bool{}
+	for _, l := range libraries {
+		current[l.name] = true
+	}
+	var n atomic.Int64
+	prune := func(ctx context.Context, c redis.Cmdable) error {
+		libs, err := c.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: "aupd_*"}).Result()
+		if err != nil {
+			return err
+		}
+		for _, l := range libs {
+			if current[l.Name] || !slices.ContainsFunc(libraryKinds, func(k string) bool { return strings.HasPrefix(l.Name, k) }) {
+				continue
+			}
+			// deleted meanwhile by another process: gone all the same
+			if err := c.FunctionDelete(ctx, l.Name).Err(); err != nil && !redis.HasErrorPrefix(err, "Library not found") {
+				return err
+			}
+			n.Add(1)
+		}
+		return nil
+	}
+	var err error
+	switch c := s.rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return prune(ctx, m) })
+	case redis.Cmdable:
+		err = prune(ctx, c)
+	}
+	return int(n.Load()), err
 }
