@@ -40,10 +40,10 @@ type VolumeLimits struct {
 	packed []byte
 }
 
-// volumeKeys are the keys of the volume script: the account's state, its
-// volume record and its throttle.
+// volumeKeys are the keys of the volume script: the account's state and
+// its volume record (the script names its throttle from the state's key).
 func (s *Store) volumeKeys(account string) []string {
-	return []string{s.key(account, sufState), s.key(account, sufVolume), s.key(account, sufThrottle)}
+	return []string{s.key(account, sufState), s.key(account, sufVolume)}
 }
 
 // The limit actions of the packed form.

@@ -7,10 +7,10 @@
 --
 -- KEYS[1] the account's state HASH <prefix>:{<account>}:s
 -- KEYS[2] its volume record <prefix>:{<account>}:v (STRING)
--- KEYS[3] its throttle <prefix>:{<account>}:vt (STRING: "<until ms> <limit
---         name>"), whose marker is the state's field vt; a crossing
---         writes its history and outbox, the state's name ending in h and o
---         (one Cluster slot)
+-- and, named from the state's key as they are seldom touched (one
+-- Cluster slot): its throttle <prefix>:{<account>}:vt (STRING: "<until
+-- ms> <limit name>"), whose marker is the state's field vt; a crossing
+-- writes its history and outbox, the state's name ending in h and o
 -- ARGV[1] the message, packed big-endian: now in ms I6 (0: read Redis's
 --   clock, TIME); the state's version the sender check allowed i8 (-1:
 --   none was made: answer "changed" unless the message is a duplicate;
@@ -80,11 +80,12 @@ end
 
 -- The call's: its keys, message (and where its crossing part starts) and
 -- clock; the account's limits (spec; per ring RS: bucket width (ms),
--- kind; per limit LS: ring (0-based), max, action; the record's expiry);
+-- kind; per limit LS: ring (0-based), max, action; the record's expiry;
+-- per ring LEAST: the least max of its limits);
 -- the record as it is (rec, valid for the limits), its last count's time
 -- (ms) and its above byte; and what a suspension read (x, smp).
-local st, vkey, tkey, msg, xpos, now
-local spec, nrings, nlimits, RS, LS, EXPIRY
+local st, vkey, msg, xpos, now
+local spec, nrings, nlimits, RS, LS, EXPIRY, LEAST
 local rec, last, above, x, smp
 -- W[r]: ring r's bucket now; W[4 + r] and W[8 + r]: its count without and
 -- with the message; Q[r]: where in rec its current bucket's two bytes are,
@@ -106,11 +107,18 @@ local function read_limits()
     for r = 1, nr do
       if rs[2 * r - 1] > widest then widest = rs[2 * r - 1] end
     end
-    c = {ringsum, limitsum, nr, nl, rs, {unpack_(LFMT[nl], spec, rs[2 * nr + 1])}, sformat('%d', widest * NSLOT)}
+    local ls = {unpack_(LFMT[nl], spec, rs[2 * nr + 1])}
+    local least = {}
+    for r = 1, nr do least[r] = MAXC end
+    for l = 1, nl do
+      local r = ls[3 * l - 2] + 1
+      if ls[3 * l - 1] < least[r] then least[r] = ls[3 * l - 1] end
+    end
+    c = {ringsum, limitsum, nr, nl, rs, ls, sformat('%d', widest * NSLOT), least}
     if NSPECS >= 64 then SPECS, NSPECS = {}, 0 end
     SPECS[spec], NSPECS = c, NSPECS + 1
   end
-  nrings, nlimits, RS, LS, EXPIRY = c[3], c[4], c[5], c[6], c[7]
+  nrings, nlimits, RS, LS, EXPIRY, LEAST = c[3], c[4], c[5], c[6], c[7], c[8]
   return c[1], c[2]
 end
 
@@ -190,6 +198,13 @@ end
 -- The crossings: limits above their max that were not. A limit back
 -- within its max before this message is no longer above it.
 local function find_crossings()
+  if above == 0 then -- nothing above: a crossing needs a ring past its least max
+    local past = false
+    for r = 1, nrings do
+      if W[8 + r] > LEAST[r] then past = true end
+    end
+    if not past then return nil end
+  end
   local crossings = nil
   for l = 1, nlimits do
     local r, max, bit = LS[3 * l - 2] + 1, LS[3 * l - 1], BIT[l]
@@ -297,45 +312,63 @@ local function suspension(c, addrs)
 end
 
 -- The record's client addresses (from ap in rec) with this client first,
--- then the others, as long as they fit (the usual case, the same client
--- again, keeps them as they are).
+-- then the others, as long as they fit; nil in the usual case, the same
+-- client again (or none), which keeps them as they are.
 local function addresses(client, ap)
-  local addrs = ssub(rec, ap)
   local nc = #client
-  if (nc == 4 or nc == 8) and not (byte(addrs, 2) == nc and ssub(addrs, 3, 2 + nc) == client) then
-    local keep, na, p = char(nc) .. client, 1, 2
-    for _ = 1, byte(addrs, 1) or 0 do
-      local n = byte(addrs, p) or 0
-      if n == 0 then break end
-      local a = ssub(addrs, p + 1, p + n)
-      p = p + 1 + n
-      if a ~= client and na < MAXADDR and #keep + n + 1 <= ADDRBYTES then keep = keep .. char(n) .. a; na = na + 1 end
-    end
-    addrs = char(na) .. keep
+  if not (nc == 4 or nc == 8) or (byte(rec, ap + 1) == nc and ssub(rec, ap + 2, ap + 1 + nc) == client) then return nil end
+  local addrs = ssub(rec, ap)
+  local keep, na, p = char(nc) .. client, 1, 2
+  for _ = 1, byte(addrs, 1) or 0 do
+    local n = byte(addrs, p) or 0
+    if n == 0 then break end
+    local a = ssub(addrs, p + 1, p + n)
+    p = p + 1 + n
+    if a ~= client and na < MAXADDR and #keep + n + 1 <= ADDRBYTES then keep = keep .. char(n) .. a; na = na + 1 end
   end
-  return addrs
+  return char(na) .. keep
 end
 
 -- Write the record: its header (the last count's time, in s, moves only
 -- forward), its ids with this message's first, then rec's rings with each
 -- ring's current bucket's new count between their pieces, then the
--- addresses.
+-- addresses (addrs, new ones; nil: rec's). Two rings, the usual limits
+-- (an hour's and a day's), make one concatenation.
 local function write_record(id, ringsum, limitsum, addrs)
   if now > last then last = now end
-  local ids
-  if #id == 4 and id ~= NOID then ids = id .. ssub(rec, 9, HEAD - 4) else ids = ssub(rec, 9, HEAD) end
-  local q, new, v = Q[1], Q[5], nil
+  local head = pack('>I2BI4B', ringsum, limitsum, (last - last % 1000) / 1000, above)
+  local kept = HEAD -- the old ids kept: from byte 9 to kept
+  if #id == 4 and id ~= NOID then kept = HEAD - 4 else id = '' end
+  local q, new = Q[1], Q[5]
   local lo = new % 256
-  v = pack('>I2BI4B', ringsum, limitsum, (last - last % 1000) / 1000, above) .. ids .. ssub(rec, HEAD + 1, q - 1)
-    .. char((new - lo) / 256, lo)
-  for r = 2, nrings do
-    local p = q + 2
-    q, new = Q[r], Q[4 + r]
-    lo = new % 256
-    v = v .. ssub(rec, p, q - 1) .. char((new - lo) / 256, lo)
+  local v
+  if nrings == 2 then
+    local q2, new2 = Q[2], Q[6]
+    local lo2 = new2 % 256
+    v = head .. id .. ssub(rec, 9, kept) .. ssub(rec, HEAD + 1, q - 1) .. char((new - lo) / 256, lo) ..
+      ssub(rec, q + 2, q2 - 1) .. char((new2 - lo2) / 256, lo2)
+    q = q2
+  else
+    v = head .. id .. ssub(rec, 9, kept) .. ssub(rec, HEAD + 1, q - 1) .. char((new - lo) / 256, lo)
+    for r = 2, nrings do
+      local p = q + 2
+      q, new = Q[r], Q[4 + r]
+      lo = new % 256
+      v = v .. ssub(rec, p, q - 1) .. char((new - lo) / 256, lo)
+    end
   end
-  rcall('SET', vkey, v .. ssub(rec, q + 2, HEAD + RING * nrings) .. addrs, 'PX', EXPIRY)
+  if addrs then
+    v = v .. ssub(rec, q + 2, HEAD + RING * nrings) .. addrs
+  else
+    v = v .. ssub(rec, q + 2)
+  end
+  rcall('SET', vkey, v, 'PX', EXPIRY)
 end
+
+-- The throttle's key: the state's but for its last letter, so in its slot
+-- (a key a call seldom touches, named here rather than passed: an
+-- argument costs every call about 1,400 instructions).
+local function tkey() return ssub(st, 1, -2) .. 'vt' end
 
 -- A throttle: its key, and the marker the RCPT-time lookup reads with
 -- the state (HGETALL): a state made for it expires with the throttle, one
@@ -343,14 +376,14 @@ end
 -- the state's PTTL, read before any write.
 local function write_throttle(throttle, st_ttl)
   local left = sformat('%d', throttle.til - now)
-  rcall('SET', tkey, sformat('%d %s', throttle.til, name(throttle.l)), 'PX', left)
+  rcall('SET', tkey(), sformat('%d %s', throttle.til, name(throttle.l)), 'PX', left)
   rcall('HSET', st, 'vt', left)
   if st_ttl == -2 or (st_ttl >= 0 and st_ttl < throttle.til - now) then rcall('PEXPIRE', st, left) end
 end
 
 local function count(keys, args)
   if not rcall then bind() end
-  st, vkey, tkey, msg, spec, x, smp = keys[1], keys[2], keys[3], args[1], args[2], nil, nil
+  st, vkey, msg, spec, x, smp = keys[1], keys[2], args[1], args[2], nil, nil
   local want_ver, nrcpt, id, client
   now, want_ver, nrcpt, id, client, xpos = unpack_('>I6i8I4Bc0Bc0', msg)
   if now == 0 then
@@ -367,7 +400,7 @@ local function count(keys, args)
   -- A throttle in force holds back the message, uncounted. (Its marker in
   -- the state, vt, only tells the RCPT-time lookup to look here; it is
   -- written with the throttle, and outlives it.)
-  local th = hv[4] and rcall('GET', tkey)
+  local th = hv[4] and rcall('GET', tkey())
   if th then
     local til, tname = string.match(th, '^(%d+) (.*)$')
     if til and til + 0 > now then return {3, ob, til + 0, tname} end
@@ -389,7 +422,7 @@ local function count(keys, args)
   if not crossings then return 2 + ob end
   if throttle then write_throttle(throttle, st_ttl) end
   local sid = ''
-  if suspend then sid, ob = suspension(suspend, addrs), 1 end
+  if suspend then sid, ob = suspension(suspend, addrs or ssub(rec, p)), 1 end
   local out = {1, ob}
   for _, c in ipairs(crossings) do
     local cid = ''
