@@ -184,12 +184,8 @@ func hashSlot(account string) uint16 {
 	return crc % 16384
 }
 
-// libraries are the store's function libraries, and libraryKinds the
-// names they share with every other version's (before the code's hash).
-var (
-	libraries    = []library{ingestScript, volumeScript}
-	libraryKinds = []string{"aupd_ingest_", "aupd_volume_"}
-)
+// libraries are the store's function libraries.
+var libraries = []library{ingestScript, volumeScript}
 
 // PruneLibraries deletes the function libraries that other versions of
 // aupd loaded (each is named after its code's hash, so an upgrade leaves
@@ -199,9 +195,12 @@ var (
 // (a missing function is loaded where it is called). Returns how many it
 // deleted.
 func (s *Store) PruneLibraries(ctx context.Context) (int, error) {
-	current := map[string]bool{}
+	// each library's name, and the start it shares with every other
+	// version's (up to the code's hash)
+	current, kinds := map[string]bool{}, []string{}
 	for _, l := range libraries {
 		current[l.name] = true
+		kinds = append(kinds, l.name[:strings.LastIndexByte(l.name, '_')+1])
 	}
 	var n atomic.Int64
 	prune := func(ctx context.Context, c redis.Cmdable) error {
@@ -210,7 +209,7 @@ func (s *Store) PruneLibraries(ctx context.Context) (int, error) {
 			return err
 		}
 		for _, l := range libs {
-			if current[l.Name] || !slices.ContainsFunc(libraryKinds, func(k string) bool { return strings.HasPrefix(l.Name, k) }) {
+			if current[l.Name] || !slices.ContainsFunc(kinds, func(k string) bool { return strings.HasPrefix(l.Name, k) }) {
 				continue
 			}
 			// deleted meanwhile by another process: gone all the same
