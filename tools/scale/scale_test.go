@@ -150,7 +150,11 @@ func TestStandaloneBesideCluster(t *testing.T) {
 	if s.Replica == "" || s.Share < 1-ext-0.001 || s.Share > 1-ext+0.001 {
 		t.Errorf("standalone master %+v: want a replica and every local event (share %.3f)", s, 1-ext)
 	}
-	if s.MainCPU <= 0 || s.MainCPU > s.CPU+20*time.Microsecond || s.ReplicaCPU <= 0 {
+	// The main thread's and the process's CPU are read apart (INFO cpu's
+	// getrusage of each) at both ends of the window, and the kernel splits
+	// each one's time on its own: the thread's may pass the process's by
+	// a hair (seen: 21.244ms of 21.223ms), never by a hundredth.
+	if s.MainCPU <= 0 || s.MainCPU > s.CPU+max(s.CPU/100, 20*time.Microsecond) || s.ReplicaCPU <= 0 {
 		t.Errorf("standalone CPU: main thread %s of %s, replica %s", s.MainCPU, s.CPU, s.ReplicaCPU)
 	}
 	// An event costs a Redis main thread some microseconds; far beyond a
