@@ -38,6 +38,7 @@ type Store interface {
 	MarkOutbox(ctx context.Context, accounts ...string) error
 	NewStats(bound int) *store.Stats
 	NewSenders(bound int) *store.Senders
+	HamFeed(ctx context.Context, seen int64, ttl time.Duration) (int64, error)
 }
 
 // Publisher publishes account events: all of them asynchronously, then it
@@ -110,10 +111,14 @@ type Worker struct {
 	flushes   sync.WaitGroup
 
 	// hamSeen is when this process last applied an outbound ham verdict
-	// (Unix ns, by the worker's clock), hamFeed whether it was within
-	// hamSilence at the last batch that asked (hamFeedUnset before any).
-	hamSeen atomic.Int64
-	hamFeed atomic.Int32
+	// (Unix ns, by the worker's clock), hamShared when any process did as
+	// Redis last told (store.HamFeed), hamSent the hamSeen last told to
+	// it, and hamFeed whether the latest was within hamSilence at the
+	// last batch that asked (hamFeedUnset before any).
+	hamSeen   atomic.Int64
+	hamShared atomic.Int64
+	hamSent   atomic.Int64
+	hamFeed   atomic.Int32
 }
 
 // hamSilence is how long the spam-rate rule acts without any outbound ham
@@ -284,7 +289,30 @@ func (w *Worker) rateFed(evs []Event) bool {
 			break
 		}
 	}
-	return now.UnixNano()-w.hamSeen.Load() < int64(hamSilence)
+	return now.UnixNano()-max(w.hamSeen.Load(), w.hamShared.Load()) < int64(hamSilence)
+}
+
+// shareHamFeed tells the other processes when this one last applied
+// outbound ham, and learns when any did, with the statistics' flush
+// (about once a second, off the batches' path): the spam-rate rule then
+// acts or stands aside alike in every process, however the stream
+// spreads the ham among them. On failure each process goes on by what it
+// saw itself.
+func (w *Worker) shareHamFeed(ctx context.Context) {
+	seen := w.hamSeen.Load()
+	if seen <= w.hamSent.Load() {
+		seen = 0 // nothing new to tell
+	}
+	latest, err := w.opts.Store.HamFeed(ctx, seen/int64(time.Millisecond), 2*hamSilence)
+	if err != nil {
+		w.metrics.redisErrors.Inc()
+		w.warn.Warn("share the outbound ham feed", "err", err)
+		return
+	}
+	if seen > 0 {
+		w.hamSent.Store(seen)
+	}
+	w.hamShared.Store(latest * int64(time.Millisecond))
 }
 
 // noteFeed reports a change of the ham feed, for an account whose
@@ -489,11 +517,12 @@ func (w *Worker) flushStatsIfDue() {
 	})
 }
 
-// flushStats writes the statistics and the sender tallies gathered; the
-// statistics Redis did not take stay for the next flush, the tallies are
-// dropped (store.Senders).
+// flushStats writes the statistics and the sender tallies gathered, and
+// shares the ham feed (shareHamFeed); the statistics Redis did not take
+// stay for the next flush, the tallies are dropped (store.Senders).
 func (w *Worker) flushStats(ctx context.Context) {
 	w.lastFlush.Store(time.Now().UnixNano())
+	w.shareHamFeed(ctx)
 	err := w.stats.Flush(ctx)
 	if n := w.stats.Dropped(); n > 0 {
 		w.metrics.statsDropped.Add(float64(n))

@@ -272,3 +272,80 @@ func TestSpamRateStandsAsideWithoutHam(t *testing.T) {
 		t.Fatalf("the count without ham: %d failed, crossed %q; want %s", failed, crossed("carol@example.com"), rules.RuleSpamCount)
 	}
 }
+
+// TestHamFeedIsSharedByTheProcesses: the stream spreads events among the
+// processes, so one may get an account's spam while only another gets
+// ham. Each tells Redis when it last applied ham, with its statistics'
+// flush, and learns when any did: the spam-rate rule then acts alike in
+// every process.
+func TestHamFeedIsSharedByTheProcesses(t *testing.T) {
+	ctx := context.Background()
+	st, dir := acme(t)
+	clk := testutil.NewClock(time.Now().Truncate(time.Minute))
+	newWorker := func() *Worker {
+		w, err := New(Options{
+			Store: st, Directory: dir, Publisher: failPublish{}, Now: clk.Now,
+			Policy: func() Policy {
+				return Policy{Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 10, Mode: rules.ModeEnforce,
+					Directions: []rules.Direction{rules.Outbound}, Verdicts: []rules.Verdict{rules.Spam},
+					SpamRate: rules.SpamRate{PPM: rules.RatePPM(0.05), MinSpam: 3}}
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.lastFlush.Store(time.Now().Add(time.Hour).UnixNano()) // flushes only when the test asks
+		return w
+	}
+	a, b := newWorker(), newWorker()
+	n := 0
+	verdicts := func(account, verdict string, k int) []Event {
+		var evs []Event
+		for range k {
+			n++
+			evs = append(evs, Event{Verdict: &events.Verdict{ID: fmt.Sprint("ev-", n), Time: clk.Now(), Direction: rules.Outbound,
+				Account: account, Verdict: rules.Verdict(verdict), Source: "rspamd"}})
+		}
+		return evs
+	}
+	failed := func(w *Worker, evs []Event) (k int) {
+		for _, err := range w.Process(ctx, evs) {
+			if err != nil {
+				k++
+			}
+		}
+		return k
+	}
+	crossed := func(account string) string {
+		acct, err := st.Account(ctx, account)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if acct.LastAUP == nil {
+			return ""
+		}
+		return acct.LastAUP.Rule
+	}
+	// a gets bob's ham; b, which saw none, lets alice's 4 spam of 4 by.
+	if k := failed(a, verdicts("bob@example.com", "ham", 50)); k != 0 {
+		t.Fatalf("bob's ham: %d failed", k)
+	}
+	if k := failed(b, verdicts("alice@example.com", "spam", 4)); k != 0 || crossed("alice@example.com") != "" {
+		t.Fatalf("before the feed is shared: %d failed, alice crossed %q; want nothing", k, crossed("alice@example.com"))
+	}
+	// a's flush tells Redis, b's learns it: alice's next spam crosses the
+	// rate in b (5 of 5).
+	a.Idle(ctx)
+	b.Idle(ctx)
+	if k := failed(b, verdicts("alice@example.com", "spam", 1)); k != 1 || crossed("alice@example.com") != rules.RuleSpamRate {
+		t.Fatalf("after the feed is shared: %d failed, alice crossed %q; want %s", k, crossed("alice@example.com"), rules.RuleSpamRate)
+	}
+	// An hour later neither saw ham: both stand aside (the shared time is
+	// the last ham's, not the last flush's).
+	clk.Add(time.Hour + time.Minute)
+	a.Idle(ctx)
+	b.Idle(ctx)
+	if k := failed(a, verdicts("carol@example.com", "spam", 4)); k != 0 || crossed("carol@example.com") != "" {
+		t.Fatalf("an hour after the last ham: %d failed, carol crossed %q; want nothing", k, crossed("carol@example.com"))
+	}
+}
