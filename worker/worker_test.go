@@ -190,18 +190,27 @@ func (failPublish) PublishAccountEvents(_ context.Context, evs []*events.Account
 	return errs
 }
 
-// TestSpamRateStandsAsideWithoutHam: the spam-rate rule judges a share of
-// outbound mail, so it acts only while outbound ham arrives (one within
-// the last hour); otherwise a filter that reports only spam would make
-// every share 100%. Without ham the spam count alone decides; the first
-// batch with ham, anyone's, brings the rule back; an hour without ham
-// sets it aside again. aupd_spam_rate_ham_feed says which.
-func TestSpamRateStandsAsideWithoutHam(t *testing.T) {
-	ctx := context.Background()
+// rateRig is a store under its own prefix, a test clock, and workers
+// with a spam-rate rule (5%, at least 3 spam; threshold 10) on it, as
+// several aupd processes share one Redis.
+type rateRig struct {
+	t   *testing.T
+	ctx context.Context
+	st  *store.Store
+	dir *companies.Directory
+	clk *testutil.Clock
+	n   int // events made so far, for their ids
+}
+
+func newRateRig(t *testing.T) *rateRig {
 	st, dir := acme(t)
-	clk := testutil.NewClock(time.Now().Truncate(time.Minute))
+	return &rateRig{t: t, ctx: context.Background(), st: st, dir: dir, clk: testutil.NewClock(time.Now().Truncate(time.Minute))}
+}
+
+// worker is one more process's worker.
+func (r *rateRig) worker() *Worker {
 	w, err := New(Options{
-		Store: st, Directory: dir, Publisher: failPublish{}, Now: clk.Now,
+		Store: r.st, Directory: r.dir, Publisher: failPublish{}, Now: r.clk.Now,
 		Policy: func() Policy {
 			return Policy{Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 10, Mode: rules.ModeEnforce,
 				Directions: []rules.Direction{rules.Outbound}, Verdicts: []rules.Verdict{rules.Spam},
@@ -209,36 +218,56 @@ func TestSpamRateStandsAsideWithoutHam(t *testing.T) {
 		},
 	})
 	if err != nil {
-		t.Fatal(err)
+		r.t.Fatal(err)
 	}
-	n := 0
-	verdicts := func(account, verdict string, k int) []Event {
-		var evs []Event
-		for range k {
-			n++
-			evs = append(evs, Event{Verdict: &events.Verdict{ID: fmt.Sprint("ev-", n), Time: clk.Now(), Direction: rules.Outbound,
-				Account: account, Verdict: rules.Verdict(verdict), Source: "rspamd"}})
-		}
-		return evs
+	return w
+}
+
+// verdicts are k outbound verdicts of the account, now.
+func (r *rateRig) verdicts(account, verdict string, k int) []Event {
+	var evs []Event
+	for range k {
+		r.n++
+		evs = append(evs, Event{Verdict: &events.Verdict{ID: fmt.Sprint("ev-", r.n), Time: r.clk.Now(), Direction: rules.Outbound,
+			Account: account, Verdict: rules.Verdict(verdict), Source: "rspamd"}})
 	}
-	process := func(evs []Event) (failed int) {
-		for _, err := range w.Process(ctx, evs) {
-			if err != nil {
-				failed++
-			}
-		}
-		return failed
-	}
-	crossed := func(account string) string {
-		a, err := st.Account(ctx, account)
+	return evs
+}
+
+// process has w apply evs, and returns how many it did not acknowledge.
+func (r *rateRig) process(w *Worker, evs []Event) (failed int) {
+	for _, err := range w.Process(r.ctx, evs) {
 		if err != nil {
-			t.Fatal(err)
+			failed++
 		}
-		if a.LastAUP == nil {
-			return ""
-		}
-		return a.LastAUP.Rule
 	}
+	return failed
+}
+
+// crossed is the rule of the account's last crossing ("": none).
+func (r *rateRig) crossed(account string) string {
+	a, err := r.st.Account(r.ctx, account)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if a.LastAUP == nil {
+		return ""
+	}
+	return a.LastAUP.Rule
+}
+
+// TestSpamRateStandsAsideWithoutHam: the spam-rate rule judges a share of
+// outbound mail, so it acts only while outbound ham arrives (one within
+// the last hour); otherwise a filter that reports only spam would make
+// every share 100%. Without ham the spam count alone decides; the first
+// batch with ham, anyone's, brings the rule back; an hour without ham
+// sets it aside again. aupd_spam_rate_ham_feed says which.
+func TestSpamRateStandsAsideWithoutHam(t *testing.T) {
+	r := newRateRig(t)
+	w := r.worker()
+	clk, crossed := r.clk, r.crossed
+	verdicts := r.verdicts
+	process := func(evs []Event) int { return r.process(w, evs) }
 	feed := func(want float64) {
 		t.Helper()
 		var m dto.Metric
@@ -280,52 +309,14 @@ func TestSpamRateStandsAsideWithoutHam(t *testing.T) {
 // every process.
 func TestHamFeedIsSharedByTheProcesses(t *testing.T) {
 	ctx := context.Background()
-	st, dir := acme(t)
-	clk := testutil.NewClock(time.Now().Truncate(time.Minute))
+	r := newRateRig(t)
 	newWorker := func() *Worker {
-		w, err := New(Options{
-			Store: st, Directory: dir, Publisher: failPublish{}, Now: clk.Now,
-			Policy: func() Policy {
-				return Policy{Window: 24 * time.Hour, FutureSkew: 5 * time.Minute, Threshold: 10, Mode: rules.ModeEnforce,
-					Directions: []rules.Direction{rules.Outbound}, Verdicts: []rules.Verdict{rules.Spam},
-					SpamRate: rules.SpamRate{PPM: rules.RatePPM(0.05), MinSpam: 3}}
-			},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		w := r.worker()
 		w.lastFlush.Store(time.Now().Add(time.Hour).UnixNano()) // flushes only when the test asks
 		return w
 	}
 	a, b := newWorker(), newWorker()
-	n := 0
-	verdicts := func(account, verdict string, k int) []Event {
-		var evs []Event
-		for range k {
-			n++
-			evs = append(evs, Event{Verdict: &events.Verdict{ID: fmt.Sprint("ev-", n), Time: clk.Now(), Direction: rules.Outbound,
-				Account: account, Verdict: rules.Verdict(verdict), Source: "rspamd"}})
-		}
-		return evs
-	}
-	failed := func(w *Worker, evs []Event) (k int) {
-		for _, err := range w.Process(ctx, evs) {
-			if err != nil {
-				k++
-			}
-		}
-		return k
-	}
-	crossed := func(account string) string {
-		acct, err := st.Account(ctx, account)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if acct.LastAUP == nil {
-			return ""
-		}
-		return acct.LastAUP.Rule
-	}
+	clk, verdicts, failed, crossed := r.clk, r.verdicts, r.process, r.crossed
 	// a gets bob's ham; b, which saw none, lets alice's 4 spam of 4 by.
 	if k := failed(a, verdicts("bob@example.com", "ham", 50)); k != 0 {
 		t.Fatalf("bob's ham: %d failed", k)
