@@ -283,7 +283,7 @@ func (s *server) ingestRspamd(w http.ResponseWriter, r *http.Request, p *princip
 	refuse := func(reason, detail string) {
 		res := ingest.Refused(reason, detail)
 		s.opts.Ingest.Count(ingest.SourceRspamd, res)
-		if reason != ingest.ReasonNoAccount {
+		if reason != ingest.ReasonNoAccount && reason != ingest.ReasonSoftReject {
 			// Not normal: the exporter's configuration or the MTA's
 			// users need a look.
 			s.log.Warn("rspamd post refused", "reason", reason, "detail", detail, "token", p.name)

@@ -229,6 +229,10 @@ func TestIngestVerdictsOverHTTP(t *testing.T) {
 		{"application/json", `{"user":"unknown","qid":"Q10","action":"reject","score":20,"rcpt":["x@elsewhere.example"],"symbols":[]}`, "refused", "no_local_account"},
 		{"application/json", `{"user":"erin","qid":"Q11","action":"reject","score":20,"rcpt":["x@example.net"],"symbols":[]}`, "refused", "user_not_an_address"},
 		{"text/html", `<p>hello</p>`, "refused", "not_rspamd"},
+		// "soft reject" (a deferred post's): the retry is scanned again;
+		// a phish is a phish whatever the action.
+		{"application/json", `{"user":"erin@globex.test","qid":"Q12","action":"soft reject","score":20.5,"rcpt":["x@example.net"],"from":"erin@globex.test","symbols":[{"name":"GTUBE","score":0}],"message_id":"m12@globex.test","subject":"hi"}`, "refused", "soft_reject"},
+		{"application/json", `{"user":"erin@globex.test","qid":"Q13","action":"soft reject","score":20.5,"rcpt":["x@example.net"],"from":"erin@globex.test","symbols":[{"name":"PHISHING","score":4}],"message_id":"m13@globex.test","subject":"hi"}`, "accepted", ""},
 	} {
 		a := h.post(rspamdPath, tokPublisher, tc.ctype, []byte(tc.body))
 		r := a.ingest(t)
@@ -244,7 +248,7 @@ func TestIngestVerdictsOverHTTP(t *testing.T) {
 	}
 
 	h.drained()
-	if n := h.count("erin@globex.test"); n != 1 {
+	if n := h.count("erin@globex.test"); n != 2 { // Q9's spam, Q13's phish
 		t.Fatalf("erin (rspamd json) counted %d", n)
 	}
 	if n := h.count("alice@globex.test"); n != 3 { // http-1, http-2, http-7
@@ -258,12 +262,13 @@ func TestIngestVerdictsOverHTTP(t *testing.T) {
 		`aupd_ingest_events_total{result="accepted",source="verdicts"} 5`,
 		`aupd_ingest_events_total{result="duplicate",source="verdicts"} 1`,
 		`aupd_ingest_events_total{result="refused",source="verdicts"} 1`,
-		`aupd_ingest_events_total{result="accepted",source="rspamd"} 1`,
-		`aupd_ingest_events_total{result="refused",source="rspamd"} 3`,
+		`aupd_ingest_events_total{result="accepted",source="rspamd"} 2`,
+		`aupd_ingest_events_total{result="refused",source="rspamd"} 4`,
 		`aupd_ingest_events_total{result="refused",source="arf"} 1`,
 		`aupd_ingest_refusals_total{reason="not_arf",source="arf"} 1`,
 		`aupd_ingest_refusals_total{reason="no_local_account",source="rspamd"} 1`,
 		`aupd_ingest_refusals_total{reason="not_rspamd",source="rspamd"} 1`,
+		`aupd_ingest_refusals_total{reason="soft_reject",source="rspamd"} 1`,
 	} {
 		if !strings.Contains(m, line) {
 			t.Errorf("metrics lack %s", line)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/aupd/aupd/internal/api"
+	"github.com/aupd/aupd/internal/auth"
 	"github.com/aupd/aupd/internal/testutil"
 )
 
@@ -372,6 +373,62 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		return strings.Contains(h.metrics(), `aupd_events_total{direction="outbound",outcome="stats",verdict="ham"} 2`)
 	}, "the big ham's two posts were not one ham verdict: %s", grepLines(h.metrics(), `verdict="ham"`))
 
+	// A rotated token: the operator gives the publisher token a new secret
+	// in aupd (here by a restart on the same address; a reload does the
+	// same) before rspamd has it. rspamd's post is answered 401, so it
+	// defers the spam (soft reject: the MTA keeps the message) and counts
+	// nothing; once rspamd's config has the new token and rspamd is
+	// reloaded (SIGHUP, as systemctl reload does), the MTA's retry of the
+	// same message is counted, once.
+	const rotated = "publisher-token-rotated-9876543210"
+	h.stop()
+	h.cfg.HTTP.Listen = h.info.HTTPAddr
+	for i := range h.cfg.Auth.Tokens {
+		if h.cfg.Auth.Tokens[i].Name == "filters" {
+			h.cfg.Auth.Tokens[i].Hash = auth.HashToken(rotated)
+		}
+	}
+	h.run()
+	counted := h.count("alice@globex.test")
+	retry := strings.ReplaceAll(out, "out-1@", "out-rotated@")
+	retryArgs := []string{"-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QROT1"}
+	hamBefore := hamPosts.count()
+	if res = scan(retry, retryArgs...); !strings.Contains(res, "soft reject") {
+		t.Errorf("spam with a rotated token: %s; want soft reject (deferred)", tail([]byte(res), 2000))
+	}
+	// One post: the ham rule must not export the deferred spam, which its
+	// selector would see as "soft reject" once the spam rule's post failed.
+	if m := h.metrics(); !strings.Contains(m, `aupd_api_requests_total{code="401",route="POST /api/v1/ingest/rspamd"} 1`) {
+		t.Errorf("the post with the old token was not answered 401 once: %s", grepLines(m, "ingest/rspamd"))
+	}
+	if n := hamPosts.count() - hamBefore; n != 0 {
+		t.Errorf("the ham rule posted the deferred spam (%d posts)", n)
+	}
+	// A reload is done when a new scanning worker has started and an old
+	// one has ended (the old ones stop taking scans on the signal).
+	started, ended := "starting normal process", "do not respawn process normal"
+	nstarted, nended := strings.Count(logs.String(), started), strings.Count(logs.String(), ended)
+	if err := os.WriteFile(filepath.Join(dir, "local.d/metadata_exporter.conf"), []byte(strings.ReplaceAll(c, tokPublisher, rotated)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 60*time.Second, func() bool {
+		l := logs.String()
+		return strings.Count(l, started) > nstarted && strings.Count(l, ended) > nended
+	}, "rspamd did not replace its scanning worker after SIGHUP")
+	retryArgs[len(retryArgs)-1] = "Queue-Id: 4QROT2" // the MTA's retry: the same message
+	if res = scan(retry, retryArgs...); strings.Contains(res, "soft reject") || !strings.Contains(res, "reject") {
+		t.Errorf("the retry with the new token: %s; want reject, not deferred", tail([]byte(res), 2000))
+	}
+	testutil.Eventually(t, 30*time.Second, func() bool { return h.count("alice@globex.test") == counted+1 },
+		"the retry with the new token was not counted: alice %d, was %d", h.count("alice@globex.test"), counted)
+	h.drained()
+	if n := h.count("alice@globex.test"); n != counted+1 {
+		t.Errorf("the deferred message counted %d times; want once", n-counted)
+	}
+
 	// aupd down: the spam rule's post fails and rspamd defers the message
 	// (soft reject: the MTA keeps it and retries); the ham rule does not
 	// defer, so an authenticated user's ordinary mail goes on.
@@ -381,10 +438,14 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if strings.Contains(res, "soft reject") || !strings.Contains(res, "Action: no action") {
 		t.Errorf("ham with aupd down: %s; want no action", tail([]byte(res), 2000))
 	}
+	hamBefore = hamPosts.count()
 	res = scan(strings.ReplaceAll(out, "out-1@", "out-2@"),
 		"-u", "alice@globex.test", "-F", "alice@globex.test", "-r", "bob@example.net", "-i", "192.0.2.10", "--header", "Queue-Id: 4QOUT2")
 	if !strings.Contains(res, "soft reject") {
 		t.Errorf("spam with aupd down: %s; want soft reject (deferred)", tail([]byte(res), 2000))
+	}
+	if n := hamPosts.count() - hamBefore; n != 0 {
+		t.Errorf("with aupd down the ham rule posted the deferred spam (%d posts)", n)
 	}
 }
 

@@ -273,6 +273,7 @@ const (
 	ReasonNotARF        = "not_arf"
 	ReasonOutOfScope    = "out_of_scope"
 	ReasonBadAuthedUser = "user_not_an_address"
+	ReasonSoftReject    = "soft_reject"
 )
 
 // RefusedError is a post that becomes no event.
@@ -320,6 +321,14 @@ func (r *Rspamd) Verdicts(now time.Time) ([]*events.Verdict, error) {
 		}
 	}
 	verdict := r.VerdictOf()
+	if verdict == rules.Ham && r.Action == "soft reject" {
+		// Not accepted: the MTA tempfails it and its retry is scanned
+		// again. It may be spam whose own post failed and was deferred
+		// (defer = true answers "soft reject"): stored as ham, it would
+		// take the id of its retry's spam verdict, which JetStream would
+		// then drop as a duplicate.
+		return nil, &RefusedError{ReasonSoftReject, "rspamd answered soft reject: the message was not accepted, and its retry is scanned again"}
+	}
 	if verdict == rules.Ham {
 		// Ham is never evidence: the stream keeps its header fields, not
 		// the message (the exporter's ham rule posts every outbound
