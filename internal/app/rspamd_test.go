@@ -377,9 +377,10 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	// in aupd (here by a restart on the same address; a reload does the
 	// same) before rspamd has it. rspamd's post is answered 401, so it
 	// defers the spam (soft reject: the MTA keeps the message) and counts
-	// nothing; once rspamd's config has the new token and rspamd is
-	// reloaded (SIGHUP, as systemctl reload does), the MTA's retry of the
-	// same message is counted, once.
+	// nothing; then 429 once the address is held back. With rspamd's
+	// config given the new token and rspamd reloaded (SIGHUP, as
+	// systemctl reload does), and the hold lifted as the runbook says, the
+	// MTA's retry of the same message is counted, once.
 	const rotated = "publisher-token-rotated-9876543210"
 	h.stop()
 	h.cfg.HTTP.Listen = h.info.HTTPAddr
@@ -404,6 +405,18 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if n := hamPosts.count() - hamBefore; n != 0 {
 		t.Errorf("the ham rule posted the deferred spam (%d posts)", n)
 	}
+	// More of the queue's mail keeps coming with the old token: past
+	// http.auth_failures refused posts aupd holds rspamd's address back
+	// (429), the right token too, until the window ends.
+	for i := 0; !strings.Contains(h.metrics(), `aupd_api_requests_total{code="429",route="POST /api/v1/ingest/rspamd"}`); i++ {
+		if i == 2*h.cfg.HTTP.AuthFailures {
+			t.Fatalf("%d posts with the old token, none held back: %s", i, grepLines(h.metrics(), "ingest/rspamd"))
+		}
+		if res = scan(strings.ReplaceAll(out, "out-1@", fmt.Sprintf("out-queued-%d@", i)), "-u", "alice@globex.test", "-F", "alice@globex.test",
+			"-r", "bob@example.net", "-i", "192.0.2.10", "--header", fmt.Sprintf("Queue-Id: 4QQUEUED%d", i)); !strings.Contains(res, "soft reject") {
+			t.Errorf("spam %d with the old token: %s; want soft reject", i, tail([]byte(res), 2000))
+		}
+	}
 	// A reload is done when a new scanning worker has started and an old
 	// one has ended (the old ones stop taking scans on the signal).
 	started, ended := "starting normal process", "do not respawn process normal"
@@ -418,7 +431,18 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		l := logs.String()
 		return strings.Count(l, started) > nstarted && strings.Count(l, ended) > nended
 	}, "rspamd did not replace its scanning worker after SIGHUP")
-	retryArgs[len(retryArgs)-1] = "Queue-Id: 4QROT2" // the MTA's retry: the same message
+	// The MTA's retries of the same message: still held back (429,
+	// deferred again) until the runbook's fix, deleting the address's
+	// counter; then stored.
+	retryArgs[len(retryArgs)-1] = "Queue-Id: 4QROT2"
+	if res = scan(retry, retryArgs...); !strings.Contains(res, "soft reject") {
+		t.Errorf("the retry with the new token while held back: %s; want soft reject (deferred)", tail([]byte(res), 2000))
+	}
+	rdb, _ := testutil.Redis(t)
+	if n, err := rdb.Del(context.Background(), h.cfg.Redis.Prefix+":auth:failures:127.0.0.1").Result(); err != nil || n != 1 {
+		t.Fatalf("the runbook's DEL of rspamd's counter: %d %v", n, err)
+	}
+	retryArgs[len(retryArgs)-1] = "Queue-Id: 4QROT3"
 	if res = scan(retry, retryArgs...); strings.Contains(res, "soft reject") || !strings.Contains(res, "reject") {
 		t.Errorf("the retry with the new token: %s; want reject, not deferred", tail([]byte(res), 2000))
 	}
