@@ -176,14 +176,14 @@ end
 
 -- The account being worked on, shared by the steps of one(): its window
 -- key (win); the window's score base (ms); wlo, at or before which events
--- do not count; the count before this batch; the new events (nadd of
+-- do not count; whether the address is new (fresh); the count before this batch; the new events (nadd of
 -- them, their indexes in ADD); the newest event time the window holds
 -- after this batch (maxt); what the window told of the ids (known:
 -- ZMSCORE's answer; kept, in rewrite mode: member -> {time, kind}, nkept
 -- of them); whether the one event was added already (added1); the
 -- samples read (ns, nil: not read) and whether they changed; and what a
 -- crossing read (x).
-local win, base, wlo
+local win, base, wlo, fresh
 local count, nadd, maxt
 local known, kept, nkept, added1
 local ns, smp_changed, x
@@ -391,7 +391,7 @@ end
 -- Returns nh, after the base's field when it changed.
 local function write_window(st, v1, cap)
   local nh, z = 0, {}
-  if kept then
+  if kept and not fresh then
     rcall('DEL', win, ssub(st, 1, -2) .. 'x')
     for m, v in pairs(kept) do z[#z + 1] = sformat('%d', (v[1] - base) * 16 + v[2]); z[#z + 1] = m end
     if v1 then rcall('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
@@ -404,6 +404,12 @@ local function write_window(st, v1, cap)
   end
   if #z > 0 then
     zadd(win, z)
+    -- A new address has no window: one left over (its state deleted
+    -- without it) holds more than was just added, and goes.
+    if fresh and rcall('ZCARD', win) ~= nadd then
+      rcall('DEL', win)
+      zadd(win, z)
+    end
     if kept then HSET[1], HSET[2], nh = 'wb', shared_text(base / HOUR), 2 end
   end
   if count + nadd > cap then
@@ -459,9 +465,11 @@ local function one(st, w, b)
   local rep = act ~= 1 and report -- a report made, for the report action
   local ham = r and count_ham(st, r)
   local v1, outs = false, nil
+  fresh = false
   if n > 0 and not base and not created then
-    -- a new address: nothing to carry over (the writes delete any leftover)
-    kept, nkept, base = {}, 0, mfloor(now / HOUR) * HOUR
+    -- a new address: nothing to carry over (write_window sees to a
+    -- window left over)
+    kept, nkept, base, fresh = {}, 0, mfloor(now / HOUR) * HOUR, true
   elseif n > 0 and (base == nil or now - base > rebase_after) then
     v1 = read_for_rewrite(st, created)
   elseif base then

@@ -11,6 +11,7 @@ import (
 
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
+	"github.com/redis/go-redis/v9"
 )
 
 var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
@@ -445,5 +446,50 @@ func TestClusterRefusalsAreRerun(t *testing.T) {
 	}
 	if err := classifyScript("WRONGTYPE Operation against a key holding the wrong kind of value"); errors.Is(err, errMoved) || !IsPermanent(err) {
 		t.Errorf("a key of the wrong type: %v, want permanent", err)
+	}
+}
+
+// TestLeftoverWindowOfANewAddress: a window whose state is gone (deleted
+// by hand, or evicted by a Redis that should not evict) is not carried
+// into the address's new count, whether or not it holds the new event's
+// id, nor is it deleted when it holds nothing else.
+func TestLeftoverWindowOfANewAddress(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		next Item
+	}{
+		{"another id", spam("new", t0.Add(time.Minute))},
+		{"an id it holds", spam("old-1", t0.Add(time.Minute))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			ctx := context.Background()
+			rdb := s.rdb.(*redis.Client)
+			ingest(t, s, t0, 50, spam("old-0", t0.Add(-2*time.Hour)), spam("old-1", t0.Add(-time.Hour)), spam("old-2", t0))
+			if err := rdb.Del(ctx, s.key("alice@example.com", sufState)).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if r := ingest(t, s, t0.Add(time.Minute), 50, tc.next); r.Count != 1 {
+				t.Errorf("count %d, want 1 (the leftover window is not counted)", r.Count)
+			}
+			win := rdb.ZRange(ctx, s.key("alice@example.com", sufWindow), 0, -1).Val()
+			if len(win) != 1 {
+				t.Errorf("window %q, want the new event alone", win)
+			}
+			// The next event counts on from there, in trim mode.
+			if r := ingest(t, s, t0.Add(2*time.Minute), 50, spam("next", t0.Add(2*time.Minute))); r.Count != 2 {
+				t.Errorf("then count %d, want 2", r.Count)
+			}
+		})
+	}
+	// A window that holds only the new event's id stays as it is.
+	s := newStore(t)
+	rdb := s.rdb.(*redis.Client)
+	ingest(t, s, t0, 50, spam("only", t0))
+	if err := rdb.Del(context.Background(), s.key("alice@example.com", sufState)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if r := ingest(t, s, t0.Add(time.Minute), 50, spam("only", t0)); r.Count != 1 {
+		t.Errorf("the same event again: count %d, want 1", r.Count)
 	}
 }
