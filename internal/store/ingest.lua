@@ -176,13 +176,13 @@ end
 
 -- The account being worked on, shared by the steps of one(): its window
 -- key (win); the window's score base (ms); wlo, at or before which events
--- do not count; whether the address is new (fresh); the count before this batch; the new events (nadd of
--- them, their indexes in ADD); the newest event time the window holds
--- after this batch (maxt); what the window told of the ids (known:
--- ZMSCORE's answer; kept, in rewrite mode: member -> {time, kind}, nkept
--- of them); whether the one event was added already (added1); the
--- samples read (ns, nil: not read) and whether they changed; and what a
--- crossing read (x).
+-- do not count; whether the address is new (fresh); the count before
+-- this batch; the new events (nadd of them, their indexes in ADD); the
+-- newest event time the window holds after this batch (maxt); what the
+-- window told of the ids (known: ZMSCORE's answer; kept, in rewrite
+-- mode: member -> {time, kind}, nkept of them); whether the one event
+-- was added already (added1); the samples read (ns, nil: not read) and
+-- whether they changed; and what a crossing read (x).
 local win, base, wlo, fresh
 local count, nadd, maxt
 local known, kept, nkept, added1
