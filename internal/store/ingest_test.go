@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
-	"github.com/redis/go-redis/v9"
 )
 
 var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
