@@ -328,6 +328,8 @@ const (
 	EnvSMTPPassword  = "AUPD_SMTP_PASSWORD"
 	EnvDovecotAPIKey = "AUPD_DOVECOT_API_KEY"
 	EnvDeskLinkKey   = "AUPD_DESK_LINK_KEY"
+	// EnvDovecotPreviousAPIKey is policy.dovecot.previous_api_key.
+	EnvDovecotPreviousAPIKey = "AUPD_DOVECOT_PREVIOUS_API_KEY"
 	// The other listeners, so that a second aupd on one host (a trial
 	// beside a running one) moves every port without a file.
 	EnvNATSEmbeddedListen = "AUPD_NATS_EMBEDDED_LISTEN"
@@ -373,6 +375,7 @@ func (c *Config) applyEnv(get func(string) string) error {
 	set(&c.DataDir, EnvDataDir)
 	setSecret(&c.Notifier.SMTP.Password, EnvSMTPPassword)
 	setSecret(&c.Policy.Dovecot.APIKey, EnvDovecotAPIKey)
+	setSecret(&c.Policy.Dovecot.PreviousAPIKey, EnvDovecotPreviousAPIKey)
 	setSecret(&c.Desk.LinkKey, EnvDeskLinkKey)
 	return errors.Join(errs...)
 }

@@ -50,12 +50,14 @@ func TestDeskSection(t *testing.T) {
 func TestPlaceholderSecrets(t *testing.T) {
 	c := Default()
 	c.Policy.Dovecot.APIKey = "change-me"
+	c.Policy.Dovecot.PreviousAPIKey = "CHANGE-ME-too"
 	c.Redis.Password = "CHANGE-ME-redis"
 	err := c.Validate()
-	if err == nil || !strings.Contains(err.Error(), "policy.dovecot.api_key: an example's placeholder") || !strings.Contains(err.Error(), "redis.password") {
+	if err == nil || !strings.Contains(err.Error(), "policy.dovecot.api_key: an example's placeholder") || !strings.Contains(err.Error(), "redis.password") ||
+		!strings.Contains(err.Error(), "policy.dovecot.previous_api_key: an example's placeholder") {
 		t.Fatalf("placeholders taken: %v", err)
 	}
-	c.Policy.Dovecot.APIKey, c.Redis.Password = "k7Qx9-real-key-2f8a", "r3al-redis-pw-91c"
+	c.Policy.Dovecot.APIKey, c.Policy.Dovecot.PreviousAPIKey, c.Redis.Password = "k7Qx9-real-key-2f8a", "p4st-real-key-77c1", "r3al-redis-pw-91c"
 	if err := c.Validate(); err != nil && strings.Contains(err.Error(), "placeholder") {
 		t.Fatalf("real secrets refused: %v", err)
 	}

@@ -30,6 +30,7 @@ func (c *Config) checkPlaceholders(bad func(format string, args ...any)) {
 		{"redis.password", c.Redis.Password},
 		{"notifier.smtp.password", c.Notifier.SMTP.Password},
 		{"policy.dovecot.api_key", c.Policy.Dovecot.APIKey},
+		{"policy.dovecot.previous_api_key", c.Policy.Dovecot.PreviousAPIKey},
 		{"desk.link_key", c.Desk.LinkKey},
 	} {
 		if f.s.Placeholder() {

@@ -86,6 +86,8 @@ type stackOptions struct {
 	env []string
 	// aup changes aupd's AUP rule (its volume limits, say).
 	aup func(*config.AUP)
+	// dovecot changes aupd's Dovecot policy server (its keys, say).
+	dovecot func(*dovecot.Config)
 	// now pins aupd's clock, the one its Redis scripts read too, so that
 	// the test can move it to a window's end instead of waiting.
 	now func() time.Time
@@ -189,6 +191,9 @@ func startMailstackWith(t testing.TB, opt stackOptions) *mailstack {
 	}
 	if opt.aup != nil {
 		opt.aup(&cfg.AUP)
+	}
+	if opt.dovecot != nil {
+		opt.dovecot(&cfg.Policy.Dovecot)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -326,6 +331,22 @@ func (ms *mailstack) postfixRequests(t testing.TB) float64 {
 // answered with result ("": any), from its metrics.
 func (ms *mailstack) policyRequests(t testing.TB, server, result string) float64 {
 	t.Helper()
+	return ms.sumMetric(t, func(line string) bool {
+		return strings.HasPrefix(line, "aupd_policy_requests_total{") && strings.Contains(line, `server="`+server+`"`) &&
+			(result == "" || strings.Contains(line, `result="`+result+`"`))
+	})
+}
+
+// metric is the value of one series, named as /metrics writes it
+// (name{labels}), 0 when absent.
+func (ms *mailstack) metric(t testing.TB, series string) float64 {
+	t.Helper()
+	return ms.sumMetric(t, func(line string) bool { return strings.HasPrefix(line, series+" ") })
+}
+
+// sumMetric sums the values of aupd's /metrics lines that match.
+func (ms *mailstack) sumMetric(t testing.TB, match func(line string) bool) float64 {
+	t.Helper()
 	resp, err := http.Get("http://" + ms.httpAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -339,8 +360,7 @@ func (ms *mailstack) policyRequests(t testing.TB, server, result string) float64
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "aupd_policy_requests_total{") || !strings.Contains(line, `server="`+server+`"`) ||
-			result != "" && !strings.Contains(line, `result="`+result+`"`) {
+		if !match(line) {
 			continue
 		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aupd/aupd/internal/policy/dovecot"
 	"github.com/aupd/aupd/internal/testutil"
 	"github.com/aupd/aupd/rules"
 )
@@ -202,5 +203,35 @@ func TestMailstackWrongPolicyKey(t *testing.T) {
 	}
 	if allowed := ms.policyRequests(t, "dovecot", "allow"); allowed != 0 {
 		t.Errorf("%v requests with a wrong key were answered allow", allowed)
+	}
+}
+
+// TestMailstackPreviousPolicyKey: halfway through changing the API key as
+// docs/dovecot.md says (aupd holds the new key as api_key and the old one
+// as previous_api_key, Dovecot, configured from deploy/dovecot, still
+// sends the old one), every login goes through aupd's answer as before,
+// and aupd counts the requests that sent the old key, so that the
+// operator sees when no Dovecot does.
+func TestMailstackPreviousPolicyKey(t *testing.T) {
+	ms := startMailstackWith(t, stackOptions{dovecot: func(c *dovecot.Config) {
+		c.PreviousAPIKey, c.APIKey = c.APIKey, dovecot.Secret("rotated-"+testutil.RandomHex(8))
+	}})
+	must(t)(ms.st.Suspend(context.Background(), "suspended@"+domain, []rules.Service{rules.ServiceIMAP, rules.ServicePOP3}, admin))
+	for i := range 3 {
+		if r := imapLogin(t, ms.imap, "active@"+domain, password); !strings.HasPrefix(r, "OK") {
+			t.Fatalf("login %d of an active user with the previous key: %q", i, r)
+		}
+	}
+	if r := imapLogin(t, ms.imap, "suspended@"+domain, password); strings.HasPrefix(r, "OK") {
+		t.Errorf("a suspended user logged in: %q", r)
+	}
+	if n := ms.policyRequests(t, "dovecot", "unauthorized") + ms.policyRequests(t, "dovecot", "limited"); n != 0 {
+		t.Errorf("%v requests with the previous key were refused", n)
+	}
+	if n := ms.policyRequests(t, "dovecot", "allow"); n < 3 {
+		t.Errorf("%v allow requests answered; want one a login at least", n)
+	}
+	if n := ms.metric(t, `aupd_policy_previous_key_total{server="dovecot"}`); n < 3 {
+		t.Errorf("aupd counted %v requests with the previous key; want one a login at least", n)
 	}
 }

@@ -92,6 +92,11 @@ type Config struct {
 	// (auth_policy_server_api_header = X-API-Key:KEY). Compared in
 	// constant time.
 	APIKey Secret `yaml:"api_key"`
+	// PreviousAPIKey, when set, is accepted besides APIKey while the
+	// Dovecot servers are switched to a new key (docs/dovecot.md): each
+	// request that sends it is counted and logged (at most every 10s), so
+	// that the operator sees when to remove it.
+	PreviousAPIKey Secret `yaml:"previous_api_key"`
 	// APIHeader is the header that carries APIKey. Default X-API-Key, the
 	// header Dovecot uses when auth_policy_server_api_header has no name.
 	APIHeader string `yaml:"api_header"`
@@ -159,6 +164,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("dovecot policy: api_header %q is not a header name", c.APIHeader)
 	case strings.ContainsAny(string(c.APIKey), "\r\n"):
 		return errors.New("dovecot policy: api_key must be one line")
+	case strings.ContainsAny(string(c.PreviousAPIKey), "\r\n"):
+		return errors.New("dovecot policy: previous_api_key must be one line")
+	case c.PreviousAPIKey != "" && c.APIKey == "":
+		return errors.New("dovecot policy: previous_api_key is set but api_key is not: it is accepted only besides a current key")
+	case c.PreviousAPIKey != "" && c.PreviousAPIKey == c.APIKey:
+		return errors.New("dovecot policy: previous_api_key is the same as api_key")
 	case c.RecentLogins < 0 || c.RecentLogins > 100:
 		return fmt.Errorf("dovecot policy: recent_logins must be 0 to 100, got %d", c.RecentLogins)
 	case c.RecentLoginsRetention < time.Hour:
@@ -322,13 +333,23 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) string {
 				return ResultLimited
 			}
 		}
-		got := r.Header.Get(h.cfg.APIHeader)
-		if subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(h.cfg.APIKey)) != 1 {
+		got := []byte(strings.TrimSpace(r.Header.Get(h.cfg.APIHeader)))
+		current := subtle.ConstantTimeCompare(got, []byte(h.cfg.APIKey))
+		previous := 0
+		if h.cfg.PreviousAPIKey != "" {
+			previous = subtle.ConstantTimeCompare(got, []byte(h.cfg.PreviousAPIKey))
+		}
+		if current|previous != 1 {
 			if h.limit != nil {
 				h.limit.Fail(r.Context(), r)
 			}
 			httpError(w, http.StatusUnauthorized, "missing or wrong API key")
 			return ResultUnauthorized
+		}
+		if previous == 1 {
+			h.metrics.previousKey.WithLabelValues(serverName).Inc()
+			h.warn.Warn("a Dovecot sent policy.dovecot.previous_api_key: remove it once no Dovecot does (docs/dovecot.md, \"Changing the API key\")",
+				"client", r.RemoteAddr)
 		}
 	}
 	if r.Method != http.MethodPost {

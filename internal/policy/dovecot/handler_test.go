@@ -220,6 +220,35 @@ func TestAPIKey(t *testing.T) {
 	}
 }
 
+// TestPreviousAPIKey: while Dovecot is switched to a new key, the
+// previous one is accepted besides it, and each request that sends it is
+// counted; any other key is still refused.
+func TestPreviousAPIKey(t *testing.T) {
+	e := newEnv(t, Config{APIKey: "new-s3cret", PreviousAPIKey: "old-s3cret"}, lockout.Config{})
+	body := allowReq("locked@example.test", "imap", "")
+	for _, key := range []string{"new-s3cret", "old-s3cret", "old-s3cret"} {
+		if code, resp, raw := e.post(t, "allow", body, "X-API-Key", key); code != http.StatusOK || resp.Status != -1 {
+			t.Errorf("key %q: %d %s", key, code, raw)
+		}
+	}
+	for _, key := range []string{"", "wrong", "old-s3cre", "new-s3cret old-s3cret"} {
+		if code, _, raw := e.post(t, "allow", body, "X-API-Key", key); code != http.StatusUnauthorized {
+			t.Errorf("key %q: %d %s, want 401", key, code, raw)
+		}
+	}
+	if got := counter(t, e.reg, "aupd_policy_previous_key_total", "dovecot"); got != 2 {
+		t.Errorf("previous key metric %v, want 2", got)
+	}
+	if fmt.Sprint(e.h.cfg.PreviousAPIKey) != "<secret>" {
+		t.Errorf("the previous key prints as %q", fmt.Sprint(e.h.cfg.PreviousAPIKey))
+	}
+	for _, c := range []Config{{PreviousAPIKey: "old"}, {APIKey: "k", PreviousAPIKey: "k"}, {APIKey: "k", PreviousAPIKey: "a\nb"}} {
+		if c.Validate() == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}
+
 func TestBadRequests(t *testing.T) {
 	e := newEnv(t, Config{}, lockout.Config{})
 	for _, tc := range []struct {

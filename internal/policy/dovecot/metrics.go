@@ -13,6 +13,8 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	logins   *prometheus.CounterVec
+	// previousKey counts requests that sent the previous API key.
+	previousKey *prometheus.CounterVec
 }
 
 // The result label values of aupd_dovecot_logins_recorded_total.
@@ -40,7 +42,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "aupd_dovecot_logins_recorded_total",
 			Help: "Logins from Dovecot's reports offered to the accounts' recent logins, by result: recorded, not_recorded (no record to add to), error (Redis; the answer is unchanged).",
 		}, []string{"result"}),
+		previousKey: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aupd_policy_previous_key_total",
+			Help: "Policy requests that sent the previous API key (policy.dovecot.previous_api_key), by server: while it grows, a server still has the old key.",
+		}, []string{"server"}),
 	}
+	m.previousKey.WithLabelValues(serverName)
 	for _, r := range []string{loginRecorded, loginNotGoverned, loginError} {
 		m.logins.WithLabelValues(r)
 	}
@@ -49,6 +56,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var err error
 	if m.logins, err = register(reg, m.logins); err != nil {
+		return nil, err
+	}
+	if m.previousKey, err = register(reg, m.previousKey); err != nil {
 		return nil, err
 	}
 	if m.requests, err = register(reg, m.requests); err != nil {
