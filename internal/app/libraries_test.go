@@ -17,16 +17,14 @@ import (
 // Redis of its own: other packages' processes prune the shared one too.
 func TestStartDeletesOtherVersionsLibraries(t *testing.T) {
 	ctx := context.Background()
-	addr := testutil.PrivateRedisServer(t)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer rdb.Close()
+	rdb := testutil.PrivateRedis(t)
 	const old = "aupd_ingest_0123456789abcdef"
 	if err := rdb.FunctionLoad(ctx, "#!lua name="+old+"\nredis.register_function('"+old+"', function() return 1 end)").Err(); err != nil {
 		t.Fatal(err)
 	}
 	ns := testutil.NATSServer(t, "")
 	cfg := testConfig(t, ns.ClientURL(), "aupt"+testutil.RandomHex(4))
-	cfg.Redis.Addrs = []string{addr}
+	cfg.Redis.Addrs = []string{rdb.Options().Addr}
 	h := start(t, cfg)
 	libs, err := rdb.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: old}).Result()
 	if err != nil || len(libs) != 0 {
