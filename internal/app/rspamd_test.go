@@ -100,18 +100,13 @@ func TestRspamdMetadataExporter(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	ports := freeLoopbackPorts(t, 4)
 	files := map[string]string{
-		"local.d/metadata_exporter.conf":   c,
-		"local.d/options.inc":              "dns {\n  nameserver = [\"127.0.0.1:1\"];\n  timeout = 0.2s;\n  retransmits = 1;\n}\n",
-		"local.d/multimap.conf":            "AUPD_TEST_GTUBE {\n  type = \"header\";\n  header = \"Subject\";\n  regexp = true;\n  map = \"" + dir + "/gtube.map\";\n  score = 20.0;\n}\n",
-		"gtube.map":                        "/GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL/\n",
-		"override.d/worker-normal.inc":     "bind_socket = \"" + ports[0] + "\";\n",
-		"override.d/worker-controller.inc": "bind_socket = \"" + ports[1] + "\";\n",
-		"override.d/worker-proxy.inc":      "bind_socket = \"" + ports[2] + "\";\n",
-		"override.d/worker-fuzzy.inc":      "bind_socket = \"" + ports[3] + "\";\ncount = -1;\n",
-		"override.d/fuzzy_check.conf":      "enabled = false;\n", // no network here
-		"override.d/logging.inc":           "type = \"console\";\nlevel = \"info\";\n",
+		"local.d/metadata_exporter.conf": c,
+		"local.d/options.inc":            "dns {\n  nameserver = [\"127.0.0.1:1\"];\n  timeout = 0.2s;\n  retransmits = 1;\n}\n",
+		"local.d/multimap.conf":          "AUPD_TEST_GTUBE {\n  type = \"header\";\n  header = \"Subject\";\n  regexp = true;\n  map = \"" + dir + "/gtube.map\";\n  score = 20.0;\n}\n",
+		"gtube.map":                      "/GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL/\n",
+		"override.d/fuzzy_check.conf":    "enabled = false;\n", // no network here
+		"override.d/logging.inc":         "type = \"console\";\nlevel = \"info\";\n",
 	}
 	for _, d := range []string{"local.d", "override.d", "db", "run", "log"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -127,37 +122,7 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	if out, err := exec.Command("rspamadm", append(append([]string{}, vars...), "configtest", "-c", "/etc/rspamd/rspamd.conf")...).CombinedOutput(); err != nil {
 		t.Fatalf("rspamadm configtest with the documented config: %v\n%s", err, tail(out, 3000))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs lockedBuffer // rspamd writes it while the test reads it
-	cmd := exec.CommandContext(ctx, rspamdBin, append([]string{"-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf"}, vars...)...)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	// rspamd forks its workers: stop the whole process group, or they
-	// outlive the test.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		time.AfterFunc(5*time.Second, func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-		return nil
-	}
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Start(); err != nil {
-		cancel()
-		skip("cannot start rspamd: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("rspamd log:\n%s", tail(logs.Bytes(), 8000))
-		}
-	})
-	testutil.Eventually(t, 90*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", ports[0], 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, "rspamd did not listen on %s", ports[0])
+	ports, cmd, logs := startRspamd(t, rspamdBin, dir, vars, skip)
 
 	gtube := "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 	scan := func(msg string, args ...string) string {
@@ -470,6 +435,129 @@ func TestRspamdMetadataExporter(t *testing.T) {
 	}
 	if n := hamPosts.count() - hamBefore; n != 0 {
 		t.Errorf("with aupd down the ham rule posted the deferred spam (%d posts)", n)
+	}
+}
+
+// startRspamd starts the private rspamd on free loopback ports and waits
+// for its scanning worker to listen. The ports are free when picked but
+// not held, so another process may take one before rspamd binds it; rspamd
+// then exits, and it is started again on new ports.
+func startRspamd(t *testing.T, bin, dir string, vars []string, skip func(string, ...any)) ([]string, *exec.Cmd, *lockedBuffer) {
+	t.Helper()
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		ports := freeLoopbackPorts(t, 4)
+		files := map[string]string{
+			"override.d/worker-normal.inc":     "bind_socket = \"" + ports[0] + "\";\n",
+			"override.d/worker-controller.inc": "bind_socket = \"" + ports[1] + "\";\n",
+			"override.d/worker-proxy.inc":      "bind_socket = \"" + ports[2] + "\";\n",
+			"override.d/worker-fuzzy.inc":      "bind_socket = \"" + ports[3] + "\";\ncount = -1;\n",
+		}
+		for name, body := range files {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		run := spawnRspamd(t, bin, vars, skip)
+		switch {
+		case waitListening(run, ports[0], 90*time.Second):
+			return ports, run.cmd, run.logs
+		case !run.hasExited():
+			t.Fatalf("rspamd did not listen on %s", ports[0])
+		case strings.Contains(run.logs.String(), "Address already in use") && attempt < attempts:
+			run.retried = true // its log is not the failing one's
+			t.Logf("rspamd attempt %d of %d: a port was taken before rspamd bound it; trying new ports:\n%s",
+				attempt, attempts, grepLines(run.logs.String(), "Address already in use"))
+		default:
+			t.Fatalf("rspamd exited (%v) before it listened on %s", run.err, ports[0])
+		}
+	}
+}
+
+// rspamdRun is one start of the private rspamd.
+type rspamdRun struct {
+	cmd     *exec.Cmd
+	logs    *lockedBuffer // rspamd writes it while the test reads it
+	exited  chan struct{} // closed once cmd.Wait has returned, with err
+	err     error
+	retried bool // given up on for a taken port
+}
+
+func (r *rspamdRun) hasExited() bool {
+	select {
+	case <-r.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// spawnRspamd starts rspamd in the foreground with its log in a buffer,
+// and stops it, with all it forked, when the test ends.
+func spawnRspamd(t *testing.T, bin string, vars []string, skip func(string, ...any)) *rspamdRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	run := &rspamdRun{logs: &lockedBuffer{}, exited: make(chan struct{})}
+	cmd := exec.CommandContext(ctx, bin, append([]string{"-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf"}, vars...)...)
+	cmd.Stdout, cmd.Stderr = run.logs, run.logs
+	// rspamd forks its workers: stop the whole process group, or they
+	// outlive the test.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		time.AfterFunc(5*time.Second, func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+		return nil
+	}
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		cancel()
+		skip("cannot start rspamd: %v", err)
+	}
+	run.cmd = cmd
+	// The only cmd.Wait: the startup watches for rspamd exiting, the
+	// cleanup for it having stopped.
+	go func() {
+		run.err = cmd.Wait()
+		// Workers forked before a failed bind would be left running
+		// (cmd.Cancel is not called once Wait has returned).
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		close(run.exited)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-run.exited
+		if t.Failed() && !run.retried {
+			t.Logf("rspamd log:\n%s", tail(run.logs.Bytes(), 8000))
+		}
+	})
+	return run
+}
+
+// waitListening reports whether rspamd's scanning worker accepts
+// connections on addr before the timeout, giving up early when rspamd
+// exits. rspamd binds that socket after the others, so once it is up no
+// bind is left to fail.
+func waitListening(run *rspamdRun, addr string, timeout time.Duration) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	poll := time.NewTicker(20 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		// A process that took the port accepts too: the worker's start in
+		// rspamd's log says the socket is rspamd's.
+		if strings.Contains(grepLines(run.logs.String(), "starting normal process"), "listen on: "+addr) {
+			if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+				c.Close()
+				return true
+			}
+		}
+		select {
+		case <-run.exited:
+			return false
+		case <-deadline.C:
+			return false
+		case <-poll.C:
+		}
 	}
 }
 
