@@ -70,7 +70,7 @@ func TestFBLPipeThroughPostfix(t *testing.T) {
 		t.Fatal("the example report has a Message-ID of its own")
 	}
 	count := func() int64 {
-		n, err := aupd.rdb.ZCard(context.Background(), store.AccountKey(aupd.prefix, "somespammer@example.net", "w")).Result()
+		n, err := store.WindowLen(context.Background(), aupd.rdb, aupd.prefix, "somespammer@example.net")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -62,7 +62,7 @@ func TestIngestARFPipe(t *testing.T) {
 		t.Fatalf("again: %d %q", code, out)
 	}
 	testutil.Eventually(t, 20*time.Second, func() bool {
-		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
+		n, err := store.WindowLen(context.Background(), rdb, prefix, "somespammer@example.net")
 		return err == nil && n == 1
 	}, "the complaint was not counted")
 
@@ -73,7 +73,7 @@ func TestIngestARFPipe(t *testing.T) {
 		t.Fatalf("second report: %d %q %q", code, out, errs)
 	}
 	testutil.Eventually(t, 20*time.Second, func() bool {
-		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
+		n, err := store.WindowLen(context.Background(), rdb, prefix, "somespammer@example.net")
 		return err == nil && n == 2
 	}, "the second complaint was not counted")
 	var rout, rerr bytes.Buffer
@@ -194,7 +194,7 @@ func TestIngestARFPipe(t *testing.T) {
 		t.Fatalf("20 MiB over HTTP: %d %s", st, body)
 	}
 	testutil.Eventually(t, 20*time.Second, func() bool {
-		n, err := rdb.ZCard(context.Background(), store.AccountKey(prefix, "somespammer@example.net", "w")).Result()
+		n, err := store.WindowLen(context.Background(), rdb, prefix, "somespammer@example.net")
 		return err == nil && n == 5
 	}, "the long and the cut reports were not counted")
 	a.wantMetrics(t, `aupd_ingest_events_total{result="accepted",source="arf"} 5`)

@@ -150,7 +150,7 @@ func (h *harness) drainedWithin(timeout time.Duration) {
 func (h *harness) count(account string) int {
 	h.t.Helper()
 	rdb, _ := testutil.Redis(h.t)
-	n, err := rdb.ZCard(context.Background(), store.AccountKey(h.cfg.Redis.Prefix, account, "w")).Result()
+	n, err := store.WindowLen(context.Background(), rdb, h.cfg.Redis.Prefix, account)
 	if err != nil {
 		h.t.Fatal(err)
 	}

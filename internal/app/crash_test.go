@@ -186,7 +186,7 @@ companies:
 	st := store.New(rdb, prefix)
 	for a := range accounts {
 		account := fmt.Sprintf("user%d@example.com", a)
-		n, err := rdb.ZCard(ctx, store.AccountKey(prefix, account, "w")).Result()
+		n, err := store.WindowLen(ctx, rdb, prefix, account)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -117,7 +117,7 @@ func TestLastDeliveryIsDeadLettered(t *testing.T) {
 	}
 	h.publish("aup.verdict.outbound", verdict("ok", "outbound", "erin@example.com", "spam", time.Now()), "")
 	h.drained()
-	if n := rdb.ZCard(context.Background(), store.AccountKey(cfg.Redis.Prefix, "erin@example.com", "w")).Val(); n != 1 {
+	if n, _ := store.WindowLen(context.Background(), rdb, cfg.Redis.Prefix, "erin@example.com"); n != 1 {
 		t.Fatalf("count %d after Redis recovered", n)
 	}
 }

@@ -32,7 +32,7 @@ func TestStartDeletesOtherVersionsLibraries(t *testing.T) {
 	}
 	h.publish("aup.verdict.outbound", verdict("after-prune", "outbound", "erin@example.com", "spam", time.Now()), "")
 	h.drained()
-	if n := rdb.ZCard(ctx, store.AccountKey(cfg.Redis.Prefix, "erin@example.com", "w")).Val(); n != 1 {
+	if n, _ := store.WindowLen(ctx, rdb, cfg.Redis.Prefix, "erin@example.com"); n != 1 {
 		t.Fatalf("count %d after the start, want 1", n)
 	}
 }

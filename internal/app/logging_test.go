@@ -132,7 +132,7 @@ func TestRedisOutageLogsJSON(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
 	testutil.Eventually(t, 30*time.Second, func() bool {
-		n, _ := rdb.ZCard(context.Background(), store.AccountKey(cfg.Redis.Prefix, "o@example.org", "w")).Result()
+		n, _ := store.WindowLen(context.Background(), rdb, cfg.Redis.Prefix, "o@example.org")
 		return n == 50
 	}, "events not counted after the outage")
 
@@ -191,7 +191,7 @@ func TestNATSDisconnectAndReconnectLogged(t *testing.T) {
 	}
 	rdb, _ := testutil.Redis(t)
 	testutil.Eventually(t, 30*time.Second, func() bool {
-		n, _ := rdb.ZCard(context.Background(), store.AccountKey(prefix, "n@example.org", "w")).Result()
+		n, _ := store.WindowLen(context.Background(), rdb, prefix, "n@example.org")
 		return n == 1
 	}, "not counted after NATS came back")
 	took := time.Since(back)

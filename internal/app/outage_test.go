@@ -53,7 +53,7 @@ func TestCountingResumesSoonAfterRedisOutage(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
 	count := func(account string) int64 {
-		n, _ := rdb.ZCard(context.Background(), store.AccountKey(cfg.Redis.Prefix, account, "w")).Result()
+		n, _ := store.WindowLen(context.Background(), rdb, cfg.Redis.Prefix, account)
 		return n
 	}
 	now := time.Now()

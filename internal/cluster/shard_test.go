@@ -14,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/aupd/aupd/internal/store"
 )
 
 // shardRig is what the shard failure test drives: the cluster, a Redis
@@ -92,7 +94,7 @@ func (r *shardRig) publish(accounts []string) {
 func (r *shardRig) windowIs(ctx context.Context, a string) error {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	got, err := r.rdb.ZRange(cctx, "aup:{"+a+"}:w", 0, -1).Result()
+	got, err := store.WindowMembers(cctx, r.rdb, "aup", a)
 	if err != nil {
 		r.rdb.ReloadState(ctx) // a killed master's slots have moved
 		return fmt.Errorf("%s: %w", a, err)

@@ -1,6 +1,7 @@
 -- Apply a change to one account if its version is still the expected one.
 --
--- KEYS[1] state HASH  KEYS[2] window ZSET  KEYS[3] statistics HASH
+-- KEYS[1] state HASH (with, in field wi, the window while it is small)
+-- KEYS[2] window ZSET  KEYS[3] statistics HASH
 -- KEYS[4] history LIST  KEYS[5] outbox LIST  KEYS[6] v1 statistics ZSET
 -- KEYS[7] sender tally HASH  KEYS[8] recent logins LIST (deleted with
 --         the account)
@@ -41,7 +42,7 @@ end
 if string.find(flags, 'r', 1, true) then
   local base = tonumber(redis.call('HGET', st, 'wb') or '0') * 3600000 -- wb is in hours
   redis.call('HSET', st, 'floor', now)
-  redis.call('HDEL', st, 'floor_at', 'aup', 'report', 'smp', 'smp:1', 'smp:2', 'smp:3')
+  redis.call('HDEL', st, 'floor_at', 'aup', 'report', 'smp', 'smp:1', 'smp:2', 'smp:3', 'wi')
   redis.call('ZREMRANGEBYSCORE', win, '-inf', (now - base) * 16 + 15)
   -- and the volume limits start afresh: their counts and any throttle
   local kb = string.sub(st, 1, -2)

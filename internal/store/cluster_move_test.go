@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/aupd/aupd/internal/cluster"
 	"github.com/aupd/aupd/rules"
 )
@@ -148,7 +150,7 @@ func TestIngestByNodeWhileSlotsMove(t *testing.T) {
 		t.Fatal(err)
 	}
 	migrate(half, sufHistory)
-	windowBefore := rdb.ZRange(ctx, s.key(half, sufWindow), 0, -1).Val()
+	windowBefore := windowOf(t, rdb, s, half)
 	if len(windowBefore) != 2 {
 		t.Fatalf("half's window before: %d members", len(windowBefore))
 	}
@@ -190,7 +192,7 @@ func TestIngestByNodeWhileSlotsMove(t *testing.T) {
 			t.Fatalf("%s: %v", n, r.Err)
 		}
 	}
-	if got := rdb.ZRange(ctx, s.key(half, sufWindow), 0, -1).Val(); !slices.Equal(got, windowBefore) {
+	if got := windowOf(t, rdb, s, half); !slices.Equal(got, windowBefore) {
 		t.Fatalf("the half-migrated account wrote its window: %d members, was %d", len(got), len(windowBefore))
 	}
 
@@ -220,7 +222,7 @@ func TestIngestByNodeWhileSlotsMove(t *testing.T) {
 			want = append(want, string(appendMember(nil, id)))
 		}
 		slices.Sort(want)
-		got := rdb.ZRange(ctx, s.key(n, sufWindow), 0, -1).Val()
+		got := windowOf(t, rdb, s, n)
 		slices.Sort(got)
 		if !slices.Equal(got, want) {
 			t.Errorf("%s: window holds %d members, want its %d ids", n, len(got), len(want))
@@ -279,4 +281,14 @@ func checkGroupsByMaster(ctx context.Context, t *testing.T, c *cluster.Cluster, 
 	if len(seen) != len(batches) {
 		t.Fatalf("%d of %d accounts in a call", len(seen), len(batches))
 	}
+}
+
+// windowOf reads the members of an account's window.
+func windowOf(t *testing.T, rdb redis.Cmdable, s *Store, account string) []string {
+	t.Helper()
+	m, err := WindowMembers(context.Background(), rdb, s.prefix, account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

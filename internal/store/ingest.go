@@ -284,23 +284,29 @@ func (s *Store) runIngest(ctx context.Context, batches []Batch, groups [][]int, 
 	}
 	start := 0
 	for g, idx := range groups {
+		// The state keys are declared (the first only, on a call of many
+		// slots), the windows not: a window is often inline, its key
+		// absent, and a slot being migrated refuses with TRYAGAIN a call
+		// that declares a key that is there and one that is not.
 		declared := len(idx)
 		if byNode {
 			declared = 1
 		}
-		k := make([]string, 0, 2*declared)
-		a := make([]any, 0, 5+len(idx)+2*(len(idx)-declared))
+		k := make([]string, 0, declared)
+		a := make([]any, 0, 5+2*len(idx)+len(idx)-declared)
 		a = append(a, nowMS, p.Window.Milliseconds(), p.Skew.Milliseconds(), rebaseAfter(p.Window, p.Skew), len(idx))
 		for _, i := range idx {
 			a = append(a, buf[start:ends[i]:ends[i]])
 			start = ends[i]
 		}
+		for _, i := range idx {
+			a = append(a, s.key(batches[i].Account, sufWindow))
+		}
 		for j, i := range idx {
-			st, win := s.key(batches[i].Account, sufState), s.key(batches[i].Account, sufWindow)
-			if j < declared {
-				k = append(k, st, win)
+			if st := s.key(batches[i].Account, sufState); j < declared {
+				k = append(k, st)
 			} else {
-				a = append(a, st, win)
+				a = append(a, st)
 			}
 		}
 		keys[g], args[g] = k, a

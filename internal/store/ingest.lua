@@ -13,12 +13,13 @@
 -- new and adds it at once), one ZADD, and writes only where something
 -- changed. Statistics-only events do not come here (stats.lua).
 --
--- Keys (KEYS): 2 per account, its state HASH <prefix>:{<account>}:s and its
---       window ZSET (...:w); its other keys share the name but for the last
---       letter (h history LIST, o outbox LIST, x v1 statistics ZSET, r
---       ham ZSET), and so its Cluster slot; or, for a call of many slots
---       (see run), the first account's 2 only, and every account's 2
---       after the batches in ARGV
+-- Keys (KEYS): 1 per account, its state HASH <prefix>:{<account>}:s; its
+--       other keys share the name but for the last letter (w window ZSET,
+--       h history LIST, o outbox LIST, x v1 statistics ZSET, r ham ZSET),
+--       and so its Cluster slot; or, for a call of many slots (see run),
+--       the first account's only. The windows are not declared (ingest.go
+--       tells why): they follow the batches in ARGV, one per account,
+--       then the states not declared.
 -- Arguments (ARGV):
 -- ARGV[1] now in ms, or 0 to read Redis's clock (TIME): one clock for every
 --         process, so that skewed hosts cannot count a trimmed id twice
@@ -38,7 +39,7 @@
 --   member c6, time i8;
 --   then, read only on a crossing: id for a new suspension or report,
 --   company, account, each I2+c0
--- then, for a call of many slots, the accounts' keys as in KEYS
+-- then the accounts' windows, and the states not in KEYS
 --
 -- The window holds the counting events: member = id hash, score =
 -- (time - base) * 16 + kind, where base (state field wb, in hours) keeps
@@ -46,6 +47,19 @@
 -- encoding. It holds at most cap members, the newest by event time: the
 -- stored count is exactly min(real count, cap), and cap > threshold keeps
 -- every decision exact.
+-- A window of at most INLINE events lives in the state itself, field wi:
+-- its own base (I4, hours), then per event its member and score, packed
+-- (c6 i4). Most addresses have a few events a day, and a key of their
+-- own (a ZSET, with its expiry) cost them about as much again as the rest
+-- of the count (a new key, its TTL and a check that none was left over;
+-- then a trim, ZCARD and ZADD for each later event, where the inline
+-- window costs one HSET). The window moves to the set when it outgrows
+-- wi. wb is the set's base, and is there only with a set: a state with
+-- wi and no wb has no set (a key left over from a deleted state is
+-- ignored, and goes when the window moves there); one with both has
+-- both, which happens only when a version before wi counted beside this
+-- one (it knows no wi and writes wb with its set), and both are read and
+-- written back as one. Readers (window.go) do the same.
 --
 -- A crossing is recorded by crossing.lua, which is put before this file.
 --
@@ -68,11 +82,11 @@
 -- A function library's top level runs once, when it is loaded, and sees
 -- no global but redis.register_function: bind() binds the globals the
 -- functions use, on the first call.
-local tonumber, rcall, mfloor, mceil, mmin, unpack_, ssub, sformat
+local tonumber, rcall, mfloor, mceil, mmin, unpack_, ssub, sformat, sfind
 local function bind()
   tonumber, rcall = _G.tonumber, redis.call
   mfloor, mceil, mmin = math.floor, math.ceil, math.min
-  unpack_, ssub, sformat = struct.unpack, string.sub, string.format
+  unpack_, ssub, sformat, sfind = struct.unpack, string.sub, string.format, string.find
 end
 -- The call's keys and arguments, its clock and its window (ms).
 local KEYS, ARGV, now, window, skew, rebase_after
@@ -88,6 +102,8 @@ local function shared_text(n)
   if not s then s = sformat('%d', n); TEXT[n] = s end
   return s
 end
+local INLINE, INL = 6, '>c6i4' -- the most events wi holds (60 bytes: a hash
+-- keeps its compact encoding up to 64-byte values), and one's packing
 local SMP = '>I4c4I6' -- a sample: time (s), fingerprint, stream sequence
 local SMPN = {SMP, SMP .. 'I4c4I6', SMP .. 'I4c4I6I4c4I6'} -- one to three, packed in one call
 
@@ -179,36 +195,133 @@ end
 -- do not count; whether the address is new (fresh); the count before
 -- this batch; the new events (nadd of them, their indexes in ADD); the
 -- newest event time the window holds after this batch (maxt); what the
--- window told of the ids (known: ZMSCORE's answer; kept, in rewrite
--- mode: member -> {time, kind}, nkept of them); whether the one event
--- was added already (added1); the samples read (ns, nil: not read) and
--- whether they changed; and what a crossing read (x).
+-- window told of the ids (known: ZMSCORE's answer, in trim mode; in the
+-- modes that read the window whole, kmode, its events that still count,
+-- nkept of them, see KM); whether the one event was added already
+-- (added1); the samples read (ns, nil: not read) and whether they
+-- changed; and what a crossing read (x).
 local win, base, wlo, fresh
 local count, nadd, maxt
-local known, kept, nkept, added1
+local known, kmode, nkept, added1
 local ns, smp_changed, x
+-- The inline window (wi) as read (inl_s, nil: none) and the events it
+-- holds (ninl, whether they count or not), whether this batch leaves the
+-- window inline (inline), whether the window is being rewritten on a new
+-- base (rebase: rewrite mode), and whether a set was read (from_set: it
+-- goes, or is written anew).
+local inl_s, ninl, inline, rebase, from_set
+-- The kept events: member, time, kind, 1..nkept (reused like EM; a
+-- table each cost more than the commands an inline window saves); kidx,
+-- member -> true, once a set is read (a window of any size: decide()
+-- looks ids up there; an inline one's few are scanned).
+local KM, KT, KK, kidx = {}, {}, {}, nil
 
--- Rewrite mode: the window's base is too old for compact scores, or
--- absent: a window written by aupd v1, whose scores are absolute and
--- whose members are 8 bytes (their first 6 are the same id hash) and
--- whose samples are in smp:1..3. What still counts is read into kept, to
--- be written back on a new base. Returns whether the state is aupd v1's.
-local function read_for_rewrite(st, created)
-  kept = {}
-  local old = base or 0
-  -- aupd v1 always wrote created, never wb
-  local v1 = created and not base and rcall('HEXISTS', st, 'smp:1') == 1
+-- wi's base (ms), and whether its events were read into KM (loaded):
+-- counting and deciding one event need only their scores, and ids are
+-- found in wi itself, which makes no string or table (each one costs
+-- Lua's collector as much as a command costs Redis).
+local ib, loaded
+
+-- Whether the id m is among wi's events that still count: found where an
+-- event starts (offset 5, then every 10 bytes), its time after wlo.
+local function inline_has(m)
+  local from = 5
+  while true do
+    local p = sfind(inl_s, m, from, true)
+    if not p then return false end
+    if (p - 5) % 10 == 0 and ib + mfloor(unpack_('>i4', inl_s, p + 6) / 16) > wlo then return true end
+    from = p + 1
+  end
+end
+
+local function is_kept(m)
+  if kidx then return kidx[m] end
+  if inl_s and not loaded then return inline_has(m) end
+  for i = 1, nkept do
+    if KM[i] == m then return true end
+  end
+  return false
+end
+
+-- Keep an event of the window read (score sc on base old, ms) if it
+-- still counts.
+local function keep(m, sc, old)
+  local d = mfloor(sc / 16)
+  local t = old + d
+  if t > wlo and not (kidx and kidx[m]) then
+    count = count + 1
+    KM[count], KT[count], KK[count] = m, t, sc - d * 16
+    if kidx then kidx[m] = true end
+    if t > maxt then maxt = t end
+  end
+end
+
+-- The set's members into the kept events, on the base old (ms).
+local function read_set(old)
+  from_set, kidx = true, {}
+  for i = 1, count do kidx[KM[i]] = true end
   local z = rcall('ZRANGE', win, 0, -1, 'WITHSCORES')
-  for j = 1, #z, 2 do
-    local sc = tonumber(z[j + 1])
-    local d = mfloor(sc / 16)
-    local t = old + d
+  if #z > 2 * BIG then big = true end
+  for j = 1, #z, 2 do keep(ssub(z[j], 1, 6), tonumber(z[j + 1]), old) end
+end
+
+-- Inline mode: the window is wi (inl_s); what still counts is counted,
+-- from the scores alone, and kept (KM) only when needed (load_inline).
+local function read_inline()
+  ib, loaded, ninl = unpack_('>I4', inl_s) * HOUR, false, 0
+  for i = 11, #inl_s - 3, 10 do
+    local t = ib + mfloor(unpack_('>i4', inl_s, i) / 16)
+    ninl = ninl + 1
     if t > wlo then
-      kept[ssub(z[j], 1, 6)] = {t, sc - d * 16}
       count = count + 1
       if t > maxt then maxt = t end
     end
   end
+end
+
+local function load_inline()
+  if loaded or not inl_s then return end
+  loaded = true
+  local c = 0
+  for i = 5, #inl_s - 9, 10 do
+    local m, sc = unpack_(INL, inl_s, i)
+    local d = mfloor(sc / 16)
+    if ib + d > wlo then
+      c = c + 1
+      KM[c], KT[c], KK[c] = m, ib + d, sc - d * 16
+    end
+  end
+end
+
+-- An inline window, read in inline mode, or in rewrite mode when its
+-- base is too old, or when a set is beside it: the state has wb, which
+-- aupd writes only with a set, so an earlier version counted there
+-- during an upgrade (it knows no wi); both are read, and rewritten as one.
+local function read_inline_window(n)
+  kmode = true
+  read_inline()
+  if base then
+    load_inline()
+    read_set(base)
+  end
+  if from_set or (n > 0 and now - ib > rebase_after) then
+    rebase, base = true, mfloor(now / HOUR) * HOUR
+  else
+    base = ib
+  end
+  nkept = count
+end
+
+-- Rewrite mode: the window's base is too old for compact scores, or
+-- absent: a window written by aupd v1, whose scores are absolute and
+-- whose members are 8 bytes (their first 6 are the same id hash) and
+-- whose samples are in smp:1..3. What still counts is kept, to be written
+-- back on a new base. Returns whether the state is aupd v1's.
+local function read_for_rewrite(st, created)
+  rebase, kmode = true, true
+  -- aupd v1 always wrote created, never wb
+  local v1 = created and not base and rcall('HEXISTS', st, 'smp:1') == 1
+  read_set(base or 0)
   nkept = count
   base = mfloor(now / HOUR) * HOUR
   if v1 then ns, smp_changed = read_v1_samples(st, wlo) end
@@ -252,7 +365,7 @@ local function decide(n, cap)
     local r
     if t <= wlo then
       r = 'l'
-    elseif (seen and seen[m]) or (kept and kept[m]) or (known and known[j]) then
+    elseif (seen and seen[m]) or (kmode and is_kept(m)) or (known and known[j]) then
       r = 'd'
     else
       if n > 1 then
@@ -292,8 +405,9 @@ end
 -- kept window after this batch, its newest cap members.
 local function direction_counts(cap)
   local all = {}
-  if kept then
-    for _, v in pairs(kept) do all[#all + 1] = v end
+  if kmode then
+    load_inline()
+    for e = 1, nkept do all[e] = {KT[e], KK[e]} end
   else
     local z = rcall('ZRANGE', win, 0, -1, 'WITHSCORES') -- trimmed already
     for j = 1, #z, 2 do
@@ -386,14 +500,55 @@ local function crossing_facts(st, smp_s, b, pos, act, threshold, cap, total, cap
     counts = direction_counts(cap), samples = seqs}
 end
 
--- Write the window: rebuilt on its new base in rewrite mode (and aupd
--- v1's leftovers deleted), else the new events added; then cut to cap.
+-- Write an inline window of the kept events and the new ones, when they
+-- fit (see INLINE); returns nh, after wi's field, or nil when they do not
+-- fit. Nothing is written when only the time moved on: wi may hold events
+-- that no longer count, which its readers skip. A set read goes, and its
+-- base with it (and aupd v1's leftovers).
+local PK = {} -- the pieces of wi (reused)
+local function write_inline(st, v1, cap)
+  local total = count + nadd
+  if total > INLINE or total > cap then return nil end
+  inline = true
+  if nadd == 0 and not rebase and not fresh then return 0 end
+  local del -- (no table on the usual path)
+  if from_set then
+    rcall('DEL', win, ssub(st, 1, -2) .. 'x')
+    del = v1 and {'wb', 'smp:1', 'smp:2', 'smp:3'} or {'wb'}
+  end
+  if total == 0 and inl_s then del = del or {}; del[#del + 1] = 'wi' end
+  if del then rcall('HDEL', st, unpack(del)) end
+  if total == 0 then return 0 end
+  local i = 1
+  if inl_s and not rebase and nkept == ninl then
+    PK[1] = inl_s -- every event it holds still counts: the new ones follow
+  else
+    load_inline()
+    PK[1] = struct.pack('>I4', base / HOUR)
+    for e = 1, nkept do i = i + 1; PK[i] = struct.pack(INL, KM[e], (KT[e] - base) * 16 + KK[e]) end
+  end
+  for k = 1, nadd do
+    local j = ADD[k]
+    i = i + 1; PK[i] = struct.pack(INL, EM[j], (ET[j] - base) * 16 + EK[j])
+  end
+  HSET[1], HSET[2] = 'wi', table.concat(PK, '', 1, i)
+  return 2
+end
+
+-- Write the window: inline when it fits, else the set: rebuilt on its
+-- new base in rewrite mode (and aupd v1's leftovers deleted) or when it
+-- moves out of wi, else the new events added; then cut to cap.
 -- Returns nh, after the base's field when it changed.
 local function write_window(st, v1, cap)
+  if kmode then
+    local nh = write_inline(st, v1, cap)
+    if nh then return nh end
+  end
   local nh, z = 0, {}
-  if kept and not fresh then
+  if kmode and not fresh then
+    load_inline()
     rcall('DEL', win, ssub(st, 1, -2) .. 'x')
-    for m, v in pairs(kept) do z[#z + 1] = sformat('%d', (v[1] - base) * 16 + v[2]); z[#z + 1] = m end
+    for e = 1, nkept do z[2 * e - 1], z[2 * e] = sformat('%d', (KT[e] - base) * 16 + KK[e]), KM[e] end
     if v1 then rcall('HDEL', st, 'smp:1', 'smp:2', 'smp:3') end
   end
   if not added1 then
@@ -410,11 +565,13 @@ local function write_window(st, v1, cap)
       rcall('DEL', win)
       zadd(win, z)
     end
-    if kept then HSET[1], HSET[2], nh = 'wb', shared_text(base / HOUR), 2 end
+    if rebase or fresh or inl_s then HSET[1], HSET[2], nh = 'wb', shared_text(base / HOUR), 2 end
   end
   if count + nadd > cap then
     rcall('ZREMRANGEBYRANK', win, '0', sformat('%d', count + nadd - cap - 1))
   end
+  -- (after the set's writes, which may fail: the key of the wrong type)
+  if inl_s then rcall('HDEL', st, 'wi') end
   return nh
 end
 
@@ -432,7 +589,7 @@ local function write_state(st, nh, we_old, we, durable, crossing)
   end
   if we > we_old then HSET[nh + 1], HSET[nh + 2], nh = 'we', shared_text(we), nh + 2 end
   if nh > 0 then rcall('HSET', st, unpack(HSET, 1, nh)) end
-  if we > we_old or (kept and nkept + nadd > 0) then rcall('PEXPIRE', win, shared_text(we * HOUR - now)) end
+  if not inline and (we > we_old or (kmode and nkept + nadd > 0)) then rcall('PEXPIRE', win, shared_text(we * HOUR - now)) end
   if crossing then
     rcall('PERSIST', st)
   elseif not durable and nh > 0 and (we > we_old or we_old == 0) then
@@ -440,6 +597,26 @@ local function write_state(st, nh, we_old, we, durable, crossing)
     if we == 0 then we = mceil((now + window + skew) / HOUR) end
     rcall('PEXPIRE', st, shared_text(we * HOUR - now))
   end
+end
+
+-- Read the window in the mode it needs: a new address's (fresh), one
+-- to rewrite on a new base, an inline one, or a set to trim. Returns
+-- whether the state is aupd v1's, and the outcome letter trim_window
+-- decided, if any.
+local function read_window(st, n, created, threshold, cap, aup)
+  fresh, from_set = false, false
+  if inl_s then
+    read_inline_window(n)
+  elseif n > 0 and not base and not created then
+    -- a new address: nothing to carry over (write_window sees to a
+    -- window left over)
+    kmode, nkept, base, fresh = true, 0, mfloor(now / HOUR) * HOUR, true
+  elseif n > 0 and (base == nil or now - base > rebase_after) then
+    return read_for_rewrite(st, created)
+  elseif base then
+    return false, trim_window(st, n, threshold, cap, aup)
+  end
+  return false
 end
 
 -- One account: its state key, its window key and its packed batch. It reads what decides
@@ -455,26 +632,18 @@ local function one(st, w, b)
   end
   local r -- the spam-rate rule, when on
   if act > 4 then act, r, pos = act - 4, read_rate(b, pos) end
-  local hv = rcall('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob')
+  local hv = rcall('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob', 'wi')
   local created, aup, report, floor_s, smp_s, wb, we_s, ob = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8]
+  inl_s, inline, rebase = hv[9], false, false
+  if inl_s and #inl_s < 4 then fail('malformed inline window') end
   local lo, floor = now - window, floor_s and floor_s + 0 or 0
   wlo = floor > lo and floor or lo
   base = wb and wb * HOUR or nil
   count, nadd, maxt, added1, ns, smp_changed = 0, 0, 0, false, nil, false
-  known, kept, x = nil, nil, nil
+  known, kmode, kidx, x = nil, false, nil, nil
   local rep = act ~= 1 and report -- a report made, for the report action
   local ham = r and count_ham(st, r)
-  local v1, outs = false, nil
-  fresh = false
-  if n > 0 and not base and not created then
-    -- a new address: nothing to carry over (write_window sees to a
-    -- window left over)
-    kept, nkept, base, fresh = {}, 0, mfloor(now / HOUR) * HOUR, true
-  elseif n > 0 and (base == nil or now - base > rebase_after) then
-    v1 = read_for_rewrite(st, created)
-  elseif base then
-    outs = trim_window(st, n, r and mmin(threshold, r.min - 1) or threshold, cap, aup)
-  end
+  local v1, outs = read_window(st, n, created, r and mmin(threshold, r.min - 1) or threshold, cap, aup)
   outs = outs or decide(n, cap)
   local total, capped = mmin(count + nadd, cap), count + nadd > cap
   -- A crossing holds off the next while a suspension is in force, or
@@ -487,7 +656,7 @@ local function one(st, w, b)
   local rec
   if crossing then rec = crossing_facts(st, smp_s, b, pos, act, threshold, cap, total, capped, rated and r) end
   local nh = 0
-  if kept or (nadd > 0 and not added1) or count + nadd > cap then nh = write_window(st, v1, cap) end
+  if kmode or (nadd > 0 and not added1) or count + nadd > cap then nh = write_window(st, v1, cap) end
   if report and not reported and not (crossing and act ~= 1) then rcall('HDEL', st, 'report') end
   if crossing then nh = crossing_write(st, x, rec, HSET, nh) end
   -- The expiry hour: past the newest event plus the window and the
@@ -495,7 +664,7 @@ local function one(st, w, b)
   local we_old = we_s and we_s + 0 or 0
   local we = maxt > 0 and mceil((maxt + window + skew) / HOUR) or 0
   if we < we_old then we = we_old end
-  if nh > 0 or smp_changed or we > we_old or kept or crossing then
+  if nh > 0 or smp_changed or we > we_old or kmode or crossing then
     write_state(st, nh, we_old, we, created or crossing, crossing)
   end
   if crossing or ob then
@@ -509,19 +678,20 @@ end
 -- one fails, which gets its error, and the next ones go on in a new one.
 -- On a Redis Cluster a call holds the accounts of one master, of many
 -- slots (the function is flagged allow-cross-slot-keys): only the first
--- account's keys are declared, to route the call, and every account's
--- follow the batches. An account whose slot has moved, or is moving,
+-- account's state is declared, to route the call, and every other key
+-- follows the batches. An account whose slot has moved, or is moving,
 -- since aupd read the slot map fails at the first command on a key this
 -- node does not serve ("non local key", or another refusal: store's
--- clusterRefused), and aupd runs it again in a call of its own slot. That is safe because no such failure can come
--- between writes that belong together: the keys a crossing writes are
--- read first (crossing_read), the writes before them are the window's,
--- and counting is idempotent by event id.
+-- clusterRefused), and aupd runs it again in a call of its own slot.
+-- That is safe because no such failure can come between writes that
+-- belong together: the keys a crossing writes are read first
+-- (crossing_read), the writes before them are the window's, and
+-- counting is idempotent by event id.
 local results, naccounts, cur
 local function run(from)
   for a = from, naccounts do
     cur = a
-    results[a] = one(KEYS[2 * a - 1], KEYS[2 * a], ARGV[5 + a])
+    results[a] = one(KEYS[a] or ARGV[5 + 2 * naccounts + a - #KEYS], ARGV[5 + naccounts + a], ARGV[5 + a])
   end
 end
 
@@ -535,7 +705,6 @@ local function ingest(keys, args)
   end
   window, skew, rebase_after = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   results, naccounts, cur = {}, tonumber(args[5]), 0
-  if #keys < 2 * naccounts then KEYS = {keys[1], keys[2], unpack(args, 6 + naccounts)} end
   local from = 1
   while from <= naccounts do
     local ok, r = pcall(run, from)
@@ -549,6 +718,7 @@ local function ingest(keys, args)
   end
   if big then
     EM, ET, EK, ES, EF, ADD, OUT, HSET, HM, HT = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+    KM, KT, KK = {}, {}, {}
     big = false
   end
   return results

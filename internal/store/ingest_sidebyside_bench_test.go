@@ -14,22 +14,26 @@ import (
 )
 
 // BenchmarkIngestScriptSideBySide compares Redis's main-thread CPU per
-// event of another ingest script (AUPD_INGEST_OTHER_SCRIPT, a file; one
-// key per account, as aupd 0.2's took: git show v0.2.0:internal/store/
-// ingest.lua) with this one, on the same batches (benchBatch, 500 events
-// over AUPD_INGEST_ACCOUNTS accounts, 10,000 by default), alternating
-// batch by batch so that whatever else the machine does weighs on both
-// alike. It reports both figures and their ratio (this / other).
+// event of another ingest script with this one, on the same batches
+// (benchBatch, 500 events over AUPD_INGEST_ACCOUNTS accounts, 10,000 by
+// default), alternating batch by batch so that whatever else the machine
+// does weighs on both alike. It reports both figures and their ratio
+// (this / other). The other is the function before inline windows
+// (testdata/ingest-before-wi.lua: each account's state and window keys
+// declared), or AUPD_INGEST_OTHER_SCRIPT, a script run by EVALSHA that
+// takes one key per account, as aupd 0.2's did (git show
+// v0.2.0:internal/store/ingest.lua).
 func BenchmarkIngestScriptSideBySide(b *testing.B) {
+	var other runner = newLibrary("aupd_ingest_before_wi", crossingLua, ingestBeforeInline)
 	oldPath := os.Getenv("AUPD_INGEST_OTHER_SCRIPT")
-	if oldPath == "" {
-		b.Skip("set AUPD_INGEST_OTHER_SCRIPT to the script to compare with")
+	if oldPath != "" {
+		oldText, err := os.ReadFile(oldPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		other = newScript(string(oldText))
 	}
-	oldText, err := os.ReadFile(oldPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	scripts := []runner{newScript(string(oldText)), ingestScript}
+	scripts := []runner{other, ingestScript}
 	accounts := 10000
 	if v := os.Getenv("AUPD_INGEST_ACCOUNTS"); v != "" {
 		var err error
@@ -71,10 +75,15 @@ func BenchmarkIngestScriptSideBySide(b *testing.B) {
 				args[g] = []any{ms(now), day.Milliseconds(), (5 * time.Minute).Milliseconds(), rebaseAfter(day, 5*time.Minute), len(idx)}
 				for _, j := range idx {
 					keys[g] = append(keys[g], stores[w].key(bs[j].Account, sufState))
-					if w == 1 {
+					if w == 0 && oldPath == "" {
 						keys[g] = append(keys[g], stores[w].key(bs[j].Account, sufWindow))
 					}
 					args[g] = append(args[g], packBatch(nil, &bs[j], ids, nil))
+				}
+				for _, j := range idx {
+					if w == 1 { // (this one's windows follow the batches)
+						args[g] = append(args[g], stores[w].key(bs[j].Account, sufWindow))
+					}
 				}
 			}
 			c0 := cpu()

@@ -450,10 +450,11 @@ func TestClusterRefusalsAreRerun(t *testing.T) {
 	}
 }
 
-// TestLeftoverWindowOfANewAddress: a window whose state is gone (deleted
-// by hand, or evicted by a Redis that should not evict) is not carried
-// into the address's new count, whether or not it holds the new event's
-// id, nor is it deleted when it holds nothing else.
+// TestLeftoverWindowOfANewAddress: a window set whose state is gone
+// (deleted by hand, or evicted by a Redis that should not evict) is not
+// carried into the address's new count, whether or not it holds the new
+// event's id, nor is it deleted when it holds nothing else; an inline
+// window ignores it, and it goes when the window moves to its set.
 func TestLeftoverWindowOfANewAddress(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -466,20 +467,35 @@ func TestLeftoverWindowOfANewAddress(t *testing.T) {
 			s := newStore(t)
 			ctx := context.Background()
 			rdb := s.rdb.(*redis.Client)
-			ingest(t, s, t0, 50, spam("old-0", t0.Add(-2*time.Hour)), spam("old-1", t0.Add(-time.Hour)), spam("old-2", t0))
+			var old []Item // more than an inline window holds: a set
+			for i := range 8 {
+				old = append(old, spam(fmt.Sprint("old-", i), t0.Add(-time.Duration(i)*time.Minute)))
+			}
+			ingest(t, s, t0, 50, old...)
 			if err := rdb.Del(ctx, s.key("alice@example.com", sufState)).Err(); err != nil {
 				t.Fatal(err)
 			}
 			if r := ingest(t, s, t0.Add(time.Minute), 50, tc.next); r.Count != 1 {
 				t.Errorf("count %d, want 1 (the leftover window is not counted)", r.Count)
 			}
-			win := rdb.ZRange(ctx, s.key("alice@example.com", sufWindow), 0, -1).Val()
+			win := windowOf(t, rdb, s, "alice@example.com")
 			if len(win) != 1 {
 				t.Errorf("window %q, want the new event alone", win)
 			}
-			// The next event counts on from there, in trim mode.
+			// The next events count on from there, inline, then in a set
+			// of their own.
 			if r := ingest(t, s, t0.Add(2*time.Minute), 50, spam("next", t0.Add(2*time.Minute))); r.Count != 2 {
 				t.Errorf("then count %d, want 2", r.Count)
+			}
+			var more []Item
+			for i := range 6 {
+				more = append(more, spam(fmt.Sprint("more-", i), t0.Add(2*time.Minute)))
+			}
+			if r := ingest(t, s, t0.Add(3*time.Minute), 50, more...); r.Count != 8 {
+				t.Errorf("then count %d, want 8", r.Count)
+			}
+			if n := rdb.ZCard(ctx, s.key("alice@example.com", sufWindow)).Val(); n != 8 || rdb.HExists(ctx, s.key("alice@example.com", sufState), fieldInline).Val() {
+				t.Errorf("the window moved to a set of %d members, want the 8 counted, and none inline", n)
 			}
 		})
 	}

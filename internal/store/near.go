@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -38,19 +39,13 @@ func (s *Store) HourlyCounts(ctx context.Context, account string, window time.Du
 	n := int((window + time.Hour - 1) / time.Hour)
 	out := make([]int, n)
 	pipe := s.rdb.Pipeline()
-	st := pipe.HMGet(ctx, s.key(account, sufState), "wb", "floor")
-	win := pipe.ZRangeWithScores(ctx, s.key(account, sufWindow), 0, -1)
-	if _, err := pipe.Exec(ctx); err != nil {
+	win := queueWindow(ctx, pipe, s.prefix, account)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, wrap("read window", err)
 	}
-	var base, floor int64
-	if v := st.Val(); len(v) == 2 {
-		base, _ = strconv.ParseInt(str(v[0]), 10, 64)
-		base *= hourMS // wb is in hours
-		floor, _ = strconv.ParseInt(str(v[1]), 10, 64)
-	}
+	es, floor := win.entries()
 	lo := ms(now) - window.Milliseconds()
-	for _, e := range windowEntries(win.Val(), base) {
+	for _, e := range es {
 		if e.t <= lo || e.t <= floor {
 			continue
 		}

@@ -60,22 +60,21 @@ func (s *Store) Counts(ctx context.Context, address string, q CountQuery) (*Coun
 		wlo = f
 	}
 	pipe := s.rdb.Pipeline()
-	base := pipe.HGet(ctx, s.key(address, sufState), "wb")
-	win := pipe.ZRangeWithScores(ctx, s.key(address, sufWindow), 0, -1)
+	win := queueWindow(ctx, pipe, s.prefix, address)
 	stats := pipe.HGetAll(ctx, s.key(address, sufStats))
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, wrap("read window", err)
 	}
-	b, _ := strconv.ParseInt(base.Val(), 10, 64)
+	es, _ := win.entries()
 	c.Counting = newTally()
-	for _, e := range windowEntries(win.Val(), b*hourMS) {
+	for _, e := range es {
 		if e.t > wlo {
 			addTally(&c.Counting, e.kind, 1)
 		}
 	}
 	// When the set is full, Ingest dropped its oldest members. If every
 	// member is still inside the window, so may the dropped ones have been.
-	n := len(win.Val())
+	n := len(es)
 	c.Counting.AtLeast = q.Cap > 0 && n >= q.Cap && c.Counting.Total == n
 	c.Other = newTally()
 	for _, bk := range statBuckets(stats.Val(), lo) {
@@ -91,23 +90,6 @@ func addTally(t *Tally, k rules.Kind, n int) {
 	t.Total += n
 	t.ByDirection[k.Direction()] += n
 	t.ByVerdict[k.Direction()][k.Verdict()] += n
-}
-
-// windowEntry is one counting event of a window: its time (ms) and kind.
-type windowEntry struct {
-	t    int64
-	kind rules.Kind
-}
-
-// windowEntries decodes a window's members, whose scores are
-// (time - base) * 16 + kind.
-func windowEntries(zs []redis.Z, base int64) []windowEntry {
-	out := make([]windowEntry, len(zs))
-	for i, z := range zs {
-		sc := int64(z.Score)
-		out[i] = windowEntry{t: base + sc>>4, kind: rules.Kind(sc & 15)}
-	}
-	return out
 }
 
 type statBucket struct {

@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/aupd/aupd/internal/store"
 )
 
@@ -96,26 +94,32 @@ func (p *Plan) expectedMembers() (want, other []map[string]string) {
 	return want, other
 }
 
-// windowMembers reads every account's window (ZRANGE 0 -1).
+// windowMembers reads every account's window (its set, or the state's
+// inline window: store.QueueWindowMembers).
 func (r *runner) windowMembers(ctx context.Context, accounts []string) ([][]string, error) {
 	out := make([][]string, len(accounts))
 	for lo := 0; lo < len(accounts); lo += 500 {
 		hi := min(lo+500, len(accounts))
-		var cmds []*redis.StringSliceCmd
 		err := retry(ctx, func() error {
 			pipe := r.rdb.Pipeline()
-			cmds = cmds[:0]
+			reads := make([]func() ([]string, error), 0, hi-lo)
 			for _, a := range accounts[lo:hi] {
-				cmds = append(cmds, pipe.ZRange(ctx, store.AccountKey(prefix, a, "w"), 0, -1))
+				reads = append(reads, store.QueueWindowMembers(ctx, pipe, prefix, a))
 			}
-			_, err := pipe.Exec(ctx)
-			return err
+			if _, err := pipe.Exec(ctx); err != nil {
+				return err
+			}
+			for i, read := range reads {
+				m, err := read()
+				if err != nil {
+					return err
+				}
+				out[lo+i] = m
+			}
+			return nil
 		})
 		if err != nil {
 			return nil, fmt.Errorf("read windows: %w", err)
-		}
-		for i, c := range cmds {
-			out[lo+i] = c.Val()
 		}
 	}
 	return out, nil

@@ -1037,17 +1037,21 @@ func (r *runner) check(ctx context.Context, run *Drain, rdb redis.UniversalClien
 	wrong, sum, want := 0, 0, 0
 	for lo := 0; lo < len(accts); lo += 1000 {
 		pipe := rdb.Pipeline()
-		var cmds []*redis.IntCmd
+		var reads []func() ([]string, error)
 		for _, a := range accts[lo:min(lo+1000, len(accts))] {
-			cmds = append(cmds, pipe.ZCard(ctx, store.AccountKey(prefix, a, "w")))
+			reads = append(reads, store.QueueWindowMembers(ctx, pipe, prefix, a))
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("read windows: %w", err)
 		}
-		for i, c := range cmds {
+		for i, read := range reads {
+			m, err := read()
+			if err != nil {
+				return fmt.Errorf("read windows: %w", err)
+			}
 			w := r.expect.windows[accts[lo+i]]
-			sum, want = sum+int(c.Val()), want+w
-			if int(c.Val()) != w {
+			sum, want = sum+len(m), want+w
+			if len(m) != w {
 				wrong++
 			}
 		}
