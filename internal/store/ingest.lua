@@ -210,6 +210,9 @@ local ns, smp_changed, x
 -- base (rebase: rewrite mode), and whether a set was read (from_set: it
 -- goes, or is written anew).
 local inl_s, ninl, inline, rebase, from_set
+-- Whether the state is a record's (it has created): read only of a state
+-- without a window (nil: not read; a crossing makes it durable anyway).
+local created
 -- The kept events: member, time, kind, 1..nkept (reused like EM; a
 -- table each cost more than the commands an inline window saves); kidx,
 -- member -> true, once a set is read (a window of any size: decide()
@@ -317,10 +320,10 @@ end
 -- whose members are 8 bytes (their first 6 are the same id hash) and
 -- whose samples are in smp:1..3. What still counts is kept, to be written
 -- back on a new base. Returns whether the state is aupd v1's.
-local function read_for_rewrite(st, created)
+local function read_for_rewrite(st, record)
   rebase, kmode = true, true
   -- aupd v1 always wrote created, never wb
-  local v1 = created and not base and rcall('HEXISTS', st, 'smp:1') == 1
+  local v1 = record and not base and rcall('HEXISTS', st, 'smp:1') == 1
   read_set(base or 0)
   nkept = count
   base = mfloor(now / HOUR) * HOUR
@@ -577,8 +580,10 @@ end
 
 -- The state's writes: the samples, the expiry hour we (from we_old),
 -- and the HSET of nh fields. An address without a durable record keeps a
--- TTL.
-local function write_state(st, nh, we_old, we, durable, crossing)
+-- TTL: made when the state is (created is known false then), and later
+-- moved on with GT, which leaves a key without a TTL (a durable record)
+-- as it is.
+local function write_state(st, nh, we_old, we, crossing)
   if smp_changed then
     if ns > 0 then
       local packed = struct.pack(SMPN[mmin(ns, 3)], SMT[1], SMF[1], SMQ[1], SMT[2], SMF[2], SMQ[2], SMT[3], SMF[3], SMQ[3])
@@ -592,10 +597,14 @@ local function write_state(st, nh, we_old, we, durable, crossing)
   if not inline and (we > we_old or (kmode and nkept + nadd > 0)) then rcall('PEXPIRE', win, shared_text(we * HOUR - now)) end
   if crossing then
     rcall('PERSIST', st)
-  elseif not durable and nh > 0 and (we > we_old or we_old == 0) then
+  elseif not created and nh > 0 and (we > we_old or we_old == 0) then
     -- a new state, or a later expiry: else the TTL it has is right
     if we == 0 then we = mceil((now + window + skew) / HOUR) end
-    rcall('PEXPIRE', st, shared_text(we * HOUR - now))
+    if created == false then
+      rcall('PEXPIRE', st, shared_text(we * HOUR - now))
+    else
+      rcall('PEXPIRE', st, shared_text(we * HOUR - now), 'GT')
+    end
   end
 end
 
@@ -603,16 +612,20 @@ end
 -- to rewrite on a new base, an inline one, or a set to trim. Returns
 -- whether the state is aupd v1's, and the outcome letter trim_window
 -- decided, if any.
-local function read_window(st, n, created, threshold, cap, aup)
+local function read_window(st, n, threshold, cap, aup)
   fresh, from_set = false, false
   if inl_s then
     read_inline_window(n)
-  elseif n > 0 and not base and not created then
+  elseif n > 0 and not base then
+    -- no window: a new address's state, or a record's (created), or
+    -- none, whose window, if any, is aupd v1's
+    created = rcall('HEXISTS', st, 'created') == 1
+    if created then return read_for_rewrite(st, true) end
     -- a new address: nothing to carry over (write_window sees to a
     -- window left over)
     kmode, nkept, base, fresh = true, 0, mfloor(now / HOUR) * HOUR, true
-  elseif n > 0 and (base == nil or now - base > rebase_after) then
-    return read_for_rewrite(st, created)
+  elseif n > 0 and now - base > rebase_after then
+    return read_for_rewrite(st, false)
   elseif base then
     return false, trim_window(st, n, threshold, cap, aup)
   end
@@ -632,9 +645,11 @@ local function one(st, w, b)
   end
   local r -- the spam-rate rule, when on
   if act > 4 then act, r, pos = act - 4, read_rate(b, pos) end
-  local hv = rcall('HMGET', st, 'created', 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob', 'wi')
-  local created, aup, report, floor_s, smp_s, wb, we_s, ob = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7], hv[8]
-  inl_s, inline, rebase = hv[9], false, false
+  -- (each field asked costs about a third of a command: created is
+  -- asked only of a state without a window, see read_window)
+  local hv = rcall('HMGET', st, 'aup', 'report', 'floor', 'smp', 'wb', 'we', 'ob', 'wi')
+  local aup, report, floor_s, smp_s, wb, we_s, ob = hv[1], hv[2], hv[3], hv[4], hv[5], hv[6], hv[7]
+  inl_s, inline, rebase, created = hv[8], false, false, nil
   if inl_s and #inl_s < 4 then fail('malformed inline window') end
   local lo, floor = now - window, floor_s and floor_s + 0 or 0
   wlo = floor > lo and floor or lo
@@ -643,7 +658,7 @@ local function one(st, w, b)
   known, kmode, kidx, x = nil, false, nil, nil
   local rep = act ~= 1 and report -- a report made, for the report action
   local ham = r and count_ham(st, r)
-  local v1, outs = read_window(st, n, created, r and mmin(threshold, r.min - 1) or threshold, cap, aup)
+  local v1, outs = read_window(st, n, r and mmin(threshold, r.min - 1) or threshold, cap, aup)
   outs = outs or decide(n, cap)
   local total, capped = mmin(count + nadd, cap), count + nadd > cap
   -- A crossing holds off the next while a suspension is in force, or
@@ -665,7 +680,7 @@ local function one(st, w, b)
   local we = maxt > 0 and mceil((maxt + window + skew) / HOUR) or 0
   if we < we_old then we = we_old end
   if nh > 0 or smp_changed or we > we_old or kmode or crossing then
-    write_state(st, nh, we_old, we, created or crossing, crossing)
+    write_state(st, nh, we_old, we, crossing)
   end
   if crossing or ob then
     return {outs, total, capped and 1 or 0, crossing and rec.action or '', rec and rec.id or '',
