@@ -55,7 +55,7 @@ func (w windowRead) entries() (es []windowEntry, floor int64) {
 		wb, inline = str(v[0]), str(v[2])
 		floor, _ = strconv.ParseInt(str(v[1]), 10, 64)
 	}
-	if inline != "" && len(inline) >= 4 {
+	if len(inline) >= 4 {
 		base := int64(binary.BigEndian.Uint32([]byte(inline[:4]))) * hourMS
 		for i := 4; i+inlineEntry <= len(inline); i += inlineEntry {
 			sc := int64(int32(binary.BigEndian.Uint32([]byte(inline[i+inlineMember : i+inlineEntry]))))
