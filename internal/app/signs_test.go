@@ -60,10 +60,13 @@ func TestSignsEndToEnd(t *testing.T) {
 		Senders []store.Sender
 		Logins  []store.Login
 	}
+	// The tally is written about once a second, apart from the counting:
+	// the two verdicts may come in two batches and two writes, so wait
+	// for both (a third would show in the check below).
 	testutil.Eventually(t, 30*time.Second, func() bool {
 		r := h.do(authed("GET", "http://"+h.info.HTTPAddr+"/api/v1/accounts/"+alice, tokAdminIngest))
-		return r.status == 200 && json.Unmarshal(r.body, &a) == nil && len(a.Senders) > 0
-	}, "the sender tally did not show")
+		return r.status == 200 && json.Unmarshal(r.body, &a) == nil && len(a.Senders) > 0 && a.Senders[0].Count >= 2
+	}, "the sender tally did not show both verdicts")
 	if len(a.Senders) != 1 || a.Senders[0].IP != "203.0.113.9" || a.Senders[0].Login != "alice" || a.Senders[0].Count != 2 {
 		t.Errorf("senders %+v", a.Senders)
 	}
