@@ -8,10 +8,11 @@
 -- what decides first and writes last, so that an error (a key of the
 -- wrong type, say) leaves it as it was, and the other accounts of the call
 -- go on. An account costs the same fixed handful of commands however many
--- events it has: one HMGET of the state, the window trim, ZCARD, ZMSCORE
--- of the ids (or, for a single event, ZADD NX, which learns whether it is
--- new and adds it at once), one ZADD, and writes only where something
--- changed. Statistics-only events do not come here (stats.lua).
+-- events it has: one HMGET of the state; for an inline window (see
+-- INLINE) one HSET; for a set, the window trim, ZCARD, ZMSCORE of the ids
+-- (or, for a single event, ZADD NX, which learns whether it is new and
+-- adds it at once), one ZADD; and writes only where something changed.
+-- Statistics-only events do not come here (stats.lua).
 --
 -- Keys (KEYS): 1 per account, its state HASH <prefix>:{<account>}:s; its
 --       other keys share the name but for the last letter (w window ZSET,
